@@ -1,0 +1,1 @@
+"""Shared building blocks: settings, candle types, database access, Redis key names, time helpers."""

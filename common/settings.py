@@ -1,0 +1,137 @@
+"""Every knob of the platform, read once from the environment and `.env`.
+
+One place for configuration: modules ask `get_settings()` instead of reading `os.environ`.
+`load_settings_or_exit()` is what commands call at start-up: a bad value stops the program
+with one line naming the variable and what is wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+EXCHANGES: tuple[str, ...] = ("bitfinex", "binance", "bittrex")
+ExchangeName = Literal["bitfinex", "binance", "bittrex"]
+
+
+class Settings(BaseSettings):
+    """Platform settings. Environment variable names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # PostgreSQL / TimescaleDB
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = Field(default=5432, ge=1, le=65535)
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr = SecretStr("")
+    postgres_db: str = "coin_for_rich"
+
+    # Redis (broker, latest bars, shared rate budgets)
+    redis_host: str = "127.0.0.1"
+    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_password: SecretStr = SecretStr("")
+    redis_db: int = Field(default=0, ge=0, le=15)
+    redis_key_delimiter: str = Field(default=";;", min_length=1)
+
+    # Web and Flower
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65535)
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+
+    # Exchange endpoints (defaults: the real exchanges; point them at `python -m simulator` offline)
+    bitfinex_rest_url: str = "https://api-pub.bitfinex.com"
+    bitfinex_ws_url: str = "wss://api-pub.bitfinex.com/ws/2"
+    binance_rest_url: str = "https://api.binance.com"
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    bittrex_rest_url: str = "https://api.bittrex.com"
+    bittrex_ws_url: str = "https://socket-v3.bittrex.com/signalr"
+
+    # REST rate limits (the exchanges' published limits; lower them to be gentler)
+    bitfinex_rest_requests_per_minute: int = Field(default=30, ge=1)
+    binance_rest_weight_per_minute: int = Field(default=6000, ge=1)
+    bittrex_rest_requests_per_minute: int = Field(default=60, ge=1)
+    rest_concurrency: int = Field(default=8, ge=1, le=256)
+    rest_timeout_seconds: float = Field(default=30.0, gt=0)
+    rest_max_retries: int = Field(default=5, ge=0)
+
+    # Live pipeline
+    updater_flush_seconds: float = Field(default=5.0, gt=0)
+
+    # Logging
+    log_dir: Path = PROJECT_ROOT / "logs"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def rest_url(self, exchange: str) -> str:
+        return str(getattr(self, f"{exchange}_rest_url")).rstrip("/")
+
+    def ws_url(self, exchange: str) -> str:
+        return str(getattr(self, f"{exchange}_ws_url")).rstrip("/")
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL; the password is URL-quoted so any characters work."""
+        from sqlalchemy.engine import URL
+
+        return URL.create(
+            "postgresql+psycopg2",
+            username=self.postgres_user,
+            password=self.postgres_password.get_secret_value() or None,
+            host=self.postgres_host,
+            port=self.postgres_port,
+            database=self.postgres_db,
+        ).render_as_string(hide_password=False)
+
+    @property
+    def redis_url(self) -> str:
+        from urllib.parse import quote
+
+        password = self.redis_password.get_secret_value()
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+
+
+class SettingsError(SystemExit):
+    """Raised (as a clean exit) when the configuration is invalid."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line: `VARIABLE: what is wrong` for the first problem (and how many more)."""
+    problems = error.errors()
+    first = problems[0]
+    name = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+    line = f"invalid setting {name.upper()}: {first.get('msg', 'invalid value')}"
+    if "input" in first and not isinstance(first["input"], dict) and "password" not in name:
+        line += f" (got {first['input']!r})"
+    if len(problems) > 1:
+        line += f" (and {len(problems) - 1} more problem(s))"
+    return line
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def load_settings_or_exit() -> Settings:
+    """For commands: the settings, or one readable line on stderr and exit code 2."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        print(f"error: {describe_validation_error(error)}", file=sys.stderr)
+        raise SettingsError(2) from None

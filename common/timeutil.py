@@ -1,0 +1,53 @@
+"""Time helpers: everything is UTC, candle times are interval open times, wire times are epoch ms."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+MINUTE_MS = 60_000
+MINUTE = timedelta(minutes=1)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+
+
+def datetime_to_ms(value: datetime) -> int:
+    value = ensure_utc(value)
+    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def ensure_utc(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC; aware ones are converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse an ISO-8601 date or datetime; no zone means UTC. Raises ValueError with a clear message."""
+    cleaned = text.strip()
+    if cleaned.endswith(("Z", "z")):
+        cleaned = cleaned[:-1] + "+00:00"
+    try:
+        return ensure_utc(datetime.fromisoformat(cleaned))
+    except ValueError:
+        raise ValueError(f"not an ISO-8601 date/time: {text!r} (example: 2021-01-01T00:00:00)") from None
+
+
+def floor_minute(value: datetime) -> datetime:
+    return ensure_utc(value).replace(second=0, microsecond=0)
+
+
+def floor_minute_ms(ms: int) -> int:
+    return ms - ms % MINUTE_MS
+
+
+def isoformat_z(value: datetime) -> str:
+    """`2021-06-13T00:01:00Z`: the form Bittrex and our logs use."""
+    return ensure_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
