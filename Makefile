@@ -1,0 +1,41 @@
+# coin-for-rich — developer commands. `make test` is the one command CI runs.
+
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
+
+.PHONY: help deps system-deps python-deps test test-unit init-db clean
+
+help:
+	@echo "make test         install what is missing, then run the whole test suite"
+	@echo "make deps         only install (Debian packages if absent, Python packages into .venv)"
+	@echo "make test-unit    only the pure unit tests (fast)"
+	@echo "make init-db      apply the schema to the database configured in .env"
+
+deps: system-deps python-deps
+
+system-deps:
+	@bash scripts/local/install_system_deps.sh
+
+python-deps: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11+ is required" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+test: deps
+	$(PY) -m pytest
+
+test-unit: python-deps
+	$(PY) -m pytest -m unit
+
+init-db: python-deps
+	$(PY) -m scripts.database init
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,71 @@
+"""Database commands.
+
+    python -m scripts.database init                      create the database if needed, apply the schema
+    python -m scripts.database refresh-aggregates [--start ISO --end ISO]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from common.db import DatabaseError, refresh_aggregates
+from common.schema import apply_schema, ensure_database
+from common.settings import load_settings_or_exit
+from common.timeutil import parse_utc
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def cli() -> None:
+    """Manage the coin-for-rich database."""
+
+
+@cli.command()
+def init() -> None:
+    """Create the database if missing and apply the schema (idempotent, all-or-nothing)."""
+    settings = load_settings_or_exit()
+    try:
+        created = ensure_database(settings)
+        timescale = apply_schema(settings)
+    except DatabaseError as error:
+        _fail(str(error))
+    mode = "TimescaleDB hypertable + continuous aggregates" if timescale else "plain PostgreSQL"
+    click.echo(
+        f"schema ready in database {settings.postgres_db!r}"
+        f"{' (created)' if created else ''}: {mode}"
+    )
+
+
+@cli.command("refresh-aggregates")
+@click.option("--start", help="ISO start (UTC if no zone); default: oldest candle")
+@click.option("--end", help="ISO end, exclusive; default: newest candle")
+def refresh_aggregates_command(start: str | None, end: str | None) -> None:
+    """Rebuild every summary level over the buckets touched by [start, end)."""
+    settings = load_settings_or_exit()
+    try:
+        start_at = parse_utc(start) if start else None
+        end_at = parse_utc(end) if end else None
+    except ValueError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    if (start_at is None) != (end_at is None):
+        click.echo("error: give both --start and --end, or neither", err=True)
+        sys.exit(2)
+    if start_at and end_at and end_at <= start_at:
+        click.echo("error: --end must be after --start", err=True)
+        sys.exit(2)
+    try:
+        refresh_aggregates(settings, start_at, end_at)
+    except DatabaseError as error:
+        _fail(str(error))
+    click.echo("aggregates refreshed")
+
+
+if __name__ == "__main__":
+    cli()

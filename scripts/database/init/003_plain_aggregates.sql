@@ -1,0 +1,90 @@
+-- Plain PostgreSQL (no TimescaleDB): the same summary relation names as ordinary tables, and
+-- refresh_ohlcv_aggregates(start, end) which rebuilds every level over the buckets a range touches.
+-- The platform calls it after writes (backfills refresh their own range); populate_agg.sql refreshes all.
+-- Buckets use the origin TimescaleDB's time_bucket uses (Monday 2000-01-03), so both paths agree.
+
+CREATE TABLE IF NOT EXISTS ohlcv_aggregate_levels (
+    name    text     PRIMARY KEY,
+    width   interval NOT NULL UNIQUE,
+    source  text     NOT NULL,
+    ordinal integer  NOT NULL UNIQUE
+);
+
+DO $$
+DECLARE
+    level record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        RETURN;
+    END IF;
+    INSERT INTO ohlcv_aggregate_levels (name, width, source, ordinal) VALUES
+        ('ohlcvs_summary_5min',   INTERVAL '5 minutes',  'ohlcvs',               1),
+        ('ohlcvs_summary_15min',  INTERVAL '15 minutes', 'ohlcvs_summary_5min',  2),
+        ('ohlcvs_summary_30min',  INTERVAL '30 minutes', 'ohlcvs_summary_15min', 3),
+        ('ohlcvs_summary_1hour',  INTERVAL '1 hour',     'ohlcvs_summary_30min', 4),
+        ('ohlcvs_summary_6hour',  INTERVAL '6 hours',    'ohlcvs_summary_1hour', 5),
+        ('ohlcvs_summary_12hour', INTERVAL '12 hours',   'ohlcvs_summary_6hour', 6),
+        ('ohlcvs_summary_daily',  INTERVAL '1 day',      'ohlcvs_summary_12hour', 7),
+        ('ohlcvs_summary_7day',   INTERVAL '7 days',     'ohlcvs_summary_daily', 8)
+    ON CONFLICT (name) DO NOTHING;
+
+    FOR level IN SELECT name FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
+        EXECUTE format(
+            'CREATE TABLE IF NOT EXISTS %I ('
+            ' bucket timestamptz NOT NULL, exchange text NOT NULL, base_id text NOT NULL, quote_id text NOT NULL,'
+            ' open numeric NOT NULL, high numeric NOT NULL, low numeric NOT NULL, close numeric NOT NULL,'
+            ' volume numeric NOT NULL, PRIMARY KEY (exchange, base_id, quote_id, bucket))', level.name);
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I (bucket DESC)', level.name || '_bucket_idx', level.name);
+    END LOOP;
+END
+$$;
+
+-- Each level is built from the level below it (1m -> 5m -> 15m -> ... -> 7D): the buckets nest, so
+-- open = first open, high = max, low = min, close = last close, volume = sum hold at every level.
+CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregates(range_start timestamptz, range_end timestamptz)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    origin    CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
+    level     record;
+    lo        timestamptz;
+    hi        timestamptz;
+    source_time text;
+    rows_done integer := 0;
+    n         integer;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        RAISE EXCEPTION 'TimescaleDB keeps these aggregates: use CALL refresh_continuous_aggregate(...)';
+    END IF;
+    IF range_start IS NULL THEN
+        SELECT min(time) INTO range_start FROM ohlcvs;
+    END IF;
+    IF range_end IS NULL THEN
+        SELECT max(time) + INTERVAL '1 minute' INTO range_end FROM ohlcvs;
+    END IF;
+    IF range_start IS NULL OR range_end IS NULL OR range_end <= range_start THEN
+        RETURN 0;
+    END IF;
+    FOR level IN SELECT * FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
+        lo := date_bin(level.width, range_start, origin);
+        hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
+        source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
+        EXECUTE format('DELETE FROM %I WHERE bucket >= $1 AND bucket < $2', level.name) USING lo, hi;
+        EXECUTE format(
+            'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
+            'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
+            '(array_agg(open ORDER BY %3$I))[1], max(high), min(low), '
+            '(array_agg(close ORDER BY %3$I DESC))[1], sum(volume) '
+            'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
+            'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
+            'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
+            level.name, level.source, source_time)
+        USING lo, hi, level.width, origin;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rows_done := rows_done + n;
+        range_start := lo;
+        range_end := hi;
+    END LOOP;
+    RETURN rows_done;
+END
+$$;

@@ -1,0 +1,133 @@
+"""Throwaway PostgreSQL and Redis servers for tests, started from the machine's binaries.
+
+Each lives in a temp dir on a free port and is stopped afterwards, so no test depends on a service
+someone started by hand. PostgreSQL refuses to run as root; as root, the server runs as the
+`postgres` system account.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+import redis
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def postgres_bindir() -> Path:
+    """Directory holding initdb/pg_ctl/postgres (Debian keeps them out of PATH)."""
+    candidates = []
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(Path(out.stdout.strip()))
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).resolve().parent)
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; run `make deps`")
+
+
+def _wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as error:  # noqa: BLE001 - retried until the deadline
+            last_error = error
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready in {timeout}s: {last_error}")
+
+
+@dataclass
+class PostgresServer:
+    port: int = field(default_factory=free_port)
+    user: str = "postgres"
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-pg-")))
+
+    def _run_kwargs(self) -> dict:
+        if os.geteuid() != 0:
+            return {}
+        account = pwd.getpwnam("postgres")
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+    def start(self) -> "PostgresServer":
+        bindir = postgres_bindir()
+        data = self.workdir / "data"
+        if os.geteuid() == 0:
+            os.chown(self.workdir, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
+        kwargs = self._run_kwargs()
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "-E", "UTF8",
+             "--no-sync", "--locale=C"],
+            check=True, capture_output=True, **kwargs,
+        )
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+            "-c shared_buffers=256MB"
+        )
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.workdir / "log"),
+             "-w", "start"],
+            check=True, capture_output=True, **kwargs,
+        )
+        _wait_until(lambda: self.connect("postgres").close() is None, 30, "PostgreSQL")
+        return self
+
+    def connect(self, dbname: str):
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=dbname)
+
+    def stop(self) -> None:
+        bindir = postgres_bindir()
+        subprocess.run(
+            [str(bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "immediate", "stop"],
+            capture_output=True, **self._run_kwargs(),
+        )
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class RedisServer:
+    port: int = field(default_factory=free_port)
+    password: str = "test-redis-password"
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-redis-")))
+    process: subprocess.Popen | None = None
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_until(lambda: self.client().ping(), 15, "Redis")
+        return self
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)

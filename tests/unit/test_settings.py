@@ -1,0 +1,58 @@
+"""Settings: every variable in .example_env is a real setting, and bad values are explained."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from common.settings import PROJECT_ROOT, Settings, describe_validation_error
+
+pytestmark = pytest.mark.unit
+
+
+def example_env_names() -> set[str]:
+    names = set()
+    for line in (PROJECT_ROOT / ".example_env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            names.add(line.split("=", 1)[0].lower())
+    return names
+
+
+def test_example_env_lists_every_setting_and_nothing_else():
+    assert example_env_names() == set(Settings.model_fields)
+
+
+def test_example_env_values_are_valid_defaults():
+    values = {}
+    for line in (PROJECT_ROOT / ".example_env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.lower()] = value
+    settings = Settings(_env_file=None, **values)
+    assert settings.postgres_port == 5432 and settings.redis_key_delimiter == ";;"
+    assert settings.rest_url("binance") == "https://api.binance.com"
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [("redis_port", "70000", "REDIS_PORT"), ("log_level", "LOUD", "LOG_LEVEL"), ("rest_concurrency", "0", "REST_CONCURRENCY")],
+)
+def test_bad_values_are_one_line_naming_the_variable(field, value, fragment):
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, **{field: value})
+    line = describe_validation_error(raised.value)
+    assert fragment in line and "\n" not in line
+
+
+def test_password_is_never_echoed():
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, redis_password=["not", "a", "string"])
+    assert "(got" not in describe_validation_error(raised.value)
+
+
+def test_urls_quote_passwords():
+    settings = Settings(_env_file=None, redis_password="p@ss/w:rd", postgres_password="a b@c")
+    assert settings.redis_url.startswith("redis://:p%40ss%2Fw%3Ard@")
+    from sqlalchemy.engine import make_url
+
+    assert make_url(settings.database_url).password == "a b@c"
