@@ -1,0 +1,72 @@
+"""The live feed: open / update / final events per subscribed market, driven by sim time."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator.core import MINUTE_MS, CandleModel, MarketCatalog, SimClock
+from simulator.live import CandleEvent, LiveFeed
+
+pytestmark = pytest.mark.unit
+
+START = 1_700_000_040_000
+
+
+def _feed(updates: int = 3) -> LiveFeed:
+    markets = MarketCatalog.load("binance", 5, seed=3) + MarketCatalog.load("bittrex", 5, seed=3)
+    return LiveFeed(SimClock(60.0, START), CandleModel(3), markets, updates_per_minute=updates)
+
+
+def test_events_follow_the_minute_and_final_equals_the_model() -> None:
+    feed = _feed(updates=3)
+    got: list[CandleEvent] = []
+    feed.subscribe("binance", "BTCUSDT", got.append)
+    for tick in [START, START + 20_000, START + 40_000, START + 60_000, START + 80_000]:
+        feed.step(tick)
+    kinds = [(e.kind, e.minute_ms) for e in got]
+    assert kinds == [
+        ("open", START), ("update", START), ("update", START),
+        ("final", START), ("open", START + MINUTE_MS), ("update", START + MINUTE_MS),
+    ]
+    market = feed.market("binance", "BTCUSDT")
+    assert got[3].candle == feed.model.final_candle(market, START)
+    assert got[0].candle.trades == 0 and got[0].candle.open == got[0].candle.close
+    assert got[1].candle == feed.model.partial_candle(market, START, START + 20_000)
+
+
+def test_a_stall_still_yields_every_final_once_in_order() -> None:
+    feed = _feed(updates=1)
+    got: list[CandleEvent] = []
+    feed.subscribe("bittrex", "BTC-USD", got.append)
+    feed.step(START)
+    feed.step(START + 3 * MINUTE_MS + 5)
+    finals = [e.minute_ms for e in got if e.final]
+    assert finals == [START, START + MINUTE_MS, START + 2 * MINUTE_MS]
+    assert [e.minute_ms for e in got if e.kind == "open"] == [START, START + 3 * MINUTE_MS]
+
+
+def test_unsubscribed_and_unknown_markets() -> None:
+    feed = _feed()
+    got: list[CandleEvent] = []
+    sub = feed.subscribe("binance", "ETHBTC", got.append)
+    with pytest.raises(KeyError):
+        feed.subscribe("binance", "NOPEUSDT", got.append)
+    feed.step(START)
+    sub.close()
+    sub.close()
+    feed.step(START + MINUTE_MS)
+    assert len(got) == 1 and feed.subscriber_count() == 0
+
+
+def test_a_failing_listener_does_not_stop_the_others() -> None:
+    feed = _feed()
+    got: list[CandleEvent] = []
+
+    def broken(event: CandleEvent) -> None:
+        raise RuntimeError("boom")
+
+    feed.subscribe("binance", "ETHBTC", broken)
+    feed.subscribe("binance", "ETHBTC", got.append)
+    feed.step(START)
+    feed.step(START + MINUTE_MS)
+    assert len(got) == 3
