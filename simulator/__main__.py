@@ -1,0 +1,171 @@
+"""`python -m simulator`: run the exchange simulator until Ctrl-C.
+
+Prints the base URLs and the `.env` lines that point the platform at it. Every `SimConfig` knob is a
+flag (`--rate-window-seconds 5`, `--binance-weight-per-window 200`, ...); faults active from the
+start are `--fault EXCHANGE:NAME=VALUE` (repeatable). `--json` prints one machine-readable line
+`{"urls": ..., "env": [...], "pid": ...}` instead, for programs that start it as a subprocess.
+A bad flag exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+from simulator.config import SimConfig
+from simulator.core import EXCHANGES
+
+SPECIAL = {"host", "markets", "speed", "seed", "start_ms", "first_ms", "history_days", "ports", "faults"}
+PORT_ORDER = (*EXCHANGES, "control")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _time_ms(text: str) -> int:
+    from common.timeutil import datetime_to_ms, parse_utc
+
+    try:
+        return datetime_to_ms(parse_utc(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _markets(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _ports(text: str) -> dict[str, int]:
+    parts = text.split(",")
+    if len(parts) != len(PORT_ORDER) or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError("expected four ports: BITFINEX,BINANCE,BITTREX,CONTROL (0 = any free port)")
+    return {name: int(p) for name, p in zip(PORT_ORDER, parts) if int(p)}
+
+
+def _fault(text: str) -> tuple[str, str, Any]:
+    try:
+        exchange, rest = text.split(":", 1)
+        name, raw = rest.split("=", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected EXCHANGE:NAME=VALUE, got {text!r}") from None
+    if exchange not in EXCHANGES:
+        raise argparse.ArgumentTypeError(f"unknown exchange {exchange!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return exchange, name, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m simulator", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--markets", type=_markets, default=None, help="markets per exchange, or 'all' (default)")
+    parser.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start", type=_time_ms, default=None, help="simulated start time, ISO-8601 UTC")
+    parser.add_argument("--first", type=_time_ms, default=None, help="first minute of history, ISO-8601 UTC")
+    parser.add_argument("--history-days", type=float, default=365.0)
+    parser.add_argument("--ports", type=_ports, default={}, help="BITFINEX,BINANCE,BITTREX,CONTROL")
+    parser.add_argument("--fault", type=_fault, action="append", default=[], metavar="EXCHANGE:NAME=VALUE")
+    parser.add_argument("--json", action="store_true", help="print one JSON line with the URLs")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    knobs = parser.add_argument_group("limits, timers and pacing (SimConfig fields)")
+    for field in dataclasses.fields(SimConfig):
+        if field.name in SPECIAL:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+        if kind == "bool":
+            knobs.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=field.default)
+        elif kind in ("int", "int | None"):
+            knobs.add_argument(flag, dest=field.name, type=int, default=field.default, metavar="N")
+        elif kind == "float":
+            knobs.add_argument(flag, dest=field.name, type=float, default=field.default, metavar="X")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    values: dict[str, Any] = {
+        "host": args.host, "markets": args.markets, "speed": args.speed, "seed": args.seed,
+        "start_ms": args.start, "first_ms": args.first, "history_days": args.history_days, "ports": args.ports,
+    }
+    faults: dict[str, dict[str, Any]] = {}
+    for exchange, name, value in args.fault:
+        faults.setdefault(exchange, {})[name] = value
+    values["faults"] = faults
+    for field in dataclasses.fields(SimConfig):
+        if field.name not in SPECIAL and hasattr(args, field.name):
+            values[field.name] = getattr(args, field.name)
+    return SimConfig(**values)
+
+
+async def serve(config: SimConfig, as_json: bool) -> None:
+    from simulator.server import Simulator
+
+    sim = Simulator(config)
+    await sim.start()
+    if as_json:
+        print(json.dumps({"urls": sim.urls, "env": sim.env_lines(), "pid": os.getpid()}), flush=True)
+    else:
+        print("coin-for-rich exchange simulator")
+        for exchange in EXCHANGES:
+            print(f"  {exchange:<9} rest {sim.urls[exchange]['rest']:<28} ws {sim.urls[exchange]['ws']}")
+        print(f"  control   {sim.urls['control']}/control/stats")
+        markets = ", ".join(f"{ex} {len(sim.markets[ex])}" for ex in EXCHANGES)
+        print(f"  markets: {markets}; speed {config.speed:g}x; seed {config.seed}")
+        print("\n# .env lines for the platform:")
+        for line in sim.env_lines():
+            print(line)
+        print("\nCtrl-C to stop.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await sim.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        from simulator.faults import Faults
+
+        probe = Faults()
+        for exchange, settings in config.faults.items():
+            probe.apply(exchange, settings)
+    except ValueError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config, args.json))
+    except OSError as exc:
+        print(f"{parser.prog}: error: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

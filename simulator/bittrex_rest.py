@@ -1,0 +1,163 @@
+"""Bittrex v3 REST: markets and candles (the SignalR websocket lives in `bittrex_signalr.py`).
+
+Wire promises (exchanges.md section 3.1-3.3): numbers are strings; candles are objects with
+`startsAt` ISO-8601 `Z`, sorted ascending, one per interval including quiet ones (flat at the
+previous close, volume "0"); the `TRADE` segment may be omitted; `historical` takes exactly the
+date parts its interval needs (else 400 INVALID_DATE) and refuses the current or a future period
+(400 STARTDATE_OUT_OF_RANGE); unknown markets answer 404 MARKET_DOES_NOT_EXIST; more than
+`bittrex_requests_per_window` requests in a window answer 429 TOO_MANY_REQUESTS until it resets.
+`recent` includes the in-progress candle (`bittrex_recent_includes_current`). MIDPOINT candles carry
+the same prices with zero volumes and exist from 2020-12-02.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from simulator.core import MINUTE_MS, SimCandle, SimMarket
+from simulator.http import client_ip, count_reply, fault_gate, json_response
+from simulator.limits import CountLimiter
+from simulator.wire import bittrex_candle, dumps
+
+if TYPE_CHECKING:
+    from simulator.server import Simulator
+
+EXCHANGE = "bittrex"
+DAY_MS = 86_400_000
+INTERVALS_MS = {"MINUTE_1": MINUTE_MS, "MINUTE_5": 5 * MINUTE_MS, "HOUR_1": 60 * MINUTE_MS, "DAY_1": DAY_MS}
+DATE_PARTS = {"MINUTE_1": 3, "MINUTE_5": 3, "HOUR_1": 2, "DAY_1": 1}
+RECENT_SPAN_MS = {"MINUTE_1": DAY_MS, "MINUTE_5": DAY_MS, "HOUR_1": 31 * DAY_MS, "DAY_1": 366 * DAY_MS}
+CANDLE_TYPES = ("TRADE", "MIDPOINT")
+MIDPOINT_FROM_MS = 1_606_867_200_000
+"""2020-12-02T00:00:00Z: Bittrex has midpoint candles from this day on."""
+
+
+def error(code: str, status: int = 400, **extra: Any) -> web.Response:
+    return json_response(dumps({"code": code, **extra}), status=status)
+
+
+def bad_request(parameter: str) -> web.Response:
+    return error("BAD_REQUEST", detail="Refer to the data field for specific field validation failures.",
+                 data={"invalidRequestParameter": parameter})
+
+
+def _ms(year: int, month: int = 1, day: int = 1) -> int:
+    return calendar.timegm((year, month, day, 0, 0, 0)) * 1000
+
+
+class BittrexRestServer:
+    def __init__(self, sim: "Simulator") -> None:
+        self.sim = sim
+        self.limiter = CountLimiter(sim.config.bittrex_requests_per_window, sim.config.rate_window_seconds)
+        self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
+
+    def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._middleware)
+        app.router.add_get("/v3/ping", self.ping)
+        app.router.add_get("/v3/markets", self.markets_list)
+        app.router.add_get("/v3/markets/{symbol}", self.market)
+        app.router.add_get("/v3/markets/{symbol}/candles/{tail:.*}", self.candles)
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/v3/"):
+            return await handler(request)
+        forced = await fault_gate(
+            self.sim, EXCHANGE,
+            storm_reply=lambda: error("TOO_MANY_REQUESTS", status=429),
+            error_reply=lambda: error("SERVICE_UNAVAILABLE", status=503),
+        )
+        response: web.StreamResponse
+        if forced is not None:
+            response = forced
+        elif not self.limiter.hit(client_ip(request)).allowed:
+            stats = self.sim.stats[EXCHANGE]
+            stats.over_limit += 1
+            stats.http_429 += 1
+            response = error("TOO_MANY_REQUESTS", status=429)
+        else:
+            try:
+                response = await handler(request)
+            except web.HTTPNotFound:
+                response = error("NOT_FOUND", status=404)
+        count_reply(self.sim, EXCHANGE, response)
+        return response
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return json_response(dumps({"serverTime": self.sim.clock.now_ms()}))
+
+    async def markets_list(self, request: web.Request) -> web.Response:
+        raw = self.sim.catalog.raw_entries(EXCHANGE)
+        return json_response(dumps([raw[m.symbol] for m in self.sim.markets[EXCHANGE]]))
+
+    async def market(self, request: web.Request) -> web.Response:
+        market = self.markets.get(request.match_info["symbol"].upper())
+        if market is None:
+            return error("MARKET_DOES_NOT_EXIST", status=404)
+        return json_response(dumps(self.sim.catalog.raw_entries(EXCHANGE)[market.symbol]))
+
+    async def candles(self, request: web.Request) -> web.StreamResponse:
+        segments = request.match_info["tail"].split("/")
+        candle_type = "TRADE"
+        if segments and segments[0] in CANDLE_TYPES:
+            candle_type, segments = segments[0], segments[1:]
+        if not segments or segments[0] not in INTERVALS_MS:
+            return bad_request("candleInterval")
+        interval, rest = segments[0], segments[1:]
+        interval_ms = INTERVALS_MS[interval]
+        now = self.sim.clock.now_ms()
+        if rest == ["recent"]:
+            current = now - now % interval_ms if interval != "DAY_1" else now - now % DAY_MS
+            hi = current if self.sim.config.bittrex_recent_includes_current else current - interval_ms
+            lo = current - RECENT_SPAN_MS[interval] + interval_ms
+            include_current = self.sim.config.bittrex_recent_includes_current
+        elif rest and rest[0] == "historical":
+            period = self._period(interval, rest[1:])
+            if isinstance(period, web.Response):
+                return period
+            lo, end = period
+            if end > now - now % MINUTE_MS:
+                return error("STARTDATE_OUT_OF_RANGE")
+            hi, include_current = end - interval_ms, False
+        else:
+            return error("NOT_FOUND", status=404)
+        market = self.markets.get(request.match_info["symbol"].upper())
+        if market is None:
+            return error("MARKET_DOES_NOT_EXIST", status=404)
+        headers = {"Sequence": str(now // MINUTE_MS)}
+        if request.method == "HEAD":
+            return web.Response(status=200, headers=headers, content_type="application/json")
+        midpoint = candle_type == "MIDPOINT"
+        if midpoint:
+            lo = max(lo, MIDPOINT_FROM_MS)
+        history = self.sim.history
+
+        def select() -> list[SimCandle]:
+            return history.interval_candles(market, interval_ms, lo, hi, include_current=include_current)
+
+        candles = await self.sim.compute(select)
+        body = dumps([bittrex_candle(c, midpoint) for c in candles])
+        return json_response(body, headers=headers)
+
+    @staticmethod
+    def _period(interval: str, parts: list[str]) -> tuple[int, int] | web.Response:
+        """[start, end) of the historical window the date parts name."""
+        if len(parts) != DATE_PARTS[interval] or not all(p.isdigit() for p in parts):
+            return error("INVALID_DATE")
+        numbers = [int(p) for p in parts]
+        try:
+            datetime(numbers[0], *(numbers[1:] + [1] * (3 - len(numbers))), tzinfo=timezone.utc)
+        except ValueError:
+            return error("INVALID_DATE")
+        if len(numbers) == 3:
+            start = _ms(*numbers)
+            return start, start + DAY_MS
+        if len(numbers) == 2:
+            year, month = numbers
+            next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+            return _ms(year, month), _ms(next_year, next_month)
+        return _ms(numbers[0]), _ms(numbers[0] + 1)

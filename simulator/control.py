@@ -1,0 +1,186 @@
+"""The control port: ground truth, counters and faults, as JSON, for tests and benchmarks.
+
+- `GET  /control/clock` -> `{now_ms, speed, start_ms, first_ms, current_minute_ms, updates_per_minute}`
+- `GET  /control/markets?exchange=` -> the listed markets (all exchanges when `exchange` is absent)
+- `GET  /control/candles?exchange=&symbol=&start=&end=` -> final candles with open time in
+  [start, end] (ms or ISO-8601; end inclusive, clipped to the last closed minute), exchange-neutral:
+  `{"time": ms, "open": "..", "high", "low", "close", "volume", "quote_volume", "trades": n}`.
+  Bitfinex lists only minutes with trades (what its API serves); the others list every minute.
+  `symbol` is the exchange's listing symbol; `tBTCUSD` and lower-case Binance names are accepted.
+- `GET  /control/stats` -> per-exchange counters (`over_limit` = 429/418 a client earned);
+  `POST /control/stats/reset`
+- `GET  /control/faults`; `POST /control/faults {"exchange": "binance"|"all", <fault fields>, <actions>}`;
+  `POST /control/faults/reset {"exchange": ...}` (body optional). Fields and actions: simulator/faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from simulator.core import EXCHANGES, MINUTE_MS, SimMarket
+from simulator.faults import ACTIONS, FaultError
+from simulator.wire import dumps
+
+if TYPE_CHECKING:
+    from simulator.server import Simulator
+
+MAX_TRUTH_MINUTES = 100_000
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(text=dumps(value), status=status, content_type="application/json")
+
+
+def _bad(message: str, status: int = 400) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def parse_time_ms(text: str) -> int:
+    """Epoch ms (digits) or ISO-8601 (no zone = UTC)."""
+    from common.timeutil import datetime_to_ms, parse_utc
+
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit():
+        return int(stripped)
+    return datetime_to_ms(parse_utc(stripped))
+
+
+def market_json(market: SimMarket) -> dict[str, Any]:
+    return {
+        "exchange": market.exchange, "symbol": market.symbol, "base": market.base, "quote": market.quote,
+        "status": market.status, "trade_probability": market.trade_probability,
+        "price_decimals": market.price_decimals, "volume_decimals": market.volume_decimals,
+    }
+
+
+class ControlServer:
+    def __init__(self, sim: "Simulator") -> None:
+        self.sim = sim
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/control/clock", self.clock)
+        app.router.add_get("/control/markets", self.markets)
+        app.router.add_get("/control/candles", self.candles)
+        app.router.add_get("/control/stats", self.stats)
+        app.router.add_post("/control/stats/reset", self.stats_reset)
+        app.router.add_get("/control/faults", self.faults)
+        app.router.add_post("/control/faults", self.set_faults)
+        app.router.add_post("/control/faults/reset", self.reset_faults)
+        return app
+
+    async def clock(self, request: web.Request) -> web.Response:
+        clock = self.sim.clock
+        return _json({
+            "now_ms": clock.now_ms(), "speed": clock.speed, "start_ms": clock.start_ms,
+            "first_ms": self.sim.history.first_ms, "current_minute_ms": clock.current_minute_ms(),
+            "updates_per_minute": self.sim.feed.updates_per_minute,
+        })
+
+    async def markets(self, request: web.Request) -> web.Response:
+        exchange = request.query.get("exchange")
+        if exchange is not None and exchange not in EXCHANGES:
+            return _bad(f"unknown exchange {exchange!r}")
+        chosen = [exchange] if exchange else list(EXCHANGES)
+        return _json([market_json(m) for ex in chosen for m in self.sim.markets[ex]])
+
+    def _find_market(self, exchange: str, symbol: str) -> SimMarket | None:
+        candidates = [symbol]
+        if exchange == "bitfinex" and symbol.startswith("t"):
+            candidates.append(symbol[1:])
+        if exchange in ("binance", "bittrex"):
+            candidates.append(symbol.upper())
+        for candidate in candidates:
+            market = self.sim.market(exchange, candidate)
+            if market is not None:
+                return market
+        return None
+
+    async def candles(self, request: web.Request) -> web.Response:
+        query = request.query
+        exchange = query.get("exchange", "")
+        if exchange not in EXCHANGES:
+            return _bad("exchange must be one of " + ", ".join(EXCHANGES))
+        market = self._find_market(exchange, query.get("symbol", ""))
+        if market is None:
+            return _bad(f"{exchange} does not list {query.get('symbol')!r}", status=404)
+        history = self.sim.history
+        try:
+            start = parse_time_ms(query["start"]) if "start" in query else history.first_ms
+            end = parse_time_ms(query["end"]) if "end" in query else history.last_closed_minute()
+        except ValueError as exc:
+            return _bad(str(exc))
+        end = min(end, history.last_closed_minute())
+        if (end - start) // MINUTE_MS > MAX_TRUTH_MINUTES:
+            return _bad(f"at most {MAX_TRUTH_MINUTES} minutes per request")
+        traded_only = exchange == "bitfinex"
+        candles = await self.sim.compute(
+            lambda: history.interval_candles(market, MINUTE_MS, start, end, traded_only=traded_only,
+                                             include_current=False)
+        )
+        rows = [
+            {"time": c.time_ms, "open": str(c.open), "high": str(c.high), "low": str(c.low), "close": str(c.close),
+             "volume": str(c.volume), "quote_volume": str(c.quote_volume), "trades": c.trades}
+            for c in candles
+        ]
+        return _json({"exchange": exchange, "symbol": market.symbol, "candles": rows})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        data = self.sim.stats.as_dict()
+        data["feed"] = {"events_delivered": self.sim.feed.events_delivered,
+                        "subscriptions": self.sim.feed.subscriber_count()}
+        return _json(data)
+
+    async def stats_reset(self, request: web.Request) -> web.Response:
+        self.sim.stats.reset()
+        return _json({"ok": True})
+
+    async def faults(self, request: web.Request) -> web.Response:
+        return _json(self.sim.faults.as_dict())
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        text = await request.text()
+        if not text.strip():
+            return {}
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError("body must be a JSON object")
+        return value
+
+    def _exchanges(self, body: dict[str, Any]) -> list[str]:
+        exchange = body.get("exchange", "all")
+        if exchange == "all":
+            return list(EXCHANGES)
+        if exchange not in EXCHANGES:
+            raise ValueError(f"unknown exchange {exchange!r}")
+        return [exchange]
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request)
+            exchanges = self._exchanges(body)
+            for exchange in exchanges:
+                self.sim.faults.apply(exchange, body)
+            for action in ACTIONS:
+                if action in body and body[action] not in (None, False):
+                    targets = [e for e in exchanges if self.sim.supports_action(e, action)]
+                    if len(exchanges) == 1 and not targets:
+                        raise ValueError(f"{exchanges[0]} has no action {action!r}")
+                    for exchange in targets:
+                        await self.sim.fault_action(exchange, action, body)
+        except (ValueError, FaultError, KeyError) as exc:
+            return _bad(str(exc))
+        return _json(self.sim.faults.as_dict())
+
+    async def reset_faults(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request)
+            exchanges = self._exchanges(body)
+        except ValueError as exc:
+            return _bad(str(exc))
+        for exchange in exchanges:
+            self.sim.faults.reset(exchange)
+        return _json(self.sim.faults.as_dict())

@@ -1,0 +1,144 @@
+"""What REST may serve: candles between the first simulated minute and "now", at any interval.
+
+Promises: nothing before `first_ms`; nothing after the clock's current minute; the current minute
+(or the current bucket of a longer interval) is the in-progress bar as of now; every other bar is
+final and equal to the model's (and `/control/candles`'). Buckets of longer intervals are aligned to
+the epoch (UTC) and aggregate the minute bars they contain.
+"""
+
+from __future__ import annotations
+
+from simulator.core import MINUTE_MS, CandleModel, SimCandle, SimClock, SimMarket
+
+
+def floor_to(ms: int, interval_ms: int) -> int:
+    return ms - ms % interval_ms
+
+
+def aggregate(minutes: list[SimCandle], bucket_ms: int) -> SimCandle:
+    """One bar from consecutive minute bars (all of them, quiet ones included)."""
+    first, last = minutes[0], minutes[-1]
+    if len(minutes) == 1:
+        return minutes[0] if first.time_ms == bucket_ms else _retime(first, bucket_ms)
+    traded = [c for c in minutes if c.trades]
+    return SimCandle(
+        time_ms=bucket_ms,
+        open=first.open,
+        high=max(c.high for c in minutes),
+        low=min(c.low for c in minutes),
+        close=last.close,
+        volume=sum((c.volume for c in minutes[1:]), minutes[0].volume),
+        quote_volume=sum((c.quote_volume for c in minutes[1:]), minutes[0].quote_volume),
+        trades=sum(c.trades for c in minutes),
+        taker_buy_volume=sum((c.taker_buy_volume for c in minutes[1:]), minutes[0].taker_buy_volume),
+        taker_buy_quote_volume=sum(
+            (c.taker_buy_quote_volume for c in minutes[1:]), minutes[0].taker_buy_quote_volume
+        ),
+        first_trade_id=traded[0].first_trade_id if traded else -1,
+        last_trade_id=traded[-1].last_trade_id if traded else -1,
+    )
+
+
+def _retime(candle: SimCandle, time_ms: int) -> SimCandle:
+    return SimCandle(
+        time_ms, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.quote_volume,
+        candle.trades, candle.taker_buy_volume, candle.taker_buy_quote_volume, candle.first_trade_id,
+        candle.last_trade_id,
+    )
+
+
+class History:
+    def __init__(self, clock: SimClock, model: CandleModel, first_ms: int) -> None:
+        self.clock = clock
+        self.model = model
+        self.first_ms = floor_to(first_ms, MINUTE_MS)
+
+    def now_minute(self) -> int:
+        return self.clock.current_minute_ms()
+
+    def last_closed_minute(self) -> int:
+        return self.now_minute() - MINUTE_MS
+
+    def minute_candles(self, market: SimMarket, lo_ms: int, hi_ms: int, *, include_current: bool = True) -> list[SimCandle]:
+        """Minute bars with open time in [lo_ms, hi_ms], clipped to what exists now."""
+        now = self.clock.now_ms()
+        current = floor_to(now, MINUTE_MS)
+        lo = max(self.first_ms, _ceil_to(lo_ms, MINUTE_MS))
+        hi = min(floor_to(hi_ms, MINUTE_MS), current if include_current else current - MINUTE_MS)
+        if hi < lo:
+            return []
+        closed_hi = min(hi, current - MINUTE_MS)
+        result = list(self.model.candles(market, lo, closed_hi)) if closed_hi >= lo else []
+        if hi == current:
+            result.append(self.model.partial_candle(market, current, now))
+        return result
+
+    def interval_candles(
+        self, market: SimMarket, interval_ms: int, lo_ms: int, hi_ms: int, *, traded_only: bool = False,
+        include_current: bool = True,
+    ) -> list[SimCandle]:
+        """Bars of `interval_ms` whose open time is in [lo_ms, hi_ms] (lo rounded up to a bucket).
+
+        `traded_only` drops bars without any trade (Bitfinex); otherwise quiet bars are flat at the
+        previous close with zero volume (Binance, Bittrex).
+        """
+        lo = _ceil_to(lo_ms, interval_ms)
+        hi = floor_to(hi_ms, interval_ms)
+        if hi < lo:
+            return []
+        minutes = self.minute_candles(market, lo, hi + interval_ms - MINUTE_MS, include_current=include_current)
+        if interval_ms == MINUTE_MS:
+            return [c for c in minutes if c.trades] if traded_only else minutes
+        bars: list[SimCandle] = []
+        bucket: list[SimCandle] = []
+        bucket_start = None
+        for candle in minutes:
+            start = floor_to(candle.time_ms, interval_ms)
+            if start != bucket_start and bucket:
+                bars.append(aggregate(bucket, bucket_start))  # type: ignore[arg-type]
+                bucket = []
+            bucket_start = start
+            bucket.append(candle)
+        if bucket:
+            bars.append(aggregate(bucket, bucket_start))  # type: ignore[arg-type]
+        return [b for b in bars if b.trades] if traded_only else bars
+
+    def newest(
+        self, market: SimMarket, interval_ms: int, end_ms: int, limit: int, *, lo_ms: int | None = None,
+        traded_only: bool = False,
+    ) -> list[SimCandle]:
+        """The newest `limit` bars with open time in [lo_ms, end_ms], oldest first."""
+        hi = min(floor_to(end_ms, interval_ms), floor_to(self.clock.now_ms(), interval_ms))
+        floor = floor_to(self.first_ms, interval_ms)
+        if lo_ms is not None:
+            floor = max(floor, _ceil_to(lo_ms, interval_ms))
+        result: list[SimCandle] = []
+        chunk = max(limit, 1)
+        while hi >= floor and len(result) < limit:
+            start = max(floor, hi - (chunk - 1) * interval_ms)
+            result = self.interval_candles(market, interval_ms, start, hi, traded_only=traded_only) + result
+            hi = start - interval_ms
+            chunk *= 2
+        return result[-limit:] if limit else []
+
+    def oldest(
+        self, market: SimMarket, interval_ms: int, start_ms: int, limit: int, *, hi_ms: int | None = None,
+        traded_only: bool = False,
+    ) -> list[SimCandle]:
+        """The oldest `limit` bars with open time in [start_ms, hi_ms], oldest first."""
+        lo = max(_ceil_to(start_ms, interval_ms), floor_to(self.first_ms, interval_ms))
+        ceiling = floor_to(self.clock.now_ms(), interval_ms)
+        if hi_ms is not None:
+            ceiling = min(ceiling, floor_to(hi_ms, interval_ms))
+        result: list[SimCandle] = []
+        chunk = max(limit, 1)
+        while lo <= ceiling and len(result) < limit:
+            end = min(ceiling, lo + (chunk - 1) * interval_ms)
+            result += self.interval_candles(market, interval_ms, lo, end, traded_only=traded_only)
+            lo = end + interval_ms
+            chunk *= 2
+        return result[:limit]
+
+
+def _ceil_to(ms: int, interval_ms: int) -> int:
+    return -((-ms) // interval_ms) * interval_ms

@@ -1,0 +1,106 @@
+"""Plumbing shared by the exchange servers: request accounting, injected HTTP faults, ws writers.
+
+`fault_gate` runs before an exchange's own handler and returns the reply a fault forces (a 429
+storm, a 5xx, a hang), or None to let the request through. `FrameWriter` is the per-connection
+outbound queue every websocket server uses, so the live feed never awaits a slow client: the feed
+appends, the writer task drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from simulator.server import Simulator
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def json_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=text, status=status, content_type=JSON, headers=headers)
+
+
+def client_ip(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+async def fault_gate(
+    sim: "Simulator", exchange: str, storm_reply: Callable[[], web.Response], error_reply: Callable[[], web.Response]
+) -> web.Response | None:
+    """The reply an active fault imposes on this REST request, or None."""
+    faults = sim.faults[exchange]
+    stats = sim.stats[exchange]
+    if faults.storming():
+        stats.storm_429 += 1
+        return storm_reply()
+    if faults.http_hang():
+        stats.fault_hangs += 1
+        await asyncio.sleep(sim.config.http_hang_seconds)
+        return web.Response(status=504, text="<html><body><h1>504 Gateway Time-out</h1></body></html>",
+                            content_type="text/html")
+    if faults.http_5xx():
+        stats.fault_5xx += 1
+        return error_reply()
+    return None
+
+
+def count_reply(sim: "Simulator", exchange: str, response: web.StreamResponse) -> None:
+    stats = sim.stats[exchange]
+    stats.rest_requests += 1
+    stats.rest_status[response.status] += 1
+
+
+class FrameWriter:
+    """Outbound text frames of one websocket, sent in order by one task."""
+
+    def __init__(self, ws: web.WebSocketResponse, sim: "Simulator", exchange: str) -> None:
+        self.ws = ws
+        self.sim = sim
+        self.exchange = exchange
+        self.queue: collections.deque[str] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, text: str) -> None:
+        if self.closed:
+            return
+        if len(self.queue) >= self.sim.config.ws_max_queued_frames:
+            log.warning("%s client too slow (%d frames queued): closing", self.exchange, len(self.queue))
+            self.closed = True
+            self.queue.clear()
+            asyncio.get_running_loop().create_task(self.ws.close(code=1008, message=b"too slow"))
+            return
+        self.queue.append(text)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        stats = self.sim.stats[self.exchange]
+        try:
+            while not self.closed:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.queue and not self.ws.closed:
+                    await self.ws.send_str(self.queue.popleft())
+                    stats.ws_frames_sent += 1
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+
+    async def stop(self) -> None:
+        self.closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass

@@ -1,0 +1,255 @@
+"""The simulator process: one event loop, one port per exchange plus a control port.
+
+Library use::
+
+    sim = Simulator(SimConfig(markets=20, speed=600))      # or Simulator(markets=20, speed=600)
+    await sim.start()                                       # binds free ports unless config.ports says
+    sim.urls  # {"bitfinex": {"rest": "http://127.0.0.1:P1", "ws": "ws://127.0.0.1:P1/ws/2"},
+              #  "binance":  {"rest": "http://127.0.0.1:P2", "ws": "ws://127.0.0.1:P2"},
+              #  "bittrex":  {"rest": "http://127.0.0.1:P3", "ws": "http://127.0.0.1:P3/signalr"},
+              #  "control":  "http://127.0.0.1:P4"}
+    await sim.stop()
+
+From synchronous code (pytest): `with SimulatorThread(config) as sim: ...` runs the same thing on a
+background thread's loop. As a process: `python -m simulator --help`.
+
+Shared state every exchange server uses: `clock`, `model`, `markets`, `history`, `feed` (the live
+candle hook, simulator/live.py), `faults` (+ `faults.connections`), `stats`, `config`, and
+`compute(fn)` to run heavy candle work off the event loop.
+
+The Bittrex SignalR server (simulator/bittrex_signalr.py) plugs into the Bittrex port: if that module
+defines `add_routes(app: web.Application, sim: Simulator)`, it is called with the Bittrex app (REST
+routes live under /v3, SignalR under /signalr). Whatever it returns, if it has
+`async action(name, args)`, receives the Bittrex fault actions other than `drop_ws` (which the
+simulator performs itself on every connection registered in `faults.connections`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from aiohttp import web
+
+from simulator.binance import BinanceServer
+from simulator.bitfinex import BitfinexServer
+from simulator.bittrex_rest import BittrexRestServer
+from simulator.config import SimConfig
+from simulator.control import ControlServer
+from simulator.core import EXCHANGES, CandleModel, MarketCatalog, SimClock, SimMarket
+from simulator.faults import Faults
+from simulator.history import History
+from simulator.live import LiveFeed
+from simulator.stats import Stats
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DAY_MS = 86_400_000
+SERVER_NAMES = (*EXCHANGES, "control")
+SHUTDOWN_SECONDS = 1.0
+
+
+class Simulator:
+    def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = SimConfig(**overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self.clock = SimClock(config.speed, config.start_ms)
+        self.model = CandleModel(config.seed)
+        self.catalog = MarketCatalog
+        self.markets: dict[str, list[SimMarket]] = {
+            exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES
+        }
+        self._by_symbol = {(m.exchange, m.symbol): m for ms in self.markets.values() for m in ms}
+        first_ms = config.first_ms
+        if first_ms is None:
+            first_ms = self.clock.start_ms - int(config.history_days * DAY_MS)
+            first_ms -= first_ms % DAY_MS
+        self.history = History(self.clock, self.model, first_ms)
+        self.feed = LiveFeed(
+            self.clock, self.model, [m for ms in self.markets.values() for m in ms],
+            config.effective_updates_per_minute,
+        )
+        self.faults = Faults(config.seed)
+        for exchange, settings in config.faults.items():
+            self.faults.apply(exchange, settings)
+        self.stats = Stats()
+        self.bitfinex = BitfinexServer(self)
+        self.binance = BinanceServer(self)
+        self.bittrex = BittrexRestServer(self)
+        self.bittrex_ws: Any = None
+        self.control = ControlServer(self)
+        self.urls: dict[str, Any] = {}
+        self.ports: dict[str, int] = {}
+        self._runners: list[web.AppRunner] = []
+        self._feed_task: asyncio.Task[None] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # ------------------------------------------------------------------------ shared helpers
+
+    def market(self, exchange: str, symbol: str) -> SimMarket | None:
+        return self._by_symbol.get((exchange, symbol))
+
+    def catalog_fixture(self, name: str) -> Any:
+        return MarketCatalog.fixture(name)
+
+    async def compute(self, fn: Callable[[], T]) -> T:
+        """Run CPU-heavy candle work on a worker thread so websockets keep flowing meanwhile."""
+        if self._executor is None:
+            return fn()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def supports_action(self, exchange: str, action: str) -> bool:
+        if action == "drop_ws":
+            return True
+        if exchange == "bitfinex":
+            return action == "ws_info"
+        if exchange == "binance":
+            return action == "server_shutdown"
+        return hasattr(self.bittrex_ws, "action")
+
+    async def fault_action(self, exchange: str, action: str, args: dict[str, Any]) -> None:
+        if action == "drop_ws":
+            conns = self.faults.connections.of(exchange)
+            for conn in conns:
+                conn.abort()
+            self.stats[exchange].ws_dropped_by_fault += len(conns)
+            return
+        server: Any = {"bitfinex": self.bitfinex, "binance": self.binance, "bittrex": self.bittrex_ws}[exchange]
+        if server is None or not hasattr(server, "action"):
+            raise ValueError(f"{exchange} has no action {action!r}")
+        await server.action(action, args)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def _bittrex_app(self) -> web.Application:
+        app = web.Application()
+        self.bittrex.add_routes(app)
+        try:
+            module = importlib.import_module("simulator.bittrex_signalr")
+        except ImportError as exc:
+            if exc.name != "simulator.bittrex_signalr":
+                raise
+            log.warning("simulator.bittrex_signalr is missing: the Bittrex websocket is not served")
+            return app
+        add_routes = getattr(module, "add_routes", None)
+        if add_routes is None:
+            log.warning("simulator.bittrex_signalr has no add_routes(app, sim): the Bittrex websocket is not served")
+            return app
+        self.bittrex_ws = add_routes(app, self)
+        return app
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-compute")
+        apps = {
+            "bitfinex": self.bitfinex.app(),
+            "binance": self.binance.app(),
+            "bittrex": self._bittrex_app(),
+            "control": self.control.app(),
+        }
+        host = self.config.host
+        for name in SERVER_NAMES:
+            runner = web.AppRunner(apps[name], access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS)
+            await runner.setup()
+            self._runners.append(runner)
+            site = web.TCPSite(runner, host, self.config.ports.get(name, 0), reuse_address=True)
+            await site.start()
+            server = site._server
+            assert server is not None and server.sockets
+            self.ports[name] = server.sockets[0].getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        base = {name: f"http://{shown}:{port}" for name, port in self.ports.items()}
+        self.urls = {
+            "bitfinex": {"rest": base["bitfinex"], "ws": f"ws://{shown}:{self.ports['bitfinex']}/ws/2"},
+            "binance": {"rest": base["binance"], "ws": f"ws://{shown}:{self.ports['binance']}"},
+            "bittrex": {"rest": base["bittrex"], "ws": f"{base['bittrex']}/signalr"},
+            "control": base["control"],
+        }
+        self._feed_task = asyncio.get_running_loop().create_task(self.feed.run(), name="sim-live-feed")
+
+    async def stop(self) -> None:
+        if self._feed_task is not None:
+            self._feed_task.cancel()
+            try:
+                await self._feed_task
+            except asyncio.CancelledError:
+                pass
+            self._feed_task = None
+        for exchange in EXCHANGES:
+            for conn in self.faults.connections.of(exchange):
+                conn.abort()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def env_lines(self) -> list[str]:
+        """The platform's .env lines that point it at this simulator."""
+        return [
+            f"BITFINEX_REST_URL={self.urls['bitfinex']['rest']}",
+            f"BITFINEX_WS_URL={self.urls['bitfinex']['ws']}",
+            f"BINANCE_REST_URL={self.urls['binance']['rest']}",
+            f"BINANCE_WS_URL={self.urls['binance']['ws']}",
+            f"BITTREX_REST_URL={self.urls['bittrex']['rest']}",
+            f"BITTREX_WS_URL={self.urls['bittrex']['ws']}",
+        ]
+
+    async def __aenter__(self) -> "Simulator":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class SimulatorThread:
+    """A `Simulator` on its own event loop in a daemon thread, for synchronous callers.
+
+    `with SimulatorThread(config) as sim:` returns the started `Simulator`; `call(coro_fn)` runs a
+    coroutine function on the simulator's loop (e.g. to touch its state safely).
+    """
+
+    def __init__(self, config: SimConfig | None = None, **overrides: Any) -> None:
+        self.simulator = Simulator(config, **overrides)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="simulator", daemon=True)
+
+    def start(self) -> Simulator:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.simulator.start(), self._loop).result(timeout=30)
+        return self.simulator
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.simulator.stop(), self._loop).result(timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30) -> Any:
+        async def runner() -> Any:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+
+        return asyncio.run_coroutine_threadsafe(runner(), self._loop).result(timeout=timeout)
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
