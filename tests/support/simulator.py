@@ -1,0 +1,102 @@
+"""The exchange simulator for tests: in-process on a background thread, or as a subprocess.
+
+`running_simulator(**config)` starts one on free ports with `SimConfig.fast_test()` defaults and
+yields a `SimHandle` with the URLs, the `.env`-style settings overrides, and small helpers for the
+control port (ground truth, stats, faults) so tests read like what they check.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
+
+from simulator.config import SimConfig
+from simulator.server import Simulator, SimulatorThread
+
+
+def _http_json(url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = Request(url, data=data, method="GET" if body is None else "POST")
+    request.add_header("Content-Type", "application/json")
+    with urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")
+
+
+@dataclass
+class SimHandle:
+    urls: dict[str, Any]
+    simulator: Simulator | None = None
+
+    @property
+    def control(self) -> str:
+        return self.urls["control"]
+
+    def settings_overrides(self) -> dict[str, str]:
+        """Settings fields (lower-case) that point the platform at this simulator."""
+        values: dict[str, str] = {}
+        for exchange in ("bitfinex", "binance", "bittrex"):
+            values[f"{exchange}_rest_url"] = self.urls[exchange]["rest"]
+            values[f"{exchange}_ws_url"] = self.urls[exchange]["ws"]
+        return values
+
+    def env(self) -> dict[str, str]:
+        return {key.upper(): value for key, value in self.settings_overrides().items()}
+
+    def clock(self) -> dict[str, Any]:
+        return _http_json(f"{self.control}/control/clock")
+
+    def markets(self, exchange: str) -> list[dict[str, Any]]:
+        return _http_json(f"{self.control}/control/markets?" + urlencode({"exchange": exchange}))
+
+    def truth(self, exchange: str, symbol: str, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
+        """Final candles with open time in [start_ms, end_ms) - half-open, like the platform's ranges."""
+        query = urlencode({"exchange": exchange, "symbol": symbol, "start": start_ms, "end": end_ms - 1})
+        return _http_json(f"{self.control}/control/candles?{query}")["candles"]
+
+    def stats(self) -> dict[str, Any]:
+        return _http_json(f"{self.control}/control/stats")
+
+    def reset_stats(self) -> None:
+        _http_json(f"{self.control}/control/stats/reset", {})
+
+    def set_faults(self, exchange: str, **faults: Any) -> Any:
+        return _http_json(f"{self.control}/control/faults", {"exchange": exchange, **faults})
+
+    def reset_faults(self, exchange: str = "all") -> None:
+        _http_json(f"{self.control}/control/faults/reset", {"exchange": exchange})
+
+
+@contextmanager
+def running_simulator(**overrides: Any) -> Iterator[SimHandle]:
+    """An in-process simulator (fast-test limits unless overridden) for the duration of the block."""
+    with SimulatorThread(SimConfig.fast_test(**overrides)) as sim:
+        yield SimHandle(urls=sim.urls, simulator=sim)
+
+
+@contextmanager
+def simulator_process(*args: str) -> Iterator[SimHandle]:
+    """`python -m simulator --json ARGS` as a child process, the way users run it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "--json", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"simulator did not start: {proc.stderr.read() if proc.stderr else ''}")
+        yield SimHandle(urls=json.loads(line)["urls"])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
