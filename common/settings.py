@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     bitfinex_rest_requests_per_minute: int = Field(default=30, ge=1)
     binance_rest_weight_per_minute: int = Field(default=6000, ge=1)
     bittrex_rest_requests_per_minute: int = Field(default=60, ge=1)
+    rest_rate_window_seconds: float = Field(default=60.0, gt=0)
     rest_concurrency: int = Field(default=8, ge=1, le=256)
     rest_timeout_seconds: float = Field(default=30.0, gt=0)
     rest_max_retries: int = Field(default=5, ge=0)

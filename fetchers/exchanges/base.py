@@ -1,0 +1,173 @@
+"""What every exchange adapter provides, and the small records that cross its boundary.
+
+An adapter is pure: it builds requests, parses bodies and classifies errors, but never does I/O, so
+the engines (`fetchers/rest`, later `fetchers/ws`) are exchange-agnostic and the protocol code is
+tested with real payloads alone. All three adapters define the same methods in the same order:
+
+    markets_requests -> parse_markets            which markets exist
+    plan_fetch_tasks -> candles_request -> parse_candles     history over REST
+    classify_error, used_weight, rate_limit      how to behave under the exchange's limits
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Mapping
+from urllib.parse import quote, urlencode
+
+from common.candle import Candle, Market
+from common.settings import Settings
+from common.timeutil import MINUTE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class RestRequest:
+    """One GET: a path on the exchange's REST base URL, its query and its rate-limit weight."""
+
+    path: str
+    params: tuple[tuple[str, str], ...] = ()
+    weight: int = 1
+
+    def url(self, base_url: str) -> str:
+        url = base_url.rstrip("/") + quote(self.path, safe="/:")
+        return f"{url}?{urlencode(self.params)}" if self.params else url
+
+
+@dataclass(frozen=True, slots=True)
+class FetchTask:
+    """One planned candles request: a market and the half-open range [start_ms, end_ms) it covers."""
+
+    exchange: str
+    symbol: str
+    base_id: str
+    quote_id: str
+    start_ms: int
+    end_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.start_ms}"
+
+    @property
+    def minutes(self) -> int:
+        return (self.end_ms - self.start_ms) // MINUTE_MS
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FetchTask":
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+class ErrorKind(enum.Enum):
+    RETRY = "retry"                # transient (5xx, timeout, maintenance): back off and try again
+    RATE_LIMITED = "rate_limited"  # we were too fast: pause the whole exchange, then try again
+    BANNED = "banned"              # Binance 418: stop the whole exchange until the ban ends
+    FATAL = "fatal"                # this request can never succeed (bad symbol, bad parameters)
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeError:
+    """A failed response, classified. `wait_seconds` is the exchange's own wait (Retry-After), if any."""
+
+    kind: ErrorKind
+    wait_seconds: float | None
+    code: str | None
+    message: str
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """`capacity` weight units per `window_seconds`, as the exchange counts them for one IP."""
+
+    capacity: int
+    window_seconds: float
+
+
+class ExchangeAdapter:
+    """The common shape; each exchange module subclasses it and fills in every method."""
+
+    name: ClassVar[str]
+    max_candles_per_request: ClassVar[int]
+    candles_request_weight: ClassVar[int] = 1
+    max_request_weight: ClassVar[int] = 1
+    """The heaviest request this adapter sends (the rate limiter keeps room for it)."""
+
+    # -- markets
+    def markets_requests(self) -> list[RestRequest]:
+        raise NotImplementedError
+
+    def parse_markets(self, bodies: Sequence[str]) -> list[Market]:
+        raise NotImplementedError
+
+    # -- history over REST
+    def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int, now_ms: int) -> Iterator[FetchTask]:
+        """Requests covering [start_ms, end_ms) of one market, oldest first, as few as allowed."""
+        for chunk_start, chunk_end in chunk_range(start_ms, end_ms, self.max_candles_per_request * MINUTE_MS):
+            yield task_for(market, chunk_start, chunk_end)
+
+    def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:
+        raise NotImplementedError
+
+    def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
+        """Final 1-minute candles of the task's range, exact decimals; ValueError if malformed."""
+        raise NotImplementedError
+
+    # -- limits
+    def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:
+        raise NotImplementedError
+
+    def used_weight(self, headers: Mapping[str, str]) -> int | None:
+        """The exchange's own count of weight used by this IP, when it reports one."""
+        return None
+
+    def rate_limit(self, settings: Settings) -> RateLimit:
+        raise NotImplementedError
+
+
+def task_for(market: Market, start_ms: int, end_ms: int) -> FetchTask:
+    return FetchTask(market.exchange, market.symbol, market.base_id, market.quote_id, start_ms, end_ms)
+
+
+def chunk_range(start_ms: int, end_ms: int, step_ms: int) -> Iterator[tuple[int, int]]:
+    """[start, end) cut into consecutive pieces of at most `step_ms`."""
+    current = start_ms
+    while current < end_ms:
+        upper = min(current + step_ms, end_ms)
+        yield current, upper
+        current = upper
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The Retry-After header in seconds (the numeric form the exchanges send), if present."""
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                return None
+    return None
+
+
+def in_task_range(task: FetchTask, time_ms: int) -> bool:
+    return task.start_ms <= time_ms < task.end_ms and time_ms % MINUTE_MS == 0
+
+
+def resolve_symbol(markets: Sequence[Market], text: str) -> Market:
+    """A market named by the user as BASE/QUOTE or as the exchange's own symbol (any case;
+    Bitfinex's `t` prefix optional). KeyError with a one-line message when nothing matches."""
+    wanted = text.strip().upper()
+    if not wanted:
+        raise KeyError("empty symbol")
+    for market in markets:
+        names = {market.pair.upper(), market.symbol.upper()}
+        if market.exchange == "bitfinex" and market.symbol.startswith("t"):
+            names.add(market.symbol[1:].upper())
+        if wanted in names:
+            return market
+    exchange = markets[0].exchange if markets else "this exchange"
+    raise KeyError(f"unknown symbol {text!r} on {exchange} (use BASE/QUOTE, e.g. BTC/USD, or the exchange's symbol)")

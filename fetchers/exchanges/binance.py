@@ -1,0 +1,104 @@
+"""Binance Spot API: market list, 1-minute klines, errors and limits.
+
+Wire facts this module relies on: `exchangeInfo` (weight 20) lists symbols with `baseAsset` /
+`quoteAsset` and a status; `klines` (weight 2, at most 1000 rows, ascending) gives OHLC as decimal
+strings and a row for every minute, trades or not; limits are request weight per minute per IP,
+reported back in `X-MBX-USED-WEIGHT-1M`; 429 and 418 carry `Retry-After`; errors are
+`{"code": -1121, "msg": "Invalid symbol."}`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+
+from common.candle import Candle, Market
+from common.settings import Settings
+from common.timeutil import ms_to_datetime
+from fetchers.exchanges.base import (
+    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, in_task_range,
+    retry_after_seconds,
+)
+
+EXCHANGE_INFO_WEIGHT = 20
+KLINES_WEIGHT = 2
+TRADING_STATUS = "TRADING"
+USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
+DEFAULT_BAN_SECONDS = 120.0
+
+
+class BinanceAdapter(ExchangeAdapter):
+    name = "binance"
+    max_candles_per_request = 1000
+    candles_request_weight = KLINES_WEIGHT
+    max_request_weight = EXCHANGE_INFO_WEIGHT
+
+    # -- markets
+    def markets_requests(self) -> list[RestRequest]:
+        return [RestRequest("/api/v3/exchangeInfo", (), EXCHANGE_INFO_WEIGHT)]
+
+    def parse_markets(self, bodies: Sequence[str]) -> list[Market]:
+        data = json.loads(bodies[0])
+        if not isinstance(data, dict) or not isinstance(data.get("symbols"), list):
+            raise ValueError(f"unexpected exchangeInfo body: {bodies[0][:200]}")
+        return [
+            Market(self.name, item["baseAsset"], item["quoteAsset"], item["symbol"],
+                   item.get("status") == TRADING_STATUS)
+            for item in data["symbols"]
+        ]
+
+    # -- history over REST
+    def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:
+        return RestRequest(
+            "/api/v3/klines",
+            (("symbol", task.symbol), ("interval", "1m"), ("startTime", str(task.start_ms)),
+             ("endTime", str(task.end_ms - 1)), ("limit", str(self.max_candles_per_request))),
+            self.candles_request_weight,
+        )
+
+    def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
+        rows = json.loads(body)
+        if not isinstance(rows, list):
+            raise ValueError(f"expected a list of klines, got {body[:200]}")
+        candles = []
+        for row in rows:
+            if not isinstance(row, list) or len(row) < 6 or not isinstance(row[0], int):
+                raise ValueError(f"malformed kline row {row!r}")
+            time_ms = row[0]
+            if not in_task_range(task, time_ms):
+                continue
+            open_, high, low, close, volume = (Decimal(value) for value in row[1:6])
+            candles.append(Candle(self.name, task.base_id, task.quote_id, ms_to_datetime(time_ms),
+                                  open_, high, low, close, volume))
+        return candles
+
+    # -- limits
+    def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:
+        code, message = None, body[:200].strip() or f"HTTP {status}"
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and "code" in data:
+            code, message = str(data["code"]), str(data.get("msg", ""))
+        wait = retry_after_seconds(headers)
+        if status == 418:
+            return ExchangeError(ErrorKind.BANNED, wait or DEFAULT_BAN_SECONDS, code, message, status)
+        if status == 429:
+            return ExchangeError(ErrorKind.RATE_LIMITED, wait, code, message, status)
+        if status >= 500 or status == 408:
+            return ExchangeError(ErrorKind.RETRY, wait, code, message, status)
+        return ExchangeError(ErrorKind.FATAL, None, code, message, status)
+
+    def used_weight(self, headers: Mapping[str, str]) -> int | None:
+        for name, value in headers.items():
+            if name.lower() == USED_WEIGHT_HEADER:
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    def rate_limit(self, settings: Settings) -> RateLimit:
+        return RateLimit(settings.binance_rest_weight_per_minute, settings.rest_rate_window_seconds)
