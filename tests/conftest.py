@@ -113,3 +113,33 @@ def db_conn(settings: Settings):
     conn = connect(settings)
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def simulator():
+    """A fresh in-process exchange simulator with the fast-test limits (3-second windows)."""
+    from tests.support.simulator import running_simulator
+
+    with running_simulator() as handle:
+        yield handle
+
+
+def simulator_limits(handle) -> dict:
+    """Platform settings whose rate limits are exactly the simulator's (scaled) published ones."""
+    config = handle.simulator.config
+    return dict(
+        rest_rate_window_seconds=config.rate_window_seconds,
+        bitfinex_rest_requests_per_minute=config.bitfinex_candle_requests_per_window,
+        binance_rest_weight_per_minute=config.binance_weight_per_window,
+        bittrex_rest_requests_per_minute=config.bittrex_requests_per_window,
+    )
+
+
+@pytest.fixture
+def platform_settings(settings: Settings, simulator, monkeypatch) -> Settings:
+    """`settings` pointed at the simulator, with its limits; exported to the environment too."""
+    values = {**simulator.settings_overrides(), **simulator_limits(simulator), "rest_timeout_seconds": 5.0}
+    for key, value in values.items():
+        monkeypatch.setenv(key.upper(), str(value))
+    settings_module.get_settings.cache_clear()
+    return settings.model_copy(update=values)

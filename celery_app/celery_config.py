@@ -1,0 +1,35 @@
+"""Celery configuration: one queue per exchange for REST work, Redis as broker."""
+
+from __future__ import annotations
+
+from kombu import Queue
+
+from common.settings import EXCHANGES
+
+REST_QUEUES: dict[str, str] = {exchange: f"{exchange}_rest" for exchange in EXCHANGES}
+
+task_queues = tuple(Queue(name) for name in REST_QUEUES.values())
+task_default_queue = REST_QUEUES["binance"]
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+timezone = "UTC"
+enable_utc = True
+# A backfill message is acknowledged only when its task returns, and a worker takes one at a time:
+# the job's requests live in Redis, so a redelivered message just helps drain the same job.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+broker_connection_retry_on_startup = True
+result_expires = 24 * 3600
+worker_hijack_root_logger = False
+
+beat_schedule = {
+    f"refresh-markets-{exchange}": {
+        "task": "celery_app.celery_tasks.refresh_markets",
+        "schedule": 24 * 3600.0,
+        "args": (exchange,),
+        "options": {"queue": queue},
+    }
+    for exchange, queue in REST_QUEUES.items()
+}

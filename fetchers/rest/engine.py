@@ -1,0 +1,212 @@
+"""The backfill engine: drain one job's durable queue under the exchange's shared rate budget.
+
+Exchange-agnostic: everything exchange-specific comes from the adapter (request building, parsing,
+error classification, limits). Any number of engines — in Celery workers on several machines, or
+in the CLI with `--local` — can drain the same job together; each request is claimed by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from common.db import FetchErrorRecord, refresh_aggregates
+from common.settings import Settings
+from common.timeutil import ms_to_datetime
+from fetchers.exchanges import get_adapter
+from fetchers.exchanges.base import ErrorKind, ExchangeAdapter, ExchangeError, FetchTask
+from fetchers.rest.job_store import Claim, JobInfo, JobStore, HEARTBEAT_TTL_SECONDS
+from fetchers.rest.rate_limiter import Budget, SharedRateLimiter
+from fetchers.rest.writer import CandleWriter
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+MAX_RATE_LIMIT_WAITS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """Knobs of one engine run; defaults come from settings."""
+
+    concurrency: int
+    max_retries: int
+    timeout_seconds: float
+    unlimited_rate: bool = False
+    backoff_base_seconds: float = BACKOFF_BASE_SECONDS
+    backoff_max_seconds: float = BACKOFF_MAX_SECONDS
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> "EngineOptions":
+        values = dict(
+            concurrency=settings.rest_concurrency,
+            max_retries=settings.rest_max_retries,
+            timeout_seconds=settings.rest_timeout_seconds,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutcome:
+    """How one request ended: its candles, or the error that finally stopped it."""
+
+    candles: list
+    error: ExchangeError | None = None
+    exception_class: str = ""
+
+
+def budget_for(adapter: ExchangeAdapter, settings: Settings) -> Budget:
+    limit = adapter.rate_limit(settings)
+    return Budget(limit.capacity, limit.window_seconds, adapter.max_request_weight)
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Full-jitter exponential backoff: spreads retries of many workers apart."""
+    return random.uniform(0, min(cap, base * (2 ** attempt)))
+
+
+class BackfillEngine:
+    def __init__(self, settings: Settings, job_id: str, options: EngineOptions | None = None,
+                 worker_id: str | None = None):
+        self.settings = settings
+        self.job_id = job_id
+        self.options = options or EngineOptions.from_settings(settings)
+        self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
+        self.requests_sent = 0
+        self.rate_limited = 0
+
+    async def run(self) -> JobInfo:
+        """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
+        client = aioredis.from_url(self.settings.redis_url)
+        store = JobStore(client)
+        heartbeat: asyncio.Task | None = None
+        try:
+            job = await store.info(self.job_id)
+            adapter = get_adapter(job.exchange)
+            limiter = SharedRateLimiter(client, job.exchange, budget_for(adapter, self.settings),
+                                        unlimited=self.options.unlimited_rate)
+            await store.heartbeat(self.worker_id)
+            heartbeat = asyncio.create_task(self._keep_alive(store))
+            requeued = await store.requeue_orphans(self.job_id)
+            if requeued:
+                log.info("job %s: re-queued %d request(s) of stopped workers", self.job_id, requeued)
+
+            async def committed(claim: Claim, count: int) -> None:
+                await store.complete(self.job_id, claim, count)
+
+            writer = CandleWriter(self.settings, committed)
+            timeout = aiohttp.ClientTimeout(total=self.options.timeout_seconds)
+            connector = aiohttp.TCPConnector(limit=self.options.concurrency)
+            async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+                loops = [
+                    asyncio.create_task(self._drain(store, adapter, limiter, http, writer))
+                    for _ in range(self.options.concurrency)
+                ]
+                try:
+                    await asyncio.gather(*loops)
+                finally:
+                    for loop in loops:
+                        loop.cancel()
+                    await writer.close()
+            job = await store.info(self.job_id)
+            if job.finished and not job.refreshed and await store.claim_refresh(self.job_id):
+                await self._refresh(store, job)
+                job = await store.info(self.job_id)
+            return job
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+            await store.retire(self.worker_id)
+            await client.aclose()
+
+    async def _keep_alive(self, store: JobStore) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_TTL_SECONDS / 3)
+            await store.heartbeat(self.worker_id)
+
+    async def _refresh(self, store: JobStore, job: JobInfo) -> None:
+        start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)
+        began = time.monotonic()
+        await asyncio.to_thread(refresh_aggregates, self.settings, start, end)
+        await store.mark_refreshed(self.job_id)
+        log.info("job %s: aggregates refreshed for %s .. %s in %.1fs", self.job_id, start, end,
+                 time.monotonic() - began)
+
+    async def _drain(self, store, adapter, limiter, http, writer) -> None:
+        while True:
+            claim = await store.claim(self.job_id, self.worker_id)
+            if claim is None:
+                return
+            outcome = await self._fetch(adapter, limiter, http, claim.task)
+            if outcome.error is None:
+                await writer.add(claim, outcome.candles)
+                continue
+            error = outcome.error
+            log.error("%s %s: giving up on %s: %s", adapter.name, claim.task.symbol,
+                      claim.task.key, error.message)
+            await writer.record_error(FetchErrorRecord(
+                exchange=adapter.name, symbol=claim.task.symbol,
+                start_date=ms_to_datetime(claim.task.start_ms), end_date=ms_to_datetime(claim.task.end_ms),
+                time_frame="1m", ohlcv_section="hist", resp_status_code=error.status,
+                exception_class=outcome.exception_class or f"{error.kind.name.title()}Error",
+                exception_message=error.message,
+            ))
+            await store.complete(self.job_id, claim, 0, failed=True)
+
+    async def _fetch(self, adapter, limiter, http, task: FetchTask) -> FetchOutcome:
+        """One request with retries: rate-limit signals pause the exchange (shared by every worker),
+        transient errors back off with jitter, a malformed body counts as transient."""
+        attempt = 0
+        waits = 0
+        while True:
+            request = adapter.candles_request(task, int(time.time() * 1000))
+            url = request.url(self.settings.rest_url(adapter.name))
+            await limiter.acquire(request.weight)
+            self.requests_sent += 1
+            exception_class = ""
+            try:
+                async with http.get(url) as response:
+                    status, headers = response.status, dict(response.headers)
+                    body = await response.text()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                exception_class = type(exc).__name__
+                error = ExchangeError(ErrorKind.RETRY, None, None, f"{exception_class}: {exc}".rstrip(": "), None)
+            else:
+                used = adapter.used_weight(headers)
+                if used is not None:
+                    await limiter.note_used_weight(used)
+                if status == 200:
+                    try:
+                        return FetchOutcome(adapter.parse_candles(task, body))
+                    except ValueError as exc:
+                        exception_class = "MalformedResponse"
+                        error = ExchangeError(ErrorKind.RETRY, None, None, f"malformed response: {exc}", status)
+                else:
+                    error = adapter.classify_error(status, headers, body)
+
+            if error.kind in (ErrorKind.RATE_LIMITED, ErrorKind.BANNED):
+                self.rate_limited += 1
+                waits += 1
+                wait = error.wait_seconds if error.wait_seconds is not None else limiter.budget.window_seconds
+                await limiter.block_for(wait, f"HTTP {error.status} {error.message}")
+                if waits <= MAX_RATE_LIMIT_WAITS:
+                    continue
+                return FetchOutcome([], error, "RateLimitError")
+            if error.kind is ErrorKind.RETRY and attempt < self.options.max_retries:
+                attempt += 1
+                delay = backoff_seconds(attempt, self.options.backoff_base_seconds,
+                                        self.options.backoff_max_seconds)
+                log.warning("%s %s: %s; retry %d/%d in %.1fs", adapter.name, task.symbol, error.message,
+                            attempt, self.options.max_retries, delay)
+                await asyncio.sleep(delay)
+                continue
+            return FetchOutcome([], error, exception_class)

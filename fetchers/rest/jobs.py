@@ -1,0 +1,97 @@
+"""Creating backfill jobs: validate the user's request, choose markets, plan, store durably.
+
+Planning is pure (the adapter says how few requests cover a range); this module adds the checks
+a user needs — one clear message per mistake — and hands the plan to the job store.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+import redis.asyncio as aioredis
+
+from common.candle import Market
+from common.db import connection, load_markets
+from common.settings import EXCHANGES, Settings
+from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, utc_now
+from fetchers.exchanges import get_adapter
+from fetchers.exchanges.base import ExchangeAdapter, FetchTask, resolve_symbol
+from fetchers.rest.job_store import JobInfo, JobStore
+from fetchers.rest.markets import refresh_markets
+
+
+class BackfillRequestError(ValueError):
+    """The user's backfill request is invalid; the message says why in one line."""
+
+
+def plan_job(adapter: ExchangeAdapter, markets: Sequence[Market], start_ms: int, end_ms: int,
+             now_ms: int) -> Iterator[FetchTask]:
+    """Every market's requests, interleaved oldest-first so all markets progress together."""
+    per_market = (adapter.plan_fetch_tasks(m, start_ms, end_ms, now_ms) for m in markets)
+    return heapq.merge(*per_market, key=lambda t: (t.start_ms, t.symbol))
+
+
+def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, int]:
+    """[start, end) in ms, minute-aligned; the end is clamped to the current minute."""
+    start_ms = floor_minute_ms(datetime_to_ms(start))
+    end_ms = -(-datetime_to_ms(end) // MINUTE_MS) * MINUTE_MS
+    now_ms = floor_minute_ms(datetime_to_ms(now))
+    if end_ms <= start_ms:
+        raise BackfillRequestError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
+    if start_ms >= now_ms:
+        raise BackfillRequestError(f"the range starts in the future ({start.isoformat()}); nothing to fetch yet")
+    return start_ms, min(end_ms, now_ms)
+
+
+def check_exchange(exchange: str) -> str:
+    name = exchange.lower()
+    if name not in EXCHANGES:
+        raise BackfillRequestError(f"unknown exchange {exchange!r}; choose one of {', '.join(EXCHANGES)}")
+    return name
+
+
+def choose_markets(known: Sequence[Market], symbols: Sequence[str] | None) -> list[Market]:
+    if not symbols:
+        trading = [m for m in known if m.is_trading]
+        if not trading:
+            raise BackfillRequestError("no trading markets known for this exchange")
+        return trading
+    chosen: list[Market] = []
+    for text in symbols:
+        try:
+            market = resolve_symbol(known, text)
+        except (KeyError, ValueError) as error:
+            raise BackfillRequestError(str(error).strip("'\"")) from None
+        if market not in chosen:
+            chosen.append(market)
+    return chosen
+
+
+async def create_job(settings: Settings, exchange: str, start: datetime, end: datetime,
+                     symbols: Sequence[str] | None = None, now: datetime | None = None) -> JobInfo:
+    """Validate, pick markets (refreshing the list from the exchange if none are known), plan
+    and store the job. Raises BackfillRequestError for the user's mistakes."""
+    exchange = check_exchange(exchange)
+    now = now or utc_now()
+    start_ms, end_ms = validate_range(start, end, now)
+    adapter = get_adapter(exchange)
+    with connection(settings) as conn:
+        known = load_markets(conn, exchange)
+    if not known:
+        await refresh_markets(settings, exchange)
+        with connection(settings) as conn:
+            known = load_markets(conn, exchange)
+    markets = choose_markets(known, symbols)
+    now_ms = datetime_to_ms(now)
+    tasks = plan_job(adapter, markets, start_ms, end_ms, now_ms)
+    limit = adapter.rate_limit(settings)
+    per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        return await JobStore(client).create(
+            exchange, start_ms, end_ms, [m.symbol for m in markets], tasks, limit_per_minute=per_minute
+        )
+    finally:
+        await client.aclose()

@@ -1,0 +1,122 @@
+"""Batching database writer for the backfill: many requests' candles per upsert, completion after commit.
+
+Upserts run in a worker thread (psycopg2 releases the GIL while PostgreSQL works), one batch at a
+time, while the event loop keeps fetching the next batch. A request is marked complete in the job
+store only after the transaction holding its candles has committed — so a crash at any point
+leaves it in flight, to be re-queued, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from common.candle import Candle
+from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candles
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 20_000
+BATCH_SECONDS = 0.5
+
+
+@dataclass
+class _Batch:
+    candles: list[Candle] = field(default_factory=list)
+    owners: list[tuple[object, int]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+
+OnCommitted = Callable[[object, int], Awaitable[None]]
+
+
+class CandleWriter:
+    """`add(owner, candles)` buffers; after each commit `on_committed(owner, count)` is awaited."""
+
+    def __init__(self, settings: Settings, on_committed: OnCommitted,
+                 batch_rows: int = BATCH_ROWS, batch_seconds: float = BATCH_SECONDS):
+        self.settings = settings
+        self.on_committed = on_committed
+        self.batch_rows = batch_rows
+        self.batch_seconds = batch_seconds
+        self._batch = _Batch()
+        self._flush_lock = asyncio.Lock()
+        self._db_lock = asyncio.Lock()
+        self._conn = None
+        self._timer: asyncio.Task | None = None
+        self._writes: set[asyncio.Future] = set()
+        self.rows_written = 0
+
+    def _connection(self):
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.settings)
+        return self._conn
+
+    def _write_sync(self, candles: list[Candle]) -> int:
+        conn = self._connection()
+        try:
+            written = upsert_candles(conn, candles)
+            conn.commit()
+            return written
+        except Exception:
+            conn.rollback()
+            raise
+
+    async def add(self, owner: object, candles: list[Candle]) -> None:
+        """Buffer one request's candles; flushes when the batch is full. Applies backpressure:
+        while a flush is running, a full batch waits for it instead of growing without bound."""
+        batch = self._batch
+        batch.candles.extend(candles)
+        batch.owners.append((owner, len(candles)))
+        if len(batch.candles) >= self.batch_rows:
+            await self.flush()
+        elif self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.batch_seconds)
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self._flush_lock:
+            batch, self._batch = self._batch, _Batch()
+            if not batch.owners:
+                return
+            write = asyncio.ensure_future(self._write_batch(batch))
+            self._writes.add(write)
+            write.add_done_callback(self._writes.discard)
+            # Shielded: a cancelled caller must not abandon a write its thread is still doing.
+            await asyncio.shield(write)
+
+    async def _write_batch(self, batch: _Batch) -> None:
+        async with self._db_lock:
+            await asyncio.to_thread(self._write_sync, batch.candles)
+        self.rows_written += len(batch.candles)
+        for owner, count in batch.owners:
+            await self.on_committed(owner, count)
+
+    async def record_error(self, record: FetchErrorRecord) -> None:
+        def write() -> None:
+            conn = self._connection()
+            try:
+                record_fetch_error(conn, record)
+                conn.commit()
+            except Exception:
+                conn.rollback()
+                raise
+
+        async with self._db_lock:
+            await asyncio.to_thread(write)
+
+    async def close(self) -> None:
+        if self._timer is not None and not self._timer.done():
+            self._timer.cancel()
+        await self.flush()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        if self._conn is not None:
+            self._conn.close()
