@@ -1,0 +1,631 @@
+"""Golden tests of the simulator's REST APIs over real sockets, against /work/shared/exchanges.md.
+
+Every exchange is checked field by field, JSON types included (Bitfinex numbers, Binance and Bittrex
+strings), then against the control port's ground truth, and under limits and injected faults.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Iterator
+
+import pytest
+
+from simulator.core import MarketCatalog
+from tests.support.simulator import SimHandle, running_simulator
+
+pytestmark = pytest.mark.integration
+
+MINUTE = 60_000
+DAY = 86_400_000
+FIXED8 = re.compile(r"^\d+\.\d{8}$")
+BITTREX_NUMBER = re.compile(r"^(0|\d+\.\d{8})$")
+ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+GENEROUS = dict(
+    rate_window_seconds=60.0,
+    bitfinex_candle_requests_per_window=1_000_000,
+    bitfinex_conf_requests_per_window=1_000_000,
+    binance_weight_per_window=100_000_000,
+    bittrex_requests_per_window=1_000_000,
+)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    text: str
+    seconds: float
+
+    def json(self) -> Any:
+        """Decimals for JSON numbers with a fraction, ints for the others: types stay visible."""
+        return json.loads(self.text, parse_float=Decimal)
+
+
+def get(url: str, method: str = "GET", timeout: float = 30) -> Reply:
+    started = time.monotonic()
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return Reply(response.status, response.headers, response.read().decode(), time.monotonic() - started)
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.headers, exc.read().decode(), time.monotonic() - started)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, Decimal)) and not isinstance(value, bool)
+
+
+def utc_day(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+
+
+def iso_ms(text: str) -> int:
+    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+def now_ms(sim: SimHandle) -> int:
+    return sim.clock()["now_ms"]
+
+
+def pick(sim: SimHandle, exchange: str, lo: float, hi: float) -> str:
+    """A trading market whose trade probability is in [lo, hi)."""
+    for market in sim.markets(exchange):
+        if lo <= market["trade_probability"] < hi:
+            return market["symbol"]
+    raise AssertionError(f"no {exchange} market with trade probability in [{lo}, {hi})")
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimHandle]:
+    """The full real market lists with limits out of the way; faults and limits get their own."""
+    with running_simulator(markets=None, **GENEROUS) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def past(sim: SimHandle) -> tuple[int, int]:
+    """A closed two-hour range well inside the history."""
+    start = sim.clock()["first_ms"] + 3 * DAY + 7 * MINUTE
+    return start, start + 120 * MINUTE
+
+
+# ------------------------------------------------------------------------------------- bitfinex
+
+
+def bfx(sim: SimHandle, path: str) -> Reply:
+    return get(sim.urls["bitfinex"]["rest"] + path)
+
+
+def test_bitfinex_pair_list_is_the_real_list_without_t_prefix(sim: SimHandle) -> None:
+    reply = bfx(sim, "/v2/conf/pub:list:pair:exchange")
+    assert reply.status == 200 and reply.headers["Content-Type"].startswith("application/json")
+    body = reply.json()
+    assert isinstance(body, list) and len(body) == 1
+    pairs = body[0]
+    assert all(isinstance(p, str) and p == p.upper() for p in pairs), "no `t` prefix"
+    assert pairs == MarketCatalog.fixture("bitfinex_conf_pub_list_pair_exchange.json")[0]
+    assert {"BTCUSD", "AAVE:USD", "BTC:CNHT"} <= set(pairs)
+    for pair in pairs:
+        assert ":" in pair or len(pair) == 6, pair
+
+
+def test_bitfinex_currencies_and_combined_conf_keys(sim: SimHandle) -> None:
+    currencies = bfx(sim, "/v2/conf/pub:list:currency").json()
+    assert len(currencies) == 1 and all(isinstance(c, str) for c in currencies[0])
+    assert {"BTC", "USD", "UST"} <= set(currencies[0])
+    combined = bfx(sim, "/v2/conf/pub:list:pair:exchange,pub:list:currency,pub:map:currency:sym").json()
+    assert len(combined) == 3
+    pairs, listed, mapping = combined
+    assert listed == currencies[0]
+    for pair in pairs:
+        base, quote = pair.split(":") if ":" in pair else (pair[:3], pair[3:])
+        assert base in listed and quote in listed, pair
+    assert ["UST", "USDt"] in mapping
+    assert all(isinstance(entry, list) and len(entry) == 2 and all(isinstance(s, str) for s in entry)
+               for entry in mapping)
+
+
+def _check_bitfinex_rows(rows: list[Any]) -> None:
+    for row in rows:
+        assert isinstance(row, list) and len(row) == 6
+        assert isinstance(row[0], int) and row[0] % MINUTE == 0
+        assert all(is_number(v) for v in row[1:]), row
+        mts, open_, close, high, low, volume = row
+        assert high >= max(open_, close) and low <= min(open_, close) and low > 0
+        assert volume > 0, "Bitfinex has no candle for a minute without trades"
+
+
+def test_bitfinex_hist_defaults_newest_first_numbers_not_strings(sim: SimHandle) -> None:
+    reply = bfx(sim, "/v2/candles/trade:1m:tBTCUSD/hist")
+    assert reply.status == 200
+    rows = reply.json()
+    assert len(rows) == 100, "default limit is 100"
+    _check_bitfinex_rows(rows)
+    times = [r[0] for r in rows]
+    assert times == sorted(times, reverse=True), "default sort is -1 (newest first)"
+    assert '"' not in reply.text and "e" not in reply.text.lower(), "plain JSON numbers, no strings or exponents"
+
+
+def test_bitfinex_hist_start_end_sort_limit(sim: SimHandle, past: tuple[int, int]) -> None:
+    start, end = past
+    up = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&sort=1&limit=10000").json()
+    _check_bitfinex_rows(up)
+    times = [r[0] for r in up]
+    assert times == sorted(times) and times[0] >= start and times[-1] <= end
+    assert len(up) == 121, "BTCUSD trades every minute; end is inclusive"
+    down = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&limit=10000").json()
+    assert down == list(reversed(up))
+    limited_up = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&sort=1&limit=7").json()
+    assert limited_up == up[:7], "ascending with start: the oldest candles from start"
+    limited_down = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&sort=-1&limit=7").json()
+    assert limited_down == down[:7], "descending: the newest candles up to end"
+    only_end = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?end={end}&limit=3").json()
+    assert [r[0] for r in only_end] == [end, end - MINUTE, end - 2 * MINUTE]
+    colon = bfx(sim, f"/v2/candles/trade:1m:tAAVE:USD/hist?start={start}&end={end}&limit=5").json()
+    assert colon and all(start <= r[0] <= end for r in colon)
+    _check_bitfinex_rows(colon)
+
+
+def test_bitfinex_hist_limit_ceiling_is_10000(sim: SimHandle) -> None:
+    medium = pick(sim, "bitfinex", 0.45, 0.6)
+    reply = bfx(sim, f"/v2/candles/trade:1m:t{medium}/hist?limit=10000&sort=1")
+    assert reply.status == 200 and len(reply.json()) == 10_000
+    over = bfx(sim, "/v2/candles/trade:1m:tBTCUSD/hist?limit=10001")
+    assert (over.status, over.json()) == (500, ["error", 10020, "limit: invalid"])
+
+
+def test_bitfinex_last_is_one_flat_candle(sim: SimHandle, past: tuple[int, int]) -> None:
+    _, end = past
+    last = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/last?end={end}").json()
+    assert isinstance(last, list) and isinstance(last[0], int)
+    _check_bitfinex_rows([last])
+    assert last == bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?end={end}&limit=1").json()[0]
+    before = now_ms(sim)
+    current = bfx(sim, "/v2/candles/trade:1m:tBTCUSD/last").json()
+    after = now_ms(sim)
+    assert before - before % MINUTE <= current[0] <= after, "the in-progress candle is included"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/v2/candles/trade:7m:tBTCUSD/hist", 500, ["error", 10020, "time_interval: invalid"]),
+        ("/v2/candles/trade:1m:tBTCUSD/hist?limit=0", 500, ["error", 10020, "limit: invalid"]),
+        ("/v2/candles/trade:1m:tBTCUSD/hist?limit=abc", 500, ["error", 10020, "limit: invalid"]),
+        ("/v2/candles/trade:1m:tBTCUSD/hist?start=yesterday", 500, ["error", 10020, "start: invalid"]),
+        ("/v2/candles/trade:1m:tBTCUSD/everything", 500, ["error", 10020, "section: invalid"]),
+        ("/v2/candles/trade:1m:tNOPEUSD/hist", 200, []),
+        ("/v2/candles/trade:1m:tBTCUSD/hist?start=9000000000000", 200, []),
+    ],
+)
+def test_bitfinex_errors_are_arrays(sim: SimHandle, path: str, status: int, body: Any) -> None:
+    reply = bfx(sim, path)
+    assert (reply.status, reply.json()) == (status, body)
+
+
+# -------------------------------------------------------------------------------------- binance
+
+
+def bn(sim: SimHandle, path: str) -> Reply:
+    return get(sim.urls["binance"]["rest"] + path)
+
+
+def test_binance_exchange_info_fields(sim: SimHandle) -> None:
+    reply = bn(sim, "/api/v3/exchangeInfo")
+    assert reply.status == 200
+    info = reply.json()
+    assert info["timezone"] == "UTC" and isinstance(info["serverTime"], int)
+    assert info["exchangeFilters"] == []
+    for limit in info["rateLimits"]:
+        assert isinstance(limit["rateLimitType"], str) and limit["interval"] in ("SECOND", "MINUTE", "DAY")
+        assert isinstance(limit["intervalNum"], int) and isinstance(limit["limit"], int)
+    weight = [r for r in info["rateLimits"] if r["rateLimitType"] == "REQUEST_WEIGHT"]
+    assert weight == [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 100_000_000}]
+    fixture = MarketCatalog.fixture("binance_exchangeInfo.json")["symbols"]
+    assert [s["symbol"] for s in info["symbols"]] == [s["symbol"] for s in fixture]
+    for entry in info["symbols"]:
+        assert entry["symbol"] == entry["baseAsset"] + entry["quoteAsset"]
+        assert entry["status"] in ("TRADING", "END_OF_DAY", "HALT", "BREAK", "CANCEL_ONLY")
+        assert isinstance(entry["baseAssetPrecision"], int) and isinstance(entry["filters"], list)
+    one = bn(sim, "/api/v3/exchangeInfo?symbol=ETHBTC").json()
+    assert [s["symbol"] for s in one["symbols"]] == ["ETHBTC"]
+    two = bn(sim, '/api/v3/exchangeInfo?symbols=["BTCUSDT","ETHBTC"]').json()
+    assert [s["symbol"] for s in two["symbols"]] == ["BTCUSDT", "ETHBTC"]
+    bad = bn(sim, "/api/v3/exchangeInfo?symbol=NOPEUSDT")
+    assert (bad.status, bad.json()) == (400, {"code": -1121, "msg": "Invalid symbol."})
+
+
+def _check_kline_rows(rows: list[Any], interval_ms: int = MINUTE) -> None:
+    for row in rows:
+        assert isinstance(row, list) and len(row) == 12
+        assert isinstance(row[0], int) and isinstance(row[6], int) and isinstance(row[8], int)
+        assert row[6] == row[0] + interval_ms - 1
+        for i in (1, 2, 3, 4, 5, 7, 9, 10):
+            assert isinstance(row[i], str) and FIXED8.match(row[i]), (i, row)
+        assert row[11] == "0"
+        o, h, low, c = (Decimal(row[i]) for i in (1, 2, 3, 4))
+        assert h >= max(o, c) and low <= min(o, c)
+        if row[8] == 0:
+            assert o == h == low == c and Decimal(row[5]) == 0 and Decimal(row[7]) == 0
+
+
+def test_binance_klines_start_limit_rows(sim: SimHandle, past: tuple[int, int]) -> None:
+    start, end = past
+    rows = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={start}&limit=5").json()
+    assert [r[0] for r in rows] == [start + i * MINUTE for i in range(5)]
+    _check_kline_rows(rows)
+    for previous, row in zip(rows, rows[1:]):
+        assert row[1] == previous[4], "open is the previous close"
+    both = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={start}&endTime={end}&limit=1000").json()
+    assert [r[0] for r in both] == list(range(start, end + 1, MINUTE)) and both[:5] == rows
+    only_end = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&endTime={end}&limit=3").json()
+    assert [r[0] for r in only_end] == [end - 2 * MINUTE, end - MINUTE, end] and only_end == both[-3:]
+    five = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=5m&startTime={start - start % (5 * MINUTE)}&limit=3").json()
+    _check_kline_rows(five, 5 * MINUTE)
+    assert all(r[0] % (5 * MINUTE) == 0 for r in five)
+
+
+def test_binance_klines_default_and_max_limit_end_at_the_open_minute(sim: SimHandle) -> None:
+    before = now_ms(sim)
+    rows = bn(sim, "/api/v3/klines?symbol=ETHBTC&interval=1m").json()
+    after = now_ms(sim)
+    assert len(rows) == 500, "default limit is 500"
+    _check_kline_rows(rows)
+    assert [r[0] for r in rows] == list(range(rows[0][0], rows[-1][0] + 1, MINUTE)), "no gaps"
+    assert before - before % MINUTE <= rows[-1][0] <= after, "the last row is the in-progress minute"
+    assert len(bn(sim, "/api/v3/klines?symbol=ETHBTC&interval=1m&limit=1000").json()) == 1000
+
+
+@pytest.mark.parametrize(
+    ("query", "code", "msg"),
+    [
+        ("symbol=NOPEUSDT&interval=1m", -1121, "Invalid symbol."),
+        ("symbol=BTCUSDT&interval=2m", -1120, "Invalid interval."),
+        ("symbol=BTCUSDT&interval=1m&limit=1001", -1130, "Data sent for parameter 'limit' is not valid."),
+        ("symbol=BTCUSDT&interval=1m&limit=0", -1130, "Data sent for parameter 'limit' is not valid."),
+        ("interval=1m", -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."),
+        ("symbol=BTCUSDT", -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."),
+        ("symbol=btcusdt&interval=1m", -1100,
+         "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'."),
+        ("symbol=BTCUSDT&interval=1m&startTime=abc", -1100,
+         "Illegal characters found in parameter 'startTime'; legal range is '^[0-9]{1,20}$'."),
+        ("symbol=BTCUSDT&interval=1m&startTime=2000&endTime=1000", -1023, "Start time is greater than end time."),
+    ],
+)
+def test_binance_errors_are_code_msg_objects(sim: SimHandle, query: str, code: int, msg: str) -> None:
+    reply = bn(sim, "/api/v3/klines?" + query)
+    assert reply.status == 400
+    assert reply.json() == {"code": code, "msg": msg}
+    assert reply.headers["X-MBX-USED-WEIGHT-1M"].isdigit()
+
+
+def test_binance_weights_and_used_weight_header() -> None:
+    with running_simulator(rate_window_seconds=3600.0, binance_weight_per_window=10_000) as sim:
+        first = bn(sim, "/api/v3/exchangeInfo")
+        assert first.headers["X-MBX-USED-WEIGHT-1M"] == "20", "exchangeInfo weighs 20"
+        used = [int(bn(sim, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1000").headers["X-MBX-USED-WEIGHT-1M"])
+                for _ in range(3)]
+        assert used == [22, 24, 26], "klines weigh 2 whatever the limit"
+        assert bn(sim, "/api/v3/ping").headers["X-MBX-USED-WEIGHT-1M"] == "27"
+
+
+def test_binance_429_with_retry_after_then_418_ban() -> None:
+    with running_simulator(rate_window_seconds=20.0, binance_weight_per_window=20, binance_ban_seconds=7.0) as sim:
+        replies = [bn(sim, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1") for _ in range(30)]
+        statuses = [r.status for r in replies]
+        assert 429 in statuses and 418 in statuses, statuses
+        first_429 = statuses.index(429)
+        first_418 = statuses.index(418)
+        assert 0 < first_429 < first_418 and set(statuses[:first_429]) == {200}
+        assert set(statuses[first_429:first_418]) == {429} and set(statuses[first_418:]) == {418}
+        too_many = replies[first_429]
+        assert too_many.json()["code"] == -1003 and "Too much request weight used" in too_many.json()["msg"]
+        assert 1 <= int(too_many.headers["Retry-After"]) <= 20
+        banned = replies[first_418]
+        assert banned.json()["code"] == -1003 and "IP banned until" in banned.json()["msg"]
+        assert int(banned.headers["Retry-After"]) == 7
+        stats = sim.stats()["binance"]
+        assert stats["http_429"] == first_418 - first_429 and stats["http_418"] == 30 - first_418
+        assert stats["over_limit"] == 30 - first_429 and stats["storm_429"] == 0
+
+
+# -------------------------------------------------------------------------------------- bittrex
+
+
+def btx(sim: SimHandle, path: str, method: str = "GET") -> Reply:
+    return get(sim.urls["bittrex"]["rest"] + path, method)
+
+
+def test_bittrex_markets_fields(sim: SimHandle) -> None:
+    markets = btx(sim, "/v3/markets").json()
+    assert [m["symbol"] for m in markets] == [m["symbol"] for m in MarketCatalog.fixture("bittrex_markets.json")]
+    for market in markets:
+        assert market["symbol"] == f"{market['baseCurrencySymbol']}-{market['quoteCurrencySymbol']}"
+        assert isinstance(market["minTradeSize"], str) and Decimal(market["minTradeSize"]) >= 0
+        assert isinstance(market["precision"], int) and market["status"] in ("ONLINE", "OFFLINE")
+        assert isinstance(market["createdAt"], str) and market["createdAt"].endswith("Z")
+        for name in ("prohibitedIn", "associatedTermsOfService", "tags"):
+            assert isinstance(market[name], list)
+    one = btx(sim, "/v3/markets/1INCH-BTC").json()
+    assert one == markets[[m["symbol"] for m in markets].index("1INCH-BTC")]
+
+
+def _check_bittrex_candles(candles: list[Any], step: int = MINUTE) -> None:
+    assert [iso_ms(c["startsAt"]) for c in candles] == list(
+        range(iso_ms(candles[0]["startsAt"]), iso_ms(candles[-1]["startsAt"]) + 1, step)
+    ), "ascending, one per interval, no gaps"
+    for previous, candle in zip(candles, candles[1:]):
+        assert candle["open"] == previous["close"]
+    for candle in candles:
+        assert set(candle) == {"startsAt", "open", "high", "low", "close", "volume", "quoteVolume"}
+        assert ISO_Z.match(candle["startsAt"])
+        for name in ("open", "high", "low", "close"):
+            assert isinstance(candle[name], str) and FIXED8.match(candle[name]), candle
+        for name in ("volume", "quoteVolume"):
+            assert isinstance(candle[name], str) and BITTREX_NUMBER.match(candle[name]), candle
+
+
+def test_bittrex_recent_is_the_last_day_including_the_open_minute(sim: SimHandle) -> None:
+    before = now_ms(sim)
+    reply = btx(sim, "/v3/markets/BTC-USD/candles/TRADE/MINUTE_1/recent")
+    after = now_ms(sim)
+    assert reply.status == 200
+    candles = reply.json()
+    assert len(candles) == 1440
+    _check_bittrex_candles(candles)
+    newest = iso_ms(candles[-1]["startsAt"])
+    assert before - before % MINUTE <= newest <= after, "the in-progress minute is the last one"
+    quiet = pick(sim, "bittrex", 0.15, 0.2)
+    hourly = btx(sim, f"/v3/markets/{quiet}/candles/HOUR_1/recent").json()
+    _check_bittrex_candles(hourly, 60 * MINUTE)
+    assert 720 <= len(hourly) <= 744
+
+
+def test_bittrex_historical_day_has_every_minute_quiet_ones_included(sim: SimHandle) -> None:
+    quiet = pick(sim, "bittrex", 0.15, 0.25)
+    day = utc_day(sim.clock()["first_ms"] + 2 * DAY)
+    path = f"/v3/markets/{quiet}/candles/TRADE/MINUTE_1/historical/{day.year}/{day.month}/{day.day}"
+    reply = btx(sim, path)
+    assert reply.status == 200
+    candles = reply.json()
+    assert len(candles) == 1440
+    assert candles[0]["startsAt"] == day.strftime("%Y-%m-%dT00:00:00Z")
+    assert candles[-1]["startsAt"] == day.strftime("%Y-%m-%dT23:59:00Z")
+    _check_bittrex_candles(candles)
+    silent = [c for c in candles if c["volume"] == "0"]
+    assert len(silent) > 500, "an illiquid market has many zero-volume candles"
+    for candle in silent:
+        assert candle["quoteVolume"] == "0" and candle["open"] == candle["high"] == candle["low"] == candle["close"]
+    padded = btx(sim, f"/v3/markets/{quiet}/candles/MINUTE_1/historical/{day:%Y/%m/%d}")
+    assert padded.json() == candles, "TRADE may be omitted; zero-padded month/day accepted"
+    five = btx(sim, f"/v3/markets/{quiet}/candles/MINUTE_5/historical/{day.year}/{day.month}/{day.day}").json()
+    assert len(five) == 288
+    _check_bittrex_candles(five, 5 * MINUTE)
+
+
+def test_bittrex_errors(sim: SimHandle) -> None:
+    now = utc_day(now_ms(sim))
+    yesterday = utc_day(now_ms(sim) - DAY)
+    base = "/v3/markets/BTC-USD/candles/TRADE"
+    cases = [
+        (f"{base}/MINUTE_1/historical/{yesterday.year}/{yesterday.month}/{yesterday.day}/0", 400, {"code": "INVALID_DATE"}),
+        (f"{base}/HOUR_1/historical/{yesterday.year}/{yesterday.month}/{yesterday.day}", 400, {"code": "INVALID_DATE"}),
+        (f"{base}/MINUTE_1/historical/{yesterday.year}/13/1", 400, {"code": "INVALID_DATE"}),
+        (f"{base}/MINUTE_1/historical/{now.year}/{now.month}/{now.day}", 400, {"code": "STARTDATE_OUT_OF_RANGE"}),
+        (f"{base}/DAY_1/historical/{now.year}", 400, {"code": "STARTDATE_OUT_OF_RANGE"}),
+        (f"{base}/MINUTE_1/historical/{now.year + 1}/1/1", 400, {"code": "STARTDATE_OUT_OF_RANGE"}),
+        ("/v3/markets/NOPE-USD/candles/TRADE/MINUTE_1/recent", 404, {"code": "MARKET_DOES_NOT_EXIST"}),
+        ("/v3/markets/NOPE-USD", 404, {"code": "MARKET_DOES_NOT_EXIST"}),
+        (f"{base}/MINUTE_2/recent", 400, {"code": "BAD_REQUEST",
+                                          "detail": "Refer to the data field for specific field validation failures.",
+                                          "data": {"invalidRequestParameter": "candleInterval"}}),
+    ]
+    for path, status, body in cases:
+        reply = btx(sim, path)
+        assert (reply.status, reply.json()) == (status, body), path
+
+
+# ----------------------------------------------------------------------------- cross-exchange
+
+
+def test_rest_never_serves_the_future(sim: SimHandle) -> None:
+    far = now_ms(sim) + 30 * DAY
+    bitfinex = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?end={far}&limit=10").json()
+    binance = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&endTime={far}&limit=10").json()
+    binance_from = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={far - 31 * DAY}&limit=1000").json()
+    bittrex = btx(sim, "/v3/markets/BTC-USD/candles/MINUTE_1/recent").json()
+    after = now_ms(sim)
+    current = after - after % MINUTE
+    assert max(r[0] for r in bitfinex) <= current
+    assert max(r[0] for r in binance) <= current and max(r[0] for r in binance_from) <= current
+    assert iso_ms(bittrex[-1]["startsAt"]) <= current
+    assert bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={far}").json() == []
+    assert bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={far}").json() == []
+
+
+def test_same_seed_same_history_in_two_instances() -> None:
+    start = 1_790_000_000_000 - 1_790_000_000_000 % MINUTE
+    window = f"start={start - 300 * MINUTE}&end={start - 200 * MINUTE}&limit=1000&sort=1"
+    paths = [
+        ("bitfinex", f"/v2/candles/trade:1m:tBTCUSD/hist?{window}"),
+        ("bitfinex", f"/v2/candles/trade:1m:tAAVE:USD/hist?{window}"),
+        ("binance", f"/api/v3/klines?symbol=ETHBTC&interval=1m&startTime={start - 300 * MINUTE}&limit=100"),
+        ("binance", f"/api/v3/klines?symbol=1INCHBTC&interval=5m&startTime={start - 300 * MINUTE}&limit=50"),
+        ("bittrex", "/v3/markets/BTC-USD/candles/MINUTE_1/historical/2026/9/20"),
+    ]
+    bodies = []
+    for seed in (5, 5, 6):
+        with running_simulator(seed=seed, start_ms=start, speed=1.0, **GENEROUS) as sim:
+            bodies.append([get(sim.urls[exchange]["rest"] + path).text for exchange, path in paths])
+    assert all(len(text) > 100 for text in bodies[0])
+    assert bodies[0] == bodies[1], "the same seed gives byte-identical history"
+    assert all(a != b for a, b in zip(bodies[0], bodies[2])), "another seed gives other history"
+
+
+def test_quiet_minutes_missing_on_bitfinex_zero_volume_elsewhere(sim: SimHandle, past: tuple[int, int]) -> None:
+    start, end = past
+    quiet_bfx = pick(sim, "bitfinex", 0.15, 0.3)
+    rows = bfx(sim, f"/v2/candles/trade:1m:t{quiet_bfx}/hist?start={start}&end={end}&sort=1&limit=1000").json()
+    gaps = [b[0] - a[0] for a, b in zip(rows, rows[1:])]
+    assert 0 < len(rows) < 121 and max(gaps) > MINUTE, "no candle for minutes without trades"
+    assert all(row[5] > 0 for row in rows)
+    quiet_bn = pick(sim, "binance", 0.15, 0.3)
+    klines = bn(sim, f"/api/v3/klines?symbol={quiet_bn}&interval=1m&startTime={start}&endTime={end}&limit=1000").json()
+    assert len(klines) == 121
+    silent = [k for k in klines if k[8] == 0]
+    assert silent and all(k[5] == "0.00000000" and k[1] == k[2] == k[3] == k[4] for k in silent)
+    halted = next(m["symbol"] for m in sim.markets("binance") if m["status"] != "TRADING")
+    frozen = bn(sim, f"/api/v3/klines?symbol={halted}&interval=1m&startTime={start}&limit=10").json()
+    assert len(frozen) == 10 and all(k[8] == 0 for k in frozen), "a halted market still has (flat) klines"
+
+
+def test_prices_span_magnitudes_without_exponents(sim: SimHandle) -> None:
+    closes: dict[str, Decimal] = {}
+    for market in sim.markets("bitfinex")[:120]:
+        reply = bfx(sim, f"/v2/candles/trade:1m:t{market['symbol']}/hist?limit=1")
+        assert "e" not in reply.text.lower(), reply.text
+        rows = reply.json()
+        if rows:
+            closes[market["symbol"]] = Decimal(rows[0][2])
+    assert max(closes.values()) / min(closes.values()) > Decimal(10) ** 6, closes
+    assert any(v < Decimal("0.001") for v in closes.values()) and any(v > 10_000 for v in closes.values())
+    binance = [Decimal(bn(sim, f"/api/v3/klines?symbol={s}&interval=1m&limit=1").json()[0][4])
+               for s in ("BTCUSDT", "ETHBTC", "ARNBTC")]
+    assert binance[0] > 10_000 and Decimal("0.001") < binance[1] < 1 and binance[2] < Decimal("0.001")
+
+
+def test_rest_candles_equal_ground_truth(sim: SimHandle, past: tuple[int, int]) -> None:
+    start, end = past
+    for symbol in ("BTCUSD", pick(sim, "bitfinex", 0.15, 0.3)):
+        truth = sim.truth("bitfinex", symbol, start, end + MINUTE)
+        rows = bfx(sim, f"/v2/candles/trade:1m:t{symbol}/hist?start={start}&end={end}&sort=1&limit=1000").json()
+        assert [r[0] for r in rows] == [t["time"] for t in truth]
+        for row, t in zip(rows, truth):
+            assert [Decimal(v) for v in row[1:]] == [Decimal(t[k]) for k in ("open", "close", "high", "low", "volume")]
+    for symbol in ("BTCUSDT", pick(sim, "binance", 0.15, 0.3)):
+        truth = sim.truth("binance", symbol, start, end + MINUTE)
+        rows = bn(sim, f"/api/v3/klines?symbol={symbol}&interval=1m&startTime={start}&endTime={end}").json()
+        assert len(rows) == len(truth) == 121
+        for row, t in zip(rows, truth):
+            assert row[0] == t["time"] and row[8] == t["trades"]
+            assert [Decimal(v) for v in (row[1], row[2], row[3], row[4], row[5], row[7])] == [
+                Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")]
+    quiet = pick(sim, "bittrex", 0.15, 0.3)
+    day = utc_day(start)
+    day_ms = start - start % DAY
+    truth = sim.truth("bittrex", quiet, day_ms, day_ms + DAY)
+    candles = btx(sim, f"/v3/markets/{quiet}/candles/MINUTE_1/historical/{day.year}/{day.month}/{day.day}").json()
+    assert len(candles) == len(truth) == 1440
+    for candle, t in zip(candles, truth):
+        assert iso_ms(candle["startsAt"]) == t["time"]
+        assert [Decimal(candle[k]) for k in ("open", "high", "low", "close", "volume", "quoteVolume")] == [
+            Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")]
+
+
+# --------------------------------------------------------------------------------- faults, limits
+
+PROBES = {
+    "bitfinex": "/v2/candles/trade:1m:tBTCUSD/hist?limit=1",
+    "binance": "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1",
+    "bittrex": "/v3/markets/BTC-USD/candles/MINUTE_1/recent",
+}
+
+
+@contextmanager
+def fault_sim(**overrides: Any) -> Iterator[SimHandle]:
+    with running_simulator(**{**GENEROUS, **overrides}) as handle:
+        yield handle
+
+
+def probe(sim: SimHandle, exchange: str) -> Reply:
+    return get(sim.urls[exchange]["rest"] + PROBES[exchange])
+
+
+def test_fault_5xx_uses_each_exchange_error_and_is_counted() -> None:
+    with fault_sim() as sim:
+        for exchange in PROBES:
+            sim.set_faults(exchange, http_5xx_rate=1.0)
+        expected = {
+            "bitfinex": (500, ["error", 10000, "unknown error"]),
+            "binance": (503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+            "bittrex": (503, {"code": "SERVICE_UNAVAILABLE"}),
+        }
+        for exchange, (status, body) in expected.items():
+            replies = [probe(sim, exchange) for _ in range(3)]
+            assert all((r.status, r.json()) == (status, body) for r in replies), exchange
+        sim.set_faults("binance", http_5xx_rate=0.5)
+        statuses = [probe(sim, "binance").status for _ in range(40)]
+        assert 5 < statuses.count(503) < 35 and statuses.count(200) + statuses.count(503) == 40
+        stats = sim.stats()
+        assert stats["bitfinex"]["fault_5xx"] == 3 and stats["bittrex"]["fault_5xx"] == 3
+        assert stats["binance"]["fault_5xx"] == 3 + statuses.count(503)
+        assert all(stats[e]["over_limit"] == 0 for e in PROBES)
+        sim.reset_faults()
+        assert all(probe(sim, exchange).status == 200 for exchange in PROBES)
+
+
+def test_fault_hang_holds_then_504_and_is_counted() -> None:
+    with fault_sim(http_hang_seconds=0.6) as sim:
+        sim.set_faults("all", http_hang_rate=1.0)
+        for exchange in PROBES:
+            reply = probe(sim, exchange)
+            assert reply.status == 504 and reply.seconds >= 0.6, exchange
+        stats = sim.stats()
+        assert all(stats[e]["fault_hangs"] == 1 and stats[e]["rest_status"] == {"504": 1} for e in PROBES)
+        sim.reset_faults()
+        reply = probe(sim, "bitfinex")
+        assert reply.status == 200 and reply.seconds < 0.5
+
+
+def test_fault_429_storm_answers_each_exchange_429_until_it_ends() -> None:
+    with fault_sim() as sim:
+        sim.set_faults("all", storm_seconds=1.5)
+        started = time.monotonic()
+        bitfinex, binance, bittrex = (probe(sim, e) for e in ("bitfinex", "binance", "bittrex"))
+        assert (bitfinex.status, bitfinex.json()) == (429, ["error", 11010, "ratelimit: error"])
+        assert binance.status == 429 and binance.json()["code"] == -1003 and int(binance.headers["Retry-After"]) >= 1
+        assert (bittrex.status, bittrex.json()) == (429, {"code": "TOO_MANY_REQUESTS"})
+        assert sim.simulator.faults.as_dict()["bitfinex"]["storm_seconds_left"] > 0
+        stats = sim.stats()
+        assert all(stats[e]["storm_429"] == 1 and stats[e]["over_limit"] == 0 for e in PROBES)
+        time.sleep(max(0.0, 1.6 - (time.monotonic() - started)))
+        assert all(probe(sim, e).status == 200 for e in PROBES), "the storm ends by itself"
+
+
+def test_bitfinex_rate_limit_429_then_ip_block() -> None:
+    with fault_sim(rate_window_seconds=30.0, bitfinex_candle_requests_per_window=5, bitfinex_block_seconds=1.5) as sim:
+        replies = [probe(sim, "bitfinex") for _ in range(12)]
+        statuses = [r.status for r in replies]
+        first = statuses.index(429)
+        assert 1 <= first <= 5 + 5 and set(statuses[first:]) == {429}, statuses
+        assert replies[first].json() == ["error", 11010, "ratelimit: error"]
+        blocked = bfx(sim, "/v2/conf/pub:list:pair:exchange")
+        assert blocked.status == 429, "the IP is blocked, not only the endpoint"
+        stats = sim.stats()["bitfinex"]
+        assert stats["over_limit"] == 12 - first + 1 and stats["http_429"] == stats["over_limit"]
+        assert stats["storm_429"] == 0
+        time.sleep(1.6)
+        assert bfx(sim, "/v2/conf/pub:list:currency").status == 200, "the block ends"
+
+
+def test_bittrex_rate_limit_429_until_the_window_resets() -> None:
+    with fault_sim(rate_window_seconds=30.0, bittrex_requests_per_window=4) as sim:
+        statuses = [btx(sim, "/v3/markets/BTC-USD").status for _ in range(10)]
+        first = statuses.index(429)
+        assert 1 <= first <= 8 and statuses[first:] == [429] * (10 - first), statuses
+        reply = btx(sim, "/v3/markets/BTC-USD")
+        assert (reply.status, reply.json()) == (429, {"code": "TOO_MANY_REQUESTS"})
+        stats = sim.stats()["bittrex"]
+        assert stats["over_limit"] == stats["http_429"] == 11 - first
