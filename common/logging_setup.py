@@ -1,4 +1,8 @@
-"""Logging: one format everywhere, to stderr and to `<log_dir>/<name>.log`."""
+"""Logging: one format everywhere, to stderr and to `<log_dir>/<name>.log`.
+
+Services log everything to both. Interactive commands pass `console_level=WARNING`: the terminal
+shows their own output plus warnings, and the full story goes to the file.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ from common.settings import get_settings
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(process_name: str, to_file: bool = True) -> logging.Logger:
+def setup_logging(process_name: str, to_file: bool = True, console_level: str | None = None) -> logging.Logger:
     settings = get_settings()
     root = logging.getLogger()
     root.setLevel(settings.log_level)
     if not any(getattr(h, "_cfr", False) for h in root.handlers):
-        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+        console = logging.StreamHandler(sys.stderr)
+        if console_level is not None:
+            console.setLevel(console_level)
+        handlers: list[logging.Handler] = [console]
         if to_file:
             try:
                 settings.log_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_RATE_LIMIT_WAITS = 20
+ORPHAN_POLL_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,15 +108,21 @@ class BackfillEngine:
             timeout = aiohttp.ClientTimeout(total=self.options.timeout_seconds)
             connector = aiohttp.TCPConnector(limit=self.options.concurrency)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-                loops = [
-                    asyncio.create_task(self._drain(store, adapter, limiter, http, writer))
-                    for _ in range(self.options.concurrency)
-                ]
                 try:
-                    await asyncio.gather(*loops)
+                    while True:
+                        loops = [
+                            asyncio.create_task(self._drain(store, adapter, limiter, http, writer))
+                            for _ in range(self.options.concurrency)
+                        ]
+                        try:
+                            await asyncio.gather(*loops)
+                        finally:
+                            for loop in loops:
+                                loop.cancel()
+                        await writer.flush()
+                        if not await self._wait_for_others(store):
+                            break
                 finally:
-                    for loop in loops:
-                        loop.cancel()
                     await writer.close()
             job = await store.info(self.job_id)
             if job.finished and not job.refreshed and await store.claim_refresh(self.job_id):
@@ -127,6 +134,18 @@ class BackfillEngine:
                 heartbeat.cancel()
             await store.retire(self.worker_id)
             await client.aclose()
+
+    async def _wait_for_others(self, store: JobStore) -> bool:
+        """The queue is empty: wait while other workers finish their requests. True when requests of
+        workers that died (heartbeat expired) were put back and this engine should drain again."""
+        while True:
+            job = await store.info(self.job_id)
+            if job.finished or job.in_flight == 0:
+                return job.pending > 0
+            if await store.requeue_orphans(self.job_id):
+                log.info("job %s: took over the requests of a stopped worker", self.job_id)
+                return True
+            await asyncio.sleep(ORPHAN_POLL_SECONDS)
 
     async def _keep_alive(self, store: JobStore) -> None:
         while True:

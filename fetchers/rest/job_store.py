@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from common.redis_keys import backfill_key
 from fetchers.exchanges.base import FetchTask
 
-HEARTBEAT_TTL_SECONDS = 10
+HEARTBEAT_TTL_SECONDS = 6
 REFRESH_LEASE_SECONDS = 900
 PUSH_CHUNK = 1000
 

@@ -165,7 +165,7 @@ def cli() -> None:
 def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, local: bool) -> None:
     """Fetch candles for [start, end)."""
     settings = load_settings_or_exit()
-    setup_logging("rest_fetch")
+    setup_logging("rest_fetch", console_level="WARNING")
     try:
         exchange = check_exchange(exchange)
     except BackfillRequestError as error:
@@ -191,7 +191,7 @@ def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, 
 def resume(exchange: str, wait: bool, local: bool) -> None:
     """Continue every unfinished job of an exchange (after a crash or kill)."""
     settings = load_settings_or_exit()
-    setup_logging("rest_fetch")
+    setup_logging("rest_fetch", console_level="WARNING")
     try:
         exchange = check_exchange(exchange)
     except BackfillRequestError as error:
@@ -262,7 +262,7 @@ def status(exchange: str | None) -> None:
 def markets(exchange: str) -> None:
     """Refresh symbol_exchange from the exchange's market list."""
     settings = load_settings_or_exit()
-    setup_logging("rest_fetch")
+    setup_logging("rest_fetch", console_level="WARNING")
     try:
         exchange = check_exchange(exchange)
     except BackfillRequestError as error:

@@ -1,0 +1,165 @@
+"""`python -m scripts.fetchers.rest` run the way users run it: as a process, configured by the
+environment or `.env`, against the simulator, real PostgreSQL and Redis (and a Celery worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.timeutil import ms_to_datetime
+from fetchers.rest.job_store import JobStore
+from tests.conftest import SERVICE_ENV
+from tests.support.backfill import assert_matches_truth, day_aligned_range
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "scripts.fetchers.rest"]
+
+
+def iso(ms: int) -> str:
+    return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def run_cli(*args: str, timeout: float = 120, cwd: Path = ROOT, env: dict | None = None):
+    return subprocess.run([*CLI, *args], cwd=cwd, env=env or os.environ.copy(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def job_progress(settings, exchange: str, with_in_flight: bool = False):
+    async def read():
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            store = JobStore(client)
+            ids = await store.job_ids(exchange)
+            if not ids:
+                return (0, 0, 0) if with_in_flight else (0, 0)
+            job = await store.info(ids[-1])
+            return (job.done, job.total, job.in_flight) if with_in_flight else (job.done, job.total)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("args, fragment", [
+    (["fetch", "--exchange", "kraken", "--start", "2021-01-01", "--end", "2021-01-02"], "unknown exchange 'kraken'"),
+    (["fetch", "--exchange", "binance", "--start", "yesterday", "--end", "2021-01-02"], "--start: not an ISO-8601"),
+    (["fetch", "--exchange", "binance", "--start", "2021-01-03", "--end", "2021-01-02"], "must be after --start"),
+    (["fetch", "--exchange", "binance", "--start", "2099-01-01", "--end", "2099-01-02"], "future"),
+    (["fetch", "--exchange", "binance", "--start", "2021-01-01", "--end", "2021-01-02", "--symbols", "NOPE/USDT"],
+     "unknown symbol 'NOPE/USDT' on binance"),
+    (["status", "--exchange", "kraken"], "unknown exchange"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(args, fragment, platform_settings):
+    extra = ["--local"] if args[0] == "fetch" else []
+    result = run_cli(*args, *extra)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+
+
+def test_fetch_without_a_worker_says_how_to_start_one(platform_settings, simulator):
+    start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+    result = run_cli("fetch", "--exchange", "bittrex", "--start", iso(start_ms), "--end", iso(end_ms))
+    assert result.returncode == 1
+    assert "no Celery worker is consuming the bittrex_rest queue" in result.stderr
+    assert "celery -A celery_app.celery_main worker -Q bittrex_rest" in result.stderr
+    assert job_progress(platform_settings, "bittrex") == (0, 0), "no job may be left behind"
+
+
+# ---------------------------------------------------------------------------------- happy paths
+
+def test_seed_command_with_dot_env_fills_ohlcvs_exactly(platform_settings, simulator, tmp_path):
+    """The README's command, configured only by a `.env` file in the working directory."""
+    values = {**{k: os.environ[k] for k in SERVICE_ENV}, **simulator.env(),
+              "REST_RATE_WINDOW_SECONDS": os.environ["REST_RATE_WINDOW_SECONDS"],
+              "BITFINEX_REST_REQUESTS_PER_MINUTE": os.environ["BITFINEX_REST_REQUESTS_PER_MINUTE"],
+              "LOG_DIR": str(tmp_path / "logs")}
+    (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    env = {k: v for k, v in os.environ.items() if k not in values}
+    env["PYTHONPATH"] = str(ROOT)
+    start_ms, end_ms = day_aligned_range(simulator, days_back=4, days=2)
+
+    result = run_cli("fetch", "--exchange", "bitfinex", "--start", iso(start_ms), "--end", iso(end_ms),
+                     "--symbols", "BTC/USD,tETHBTC", "--local", cwd=tmp_path, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "candles written, aggregates refreshed" in result.stdout
+    assert_matches_truth(platform_settings, simulator, "bitfinex", ["tBTCUSD", "tETHBTC"], start_ms, end_ms)
+    assert list((tmp_path / "logs").glob("*.log")), "the run leaves a log file"
+
+
+def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platform_settings, simulator):
+    exchange = "binance"
+    start_ms, end_ms = day_aligned_range(simulator, days_back=5, days=3)
+    proc = subprocess.Popen([*CLI, "fetch", "--exchange", exchange, "--start", iso(start_ms), "--end",
+                             iso(end_ms), "--local"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, total = job_progress(platform_settings, exchange)
+        if total and done >= total // 3:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill, total, in_flight_at_kill = job_progress(platform_settings, exchange, with_in_flight=True)
+    assert 0 < done_at_kill < total, "the kill must land mid-job"
+
+    result = run_cli("resume", "--exchange", exchange, "--local")
+
+    assert result.returncode == 0, result.stderr
+    assert "took over" in result.stderr or "re-queued" in result.stderr or "resuming job" in result.stderr
+    done, total = job_progress(platform_settings, exchange)
+    assert done == total
+    symbols = [m["symbol"] for m in simulator.markets(exchange) if m["status"] == "TRADING"]
+    assert_matches_truth(platform_settings, simulator, exchange, symbols, start_ms, end_ms)
+    sent = simulator.stats()[exchange]["rest_requests"] - 1  # minus the market list
+    assert total <= sent <= total + in_flight_at_kill, "only requests in flight at the kill may be repeated"
+    assert simulator.stats()[exchange]["over_limit"] == 0
+
+
+def test_celery_worker_runs_the_queued_job(platform_settings, simulator, tmp_path):
+    exchange = "binance"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app.celery_main", "worker", "-Q", f"{exchange}_rest",
+         "--concurrency", "1", "--hostname", f"test-{os.getpid()}@%h", "--loglevel", "INFO"],
+        cwd=ROOT, stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+        deadline = time.time() + 60
+        result = None
+        while time.time() < deadline:
+            result = run_cli("fetch", "--exchange", exchange, "--start", iso(start_ms), "--end", iso(end_ms),
+                             "--symbols", "BTCUSDT,ETH/BTC", "--wait")
+            if "no Celery worker" not in result.stderr:
+                break
+            time.sleep(1)
+        assert result is not None and result.returncode == 0, result.stderr + (tmp_path / "worker.log").read_text()
+        job_id = result.stdout.strip().splitlines()[0]
+        assert len(job_id) == 12
+        assert "requests done, 0 failed" in result.stdout
+        assert_matches_truth(platform_settings, simulator, exchange, ["BTCUSDT", "ETHBTC"], start_ms, end_ms)
+        status = run_cli("status", "--exchange", exchange)
+        assert status.returncode == 0 and job_id in status.stdout and "done" in status.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    redis.Redis.from_url(platform_settings.redis_url).flushall()
