@@ -29,6 +29,8 @@ class SimConfig:
     history_days: float = DEFAULT_HISTORY_DAYS
     first_ms: int | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    history_cache_days: int = 0
+    """(market, day) blocks of final bars kept in memory; 0 = compute every request afresh."""
 
     # live feed pacing: updates per sim minute (including the minute's "open" tick); None = derived
     updates_per_minute: int | None = None

@@ -72,7 +72,7 @@ class Simulator:
         if first_ms is None:
             first_ms = self.clock.start_ms - int(config.history_days * DAY_MS)
             first_ms -= first_ms % DAY_MS
-        self.history = History(self.clock, self.model, first_ms)
+        self.history = History(self.clock, self.model, first_ms, config.history_cache_days)
         self.feed = LiveFeed(
             self.clock, self.model, [m for ms in self.markets.values() for m in ms],
             config.effective_updates_per_minute,
