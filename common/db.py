@@ -121,24 +121,32 @@ def _copy_text(value: str) -> str:
 
 
 def _candle_rows(candles: Iterable[Candle]) -> tuple[io.StringIO, int]:
-    """Tab-separated COPY text; duplicate keys keep the last candle (ON CONFLICT needs unique keys)."""
+    """Tab-separated COPY text; duplicate keys keep the last candle (ON CONFLICT needs unique keys).
+
+    On the backfill's hot path: texts that repeat within a batch (names, times) are built once."""
     latest: dict[tuple[str, str, str, datetime], Candle] = {}
     for candle in candles:
         latest[(candle.exchange, candle.base_id, candle.quote_id, candle.time)] = candle
-    buffer = io.StringIO()
-    write = buffer.write
-    for c in latest.values():
-        write(
-            f"{c.time.isoformat()}\t{_copy_text(c.exchange)}\t{_copy_text(c.base_id)}\t"
-            f"{_copy_text(c.quote_id)}\t{_decimal_text(c.open)}\t{_decimal_text(c.high)}\t"
+    names: dict[tuple[str, str, str], str] = {}
+    times: dict[datetime, str] = {}
+    parts: list[str] = []
+    for (exchange, base_id, quote_id, time), c in latest.items():
+        market = names.get((exchange, base_id, quote_id))
+        if market is None:
+            market = names[(exchange, base_id, quote_id)] = (
+                f"{_copy_text(exchange)}\t{_copy_text(base_id)}\t{_copy_text(quote_id)}")
+        stamp = times.get(time)
+        if stamp is None:
+            stamp = times[time] = time.isoformat()
+        parts.append(
+            f"{stamp}\t{market}\t{_decimal_text(c.open)}\t{_decimal_text(c.high)}\t"
             f"{_decimal_text(c.low)}\t{_decimal_text(c.close)}\t{_decimal_text(c.volume)}\n"
         )
-    buffer.seek(0)
-    return buffer, len(latest)
+    return io.StringIO("".join(parts)), len(latest)
 
 
 def _decimal_text(value: Decimal) -> str:
-    if not isinstance(value, Decimal) or not value.is_finite():
+    if value.__class__ is not Decimal or not value.is_finite():
         raise ValueError(f"prices and volumes must be finite Decimals, got {value!r}")
     return str(value)
 

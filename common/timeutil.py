@@ -13,7 +13,10 @@ def utc_now() -> datetime:
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=ms)
+    """Exact (integer arithmetic, no float); on the hot path of every parsed candle."""
+    seconds, millis = divmod(ms, 1000)
+    value = datetime.fromtimestamp(seconds, timezone.utc)
+    return value.replace(microsecond=millis * 1000) if millis else value
 
 
 def datetime_to_ms(value: datetime) -> int:

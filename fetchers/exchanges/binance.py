@@ -58,19 +58,22 @@ class BinanceAdapter(ExchangeAdapter):
         )
 
     def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
-        rows = json.loads(body)
+        rows = json.loads(body, parse_float=Decimal)  # numbers, if ever sent, stay exact
         if not isinstance(rows, list):
             raise ValueError(f"expected a list of klines, got {body[:200]}")
         candles = []
-        for row in rows:
-            if not isinstance(row, list) or len(row) < 6 or not isinstance(row[0], int):
-                raise ValueError(f"malformed kline row {row!r}")
-            time_ms = row[0]
-            if not in_task_range(task, time_ms):
-                continue
-            open_, high, low, close, volume = (Decimal(value) for value in row[1:6])
-            candles.append(Candle(self.name, task.base_id, task.quote_id, ms_to_datetime(time_ms),
-                                  open_, high, low, close, volume))
+        name, base, quote = self.name, task.base_id, task.quote_id
+        try:
+            for row in rows:
+                time_ms = row[0]
+                if type(time_ms) is not int:
+                    raise TypeError("open time is not an integer")
+                if not in_task_range(task, time_ms):
+                    continue
+                candles.append(Candle(name, base, quote, ms_to_datetime(time_ms), Decimal(row[1]),
+                                      Decimal(row[2]), Decimal(row[3]), Decimal(row[4]), Decimal(row[5])))
+        except (TypeError, IndexError, KeyError, ArithmeticError) as exc:
+            raise ValueError(f"malformed kline row {row!r}: {exc}") from None
         return candles
 
     # -- limits

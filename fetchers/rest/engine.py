@@ -84,6 +84,7 @@ class BackfillEngine:
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.requests_sent = 0
         self.rate_limited = 0
+        self.refresh_seconds = 0.0
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
@@ -157,8 +158,9 @@ class BackfillEngine:
         began = time.monotonic()
         await asyncio.to_thread(refresh_aggregates, self.settings, start, end)
         await store.mark_refreshed(self.job_id)
+        self.refresh_seconds = time.monotonic() - began
         log.info("job %s: aggregates refreshed for %s .. %s in %.1fs", self.job_id, start, end,
-                 time.monotonic() - began)
+                 self.refresh_seconds)
 
     async def _drain(self, store, adapter, limiter, http, writer) -> None:
         while True:

@@ -60,6 +60,8 @@ class PostgresServer:
     port: int = field(default_factory=free_port)
     user: str = "postgres"
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-pg-")))
+    durable: bool = False
+    """Tests skip fsync for speed; benchmarks run with PostgreSQL's durable defaults."""
 
     def _run_kwargs(self) -> dict:
         if os.geteuid() != 0:
@@ -80,9 +82,10 @@ class PostgresServer:
         )
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-            "-c shared_buffers=256MB"
+            "-c max_connections=200 -c shared_buffers=256MB"
         )
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
             [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.workdir / "log"),
              "-w", "start"],

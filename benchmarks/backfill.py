@@ -1,0 +1,465 @@
+"""REST backfill benchmark: storage ceiling, end-to-end throughput, limit utilisation, worker memory.
+
+    python -m benchmarks.backfill            # about 5 minutes; prints one table
+    python -m benchmarks.backfill --quick    # smaller sizes, for a smoke run
+
+Everything runs on this machine from one invocation: a throwaway PostgreSQL (durable defaults,
+fsync on) and Redis, and `python -m simulator` as a separate process so its CPU is measured apart.
+
+1. Storage: the same 1M candles by raw `COPY` into `ohlcvs` (the ceiling) and by the project's bulk
+   upsert (`common.db.upsert_candles`: COPY into a temp table + INSERT ... ON CONFLICT DO UPDATE),
+   into an empty table, over identical rows, and over changed rows.
+2. End to end, limits off: the real engine (HTTP -> parse -> batched upsert) backfilling Binance
+   markets from the simulator, whose history cache is warmed first so the platform is measured.
+3. Limit on (Binance's 6,000 weight/min scaled to 1,200 per 20 s): requests per window as a share
+   of the limit, and the 429/418 answers we earned.
+4. Peak RSS of a `fetch --local` process for a 3-day and a 30-day job of 20 markets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from common.candle import Candle, Market
+from common.db import connect, upsert_candles, upsert_markets
+from common.schema import apply_schema
+from common.settings import Settings
+from common.timeutil import MINUTE_MS, ms_to_datetime
+from fetchers.rest.engine import BackfillEngine, EngineOptions
+from fetchers.rest.job_store import JobStore
+from fetchers.rest.jobs import create_job
+from tests.support.services import PostgresServer, RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY_MS = 86_400_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+UTC = timezone.utc
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+@dataclass
+class Row:
+    section: str
+    measure: str
+    value: str
+    target: str = ""
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, with_reaped_children: bool = False) -> float:
+    """User + system CPU time of a process (from /proc), optionally plus its exited children's."""
+    fields = _stat_fields(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if with_reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def postgres_cpu_seconds(port: int) -> float:
+    """CPU of the throwaway PostgreSQL: the postmaster, its live backends, and exited backends."""
+    postmaster = None
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                args = handle.read().split(b"\0")
+            if b"-p" in args and args[args.index(b"-p") + 1] == str(port).encode():
+                postmaster = entry
+            children.append((entry, _stat_fields(entry)[1]))
+        except (OSError, IndexError):
+            continue
+    if postmaster is None:
+        return 0.0
+    total = cpu_seconds(int(postmaster), with_reaped_children=True)
+    for pid, ppid in children:
+        if ppid == postmaster:
+            try:
+                total += cpu_seconds(int(pid))
+            except OSError:
+                continue
+    return total
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def http_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=600) as response:
+        return json.loads(response.read())
+
+
+class SimulatorProcess:
+    """`python -m simulator --json ...` in its own process."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([sys.executable, "-m", "simulator", "--json", *args], cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulator did not start")
+        self.urls = json.loads(line)["urls"]
+
+    @property
+    def control(self) -> str:
+        return self.urls["control"]
+
+    def now_minute(self) -> int:
+        return http_json(f"{self.control}/control/clock")["current_minute_ms"]
+
+    def stats(self, exchange: str) -> dict:
+        return http_json(f"{self.control}/control/stats")[exchange]
+
+    def trading_markets(self, exchange: str) -> list[dict]:
+        markets = http_json(f"{self.control}/control/markets?exchange={exchange}")
+        return [m for m in markets if m["status"] in ("TRADING", "ONLINE", "listed")]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def platform_settings(pg: PostgresServer, rd: RedisServer, sim: SimulatorProcess, dbname: str, **extra) -> Settings:
+    values = dict(
+        postgres_host="127.0.0.1", postgres_port=pg.port, postgres_user=pg.user, postgres_db=dbname,
+        redis_host="127.0.0.1", redis_port=rd.port, redis_password=rd.password, _env_file=None,
+        log_dir=ROOT / "logs",
+    )
+    for exchange in ("bitfinex", "binance", "bittrex"):
+        values[f"{exchange}_rest_url"] = sim.urls[exchange]["rest"]
+        values[f"{exchange}_ws_url"] = sim.urls[exchange]["ws"]
+    values.update(extra)
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[name.upper()] = str(value)
+    return env
+
+
+def fresh_database(pg: PostgresServer, name: str, settings_for) -> Settings:
+    admin = pg.connect("postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    settings = settings_for(name)
+    apply_schema(settings)
+    return settings
+
+
+# ---------------------------------------------------------------------------------- 1. storage
+
+def synthetic_candles(markets: int, minutes: int, seed: int = 1) -> list[Candle]:
+    """Exchange-like decimals: 8 decimals, magnitudes from 1e-8 to 1e5, varied volumes."""
+    rng = random.Random(seed)
+    start = datetime(2021, 1, 1, tzinfo=UTC)
+    candles = []
+    for m in range(markets):
+        scale = 10 ** rng.randint(-6, 4)
+        price = Decimal(str(round(rng.uniform(1, 9) * scale, 8)))
+        for i in range(minutes):
+            low = price
+            high = price + Decimal(rng.randint(0, 500)).scaleb(-8)
+            candles.append(Candle("binance", f"B{m:03d}", "USDT", start + timedelta(minutes=i),
+                                  price, high, low, high, Decimal(rng.randint(0, 10**12)).scaleb(-8)))
+    return candles
+
+
+def copy_text(candles: list[Candle]) -> io.StringIO:
+    buffer = io.StringIO()
+    for c in candles:
+        buffer.write(f"{c.time.isoformat()}\t{c.exchange}\t{c.base_id}\t{c.quote_id}\t"
+                     f"{c.open}\t{c.high}\t{c.low}\t{c.close}\t{c.volume}\n")
+    buffer.seek(0)
+    return buffer
+
+
+def bench_storage(settings: Settings, count: int) -> list[Row]:
+    markets = 20
+    candles = synthetic_candles(markets, count // markets)
+    conn = connect(settings)
+    upsert_markets(conn, [Market("binance", f"B{m:03d}", "USDT", f"B{m:03d}USDT") for m in range(markets)])
+    conn.commit()
+
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE ohlcvs")
+    conn.commit()
+    buffer = copy_text(candles)
+    began = time.perf_counter()
+    with conn.cursor() as cur:
+        cur.copy_expert("COPY ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume) "
+                        "FROM STDIN", buffer)
+    conn.commit()
+    raw = len(candles) / (time.perf_counter() - began)
+
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE ohlcvs")
+    conn.commit()
+    rates = {}
+    changed = [Candle(c.exchange, c.base_id, c.quote_id, c.time, c.open, c.high, c.low, c.close,
+                      c.volume + Decimal("0.00000001")) for c in candles]
+    for label, batch in (("empty table", candles), ("over identical rows", candles), ("over changed rows", changed)):
+        began = time.perf_counter()
+        for i in range(0, len(batch), 20_000):  # the backfill writer's batch size
+            upsert_candles(conn, batch[i:i + 20_000])
+            conn.commit()
+        rates[label] = len(batch) / (time.perf_counter() - began)
+    conn.close()
+    rows = [Row("1. storage (1M candles)", "raw COPY into ohlcvs (ceiling)", f"{raw:,.0f} rows/s")]
+    for label, rate in rates.items():
+        rows.append(Row("1. storage (1M candles)", f"bulk upsert, {label}",
+                        f"{rate:,.0f} rows/s ({rate / raw:.0%} of COPY)", ">= 50% of COPY"))
+    return rows
+
+
+# ------------------------------------------------------------------------------- 2. end to end
+
+def run_engine(settings: Settings, exchange: str, start_ms: int, end_ms: int, symbols: list[str] | None,
+               unlimited: bool) -> tuple[object, float, float]:
+    """Create and run a job in-process; returns it, the seconds until its last candle committed,
+    and the seconds its aggregate refresh took."""
+    async def go():
+        job = await create_job(settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols)
+        engine = BackfillEngine(settings, job.id, EngineOptions.from_settings(settings, unlimited_rate=unlimited))
+        began = time.perf_counter()
+        result = await engine.run()
+        return result, time.perf_counter() - began - engine.refresh_seconds, engine.refresh_seconds
+
+    return asyncio.run(go())
+
+
+def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: int, rounds: int) -> list[Row]:
+    sim = SimulatorProcess("--markets", str(markets), "--speed", "1", "--history-days", str(days + 3),
+                           "--history-cache-days", str(markets * (days + 1) + 10),
+                           "--binance-weight-per-window", "1000000000")
+    try:
+        symbols = [m["symbol"] for m in sim.trading_markets("binance")]
+        now = sim.now_minute()
+        end_ms = now - now % DAY_MS
+        start_ms = end_ms - days * DAY_MS
+        for symbol in symbols:  # warm the simulator's cache: the platform is what is measured
+            http_json(f"{sim.control}/control/candles?exchange=binance&symbol={symbol}&start={start_ms}&end={end_ms - 1}")
+        settings = fresh_database(pg, "bench_e2e", lambda db: platform_settings(
+            pg, rd, sim, db, rest_concurrency=16))
+        candles = 0
+        seconds = refresh = 0.0
+        sim_cpu = pg_cpu = own_cpu = 0.0
+        for _ in range(rounds):
+            with connect(settings) as conn, conn.cursor() as cur:
+                cur.execute("TRUNCATE ohlcvs")
+            rd.client().flushall()
+            s0, p0, o0 = cpu_seconds(sim.proc.pid), postgres_cpu_seconds(pg.port), time.process_time()
+            job, elapsed, refreshed_in = run_engine(settings, "binance", start_ms, end_ms, symbols, unlimited=True)
+            refresh += refreshed_in
+            sim_cpu += cpu_seconds(sim.proc.pid) - s0
+            pg_cpu += postgres_cpu_seconds(pg.port) - p0
+            own_cpu += time.process_time() - o0
+            assert job.failed == 0 and job.done == job.total
+            candles += job.candles
+            seconds += elapsed
+        rate = candles / seconds
+        label = f"2. end to end, limits off ({len(symbols)} markets x {days} days, {rounds} rounds)"
+        return [
+            Row(label, "candles/s (HTTP -> parse -> upsert, committed)", f"{rate:,.0f}", ">= 50,000"),
+            Row(label, "then: refresh of every aggregate level over the range",
+                f"{refresh / rounds:.2f} s per job"),
+            Row(label, "CPU: simulator / platform process / PostgreSQL",
+                f"{sim_cpu / seconds:.0%} / {own_cpu / seconds:.0%} / {pg_cpu / seconds:.0%} of one core"),
+            Row(label, "platform CPU per 1,000 candles", f"{own_cpu / candles * 1e6:,.1f} ms"),
+        ]
+    finally:
+        sim.stop()
+
+
+# ----------------------------------------------------------------------------------- 3. limit on
+
+def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int, markets: int | None) -> list[Row]:
+    args = ["--speed", "1", "--history-days", "2", "--rate-window-seconds", str(window),
+            "--binance-weight-per-window", str(weight)]
+    if markets:
+        args += ["--markets", str(markets)]
+    sim = SimulatorProcess(*args)
+    try:
+        settings = fresh_database(pg, "bench_limit", lambda db: platform_settings(
+            pg, rd, sim, db, rest_rate_window_seconds=window, binance_rest_weight_per_minute=weight))
+        rd.client().flushall()
+        now = sim.now_minute()
+        end_ms = now - now % (3600_000) - 3600_000
+        start_ms = end_ms - 3600_000  # the last full hour of every trading market: one request each
+        asyncio.run(_refresh(settings))
+        before = sim.stats("binance")
+        samples: list[tuple[float, int]] = []
+
+        async def sampled():
+            job = await create_job(settings, "binance", ms_to_datetime(start_ms), ms_to_datetime(end_ms), None)
+            engine = asyncio.create_task(BackfillEngine(settings, job.id).run())
+            client = aioredis.from_url(settings.redis_url)
+            store = JobStore(client)
+            while not engine.done():
+                info = await store.info(job.id)
+                samples.append((time.perf_counter(), info.done + info.failed + info.in_flight))
+                await asyncio.sleep(0.25)
+            await client.aclose()
+            return await engine
+
+        job = asyncio.run(sampled())
+        after = sim.stats("binance")
+        sent = after["rest_requests"] - before["rest_requests"]
+        # steady state: between 10% and 90% of the job
+        lo = next(s for s in samples if s[1] >= job.total * 0.1)
+        hi = next(s for s in samples if s[1] >= job.total * 0.9)
+        per_window = (hi[1] - lo[1]) / (hi[0] - lo[0]) * window * 2  # klines weigh 2
+        label = f"3. limit on ({weight:,} weight per {window:g} s = 6,000/min scaled; {job.total:,} requests)"
+        return [
+            Row(label, "weight used per window (steady state)", f"{per_window:,.0f} of {weight:,} "
+                f"= {per_window / weight:.1%}", ">= 95%"),
+            Row(label, "429 / 418 answers earned by our pace", f"{after['over_limit'] - before['over_limit']} "
+                f"(requests sent: {sent:,})", "0"),
+        ]
+    finally:
+        sim.stop()
+
+
+async def _refresh(settings: Settings) -> None:
+    from fetchers.rest.markets import refresh_markets
+
+    await refresh_markets(settings, "binance")
+
+
+# -------------------------------------------------------------------------------------- 4. memory
+
+def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: list[int]) -> list[Row]:
+    sim = SimulatorProcess("--markets", str(markets + 2), "--speed", "1", "--history-days", str(max(day_counts) + 2),
+                           "--binance-weight-per-window", "1000000000")
+    rows = []
+    try:
+        symbols = [m["symbol"] for m in sim.trading_markets("binance")][:markets]
+        now = sim.now_minute()
+        end_ms = now - now % DAY_MS
+        for days in day_counts:
+            settings = fresh_database(pg, "bench_memory", lambda db: platform_settings(pg, rd, sim, db))
+            rd.client().flushall()
+            start = ms_to_datetime(end_ms - days * DAY_MS).strftime("%Y-%m-%dT%H:%M")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scripts.fetchers.rest", "fetch", "--exchange", "binance", "--start", start,
+                 "--end", ms_to_datetime(end_ms).strftime("%Y-%m-%dT%H:%M"), "--symbols", ",".join(symbols),
+                 "--local"], cwd=ROOT, env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True)
+            peak = 0.0
+            began = time.perf_counter()
+            while proc.poll() is None:
+                try:
+                    peak = max(peak, peak_rss_mb(proc.pid))
+                except OSError:
+                    break
+                time.sleep(0.2)
+            out = proc.communicate()[0]
+            if proc.returncode != 0:
+                raise RuntimeError(f"fetch failed: {out}")
+            rows.append(Row(f"4. worker memory ({len(symbols)} markets)", f"peak RSS of fetch --local, {days}-day job",
+                            f"{peak:,.0f} MB ({days * len(symbols) * 1440:,} candles in "
+                            f"{time.perf_counter() - began:,.0f} s)", "flat in the range"))
+    finally:
+        sim.stop()
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.backfill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the reference figures)")
+    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 2 or 13 (default: all)")
+    args = parser.parse_args()
+    quick = args.quick
+    pg_version = "?"
+    pg = PostgresServer(durable=True).start()
+    rd = RedisServer().start()
+    rows: list[Row] = []
+    try:
+        with pg.connect("postgres") as conn:
+            with conn.cursor() as cur:
+                cur.execute("SHOW server_version")
+                pg_version = cur.fetchone()[0]
+        if "1" in args.sections:
+            storage = fresh_database(pg, "bench_storage", lambda db: Settings(
+                postgres_host="127.0.0.1", postgres_port=pg.port, postgres_user=pg.user, postgres_db=db,
+                _env_file=None))
+            rows += bench_storage(storage, 100_000 if quick else 1_000_000)
+        if "2" in args.sections:
+            rows += bench_end_to_end(pg, rd, markets=10 if quick else 20, days=1 if quick else 5,
+                                     rounds=1 if quick else 3)
+        if "3" in args.sections:
+            rows += bench_limit(pg, rd, window=20.0, weight=1200, markets=200 if quick else None)
+        if "4" in args.sections:
+            rows += bench_memory(pg, rd, markets=20, day_counts=[1, 3] if quick else [3, 30])
+    finally:
+        rd.stop()
+        pg.stop()
+    print(f"\nREST backfill benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {machine()}; PostgreSQL {pg_version} (durable defaults: fsync on)\n")
+    width = max(len(r.measure) for r in rows)
+    value_width = max(len(r.value) for r in rows)
+    print(f"| {'measure':<{width}} | {'result':<{value_width}} | target |")
+    print(f"|{'-' * (width + 2)}|{'-' * (value_width + 2)}|--------|")
+    section = None
+    for row in rows:
+        if row.section != section:
+            section = row.section
+            print(f"| **{section}** | | |")
+        print(f"| {row.measure:<{width}} | {row.value:<{value_width}} | {row.target} |")
+    print(f"\npeak RSS of this benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
