@@ -316,7 +316,7 @@ class BinanceConnection:
     def server_shutdown(self) -> None:
         event = {"e": "serverShutdown", "E": self.sim.clock.now_ms()}
         self.writer.send(dumps({"stream": "!serverShutdown", "data": event} if self.combined else event))
-        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(self.ws.close(code=1001)))
+        asyncio.get_running_loop().create_task(self.writer.close(code=1001, message=b""))
 
     def add_stream(self, stream: str) -> None:
         if stream in self.streams:
@@ -346,7 +346,7 @@ class BinanceConnection:
             if not self._count_incoming():
                 stats.ws_closed_for_violation += 1
                 stats.over_limit += 1
-                await self.ws.close(code=1008, message=b"Too many requests")
+                await self.writer.close(code=1008, message=b"Too many requests")
                 break
             if msg.type == WSMsgType.TEXT:
                 self._handle(msg.data)

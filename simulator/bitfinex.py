@@ -288,8 +288,7 @@ class BitfinexConnection:
             self.transport.abort()
 
     async def close_soon(self) -> None:
-        await asyncio.sleep(0.05)
-        await self.ws.close(code=1001, message=b"restart")
+        await self.writer.close(code=1001, message=b"restart")
 
     async def serve(self) -> None:
         self.writer.start()

@@ -96,6 +96,20 @@ class FrameWriter:
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
 
+    async def close(self, code: int, message: bytes) -> None:
+        """Close the websocket deliberately, after sending what is already queued (the replies a
+        client earned before breaking a rule must not be overtaken by the close frame)."""
+        stats = self.sim.stats[self.exchange]
+        self.closed = True
+        try:
+            while self.queue and not self.ws.closed:
+                await self.ws.send_str(self.queue.popleft())
+                stats.ws_frames_sent += 1
+        except (ConnectionError, RuntimeError):
+            pass
+        self.queue.clear()
+        await self.ws.close(code=code, message=message)
+
     async def stop(self) -> None:
         self.closed = True
         if self._task is not None:
