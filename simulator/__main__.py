@@ -122,6 +122,11 @@ async def serve(config: SimConfig, as_json: bool) -> None:
 
     sim = Simulator(config)
     await sim.start()
+    # handlers first: a supervisor may send SIGTERM as soon as it has read the line below
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     if as_json:
         print(json.dumps({"urls": sim.urls, "env": sim.env_lines(), "pid": os.getpid()}), flush=True)
     else:
@@ -135,10 +140,6 @@ async def serve(config: SimConfig, as_json: bool) -> None:
         for line in sim.env_lines():
             print(line)
         print("\nCtrl-C to stop.", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()
     finally:
