@@ -12,6 +12,7 @@ tested with real payloads alone. All three adapters define the same methods in t
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping
@@ -140,6 +141,25 @@ def chunk_range(start_ms: int, end_ms: int, step_ms: int) -> Iterator[tuple[int,
         upper = min(current + step_ms, end_ms)
         yield current, upper
         current = upper
+
+
+def error_body(status: int, body: str) -> tuple[Any, str]:
+    """The error body as JSON (None if it is not JSON) and a readable fallback message."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    return data, body[:200].strip() or f"HTTP {status}"
+
+
+def classify_by_status(status: int, headers: Mapping[str, str], code: str | None, message: str) -> ExchangeError:
+    """The HTTP-level rules all three exchanges share: 429 waits, 408/5xx retry, the rest is fatal."""
+    wait = retry_after_seconds(headers)
+    if status == 429:
+        return ExchangeError(ErrorKind.RATE_LIMITED, wait, code, message, status)
+    if status >= 500 or status == 408:
+        return ExchangeError(ErrorKind.RETRY, wait, code, message, status)
+    return ExchangeError(ErrorKind.FATAL, None, code, message, status)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

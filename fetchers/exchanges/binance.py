@@ -17,8 +17,8 @@ from common.candle import Candle, Market
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges.base import (
-    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, in_task_range,
-    retry_after_seconds,
+    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, classify_by_status,
+    error_body, in_task_range, retry_after_seconds,
 )
 
 EXCHANGE_INFO_WEIGHT = 20
@@ -78,21 +78,14 @@ class BinanceAdapter(ExchangeAdapter):
 
     # -- limits
     def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:
-        code, message = None, body[:200].strip() or f"HTTP {status}"
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+        data, message = error_body(status, body)
+        code = None
         if isinstance(data, dict) and "code" in data:
             code, message = str(data["code"]), str(data.get("msg", ""))
-        wait = retry_after_seconds(headers)
         if status == 418:
+            wait = retry_after_seconds(headers)
             return ExchangeError(ErrorKind.BANNED, wait or DEFAULT_BAN_SECONDS, code, message, status)
-        if status == 429:
-            return ExchangeError(ErrorKind.RATE_LIMITED, wait, code, message, status)
-        if status >= 500 or status == 408:
-            return ExchangeError(ErrorKind.RETRY, wait, code, message, status)
-        return ExchangeError(ErrorKind.FATAL, None, code, message, status)
+        return classify_by_status(status, headers, code, message)
 
     def used_weight(self, headers: Mapping[str, str]) -> int | None:
         for name, value in headers.items():

@@ -17,8 +17,8 @@ from common.candle import Candle, Market
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges.base import (
-    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, in_task_range,
-    retry_after_seconds,
+    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, classify_by_status,
+    error_body, in_task_range, retry_after_seconds,
 )
 
 PAIRS_CONF = "pub:list:pair:exchange"
@@ -96,22 +96,21 @@ class BitfinexAdapter(ExchangeAdapter):
 
     # -- limits
     def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:
-        code, message = None, body[:200].strip() or f"HTTP {status}"
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+        data, message = error_body(status, body)
+        code = None
         if isinstance(data, list) and len(data) >= 3 and data[0] == "error":
             code, message = data[1], str(data[2])
         elif isinstance(data, dict) and "error" in data:
             message = str(data["error"])
         code_text = None if code is None else str(code)
         wait = retry_after_seconds(headers)
-        if status == 429 or code == RATE_LIMIT_CODE or message == "ERR_RATE_LIMIT":
+        if code == RATE_LIMIT_CODE or message == "ERR_RATE_LIMIT":
             return ExchangeError(ErrorKind.RATE_LIMITED, wait, code_text, message, status)
-        if code in RETRYABLE_CODES or status >= 500 and code is None or status in (408, 502, 503, 504):
+        if code in RETRYABLE_CODES:
             return ExchangeError(ErrorKind.RETRY, wait, code_text, message, status)
-        return ExchangeError(ErrorKind.FATAL, None, code_text, message, status)
+        if code is not None and status != 429:
+            return ExchangeError(ErrorKind.FATAL, None, code_text, message, status)  # e.g. 500 + 10020
+        return classify_by_status(status, headers, code_text, message)
 
     def used_weight(self, headers: Mapping[str, str]) -> int | None:
         return None

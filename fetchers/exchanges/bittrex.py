@@ -18,8 +18,8 @@ from common.candle import Candle, Market
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ms_to_datetime
 from fetchers.exchanges.base import (
-    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, chunk_range,
-    in_task_range, retry_after_seconds, task_for,
+    ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, chunk_range, classify_by_status,
+    error_body, in_task_range, task_for,
 )
 
 DAY_MS = 86_400_000
@@ -92,20 +92,12 @@ class BittrexAdapter(ExchangeAdapter):
 
     # -- limits
     def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:
-        code, message = None, body[:200].strip() or f"HTTP {status}"
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
+        data, message = error_body(status, body)
+        code = None
         if isinstance(data, dict) and "code" in data:
             code = str(data["code"])
             message = " ".join(str(part) for part in (code, data.get("detail"), data.get("data")) if part)
-        wait = retry_after_seconds(headers)
-        if status == 429:
-            return ExchangeError(ErrorKind.RATE_LIMITED, wait, code, message, status)
-        if status >= 500 or status == 408:
-            return ExchangeError(ErrorKind.RETRY, wait, code, message, status)
-        return ExchangeError(ErrorKind.FATAL, None, code, message, status)
+        return classify_by_status(status, headers, code, message)
 
     def used_weight(self, headers: Mapping[str, str]) -> int | None:
         return None

@@ -40,6 +40,14 @@ def fail(message: str, code: int = EXIT_FAILED) -> None:
     sys.exit(code)
 
 
+def exchange_or_exit(name: str) -> str:
+    try:
+        return check_exchange(name)
+    except BackfillRequestError as error:
+        fail(str(error), EXIT_USAGE)
+        raise  # unreachable
+
+
 def parse_time(value: str, option: str) -> datetime:
     try:
         return parse_utc(value)
@@ -166,10 +174,7 @@ def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, 
     """Fetch candles for [start, end)."""
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
-    try:
-        exchange = check_exchange(exchange)
-    except BackfillRequestError as error:
-        fail(str(error), EXIT_USAGE)
+    exchange = exchange_or_exit(exchange)
     start_at, end_at = parse_time(start, "--start"), parse_time(end, "--end")
     workers = [] if local else require_workers(exchange)
     job = run_async(create_job(settings, exchange, start_at, end_at, split_symbols(symbols)))
@@ -192,10 +197,7 @@ def resume(exchange: str, wait: bool, local: bool) -> None:
     """Continue every unfinished job of an exchange (after a crash or kill)."""
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
-    try:
-        exchange = check_exchange(exchange)
-    except BackfillRequestError as error:
-        fail(str(error), EXIT_USAGE)
+    exchange = exchange_or_exit(exchange)
 
     async def unfinished() -> list[JobInfo]:
         client = aioredis.from_url(settings.redis_url)
@@ -229,10 +231,7 @@ def status(exchange: str | None) -> None:
     settings = load_settings_or_exit()
     names = EXCHANGES
     if exchange:
-        try:
-            names = (check_exchange(exchange),)
-        except BackfillRequestError as error:
-            fail(str(error), EXIT_USAGE)
+        names = (exchange_or_exit(exchange),)
 
     async def collect() -> list[JobInfo]:
         client = aioredis.from_url(settings.redis_url)
@@ -263,10 +262,7 @@ def markets(exchange: str) -> None:
     """Refresh symbol_exchange from the exchange's market list."""
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
-    try:
-        exchange = check_exchange(exchange)
-    except BackfillRequestError as error:
-        fail(str(error), EXIT_USAGE)
+    exchange = exchange_or_exit(exchange)
     result = run_async(refresh_markets(settings, exchange))
     click.echo(f"{result.exchange}: {result.listed} markets listed, {result.trading} trading, "
                f"{result.changed} rows changed")
