@@ -365,8 +365,8 @@ async def _refresh(settings: Settings) -> None:
 # -------------------------------------------------------------------------------------- 4. memory
 
 def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: list[int]) -> list[Row]:
-    sim = SimulatorProcess("--markets", str(markets + 2), "--speed", "1", "--history-days", str(max(day_counts) + 2),
-                           "--binance-weight-per-window", "1000000000")
+    sim = SimulatorProcess("--markets", str(markets + 6), "--speed", "1",  # + the catalog's non-trading ones
+                           "--history-days", str(max(day_counts) + 2), "--binance-weight-per-window", "1000000000")
     rows = []
     try:
         symbols = [m["symbol"] for m in sim.trading_markets("binance")][:markets]
