@@ -333,6 +333,7 @@ class CandleModel:
         self.seed = int(seed)
         self._params: dict[tuple[str, str], _Params] = {}
         self._trades_cache: dict[tuple[str, str, int], tuple[SimTrade, ...]] = {}
+        self._prev_close_cache: dict[tuple[str, str, int], int] = {}
 
     # ---- public API
 
@@ -460,13 +461,34 @@ class CandleModel:
         return last.price_ticks
 
     def _prev_close_ticks(self, market: SimMarket, minute_ms: int) -> int:
+        """The close before `minute_ms`: the last trade of the last minute that traded.
+
+        Memoised: the live feed asks for it at every open, update and final of every market, and the
+        previous minute's trades are usually cached already (their last price is the answer, or, if
+        that minute was quiet, its own previous close is).
+        """
         params = self._params_of(market)
         if not params.trades_at_all:
             return params.base_ticks
-        index = minute_ms // MINUTE_MS - 1
-        while not self._traded(params, index):
-            index -= 1
-        return self._last_price(params, index)
+        key = (market.exchange, market.symbol, minute_ms)
+        close = self._prev_close_cache.get(key)
+        if close is not None:
+            return close
+        before = (market.exchange, market.symbol, minute_ms - MINUTE_MS)
+        trades = self._trades_cache.get(before)
+        if trades:
+            close = trades[-1].price_ticks
+        elif trades is not None and before in self._prev_close_cache:
+            close = self._prev_close_cache[before]
+        else:
+            index = minute_ms // MINUTE_MS - 1
+            while not self._traded(params, index):
+                index -= 1
+            close = self._last_price(params, index)
+        if len(self._prev_close_cache) >= 16_384:
+            self._prev_close_cache.clear()
+        self._prev_close_cache[key] = close
+        return close
 
     def _aggregate(self, market: SimMarket, minute_ms: int, open_ticks: int, upto_offset: int | None) -> SimCandle:
         params = self._params_of(market)
