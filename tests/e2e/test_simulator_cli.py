@@ -27,8 +27,9 @@ def fetch(url: str) -> tuple[int, Any]:
 
 
 def test_json_mode_serves_all_three_rest_apis_and_the_control_port() -> None:
-    with simulator_process("--markets", "6", "--speed", "120", "--seed", "4",
-                           "--fault", "bittrex:http_5xx_rate=1") as sim:
+    with simulator_process(
+        "--markets", "6", "--speed", "120", "--seed", "4", "--fault", "bittrex:http_5xx_rate=1"
+    ) as sim:
         assert set(sim.urls) == {"bitfinex", "binance", "bittrex", "control"}
         clock = sim.clock()
         assert clock["speed"] == 120 and clock["now_ms"] >= clock["start_ms"]
@@ -38,7 +39,9 @@ def test_json_mode_serves_all_three_rest_apis_and_the_control_port() -> None:
         assert status == 200 and len(candles) == 3 and isinstance(candles[0][1], (int, float))
         status, info = fetch(sim.urls["binance"]["rest"] + "/api/v3/exchangeInfo")
         assert status == 200 and len(info["symbols"]) == 6
-        status, klines = fetch(sim.urls["binance"]["rest"] + "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=2")
+        status, klines = fetch(
+            sim.urls["binance"]["rest"] + "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=2"
+        )
         assert status == 200 and len(klines) == 2 and isinstance(klines[0][1], str)
         status, body = fetch(sim.urls["bittrex"]["rest"] + "/v3/markets")
         assert (status, body) == (503, {"code": "SERVICE_UNAVAILABLE"}), "--fault is active from the start"
@@ -49,8 +52,13 @@ def test_json_mode_serves_all_three_rest_apis_and_the_control_port() -> None:
 
 
 def test_sigterm_stops_it_cleanly() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "simulator", "--json", "--markets", "3"], cwd=PROJECT_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "--json", "--markets", "3"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         line = json.loads(proc.stdout.readline())
@@ -79,8 +87,14 @@ def test_sigterm_stops_it_cleanly() -> None:
     ],
 )
 def test_a_bad_flag_exits_2_with_one_line_on_stderr(args: list[str]) -> None:
-    result = subprocess.run([sys.executable, "-m", "simulator", "--json", *args], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "simulator", "--json", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr

@@ -11,11 +11,13 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Iterator
+from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -29,13 +31,13 @@ DAY = 86_400_000
 FIXED8 = re.compile(r"^\d+\.\d{8}$")
 BITTREX_NUMBER = re.compile(r"^(0|\d+\.\d{8})$")
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-GENEROUS = dict(
-    rate_window_seconds=60.0,
-    bitfinex_candle_requests_per_window=1_000_000,
-    bitfinex_conf_requests_per_window=1_000_000,
-    binance_weight_per_window=100_000_000,
-    bittrex_requests_per_window=1_000_000,
-)
+GENEROUS: dict[str, Any] = {
+    "rate_window_seconds": 60.0,
+    "bitfinex_candle_requests_per_window": 1_000_000,
+    "bitfinex_conf_requests_per_window": 1_000_000,
+    "binance_weight_per_window": 100_000_000,
+    "bittrex_requests_per_window": 1_000_000,
+}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -58,7 +60,9 @@ def get(url: str, method: str = "GET", timeout: float = 30) -> Reply:
     request = urllib.request.Request(url, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return Reply(response.status, response.headers, response.read().decode(), time.monotonic() - started)
+            return Reply(
+                response.status, response.headers, response.read().decode(), time.monotonic() - started
+            )
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.headers, exc.read().decode(), time.monotonic() - started)
 
@@ -68,11 +72,11 @@ def is_number(value: Any) -> bool:
 
 
 def utc_day(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms // 1000, tz=UTC)
 
 
 def iso_ms(text: str) -> int:
-    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def now_ms(sim: SimHandle) -> int:
@@ -133,8 +137,10 @@ def test_bitfinex_currencies_and_combined_conf_keys(sim: SimHandle) -> None:
         base, quote = pair.split(":") if ":" in pair else (pair[:3], pair[3:])
         assert base in listed and quote in listed, pair
     assert ["UST", "USDt"] in mapping
-    assert all(isinstance(entry, list) and len(entry) == 2 and all(isinstance(s, str) for s in entry)
-               for entry in mapping)
+    assert all(
+        isinstance(entry, list) and len(entry) == 2 and all(isinstance(s, str) for s in entry)
+        for entry in mapping
+    )
 
 
 def _check_bitfinex_rows(rows: list[Any]) -> None:
@@ -142,7 +148,7 @@ def _check_bitfinex_rows(rows: list[Any]) -> None:
         assert isinstance(row, list) and len(row) == 6
         assert isinstance(row[0], int) and row[0] % MINUTE == 0
         assert all(is_number(v) for v in row[1:]), row
-        mts, open_, close, high, low, volume = row
+        _, open_, close, high, low, volume = row
         assert high >= max(open_, close) and low <= min(open_, close) and low > 0
         assert volume > 0, "Bitfinex has no candle for a minute without trades"
 
@@ -155,7 +161,9 @@ def test_bitfinex_hist_defaults_newest_first_numbers_not_strings(sim: SimHandle)
     _check_bitfinex_rows(rows)
     times = [r[0] for r in rows]
     assert times == sorted(times, reverse=True), "default sort is -1 (newest first)"
-    assert '"' not in reply.text and "e" not in reply.text.lower(), "plain JSON numbers, no strings or exponents"
+    assert '"' not in reply.text and "e" not in reply.text.lower(), (
+        "plain JSON numbers, no strings or exponents"
+    )
 
 
 def test_bitfinex_hist_start_end_sort_limit(sim: SimHandle, past: tuple[int, int]) -> None:
@@ -169,7 +177,9 @@ def test_bitfinex_hist_start_end_sort_limit(sim: SimHandle, past: tuple[int, int
     assert down == list(reversed(up))
     limited_up = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&sort=1&limit=7").json()
     assert limited_up == up[:7], "ascending with start: the oldest candles from start"
-    limited_down = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&sort=-1&limit=7").json()
+    limited_down = bfx(
+        sim, f"/v2/candles/trade:1m:tBTCUSD/hist?start={start}&end={end}&sort=-1&limit=7"
+    ).json()
     assert limited_down == down[:7], "descending: the newest candles up to end"
     only_end = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?end={end}&limit=3").json()
     assert [r[0] for r in only_end] == [end, end - MINUTE, end - 2 * MINUTE]
@@ -232,7 +242,9 @@ def test_binance_exchange_info_fields(sim: SimHandle) -> None:
         assert isinstance(limit["rateLimitType"], str) and limit["interval"] in ("SECOND", "MINUTE", "DAY")
         assert isinstance(limit["intervalNum"], int) and isinstance(limit["limit"], int)
     weight = [r for r in info["rateLimits"] if r["rateLimitType"] == "REQUEST_WEIGHT"]
-    assert weight == [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 100_000_000}]
+    assert weight == [
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 100_000_000}
+    ]
     fixture = MarketCatalog.fixture("binance_exchangeInfo.json")["symbols"]
     assert [s["symbol"] for s in info["symbols"]] == [s["symbol"] for s in fixture]
     for entry in info["symbols"]:
@@ -266,13 +278,17 @@ def test_binance_klines_start_limit_rows(sim: SimHandle, past: tuple[int, int]) 
     rows = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={start}&limit=5").json()
     assert [r[0] for r in rows] == [start + i * MINUTE for i in range(5)]
     _check_kline_rows(rows)
-    for previous, row in zip(rows, rows[1:]):
+    for previous, row in pairwise(rows):
         assert row[1] == previous[4], "open is the previous close"
-    both = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={start}&endTime={end}&limit=1000").json()
+    both = bn(
+        sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={start}&endTime={end}&limit=1000"
+    ).json()
     assert [r[0] for r in both] == list(range(start, end + 1, MINUTE)) and both[:5] == rows
     only_end = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&endTime={end}&limit=3").json()
     assert [r[0] for r in only_end] == [end - 2 * MINUTE, end - MINUTE, end] and only_end == both[-3:]
-    five = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=5m&startTime={start - start % (5 * MINUTE)}&limit=3").json()
+    five = bn(
+        sim, f"/api/v3/klines?symbol=BTCUSDT&interval=5m&startTime={start - start % (5 * MINUTE)}&limit=3"
+    ).json()
     _check_kline_rows(five, 5 * MINUTE)
     assert all(r[0] % (5 * MINUTE) == 0 for r in five)
 
@@ -296,12 +312,26 @@ def test_binance_klines_default_and_max_limit_end_at_the_open_minute(sim: SimHan
         ("symbol=BTCUSDT&interval=1m&limit=1001", -1130, "Data sent for parameter 'limit' is not valid."),
         ("symbol=BTCUSDT&interval=1m&limit=0", -1130, "Data sent for parameter 'limit' is not valid."),
         ("interval=1m", -1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."),
-        ("symbol=BTCUSDT", -1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed."),
-        ("symbol=btcusdt&interval=1m", -1100,
-         "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'."),
-        ("symbol=BTCUSDT&interval=1m&startTime=abc", -1100,
-         "Illegal characters found in parameter 'startTime'; legal range is '^[0-9]{1,20}$'."),
-        ("symbol=BTCUSDT&interval=1m&startTime=2000&endTime=1000", -1023, "Start time is greater than end time."),
+        (
+            "symbol=BTCUSDT",
+            -1102,
+            "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.",
+        ),
+        (
+            "symbol=btcusdt&interval=1m",
+            -1100,
+            "Illegal characters found in parameter 'symbol'; legal range is '^[A-Z0-9-_.]{1,20}$'.",
+        ),
+        (
+            "symbol=BTCUSDT&interval=1m&startTime=abc",
+            -1100,
+            "Illegal characters found in parameter 'startTime'; legal range is '^[0-9]{1,20}$'.",
+        ),
+        (
+            "symbol=BTCUSDT&interval=1m&startTime=2000&endTime=1000",
+            -1023,
+            "Start time is greater than end time.",
+        ),
     ],
 )
 def test_binance_errors_are_code_msg_objects(sim: SimHandle, query: str, code: int, msg: str) -> None:
@@ -315,14 +345,22 @@ def test_binance_weights_and_used_weight_header() -> None:
     with running_simulator(rate_window_seconds=3600.0, binance_weight_per_window=10_000) as sim:
         first = bn(sim, "/api/v3/exchangeInfo")
         assert first.headers["X-MBX-USED-WEIGHT-1M"] == "20", "exchangeInfo weighs 20"
-        used = [int(bn(sim, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1000").headers["X-MBX-USED-WEIGHT-1M"])
-                for _ in range(3)]
+        used = [
+            int(
+                bn(sim, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1000").headers[
+                    "X-MBX-USED-WEIGHT-1M"
+                ]
+            )
+            for _ in range(3)
+        ]
         assert used == [22, 24, 26], "klines weigh 2 whatever the limit"
         assert bn(sim, "/api/v3/ping").headers["X-MBX-USED-WEIGHT-1M"] == "27"
 
 
 def test_binance_429_with_retry_after_then_418_ban() -> None:
-    with running_simulator(rate_window_seconds=20.0, binance_weight_per_window=20, binance_ban_seconds=7.0) as sim:
+    with running_simulator(
+        rate_window_seconds=20.0, binance_weight_per_window=20, binance_ban_seconds=7.0
+    ) as sim:
         replies = [bn(sim, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1") for _ in range(30)]
         statuses = [r.status for r in replies]
         assert 429 in statuses and 418 in statuses, statuses
@@ -350,7 +388,9 @@ def btx(sim: SimHandle, path: str, method: str = "GET") -> Reply:
 
 def test_bittrex_markets_fields(sim: SimHandle) -> None:
     markets = btx(sim, "/v3/markets").json()
-    assert [m["symbol"] for m in markets] == [m["symbol"] for m in MarketCatalog.fixture("bittrex_markets.json")]
+    assert [m["symbol"] for m in markets] == [
+        m["symbol"] for m in MarketCatalog.fixture("bittrex_markets.json")
+    ]
     for market in markets:
         assert market["symbol"] == f"{market['baseCurrencySymbol']}-{market['quoteCurrencySymbol']}"
         assert isinstance(market["minTradeSize"], str) and Decimal(market["minTradeSize"]) >= 0
@@ -366,7 +406,7 @@ def _check_bittrex_candles(candles: list[Any], step: int = MINUTE) -> None:
     assert [iso_ms(c["startsAt"]) for c in candles] == list(
         range(iso_ms(candles[0]["startsAt"]), iso_ms(candles[-1]["startsAt"]) + 1, step)
     ), "ascending, one per interval, no gaps"
-    for previous, candle in zip(candles, candles[1:]):
+    for previous, candle in pairwise(candles):
         assert candle["open"] == previous["close"]
     for candle in candles:
         assert set(candle) == {"startsAt", "open", "high", "low", "close", "volume", "quoteVolume"}
@@ -407,10 +447,15 @@ def test_bittrex_historical_day_has_every_minute_quiet_ones_included(sim: SimHan
     silent = [c for c in candles if c["volume"] == "0"]
     assert len(silent) > 500, "an illiquid market has many zero-volume candles"
     for candle in silent:
-        assert candle["quoteVolume"] == "0" and candle["open"] == candle["high"] == candle["low"] == candle["close"]
+        assert (
+            candle["quoteVolume"] == "0"
+            and candle["open"] == candle["high"] == candle["low"] == candle["close"]
+        )
     padded = btx(sim, f"/v3/markets/{quiet}/candles/MINUTE_1/historical/{day:%Y/%m/%d}")
     assert padded.json() == candles, "TRADE may be omitted; zero-padded month/day accepted"
-    five = btx(sim, f"/v3/markets/{quiet}/candles/MINUTE_5/historical/{day.year}/{day.month}/{day.day}").json()
+    five = btx(
+        sim, f"/v3/markets/{quiet}/candles/MINUTE_5/historical/{day.year}/{day.month}/{day.day}"
+    ).json()
     assert len(five) == 288
     _check_bittrex_candles(five, 5 * MINUTE)
 
@@ -420,17 +465,35 @@ def test_bittrex_errors(sim: SimHandle) -> None:
     yesterday = utc_day(now_ms(sim) - DAY)
     base = "/v3/markets/BTC-USD/candles/TRADE"
     cases = [
-        (f"{base}/MINUTE_1/historical/{yesterday.year}/{yesterday.month}/{yesterday.day}/0", 400, {"code": "INVALID_DATE"}),
-        (f"{base}/HOUR_1/historical/{yesterday.year}/{yesterday.month}/{yesterday.day}", 400, {"code": "INVALID_DATE"}),
+        (
+            f"{base}/MINUTE_1/historical/{yesterday.year}/{yesterday.month}/{yesterday.day}/0",
+            400,
+            {"code": "INVALID_DATE"},
+        ),
+        (
+            f"{base}/HOUR_1/historical/{yesterday.year}/{yesterday.month}/{yesterday.day}",
+            400,
+            {"code": "INVALID_DATE"},
+        ),
         (f"{base}/MINUTE_1/historical/{yesterday.year}/13/1", 400, {"code": "INVALID_DATE"}),
-        (f"{base}/MINUTE_1/historical/{now.year}/{now.month}/{now.day}", 400, {"code": "STARTDATE_OUT_OF_RANGE"}),
+        (
+            f"{base}/MINUTE_1/historical/{now.year}/{now.month}/{now.day}",
+            400,
+            {"code": "STARTDATE_OUT_OF_RANGE"},
+        ),
         (f"{base}/DAY_1/historical/{now.year}", 400, {"code": "STARTDATE_OUT_OF_RANGE"}),
         (f"{base}/MINUTE_1/historical/{now.year + 1}/1/1", 400, {"code": "STARTDATE_OUT_OF_RANGE"}),
         ("/v3/markets/NOPE-USD/candles/TRADE/MINUTE_1/recent", 404, {"code": "MARKET_DOES_NOT_EXIST"}),
         ("/v3/markets/NOPE-USD", 404, {"code": "MARKET_DOES_NOT_EXIST"}),
-        (f"{base}/MINUTE_2/recent", 400, {"code": "BAD_REQUEST",
-                                          "detail": "Refer to the data field for specific field validation failures.",
-                                          "data": {"invalidRequestParameter": "candleInterval"}}),
+        (
+            f"{base}/MINUTE_2/recent",
+            400,
+            {
+                "code": "BAD_REQUEST",
+                "detail": "Refer to the data field for specific field validation failures.",
+                "data": {"invalidRequestParameter": "candleInterval"},
+            },
+        ),
     ]
     for path, status, body in cases:
         reply = btx(sim, path)
@@ -444,7 +507,9 @@ def test_rest_never_serves_the_future(sim: SimHandle) -> None:
     far = now_ms(sim) + 30 * DAY
     bitfinex = bfx(sim, f"/v2/candles/trade:1m:tBTCUSD/hist?end={far}&limit=10").json()
     binance = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&endTime={far}&limit=10").json()
-    binance_from = bn(sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={far - 31 * DAY}&limit=1000").json()
+    binance_from = bn(
+        sim, f"/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime={far - 31 * DAY}&limit=1000"
+    ).json()
     bittrex = btx(sim, "/v3/markets/BTC-USD/candles/MINUTE_1/recent").json()
     after = now_ms(sim)
     current = after - after % MINUTE
@@ -474,15 +539,21 @@ def test_same_seed_same_history_in_two_instances() -> None:
     assert all(a != b for a, b in zip(bodies[0], bodies[2])), "another seed gives other history"
 
 
-def test_quiet_minutes_missing_on_bitfinex_zero_volume_elsewhere(sim: SimHandle, past: tuple[int, int]) -> None:
+def test_quiet_minutes_missing_on_bitfinex_zero_volume_elsewhere(
+    sim: SimHandle, past: tuple[int, int]
+) -> None:
     start, end = past
     quiet_bfx = pick(sim, "bitfinex", 0.15, 0.3)
-    rows = bfx(sim, f"/v2/candles/trade:1m:t{quiet_bfx}/hist?start={start}&end={end}&sort=1&limit=1000").json()
-    gaps = [b[0] - a[0] for a, b in zip(rows, rows[1:])]
+    rows = bfx(
+        sim, f"/v2/candles/trade:1m:t{quiet_bfx}/hist?start={start}&end={end}&sort=1&limit=1000"
+    ).json()
+    gaps = [b[0] - a[0] for a, b in pairwise(rows)]
     assert 0 < len(rows) < 121 and max(gaps) > MINUTE, "no candle for minutes without trades"
     assert all(row[5] > 0 for row in rows)
     quiet_bn = pick(sim, "binance", 0.15, 0.3)
-    klines = bn(sim, f"/api/v3/klines?symbol={quiet_bn}&interval=1m&startTime={start}&endTime={end}&limit=1000").json()
+    klines = bn(
+        sim, f"/api/v3/klines?symbol={quiet_bn}&interval=1m&startTime={start}&endTime={end}&limit=1000"
+    ).json()
     assert len(klines) == 121
     silent = [k for k in klines if k[8] == 0]
     assert silent and all(k[5] == "0.00000000" and k[1] == k[2] == k[3] == k[4] for k in silent)
@@ -501,8 +572,10 @@ def test_prices_span_magnitudes_without_exponents(sim: SimHandle) -> None:
             closes[market["symbol"]] = Decimal(rows[0][2])
     assert max(closes.values()) / min(closes.values()) > Decimal(10) ** 6, closes
     assert any(v < Decimal("0.001") for v in closes.values()) and any(v > 10_000 for v in closes.values())
-    binance = [Decimal(bn(sim, f"/api/v3/klines?symbol={s}&interval=1m&limit=1").json()[0][4])
-               for s in ("BTCUSDT", "ETHBTC", "ARNBTC")]
+    binance = [
+        Decimal(bn(sim, f"/api/v3/klines?symbol={s}&interval=1m&limit=1").json()[0][4])
+        for s in ("BTCUSDT", "ETHBTC", "ARNBTC")
+    ]
     assert binance[0] > 10_000 and Decimal("0.001") < binance[1] < 1 and binance[2] < Decimal("0.001")
 
 
@@ -510,10 +583,14 @@ def test_rest_candles_equal_ground_truth(sim: SimHandle, past: tuple[int, int]) 
     start, end = past
     for symbol in ("BTCUSD", pick(sim, "bitfinex", 0.15, 0.3)):
         truth = sim.truth("bitfinex", symbol, start, end + MINUTE)
-        rows = bfx(sim, f"/v2/candles/trade:1m:t{symbol}/hist?start={start}&end={end}&sort=1&limit=1000").json()
+        rows = bfx(
+            sim, f"/v2/candles/trade:1m:t{symbol}/hist?start={start}&end={end}&sort=1&limit=1000"
+        ).json()
         assert [r[0] for r in rows] == [t["time"] for t in truth]
         for row, t in zip(rows, truth):
-            assert [Decimal(v) for v in row[1:]] == [Decimal(t[k]) for k in ("open", "close", "high", "low", "volume")]
+            assert [Decimal(v) for v in row[1:]] == [
+                Decimal(t[k]) for k in ("open", "close", "high", "low", "volume")
+            ]
     for symbol in ("BTCUSDT", pick(sim, "binance", 0.15, 0.3)):
         truth = sim.truth("binance", symbol, start, end + MINUTE)
         rows = bn(sim, f"/api/v3/klines?symbol={symbol}&interval=1m&startTime={start}&endTime={end}").json()
@@ -521,17 +598,21 @@ def test_rest_candles_equal_ground_truth(sim: SimHandle, past: tuple[int, int]) 
         for row, t in zip(rows, truth):
             assert row[0] == t["time"] and row[8] == t["trades"]
             assert [Decimal(v) for v in (row[1], row[2], row[3], row[4], row[5], row[7])] == [
-                Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")]
+                Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")
+            ]
     quiet = pick(sim, "bittrex", 0.15, 0.3)
     day = utc_day(start)
     day_ms = start - start % DAY
     truth = sim.truth("bittrex", quiet, day_ms, day_ms + DAY)
-    candles = btx(sim, f"/v3/markets/{quiet}/candles/MINUTE_1/historical/{day.year}/{day.month}/{day.day}").json()
+    candles = btx(
+        sim, f"/v3/markets/{quiet}/candles/MINUTE_1/historical/{day.year}/{day.month}/{day.day}"
+    ).json()
     assert len(candles) == len(truth) == 1440
     for candle, t in zip(candles, truth):
         assert iso_ms(candle["startsAt"]) == t["time"]
         assert [Decimal(candle[k]) for k in ("open", "high", "low", "close", "volume", "quoteVolume")] == [
-            Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")]
+            Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")
+        ]
 
 
 # --------------------------------------------------------------------------------- faults, limits
@@ -559,7 +640,10 @@ def test_fault_5xx_uses_each_exchange_error_and_is_counted() -> None:
             sim.set_faults(exchange, http_5xx_rate=1.0)
         expected = {
             "bitfinex": (500, ["error", 10000, "unknown error"]),
-            "binance": (503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}),
+            "binance": (
+                503,
+                {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."},
+            ),
             "bittrex": (503, {"code": "SERVICE_UNAVAILABLE"}),
         }
         for exchange, (status, body) in expected.items():
@@ -595,7 +679,11 @@ def test_fault_429_storm_answers_each_exchange_429_until_it_ends() -> None:
         started = time.monotonic()
         bitfinex, binance, bittrex = (probe(sim, e) for e in ("bitfinex", "binance", "bittrex"))
         assert (bitfinex.status, bitfinex.json()) == (429, ["error", 11010, "ratelimit: error"])
-        assert binance.status == 429 and binance.json()["code"] == -1003 and int(binance.headers["Retry-After"]) >= 1
+        assert (
+            binance.status == 429
+            and binance.json()["code"] == -1003
+            and int(binance.headers["Retry-After"]) >= 1
+        )
         assert (bittrex.status, bittrex.json()) == (429, {"code": "TOO_MANY_REQUESTS"})
         assert sim.simulator.faults.as_dict()["bitfinex"]["storm_seconds_left"] > 0
         stats = sim.stats()
@@ -605,7 +693,9 @@ def test_fault_429_storm_answers_each_exchange_429_until_it_ends() -> None:
 
 
 def test_bitfinex_rate_limit_429_then_ip_block() -> None:
-    with fault_sim(rate_window_seconds=30.0, bitfinex_candle_requests_per_window=5, bitfinex_block_seconds=1.5) as sim:
+    with fault_sim(
+        rate_window_seconds=30.0, bitfinex_candle_requests_per_window=5, bitfinex_block_seconds=1.5
+    ) as sim:
         replies = [probe(sim, "bitfinex") for _ in range(12)]
         statuses = [r.status for r in replies]
         first = statuses.index(429)

@@ -12,9 +12,9 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
-from typing import Any, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -47,8 +47,9 @@ async def recv_json(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0) -
     return json.loads(msg.data, parse_float=Decimal)
 
 
-async def recv_until(ws: aiohttp.ClientWebSocketResponse, predicate: Callable[[Any], bool],
-                     timeout: float = 5.0) -> tuple[Any, list[Any]]:
+async def recv_until(
+    ws: aiohttp.ClientWebSocketResponse, predicate: Callable[[Any], bool], timeout: float = 5.0
+) -> tuple[Any, list[Any]]:
     """The first frame matching `predicate`, and every frame seen before it."""
     deadline = time.monotonic() + timeout
     seen: list[Any] = []
@@ -98,8 +99,15 @@ def subscribe_msg(pair: str) -> dict[str, Any]:
 
 async def bfx_subscribe(ws: aiohttp.ClientWebSocketResponse, pair: str) -> tuple[int, list[Any]]:
     await ws.send_json(subscribe_msg(pair))
-    reply, _ = await recv_until(ws, lambda f: isinstance(f, dict) and f.get("event") in ("subscribed", "error"))
-    assert reply == {"event": "subscribed", "channel": "candles", "chanId": reply["chanId"], "key": f"trade:1m:t{pair}"}
+    reply, _ = await recv_until(
+        ws, lambda f: isinstance(f, dict) and f.get("event") in ("subscribed", "error")
+    )
+    assert reply == {
+        "event": "subscribed",
+        "channel": "candles",
+        "chanId": reply["chanId"],
+        "key": f"trade:1m:t{pair}",
+    }
     assert isinstance(reply["chanId"], int)
     snapshot = await recv_json(ws)
     assert isinstance(snapshot, list) and snapshot[0] == reply["chanId"]
@@ -136,7 +144,9 @@ def test_bitfinex_info_subscribe_snapshot_then_updates_equal_to_truth(sim: SimHa
     assert times == sorted(times, reverse=True) and len(set(times)) == 30, "snapshot newest first"
     update_times = [c[0] for c in updates]
     assert update_times == sorted(update_times) and update_times[-1] > times[0]
-    truth = {t["time"]: t for t in sim.truth("bitfinex", "BTCUSD", update_times[0], update_times[-1] + MINUTE)}
+    truth = {
+        t["time"]: t for t in sim.truth("bitfinex", "BTCUSD", update_times[0], update_times[-1] + MINUTE)
+    }
     closed = [c for c in updates if c[0] < update_times[-1]]
     assert closed
     for candle in closed:
@@ -168,7 +178,9 @@ def test_bitfinex_heartbeats_on_idle_channels_and_seq_all() -> None:
         frames = run(scenario)
     chan_id = frames[0][0]
     assert all(f[0] == chan_id for f in frames)
-    assert [f[-1] for f in frames] == list(range(1, len(frames) + 1)), "SEQ_ALL counts every frame, hb included"
+    assert [f[-1] for f in frames] == list(range(1, len(frames) + 1)), (
+        "SEQ_ALL counts every frame, hb included"
+    )
     assert ["hb"] in [f[1:-1] for f in frames] and [chan_id, "hb", frames[-1][-1]] == frames[-1]
 
 
@@ -178,11 +190,21 @@ def test_bitfinex_errors_keep_the_socket_open(sim: SimHandle) -> None:
             await recv_json(ws)
             await ws.send_json(subscribe_msg("NOPEUSD"))
             error, _ = await recv_until(ws, lambda f: isinstance(f, dict))
-            assert error == {**subscribe_msg("NOPEUSD"), "event": "error", "msg": "symbol: invalid", "code": 10300}
+            assert error == {
+                **subscribe_msg("NOPEUSD"),
+                "event": "error",
+                "msg": "symbol: invalid",
+                "code": 10300,
+            }
             chan_id, _ = await bfx_subscribe(ws, "ETHUSD")
             await ws.send_json(subscribe_msg("ETHUSD"))
             dup, _ = await recv_until(ws, lambda f: isinstance(f, dict))
-            assert (dup["event"], dup["code"], dup["msg"], dup["chanId"]) == ("error", 10301, "subscribe: dup", chan_id)
+            assert (dup["event"], dup["code"], dup["msg"], dup["chanId"]) == (
+                "error",
+                10301,
+                "subscribe: dup",
+                chan_id,
+            )
             await ws.send_json({"event": "subscribe", "channel": "book", "symbol": "tBTCUSD"})
             unknown, _ = await recv_until(ws, lambda f: isinstance(f, dict))
             assert (unknown["event"], unknown["code"], unknown["channel"]) == ("error", 10300, "book")
@@ -215,14 +237,23 @@ def test_bitfinex_too_many_channels_per_connection() -> None:
                     await bfx_subscribe(ws, pair)
                 await ws.send_json(subscribe_msg(pairs[3]))
                 error, _ = await recv_until(ws, lambda f: isinstance(f, dict))
-                assert error == {**subscribe_msg(pairs[3]), "event": "error", "msg": "subscribe: limit", "code": 10305}
+                assert error == {
+                    **subscribe_msg(pairs[3]),
+                    "event": "error",
+                    "msg": "subscribe: limit",
+                    "code": 10305,
+                }
                 await recv_json(other)
                 await bfx_subscribe(other, pairs[3])
                 assert not ws.closed
 
         run(scenario)
         stats = sim.stats()["bitfinex"]
-        assert stats["over_limit"] == 1 and stats["ws_connections_open"] == 0 and stats["ws_connections_opened"] == 2
+        assert (
+            stats["over_limit"] == 1
+            and stats["ws_connections_open"] == 0
+            and stats["ws_connections_opened"] == 2
+        )
 
 
 def test_bitfinex_maintenance_and_restart_info_codes(sim: SimHandle) -> None:
@@ -232,7 +263,9 @@ def test_bitfinex_maintenance_and_restart_info_codes(sim: SimHandle) -> None:
             chan_id, _ = await bfx_subscribe(ws, "BTCUSD")
             await off_loop(lambda: sim.set_faults("bitfinex", ws_info=20060, maintenance_seconds=1.0))
             entering, _ = await recv_until(ws, lambda f: isinstance(f, dict))
-            assert entering["event"] == "info" and entering["code"] == 20060 and isinstance(entering["msg"], str)
+            assert (
+                entering["event"] == "info" and entering["code"] == 20060 and isinstance(entering["msg"], str)
+            )
             async with session.ws_connect(bfx_url(sim)) as late:
                 assert (await recv_json(late))["platform"] == {"status": 0}
             async with session.get(sim.urls["bitfinex"]["rest"] + "/v2/platform/status") as reply:
@@ -294,7 +327,8 @@ def test_binance_raw_stream_kline_fields_closed_flag_and_truth() -> None:
             k = final["k"]
             truth = sim.truth("binance", "BTCUSDT", k["t"], k["t"] + MINUTE)[0]
             assert [Decimal(k[n]) for n in ("o", "h", "l", "c", "v", "q")] == [
-                Decimal(truth[n]) for n in ("open", "high", "low", "close", "volume", "quote_volume")]
+                Decimal(truth[n]) for n in ("open", "high", "low", "close", "volume", "quote_volume")
+            ]
             assert k["n"] == truth["trades"] and final["E"] >= k["T"]
         open_updates = [e for e in events if not e["k"]["x"] and e["k"]["t"] == finals[-1]["k"]["t"]]
         for update in open_updates:
@@ -325,6 +359,7 @@ def test_binance_live_subscribe_unsubscribe_list_and_properties() -> None:
 def _subscribe_scenario(sim: SimHandle) -> Callable[[aiohttp.ClientSession], Awaitable[None]]:
     async def scenario(session: aiohttp.ClientSession) -> None:
         async with session.ws_connect(bn_url(sim, "/ws")) as ws:
+
             async def call(message: dict[str, Any] | str) -> Any:
                 await asyncio.sleep(0.3)  # stay well under 5 incoming messages per second
                 if isinstance(message, str):
@@ -334,18 +369,33 @@ def _subscribe_scenario(sim: SimHandle) -> Callable[[aiohttp.ClientSession], Awa
                 reply, _ = await recv_until(ws, lambda f: "id" in f)
                 return reply
 
-            assert await call({"method": "SUBSCRIBE", "params": ["ethbtc@kline_1m", "nopeusdt@kline_1m"], "id": 1}) \
-                == {"result": None, "id": 1}
-            assert await call({"method": "LIST_SUBSCRIPTIONS", "id": "list2"}) == \
-                {"result": ["ethbtc@kline_1m", "nopeusdt@kline_1m"], "id": "list2"}
+            assert await call(
+                {"method": "SUBSCRIBE", "params": ["ethbtc@kline_1m", "nopeusdt@kline_1m"], "id": 1}
+            ) == {"result": None, "id": 1}
+            assert await call({"method": "LIST_SUBSCRIPTIONS", "id": "list2"}) == {
+                "result": ["ethbtc@kline_1m", "nopeusdt@kline_1m"],
+                "id": "list2",
+            }
             data, _ = await recv_until(ws, lambda f: f.get("e") == "kline")
             check_kline_event(data, "ETHBTC")
-            assert await call({"method": "GET_PROPERTY", "params": ["combined"], "id": 3}) == {"result": False, "id": 3}
-            assert await call({"method": "SET_PROPERTY", "params": ["combined", True], "id": 4}) == {"result": None, "id": 4}
+            assert await call({"method": "GET_PROPERTY", "params": ["combined"], "id": 3}) == {
+                "result": False,
+                "id": 3,
+            }
+            assert await call({"method": "SET_PROPERTY", "params": ["combined", True], "id": 4}) == {
+                "result": None,
+                "id": 4,
+            }
             wrapped, _ = await recv_until(ws, lambda f: "stream" in f)
             assert wrapped["stream"] == "ethbtc@kline_1m" and wrapped["data"]["s"] == "ETHBTC"
-            assert await call({"method": "UNSUBSCRIBE", "params": ["ethbtc@kline_1m"], "id": 5}) == {"result": None, "id": 5}
-            assert await call({"method": "LIST_SUBSCRIPTIONS", "id": 6}) == {"result": ["nopeusdt@kline_1m"], "id": 6}
+            assert await call({"method": "UNSUBSCRIBE", "params": ["ethbtc@kline_1m"], "id": 5}) == {
+                "result": None,
+                "id": 5,
+            }
+            assert await call({"method": "LIST_SUBSCRIPTIONS", "id": 6}) == {
+                "result": ["nopeusdt@kline_1m"],
+                "id": 6,
+            }
             bad_method = await call({"method": "SUBSCRIBEZ", "params": [], "id": 7})
             assert bad_method["id"] == 7 and bad_method["error"]["code"] == 2
             assert bad_method["error"]["msg"].startswith("Invalid request: unknown variant")
@@ -354,13 +404,16 @@ def _subscribe_scenario(sim: SimHandle) -> Callable[[aiohttp.ClientSession], Awa
             bad_stream = await call({"method": "SUBSCRIBE", "params": ["BTC USDT"], "id": 8})
             assert bad_stream == {"error": {"code": 2, "msg": "Invalid request: invalid stream"}, "id": 8}
             bad_property = await call({"method": "SET_PROPERTY", "params": ["combined", "yes"], "id": 9})
-            assert bad_property == {"error": {"code": 1, "msg": "Invalid value type: expected Boolean"}, "id": 9}
+            assert bad_property == {
+                "error": {"code": 1, "msg": "Invalid value type: expected Boolean"},
+                "id": 9,
+            }
             await asyncio.sleep(0.3)
             leftovers = []
             while True:
                 try:
                     leftovers.append(await recv_json(ws, 0.4))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             assert not leftovers, "no data after unsubscribing"
 
@@ -405,7 +458,9 @@ def test_binance_too_many_incoming_messages_closes_the_connection(sim: SimHandle
                 await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": i})
             code, replies = await close_frame(ws)
             assert code == 1008
-            assert replies == [{"result": [], "id": i} for i in range(5)], "the first five are answered, in order"
+            assert replies == [{"result": [], "id": i} for i in range(5)], (
+                "the first five are answered, in order"
+            )
 
     run(scenario)
     stats = sim.stats()["binance"]
@@ -416,10 +471,14 @@ def test_binance_too_many_streams_and_server_shutdown() -> None:
     with running_simulator(binance_streams_per_connection=2) as sim:
 
         async def scenario(session: aiohttp.ClientSession) -> None:
-            async with session.get(bn_url(sim, "/stream?streams=a@kline_1m/b@kline_1m/c@kline_1m")) as refused:
+            async with session.get(
+                bn_url(sim, "/stream?streams=a@kline_1m/b@kline_1m/c@kline_1m")
+            ) as refused:
                 assert refused.status == 400 and (await refused.json())["code"] == -1130
             async with session.ws_connect(bn_url(sim, "/stream?streams=btcusdt@kline_1m")) as ws:
-                await ws.send_json({"method": "SUBSCRIBE", "params": ["ethbtc@kline_1m", "bnbusdt@kline_1m"], "id": 1})
+                await ws.send_json(
+                    {"method": "SUBSCRIBE", "params": ["ethbtc@kline_1m", "bnbusdt@kline_1m"], "id": 1}
+                )
                 reply, _ = await recv_until(ws, lambda f: "id" in f)
                 assert reply["id"] == 1 and reply["error"]["code"] == 2
                 await off_loop(lambda: sim.set_faults("binance", server_shutdown=True))
@@ -433,8 +492,10 @@ def test_binance_too_many_streams_and_server_shutdown() -> None:
 
 def test_drop_ws_fault_aborts_every_connection(sim: SimHandle) -> None:
     async def scenario(session: aiohttp.ClientSession) -> None:
-        async with session.ws_connect(bfx_url(sim)) as bitfinex, \
-                session.ws_connect(bn_url(sim, "/ws/btcusdt@kline_1m")) as binance:
+        async with (
+            session.ws_connect(bfx_url(sim)) as bitfinex,
+            session.ws_connect(bn_url(sim, "/ws/btcusdt@kline_1m")) as binance,
+        ):
             await recv_json(bitfinex)
             await recv_json(binance)
             await off_loop(lambda: sim.set_faults("all", drop_ws=True))
@@ -442,7 +503,11 @@ def test_drop_ws_fault_aborts_every_connection(sim: SimHandle) -> None:
                 msg = await ws.receive(timeout=3)
                 while msg.type == aiohttp.WSMsgType.TEXT:
                     msg = await ws.receive(timeout=3)
-                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+                assert msg.type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR,
+                )
 
     run(scenario)
     stats = sim.stats()
