@@ -69,7 +69,8 @@ class BinanceServer:
         self.weights = WeightLimiter(
             cfg.binance_weight_per_window, cfg.rate_window_seconds, cfg.binance_ban_seconds, cfg.binance_429s_before_ban
         )
-        self.ws_limiter = CountLimiter(cfg.binance_ws_connections_per_window, cfg.ws_connections_window_seconds)
+        self.ws_limiter = CountLimiter(cfg.binance_ws_connections_per_window,
+                                       cfg.binance_ws_connections_window_seconds)
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         self._connections: set[BinanceConnection] = set()
         self._symbols_text: str | None = None

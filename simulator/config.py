@@ -53,6 +53,8 @@ class SimConfig:
     bitfinex_heartbeat_seconds: float = 15.0
     bitfinex_snapshot_candles: int = 240
     binance_ws_connections_per_window: int = 300
+    binance_ws_connections_window_seconds: float = 300.0
+    """Binance counts new connections per 5 minutes per IP; Bitfinex per minute (the shared window)."""
     binance_streams_per_connection: int = 1024
     binance_incoming_messages_per_second: int = 5
     binance_ping_seconds: float = 20.0
