@@ -17,6 +17,7 @@ import sys
 from datetime import datetime
 
 import click
+import psycopg2
 import redis
 import redis.asyncio as aioredis
 
@@ -70,6 +71,10 @@ def run_async(coro):
         fail(str(error), EXIT_USAGE)
     except (DatabaseError, MarketsUnavailable) as error:
         fail(str(error))
+    except psycopg2.errors.UndefinedTable:
+        fail("the database has no coin-for-rich schema yet; create it with: python -m scripts.database init")
+    except psycopg2.Error as error:
+        fail(f"database error: {str(error).strip().splitlines()[0]}")
     except (redis.exceptions.ConnectionError, redis.exceptions.AuthenticationError) as error:
         fail(f"cannot use Redis: {error}")
 

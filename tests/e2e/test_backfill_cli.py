@@ -163,3 +163,22 @@ def test_celery_worker_runs_the_queued_job(platform_settings, simulator, tmp_pat
             worker.kill()
             worker.wait()
     redis.Redis.from_url(platform_settings.redis_url).flushall()
+
+
+def test_a_database_without_the_schema_is_one_line(postgres_server, platform_settings):
+    admin = postgres_server.connect("postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("DROP DATABASE IF EXISTS cfr_no_schema")
+        cur.execute("CREATE DATABASE cfr_no_schema")
+    try:
+        env = {**os.environ, "POSTGRES_DB": "cfr_no_schema"}
+        result = run_cli("fetch", "--exchange", "binance", "--start", "2021-01-01", "--end", "2021-01-02",
+                         "--local", env=env)
+        assert result.returncode == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "python -m scripts.database init" in lines[0], result.stderr
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS cfr_no_schema WITH (FORCE)")
+        admin.close()
