@@ -23,13 +23,11 @@ import asyncio
 import io
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -37,11 +35,12 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from benchmarks.measure import cpu_seconds, http_json, machine, memory_mb, postgres_cpu_seconds
 from common.candle import Candle, Market
 from common.db import connect, upsert_candles, upsert_markets
 from common.schema import apply_schema
 from common.settings import Settings
-from common.timeutil import MINUTE_MS, ms_to_datetime
+from common.timeutil import ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobStore
 from fetchers.rest.jobs import create_job
@@ -49,7 +48,6 @@ from tests.support.services import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 UTC = timezone.utc
 
 
@@ -61,60 +59,6 @@ class Row:
     measure: str
     value: str
     target: str = ""
-
-
-def _stat_fields(pid: int | str) -> list[str]:
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().rsplit(")", 1)[1].split()
-
-
-def cpu_seconds(pid: int, with_reaped_children: bool = False) -> float:
-    """User + system CPU time of a process (from /proc), optionally plus its exited children's."""
-    fields = _stat_fields(pid)
-    ticks = int(fields[11]) + int(fields[12])
-    if with_reaped_children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
-
-
-def postgres_cpu_seconds(port: int) -> float:
-    """CPU of the throwaway PostgreSQL: the postmaster, its live backends, and exited backends."""
-    postmaster = None
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                args = handle.read().split(b"\0")
-            if b"-p" in args and args[args.index(b"-p") + 1] == str(port).encode():
-                postmaster = entry
-            children.append((entry, _stat_fields(entry)[1]))
-        except (OSError, IndexError):
-            continue
-    if postmaster is None:
-        return 0.0
-    total = cpu_seconds(int(postmaster), with_reaped_children=True)
-    for pid, ppid in children:
-        if ppid == postmaster:
-            try:
-                total += cpu_seconds(int(pid))
-            except OSError:
-                continue
-    return total
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def http_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=600) as response:
-        return json.loads(response.read())
 
 
 class SimulatorProcess:
@@ -385,7 +329,7 @@ def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: 
             began = time.perf_counter()
             while proc.poll() is None:
                 try:
-                    peak = max(peak, peak_rss_mb(proc.pid))
+                    peak = max(peak, memory_mb(proc.pid)[1])
                 except OSError:
                     break
                 time.sleep(0.2)
@@ -401,19 +345,6 @@ def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: 
 
 
 # ------------------------------------------------------------------------------------------ main
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{model}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
-
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backfill", description=__doc__.split("\n\n")[0])

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
@@ -39,8 +38,9 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.measure import cpu_model, cpu_seconds, http_json, memory_mb
+
 ROOT = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXCHANGES = ("bitfinex", "binance", "bittrex")
 BITFINEX_CHANNELS_PER_CONNECTION = 25
 BINANCE_STREAMS_PER_CONNECTION = 1024
@@ -49,39 +49,6 @@ CONNECTION_DATA = json.dumps([{"name": "c3"}], separators=(",", ":"))
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def http_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as reply:
-        return json.loads(reply.read())
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def memory_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of `pid` in MB."""
-    values = {}
-    with open(f"/proc/{pid}/status") as handle:
-        for line in handle:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, amount, _ = line.split()
-                values[key] = int(amount) / 1024
-    return values["VmRSS:"], values["VmHWM:"]
-
-
-def cpu_model() -> tuple[str, int]:
-    model = platform.processor() or "unknown"
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return model, os.cpu_count() or 1
 
 
 def chunks(items: list[str], size: int) -> list[list[str]]:

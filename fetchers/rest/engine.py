@@ -22,7 +22,7 @@ from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeAdapter, ExchangeError, FetchTask
-from fetchers.rest.job_store import Claim, JobInfo, JobStore, HEARTBEAT_TTL_SECONDS
+from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
 from fetchers.rest.rate_limiter import Budget, SharedRateLimiter
 from fetchers.rest.writer import CandleWriter
 

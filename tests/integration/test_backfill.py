@@ -11,14 +11,13 @@ import threading
 
 import pytest
 
-from common.db import connection, load_markets
+from common.candle import Market
+from common.db import connection, load_markets, upsert_markets
 from common.timeutil import ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.jobs import create_job
 from fetchers.rest.markets import refresh_markets
-from common.candle import Market
-from common.db import upsert_markets
-from tests.support.backfill import DAY_MS, assert_matches_truth, day_aligned_range, run_job
+from tests.support.backfill import assert_matches_truth, day_aligned_range, run_job
 
 pytestmark = pytest.mark.integration
 
