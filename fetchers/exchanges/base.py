@@ -106,7 +106,7 @@ class ExchangeAdapter:
         raise NotImplementedError
 
     # -- history over REST
-    def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int, now_ms: int) -> Iterator[FetchTask]:
+    def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int) -> Iterator[FetchTask]:
         """Requests covering [start_ms, end_ms) of one market, oldest first, as few as allowed."""
         for chunk_start, chunk_end in chunk_range(start_ms, end_ms, self.max_candles_per_request * MINUTE_MS):
             yield task_for(market, chunk_start, chunk_end)
@@ -177,12 +177,16 @@ def in_task_range(task: FetchTask, time_ms: int) -> bool:
     return task.start_ms <= time_ms < task.end_ms and time_ms % MINUTE_MS == 0
 
 
+class UnknownSymbolError(ValueError):
+    """The user named a market the exchange does not list; the message says so in one line."""
+
+
 def resolve_symbol(markets: Sequence[Market], text: str) -> Market:
     """A market named by the user as BASE/QUOTE or as the exchange's own symbol (any case;
-    Bitfinex's `t` prefix optional). KeyError with a one-line message when nothing matches."""
+    Bitfinex's `t` prefix optional)."""
     wanted = text.strip().upper()
     if not wanted:
-        raise KeyError("empty symbol")
+        raise UnknownSymbolError("empty symbol")
     for market in markets:
         names = {market.pair.upper(), market.symbol.upper()}
         if market.exchange == "bitfinex" and market.symbol.startswith("t"):
@@ -190,4 +194,4 @@ def resolve_symbol(markets: Sequence[Market], text: str) -> Market:
         if wanted in names:
             return market
     exchange = markets[0].exchange if markets else "this exchange"
-    raise KeyError(f"unknown symbol {text!r} on {exchange} (use BASE/QUOTE, e.g. BTC/USD, or the exchange's symbol)")
+    raise UnknownSymbolError(f"unknown symbol {text!r} on {exchange} (use BASE/QUOTE, e.g. BTC/USD, or the exchange's symbol)")

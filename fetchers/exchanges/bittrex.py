@@ -16,7 +16,7 @@ from decimal import Decimal
 
 from common.candle import Candle, Market
 from common.settings import Settings
-from common.timeutil import datetime_to_ms, ms_to_datetime
+from common.timeutil import datetime_to_ms, ensure_utc, ms_to_datetime
 from fetchers.exchanges.base import (
     ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, chunk_range, classify_by_status,
     error_body, in_task_range, task_for,
@@ -52,7 +52,7 @@ class BittrexAdapter(ExchangeAdapter):
         ]
 
     # -- history over REST
-    def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int, now_ms: int) -> Iterator[FetchTask]:
+    def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int) -> Iterator[FetchTask]:
         """One request per UTC day the range touches: Bittrex serves minutes by calendar day."""
         first_day = day_start_ms(start_ms)
         for day, _ in chunk_range(first_day, end_ms, DAY_MS):
@@ -77,12 +77,11 @@ class BittrexAdapter(ExchangeAdapter):
             if not isinstance(row, dict):
                 raise ValueError(f"malformed candle {row!r}")
             try:
-                opened = datetime.fromisoformat(row["startsAt"])
-                time_ms = datetime_to_ms(opened)
-                if not in_task_range(task, time_ms):
+                opened = ensure_utc(datetime.fromisoformat(row["startsAt"]))
+                if not in_task_range(task, datetime_to_ms(opened)):
                     continue
                 candles.append(Candle(
-                    self.name, task.base_id, task.quote_id, ms_to_datetime(time_ms),
+                    self.name, task.base_id, task.quote_id, opened,
                     Decimal(row["open"]), Decimal(row["high"]), Decimal(row["low"]), Decimal(row["close"]),
                     Decimal(row.get("volume", "0")),
                 ))

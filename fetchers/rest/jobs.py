@@ -17,7 +17,7 @@ from common.db import connection, load_markets
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, utc_now
 from fetchers.exchanges import get_adapter
-from fetchers.exchanges.base import ExchangeAdapter, FetchTask, resolve_symbol
+from fetchers.exchanges.base import ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol
 from fetchers.rest.job_store import JobInfo, JobStore
 from fetchers.rest.markets import refresh_markets
 
@@ -26,10 +26,10 @@ class BackfillRequestError(ValueError):
     """The user's backfill request is invalid; the message says why in one line."""
 
 
-def plan_job(adapter: ExchangeAdapter, markets: Sequence[Market], start_ms: int, end_ms: int,
-             now_ms: int) -> Iterator[FetchTask]:
+def plan_job(adapter: ExchangeAdapter, markets: Sequence[Market], start_ms: int,
+             end_ms: int) -> Iterator[FetchTask]:
     """Every market's requests, interleaved oldest-first so all markets progress together."""
-    per_market = (adapter.plan_fetch_tasks(m, start_ms, end_ms, now_ms) for m in markets)
+    per_market = (adapter.plan_fetch_tasks(m, start_ms, end_ms) for m in markets)
     return heapq.merge(*per_market, key=lambda t: (t.start_ms, t.symbol))
 
 
@@ -62,8 +62,8 @@ def choose_markets(known: Sequence[Market], symbols: Sequence[str] | None) -> li
     for text in symbols:
         try:
             market = resolve_symbol(known, text)
-        except (KeyError, ValueError) as error:
-            raise BackfillRequestError(str(error).strip("'\"")) from None
+        except UnknownSymbolError as error:
+            raise BackfillRequestError(str(error)) from None
         if market not in chosen:
             chosen.append(market)
     return chosen
@@ -84,8 +84,7 @@ async def create_job(settings: Settings, exchange: str, start: datetime, end: da
         with connection(settings) as conn:
             known = load_markets(conn, exchange)
     markets = choose_markets(known, symbols)
-    now_ms = datetime_to_ms(now)
-    tasks = plan_job(adapter, markets, start_ms, end_ms, now_ms)
+    tasks = plan_job(adapter, markets, start_ms, end_ms)
     limit = adapter.rate_limit(settings)
     per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
     client = aioredis.from_url(settings.redis_url)

@@ -13,7 +13,7 @@ import pytest
 from common.candle import Market
 from common.settings import Settings
 from fetchers.exchanges import ADAPTERS, get_adapter
-from fetchers.exchanges.base import ErrorKind, FetchTask, resolve_symbol
+from fetchers.exchanges.base import ErrorKind, FetchTask, UnknownSymbolError, resolve_symbol
 from fetchers.exchanges.bitfinex import split_pair
 
 pytestmark = pytest.mark.unit
@@ -115,7 +115,7 @@ def test_symbols_resolve_as_pair_or_exchange_symbol(text):
 def test_unknown_symbol_is_one_clear_message():
     markets = get_adapter("bittrex").parse_markets([body("bittrex_markets.json")])
     assert resolve_symbol(markets, "btc-usd").symbol == "BTC-USD"
-    with pytest.raises(KeyError, match="unknown symbol 'NOPE/USD' on bittrex"):
+    with pytest.raises(UnknownSymbolError, match="^unknown symbol 'NOPE/USD' on bittrex"):
         resolve_symbol(markets, "NOPE/USD")
 
 
@@ -124,7 +124,7 @@ def test_unknown_symbol_is_one_clear_message():
 def _plan(exchange: str, start_ms: int, end_ms: int) -> list[FetchTask]:
     market = Market(exchange, "BTC", "USD", {"bitfinex": "tBTCUSD", "binance": "BTCUSDT",
                                              "bittrex": "BTC-USD"}[exchange])
-    return list(get_adapter(exchange).plan_fetch_tasks(market, start_ms, end_ms, NOW))
+    return list(get_adapter(exchange).plan_fetch_tasks(market, start_ms, end_ms))
 
 
 @pytest.mark.parametrize("exchange, per_request", [("bitfinex", 10_000), ("binance", 1000)])
