@@ -21,9 +21,9 @@ from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
-from fetchers.exchanges.base import ErrorKind, ExchangeAdapter, ExchangeError, FetchTask
+from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
-from fetchers.rest.rate_limiter import Budget, SharedRateLimiter
+from fetchers.rest.rate_limiter import SharedRateLimiter, budget_for
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,6 @@ class FetchOutcome:
     exception_class: str = ""
 
 
-def budget_for(adapter: ExchangeAdapter, settings: Settings) -> Budget:
-    limit = adapter.rate_limit(settings)
-    return Budget(limit.capacity, limit.window_seconds, adapter.max_request_weight)
-
-
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff: spreads retries of many workers apart."""
     return random.uniform(0, min(cap, base * (2 ** attempt)))
@@ -83,7 +78,6 @@ class BackfillEngine:
         self.options = options or EngineOptions.from_settings(settings)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.requests_sent = 0
-        self.rate_limited = 0
         self.refresh_seconds = 0.0
 
     async def run(self) -> JobInfo:
@@ -215,7 +209,6 @@ class BackfillEngine:
                     error = adapter.classify_error(status, headers, body)
 
             if error.kind in (ErrorKind.RATE_LIMITED, ErrorKind.BANNED):
-                self.rate_limited += 1
                 waits += 1
                 wait = error.wait_seconds if error.wait_seconds is not None else limiter.budget.window_seconds
                 await limiter.block_for(wait, f"HTTP {error.status} {error.message}")

@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
 
@@ -81,11 +81,16 @@ class JobInfo:
     finished_ms: int = 0
     limit_per_minute: float = 0.0
     refreshed: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
+        """Every request is done or failed for good."""
         return self.done + self.failed >= self.total
+
+    @property
+    def complete(self) -> bool:
+        """Finished and its aggregates refreshed: nothing left for `resume`."""
+        return self.finished and self.refreshed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -162,9 +167,9 @@ class JobStore:
     async def job_ids(self, exchange: str) -> list[str]:
         return [j.decode() for j in await self.client.zrange(backfill_key("jobs", exchange), 0, -1)]
 
-    async def unfinished_jobs(self, exchange: str) -> list[JobInfo]:
-        jobs = [await self.info(job_id) for job_id in await self.job_ids(exchange)]
-        return [job for job in jobs if not job.finished]
+    async def jobs(self, exchange: str) -> list[JobInfo]:
+        """The exchange's jobs, oldest first."""
+        return [await self.info(job_id) for job_id in await self.job_ids(exchange)]
 
     async def heartbeat(self, worker_id: str) -> None:
         await self.client.set(backfill_key("worker", worker_id), 1, ex=HEARTBEAT_TTL_SECONDS)

@@ -17,7 +17,7 @@ from common.db import connection, upsert_markets
 from common.settings import Settings
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter
-from fetchers.rest.rate_limiter import SharedRateLimiter
+from fetchers.rest.rate_limiter import SharedRateLimiter, budget_for
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ async def fetch_markets(settings: Settings, adapter: ExchangeAdapter,
 
 
 async def refresh_markets(settings: Settings, exchange: str) -> MarketsRefresh:
-    from fetchers.rest.engine import budget_for
-
     adapter = get_adapter(exchange)
     client = aioredis.from_url(settings.redis_url)
     try:

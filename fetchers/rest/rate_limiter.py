@@ -75,6 +75,13 @@ class Budget:
         return self.window_seconds * 1_000_000 / self.effective_capacity()
 
 
+def budget_for(adapter, settings) -> Budget:
+    """The budget of an exchange adapter under the configured limits (room kept for its heaviest
+    request)."""
+    limit = adapter.rate_limit(settings)
+    return Budget(limit.capacity, limit.window_seconds, adapter.max_request_weight)
+
+
 class SharedRateLimiter:
     """Reserve-then-wait pacing for one exchange; `unlimited=True` turns pacing off (benchmarks)."""
 

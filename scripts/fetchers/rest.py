@@ -130,17 +130,28 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
             elif loop_time - last_print >= 5 or job.finished:
                 click.echo(line, err=True)
                 last_print = loop_time
-            if engine_task is not None and engine_task.done():
-                engine_task.result()
-                job = await store.info(job_id)
-                if job.finished or job.pending == 0:
+            if engine_task is not None:
+                await asyncio.wait({engine_task}, timeout=POLL_SECONDS)
+                if engine_task.done():
+                    engine_task.result()
+                    job = await store.info(job_id)
                     break
-            if engine_task is None and job.finished and job.refreshed:
+            elif job.complete:
                 break
-            await asyncio.sleep(POLL_SECONDS)
+            else:
+                await asyncio.sleep(POLL_SECONDS)
         if tty:
             click.echo("\r" + meter.line(job), err=True)
         return job
+    finally:
+        await client.aclose()
+
+
+async def list_jobs(settings: Settings, exchanges: tuple[str, ...]) -> list[JobInfo]:
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        store = JobStore(client)
+        return [job for exchange in exchanges for job in await store.jobs(exchange)]
     finally:
         await client.aclose()
 
@@ -204,16 +215,7 @@ def resume(exchange: str, wait: bool, local: bool) -> None:
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
 
-    async def unfinished() -> list[JobInfo]:
-        client = aioredis.from_url(settings.redis_url)
-        try:
-            store = JobStore(client)
-            jobs = [await store.info(j) for j in await store.job_ids(exchange)]
-            return [j for j in jobs if not j.finished or not j.refreshed]
-        finally:
-            await client.aclose()
-
-    jobs = run_async(unfinished())
+    jobs = [job for job in run_async(list_jobs(settings, (exchange,))) if not job.complete]
     if not jobs:
         click.echo(f"no unfinished {exchange} jobs")
         return
@@ -238,15 +240,7 @@ def status(exchange: str | None) -> None:
     if exchange:
         names = (exchange_or_exit(exchange),)
 
-    async def collect() -> list[JobInfo]:
-        client = aioredis.from_url(settings.redis_url)
-        try:
-            store = JobStore(client)
-            return [await store.info(j) for name in names for j in await store.job_ids(name)]
-        finally:
-            await client.aclose()
-
-    jobs = run_async(collect())
+    jobs = run_async(list_jobs(settings, names))
     if not jobs:
         click.echo("no backfill jobs")
         return
