@@ -63,28 +63,25 @@ def test_mixed_weights_never_exceed_capacity(redis_server):
 
 
 def test_block_pauses_every_worker_and_never_shortens(redis_server):
+    """Waits are the ones the limiter schedules on Redis's clock, so a busy machine cannot skew them."""
     async def scenario():
         clients = [aioredis.Redis(port=redis_server.port, password=redis_server.password) for _ in range(2)]
         await clients[0].flushall()
         budget = Budget(capacity=1000, window_seconds=1.0)
         first, second = (SharedRateLimiter(c, "bitfinex", budget) for c in clients)
-        await first.block_for(0.6, "test ban")
+        await first.block_for(2.0, "test ban")
         await first.block_for(0.1, "shorter block must not shorten the first")
-        assert 0.4 < await second.blocked_seconds() <= 0.6
-        began = time.monotonic()
-        await second.acquire(1)
-        waited = time.monotonic() - began
-        other = SharedRateLimiter(clients[1], "binance", budget)
-        began_other = time.monotonic()
-        await other.acquire(1)
-        other_waited = time.monotonic() - began_other
+        remaining = await second.blocked_seconds()
+        waited = await second.acquire(1)
+        other_waited = await SharedRateLimiter(clients[1], "binance", budget).acquire(1)
         for c in clients:
             await c.aclose()
-        return waited, other_waited
+        return remaining, waited, other_waited
 
-    waited, other_waited = asyncio.run(scenario())
-    assert waited >= 0.4
-    assert other_waited < 0.2  # a block on one exchange leaves the others alone
+    remaining, waited, other_waited = asyncio.run(scenario())
+    assert 1.0 < remaining <= 2.0
+    assert 1.0 < waited <= remaining
+    assert other_waited == 0  # a block on one exchange leaves the others alone
 
 
 def test_unlimited_mode_still_honours_exchange_blocks(redis_server):
@@ -92,17 +89,12 @@ def test_unlimited_mode_still_honours_exchange_blocks(redis_server):
         client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
         await client.flushall()
         limiter = SharedRateLimiter(client, "bittrex", Budget(1, 60.0), unlimited=True)
-        began = time.monotonic()
-        for _ in range(50):
-            await limiter.acquire(1)
-        free = time.monotonic() - began
-        await limiter.block_for(0.3, "429")
-        began = time.monotonic()
-        await limiter.acquire(1)
-        blocked = time.monotonic() - began
+        free = [await limiter.acquire(1) for _ in range(50)]
+        await limiter.block_for(1.0, "429")
+        blocked = await limiter.acquire(1)
         await client.aclose()
         return free, blocked
 
     free, blocked = asyncio.run(scenario())
-    assert free < 1.0  # 50 requests against a 1-per-minute budget: pacing is really off
-    assert blocked >= 0.2
+    assert free == [0] * 50  # 50 requests against a 1-per-minute budget: pacing is really off
+    assert 0.5 < blocked <= 1.0
