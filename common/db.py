@@ -43,7 +43,7 @@ CREATE TEMP TABLE IF NOT EXISTS ohlcvs_incoming (
     time timestamptz NOT NULL, exchange text NOT NULL, base_id text NOT NULL, quote_id text NOT NULL,
     open numeric NOT NULL, high numeric NOT NULL, low numeric NOT NULL, close numeric NOT NULL,
     volume numeric NOT NULL
-) ON COMMIT DELETE ROWS
+)
 """
 
 _UPSERT_FROM_INCOMING = """
@@ -178,7 +178,7 @@ def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
             raise UnknownMarketError(missing) from None
         written = cur.rowcount
         cur.execute("RELEASE SAVEPOINT before_upsert")
-        cur.execute("TRUNCATE ohlcvs_incoming")
+        cur.execute("TRUNCATE ohlcvs_incoming")  # empty again for the next call, in this transaction or not
     return written
 
 
