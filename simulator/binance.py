@@ -72,7 +72,6 @@ class BinanceServer:
         self.ws_limiter = CountLimiter(cfg.binance_ws_connections_per_window,
                                        cfg.binance_ws_connections_window_seconds)
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
-        self._connections: set[BinanceConnection] = set()
         self._symbols_text: str | None = None
 
     def app(self) -> web.Application:
@@ -270,7 +269,6 @@ class BinanceServer:
         transport = request.transport
         await ws.prepare(request)
         conn = BinanceConnection(self, ws, transport, combined)
-        self._connections.add(conn)
         token = self.sim.faults.connections.add(EXCHANGE, conn)
         stats.ws_connections_opened += 1
         stats.ws_connections_open += 1
@@ -281,14 +279,12 @@ class BinanceServer:
         finally:
             stats.ws_connections_open -= 1
             self.sim.faults.connections.remove(token)
-            self._connections.discard(conn)
             await conn.cleanup()
         return ws
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
-        conns = list(self._connections)
         if name == "server_shutdown":
-            for conn in conns:
+            for conn in self.sim.faults.connections.of(EXCHANGE):
                 conn.server_shutdown()
         else:
             raise ValueError(f"binance has no action {name!r}")

@@ -78,7 +78,6 @@ class BitfinexServer:
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         self.maintenance_until = 0.0
         self._rng = random.Random(f"{cfg.seed}|bitfinex-chanids")
-        self._connections: set[BitfinexConnection] = set()
 
     # ------------------------------------------------------------------------------------ app
 
@@ -207,7 +206,6 @@ class BitfinexServer:
         transport = request.transport
         await ws.prepare(request)
         conn = BitfinexConnection(self, ws, transport)
-        self._connections.add(conn)
         token = self.sim.faults.connections.add(EXCHANGE, conn)
         stats.ws_connections_opened += 1
         stats.ws_connections_open += 1
@@ -216,7 +214,6 @@ class BitfinexServer:
         finally:
             stats.ws_connections_open -= 1
             self.sim.faults.connections.remove(token)
-            self._connections.discard(conn)
             await conn.cleanup()
         return ws
 
@@ -232,7 +229,7 @@ class BitfinexServer:
     # ----------------------------------------------------------------------------- fault actions
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
-        conns = list(self._connections)
+        conns = self.sim.faults.connections.of(EXCHANGE)
         if name == "ws_info":
             code = int(args["ws_info"])
             if code not in INFO_MESSAGES:
@@ -253,7 +250,7 @@ class BitfinexServer:
     def _end_maintenance(self) -> None:
         if self.maintenance_until and self.maintenance_until <= time.time() + 0.01:
             self.maintenance_until = 0.0
-            for conn in list(self._connections):
+            for conn in self.sim.faults.connections.of(EXCHANGE):
                 conn.send_event({"event": "info", "code": 20061, "msg": INFO_MESSAGES[20061]})
 
 
