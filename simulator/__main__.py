@@ -19,6 +19,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from common.timeutil import datetime_to_ms, parse_utc
 from simulator.config import SimConfig
 from simulator.core import EXCHANGES
 
@@ -32,8 +33,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _time_ms(text: str) -> int:
-    from common.timeutil import datetime_to_ms, parse_utc
-
     try:
         return datetime_to_ms(parse_utc(text))
     except ValueError as exc:

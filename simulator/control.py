@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from common.timeutil import datetime_to_ms, parse_utc
 from simulator.core import EXCHANGES, MINUTE_MS, SimMarket
 from simulator.faults import ACTIONS, FaultError
 from simulator.wire import dumps
@@ -40,8 +41,6 @@ def _bad(message: str, status: int = 400) -> web.Response:
 
 def parse_time_ms(text: str) -> int:
     """Epoch ms (digits) or ISO-8601 (no zone = UTC)."""
-    from common.timeutil import datetime_to_ms, parse_utc
-
     stripped = text.strip()
     if stripped.lstrip("-").isdigit():
         return int(stripped)

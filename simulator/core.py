@@ -29,7 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-MINUTE_MS = 60_000
+from common.timeutil import MINUTE_MS, floor_minute_ms
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EXCHANGES: tuple[str, ...] = ("bitfinex", "binance", "bittrex")
 
@@ -50,8 +51,7 @@ class SimClock:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         if start_ms is None:
-            now = int(time.time() * 1000)
-            start_ms = now - now % MINUTE_MS
+            start_ms = floor_minute_ms(int(time.time() * 1000))
         self.speed = float(speed)
         self.start_ms = int(start_ms)
         self._real_start = time.monotonic()
@@ -60,8 +60,7 @@ class SimClock:
         return self.start_ms + int((time.monotonic() - self._real_start) * self.speed * 1000)
 
     def current_minute_ms(self) -> int:
-        now = self.now_ms()
-        return now - now % MINUTE_MS
+        return floor_minute_ms(self.now_ms())
 
     def real_seconds_until(self, sim_ms: int) -> float:
         return max(0.0, (sim_ms - self.now_ms()) / self.speed / 1000)
@@ -338,11 +337,11 @@ class CandleModel:
     # ---- public API
 
     def final_candle(self, market: SimMarket, minute_ms: int) -> SimCandle:
-        minute_ms = _floor(minute_ms)
+        minute_ms = floor_minute_ms(minute_ms)
         return self._aggregate(market, minute_ms, self._prev_close_ticks(market, minute_ms), None)
 
     def partial_candle(self, market: SimMarket, minute_ms: int, upto_ms: int) -> SimCandle:
-        minute_ms = _floor(minute_ms)
+        minute_ms = floor_minute_ms(minute_ms)
         prev = self._prev_close_ticks(market, minute_ms)
         if upto_ms >= minute_ms + MINUTE_MS:
             return self._aggregate(market, minute_ms, prev, None)
@@ -353,8 +352,8 @@ class CandleModel:
 
         Cheaper than calling `final_candle` per minute: continuity is carried along, not rescanned.
         """
-        minute = _floor(start_ms)
-        end = _floor(end_ms)
+        minute = floor_minute_ms(start_ms)
+        end = floor_minute_ms(end_ms)
         if minute > end:
             return
         prev = self._prev_close_ticks(market, minute)
@@ -366,7 +365,7 @@ class CandleModel:
 
     def trades(self, market: SimMarket, minute_ms: int) -> tuple[SimTrade, ...]:
         """The minute's trades, sorted by offset (empty if nobody traded)."""
-        minute_ms = _floor(minute_ms)
+        minute_ms = floor_minute_ms(minute_ms)
         cache_key = (market.exchange, market.symbol, minute_ms)
         cached = self._trades_cache.get(cache_key)
         if cached is not None:
@@ -386,7 +385,7 @@ class CandleModel:
 
     def latent_ticks(self, market: SimMarket, minute_ms: int) -> int:
         """The smooth price (in ticks) the market trades around at the start of `minute_ms`."""
-        return self._latent(self._params_of(market), _floor(minute_ms) // MINUTE_MS)
+        return self._latent(self._params_of(market), floor_minute_ms(minute_ms) // MINUTE_MS)
 
     # ---- per-market constants
 
@@ -534,10 +533,6 @@ def _octave_value(key: bytes, octave: int, block: int, amplitude: int) -> int:
 def _trade_block(key: bytes, index: int, block: int) -> int:
     data = key + b"t" + index.to_bytes(8, "big", signed=True) + block.to_bytes(2, "big")
     return int.from_bytes(hashlib.blake2b(data, digest_size=64).digest(), "big")
-
-
-def _floor(ms: int) -> int:
-    return ms - ms % MINUTE_MS
 
 
 def _dec(units: int, decimals: int) -> Decimal:

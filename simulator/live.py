@@ -34,7 +34,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal
 
-from simulator.core import MINUTE_MS, CandleModel, SimCandle, SimClock, SimMarket
+from common.timeutil import MINUTE_MS, floor_minute_ms
+from simulator.core import CandleModel, SimCandle, SimClock, SimMarket
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class LiveFeed:
             await self.clock.sleep_until(self._next_tick_after(now))
 
     def _next_tick_after(self, now: int) -> int:
-        minute = now - now % MINUTE_MS
+        minute = floor_minute_ms(now)
         for tick in self.tick_times(minute):
             if tick > now:
                 return tick
@@ -172,7 +173,7 @@ class LiveFeed:
 
     def step(self, now: int) -> None:
         """Deliver everything due at sim time `now` (public so tests can drive the feed by hand)."""
-        minute = now - now % MINUTE_MS
+        minute = floor_minute_ms(now)
         if self._last_final_minute is None:
             self._last_final_minute = minute - MINUTE_MS
             self._open_minute = minute - MINUTE_MS

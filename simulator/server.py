@@ -42,14 +42,13 @@ from simulator.config import SimConfig
 from simulator.control import ControlServer
 from simulator.core import EXCHANGES, CandleModel, MarketCatalog, SimClock, SimMarket
 from simulator.faults import Faults
-from simulator.history import History
+from simulator.history import DAY_MS, History, floor_to
 from simulator.live import LiveFeed
 from simulator.stats import Stats
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DAY_MS = 86_400_000
 SERVER_NAMES = (*EXCHANGES, "control")
 SHUTDOWN_SECONDS = 1.0
 
@@ -70,8 +69,7 @@ class Simulator:
         self._by_symbol = {(m.exchange, m.symbol): m for ms in self.markets.values() for m in ms}
         first_ms = config.first_ms
         if first_ms is None:
-            first_ms = self.clock.start_ms - int(config.history_days * DAY_MS)
-            first_ms -= first_ms % DAY_MS
+            first_ms = floor_to(self.clock.start_ms - int(config.history_days * DAY_MS), DAY_MS)
         self.history = History(self.clock, self.model, first_ms, config.history_cache_days)
         self.feed = LiveFeed(
             self.clock, self.model, [m for ms in self.markets.values() for m in ms],

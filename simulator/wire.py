@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+from common.timeutil import isoformat_z, ms_to_datetime
 from simulator.core import SimCandle
 
 _EIGHT = Decimal("1e-8")
@@ -35,7 +35,7 @@ def bittrex_number(value: Decimal) -> str:
 
 def iso_z(ms: int) -> str:
     """`2021-06-13T00:01:00Z`."""
-    return datetime.fromtimestamp(ms // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return isoformat_z(ms_to_datetime(ms))
 
 
 def dumps(value: Any) -> str:
