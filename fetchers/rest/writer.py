@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -28,7 +27,6 @@ BATCH_SECONDS = 0.5
 class _Batch:
     candles: list[Candle] = field(default_factory=list)
     owners: list[tuple[object, int]] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
 
 
 OnCommitted = Callable[[object, int], Awaitable[None]]
@@ -49,22 +47,16 @@ class CandleWriter:
         self._conn = None
         self._timer: asyncio.Task | None = None
         self._writes: set[asyncio.Future] = set()
-        self.rows_written = 0
 
     def _connection(self):
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.settings)
         return self._conn
 
-    def _write_sync(self, candles: list[Candle]) -> int:
+    def _write_sync(self, candles: list[Candle]) -> None:
         conn = self._connection()
-        try:
-            written = upsert_candles(conn, candles)
-            conn.commit()
-            return written
-        except Exception:
-            conn.rollback()
-            raise
+        with conn:  # commit, or roll back on error; the connection stays open
+            upsert_candles(conn, candles)
 
     async def add(self, owner: object, candles: list[Candle]) -> None:
         """Buffer one request's candles; flushes when the batch is full. Applies backpressure:
@@ -95,19 +87,14 @@ class CandleWriter:
     async def _write_batch(self, batch: _Batch) -> None:
         async with self._db_lock:
             await asyncio.to_thread(self._write_sync, batch.candles)
-        self.rows_written += len(batch.candles)
         for owner, count in batch.owners:
             await self.on_committed(owner, count)
 
     async def record_error(self, record: FetchErrorRecord) -> None:
         def write() -> None:
             conn = self._connection()
-            try:
+            with conn:
                 record_fetch_error(conn, record)
-                conn.commit()
-            except Exception:
-                conn.rollback()
-                raise
 
         async with self._db_lock:
             await asyncio.to_thread(write)
