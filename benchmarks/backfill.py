@@ -44,6 +44,7 @@ from common.timeutil import ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobStore
 from fetchers.rest.jobs import create_job
+from fetchers.rest.markets import refresh_markets
 from tests.support.services import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,7 +267,7 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
         now = sim.now_minute()
         end_ms = now - now % (3600_000) - 3600_000
         start_ms = end_ms - 3600_000  # the last full hour of every trading market: one request each
-        asyncio.run(_refresh(settings))
+        asyncio.run(refresh_markets(settings, "binance"))
         before = sim.stats("binance")
         samples: list[tuple[float, int]] = []
 
@@ -298,12 +299,6 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
         ]
     finally:
         sim.stop()
-
-
-async def _refresh(settings: Settings) -> None:
-    from fetchers.rest.markets import refresh_markets
-
-    await refresh_markets(settings, "binance")
 
 
 # -------------------------------------------------------------------------------------- 4. memory
