@@ -23,6 +23,7 @@ from aiohttp import web
 from common.timeutil import datetime_to_ms, parse_utc
 from simulator.core import EXCHANGES, MINUTE_MS, SimMarket
 from simulator.faults import ACTIONS, FaultError
+from simulator.http import json_response
 from simulator.wire import dumps
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ MAX_TRUTH_MINUTES = 100_000
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(text=dumps(value), status=status, content_type="application/json")
+    return json_response(dumps(value), status)
 
 
 def _bad(message: str, status: int = 400) -> web.Response:
