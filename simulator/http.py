@@ -84,27 +84,27 @@ class FrameWriter:
         self.queue.append(text)
         self._wake.set()
 
-    async def _run(self) -> None:
+    async def _drain(self) -> None:
         stats = self.sim.stats[self.exchange]
+        while self.queue and not self.ws.closed:
+            await self.ws.send_str(self.queue.popleft())
+            stats.ws_frames_sent += 1
+
+    async def _run(self) -> None:
         try:
             while not self.closed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self.queue and not self.ws.closed:
-                    await self.ws.send_str(self.queue.popleft())
-                    stats.ws_frames_sent += 1
+                await self._drain()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
 
     async def close(self, code: int, message: bytes) -> None:
         """Close the websocket deliberately, after sending what is already queued (the replies a
         client earned before breaking a rule must not be overtaken by the close frame)."""
-        stats = self.sim.stats[self.exchange]
         self.closed = True
         try:
-            while self.queue and not self.ws.closed:
-                await self.ws.send_str(self.queue.popleft())
-                stats.ws_frames_sent += 1
+            await self._drain()
         except (ConnectionError, RuntimeError):
             pass
         self.queue.clear()
