@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from common.timeutil import datetime_to_ms
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
 from simulator.http import client_ip, count_reply, fault_gate, json_response
 from simulator.limits import CountLimiter
@@ -43,10 +44,6 @@ def error(code: str, status: int = 400, **extra: Any) -> web.Response:
 def bad_request(parameter: str) -> web.Response:
     return error("BAD_REQUEST", detail="Refer to the data field for specific field validation failures.",
                  data={"invalidRequestParameter": parameter})
-
-
-def _ms(year: int, month: int = 1, day: int = 1) -> int:
-    return calendar.timegm((year, month, day, 0, 0, 0)) * 1000
 
 
 class BittrexRestServer:
@@ -111,10 +108,10 @@ class BittrexRestServer:
         interval_ms = INTERVALS_MS[interval]
         now = self.sim.clock.now_ms()
         if rest == ["recent"]:
-            current = now - now % interval_ms if interval != "DAY_1" else now - now % DAY_MS
-            hi = current if self.sim.config.bittrex_recent_includes_current else current - interval_ms
-            lo = current - RECENT_SPAN_MS[interval] + interval_ms
             include_current = self.sim.config.bittrex_recent_includes_current
+            current = now - now % interval_ms
+            hi = current if include_current else current - interval_ms
+            lo = current - RECENT_SPAN_MS[interval] + interval_ms
         elif rest and rest[0] == "historical":
             period = self._period(interval, rest[1:])
             if isinstance(period, web.Response):
@@ -150,14 +147,14 @@ class BittrexRestServer:
             return error("INVALID_DATE")
         numbers = [int(p) for p in parts]
         try:
-            datetime(numbers[0], *(numbers[1:] + [1] * (3 - len(numbers))), tzinfo=timezone.utc)
+            start = datetime(*numbers, *[1] * (3 - len(numbers)), tzinfo=timezone.utc)
         except ValueError:
             return error("INVALID_DATE")
         if len(numbers) == 3:
-            start = _ms(*numbers)
-            return start, start + DAY_MS
-        if len(numbers) == 2:
-            year, month = numbers
-            next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
-            return _ms(year, month), _ms(next_year, next_month)
-        return _ms(numbers[0]), _ms(numbers[0] + 1)
+            days = 1
+        elif len(numbers) == 2:
+            days = calendar.monthrange(start.year, start.month)[1]
+        else:
+            days = 366 if calendar.isleap(start.year) else 365
+        start_ms = datetime_to_ms(start)
+        return start_ms, start_ms + days * DAY_MS
