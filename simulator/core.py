@@ -383,10 +383,6 @@ class CandleModel:
         self._trades_cache[cache_key] = result
         return result
 
-    def latent_ticks(self, market: SimMarket, minute_ms: int) -> int:
-        """The smooth price (in ticks) the market trades around at the start of `minute_ms`."""
-        return self._latent(self._params_of(market), floor_minute_ms(minute_ms) // MINUTE_MS)
-
     # ---- per-market constants
 
     def _params_of(self, market: SimMarket) -> _Params:

@@ -15,7 +15,7 @@ sends the `serverShutdown` event and closes.
 
 `ConnectionRegistry` is how every websocket server (including the Bittrex SignalR one) makes its
 connections reachable by these actions: `token = registry.add(exchange, conn)` where `conn` has
-`abort()` and optionally `async notify(action, **args)`; `registry.remove(token)` when it closes.
+`abort()`; `registry.remove(token)` when it closes.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ class ConnectionRegistry:
 
     def __init__(self) -> None:
         self._next = 0
-        self._conns: dict[int, tuple[str, Any]] = {}
+        self._conns: dict[int, tuple[str, Connection]] = {}
 
-    def add(self, exchange: str, conn: Any) -> int:
+    def add(self, exchange: str, conn: Connection) -> int:
         self._next += 1
         self._conns[self._next] = (exchange, conn)
         return self._next
@@ -88,11 +88,8 @@ class ConnectionRegistry:
     def remove(self, token: int) -> None:
         self._conns.pop(token, None)
 
-    def of(self, exchange: str) -> list[Any]:
+    def of(self, exchange: str) -> list[Connection]:
         return [conn for ex, conn in self._conns.values() if ex == exchange]
-
-    def count(self, exchange: str) -> int:
-        return sum(1 for ex, _ in self._conns.values() if ex == exchange)
 
 
 class Faults:
@@ -101,9 +98,6 @@ class Faults:
         self.connections = ConnectionRegistry()
 
     def __getitem__(self, exchange: str) -> ExchangeFaults:
-        return self.by_exchange[exchange]
-
-    def get(self, exchange: str) -> ExchangeFaults:
         return self.by_exchange[exchange]
 
     def apply(self, exchange: str, settings: dict[str, Any]) -> None:

@@ -30,9 +30,8 @@ ALLOWED = Verdict(True)
 
 
 class _Window:
-    def __init__(self, seconds: float, now: Now) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.now = now
 
     def index(self, at: float) -> int:
         return int(at // self.seconds)
@@ -48,7 +47,7 @@ class CountLimiter:
     def __init__(self, limit: int, window_seconds: float, block_seconds: float = 0.0, now: Now = time.time) -> None:
         self.limit = limit
         self.block_seconds = block_seconds
-        self._window = _Window(window_seconds, now)
+        self._window = _Window(window_seconds)
         self._now = now
         self._counts: dict[str, tuple[int, int]] = {}
         self._blocked_until: dict[str, float] = {}
@@ -97,7 +96,7 @@ class WeightLimiter:
         self.limit = limit
         self.ban_seconds = ban_seconds
         self.tolerance = tolerance
-        self._window = _Window(window_seconds, now)
+        self._window = _Window(window_seconds)
         self._now = now
         self._state: dict[str, _WeightState] = {}
 

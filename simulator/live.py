@@ -8,7 +8,7 @@ How to use it (this is the hook the exchange websocket servers import)::
     feed: LiveFeed = simulator.feed                       # or LiveFeed(clock, model, catalog)
     sub = feed.subscribe("bittrex", "BTC-USD", on_event)  # on_event(event: CandleEvent) -> None
     ...
-    sub.close()                                           # or feed.unsubscribe(sub)
+    sub.close()
 
 `on_event` is called synchronously from the scheduler task on the simulator's event loop. It must not
 block or await: append to a per-connection buffer and wake a writer task. It receives, per subscribed
@@ -53,14 +53,6 @@ class CandleEvent:
     kind: EventKind
     sim_ms: int
     changed: bool
-
-    @property
-    def exchange(self) -> str:
-        return self.market.exchange
-
-    @property
-    def symbol(self) -> str:
-        return self.market.symbol
 
     @property
     def final(self) -> bool:
@@ -118,9 +110,6 @@ class LiveFeed:
     def market(self, exchange: str, symbol: str) -> SimMarket | None:
         return self._markets.get((exchange, symbol))
 
-    def markets(self, exchange: str) -> list[SimMarket]:
-        return [m for (ex, _), m in self._markets.items() if ex == exchange]
-
     # ---- subscriptions
 
     def subscribe(self, exchange: str, symbol: str, listener: Listener) -> Subscription:
@@ -131,11 +120,8 @@ class LiveFeed:
         self._subs.setdefault((exchange, symbol), []).append(subscription)
         return subscription
 
-    def unsubscribe(self, subscription: Subscription) -> None:
-        subscription.close()
-
-    def subscriber_count(self, exchange: str | None = None) -> int:
-        return sum(len(subs) for (ex, _), subs in self._subs.items() if exchange in (None, ex))
+    def subscriber_count(self) -> int:
+        return sum(len(subs) for subs in self._subs.values())
 
     def _remove(self, subscription: Subscription) -> None:
         ident = (subscription.market.exchange, subscription.market.symbol)

@@ -21,8 +21,7 @@ _EIGHT = Decimal("1e-8")
 def number_text(value: Decimal) -> str:
     if value == 0:
         return "0"
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 def fixed8(value: Decimal) -> str:
