@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import logging
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -32,8 +31,6 @@ from simulator.wire import binance_kline_event, binance_kline_row, dumps
 
 if TYPE_CHECKING:
     from simulator.server import Simulator
-
-log = logging.getLogger(__name__)
 
 EXCHANGE = "binance"
 WEIGHTS = {"/api/v3/klines": 2, "/api/v3/exchangeInfo": 20, "/api/v3/ping": 1, "/api/v3/time": 1}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
 import time
 import uuid
@@ -33,14 +32,8 @@ from simulator.wire import bitfinex_candle, bitfinex_candles, dumps
 if TYPE_CHECKING:
     from simulator.server import Simulator
 
-log = logging.getLogger(__name__)
-
 EXCHANGE = "bitfinex"
-TIMEFRAMES_MINUTES: dict[str, int] = {
-    "1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "3h": 180, "6h": 360, "12h": 720, "1D": 1440,
-    "7D": 10_080, "1W": 10_080, "14D": 20_160, "1M": 43_200,
-}
-SERVED_REST_TIMEFRAMES = frozenset({"1m", "5m", "15m", "30m", "1h"})
+SERVED_REST_TIMEFRAMES_MINUTES: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60}
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 
@@ -124,7 +117,7 @@ class BitfinexServer:
     # ----------------------------------------------------------------------------------- REST
 
     async def platform_status(self, request: web.Request) -> web.Response:
-        return json_response("[0]" if self.maintenance_until > time.time() else "[1]")
+        return json_response("[0]" if self.in_maintenance() else "[1]")
 
     async def conf(self, request: web.Request) -> web.Response:
         sections = []
@@ -153,7 +146,7 @@ class BitfinexServer:
         if len(parts) != 3 or parts[0] != "trade":
             return json_response(error_body(10020, "key: invalid"), status=500)
         timeframe, symbol = parts[1], parts[2]
-        if timeframe not in SERVED_REST_TIMEFRAMES:
+        if timeframe not in SERVED_REST_TIMEFRAMES_MINUTES:
             return json_response(error_body(10020, "time_interval: invalid"), status=500)
         if section not in ("hist", "last"):
             return json_response(error_body(10020, "section: invalid"), status=500)
@@ -174,7 +167,7 @@ class BitfinexServer:
         market = self.markets.get(symbol[1:]) if symbol.startswith("t") else None
         if market is None:
             return json_response("[]")
-        interval = TIMEFRAMES_MINUTES[timeframe] * MINUTE_MS
+        interval = SERVED_REST_TIMEFRAMES_MINUTES[timeframe] * MINUTE_MS
         start, end = params["start"], params["end"]
         ascending = params["sort"] == 1
         history = self.sim.history
@@ -259,7 +252,6 @@ class Channel:
     chan_id: int
     key: str
     market: SimMarket
-    request: dict[str, Any]
     subscription: Subscription | None = None
     last_sent: float = field(default_factory=time.monotonic)
     pending: list[CandleEvent] | None = field(default_factory=list)
@@ -381,10 +373,7 @@ class BitfinexConnection:
             return
         key = request.get("key")
         parts = key.split(":", 2) if isinstance(key, str) else []
-        if len(parts) != 3 or parts[0] != "trade" or parts[1] not in TIMEFRAMES_MINUTES:
-            self._error(request, 10300, "key: invalid")
-            return
-        if parts[1] != "1m":
+        if len(parts) != 3 or parts[0] != "trade" or parts[1] != "1m":
             self._error(request, 10300, "key: invalid")
             return
         symbol = parts[2]
@@ -401,7 +390,7 @@ class BitfinexConnection:
             self._error(request, 10305, "subscribe: limit")
             return
         chan_id = self.server.new_chan_id(set(self.channels))
-        channel = Channel(chan_id, key, market, request)
+        channel = Channel(chan_id, key, market)
         self.channels[chan_id] = channel
         self.by_key[key] = chan_id
         channel.subscription = self.sim.feed.subscribe(EXCHANGE, market.symbol, lambda e, c=channel: self._on_event(c, e))

@@ -204,9 +204,9 @@ class BittrexSignalRServer:
                 return web.Response(status=500, text=f"'{name}' Hub could not be resolved.")
         return None
 
-    def _connection_id(self, request: web.Request, need_transport: bool = True) -> str | web.Response:
+    def _connection_id(self, request: web.Request) -> str | web.Response:
         """The ConnectionId of a valid request carrying a token, or the 400/500 SignalR would answer."""
-        if need_transport and request.query.get("transport") != "webSockets":
+        if request.query.get("transport") != "webSockets":
             return web.Response(status=400, text="Protocol error: Unknown transport.")
         token = request.query.get("connectionToken")
         if not token:
@@ -500,9 +500,7 @@ class SignalRConnection:
             act = self.subscribe if name == "subscribe" else self.unsubscribe
             results = [act(stream) for stream in streams]
             if name == "subscribe":
-                for result in results:
-                    if result["Success"]:
-                        self._send_groups_token()
+                self._send_groups_tokens(sum(1 for result in results if result["Success"]))
             self.writer.send(dumps({"R": results, "I": reply_id}))
         elif name == "isauthenticated" and not args:
             self.writer.send(dumps({"R": False, "I": reply_id}))
@@ -515,10 +513,13 @@ class SignalRConnection:
         self.sim.stats[EXCHANGE].ws_subscribe_errors += 1
         self.writer.send(dumps({"I": reply_id, "E": invocation_error(hub or HUB, method)}))
 
-    def _send_groups_token(self) -> None:
-        groups = [f"{HUB}.{s}" for s in self.streams]
-        token = self.server.signer.groups_token(self.connection_id, groups)
-        self.writer.send(dumps({"C": self._cursor(), "G": token, "M": []}))
+    def _send_groups_tokens(self, count: int) -> None:
+        """One groups-token frame per stream subscribed, as Bittrex sends; the token is the same in each."""
+        if not count:
+            return
+        token = self.server.signer.groups_token(self.connection_id, [f"{HUB}.{s}" for s in self.streams])
+        for _ in range(count):
+            self.writer.send(dumps({"C": self._cursor(), "G": token, "M": []}))
 
 
 def _base36(number: int) -> str:

@@ -151,10 +151,6 @@ class SignalRClient:
         await self.ws.send_str(json.dumps({"H": self.hub, "M": method, "A": list(args), "I": ident}))
         return await asyncio.wait_for(future, self.timeout)
 
-    async def send_raw(self, text: str) -> None:
-        assert self.ws is not None
-        await self.ws.send_str(text)
-
     def discard_pushes(self) -> int:
         """Forget pushes received but not yet taken with `next_push`; returns how many."""
         count = 0
