@@ -37,6 +37,9 @@ EXCHANGES: tuple[str, ...] = ("bitfinex", "binance", "bittrex")
 BITFINEX_STATUS = "listed"
 """Bitfinex lists no status: every listed pair is tradable."""
 
+TRADING_STATUSES = frozenset({"TRADING", "ONLINE", BITFINEX_STATUS})
+"""The statuses (Binance, Bittrex, Bitfinex) of a market that trades."""
+
 QUOTE_VOLUME_DECIMALS = 8
 """Quote volumes are truncated to this many decimals, as Binance and Bittrex print them."""
 
@@ -96,7 +99,7 @@ class SimMarket:
 
     @property
     def is_trading(self) -> bool:
-        return self.status in ("TRADING", "ONLINE", BITFINEX_STATUS)
+        return self.status in TRADING_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,10 +137,8 @@ _PRIORITY: dict[str, tuple[str, ...]] = {
 }
 """Markets a subset always starts with: majors first, then colon pairs, digit-led codes, offline ones."""
 
-_MAJORS = frozenset(
-    {"BTCUSD", "ETHUSD", "BTCUST", "ETHBTC", "BTCUSDT", "ETHUSDT", "BNBUSDT", "BTC-USD", "ETH-USD",
-     "BTC-USDT", "ETH-BTC"}
-)
+_MAJORS = frozenset(symbol for priority in _PRIORITY.values() for symbol in priority[:4])
+"""The first four priority markets of each exchange: they trade every minute."""
 
 _USD_PRICES: dict[str, str] = {
     "BTC": "37000", "TESTBTC": "37000", "ETH": "2500", "BNB": "420", "LTC": "180", "BCH": "620",
@@ -252,7 +253,7 @@ def _all_markets(exchange: str, seed: int) -> tuple[SimMarket, ...]:
 
 def _trade_probability(exchange: str, symbol: str, status: str, seed: int) -> float:
     """Liquidity mix: majors always trade; of the rest ~30% liquid, ~40% medium, ~30% illiquid."""
-    if status not in ("TRADING", "ONLINE", BITFINEX_STATUS):
+    if status not in TRADING_STATUSES:
         return 0.0
     if symbol in _MAJORS:
         return 1.0

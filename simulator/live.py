@@ -101,7 +101,6 @@ class LiveFeed:
         self._markets: dict[tuple[str, str], SimMarket] = {(m.exchange, m.symbol): m for m in markets}
         self._subs: dict[tuple[str, str], list[Subscription]] = {}
         self._last: dict[tuple[str, str], SimCandle] = {}
-        self._last_final_minute: int | None = None
         self._open_minute: int | None = None
         self.events_delivered = 0
 
@@ -160,18 +159,16 @@ class LiveFeed:
     def step(self, now: int) -> None:
         """Deliver everything due at sim time `now` (public so tests can drive the feed by hand)."""
         minute = floor_minute_ms(now)
-        if self._last_final_minute is None:
-            self._last_final_minute = minute - MINUTE_MS
-            self._open_minute = minute - MINUTE_MS
-        first_final = max(self._last_final_minute + MINUTE_MS, minute - MAX_FINALS_CAUGHT_UP * MINUTE_MS)
-        for closed in range(first_final, minute, MINUTE_MS):
-            self._emit(closed, "final", closed + MINUTE_MS, closed + MINUTE_MS)
-        self._last_final_minute = max(self._last_final_minute, minute - MINUTE_MS)
-        if self._open_minute != minute:
-            self._open_minute = minute
-            self._emit(minute, "open", minute, now)
-        elif now > minute:
-            self._emit(minute, "update", now, now)
+        opened = self._open_minute
+        if opened == minute:
+            if now > minute:
+                self._emit(minute, "update", now, now)
+            return
+        if opened is not None:  # every minute from the one open so far up to this one has closed
+            for closed in range(max(opened, minute - MAX_FINALS_CAUGHT_UP * MINUTE_MS), minute, MINUTE_MS):
+                self._emit(closed, "final", closed + MINUTE_MS, closed + MINUTE_MS)
+        self._open_minute = minute
+        self._emit(minute, "open", minute, now)
 
     def _emit(self, minute: int, kind: EventKind, upto: int, sim_ms: int) -> None:
         if not self._subs:

@@ -66,7 +66,6 @@ class Simulator:
         self.markets: dict[str, list[SimMarket]] = {
             exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES
         }
-        self._by_symbol = {(m.exchange, m.symbol): m for ms in self.markets.values() for m in ms}
         first_ms = config.first_ms
         if first_ms is None:
             first_ms = floor_to(self.clock.start_ms - int(config.history_days * DAY_MS), DAY_MS)
@@ -93,7 +92,7 @@ class Simulator:
     # ------------------------------------------------------------------------ shared helpers
 
     def market(self, exchange: str, symbol: str) -> SimMarket | None:
-        return self._by_symbol.get((exchange, symbol))
+        return self.feed.market(exchange, symbol)
 
     def catalog_fixture(self, name: str) -> Any:
         return MarketCatalog.fixture(name)
