@@ -318,8 +318,6 @@ class _Params:
 
     key: bytes
     base_ticks: int
-    price_decimals: int
-    volume_decimals: int
     presence_threshold: int
     max_trades: int
     typical_units: int
@@ -339,14 +337,17 @@ class CandleModel:
 
     def final_candle(self, market: SimMarket, minute_ms: int) -> SimCandle:
         minute_ms = floor_minute_ms(minute_ms)
-        return self._aggregate(market, minute_ms, self._prev_close_ticks(market, minute_ms), None)
+        prev = self._prev_close_ticks(market, minute_ms)
+        return _aggregate(market, minute_ms, prev, self.trades(market, minute_ms))
 
     def partial_candle(self, market: SimMarket, minute_ms: int, upto_ms: int) -> SimCandle:
         minute_ms = floor_minute_ms(minute_ms)
         prev = self._prev_close_ticks(market, minute_ms)
-        if upto_ms >= minute_ms + MINUTE_MS:
-            return self._aggregate(market, minute_ms, prev, None)
-        return self._aggregate(market, minute_ms, prev, upto_ms - minute_ms)
+        trades = self.trades(market, minute_ms)
+        if upto_ms < minute_ms + MINUTE_MS:
+            upto_offset = upto_ms - minute_ms
+            trades = tuple(t for t in trades if t.offset_ms <= upto_offset)
+        return _aggregate(market, minute_ms, prev, trades)
 
     def candles(self, market: SimMarket, start_ms: int, end_ms: int) -> Iterator[SimCandle]:
         """Final candles of every minute in [start_ms, end_ms] (both floored), oldest first.
@@ -359,9 +360,10 @@ class CandleModel:
             return
         prev = self._prev_close_ticks(market, minute)
         while minute <= end:
-            candle = self._aggregate(market, minute, prev, None)
-            prev = self._close_ticks_of(market, minute, prev)
-            yield candle
+            trades = self.trades(market, minute)
+            yield _aggregate(market, minute, prev, trades)
+            if trades:
+                prev = trades[-1].price_ticks
             minute += MINUTE_MS
 
     def trades(self, market: SimMarket, minute_ms: int) -> tuple[SimTrade, ...]:
@@ -404,8 +406,6 @@ class CandleModel:
         params = _Params(
             key=key,
             base_ticks=base_ticks,
-            price_decimals=market.price_decimals,
-            volume_decimals=market.volume_decimals,
             presence_threshold=int(probability * (1 << 32)),
             max_trades=max(1, min(_MAX_TRADES_PER_MINUTE, int(probability * probability * _MAX_TRADES_PER_MINUTE))),
             typical_units=typical_units,
@@ -447,10 +447,6 @@ class CandleModel:
         size = max(1, params.typical_units * (1 + ((h >> 48) & 0xFFFF) % 1_000) // 250)
         return SimTrade(offset, max(1, level + jitter), size, bool((h >> 64) & 1))
 
-    def _close_ticks_of(self, market: SimMarket, minute_ms: int, prev_close: int) -> int:
-        trades = self.trades(market, minute_ms)
-        return trades[-1].price_ticks if trades else prev_close
-
     def _last_price(self, params: _Params, index: int) -> int:
         count = self._trade_count(params, index)
         last = self._trade(params, index, count - 1, count, self._latent(params, index), self._latent(params, index + 1))
@@ -486,38 +482,42 @@ class CandleModel:
         self._prev_close_cache[key] = close
         return close
 
-    def _aggregate(self, market: SimMarket, minute_ms: int, open_ticks: int, upto_offset: int | None) -> SimCandle:
-        params = self._params_of(market)
-        trades = self.trades(market, minute_ms)
-        if upto_offset is not None:
-            trades = tuple(t for t in trades if t.offset_ms <= upto_offset)
-        pd, vd = params.price_decimals, params.volume_decimals
-        if not trades:
-            flat = _dec(open_ticks, pd)
-            zero = Decimal(0)
-            return SimCandle(minute_ms, flat, flat, flat, flat, zero.scaleb(-vd), zero.scaleb(-QUOTE_VOLUME_DECIMALS), 0)
-        high = max(open_ticks, max(t.price_ticks for t in trades))
-        low = min(open_ticks, min(t.price_ticks for t in trades))
-        volume = sum(t.size_units for t in trades)
-        quote = sum(t.size_units * t.price_ticks for t in trades)
-        taker = [t for t in trades if t.taker_buy]
-        taker_volume = sum(t.size_units for t in taker)
-        taker_quote = sum(t.size_units * t.price_ticks for t in taker)
-        first_id = (minute_ms // MINUTE_MS) * _TRADE_ID_STRIDE
-        return SimCandle(
-            time_ms=minute_ms,
-            open=_dec(open_ticks, pd),
-            high=_dec(high, pd),
-            low=_dec(low, pd),
-            close=_dec(trades[-1].price_ticks, pd),
-            volume=_dec(volume, vd),
-            quote_volume=_quote_dec(quote, pd + vd),
-            trades=len(trades),
-            taker_buy_volume=_dec(taker_volume, vd),
-            taker_buy_quote_volume=_quote_dec(taker_quote, pd + vd),
-            first_trade_id=first_id,
-            last_trade_id=first_id + len(trades) - 1,
-        )
+
+def _aggregate(market: SimMarket, minute_ms: int, open_ticks: int, trades: tuple[SimTrade, ...]) -> SimCandle:
+    """The bar of `trades` (a prefix of the minute's trades) opening at `open_ticks`."""
+    pd, vd = market.price_decimals, market.volume_decimals
+    if not trades:
+        flat = _dec(open_ticks, pd)
+        zero = Decimal(0)
+        return SimCandle(minute_ms, flat, flat, flat, flat, zero.scaleb(-vd), zero.scaleb(-QUOTE_VOLUME_DECIMALS), 0)
+    high = low = open_ticks
+    volume = quote = taker_volume = taker_quote = 0
+    for t in trades:
+        price, size = t.price_ticks, t.size_units
+        if price > high:
+            high = price
+        elif price < low:
+            low = price
+        volume += size
+        quote += size * price
+        if t.taker_buy:
+            taker_volume += size
+            taker_quote += size * price
+    first_id = (minute_ms // MINUTE_MS) * _TRADE_ID_STRIDE
+    return SimCandle(
+        time_ms=minute_ms,
+        open=_dec(open_ticks, pd),
+        high=_dec(high, pd),
+        low=_dec(low, pd),
+        close=_dec(trades[-1].price_ticks, pd),
+        volume=_dec(volume, vd),
+        quote_volume=_quote_dec(quote, pd + vd),
+        trades=len(trades),
+        taker_buy_volume=_dec(taker_volume, vd),
+        taker_buy_quote_volume=_quote_dec(taker_quote, pd + vd),
+        first_trade_id=first_id,
+        last_trade_id=first_id + len(trades) - 1,
+    )
 
 
 @lru_cache(maxsize=1 << 16)
