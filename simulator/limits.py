@@ -53,17 +53,20 @@ class CountLimiter:
         self._blocked_until: dict[str, float] = {}
 
     def blocked(self, key: str) -> Verdict | None:
-        at = self._now()
+        return self._blocked(key, self._now())
+
+    def _blocked(self, key: str, at: float) -> Verdict | None:
         until = self._blocked_until.get(key, 0.0)
         return Verdict(False, until - at) if until > at else None
 
     def hit(self, key: str, bucket: str = "", limit: int | None = None) -> Verdict:
         at = self._now()
-        blocked = self.blocked(key)
+        blocked = self._blocked(key, at)
         if blocked is not None:
             return blocked
         index = self._window.index(at)
-        window, count = self._counts.get(f"{key}|{bucket}", (index, 0))
+        counter = f"{key}|{bucket}"
+        window, count = self._counts.get(counter, (index, 0))
         if window != index:
             count = 0
         if count >= (self.limit if limit is None else limit):
@@ -71,7 +74,7 @@ class CountLimiter:
                 self._blocked_until[key] = at + self.block_seconds
                 return Verdict(False, self.block_seconds)
             return Verdict(False, self._window.end(at) - at)
-        self._counts[f"{key}|{bucket}"] = (index, count + 1)
+        self._counts[counter] = (index, count + 1)
         return ALLOWED
 
     def used(self, key: str, bucket: str = "") -> int:
