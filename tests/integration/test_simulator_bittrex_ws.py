@@ -66,6 +66,25 @@ async def collect(client: SignalRClient, method: str | None, seconds: float) -> 
     return got
 
 
+async def settle(client: SignalRClient) -> None:
+    """Return once every frame the server had queued or batched before this call has arrived.
+
+    A hub reply leaves after anything the server sent before reading the invocation, pending
+    batched pushes included, so its arrival is the barrier (a fixed sleep would only guess).
+    """
+    assert (await client.invoke("IsAuthenticated"))["R"] is False
+
+
+async def wait_until(condition: Any, seconds: float) -> bool:
+    """Poll `condition()` until it holds or `seconds` pass; whether it held."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
 async def http_get(url: str, params: dict[str, str] | None = None) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as session:
         async with session.get(url, params=params) as response:
@@ -344,7 +363,7 @@ def test_unsubscribe_stops_candles_but_not_heartbeats() -> None:
             await client.next_push("candle")
             reply = await client.invoke("Unsubscribe", [f"candle_{market}_MINUTE_1"])
             assert reply == {"R": [{"Success": True, "ErrorCode": None}], "I": "2"}
-            await asyncio.sleep(0.2)
+            await settle(client)
             client.discard_pushes()
             later = await collect(client, None, 1.3)
             return [p for p in later if p.method == "candle"], [p for p in later if p.method == "heartbeat"]
@@ -383,7 +402,7 @@ def test_a_stall_silences_everything_then_pushes_resume_with_a_sequence_gap() ->
             await client.invoke("Subscribe", [f"candle_{market}_MINUTE_1", "heartbeat"])
             before = (await client.next_push("candle")).args[0]["sequence"]
             await asyncio.to_thread(handle.set_faults, "bittrex", ws_stall=True)
-            await asyncio.sleep(0.3)
+            await settle(client)
             frames_at = len(client.frames)
             await asyncio.sleep(1.5)
             during = len(client.frames) - frames_at
@@ -392,7 +411,7 @@ def test_a_stall_silences_everything_then_pushes_resume_with_a_sequence_gap() ->
             after = (await client.next_push("candle")).args[0]["sequence"]
             await client.next_push("heartbeat", timeout=2)
             keepalives = len(client.keepalives)
-            await asyncio.sleep(1.2)
+            await wait_until(lambda: len(client.keepalives) > keepalives, 1.2)
             return during, before, after, len(client.keepalives) - keepalives
 
     with running_simulator() as sim:
@@ -407,7 +426,7 @@ def test_malformed_rate_cuts_candle_frames_short() -> None:
         async with SignalRClient(ws_url(handle)) as client:
             await client.invoke("Subscribe", [f"candle_{market}_MINUTE_1"])
             await asyncio.to_thread(handle.set_faults, "bittrex", ws_malformed_rate=1.0)
-            await asyncio.sleep(1.2)
+            await wait_until(lambda: client.malformed and client.keepalives, 1.2)
             return client
 
     with running_simulator() as sim:

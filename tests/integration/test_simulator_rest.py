@@ -11,7 +11,7 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +65,16 @@ def get(url: str, method: str = "GET", timeout: float = 30) -> Reply:
             )
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.headers, exc.read().decode(), time.monotonic() - started)
+
+
+def within(seconds: float, condition: Callable[[], bool]) -> bool:
+    """Whether `condition()` comes true within `seconds` (polled; it is tried at least once)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def is_number(value: Any) -> bool:
@@ -688,8 +698,9 @@ def test_fault_429_storm_answers_each_exchange_429_until_it_ends() -> None:
         assert sim.simulator.faults.as_dict()["bitfinex"]["storm_seconds_left"] > 0
         stats = sim.stats()
         assert all(stats[e]["storm_429"] == 1 and stats[e]["over_limit"] == 0 for e in PROBES)
-        time.sleep(max(0.0, 1.6 - (time.monotonic() - started)))
-        assert all(probe(sim, e).status == 200 for e in PROBES), "the storm ends by itself"
+        assert within(
+            1.6 - (time.monotonic() - started), lambda: all(probe(sim, e).status == 200 for e in PROBES)
+        ), "the storm ends by itself"
 
 
 def test_bitfinex_rate_limit_429_then_ip_block() -> None:
@@ -706,8 +717,7 @@ def test_bitfinex_rate_limit_429_then_ip_block() -> None:
         stats = sim.stats()["bitfinex"]
         assert stats["over_limit"] == 12 - first + 1 and stats["http_429"] == stats["over_limit"]
         assert stats["storm_429"] == 0
-        time.sleep(1.6)
-        assert bfx(sim, "/v2/conf/pub:list:currency").status == 200, "the block ends"
+        assert within(1.6, lambda: bfx(sim, "/v2/conf/pub:list:currency").status == 200), "the block ends"
 
 
 def test_bittrex_rate_limit_429_until_the_window_resets() -> None:
