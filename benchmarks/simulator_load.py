@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import math
-import platform
 import statistics
 import subprocess
 import sys
@@ -38,14 +37,14 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.measure import cpu_model, cpu_seconds, http_json, memory_mb
+from benchmarks.measure import cpu_seconds, http_json, machine, memory_mb
+from tests.support.signalr_minimal import CONNECTION_DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCHANGES = ("bitfinex", "binance", "bittrex")
 BITFINEX_CHANNELS_PER_CONNECTION = 25
 BINANCE_STREAMS_PER_CONNECTION = 1024
 BITTREX_STREAMS_PER_CONNECTION = 250
-CONNECTION_DATA = json.dumps([{"name": "c3"}], separators=(",", ":"))
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -393,11 +392,7 @@ def main() -> int:
     parser.add_argument("--profile", metavar="PATH", help="run the simulator under cProfile, stats to PATH")
     args = parser.parse_args()
     result = asyncio.run(run(args))
-    model, cores = cpu_model()
-    print(
-        f"Simulator load, {datetime.now(UTC):%Y-%m-%d}, {model}, {cores} cores, Python "
-        f"{platform.python_version()}\n"
-    )
+    print(f"Simulator load, {datetime.now(UTC):%Y-%m-%d}, {machine()}\n")
     print(table(result))
     problems = [f"{r['exchange']}: {r['errors']}" for r in result["rows"] if r["errors"]]
     problems += [
