@@ -8,8 +8,10 @@ the epoch (UTC) and aggregate the minute bars they contain.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
+from itertools import groupby
 
 from simulator.core import MINUTE_MS, CandleModel, SimCandle, SimClock, SimMarket
 
@@ -24,7 +26,7 @@ def aggregate(minutes: list[SimCandle], bucket_ms: int) -> SimCandle:
     """One bar from consecutive minute bars (all of them, quiet ones included)."""
     first, last = minutes[0], minutes[-1]
     if len(minutes) == 1:
-        return minutes[0] if first.time_ms == bucket_ms else _retime(first, bucket_ms)
+        return first if first.time_ms == bucket_ms else dataclasses.replace(first, time_ms=bucket_ms)
     traded = [c for c in minutes if c.trades]
     return SimCandle(
         time_ms=bucket_ms,
@@ -41,14 +43,6 @@ def aggregate(minutes: list[SimCandle], bucket_ms: int) -> SimCandle:
         ),
         first_trade_id=traded[0].first_trade_id if traded else -1,
         last_trade_id=traded[-1].last_trade_id if traded else -1,
-    )
-
-
-def _retime(candle: SimCandle, time_ms: int) -> SimCandle:
-    return SimCandle(
-        time_ms, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.quote_volume,
-        candle.trades, candle.taker_buy_volume, candle.taker_buy_quote_volume, candle.first_trade_id,
-        candle.last_trade_id,
     )
 
 
@@ -133,19 +127,10 @@ class History:
             return []
         minutes = self.minute_candles(market, lo, hi + interval_ms - MINUTE_MS, include_current=include_current)
         if interval_ms == MINUTE_MS:
-            return [c for c in minutes if c.trades] if traded_only else minutes
-        bars: list[SimCandle] = []
-        bucket: list[SimCandle] = []
-        bucket_start = None
-        for candle in minutes:
-            start = floor_to(candle.time_ms, interval_ms)
-            if start != bucket_start and bucket:
-                bars.append(aggregate(bucket, bucket_start))  # type: ignore[arg-type]
-                bucket = []
-            bucket_start = start
-            bucket.append(candle)
-        if bucket:
-            bars.append(aggregate(bucket, bucket_start))  # type: ignore[arg-type]
+            bars = minutes
+        else:
+            buckets = groupby(minutes, key=lambda c: floor_to(c.time_ms, interval_ms))
+            bars = [aggregate(list(bucket), start) for start, bucket in buckets]
         return [b for b in bars if b.trades] if traded_only else bars
 
     def newest(
