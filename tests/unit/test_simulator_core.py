@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from types import SimpleNamespace
 
 import pytest
 
+import simulator.core
 from simulator.core import MINUTE_MS, CandleModel, MarketCatalog, SimClock
 
 pytestmark = pytest.mark.unit
@@ -91,7 +93,14 @@ def test_subset_starts_with_majors_and_awkward_symbols() -> None:
     assert len(MarketCatalog.load("binance")) == 1695
 
 
-def test_clock_runs_at_speed_from_the_start() -> None:
+def test_clock_runs_at_speed_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = SimpleNamespace(monotonic=lambda: 100.0, time=lambda: 1_700_000_059.999)
+    monkeypatch.setattr(simulator.core, "time", real)
+    assert SimClock(speed=60.0).start_ms == START, "the default start is now, floored to the minute"
     clock = SimClock(speed=600.0, start_ms=START)
-    assert START <= clock.now_ms() < START + 60_000
-    assert clock.speed == 600.0
+    assert clock.now_ms() == START
+    real.monotonic = lambda: 100.25  # a quarter of a real second is 150 simulated seconds
+    assert clock.now_ms() == START + 150_000
+    assert clock.current_minute_ms() == START + 2 * MINUTE_MS
+    assert clock.real_seconds_until(START + 210_000) == pytest.approx(0.1)
+    assert clock.real_seconds_until(START) == 0.0
