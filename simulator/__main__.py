@@ -25,6 +25,7 @@ from simulator.core import EXCHANGES
 
 SPECIAL = {"host", "markets", "speed", "seed", "start_ms", "first_ms", "history_days", "ports", "faults"}
 PORT_ORDER = (*EXCHANGES, "control")
+DEFAULTS = SimConfig()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -75,13 +76,15 @@ def _fault(text: str) -> tuple[str, str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m simulator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=DEFAULTS.host)
     parser.add_argument("--markets", type=_markets, default=None, help="markets per exchange, or 'all' (default)")
-    parser.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--speed", type=float, default=DEFAULTS.speed, help="simulated seconds per real second"
+    )
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
     parser.add_argument("--start", type=_time_ms, default=None, help="simulated start time, ISO-8601 UTC")
     parser.add_argument("--first", type=_time_ms, default=None, help="first minute of history, ISO-8601 UTC")
-    parser.add_argument("--history-days", type=float, default=365.0)
+    parser.add_argument("--history-days", type=float, default=DEFAULTS.history_days)
     parser.add_argument("--ports", type=_ports, default={}, help="BITFINEX,BINANCE,BITTREX,CONTROL")
     parser.add_argument("--fault", type=_fault, action="append", default=[], metavar="EXCHANGE:NAME=VALUE")
     parser.add_argument("--json", action="store_true", help="print one JSON line with the URLs")
@@ -151,11 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        from simulator.faults import Faults
-
-        probe = Faults()
-        for exchange, settings in config.faults.items():
-            probe.apply(exchange, settings)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulator.core import EXCHANGES
+from simulator.faults import Faults
 
 DEFAULT_HISTORY_DAYS = 365.0
 REAL_CADENCE_PER_SIM_MINUTE = 30
@@ -87,6 +88,9 @@ class SimConfig:
         unknown = set(self.faults) - set(EXCHANGES)
         if unknown:
             raise ValueError(f"unknown exchange(s) in faults: {', '.join(sorted(unknown))}")
+        probe = Faults()
+        for exchange, settings in self.faults.items():
+            probe.apply(exchange, settings)  # raises FaultError (a ValueError) for a bad name or value
 
     @property
     def effective_updates_per_minute(self) -> int:
