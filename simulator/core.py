@@ -70,10 +70,7 @@ class SimClock:
 
     async def sleep_until(self, sim_ms: int) -> None:
         """Return once `now_ms() >= sim_ms` (never early)."""
-        while True:
-            delay = self.real_seconds_until(sim_ms)
-            if delay <= 0 and self.now_ms() >= sim_ms:
-                return
+        while (delay := self.real_seconds_until(sim_ms)) > 0:
             await asyncio.sleep(delay + 0.0005)
 
 
