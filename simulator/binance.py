@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
 from simulator.faults import MALFORMED_FRAME
-from simulator.http import FrameWriter, client_ip, count_reply, fault_gate, json_response
+from simulator.http import WsConnection, client_ip, count_reply, fault_gate, json_response, serving_connection, spawn
 from simulator.limits import CountLimiter, Verdict, WeightLimiter
 from simulator.live import CandleEvent, Subscription
 from simulator.wire import binance_kline_event, binance_kline_row, dumps
@@ -266,17 +266,10 @@ class BinanceServer:
         transport = request.transport
         await ws.prepare(request)
         conn = BinanceConnection(self, ws, transport, combined)
-        token = self.sim.faults.connections.add(EXCHANGE, conn)
-        stats.ws_connections_opened += 1
-        stats.ws_connections_open += 1
-        try:
+        async with serving_connection(self.sim, EXCHANGE, conn):
             for stream in streams:
                 conn.add_stream(stream)
             await conn.serve()
-        finally:
-            stats.ws_connections_open -= 1
-            self.sim.faults.connections.remove(token)
-            await conn.cleanup()
         return ws
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
@@ -287,30 +280,22 @@ class BinanceServer:
             raise ValueError(f"binance has no action {name!r}")
 
 
-class BinanceConnection:
+class BinanceConnection(WsConnection):
     """One market-stream socket: its streams, its `combined` property, pings and the message limit."""
 
     def __init__(self, server: BinanceServer, ws: web.WebSocketResponse, transport: Any, combined: bool) -> None:
+        super().__init__(server.sim, EXCHANGE, ws, transport)
         self.server = server
-        self.sim = server.sim
-        self.ws = ws
-        self.transport = transport
         self.combined = combined
-        self.writer = FrameWriter(ws, server.sim, EXCHANGE)
         self.streams: dict[str, Subscription | None] = {}
         self.incoming: collections.deque[float] = collections.deque()
         self.last_pong = time.monotonic()
         self.opened = time.monotonic()
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     def server_shutdown(self) -> None:
         event = {"e": "serverShutdown", "E": self.sim.clock.now_ms()}
         self.writer.send(dumps({"stream": "!serverShutdown", "data": event} if self.combined else event))
-        asyncio.get_running_loop().create_task(self.writer.close(code=1001, message=b""))
+        spawn(self.writer.close(code=1001, message=b""))
 
     def add_stream(self, stream: str) -> None:
         if stream in self.streams:
@@ -354,9 +339,7 @@ class BinanceConnection:
     async def cleanup(self) -> None:
         for stream in list(self.streams):
             self.remove_stream(stream)
-        for task in self._tasks:
-            task.cancel()
-        await self.writer.stop()
+        await super().cleanup()
 
     def _count_incoming(self) -> bool:
         now = time.monotonic()

@@ -24,7 +24,7 @@ from aiohttp import WSMsgType, web
 
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
 from simulator.faults import MALFORMED_FRAME
-from simulator.http import FrameWriter, client_ip, count_reply, fault_gate, json_response
+from simulator.http import WsConnection, client_ip, count_reply, fault_gate, json_response, serving_connection, spawn
 from simulator.limits import CountLimiter, Verdict
 from simulator.live import CandleEvent, Subscription
 from simulator.wire import bitfinex_candle, bitfinex_candles, dumps
@@ -199,15 +199,8 @@ class BitfinexServer:
         transport = request.transport
         await ws.prepare(request)
         conn = BitfinexConnection(self, ws, transport)
-        token = self.sim.faults.connections.add(EXCHANGE, conn)
-        stats.ws_connections_opened += 1
-        stats.ws_connections_open += 1
-        try:
+        async with serving_connection(self.sim, EXCHANGE, conn):
             await conn.serve()
-        finally:
-            stats.ws_connections_open -= 1
-            self.sim.faults.connections.remove(token)
-            await conn.cleanup()
         return ws
 
     def new_chan_id(self, taken: set[int]) -> int:
@@ -236,7 +229,7 @@ class BitfinexServer:
             for conn in conns:
                 conn.send_event({"event": "info", "code": code, "msg": INFO_MESSAGES[code]})
                 if code == 20051:
-                    asyncio.get_running_loop().create_task(conn.close_soon())
+                    spawn(conn.close_soon())
         else:
             raise ValueError(f"bitfinex has no action {name!r}")
 
@@ -257,24 +250,16 @@ class Channel:
     pending: list[CandleEvent] | None = field(default_factory=list)
 
 
-class BitfinexConnection:
+class BitfinexConnection(WsConnection):
     """One `/ws/2` socket: its channels, flags and per-socket sequence number."""
 
     def __init__(self, server: BitfinexServer, ws: web.WebSocketResponse, transport: Any) -> None:
+        super().__init__(server.sim, EXCHANGE, ws, transport)
         self.server = server
-        self.sim = server.sim
-        self.ws = ws
-        self.transport = transport
-        self.writer = FrameWriter(ws, server.sim, EXCHANGE)
         self.channels: dict[int, Channel] = {}
         self.by_key: dict[str, int] = {}
         self.flags = 0
         self.seq = 0
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     async def close_soon(self) -> None:
         await self.writer.close(code=1001, message=b"restart")
@@ -297,9 +282,7 @@ class BitfinexConnection:
             if channel.subscription is not None:
                 channel.subscription.close()
         self.channels.clear()
-        for task in self._tasks:
-            task.cancel()
-        await self.writer.stop()
+        await super().cleanup()
 
     # ---- sending
 

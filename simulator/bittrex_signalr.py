@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from aiohttp import WSMsgType, web
 
 from simulator.core import MINUTE_MS, SimMarket
-from simulator.http import FrameWriter, json_response
+from simulator.http import WsConnection, json_response, serving_connection, spawn
 from simulator.live import CandleEvent, Subscription
 from simulator.wire import bittrex_candle, dumps
 
@@ -165,7 +165,6 @@ class BittrexSignalRServer:
         self.streams: dict[str, CandleStream] = {}
         self.sequences: dict[str, int] = {}
         self.connections: dict[str, SignalRConnection] = {}
-        self.background: set[asyncio.Task[Any]] = set()
 
     def add_routes(self, app: web.Application) -> None:
         for method in ("GET", "POST"):
@@ -273,23 +272,17 @@ class BittrexSignalRServer:
             previous.close_soon()
         transport = request.transport
         await ws.prepare(request)
-        stats = self.sim.stats[EXCHANGE]
         conn = SignalRConnection(self, ws, transport, connection_id)
         self.connections[connection_id] = conn
-        token = self.sim.faults.connections.add(EXCHANGE, conn)
-        stats.ws_connections_opened += 1
-        stats.ws_connections_open += 1
-        try:
-            if reconnecting:
-                for group in self.signer.groups(request.query.get("groupsToken"), connection_id):
-                    conn.subscribe(group.removeprefix(f"{HUB}."))
-            await conn.serve(send_init=not reconnecting)
-        finally:
-            stats.ws_connections_open -= 1
-            self.sim.faults.connections.remove(token)
-            if self.connections.get(connection_id) is conn:
-                del self.connections[connection_id]
-            await conn.cleanup()
+        async with serving_connection(self.sim, EXCHANGE, conn):
+            try:
+                if reconnecting:
+                    for group in self.signer.groups(request.query.get("groupsToken"), connection_id):
+                        conn.subscribe(group.removeprefix(f"{HUB}."))
+                await conn.serve(send_init=not reconnecting)
+            finally:
+                if self.connections.get(connection_id) is conn:
+                    del self.connections[connection_id]
         return ws
 
     # ------------------------------------------------------------------------------ streams
@@ -359,34 +352,24 @@ class BittrexSignalRServer:
 HEARTBEAT_ENTRY = dumps({"H": PUSH_HUB, "M": "heartbeat", "A": []})
 
 
-class SignalRConnection:
+class SignalRConnection(WsConnection):
     """One websocket: its subscriptions, message cursor, keep-alives, heartbeats and batched pushes."""
 
     def __init__(self, server: BittrexSignalRServer, ws: web.WebSocketResponse, transport: Any,
                  connection_id: str) -> None:
+        super().__init__(server.sim, EXCHANGE, ws, transport)
         self.server = server
-        self.sim = server.sim
-        self.ws = ws
-        self.transport = transport
         self.connection_id = connection_id
-        self.writer = FrameWriter(ws, server.sim, EXCHANGE)
         self.streams: set[str] = set()
         self.messages = 0
         self._cursor_prefix = f"d-{secrets.token_hex(4).upper()}-B"
         self._pending: list[str] = []
         self._pending_data = False
         self._flush_scheduled = False
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
 
     def close_soon(self) -> None:
         """Close from outside the socket's own task (`ws.close` may wait for the peer's answer)."""
-        task = asyncio.get_running_loop().create_task(self.ws.close(code=1000))
-        self.server.background.add(task)
-        task.add_done_callback(self.server.background.discard)
+        spawn(self.ws.close(code=1000))
 
     # ---- lifecycle
 
@@ -409,9 +392,7 @@ class SignalRConnection:
         for stream in list(self.streams):
             self.server.leave(self, stream)
         self.streams.clear()
-        for task in self._tasks:
-            task.cancel()
-        await self.writer.stop()
+        await super().cleanup()
 
     # ---- sending
 

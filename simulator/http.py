@@ -1,17 +1,20 @@
-"""Plumbing shared by the exchange servers: request accounting, injected HTTP faults, ws writers.
+"""Plumbing shared by the exchange servers: request accounting, injected HTTP faults, websockets.
 
 `fault_gate` runs before an exchange's own handler and returns the reply a fault forces (a 429
 storm, a 5xx, a hang), or None to let the request through. `FrameWriter` is the per-connection
 outbound queue every websocket server uses, so the live feed never awaits a slow client: the feed
-appends, the writer task drains.
+appends, the writer task drains. `WsConnection` is the base of every websocket connection class and
+`serving_connection` the bookkeeping around serving one; `spawn` starts the fire-and-forget tasks
+(closes from outside a socket's own task) and keeps them referenced until they finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine
 
 from aiohttp import web
 
@@ -51,6 +54,18 @@ async def fault_gate(
     return None
 
 
+_background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    """Run `coro` as a task nobody awaits. The event loop keeps only a weak reference to its tasks,
+    so an unreferenced one may be garbage-collected before it finishes; this set holds it until then."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
 def count_reply(sim: "Simulator", exchange: str, response: web.StreamResponse) -> None:
     stats = sim.stats[exchange]
     stats.rest_requests += 1
@@ -79,7 +94,7 @@ class FrameWriter:
             log.warning("%s client too slow (%d frames queued): closing", self.exchange, len(self.queue))
             self.closed = True
             self.queue.clear()
-            asyncio.get_running_loop().create_task(self.ws.close(code=1008, message=b"too slow"))
+            spawn(self.ws.close(code=1008, message=b"too slow"))
             return
         self.queue.append(text)
         self._wake.set()
@@ -118,3 +133,42 @@ class FrameWriter:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+class WsConnection:
+    """What every websocket connection shares: its socket, the transport under it (which `abort()`
+    cuts, for `drop_ws` and shutdown), its `FrameWriter` and its helper tasks (stopped by `cleanup`;
+    subclasses release their subscriptions first, then call this one)."""
+
+    def __init__(self, sim: "Simulator", exchange: str, ws: web.WebSocketResponse, transport: Any) -> None:
+        self.sim = sim
+        self.ws = ws
+        self.transport = transport
+        self.writer = FrameWriter(ws, sim, exchange)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def cleanup(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.writer.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving_connection(sim: "Simulator", exchange: str, conn: WsConnection) -> AsyncIterator[None]:
+    """Serve `conn` inside the block: while it runs, fault actions reach it through
+    `sim.faults.connections` and it counts as open; however the block ends, it is unregistered and
+    cleaned up."""
+    stats = sim.stats[exchange]
+    token = sim.faults.connections.add(exchange, conn)
+    stats.ws_connections_opened += 1
+    stats.ws_connections_open += 1
+    try:
+        yield
+    finally:
+        stats.ws_connections_open -= 1
+        sim.faults.connections.remove(token)
+        await conn.cleanup()
