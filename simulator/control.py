@@ -129,7 +129,7 @@ class ControlServer:
         return _json({"exchange": exchange, "symbol": market.symbol, "candles": rows})
 
     async def stats(self, request: web.Request) -> web.Response:
-        data = self.sim.stats.as_dict()
+        data = self.sim.stats.as_dict(self.sim.faults.connections.counts())
         data["feed"] = {"events_delivered": self.sim.feed.events_delivered,
                         "subscriptions": self.sim.feed.subscriber_count()}
         return _json(data)

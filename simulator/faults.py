@@ -15,13 +15,15 @@ sends the `serverShutdown` event and closes.
 
 `ConnectionRegistry` is how every websocket server (including the Bittrex SignalR one) makes its
 connections reachable by these actions: `token = registry.add(exchange, conn)` where `conn` has
-`abort()`; `registry.remove(token)` when it closes.
+`abort()`; `registry.remove(token)` when it closes (`simulator.http.serving_connection` does both).
+It is also the count of open connections that `/control/stats` reports.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -90,6 +92,10 @@ class ConnectionRegistry:
 
     def of(self, exchange: str) -> list[Connection]:
         return [conn for ex, conn in self._conns.values() if ex == exchange]
+
+    def counts(self) -> Counter[str]:
+        """Open connections per exchange (absent = none)."""
+        return Counter(ex for ex, _ in self._conns.values())
 
 
 class Faults:

@@ -160,15 +160,12 @@ class WsConnection:
 @contextlib.asynccontextmanager
 async def serving_connection(sim: "Simulator", exchange: str, conn: WsConnection) -> AsyncIterator[None]:
     """Serve `conn` inside the block: while it runs, fault actions reach it through
-    `sim.faults.connections` and it counts as open; however the block ends, it is unregistered and
-    cleaned up."""
-    stats = sim.stats[exchange]
+    `sim.faults.connections` (which is also what `ws_connections_open` counts); however the block
+    ends, it is unregistered and cleaned up."""
     token = sim.faults.connections.add(exchange, conn)
-    stats.ws_connections_opened += 1
-    stats.ws_connections_open += 1
+    sim.stats[exchange].ws_connections_opened += 1
     try:
         yield
     finally:
-        stats.ws_connections_open -= 1
         sim.faults.connections.remove(token)
         await conn.cleanup()
