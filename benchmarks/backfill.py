@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import random
 import resource
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from benchmarks.measure import cpu_seconds, http_json, machine, memory_mb, postgres_cpu_seconds
+from benchmarks.measure import cpu_seconds, machine, memory_mb, postgres_cpu_seconds
 from common.candle import Candle, Market
 from common.db import connect, upsert_candles, upsert_markets
 from common.schema import apply_schema
@@ -45,7 +44,9 @@ from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobStore
 from fetchers.rest.jobs import create_job
 from fetchers.rest.markets import refresh_markets
+from simulator.core import TRADING_STATUSES
 from tests.support.services import PostgresServer, RedisServer
+from tests.support.simulator import SimHandle, simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000
@@ -62,46 +63,17 @@ class Row:
     target: str = ""
 
 
-class SimulatorProcess:
-    """`python -m simulator --json ...` in its own process."""
-
-    def __init__(self, *args: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "simulator", "--json", *args], cwd=ROOT,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the simulator did not start")
-        self.urls = json.loads(line)["urls"]
-
-    @property
-    def control(self) -> str:
-        return self.urls["control"]
-
-    def now_minute(self) -> int:
-        return http_json(f"{self.control}/control/clock")["current_minute_ms"]
-
-    def stats(self, exchange: str) -> dict:
-        return http_json(f"{self.control}/control/stats")[exchange]
-
-    def trading_markets(self, exchange: str) -> list[dict]:
-        markets = http_json(f"{self.control}/control/markets?exchange={exchange}")
-        return [m for m in markets if m["status"] in ("TRADING", "ONLINE", "listed")]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
+def trading_symbols(sim: SimHandle, exchange: str) -> list[str]:
+    return [m["symbol"] for m in sim.markets(exchange) if m["status"] in TRADING_STATUSES]
 
 
-def platform_settings(pg: PostgresServer, rd: RedisServer, sim: SimulatorProcess, dbname: str, **extra) -> Settings:
+def platform_settings(pg: PostgresServer, rd: RedisServer, sim: SimHandle, dbname: str, **extra) -> Settings:
     values = dict(
         postgres_host="127.0.0.1", postgres_port=pg.port, postgres_user=pg.user, postgres_db=dbname,
         redis_host="127.0.0.1", redis_port=rd.port, redis_password=rd.password, _env_file=None,
         log_dir=ROOT / "logs",
     )
-    for exchange in ("bitfinex", "binance", "bittrex"):
-        values[f"{exchange}_rest_url"] = sim.urls[exchange]["rest"]
-        values[f"{exchange}_ws_url"] = sim.urls[exchange]["ws"]
+    values.update(sim.settings_overrides())
     values.update(extra)
     return Settings(**values)
 
@@ -210,16 +182,15 @@ def run_engine(settings: Settings, exchange: str, start_ms: int, end_ms: int, sy
 
 
 def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: int, rounds: int) -> list[Row]:
-    sim = SimulatorProcess("--markets", str(markets), "--speed", "1", "--history-days", str(days + 3),
+    with simulator_process("--markets", str(markets), "--speed", "1", "--history-days", str(days + 3),
                            "--history-cache-days", str(markets * (days + 1) + 10),
-                           "--binance-weight-per-window", "1000000000")
-    try:
-        symbols = [m["symbol"] for m in sim.trading_markets("binance")]
-        now = sim.now_minute()
+                           "--binance-weight-per-window", "1000000000") as sim:
+        symbols = trading_symbols(sim, "binance")
+        now = sim.clock()["current_minute_ms"]
         end_ms = now - now % DAY_MS
         start_ms = end_ms - days * DAY_MS
         for symbol in symbols:  # warm the simulator's cache: the platform is what is measured
-            http_json(f"{sim.control}/control/candles?exchange=binance&symbol={symbol}&start={start_ms}&end={end_ms - 1}")
+            sim.truth("binance", symbol, start_ms, end_ms)
         settings = fresh_database(pg, "bench_e2e", lambda db: platform_settings(
             pg, rd, sim, db, rest_concurrency=16))
         candles = 0
@@ -229,10 +200,10 @@ def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: in
             with connect(settings) as conn, conn.cursor() as cur:
                 cur.execute("TRUNCATE ohlcvs")
             rd.client().flushall()
-            s0, p0, o0 = cpu_seconds(sim.proc.pid), postgres_cpu_seconds(pg.port), time.process_time()
+            s0, p0, o0 = cpu_seconds(sim.pid), postgres_cpu_seconds(pg.port), time.process_time()
             job, elapsed, refreshed_in = run_engine(settings, "binance", start_ms, end_ms, symbols, unlimited=True)
             refresh += refreshed_in
-            sim_cpu += cpu_seconds(sim.proc.pid) - s0
+            sim_cpu += cpu_seconds(sim.pid) - s0
             pg_cpu += postgres_cpu_seconds(pg.port) - p0
             own_cpu += time.process_time() - o0
             assert job.failed == 0 and job.done == job.total
@@ -248,8 +219,6 @@ def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: in
                 f"{sim_cpu / seconds:.0%} / {own_cpu / seconds:.0%} / {pg_cpu / seconds:.0%} of one core"),
             Row(label, "platform CPU per 1,000 candles", f"{own_cpu / candles * 1e6:,.1f} ms"),
         ]
-    finally:
-        sim.stop()
 
 
 # ----------------------------------------------------------------------------------- 3. limit on
@@ -259,16 +228,15 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
             "--binance-weight-per-window", str(weight)]
     if markets:
         args += ["--markets", str(markets)]
-    sim = SimulatorProcess(*args)
-    try:
+    with simulator_process(*args) as sim:
         settings = fresh_database(pg, "bench_limit", lambda db: platform_settings(
             pg, rd, sim, db, rest_rate_window_seconds=window, binance_rest_weight_per_minute=weight))
         rd.client().flushall()
-        now = sim.now_minute()
+        now = sim.clock()["current_minute_ms"]
         end_ms = now - now % (3600_000) - 3600_000
         start_ms = end_ms - 3600_000  # the last full hour of every trading market: one request each
         asyncio.run(refresh_markets(settings, "binance"))
-        before = sim.stats("binance")
+        before = sim.stats()["binance"]
         samples: list[tuple[float, int]] = []
 
         async def sampled():
@@ -284,7 +252,7 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
             return await engine
 
         job = asyncio.run(sampled())
-        after = sim.stats("binance")
+        after = sim.stats()["binance"]
         sent = after["rest_requests"] - before["rest_requests"]
         # steady state: between 10% and 90% of the job
         lo = next(s for s in samples if s[1] >= job.total * 0.1)
@@ -297,19 +265,17 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
             Row(label, "429 / 418 answers earned by our pace", f"{after['over_limit'] - before['over_limit']} "
                 f"(requests sent: {sent:,})", "0"),
         ]
-    finally:
-        sim.stop()
 
 
 # -------------------------------------------------------------------------------------- 4. memory
 
 def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: list[int]) -> list[Row]:
-    sim = SimulatorProcess("--markets", str(markets + 6), "--speed", "1",  # + the catalog's non-trading ones
-                           "--history-days", str(max(day_counts) + 2), "--binance-weight-per-window", "1000000000")
     rows = []
-    try:
-        symbols = [m["symbol"] for m in sim.trading_markets("binance")][:markets]
-        now = sim.now_minute()
+    with simulator_process("--markets", str(markets + 6), "--speed", "1",  # + the non-trading ones
+                           "--history-days", str(max(day_counts) + 2),
+                           "--binance-weight-per-window", "1000000000") as sim:
+        symbols = trading_symbols(sim, "binance")[:markets]
+        now = sim.clock()["current_minute_ms"]
         end_ms = now - now % DAY_MS
         for days in day_counts:
             settings = fresh_database(pg, "bench_memory", lambda db: platform_settings(pg, rd, sim, db))
@@ -334,8 +300,6 @@ def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: 
             rows.append(Row(f"4. worker memory ({len(symbols)} markets)", f"peak RSS of fetch --local, {days}-day job",
                             f"{peak:,.0f} MB ({days * len(symbols) * 1440:,} candles in "
                             f"{time.perf_counter() - began:,.0f} s)", "flat in the range"))
-    finally:
-        sim.stop()
     return rows
 
 

@@ -26,7 +26,6 @@ import asyncio
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
@@ -39,6 +38,7 @@ import aiohttp
 
 from benchmarks.measure import cpu_seconds, http_json, machine, memory_mb
 from tests.support.signalr_minimal import CONNECTION_DATA
+from tests.support.simulator import simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXCHANGES = ("bitfinex", "binance", "bittrex")
@@ -215,22 +215,6 @@ async def bittrex_clients(
 # ------------------------------------------------------------------------------------ benchmark
 
 
-def start_simulator(speed: float, profile: str | None = None) -> tuple[subprocess.Popen[str], dict[str, Any]]:
-    profiler = ["-m", "cProfile", "-o", profile] if profile else []
-    proc = subprocess.Popen(
-        [sys.executable, *profiler, "-m", "simulator", "--json", "--markets", "all", "--speed", f"{speed:g}"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        raise SystemExit(f"the simulator did not start: {proc.stderr.read() if proc.stderr else ''}")
-    return proc, json.loads(line)["urls"]
-
-
 def has_bittrex_socket(urls: dict[str, Any]) -> bool:
     query = f"clientProtocol=1.5&connectionData={urllib.request.quote(CONNECTION_DATA)}"
     try:
@@ -241,9 +225,9 @@ def has_bittrex_socket(urls: dict[str, Any]) -> bool:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    proc, urls = start_simulator(args.speed, args.profile)
-    control = urls["control"]
-    try:
+    profiler = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+    with simulator_process("--markets", "all", "--speed", f"{args.speed:g}", python_args=profiler) as sim:
+        urls, control = sim.urls, sim.control
         markets = {
             ex: [m["symbol"] for m in http_json(f"{control}/control/markets?exchange={ex}")]
             for ex in EXCHANGES
@@ -285,17 +269,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             frames_before = {ex: c.frames for ex, c in counts.items()}
             data_before = {ex: c.data_frames for ex, c in counts.items()}
             lags.clear()
-            cpu_before, client_before = cpu_seconds(proc.pid), time.process_time()
+            cpu_before, client_before = cpu_seconds(sim.pid), time.process_time()
             wall_before = time.monotonic()
             peak_rss = 0.0
             while time.monotonic() - wall_before < args.seconds:
                 await asyncio.sleep(1.0)
-                peak_rss = max(peak_rss, memory_mb(proc.pid)[0])
+                peak_rss = max(peak_rss, memory_mb(sim.pid)[0])
             wall = time.monotonic() - wall_before
-            cpu = cpu_seconds(proc.pid) - cpu_before
+            cpu = cpu_seconds(sim.pid) - cpu_before
             client_cpu = time.process_time() - client_before
             stats = http_json(f"{control}/control/stats")
-            rss, hwm = memory_mb(proc.pid)
+            rss, hwm = memory_mb(sim.pid)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -333,13 +317,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "lag_samples": len(lags),
             "feed_subscriptions": stats["feed"]["subscriptions"],
         }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def table(result: dict[str, Any]) -> str:

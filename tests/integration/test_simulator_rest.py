@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from simulator.core import MarketCatalog
-from tests.support.simulator import SimHandle, running_simulator
+from tests.support.simulator import SimHandle, is_json_number, running_simulator
 
 pytestmark = pytest.mark.integration
 
@@ -75,10 +75,6 @@ def within(seconds: float, condition: Callable[[], bool]) -> bool:
             return False
         time.sleep(0.05)
     return True
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, Decimal)) and not isinstance(value, bool)
 
 
 def utc_day(ms: int) -> datetime:
@@ -157,7 +153,7 @@ def _check_bitfinex_rows(rows: list[Any]) -> None:
     for row in rows:
         assert isinstance(row, list) and len(row) == 6
         assert isinstance(row[0], int) and row[0] % MINUTE == 0
-        assert all(is_number(v) for v in row[1:]), row
+        assert all(is_json_number(v) for v in row[1:]), row
         _, open_, close, high, low, volume = row
         assert high >= max(open_, close) and low <= min(open_, close) and low > 0
         assert volume > 0, "Bitfinex has no candle for a minute without trades"

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from tests.support.simulator import SimHandle, running_simulator
+from tests.support.simulator import SimHandle, is_json_number, running_simulator
 
 pytestmark = pytest.mark.integration
 
@@ -76,10 +76,6 @@ async def close_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float = 3.0)
         return msg.data, texts
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, Decimal)) and not isinstance(value, bool)
-
-
 @pytest.fixture
 def sim() -> Iterator[SimHandle]:
     with running_simulator() as handle:
@@ -117,7 +113,7 @@ async def bfx_subscribe(ws: aiohttp.ClientWebSocketResponse, pair: str) -> tuple
 def check_bitfinex_candle(candle: Any) -> None:
     assert isinstance(candle, list) and len(candle) == 6
     assert isinstance(candle[0], int) and candle[0] % MINUTE == 0
-    assert all(is_number(v) for v in candle[1:]), candle
+    assert all(is_json_number(v) for v in candle[1:]), candle
     _, open_, close, high, low, volume = candle
     assert high >= max(open_, close) and low <= min(open_, close) and volume > 0
 

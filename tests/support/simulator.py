@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +22,8 @@ from urllib.request import Request, urlopen
 
 from simulator.config import SimConfig
 from simulator.server import Simulator, SimulatorThread
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _http_json(url: str, body: Any = None) -> Any:
@@ -29,25 +34,30 @@ def _http_json(url: str, body: Any = None) -> Any:
         return json.loads(response.read() or b"null")
 
 
+def is_json_number(value: Any) -> bool:
+    """A JSON number as read with parse_float=Decimal (booleans are not numbers)."""
+    return isinstance(value, (int, Decimal)) and not isinstance(value, bool)
+
+
 @dataclass
 class SimHandle:
     urls: dict[str, Any]
+    env_lines: list[str]
+    """The simulator's own `.env` lines (`BITFINEX_REST_URL=...`) that point the platform at it."""
     simulator: Simulator | None = None
+    pid: int | None = None
+    """The simulator's process id when it runs as a child process."""
 
     @property
     def control(self) -> str:
         return self.urls["control"]
 
+    def env(self) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in self.env_lines)
+
     def settings_overrides(self) -> dict[str, str]:
         """Settings fields (lower-case) that point the platform at this simulator."""
-        values: dict[str, str] = {}
-        for exchange in ("bitfinex", "binance", "bittrex"):
-            values[f"{exchange}_rest_url"] = self.urls[exchange]["rest"]
-            values[f"{exchange}_ws_url"] = self.urls[exchange]["ws"]
-        return values
-
-    def env(self) -> dict[str, str]:
-        return {key.upper(): value for key, value in self.settings_overrides().items()}
+        return {key.lower(): value for key, value in self.env().items()}
 
     def clock(self) -> dict[str, Any]:
         return _http_json(f"{self.control}/control/clock")
@@ -77,22 +87,27 @@ class SimHandle:
 def running_simulator(**overrides: Any) -> Iterator[SimHandle]:
     """An in-process simulator (fast-test limits unless overridden) for the duration of the block."""
     with SimulatorThread(SimConfig.fast_test(**overrides)) as sim:
-        yield SimHandle(urls=sim.urls, simulator=sim)
+        yield SimHandle(urls=sim.urls, env_lines=sim.env_lines(), simulator=sim)
 
 
 @contextmanager
-def simulator_process(*args: str) -> Iterator[SimHandle]:
-    """`python -m simulator --json ARGS` as a child process, the way users run it."""
+def simulator_process(*args: str, python_args: Sequence[str] = ()) -> Iterator[SimHandle]:
+    """`python -m simulator --json ARGS` as a child process, the way users run it (`python_args`
+    go before `-m`, e.g. a profiler)."""
+    errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody drains
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--json", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, *python_args, "-m", "simulator", "--json", *args], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=errors, text=True,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"simulator did not start: {proc.stderr.read() if proc.stderr else ''}")
-        yield SimHandle(urls=json.loads(line)["urls"])
+            proc.wait()
+            errors.seek(0)
+            raise RuntimeError(f"the simulator did not start: {errors.read().strip()}")
+        started = json.loads(line)
+        yield SimHandle(urls=started["urls"], env_lines=started["env"], pid=proc.pid)
     finally:
         proc.terminate()
         try:
@@ -100,3 +115,4 @@ def simulator_process(*args: str) -> Iterator[SimHandle]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        errors.close()
