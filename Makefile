@@ -6,12 +6,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help deps system-deps python-deps test test-unit init-db clean
+.PHONY: help deps system-deps python-deps test test-unit lint format init-db clean
 
 help:
 	@echo "make test         install what is missing, then run the whole test suite"
 	@echo "make deps         only install (Debian packages if absent, Python packages into .venv)"
 	@echo "make test-unit    only the pure unit tests (fast)"
+	@echo "make lint         ruff: lint rules and formatting (part of make test)"
+	@echo "make format       let ruff fix what it can and reformat"
 	@echo "make init-db      apply the schema to the database configured in .env"
 
 deps: system-deps python-deps
@@ -28,8 +30,16 @@ $(STAMP): requirements.txt requirements-test.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-test: deps
+test: deps lint
 	$(PY) -m pytest
+
+lint: python-deps
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: python-deps
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test-unit: python-deps
 	$(PY) -m pytest -m unit

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -50,10 +50,11 @@ from tests.support.simulator import SimHandle, simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_MS = 86_400_000
-UTC = timezone.utc
+UTC = UTC
 
 
 # ------------------------------------------------------------------------------------ helpers
+
 
 @dataclass
 class Row:
@@ -69,8 +70,14 @@ def trading_symbols(sim: SimHandle, exchange: str) -> list[str]:
 
 def platform_settings(pg: PostgresServer, rd: RedisServer, sim: SimHandle, dbname: str, **extra) -> Settings:
     values = dict(
-        postgres_host="127.0.0.1", postgres_port=pg.port, postgres_user=pg.user, postgres_db=dbname,
-        redis_host="127.0.0.1", redis_port=rd.port, redis_password=rd.password, _env_file=None,
+        postgres_host="127.0.0.1",
+        postgres_port=pg.port,
+        postgres_user=pg.user,
+        postgres_db=dbname,
+        redis_host="127.0.0.1",
+        redis_port=rd.port,
+        redis_password=rd.password,
+        _env_file=None,
         log_dir=ROOT / "logs",
     )
     values.update(sim.settings_overrides())
@@ -102,6 +109,7 @@ def fresh_database(pg: PostgresServer, name: str, settings_for) -> Settings:
 
 # ---------------------------------------------------------------------------------- 1. storage
 
+
 def synthetic_candles(markets: int, minutes: int, seed: int = 1) -> list[Candle]:
     """Exchange-like decimals: 8 decimals, magnitudes from 1e-8 to 1e5, varied volumes."""
     rng = random.Random(seed)
@@ -113,16 +121,29 @@ def synthetic_candles(markets: int, minutes: int, seed: int = 1) -> list[Candle]
         for i in range(minutes):
             low = price
             high = price + Decimal(rng.randint(0, 500)).scaleb(-8)
-            candles.append(Candle("binance", f"B{m:03d}", "USDT", start + timedelta(minutes=i),
-                                  price, high, low, high, Decimal(rng.randint(0, 10**12)).scaleb(-8)))
+            candles.append(
+                Candle(
+                    "binance",
+                    f"B{m:03d}",
+                    "USDT",
+                    start + timedelta(minutes=i),
+                    price,
+                    high,
+                    low,
+                    high,
+                    Decimal(rng.randint(0, 10**12)).scaleb(-8),
+                )
+            )
     return candles
 
 
 def copy_text(candles: list[Candle]) -> io.StringIO:
     buffer = io.StringIO()
     for c in candles:
-        buffer.write(f"{c.time.isoformat()}\t{c.exchange}\t{c.base_id}\t{c.quote_id}\t"
-                     f"{c.open}\t{c.high}\t{c.low}\t{c.close}\t{c.volume}\n")
+        buffer.write(
+            f"{c.time.isoformat()}\t{c.exchange}\t{c.base_id}\t{c.quote_id}\t"
+            f"{c.open}\t{c.high}\t{c.low}\t{c.close}\t{c.volume}\n"
+        )
     buffer.seek(0)
     return buffer
 
@@ -140,8 +161,10 @@ def bench_storage(settings: Settings, count: int) -> list[Row]:
     buffer = copy_text(candles)
     began = time.perf_counter()
     with conn.cursor() as cur:
-        cur.copy_expert("COPY ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume) "
-                        "FROM STDIN", buffer)
+        cur.copy_expert(
+            "COPY ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume) FROM STDIN",
+            buffer,
+        )
     conn.commit()
     raw = len(candles) / (time.perf_counter() - began)
 
@@ -149,31 +172,58 @@ def bench_storage(settings: Settings, count: int) -> list[Row]:
         cur.execute("TRUNCATE ohlcvs")
     conn.commit()
     rates = {}
-    changed = [Candle(c.exchange, c.base_id, c.quote_id, c.time, c.open, c.high, c.low, c.close,
-                      c.volume + Decimal("0.00000001")) for c in candles]
-    for label, batch in (("empty table", candles), ("over identical rows", candles), ("over changed rows", changed)):
+    changed = [
+        Candle(
+            c.exchange,
+            c.base_id,
+            c.quote_id,
+            c.time,
+            c.open,
+            c.high,
+            c.low,
+            c.close,
+            c.volume + Decimal("0.00000001"),
+        )
+        for c in candles
+    ]
+    for label, batch in (
+        ("empty table", candles),
+        ("over identical rows", candles),
+        ("over changed rows", changed),
+    ):
         began = time.perf_counter()
         for i in range(0, len(batch), 20_000):  # the backfill writer's batch size
-            upsert_candles(conn, batch[i:i + 20_000])
+            upsert_candles(conn, batch[i : i + 20_000])
             conn.commit()
         rates[label] = len(batch) / (time.perf_counter() - began)
     conn.close()
     rows = [Row("1. storage (1M candles)", "raw COPY into ohlcvs (ceiling)", f"{raw:,.0f} rows/s")]
     for label, rate in rates.items():
-        rows.append(Row("1. storage (1M candles)", f"bulk upsert, {label}",
-                        f"{rate:,.0f} rows/s ({rate / raw:.0%} of COPY)", ">= 50% of COPY"))
+        rows.append(
+            Row(
+                "1. storage (1M candles)",
+                f"bulk upsert, {label}",
+                f"{rate:,.0f} rows/s ({rate / raw:.0%} of COPY)",
+                ">= 50% of COPY",
+            )
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------- 2. end to end
 
-def run_engine(settings: Settings, exchange: str, start_ms: int, end_ms: int, symbols: list[str] | None,
-               unlimited: bool) -> tuple[object, float, float]:
+
+def run_engine(
+    settings: Settings, exchange: str, start_ms: int, end_ms: int, symbols: list[str] | None, unlimited: bool
+) -> tuple[object, float, float]:
     """Create and run a job in-process; returns it, the seconds until its last candle committed,
     and the seconds its aggregate refresh took."""
+
     async def go():
         job = await create_job(settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols)
-        engine = BackfillEngine(settings, job.id, EngineOptions.from_settings(settings, unlimited_rate=unlimited))
+        engine = BackfillEngine(
+            settings, job.id, EngineOptions.from_settings(settings, unlimited_rate=unlimited)
+        )
         began = time.perf_counter()
         result = await engine.run()
         return result, time.perf_counter() - began - engine.refresh_seconds, engine.refresh_seconds
@@ -182,17 +232,27 @@ def run_engine(settings: Settings, exchange: str, start_ms: int, end_ms: int, sy
 
 
 def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: int, rounds: int) -> list[Row]:
-    with simulator_process("--markets", str(markets), "--speed", "1", "--history-days", str(days + 3),
-                           "--history-cache-days", str(markets * (days + 1) + 10),
-                           "--binance-weight-per-window", "1000000000") as sim:
+    with simulator_process(
+        "--markets",
+        str(markets),
+        "--speed",
+        "1",
+        "--history-days",
+        str(days + 3),
+        "--history-cache-days",
+        str(markets * (days + 1) + 10),
+        "--binance-weight-per-window",
+        "1000000000",
+    ) as sim:
         symbols = trading_symbols(sim, "binance")
         now = sim.clock()["current_minute_ms"]
         end_ms = now - now % DAY_MS
         start_ms = end_ms - days * DAY_MS
         for symbol in symbols:  # warm the simulator's cache: the platform is what is measured
             sim.truth("binance", symbol, start_ms, end_ms)
-        settings = fresh_database(pg, "bench_e2e", lambda db: platform_settings(
-            pg, rd, sim, db, rest_concurrency=16))
+        settings = fresh_database(
+            pg, "bench_e2e", lambda db: platform_settings(pg, rd, sim, db, rest_concurrency=16)
+        )
         candles = 0
         seconds = refresh = 0.0
         sim_cpu = pg_cpu = own_cpu = 0.0
@@ -201,7 +261,9 @@ def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: in
                 cur.execute("TRUNCATE ohlcvs")
             rd.client().flushall()
             s0, p0, o0 = cpu_seconds(sim.pid), postgres_cpu_seconds(pg.port), time.process_time()
-            job, elapsed, refreshed_in = run_engine(settings, "binance", start_ms, end_ms, symbols, unlimited=True)
+            job, elapsed, refreshed_in = run_engine(
+                settings, "binance", start_ms, end_ms, symbols, unlimited=True
+            )
             refresh += refreshed_in
             sim_cpu += cpu_seconds(sim.pid) - s0
             pg_cpu += postgres_cpu_seconds(pg.port) - p0
@@ -213,24 +275,46 @@ def bench_end_to_end(pg: PostgresServer, rd: RedisServer, markets: int, days: in
         label = f"2. end to end, limits off ({len(symbols)} markets x {days} days, {rounds} rounds)"
         return [
             Row(label, "candles/s (HTTP -> parse -> upsert, committed)", f"{rate:,.0f}", ">= 50,000"),
-            Row(label, "then: refresh of every aggregate level over the range",
-                f"{refresh / rounds:.2f} s per job"),
-            Row(label, "CPU: simulator / platform process / PostgreSQL",
-                f"{sim_cpu / seconds:.0%} / {own_cpu / seconds:.0%} / {pg_cpu / seconds:.0%} of one core"),
+            Row(
+                label,
+                "then: refresh of every aggregate level over the range",
+                f"{refresh / rounds:.2f} s per job",
+            ),
+            Row(
+                label,
+                "CPU: simulator / platform process / PostgreSQL",
+                f"{sim_cpu / seconds:.0%} / {own_cpu / seconds:.0%} / {pg_cpu / seconds:.0%} of one core",
+            ),
             Row(label, "platform CPU per 1,000 candles", f"{own_cpu / candles * 1e6:,.1f} ms"),
         ]
 
 
 # ----------------------------------------------------------------------------------- 3. limit on
 
-def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int, markets: int | None) -> list[Row]:
-    args = ["--speed", "1", "--history-days", "2", "--rate-window-seconds", str(window),
-            "--binance-weight-per-window", str(weight)]
+
+def bench_limit(
+    pg: PostgresServer, rd: RedisServer, window: float, weight: int, markets: int | None
+) -> list[Row]:
+    args = [
+        "--speed",
+        "1",
+        "--history-days",
+        "2",
+        "--rate-window-seconds",
+        str(window),
+        "--binance-weight-per-window",
+        str(weight),
+    ]
     if markets:
         args += ["--markets", str(markets)]
     with simulator_process(*args) as sim:
-        settings = fresh_database(pg, "bench_limit", lambda db: platform_settings(
-            pg, rd, sim, db, rest_rate_window_seconds=window, binance_rest_weight_per_minute=weight))
+        settings = fresh_database(
+            pg,
+            "bench_limit",
+            lambda db: platform_settings(
+                pg, rd, sim, db, rest_rate_window_seconds=window, binance_rest_weight_per_minute=weight
+            ),
+        )
         rd.client().flushall()
         now = sim.clock()["current_minute_ms"]
         end_ms = now - now % (3600_000) - 3600_000
@@ -240,7 +324,9 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
         samples: list[tuple[float, int]] = []
 
         async def sampled():
-            job = await create_job(settings, "binance", ms_to_datetime(start_ms), ms_to_datetime(end_ms), None)
+            job = await create_job(
+                settings, "binance", ms_to_datetime(start_ms), ms_to_datetime(end_ms), None
+            )
             engine = asyncio.create_task(BackfillEngine(settings, job.id).run())
             client = aioredis.from_url(settings.redis_url)
             store = JobStore(client)
@@ -260,20 +346,36 @@ def bench_limit(pg: PostgresServer, rd: RedisServer, window: float, weight: int,
         per_window = (hi[1] - lo[1]) / (hi[0] - lo[0]) * window * 2  # klines weigh 2
         label = f"3. limit on ({weight:,} weight per {window:g} s = 6,000/min scaled; {job.total:,} requests)"
         return [
-            Row(label, "weight used per window (steady state)", f"{per_window:,.0f} of {weight:,} "
-                f"= {per_window / weight:.1%}", ">= 95%"),
-            Row(label, "429 / 418 answers earned by our pace", f"{after['over_limit'] - before['over_limit']} "
-                f"(requests sent: {sent:,})", "0"),
+            Row(
+                label,
+                "weight used per window (steady state)",
+                f"{per_window:,.0f} of {weight:,} = {per_window / weight:.1%}",
+                ">= 95%",
+            ),
+            Row(
+                label,
+                "429 / 418 answers earned by our pace",
+                f"{after['over_limit'] - before['over_limit']} (requests sent: {sent:,})",
+                "0",
+            ),
         ]
 
 
 # -------------------------------------------------------------------------------------- 4. memory
 
+
 def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: list[int]) -> list[Row]:
     rows = []
-    with simulator_process("--markets", str(markets + 6), "--speed", "1",  # + the non-trading ones
-                           "--history-days", str(max(day_counts) + 2),
-                           "--binance-weight-per-window", "1000000000") as sim:
+    with simulator_process(
+        "--markets",
+        str(markets + 6),
+        "--speed",
+        "1",  # + the non-trading ones
+        "--history-days",
+        str(max(day_counts) + 2),
+        "--binance-weight-per-window",
+        "1000000000",
+    ) as sim:
         symbols = trading_symbols(sim, "binance")[:markets]
         now = sim.clock()["current_minute_ms"]
         end_ms = now - now % DAY_MS
@@ -282,10 +384,27 @@ def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: 
             rd.client().flushall()
             start = ms_to_datetime(end_ms - days * DAY_MS).strftime("%Y-%m-%dT%H:%M")
             proc = subprocess.Popen(
-                [sys.executable, "-m", "scripts.fetchers.rest", "fetch", "--exchange", "binance", "--start", start,
-                 "--end", ms_to_datetime(end_ms).strftime("%Y-%m-%dT%H:%M"), "--symbols", ",".join(symbols),
-                 "--local"], cwd=ROOT, env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "scripts.fetchers.rest",
+                    "fetch",
+                    "--exchange",
+                    "binance",
+                    "--start",
+                    start,
+                    "--end",
+                    ms_to_datetime(end_ms).strftime("%Y-%m-%dT%H:%M"),
+                    "--symbols",
+                    ",".join(symbols),
+                    "--local",
+                ],
+                cwd=ROOT,
+                env=settings_env(settings),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             peak = 0.0
             began = time.perf_counter()
             while proc.poll() is None:
@@ -297,18 +416,31 @@ def bench_memory(pg: PostgresServer, rd: RedisServer, markets: int, day_counts: 
             out = proc.communicate()[0]
             if proc.returncode != 0:
                 raise RuntimeError(f"fetch failed: {out}")
-            rows.append(Row(f"4. worker memory ({len(symbols)} markets)", f"peak RSS of fetch --local, {days}-day job",
-                            f"{peak:,.0f} MB ({days * len(symbols) * 1440:,} candles in "
-                            f"{time.perf_counter() - began:,.0f} s)", "flat in the range"))
+            rows.append(
+                Row(
+                    f"4. worker memory ({len(symbols)} markets)",
+                    f"peak RSS of fetch --local, {days}-day job",
+                    f"{peak:,.0f} MB ({days * len(symbols) * 1440:,} candles in "
+                    f"{time.perf_counter() - began:,.0f} s)",
+                    "flat in the range",
+                )
+            )
     return rows
 
 
 # ------------------------------------------------------------------------------------------ main
 
+
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.backfill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the reference figures)")
-    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 2 or 13 (default: all)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.backfill", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (a smoke run, not the reference figures)"
+    )
+    parser.add_argument(
+        "--sections", default="1234", help="which sections to run, e.g. 2 or 13 (default: all)"
+    )
     args = parser.parse_args()
     quick = args.quick
     pg_version = "?"
@@ -321,13 +453,22 @@ def main() -> int:
                 cur.execute("SHOW server_version")
                 pg_version = cur.fetchone()[0]
         if "1" in args.sections:
-            storage = fresh_database(pg, "bench_storage", lambda db: Settings(
-                postgres_host="127.0.0.1", postgres_port=pg.port, postgres_user=pg.user, postgres_db=db,
-                _env_file=None))
+            storage = fresh_database(
+                pg,
+                "bench_storage",
+                lambda db: Settings(
+                    postgres_host="127.0.0.1",
+                    postgres_port=pg.port,
+                    postgres_user=pg.user,
+                    postgres_db=db,
+                    _env_file=None,
+                ),
+            )
             rows += bench_storage(storage, 100_000 if quick else 1_000_000)
         if "2" in args.sections:
-            rows += bench_end_to_end(pg, rd, markets=10 if quick else 20, days=1 if quick else 5,
-                                     rounds=1 if quick else 3)
+            rows += bench_end_to_end(
+                pg, rd, markets=10 if quick else 20, days=1 if quick else 5, rounds=1 if quick else 3
+            )
         if "3" in args.sections:
             rows += bench_limit(pg, rd, window=20.0, weight=1200, markets=200 if quick else None)
         if "4" in args.sections:
@@ -347,7 +488,10 @@ def main() -> int:
             section = row.section
             print(f"| **{section}** | | |")
         print(f"| {row.measure:<{width}} | {row.value:<{value_width}} | {row.target} |")
-    print(f"\npeak RSS of this benchmark process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+    print(
+        "\npeak RSS of this benchmark process: "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB"
+    )
     return 0
 
 

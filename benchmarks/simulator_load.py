@@ -335,7 +335,10 @@ def table(result: dict[str, Any]) -> str:
             f"| {row['exchange']} | {row['markets']} | {row['subscriptions']} | {row['connections']} | "
             f"{row['frames_per_s']:,.0f} | {row['data_frames_per_s']:,.0f} | {row['sent_per_s']:,.0f} |"
         )
-    total = lambda key: sum(r[key] for r in result["rows"] if r["served"])
+
+    def total(key: str) -> float:
+        return sum(r[key] for r in result["rows"] if r["served"])
+
     lines.append(
         f"| **all** | {total('markets')} | {total('subscriptions')} | {total('connections')} | "
         f"{total('frames_per_s'):,.0f} | {total('data_frames_per_s'):,.0f} | {total('sent_per_s'):,.0f} |"

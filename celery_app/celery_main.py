@@ -1,7 +1,7 @@
 """The Celery app. Start workers per exchange queue or for all of them:
 
-    celery -A celery_app.celery_main worker -Q bitfinex_rest --concurrency 1
-    celery -A celery_app.celery_main worker -Q bitfinex_rest,binance_rest,bittrex_rest
+celery -A celery_app.celery_main worker -Q bitfinex_rest --concurrency 1
+celery -A celery_app.celery_main worker -Q bitfinex_rest,binance_rest,bittrex_rest
 """
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ from common.settings import get_settings
 
 def create_app() -> Celery:
     settings = get_settings()
-    app = Celery("coin_for_rich", broker=settings.redis_url, backend=settings.redis_url,
-                 include=["celery_app.celery_tasks"])
+    app = Celery(
+        "coin_for_rich",
+        broker=settings.redis_url,
+        backend=settings.redis_url,
+        include=["celery_app.celery_tasks"],
+    )
     app.config_from_object("celery_app.celery_config")
     return app
 

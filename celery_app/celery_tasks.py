@@ -24,5 +24,9 @@ def refresh_markets(exchange: str) -> dict:
     """Upsert the exchange's market list into symbol_exchange."""
     setup_logging("celery_worker")
     result = asyncio.run(refresh_markets_async(get_settings(), exchange))
-    return {"exchange": result.exchange, "listed": result.listed, "trading": result.trading,
-            "changed": result.changed}
+    return {
+        "exchange": result.exchange,
+        "listed": result.listed,
+        "trading": result.trading,
+        "changed": result.changed,
+    }

@@ -8,12 +8,11 @@ exchange's final word) overwrites. Decimals travel as their exact text; nothing 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Iterator
 
 import psycopg2
 import psycopg2.errors
@@ -34,7 +33,7 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
     "ohlcvs_summary_7day": timedelta(days=7),
 }
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
-BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=timezone.utc)
+BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
@@ -134,7 +133,8 @@ def _candle_rows(candles: Iterable[Candle]) -> tuple[io.StringIO, int]:
         market = names.get((exchange, base_id, quote_id))
         if market is None:
             market = names[(exchange, base_id, quote_id)] = (
-                f"{_copy_text(exchange)}\t{_copy_text(base_id)}\t{_copy_text(quote_id)}")
+                f"{_copy_text(exchange)}\t{_copy_text(base_id)}\t{_copy_text(quote_id)}"
+            )
         stamp = times.get(time)
         if stamp is None:
             stamp = times[time] = time.isoformat()
@@ -264,9 +264,7 @@ def bucket_window(width: timedelta, start: datetime, end: datetime) -> tuple[dat
     return first, last
 
 
-def refresh_aggregates(
-    settings: Settings | None, start: datetime | None, end: datetime | None
-) -> None:
+def refresh_aggregates(settings: Settings | None, start: datetime | None, end: datetime | None) -> None:
     """Refresh every aggregate level over the buckets touched by [start, end) (None = all data).
 
     TimescaleDB's refresh is a procedure that must run outside a transaction block, so this opens

@@ -14,7 +14,9 @@ from common.settings import get_settings
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup_logging(process_name: str, to_file: bool = True, console_level: str | None = None) -> logging.Logger:
+def setup_logging(
+    process_name: str, to_file: bool = True, console_level: str | None = None
+) -> logging.Logger:
     settings = get_settings()
     root = logging.getLogger()
     root.setLevel(settings.log_level)

@@ -66,7 +66,9 @@ def apply_schema(settings: Settings) -> bool:
                 except psycopg2.Error as error:
                     conn.rollback()
                     message = (error.pgerror or str(error)).strip().splitlines()[0]
-                    raise DatabaseError(f"schema init failed in {path.name}: {message}; nothing was changed") from None
+                    raise DatabaseError(
+                        f"schema init failed in {path.name}: {message}; nothing was changed"
+                    ) from None
         conn.commit()
         return has_timescaledb(conn)
     finally:

@@ -105,8 +105,6 @@ class Settings(BaseSettings):
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
 
-
-
 class SettingsError(SystemExit):
     """Raised (as a clean exit) when the configuration is invalid."""
 

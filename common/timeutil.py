@@ -2,34 +2,34 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 MINUTE_MS = 60_000
 MINUTE = timedelta(minutes=1)
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def ms_to_datetime(ms: int) -> datetime:
     """Exact (integer arithmetic, no float); on the hot path of every parsed candle."""
     seconds, millis = divmod(ms, 1000)
-    value = datetime.fromtimestamp(seconds, timezone.utc)
+    value = datetime.fromtimestamp(seconds, UTC)
     return value.replace(microsecond=millis * 1000) if millis else value
 
 
 def datetime_to_ms(value: datetime) -> int:
     value = ensure_utc(value)
-    delta = value - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def ensure_utc(value: datetime) -> datetime:
     """Naive datetimes are taken as UTC; aware ones are converted to UTC."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def parse_utc(text: str) -> datetime:

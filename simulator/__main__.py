@@ -55,8 +55,10 @@ def _markets(text: str) -> int | None:
 def _ports(text: str) -> dict[str, int]:
     parts = text.split(",")
     if len(parts) != len(PORT_ORDER) or not all(p.strip().isdigit() for p in parts):
-        raise argparse.ArgumentTypeError("expected four ports: BITFINEX,BINANCE,BITTREX,CONTROL (0 = any free port)")
-    return {name: int(p) for name, p in zip(PORT_ORDER, parts) if int(p)}
+        raise argparse.ArgumentTypeError(
+            "expected four ports: BITFINEX,BINANCE,BITTREX,CONTROL (0 = any free port)"
+        )
+    return {name: int(p) for name, p in zip(PORT_ORDER, parts, strict=True) if int(p)}
 
 
 def _fault(text: str) -> tuple[str, str, Any]:
@@ -77,7 +79,9 @@ def _fault(text: str) -> tuple[str, str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m simulator", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default=DEFAULTS.host)
-    parser.add_argument("--markets", type=_markets, default=None, help="markets per exchange, or 'all' (default)")
+    parser.add_argument(
+        "--markets", type=_markets, default=None, help="markets per exchange, or 'all' (default)"
+    )
     parser.add_argument(
         "--speed", type=float, default=DEFAULTS.speed, help="simulated seconds per real second"
     )
@@ -96,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         if kind == "bool":
-            knobs.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=field.default)
+            knobs.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=field.default
+            )
         elif kind in ("int", "int | None"):
             knobs.add_argument(flag, dest=field.name, type=int, default=field.default, metavar="N")
         elif kind == "float":
@@ -106,8 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     values: dict[str, Any] = {
-        "host": args.host, "markets": args.markets, "speed": args.speed, "seed": args.seed,
-        "start_ms": args.start, "first_ms": args.first, "history_days": args.history_days, "ports": args.ports,
+        "host": args.host,
+        "markets": args.markets,
+        "speed": args.speed,
+        "seed": args.seed,
+        "start_ms": args.start,
+        "first_ms": args.first,
+        "history_days": args.history_days,
+        "ports": args.ports,
     }
     faults: dict[str, dict[str, Any]] = {}
     for exchange, name, value in args.fault:

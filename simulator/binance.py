@@ -24,7 +24,15 @@ from aiohttp import WSMsgType, web
 
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
 from simulator.faults import MALFORMED_FRAME
-from simulator.http import WsConnection, client_ip, count_reply, fault_gate, json_response, serving_connection, spawn
+from simulator.http import (
+    WsConnection,
+    client_ip,
+    count_reply,
+    fault_gate,
+    json_response,
+    serving_connection,
+    spawn,
+)
 from simulator.limits import CountLimiter, Verdict, WeightLimiter
 from simulator.live import CandleEvent, Subscription
 from simulator.wire import binance_kline_event, binance_kline_row, dumps
@@ -34,7 +42,24 @@ if TYPE_CHECKING:
 
 EXCHANGE = "binance"
 WEIGHTS = {"/api/v3/klines": 2, "/api/v3/exchangeInfo": 20, "/api/v3/ping": 1, "/api/v3/time": 1}
-INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+INTERVALS = (
+    "1s",
+    "1m",
+    "3m",
+    "5m",
+    "15m",
+    "30m",
+    "1h",
+    "2h",
+    "4h",
+    "6h",
+    "8h",
+    "12h",
+    "1d",
+    "3d",
+    "1w",
+    "1M",
+)
 SERVED_INTERVALS_MINUTES = {"1m": 1, "3m": 3, "5m": 5, "15m": 15, "30m": 30, "1h": 60}
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -60,14 +85,18 @@ def mandatory(param: str) -> web.Response:
 
 
 class BinanceServer:
-    def __init__(self, sim: "Simulator") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         cfg = sim.config
         self.weights = WeightLimiter(
-            cfg.binance_weight_per_window, cfg.rate_window_seconds, cfg.binance_ban_seconds, cfg.binance_429s_before_ban
+            cfg.binance_weight_per_window,
+            cfg.rate_window_seconds,
+            cfg.binance_ban_seconds,
+            cfg.binance_429s_before_ban,
         )
-        self.ws_limiter = CountLimiter(cfg.binance_ws_connections_per_window,
-                                       cfg.binance_ws_connections_window_seconds)
+        self.ws_limiter = CountLimiter(
+            cfg.binance_ws_connections_per_window, cfg.binance_ws_connections_window_seconds
+        )
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         self._symbols_text: str | None = None
 
@@ -103,12 +132,17 @@ class BinanceServer:
         headers = {"Retry-After": verdict.retry_after_header}
         if verdict.banned:
             until = int((time.time() + verdict.retry_after) * 1000)
-            msg = (f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams "
-                   "for live updates to avoid bans.")
+            msg = (
+                f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams "
+                "for live updates to avoid bans."
+            )
             return error(-1003, msg, status=418, headers=headers)
         _, window = self.window_label()
-        msg = (f"Too much request weight used; current limit is {self.weights.limit} request weight per {window}. "
-               "Please use WebSocket Streams for live updates to avoid polling the API.")
+        msg = (
+            f"Too much request weight used; current limit is {self.weights.limit} "
+            f"request weight per {window}. "
+            "Please use WebSocket Streams for live updates to avoid polling the API."
+        )
         return error(-1003, msg, status=429, headers=headers)
 
     @web.middleware
@@ -117,10 +151,12 @@ class BinanceServer:
             return await handler(request)
         ip = client_ip(request)
         forced = await fault_gate(
-            self.sim, EXCHANGE,
+            self.sim,
+            EXCHANGE,
             storm_reply=lambda: self._too_much(Verdict(False, self.sim.config.rate_window_seconds)),
-            error_reply=lambda: error(-1001, "Internal error; unable to process your request. Please try again.",
-                                      status=503),
+            error_reply=lambda: error(
+                -1001, "Internal error; unable to process your request. Please try again.", status=503
+            ),
         )
         if forced is not None:
             response: web.StreamResponse = forced
@@ -160,8 +196,12 @@ class BinanceServer:
             interval, num = "SECOND", int(seconds) if float(seconds).is_integer() else seconds
         fixture = self.sim.catalog_fixture("binance_exchangeInfo.json")["rateLimits"]
         others = [r for r in fixture if r["rateLimitType"] != "REQUEST_WEIGHT"]
-        weight = {"rateLimitType": "REQUEST_WEIGHT", "interval": interval, "intervalNum": num,
-                  "limit": self.weights.limit}
+        weight = {
+            "rateLimitType": "REQUEST_WEIGHT",
+            "interval": interval,
+            "intervalNum": num,
+            "limit": self.weights.limit,
+        }
         return [weight, *others]
 
     async def exchange_info(self, request: web.Request) -> web.Response:
@@ -181,7 +221,11 @@ class BinanceServer:
                     parsed = json.loads(query["symbols"])
                 except ValueError:
                     parsed = None
-                if not isinstance(parsed, list) or not parsed or not all(isinstance(s, str) and SYMBOL_RE.match(s) for s in parsed):
+                if (
+                    not isinstance(parsed, list)
+                    or not parsed
+                    or not all(isinstance(s, str) and SYMBOL_RE.match(s) for s in parsed)
+                ):
                     return illegal("symbols", '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$')
                 wanted = parsed
             if any(s not in self.markets for s in wanted):
@@ -196,8 +240,14 @@ class BinanceServer:
             if self._symbols_text is None:
                 self._symbols_text = dumps([raw[m.symbol] for m in self.sim.markets[EXCHANGE]])
             symbols_text = self._symbols_text
-        head = dumps({"timezone": "UTC", "serverTime": self.sim.clock.now_ms(), "rateLimits": self._rate_limits(),
-                      "exchangeFilters": []})
+        head = dumps(
+            {
+                "timezone": "UTC",
+                "serverTime": self.sim.clock.now_ms(),
+                "rateLimits": self._rate_limits(),
+                "exchangeFilters": [],
+            }
+        )
         return json_response(head[:-1] + ',"symbols":' + symbols_text + "}")
 
     async def klines(self, request: web.Request) -> web.Response:
@@ -236,7 +286,9 @@ class BinanceServer:
         def select() -> list[SimCandle]:
             if start is not None:
                 return history.oldest(market, interval_ms, start, limit, hi_ms=end)
-            return history.newest(market, interval_ms, end if end is not None else history.clock.now_ms(), limit)
+            return history.newest(
+                market, interval_ms, end if end is not None else history.clock.now_ms(), limit
+            )
 
         candles = await self.sim.compute(select)
         return json_response(dumps([binance_kline_row(c, interval_ms) for c in candles]))
@@ -251,7 +303,9 @@ class BinanceServer:
         streams = request.query.get("streams", "")
         return await self._websocket(request, [s for s in streams.split("/") if s], combined=True)
 
-    async def _websocket(self, request: web.Request, streams: list[str], combined: bool) -> web.StreamResponse:
+    async def _websocket(
+        self, request: web.Request, streams: list[str], combined: bool
+    ) -> web.StreamResponse:
         stats = self.sim.stats[EXCHANGE]
         if not self.ws_limiter.hit(client_ip(request)).allowed:
             stats.ws_connections_refused += 1
@@ -283,7 +337,9 @@ class BinanceServer:
 class BinanceConnection(WsConnection):
     """One market-stream socket: its streams, its `combined` property, pings and the message limit."""
 
-    def __init__(self, server: BinanceServer, ws: web.WebSocketResponse, transport: Any, combined: bool) -> None:
+    def __init__(
+        self, server: BinanceServer, ws: web.WebSocketResponse, transport: Any, combined: bool
+    ) -> None:
         super().__init__(server.sim, EXCHANGE, ws, transport)
         self.server = server
         self.combined = combined
@@ -387,8 +443,11 @@ class BinanceConnection(WsConnection):
             self._error(None, 2, "Invalid request: expected an object")
             return
         request_id = message.get("id")
-        if not (request_id is None or (isinstance(request_id, int) and not isinstance(request_id, bool) and request_id >= 0)
-                or (isinstance(request_id, str) and ID_RE.match(request_id))):
+        if not (
+            request_id is None
+            or (isinstance(request_id, int) and not isinstance(request_id, bool) and request_id >= 0)
+            or (isinstance(request_id, str) and ID_RE.match(request_id))
+        ):
             self._error(None, 2, "Invalid request: request ID must be an unsigned integer")
             return
         method = message.get("method")
@@ -397,11 +456,15 @@ class BinanceConnection(WsConnection):
             return
         if method not in METHODS:
             options = ", ".join(f"`{m}`" for m in METHODS)
-            self._error(request_id, 2, f"Invalid request: unknown variant `{method}`, expected one of {options}")
+            self._error(
+                request_id, 2, f"Invalid request: unknown variant `{method}`, expected one of {options}"
+            )
             return
         params = message.get("params", [])
         if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
-            if not isinstance(params, list) or not all(isinstance(p, str) and STREAM_RE.match(p) for p in params):
+            if not isinstance(params, list) or not all(
+                isinstance(p, str) and STREAM_RE.match(p) for p in params
+            ):
                 self._error(request_id, 2, "Invalid request: invalid stream")
                 return
             if method == "SUBSCRIBE":

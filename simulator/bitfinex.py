@@ -24,7 +24,15 @@ from aiohttp import WSMsgType, web
 
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
 from simulator.faults import MALFORMED_FRAME
-from simulator.http import WsConnection, client_ip, count_reply, fault_gate, json_response, serving_connection, spawn
+from simulator.http import (
+    WsConnection,
+    client_ip,
+    count_reply,
+    fault_gate,
+    json_response,
+    serving_connection,
+    spawn,
+)
 from simulator.limits import CountLimiter, Verdict
 from simulator.live import CandleEvent, Subscription
 from simulator.wire import bitfinex_candle, bitfinex_candles, dumps
@@ -41,18 +49,33 @@ FLAG_TIMESTAMP = 32_768
 FLAG_SEQ_ALL = 65_536
 
 CURRENCY_SYMBOLS: dict[str, str] = {
-    "UST": "USDt", "UDC": "USDC", "MNA": "MANA", "WBT": "WBTC", "XAUT": "XAUt", "TESTBTC": "BTC",
-    "TESTUSD": "USD", "TESTUSDT": "USDt", "BCHN": "BCH", "DSH": "DASH", "IOT": "IOTA", "QTM": "QTUM",
-    "DAT": "DATA", "QSH": "QASH", "YYW": "YOYOW", "ATO": "ATOM", "ALG": "ALGO", "DOG": "MDOGE",
+    "UST": "USDt",
+    "UDC": "USDC",
+    "MNA": "MANA",
+    "WBT": "WBTC",
+    "XAUT": "XAUt",
+    "TESTBTC": "BTC",
+    "TESTUSD": "USD",
+    "TESTUSDT": "USDt",
+    "BCHN": "BCH",
+    "DSH": "DASH",
+    "IOT": "IOTA",
+    "QTM": "QTUM",
+    "DAT": "DATA",
+    "QSH": "QASH",
+    "YYW": "YOYOW",
+    "ATO": "ATOM",
+    "ALG": "ALGO",
+    "DOG": "MDOGE",
 }
 """`pub:map:currency:sym`: API code -> display symbol, only where they differ."""
 
 INFO_MESSAGES: dict[int, str] = {
     20051: "Stopping. Please try to reconnect",
     20060: "Entering in Maintenance mode. Please pause any activity and resume after receiving the "
-           "info message 20061 (it should take 120 seconds at most).",
+    "info message 20061 (it should take 120 seconds at most).",
     20061: "Maintenance ended. You can resume normal activity. It is advised to unsubscribe/subscribe "
-           "again all channels.",
+    "again all channels.",
 }
 
 
@@ -61,13 +84,15 @@ def error_body(code: int, message: str) -> str:
 
 
 class BitfinexServer:
-    def __init__(self, sim: "Simulator") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         cfg = sim.config
         self.limiter = CountLimiter(
             cfg.bitfinex_candle_requests_per_window, cfg.rate_window_seconds, cfg.bitfinex_block_seconds
         )
-        self.ws_limiter = CountLimiter(cfg.bitfinex_ws_connections_per_window, cfg.ws_connections_window_seconds)
+        self.ws_limiter = CountLimiter(
+            cfg.bitfinex_ws_connections_per_window, cfg.ws_connections_window_seconds
+        )
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         self.maintenance_until = 0.0
         self._rng = random.Random(f"{cfg.seed}|bitfinex-chanids")
@@ -87,7 +112,8 @@ class BitfinexServer:
         if request.path.startswith("/ws/"):
             return await handler(request)
         forced = await fault_gate(
-            self.sim, EXCHANGE,
+            self.sim,
+            EXCHANGE,
             storm_reply=lambda: json_response(error_body(11010, "ratelimit: error"), status=429),
             error_reply=lambda: json_response(error_body(10000, "unknown error"), status=500),
         )
@@ -128,7 +154,9 @@ class BitfinexServer:
                 sections.append(dumps(self.currencies()))
             elif key == "pub:map:currency:sym":
                 listed = set(self.currencies())
-                sections.append(dumps([[code, sym] for code, sym in CURRENCY_SYMBOLS.items() if code in listed]))
+                sections.append(
+                    dumps([[code, sym] for code, sym in CURRENCY_SYMBOLS.items() if code in listed])
+                )
             else:
                 sections.append("null")
         return json_response("[" + ",".join(sections) + "]")
@@ -179,7 +207,9 @@ class BitfinexServer:
             if ascending:
                 lo = start if start is not None else history.first_ms
                 return history.oldest(market, interval, lo, limit, hi_ms=end_ms, traded_only=True)
-            return list(reversed(history.newest(market, interval, end_ms, limit, lo_ms=start, traded_only=True)))
+            return list(
+                reversed(history.newest(market, interval, end_ms, limit, lo_ms=start, traded_only=True))
+            )
 
         candles = await self.sim.compute(select)
         if section == "last":
@@ -268,7 +298,9 @@ class BitfinexConnection(WsConnection):
         self.writer.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeats()))
         status = 0 if self.server.in_maintenance() else 1
-        self.send_event({"event": "info", "version": 2, "serverId": str(uuid.uuid4()), "platform": {"status": status}})
+        self.send_event(
+            {"event": "info", "version": 2, "serverId": str(uuid.uuid4()), "platform": {"status": status}}
+        )
         stats = self.sim.stats[EXCHANGE]
         async for msg in self.ws:
             if msg.type == WSMsgType.TEXT:
@@ -376,7 +408,9 @@ class BitfinexConnection(WsConnection):
         channel = Channel(chan_id, key, market)
         self.channels[chan_id] = channel
         self.by_key[key] = chan_id
-        channel.subscription = self.sim.feed.subscribe(EXCHANGE, market.symbol, lambda e, c=channel: self._on_event(c, e))
+        channel.subscription = self.sim.feed.subscribe(
+            EXCHANGE, market.symbol, lambda e, c=channel: self._on_event(c, e)
+        )
         self.send_event({"event": "subscribed", "channel": "candles", "chanId": chan_id, "key": key})
         await self._send_snapshot(channel)
 

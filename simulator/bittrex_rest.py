@@ -13,7 +13,7 @@ the same prices with zero volumes and exist from 2020-12-02.
 from __future__ import annotations
 
 import calendar
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -42,12 +42,15 @@ def error(code: str, status: int = 400, **extra: Any) -> web.Response:
 
 
 def bad_request(parameter: str) -> web.Response:
-    return error("BAD_REQUEST", detail="Refer to the data field for specific field validation failures.",
-                 data={"invalidRequestParameter": parameter})
+    return error(
+        "BAD_REQUEST",
+        detail="Refer to the data field for specific field validation failures.",
+        data={"invalidRequestParameter": parameter},
+    )
 
 
 class BittrexRestServer:
-    def __init__(self, sim: "Simulator") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.limiter = CountLimiter(sim.config.bittrex_requests_per_window, sim.config.rate_window_seconds)
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
@@ -64,7 +67,8 @@ class BittrexRestServer:
         if not request.path.startswith("/v3/"):
             return await handler(request)
         forced = await fault_gate(
-            self.sim, EXCHANGE,
+            self.sim,
+            EXCHANGE,
             storm_reply=lambda: error("TOO_MANY_REQUESTS", status=429),
             error_reply=lambda: error("SERVICE_UNAVAILABLE", status=503),
         )
@@ -147,7 +151,7 @@ class BittrexRestServer:
             return error("INVALID_DATE")
         numbers = [int(p) for p in parts]
         try:
-            start = datetime(*numbers, *[1] * (3 - len(numbers)), tzinfo=timezone.utc)
+            start = datetime(*numbers, *[1] * (3 - len(numbers)), tzinfo=UTC)
         except ValueError:
             return error("INVALID_DATE")
         if len(numbers) == 3:

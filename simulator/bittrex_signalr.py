@@ -56,8 +56,9 @@ import re
 import secrets
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
@@ -153,12 +154,12 @@ class CandleStream:
 
     name: str
     market: SimMarket
-    connections: set["SignalRConnection"] = field(default_factory=set)
+    connections: set[SignalRConnection] = field(default_factory=set)
     subscription: Subscription | None = None
 
 
 class BittrexSignalRServer:
-    def __init__(self, sim: "Simulator") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.signer = Signer()
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
@@ -222,18 +223,22 @@ class BittrexSignalRServer:
             return hub_error
         keepalive = self.sim.config.bittrex_keepalive_seconds
         connection_id = str(uuid.uuid4())
-        return json_response(dumps({
-            "Url": ROOT,
-            "ConnectionToken": self.signer.connection_token(connection_id),
-            "ConnectionId": connection_id,
-            "KeepAliveTimeout": float(2 * keepalive),
-            "DisconnectTimeout": float(3 * keepalive),
-            "ConnectionTimeout": CONNECTION_TIMEOUT,
-            "TryWebSockets": True,
-            "ProtocolVersion": self._protocol(request),
-            "TransportConnectTimeout": TRANSPORT_CONNECT_TIMEOUT,
-            "LongPollDelay": 0.0,
-        }))
+        return json_response(
+            dumps(
+                {
+                    "Url": ROOT,
+                    "ConnectionToken": self.signer.connection_token(connection_id),
+                    "ConnectionId": connection_id,
+                    "KeepAliveTimeout": float(2 * keepalive),
+                    "DisconnectTimeout": float(3 * keepalive),
+                    "ConnectionTimeout": CONNECTION_TIMEOUT,
+                    "TryWebSockets": True,
+                    "ProtocolVersion": self._protocol(request),
+                    "TransportConnectTimeout": TRANSPORT_CONNECT_TIMEOUT,
+                    "LongPollDelay": 0.0,
+                }
+            )
+        )
 
     async def start(self, request: web.Request) -> web.Response:
         checked = self._connection_id(request)
@@ -305,7 +310,7 @@ class BittrexSignalRServer:
             return f"{match.group(1)}_{symbol}", None
         return None, "INVALID_STREAM"
 
-    def join(self, conn: "SignalRConnection", stream: str) -> None:
+    def join(self, conn: SignalRConnection, stream: str) -> None:
         """Add `conn` to a live candle stream (other streams carry no data and need no bookkeeping)."""
         match = CANDLE_RE.match(stream)
         if match is None or match.group(2) != LIVE_INTERVAL:
@@ -320,7 +325,7 @@ class BittrexSignalRServer:
             self.streams[stream] = live
         live.connections.add(conn)
 
-    def leave(self, conn: "SignalRConnection", stream: str) -> None:
+    def leave(self, conn: SignalRConnection, stream: str) -> None:
         live = self.streams.get(stream)
         if live is None:
             return
@@ -355,8 +360,9 @@ HEARTBEAT_ENTRY = dumps({"H": PUSH_HUB, "M": "heartbeat", "A": []})
 class SignalRConnection(WsConnection):
     """One websocket: its subscriptions, message cursor, keep-alives, heartbeats and batched pushes."""
 
-    def __init__(self, server: BittrexSignalRServer, ws: web.WebSocketResponse, transport: Any,
-                 connection_id: str) -> None:
+    def __init__(
+        self, server: BittrexSignalRServer, ws: web.WebSocketResponse, transport: Any, connection_id: str
+    ) -> None:
         super().__init__(server.sim, EXCHANGE, ws, transport)
         self.server = server
         self.connection_id = connection_id
@@ -513,7 +519,7 @@ def _base36(number: int) -> str:
             return text
 
 
-def add_routes(app: web.Application, sim: "Simulator") -> BittrexSignalRServer:
+def add_routes(app: web.Application, sim: Simulator) -> BittrexSignalRServer:
     """Serve SignalR under /signalr on the Bittrex app (the plug-in hook simulator/server.py calls)."""
     server = BittrexSignalRServer(sim)
     server.add_routes(app)

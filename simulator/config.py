@@ -102,11 +102,11 @@ class SimConfig:
         capped = int(real_minute_seconds * self.max_updates_per_real_second)
         return max(1, min(REAL_CADENCE_PER_SIM_MINUTE, capped))
 
-    def replace(self, **changes: Any) -> "SimConfig":
+    def replace(self, **changes: Any) -> SimConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def fast_test(cls, **overrides: Any) -> "SimConfig":
+    def fast_test(cls, **overrides: Any) -> SimConfig:
         """Small, fast and strict: 3-second windows with proportionally smaller limits, short timers."""
         values: dict[str, Any] = dict(
             markets=12,

@@ -50,14 +50,19 @@ def parse_time_ms(text: str) -> int:
 
 def market_json(market: SimMarket) -> dict[str, Any]:
     return {
-        "exchange": market.exchange, "symbol": market.symbol, "base": market.base, "quote": market.quote,
-        "status": market.status, "trade_probability": market.trade_probability,
-        "price_decimals": market.price_decimals, "volume_decimals": market.volume_decimals,
+        "exchange": market.exchange,
+        "symbol": market.symbol,
+        "base": market.base,
+        "quote": market.quote,
+        "status": market.status,
+        "trade_probability": market.trade_probability,
+        "price_decimals": market.price_decimals,
+        "volume_decimals": market.volume_decimals,
     }
 
 
 class ControlServer:
-    def __init__(self, sim: "Simulator") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
     def app(self) -> web.Application:
@@ -74,11 +79,16 @@ class ControlServer:
 
     async def clock(self, request: web.Request) -> web.Response:
         clock = self.sim.clock
-        return _json({
-            "now_ms": clock.now_ms(), "speed": clock.speed, "start_ms": clock.start_ms,
-            "first_ms": self.sim.history.first_ms, "current_minute_ms": clock.current_minute_ms(),
-            "updates_per_minute": self.sim.feed.updates_per_minute,
-        })
+        return _json(
+            {
+                "now_ms": clock.now_ms(),
+                "speed": clock.speed,
+                "start_ms": clock.start_ms,
+                "first_ms": self.sim.history.first_ms,
+                "current_minute_ms": clock.current_minute_ms(),
+                "updates_per_minute": self.sim.feed.updates_per_minute,
+            }
+        )
 
     async def markets(self, request: web.Request) -> web.Response:
         exchange = request.query.get("exchange")
@@ -118,20 +128,31 @@ class ControlServer:
             return _bad(f"at most {MAX_TRUTH_MINUTES} minutes per request")
         traded_only = exchange == "bitfinex"
         candles = await self.sim.compute(
-            lambda: history.interval_candles(market, MINUTE_MS, start, end, traded_only=traded_only,
-                                             include_current=False)
+            lambda: history.interval_candles(
+                market, MINUTE_MS, start, end, traded_only=traded_only, include_current=False
+            )
         )
         rows = [
-            {"time": c.time_ms, "open": str(c.open), "high": str(c.high), "low": str(c.low), "close": str(c.close),
-             "volume": str(c.volume), "quote_volume": str(c.quote_volume), "trades": c.trades}
+            {
+                "time": c.time_ms,
+                "open": str(c.open),
+                "high": str(c.high),
+                "low": str(c.low),
+                "close": str(c.close),
+                "volume": str(c.volume),
+                "quote_volume": str(c.quote_volume),
+                "trades": c.trades,
+            }
             for c in candles
         ]
         return _json({"exchange": exchange, "symbol": market.symbol, "candles": rows})
 
     async def stats(self, request: web.Request) -> web.Response:
         data = self.sim.stats.as_dict(self.sim.faults.connections.counts())
-        data["feed"] = {"events_delivered": self.sim.feed.events_delivered,
-                        "subscriptions": self.sim.feed.subscriber_count()}
+        data["feed"] = {
+            "events_delivered": self.sim.feed.events_delivered,
+            "subscriptions": self.sim.feed.subscriber_count(),
+        }
         return _json(data)
 
     async def stats_reset(self, request: web.Request) -> web.Response:

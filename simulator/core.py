@@ -23,11 +23,12 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from common.timeutil import MINUTE_MS, floor_minute_ms
 
@@ -138,13 +139,50 @@ _MAJORS = frozenset(symbol for priority in _PRIORITY.values() for symbol in prio
 """The first four priority markets of each exchange: they trade every minute."""
 
 _USD_PRICES: dict[str, str] = {
-    "BTC": "37000", "TESTBTC": "37000", "ETH": "2500", "BNB": "420", "LTC": "180", "BCH": "620",
-    "BCHN": "620", "XAUT": "1780", "PAXG": "1780", "SOL": "150", "DOT": "35", "LINK": "28", "ADA": "2.2",
-    "XRP": "1.1", "DOGE": "0.25", "USD": "1", "UST": "1", "USDT": "1", "USDC": "1", "UDC": "1", "BUSD": "1",
-    "TUSD": "1", "PAX": "1", "USDP": "1", "DAI": "1", "USDS": "1", "VAI": "1", "TESTUSD": "1",
-    "TESTUSDT": "1", "EUR": "1.16", "GBP": "1.37", "AUD": "0.73", "JPY": "0.0088", "CNH": "0.155",
-    "CNHT": "0.155", "TRY": "0.11", "RUB": "0.014", "BRL": "0.18", "UAH": "0.038", "ZAR": "0.068",
-    "NGN": "0.0024", "BIDR": "0.00007", "IDRT": "0.00007", "BKRW": "0.00085",
+    "BTC": "37000",
+    "TESTBTC": "37000",
+    "ETH": "2500",
+    "BNB": "420",
+    "LTC": "180",
+    "BCH": "620",
+    "BCHN": "620",
+    "XAUT": "1780",
+    "PAXG": "1780",
+    "SOL": "150",
+    "DOT": "35",
+    "LINK": "28",
+    "ADA": "2.2",
+    "XRP": "1.1",
+    "DOGE": "0.25",
+    "USD": "1",
+    "UST": "1",
+    "USDT": "1",
+    "USDC": "1",
+    "UDC": "1",
+    "BUSD": "1",
+    "TUSD": "1",
+    "PAX": "1",
+    "USDP": "1",
+    "DAI": "1",
+    "USDS": "1",
+    "VAI": "1",
+    "TESTUSD": "1",
+    "TESTUSDT": "1",
+    "EUR": "1.16",
+    "GBP": "1.37",
+    "AUD": "0.73",
+    "JPY": "0.0088",
+    "CNH": "0.155",
+    "CNHT": "0.155",
+    "TRY": "0.11",
+    "RUB": "0.014",
+    "BRL": "0.18",
+    "UAH": "0.038",
+    "ZAR": "0.068",
+    "NGN": "0.0024",
+    "BIDR": "0.00007",
+    "IDRT": "0.00007",
+    "BKRW": "0.00085",
 }
 """Rough USD prices so that the majors look like themselves; other currencies get hashed prices."""
 
@@ -185,13 +223,13 @@ class MarketCatalog:
         return _fixture(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _fixture(name: str) -> Any:
     with open(DATA_DIR / name, encoding="utf-8") as handle:
         return json.load(handle)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _raw_entries(exchange: str) -> dict[str, dict[str, Any]]:
     if exchange == "binance":
         return {s["symbol"]: s for s in _fixture("binance_exchangeInfo.json")["symbols"]}
@@ -215,7 +253,7 @@ def _decimals_of(step: str) -> int:
     return max(0, -exponent)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _all_markets(exchange: str, seed: int) -> tuple[SimMarket, ...]:
     markets: list[SimMarket] = []
     for symbol, raw in _raw_entries(exchange).items():
@@ -227,7 +265,9 @@ def _all_markets(exchange: str, seed: int) -> tuple[SimMarket, ...]:
         elif exchange == "binance":
             base, quote, status = raw["baseAsset"], raw["quoteAsset"], raw["status"]
             filters = {f["filterType"]: f for f in raw.get("filters", [])}
-            price_decimals = min(8, _decimals_of(filters.get("PRICE_FILTER", {}).get("tickSize", "0.00000001")))
+            price_decimals = min(
+                8, _decimals_of(filters.get("PRICE_FILTER", {}).get("tickSize", "0.00000001"))
+            )
             volume_decimals = min(8, _decimals_of(filters.get("LOT_SIZE", {}).get("stepSize", "0.00000001")))
         else:
             base, quote, status = raw["baseCurrencySymbol"], raw["quoteCurrencySymbol"], raw["status"]
@@ -290,8 +330,14 @@ def _significant_decimals(price: Decimal, digits: int) -> int:
 
 
 _OCTAVES: tuple[tuple[int, int], ...] = (
-    (8, 600), (32, 1_500), (128, 4_000), (512, 9_000), (2_048, 20_000), (8_192, 40_000),
-    (32_768, 70_000), (131_072, 100_000),
+    (8, 600),
+    (32, 1_500),
+    (128, 4_000),
+    (512, 9_000),
+    (2_048, 20_000),
+    (8_192, 40_000),
+    (32_768, 70_000),
+    (131_072, 100_000),
 )
 """Value-noise octaves of the latent price: (block length in minutes, amplitude in ppm).
 
@@ -404,7 +450,9 @@ class CandleModel:
             key=key,
             base_ticks=base_ticks,
             presence_threshold=int(probability * (1 << 32)),
-            max_trades=max(1, min(_MAX_TRADES_PER_MINUTE, int(probability * probability * _MAX_TRADES_PER_MINUTE))),
+            max_trades=max(
+                1, min(_MAX_TRADES_PER_MINUTE, int(probability * probability * _MAX_TRADES_PER_MINUTE))
+            ),
             typical_units=typical_units,
             trades_at_all=probability > 0,
         )
@@ -427,7 +475,9 @@ class CandleModel:
             return False
         if index % _GUARANTEED_TRADE_EVERY == 0:
             return True
-        return _digest(params.key + b"p" + index.to_bytes(8, "big", signed=True), 4) < params.presence_threshold
+        return (
+            _digest(params.key + b"p" + index.to_bytes(8, "big", signed=True), 4) < params.presence_threshold
+        )
 
     def _trade_count(self, params: _Params, index: int) -> int:
         if not self._traded(params, index):
@@ -446,7 +496,9 @@ class CandleModel:
 
     def _last_price(self, params: _Params, index: int) -> int:
         count = self._trade_count(params, index)
-        last = self._trade(params, index, count - 1, count, self._latent(params, index), self._latent(params, index + 1))
+        last = self._trade(
+            params, index, count - 1, count, self._latent(params, index), self._latent(params, index + 1)
+        )
         return last.price_ticks
 
     def _prev_close_ticks(self, market: SimMarket, minute_ms: int) -> int:
@@ -486,7 +538,9 @@ def _aggregate(market: SimMarket, minute_ms: int, open_ticks: int, trades: tuple
     if not trades:
         flat = _dec(open_ticks, pd)
         zero = Decimal(0)
-        return SimCandle(minute_ms, flat, flat, flat, flat, zero.scaleb(-vd), zero.scaleb(-QUOTE_VOLUME_DECIMALS), 0)
+        return SimCandle(
+            minute_ms, flat, flat, flat, flat, zero.scaleb(-vd), zero.scaleb(-QUOTE_VOLUME_DECIMALS), 0
+        )
     high = low = open_ticks
     volume = quote = taker_volume = taker_quote = 0
     for t in trades:

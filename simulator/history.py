@@ -71,7 +71,7 @@ class History:
             if block is None:
                 result.extend(self.model.candles(market, first, last))
             else:
-                result.extend(block[(first - day) // MINUTE_MS:(last - day) // MINUTE_MS + 1])
+                result.extend(block[(first - day) // MINUTE_MS : (last - day) // MINUTE_MS + 1])
             day += DAY_MS
         return result
 
@@ -98,7 +98,9 @@ class History:
     def last_closed_minute(self) -> int:
         return self.now_minute() - MINUTE_MS
 
-    def minute_candles(self, market: SimMarket, lo_ms: int, hi_ms: int, *, include_current: bool = True) -> list[SimCandle]:
+    def minute_candles(
+        self, market: SimMarket, lo_ms: int, hi_ms: int, *, include_current: bool = True
+    ) -> list[SimCandle]:
         """Minute bars with open time in [lo_ms, hi_ms], clipped to what exists now."""
         now = self.clock.now_ms()
         current = floor_to(now, MINUTE_MS)
@@ -113,7 +115,13 @@ class History:
         return result
 
     def interval_candles(
-        self, market: SimMarket, interval_ms: int, lo_ms: int, hi_ms: int, *, traded_only: bool = False,
+        self,
+        market: SimMarket,
+        interval_ms: int,
+        lo_ms: int,
+        hi_ms: int,
+        *,
+        traded_only: bool = False,
         include_current: bool = True,
     ) -> list[SimCandle]:
         """Bars of `interval_ms` whose open time is in [lo_ms, hi_ms] (lo rounded up to a bucket).
@@ -125,7 +133,9 @@ class History:
         hi = floor_to(hi_ms, interval_ms)
         if hi < lo:
             return []
-        minutes = self.minute_candles(market, lo, hi + interval_ms - MINUTE_MS, include_current=include_current)
+        minutes = self.minute_candles(
+            market, lo, hi + interval_ms - MINUTE_MS, include_current=include_current
+        )
         if interval_ms == MINUTE_MS:
             bars = minutes
         else:
@@ -134,7 +144,13 @@ class History:
         return [b for b in bars if b.trades] if traded_only else bars
 
     def newest(
-        self, market: SimMarket, interval_ms: int, end_ms: int, limit: int, *, lo_ms: int | None = None,
+        self,
+        market: SimMarket,
+        interval_ms: int,
+        end_ms: int,
+        limit: int,
+        *,
+        lo_ms: int | None = None,
         traded_only: bool = False,
     ) -> list[SimCandle]:
         """The newest `limit` bars with open time in [lo_ms, end_ms], oldest first."""
@@ -152,7 +168,13 @@ class History:
         return result[-limit:] if limit else []
 
     def oldest(
-        self, market: SimMarket, interval_ms: int, start_ms: int, limit: int, *, hi_ms: int | None = None,
+        self,
+        market: SimMarket,
+        interval_ms: int,
+        start_ms: int,
+        limit: int,
+        *,
+        hi_ms: int | None = None,
         traded_only: bool = False,
     ) -> list[SimCandle]:
         """The oldest `limit` bars with open time in [start_ms, hi_ms], oldest first."""

@@ -14,7 +14,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -35,7 +36,10 @@ def client_ip(request: web.Request) -> str:
 
 
 async def fault_gate(
-    sim: "Simulator", exchange: str, storm_reply: Callable[[], web.Response], error_reply: Callable[[], web.Response]
+    sim: Simulator,
+    exchange: str,
+    storm_reply: Callable[[], web.Response],
+    error_reply: Callable[[], web.Response],
 ) -> web.Response | None:
     """The reply an active fault imposes on this REST request, or None."""
     faults = sim.faults[exchange]
@@ -46,8 +50,11 @@ async def fault_gate(
     if faults.http_hang():
         stats.fault_hangs += 1
         await asyncio.sleep(sim.config.http_hang_seconds)
-        return web.Response(status=504, text="<html><body><h1>504 Gateway Time-out</h1></body></html>",
-                            content_type="text/html")
+        return web.Response(
+            status=504,
+            text="<html><body><h1>504 Gateway Time-out</h1></body></html>",
+            content_type="text/html",
+        )
     if faults.http_5xx():
         stats.fault_5xx += 1
         return error_reply()
@@ -66,7 +73,7 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return task
 
 
-def count_reply(sim: "Simulator", exchange: str, response: web.StreamResponse) -> None:
+def count_reply(sim: Simulator, exchange: str, response: web.StreamResponse) -> None:
     stats = sim.stats[exchange]
     stats.rest_requests += 1
     stats.rest_status[response.status] += 1
@@ -75,7 +82,7 @@ def count_reply(sim: "Simulator", exchange: str, response: web.StreamResponse) -
 class FrameWriter:
     """Outbound text frames of one websocket, sent in order by one task."""
 
-    def __init__(self, ws: web.WebSocketResponse, sim: "Simulator", exchange: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, sim: Simulator, exchange: str) -> None:
         self.ws = ws
         self.sim = sim
         self.exchange = exchange
@@ -140,7 +147,7 @@ class WsConnection:
     cuts, for `drop_ws` and shutdown), its `FrameWriter` and its helper tasks (stopped by `cleanup`;
     subclasses release their subscriptions first, then call this one)."""
 
-    def __init__(self, sim: "Simulator", exchange: str, ws: web.WebSocketResponse, transport: Any) -> None:
+    def __init__(self, sim: Simulator, exchange: str, ws: web.WebSocketResponse, transport: Any) -> None:
         self.sim = sim
         self.ws = ws
         self.transport = transport
@@ -158,7 +165,7 @@ class WsConnection:
 
 
 @contextlib.asynccontextmanager
-async def serving_connection(sim: "Simulator", exchange: str, conn: WsConnection) -> AsyncIterator[None]:
+async def serving_connection(sim: Simulator, exchange: str, conn: WsConnection) -> AsyncIterator[None]:
     """Serve `conn` inside the block: while it runs, fault actions reach it through
     `sim.faults.connections` (which is also what `ws_connections_open` counts); however the block
     ends, it is unregistered and cleaned up."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 Now = Callable[[], float]
 
@@ -44,7 +44,9 @@ class CountLimiter:
     """At most `limit` hits per window per key; over it, refuse until the window ends, or, with
     `block_seconds`, block the key for that long (Bitfinex blocks the IP for 60 s)."""
 
-    def __init__(self, limit: int, window_seconds: float, block_seconds: float = 0.0, now: Now = time.time) -> None:
+    def __init__(
+        self, limit: int, window_seconds: float, block_seconds: float = 0.0, now: Now = time.time
+    ) -> None:
         self.limit = limit
         self.block_seconds = block_seconds
         self._window = _Window(window_seconds)
@@ -95,7 +97,9 @@ class WeightLimiter:
     remaining ban as Retry-After.
     """
 
-    def __init__(self, limit: int, window_seconds: float, ban_seconds: float, tolerance: int = 2, now: Now = time.time) -> None:
+    def __init__(
+        self, limit: int, window_seconds: float, ban_seconds: float, tolerance: int = 2, now: Now = time.time
+    ) -> None:
         self.limit = limit
         self.ban_seconds = ban_seconds
         self.tolerance = tolerance

@@ -31,8 +31,9 @@ not list; the caller decides whether that is an error on its wire.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from simulator.core import CandleModel, SimCandle, SimClock, SimMarket
@@ -67,7 +68,7 @@ class Subscription:
 
     __slots__ = ("feed", "market", "listener", "_open")
 
-    def __init__(self, feed: "LiveFeed", market: SimMarket, listener: Listener) -> None:
+    def __init__(self, feed: LiveFeed, market: SimMarket, listener: Listener) -> None:
         self.feed = feed
         self.market = market
         self.listener = listener
@@ -191,4 +192,3 @@ class LiveFeed:
                 except Exception:  # a broken listener must not stop the feed for everyone else
                     log.exception("live-feed listener failed for %s %s", market.exchange, market.symbol)
                     subscription.close()
-

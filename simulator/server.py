@@ -30,8 +30,9 @@ import asyncio
 import importlib
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -71,7 +72,9 @@ class Simulator:
             first_ms = floor_to(self.clock.start_ms - int(config.history_days * DAY_MS), DAY_MS)
         self.history = History(self.clock, self.model, first_ms, config.history_cache_days)
         self.feed = LiveFeed(
-            self.clock, self.model, [m for ms in self.markets.values() for m in ms],
+            self.clock,
+            self.model,
+            [m for ms in self.markets.values() for m in ms],
             config.effective_updates_per_minute,
         )
         self.faults = Faults(config.seed)
@@ -119,7 +122,9 @@ class Simulator:
                 conn.abort()
             self.stats[exchange].ws_dropped_by_fault += len(conns)
             return
-        server: Any = {"bitfinex": self.bitfinex, "binance": self.binance, "bittrex": self.bittrex_ws}[exchange]
+        server: Any = {"bitfinex": self.bitfinex, "binance": self.binance, "bittrex": self.bittrex_ws}[
+            exchange
+        ]
         if server is None or not hasattr(server, "action"):
             raise ValueError(f"{exchange} has no action {action!r}")
         await server.action(action, args)
@@ -138,7 +143,9 @@ class Simulator:
             return app
         add_routes = getattr(module, "add_routes", None)
         if add_routes is None:
-            log.warning("simulator.bittrex_signalr has no add_routes(app, sim): the Bittrex websocket is not served")
+            log.warning(
+                "simulator.bittrex_signalr has no add_routes(app, sim): the Bittrex websocket is not served"
+            )
             return app
         self.bittrex_ws = add_routes(app, self)
         return app
@@ -153,7 +160,9 @@ class Simulator:
         }
         host = self.config.host
         for name in SERVER_NAMES:
-            runner = web.AppRunner(apps[name], access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS)
+            runner = web.AppRunner(
+                apps[name], access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+            )
             await runner.setup()
             self._runners.append(runner)
             site = web.TCPSite(runner, host, self.config.ports.get(name, 0), reuse_address=True)
@@ -200,7 +209,7 @@ class Simulator:
             f"BITTREX_WS_URL={self.urls['bittrex']['ws']}",
         ]
 
-    async def __aenter__(self) -> "Simulator":
+    async def __aenter__(self) -> Simulator:
         await self.start()
         return self
 

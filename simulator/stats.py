@@ -11,8 +11,9 @@ the fault registry (`Faults.connections`), which `as_dict` is given, so it canno
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from simulator.core import EXCHANGES
 
@@ -56,7 +57,9 @@ class Stats:
 
     def as_dict(self, open_connections: Mapping[str, int]) -> dict[str, Any]:
         """Every exchange's counters, with `open_connections[exchange]` as its `ws_connections_open`."""
-        return {name: stats.as_dict(open_connections.get(name, 0)) for name, stats in self.by_exchange.items()}
+        return {
+            name: stats.as_dict(open_connections.get(name, 0)) for name, stats in self.by_exchange.items()
+        }
 
     def reset(self) -> None:
         for stats in self.by_exchange.values():

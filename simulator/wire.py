@@ -77,8 +77,14 @@ def binance_kline_row(candle: SimCandle, interval_ms: int) -> list[Any]:
     ]
 
 
-def binance_kline_event(symbol: str, candle: SimCandle, closed: bool, event_ms: int, interval: str = "1m",
-                        interval_ms: int = 60_000) -> dict[str, Any]:
+def binance_kline_event(
+    symbol: str,
+    candle: SimCandle,
+    closed: bool,
+    event_ms: int,
+    interval: str = "1m",
+    interval_ms: int = 60_000,
+) -> dict[str, Any]:
     """The `<symbol>@kline_<interval>` stream payload."""
     return {
         "e": "kline",

@@ -21,8 +21,15 @@ TEMPLATE_DB = "cfr_template"
 _db_counter = itertools.count(1)
 
 SERVICE_ENV = (
-    "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB",
-    "REDIS_HOST", "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB",
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_DB",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_PASSWORD",
+    "REDIS_DB",
 )
 
 
@@ -53,8 +60,12 @@ def template_database(postgres_server: PostgresServer) -> str:
 
 def _settings_for(pg: PostgresServer, rd: RedisServer | None, dbname: str, **extra) -> Settings:
     values = dict(
-        postgres_host="127.0.0.1", postgres_port=pg.port, postgres_user=pg.user, postgres_password="",
-        postgres_db=dbname, _env_file=None,
+        postgres_host="127.0.0.1",
+        postgres_port=pg.port,
+        postgres_user=pg.user,
+        postgres_password="",
+        postgres_db=dbname,
+        _env_file=None,
     )
     if rd is not None:
         values.update(redis_host="127.0.0.1", redis_port=rd.port, redis_password=rd.password)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
 from common.candle import Candle, Market
@@ -59,15 +59,15 @@ class FetchTask:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FetchTask":
+    def from_dict(cls, data: Mapping[str, Any]) -> FetchTask:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
 class ErrorKind(enum.Enum):
-    RETRY = "retry"                # transient (5xx, timeout, maintenance): back off and try again
+    RETRY = "retry"  # transient (5xx, timeout, maintenance): back off and try again
     RATE_LIMITED = "rate_limited"  # we were too fast: pause the whole exchange, then try again
-    BANNED = "banned"              # Binance 418: stop the whole exchange until the ban ends
-    FATAL = "fatal"                # this request can never succeed (bad symbol, bad parameters)
+    BANNED = "banned"  # Binance 418: stop the whole exchange until the ban ends
+    FATAL = "fatal"  # this request can never succeed (bad symbol, bad parameters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,9 @@ def error_body(status: int, body: str) -> tuple[Any, str]:
     return data, body[:200].strip() or f"HTTP {status}"
 
 
-def classify_by_status(status: int, headers: Mapping[str, str], code: str | None, message: str) -> ExchangeError:
+def classify_by_status(
+    status: int, headers: Mapping[str, str], code: str | None, message: str
+) -> ExchangeError:
     """The HTTP-level rules all three exchanges share: 429 waits, 408/5xx retry, the rest is fatal."""
     wait = retry_after_seconds(headers)
     if status == 429:
@@ -194,4 +196,6 @@ def resolve_symbol(markets: Sequence[Market], text: str) -> Market:
         if wanted in names:
             return market
     exchange = markets[0].exchange if markets else "this exchange"
-    raise UnknownSymbolError(f"unknown symbol {text!r} on {exchange} (use BASE/QUOTE, e.g. BTC/USD, or the exchange's symbol)")
+    raise UnknownSymbolError(
+        f"unknown symbol {text!r} on {exchange} (use BASE/QUOTE, e.g. BTC/USD, or the exchange's symbol)"
+    )

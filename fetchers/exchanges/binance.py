@@ -17,8 +17,16 @@ from common.candle import Candle, Market
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges.base import (
-    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, classify_by_status,
-    error_body, in_task_range, retry_after_seconds,
+    ErrorKind,
+    ExchangeAdapter,
+    ExchangeError,
+    FetchTask,
+    RateLimit,
+    RestRequest,
+    classify_by_status,
+    error_body,
+    in_task_range,
+    retry_after_seconds,
 )
 
 EXCHANGE_INFO_WEIGHT = 20
@@ -43,8 +51,13 @@ class BinanceAdapter(ExchangeAdapter):
         if not isinstance(data, dict) or not isinstance(data.get("symbols"), list):
             raise ValueError(f"unexpected exchangeInfo body: {bodies[0][:200]}")
         return [
-            Market(self.name, item["baseAsset"], item["quoteAsset"], item["symbol"],
-                   item.get("status") == TRADING_STATUS)
+            Market(
+                self.name,
+                item["baseAsset"],
+                item["quoteAsset"],
+                item["symbol"],
+                item.get("status") == TRADING_STATUS,
+            )
             for item in data["symbols"]
         ]
 
@@ -52,8 +65,13 @@ class BinanceAdapter(ExchangeAdapter):
     def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:
         return RestRequest(
             "/api/v3/klines",
-            (("symbol", task.symbol), ("interval", "1m"), ("startTime", str(task.start_ms)),
-             ("endTime", str(task.end_ms - 1)), ("limit", str(self.max_candles_per_request))),
+            (
+                ("symbol", task.symbol),
+                ("interval", "1m"),
+                ("startTime", str(task.start_ms)),
+                ("endTime", str(task.end_ms - 1)),
+                ("limit", str(self.max_candles_per_request)),
+            ),
             self.candles_request_weight,
         )
 
@@ -70,8 +88,19 @@ class BinanceAdapter(ExchangeAdapter):
                     raise TypeError("open time is not an integer")
                 if not in_task_range(task, time_ms):
                     continue
-                candles.append(Candle(name, base, quote, ms_to_datetime(time_ms), Decimal(row[1]),
-                                      Decimal(row[2]), Decimal(row[3]), Decimal(row[4]), Decimal(row[5])))
+                candles.append(
+                    Candle(
+                        name,
+                        base,
+                        quote,
+                        ms_to_datetime(time_ms),
+                        Decimal(row[1]),
+                        Decimal(row[2]),
+                        Decimal(row[3]),
+                        Decimal(row[4]),
+                        Decimal(row[5]),
+                    )
+                )
         except (TypeError, IndexError, KeyError, ArithmeticError) as exc:
             raise ValueError(f"malformed kline row {row!r}: {exc}") from None
         return candles

@@ -17,8 +17,16 @@ from common.candle import Candle, Market
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges.base import (
-    ErrorKind, ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, classify_by_status,
-    error_body, in_task_range, retry_after_seconds,
+    ErrorKind,
+    ExchangeAdapter,
+    ExchangeError,
+    FetchTask,
+    RateLimit,
+    RestRequest,
+    classify_by_status,
+    error_body,
+    in_task_range,
+    retry_after_seconds,
 )
 
 PAIRS_CONF = "pub:list:pair:exchange"
@@ -71,8 +79,12 @@ class BitfinexAdapter(ExchangeAdapter):
     def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:
         return RestRequest(
             f"/v2/candles/trade:1m:{task.symbol}/hist",
-            (("start", str(task.start_ms)), ("end", str(task.end_ms - 1)),
-             ("limit", str(self.max_candles_per_request)), ("sort", "1")),
+            (
+                ("start", str(task.start_ms)),
+                ("end", str(task.end_ms - 1)),
+                ("limit", str(self.max_candles_per_request)),
+                ("sort", "1"),
+            ),
             self.candles_request_weight,
         )
 
@@ -90,8 +102,19 @@ class BitfinexAdapter(ExchangeAdapter):
             time_ms = int(mts)
             if not in_task_range(task, time_ms):
                 continue
-            candles.append(Candle(self.name, task.base_id, task.quote_id, ms_to_datetime(time_ms),
-                                  open_, high, low, close, volume))
+            candles.append(
+                Candle(
+                    self.name,
+                    task.base_id,
+                    task.quote_id,
+                    ms_to_datetime(time_ms),
+                    open_,
+                    high,
+                    low,
+                    close,
+                    volume,
+                )
+            )
         return candles
 
     # -- limits

@@ -18,8 +18,16 @@ from common.candle import Candle, Market
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ensure_utc, ms_to_datetime
 from fetchers.exchanges.base import (
-    ExchangeAdapter, ExchangeError, FetchTask, RateLimit, RestRequest, chunk_range, classify_by_status,
-    error_body, in_task_range, task_for,
+    ExchangeAdapter,
+    ExchangeError,
+    FetchTask,
+    RateLimit,
+    RestRequest,
+    chunk_range,
+    classify_by_status,
+    error_body,
+    in_task_range,
+    task_for,
 )
 
 DAY_MS = 86_400_000
@@ -46,8 +54,13 @@ class BittrexAdapter(ExchangeAdapter):
         if not isinstance(data, list):
             raise ValueError(f"unexpected /v3/markets body: {bodies[0][:200]}")
         return [
-            Market(self.name, item["baseCurrencySymbol"], item["quoteCurrencySymbol"], item["symbol"],
-                   item.get("status") == ONLINE_STATUS)
+            Market(
+                self.name,
+                item["baseCurrencySymbol"],
+                item["quoteCurrencySymbol"],
+                item["symbol"],
+                item.get("status") == ONLINE_STATUS,
+            )
             for item in data
         ]
 
@@ -64,8 +77,9 @@ class BittrexAdapter(ExchangeAdapter):
         base = CANDLES_PATH.format(symbol=task.symbol)
         if day + DAY_MS <= now_ms:
             date = ms_to_datetime(day)
-            return RestRequest(f"{base}/historical/{date.year}/{date.month}/{date.day}", (),
-                               self.candles_request_weight)
+            return RestRequest(
+                f"{base}/historical/{date.year}/{date.month}/{date.day}", (), self.candles_request_weight
+            )
         return RestRequest(f"{base}/recent", (), self.candles_request_weight)
 
     def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
@@ -80,11 +94,19 @@ class BittrexAdapter(ExchangeAdapter):
                 opened = ensure_utc(datetime.fromisoformat(row["startsAt"]))
                 if not in_task_range(task, datetime_to_ms(opened)):
                     continue
-                candles.append(Candle(
-                    self.name, task.base_id, task.quote_id, opened,
-                    Decimal(row["open"]), Decimal(row["high"]), Decimal(row["low"]), Decimal(row["close"]),
-                    Decimal(row.get("volume", "0")),
-                ))
+                candles.append(
+                    Candle(
+                        self.name,
+                        task.base_id,
+                        task.quote_id,
+                        opened,
+                        Decimal(row["open"]),
+                        Decimal(row["high"]),
+                        Decimal(row["low"]),
+                        Decimal(row["close"]),
+                        Decimal(row.get("volume", "0")),
+                    )
+                )
             except (KeyError, TypeError, ArithmeticError) as exc:
                 raise ValueError(f"malformed candle {row!r}: {exc!r}") from None
         return candles

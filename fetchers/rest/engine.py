@@ -46,7 +46,7 @@ class EngineOptions:
     backoff_max_seconds: float = BACKOFF_MAX_SECONDS
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides) -> "EngineOptions":
+    def from_settings(cls, settings: Settings, **overrides) -> EngineOptions:
         values = dict(
             concurrency=settings.rest_concurrency,
             max_retries=settings.rest_max_retries,
@@ -67,12 +67,17 @@ class FetchOutcome:
 
 def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     """Full-jitter exponential backoff: spreads retries of many workers apart."""
-    return random.uniform(0, min(cap, base * (2 ** attempt)))
+    return random.uniform(0, min(cap, base * (2**attempt)))
 
 
 class BackfillEngine:
-    def __init__(self, settings: Settings, job_id: str, options: EngineOptions | None = None,
-                 worker_id: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        job_id: str,
+        options: EngineOptions | None = None,
+        worker_id: str | None = None,
+    ):
         self.settings = settings
         self.job_id = job_id
         self.options = options or EngineOptions.from_settings(settings)
@@ -88,8 +93,12 @@ class BackfillEngine:
         try:
             job = await store.info(self.job_id)
             adapter = get_adapter(job.exchange)
-            limiter = SharedRateLimiter(client, job.exchange, budget_for(adapter, self.settings),
-                                        unlimited=self.options.unlimited_rate)
+            limiter = SharedRateLimiter(
+                client,
+                job.exchange,
+                budget_for(adapter, self.settings),
+                unlimited=self.options.unlimited_rate,
+            )
             await store.heartbeat(self.worker_id)
             heartbeat = asyncio.create_task(self._keep_alive(store))
             requeued = await store.requeue_orphans(self.job_id)
@@ -153,8 +162,13 @@ class BackfillEngine:
         await asyncio.to_thread(refresh_aggregates, self.settings, start, end)
         await store.mark_refreshed(self.job_id)
         self.refresh_seconds = time.monotonic() - began
-        log.info("job %s: aggregates refreshed for %s .. %s in %.1fs", self.job_id, start, end,
-                 self.refresh_seconds)
+        log.info(
+            "job %s: aggregates refreshed for %s .. %s in %.1fs",
+            self.job_id,
+            start,
+            end,
+            self.refresh_seconds,
+        )
 
     async def _drain(self, store, adapter, limiter, http, writer) -> None:
         while True:
@@ -166,15 +180,22 @@ class BackfillEngine:
                 await writer.add(claim, outcome.candles)
                 continue
             error = outcome.error
-            log.error("%s %s: giving up on %s: %s", adapter.name, claim.task.symbol,
-                      claim.task.key, error.message)
-            await writer.record_error(FetchErrorRecord(
-                exchange=adapter.name, symbol=claim.task.symbol,
-                start_date=ms_to_datetime(claim.task.start_ms), end_date=ms_to_datetime(claim.task.end_ms),
-                time_frame="1m", ohlcv_section="hist", resp_status_code=error.status,
-                exception_class=outcome.exception_class or f"{error.kind.name.title()}Error",
-                exception_message=error.message,
-            ))
+            log.error(
+                "%s %s: giving up on %s: %s", adapter.name, claim.task.symbol, claim.task.key, error.message
+            )
+            await writer.record_error(
+                FetchErrorRecord(
+                    exchange=adapter.name,
+                    symbol=claim.task.symbol,
+                    start_date=ms_to_datetime(claim.task.start_ms),
+                    end_date=ms_to_datetime(claim.task.end_ms),
+                    time_frame="1m",
+                    ohlcv_section="hist",
+                    resp_status_code=error.status,
+                    exception_class=outcome.exception_class or f"{error.kind.name.title()}Error",
+                    exception_message=error.message,
+                )
+            )
             await store.complete(self.job_id, claim, 0, failed=True)
 
     async def _fetch(self, adapter, limiter, http, task: FetchTask) -> FetchOutcome:
@@ -192,9 +213,11 @@ class BackfillEngine:
                 async with http.get(url) as response:
                     status, headers = response.status, dict(response.headers)
                     body = await response.text()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 exception_class = type(exc).__name__
-                error = ExchangeError(ErrorKind.RETRY, None, None, f"{exception_class}: {exc}".rstrip(": "), None)
+                error = ExchangeError(
+                    ErrorKind.RETRY, None, None, f"{exception_class}: {exc}".rstrip(": "), None
+                )
             else:
                 used = adapter.used_weight(headers)
                 if used is not None:
@@ -204,7 +227,9 @@ class BackfillEngine:
                         return FetchOutcome(adapter.parse_candles(task, body))
                     except ValueError as exc:
                         exception_class = "MalformedResponse"
-                        error = ExchangeError(ErrorKind.RETRY, None, None, f"malformed response: {exc}", status)
+                        error = ExchangeError(
+                            ErrorKind.RETRY, None, None, f"malformed response: {exc}", status
+                        )
                 else:
                     error = adapter.classify_error(status, headers, body)
 
@@ -217,10 +242,18 @@ class BackfillEngine:
                 return FetchOutcome([], error, "RateLimitError")
             if error.kind is ErrorKind.RETRY and attempt < self.options.max_retries:
                 attempt += 1
-                delay = backoff_seconds(attempt, self.options.backoff_base_seconds,
-                                        self.options.backoff_max_seconds)
-                log.warning("%s %s: %s; retry %d/%d in %.1fs", adapter.name, task.symbol, error.message,
-                            attempt, self.options.max_retries, delay)
+                delay = backoff_seconds(
+                    attempt, self.options.backoff_base_seconds, self.options.backoff_max_seconds
+                )
+                log.warning(
+                    "%s %s: %s; retry %d/%d in %.1fs",
+                    adapter.name,
+                    task.symbol,
+                    error.message,
+                    attempt,
+                    self.options.max_retries,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 continue
             return FetchOutcome([], error, exception_class)

@@ -140,9 +140,19 @@ class JobStore:
         await self.client.hset(
             meta,
             mapping={
-                "id": job_id, "exchange": exchange, "start_ms": start_ms, "end_ms": end_ms,
-                "symbols": json.dumps(symbols), "total": total, "done": 0, "failed": 0, "candles": 0,
-                "created_ms": now, "finished_ms": 0, "limit_per_minute": limit_per_minute, "refreshed": 0,
+                "id": job_id,
+                "exchange": exchange,
+                "start_ms": start_ms,
+                "end_ms": end_ms,
+                "symbols": json.dumps(symbols),
+                "total": total,
+                "done": 0,
+                "failed": 0,
+                "candles": 0,
+                "created_ms": now,
+                "finished_ms": 0,
+                "limit_per_minute": limit_per_minute,
+                "refreshed": 0,
             },
         )
         await self.client.zadd(backfill_key("jobs", exchange), {job_id: now})
@@ -155,11 +165,19 @@ class JobStore:
             raise KeyError(f"no backfill job {job_id!r}")
         data = {k.decode(): v.decode() for k, v in raw.items()}
         return JobInfo(
-            id=data["id"], exchange=data["exchange"], start_ms=int(data["start_ms"]),
-            end_ms=int(data["end_ms"]), symbols=json.loads(data["symbols"]), total=int(data["total"]),
-            done=int(data["done"]), failed=int(data["failed"]), candles=int(data["candles"]),
-            pending=await self.client.llen(pending), in_flight=await self.client.hlen(inflight),
-            created_ms=int(data["created_ms"]), finished_ms=int(data["finished_ms"]),
+            id=data["id"],
+            exchange=data["exchange"],
+            start_ms=int(data["start_ms"]),
+            end_ms=int(data["end_ms"]),
+            symbols=json.loads(data["symbols"]),
+            total=int(data["total"]),
+            done=int(data["done"]),
+            failed=int(data["failed"]),
+            candles=int(data["candles"]),
+            pending=await self.client.llen(pending),
+            in_flight=await self.client.hlen(inflight),
+            created_ms=int(data["created_ms"]),
+            finished_ms=int(data["finished_ms"]),
             limit_per_minute=float(data.get("limit_per_minute", 0) or 0),
             refreshed=data.get("refreshed") == "1",
         )

@@ -26,8 +26,9 @@ class BackfillRequestError(ValueError):
     """The user's backfill request is invalid; the message says why in one line."""
 
 
-def plan_job(adapter: ExchangeAdapter, markets: Sequence[Market], start_ms: int,
-             end_ms: int) -> Iterator[FetchTask]:
+def plan_job(
+    adapter: ExchangeAdapter, markets: Sequence[Market], start_ms: int, end_ms: int
+) -> Iterator[FetchTask]:
     """Every market's requests, interleaved oldest-first so all markets progress together."""
     per_market = (adapter.plan_fetch_tasks(m, start_ms, end_ms) for m in markets)
     return heapq.merge(*per_market, key=lambda t: (t.start_ms, t.symbol))
@@ -41,7 +42,9 @@ def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, 
     if end_ms <= start_ms:
         raise BackfillRequestError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
     if start_ms >= now_ms:
-        raise BackfillRequestError(f"the range starts in the future ({start.isoformat()}); nothing to fetch yet")
+        raise BackfillRequestError(
+            f"the range starts in the future ({start.isoformat()}); nothing to fetch yet"
+        )
     return start_ms, min(end_ms, now_ms)
 
 
@@ -69,8 +72,14 @@ def choose_markets(known: Sequence[Market], symbols: Sequence[str] | None) -> li
     return chosen
 
 
-async def create_job(settings: Settings, exchange: str, start: datetime, end: datetime,
-                     symbols: Sequence[str] | None = None, now: datetime | None = None) -> JobInfo:
+async def create_job(
+    settings: Settings,
+    exchange: str,
+    start: datetime,
+    end: datetime,
+    symbols: Sequence[str] | None = None,
+    now: datetime | None = None,
+) -> JobInfo:
     """Validate, pick markets (refreshing the list from the exchange if none are known), plan
     and store the job. Raises BackfillRequestError for the user's mistakes."""
     exchange = check_exchange(exchange)

@@ -5,7 +5,6 @@ Markets that are no longer listed are marked not trading, never deleted (their c
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -34,8 +33,9 @@ class MarketsRefresh:
     changed: int
 
 
-async def fetch_markets(settings: Settings, adapter: ExchangeAdapter,
-                        limiter: SharedRateLimiter | None = None) -> list[Market]:
+async def fetch_markets(
+    settings: Settings, adapter: ExchangeAdapter, limiter: SharedRateLimiter | None = None
+) -> list[Market]:
     """GET the exchange's market list request(s) and parse them (rate-limited when given a limiter)."""
     base = settings.rest_url(adapter.name)
     bodies: list[str] = []
@@ -50,9 +50,12 @@ async def fetch_markets(settings: Settings, adapter: ExchangeAdapter,
                     body = await response.text()
                     if response.status != 200:
                         raise MarketsUnavailable(
-                            f"{adapter.name} market list: HTTP {response.status} from {url}: {body[:200]}")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise MarketsUnavailable(f"{adapter.name} market list: cannot reach {url}: {exc or type(exc).__name__}") from None
+                            f"{adapter.name} market list: HTTP {response.status} from {url}: {body[:200]}"
+                        )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise MarketsUnavailable(
+                    f"{adapter.name} market list: cannot reach {url}: {exc or type(exc).__name__}"
+                ) from None
             bodies.append(body)
     return adapter.parse_markets(bodies)
 
@@ -68,6 +71,11 @@ async def refresh_markets(settings: Settings, exchange: str) -> MarketsRefresh:
     with connection(settings) as conn:
         changed = upsert_markets(conn, markets, exchange=exchange)
     result = MarketsRefresh(exchange, len(markets), sum(m.is_trading for m in markets), changed)
-    log.info("%s: %d markets listed (%d trading), %d rows changed", exchange, result.listed,
-             result.trading, result.changed)
+    log.info(
+        "%s: %d markets listed (%d trading), %d rows changed",
+        exchange,
+        result.listed,
+        result.trading,
+        result.changed,
+    )
     return result

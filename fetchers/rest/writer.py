@@ -35,8 +35,13 @@ OnCommitted = Callable[[object, int], Awaitable[None]]
 class CandleWriter:
     """`add(owner, candles)` buffers; after each commit `on_committed(owner, count)` is awaited."""
 
-    def __init__(self, settings: Settings, on_committed: OnCommitted,
-                 batch_rows: int = BATCH_ROWS, batch_seconds: float = BATCH_SECONDS):
+    def __init__(
+        self,
+        settings: Settings,
+        on_committed: OnCommitted,
+        batch_rows: int = BATCH_ROWS,
+        batch_seconds: float = BATCH_SECONDS,
+    ):
         self.settings = settings
         self.on_committed = on_committed
         self.batch_rows = batch_rows

@@ -1,7 +1,7 @@
 """Database commands.
 
-    python -m scripts.database init                      create the database if needed, apply the schema
-    python -m scripts.database refresh-aggregates [--start ISO --end ISO]
+python -m scripts.database init                      create the database if needed, apply the schema
+python -m scripts.database refresh-aggregates [--start ISO --end ISO]
 """
 
 from __future__ import annotations
@@ -36,10 +36,7 @@ def init() -> None:
     except DatabaseError as error:
         _fail(str(error))
     mode = "TimescaleDB hypertable + continuous aggregates" if timescale else "plain PostgreSQL"
-    click.echo(
-        f"schema ready in database {settings.postgres_db!r}"
-        f"{' (created)' if created else ''}: {mode}"
-    )
+    click.echo(f"schema ready in database {settings.postgres_db!r}{' (created)' if created else ''}: {mode}")
 
 
 @cli.command("refresh-aggregates")

@@ -1,6 +1,7 @@
 """Historical backfill over the exchanges' REST APIs.
 
-    python -m scripts.fetchers.rest fetch --exchange bitfinex --start 2021-01-01T00:00:00 --end 2021-01-02T00:00:00
+    python -m scripts.fetchers.rest fetch --exchange bitfinex \
+        --start 2021-01-01T00:00:00 --end 2021-01-02T00:00:00
     python -m scripts.fetchers.rest resume --exchange bitfinex
     python -m scripts.fetchers.rest status
     python -m scripts.fetchers.rest markets --exchange binance
@@ -244,11 +245,17 @@ def status(exchange: str | None) -> None:
     if not jobs:
         click.echo("no backfill jobs")
         return
-    click.echo(f"{'job':12}  {'exchange':8}  {'range (UTC)':33}  {'requests':>15}  {'failed':>6}  {'candles':>12}  state")
+    click.echo(
+        f"{'job':12}  {'exchange':8}  {'range (UTC)':33}  {'requests':>15}  "
+        f"{'failed':>6}  {'candles':>12}  state"
+    )
     for job in sorted(jobs, key=lambda j: j.created_ms):
         start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)
-        state = ("done" if job.refreshed else "refreshing") if job.finished else (
-            "running" if job.in_flight else "queued")
+        state = (
+            ("done" if job.refreshed else "refreshing")
+            if job.finished
+            else ("running" if job.in_flight else "queued")
+        )
         click.echo(
             f"{job.id:12}  {job.exchange:8}  {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M}  "
             f"{job.done + job.failed:>7,}/{job.total:<7,}  {job.failed:>6,}  {job.candles:>12,}  {state}"
@@ -263,8 +270,10 @@ def markets(exchange: str) -> None:
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
     result = run_async(refresh_markets(settings, exchange))
-    click.echo(f"{result.exchange}: {result.listed} markets listed, {result.trading} trading, "
-               f"{result.changed} rows changed")
+    click.echo(
+        f"{result.exchange}: {result.listed} markets listed, {result.trading} trading, "
+        f"{result.changed} rows changed"
+    )
 
 
 if __name__ == "__main__":

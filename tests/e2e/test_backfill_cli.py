@@ -29,8 +29,9 @@ def iso(ms: int) -> str:
 
 
 def run_cli(*args: str, timeout: float = 120, cwd: Path = ROOT, env: dict | None = None):
-    return subprocess.run([*CLI, *args], cwd=cwd, env=env or os.environ.copy(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env or os.environ.copy(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def job_progress(settings, exchange: str, with_in_flight: bool = False):
@@ -53,15 +54,40 @@ def job_progress(settings, exchange: str, with_in_flight: bool = False):
 
 # ------------------------------------------------------------------------------------ bad input
 
-@pytest.mark.parametrize("args, fragment", [
-    (["fetch", "--exchange", "kraken", "--start", "2021-01-01", "--end", "2021-01-02"], "unknown exchange 'kraken'"),
-    (["fetch", "--exchange", "binance", "--start", "yesterday", "--end", "2021-01-02"], "--start: not an ISO-8601"),
-    (["fetch", "--exchange", "binance", "--start", "2021-01-03", "--end", "2021-01-02"], "must be after --start"),
-    (["fetch", "--exchange", "binance", "--start", "2099-01-01", "--end", "2099-01-02"], "future"),
-    (["fetch", "--exchange", "binance", "--start", "2021-01-01", "--end", "2021-01-02", "--symbols", "NOPE/USDT"],
-     "unknown symbol 'NOPE/USDT' on binance"),
-    (["status", "--exchange", "kraken"], "unknown exchange"),
-])
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (
+            ["fetch", "--exchange", "kraken", "--start", "2021-01-01", "--end", "2021-01-02"],
+            "unknown exchange 'kraken'",
+        ),
+        (
+            ["fetch", "--exchange", "binance", "--start", "yesterday", "--end", "2021-01-02"],
+            "--start: not an ISO-8601",
+        ),
+        (
+            ["fetch", "--exchange", "binance", "--start", "2021-01-03", "--end", "2021-01-02"],
+            "must be after --start",
+        ),
+        (["fetch", "--exchange", "binance", "--start", "2099-01-01", "--end", "2099-01-02"], "future"),
+        (
+            [
+                "fetch",
+                "--exchange",
+                "binance",
+                "--start",
+                "2021-01-01",
+                "--end",
+                "2021-01-02",
+                "--symbols",
+                "NOPE/USDT",
+            ],
+            "unknown symbol 'NOPE/USDT' on binance",
+        ),
+        (["status", "--exchange", "kraken"], "unknown exchange"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(args, fragment, platform_settings):
     extra = ["--local"] if args[0] == "fetch" else []
     result = run_cli(*args, *extra)
@@ -81,19 +107,35 @@ def test_fetch_without_a_worker_says_how_to_start_one(platform_settings, simulat
 
 # ---------------------------------------------------------------------------------- happy paths
 
+
 def test_seed_command_with_dot_env_fills_ohlcvs_exactly(platform_settings, simulator, tmp_path):
     """The README's command, configured only by a `.env` file in the working directory."""
-    values = {**{k: os.environ[k] for k in SERVICE_ENV}, **simulator.env(),
-              "REST_RATE_WINDOW_SECONDS": os.environ["REST_RATE_WINDOW_SECONDS"],
-              "BITFINEX_REST_REQUESTS_PER_MINUTE": os.environ["BITFINEX_REST_REQUESTS_PER_MINUTE"],
-              "LOG_DIR": str(tmp_path / "logs")}
+    values = {
+        **{k: os.environ[k] for k in SERVICE_ENV},
+        **simulator.env(),
+        "REST_RATE_WINDOW_SECONDS": os.environ["REST_RATE_WINDOW_SECONDS"],
+        "BITFINEX_REST_REQUESTS_PER_MINUTE": os.environ["BITFINEX_REST_REQUESTS_PER_MINUTE"],
+        "LOG_DIR": str(tmp_path / "logs"),
+    }
     (tmp_path / ".env").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     env = {k: v for k, v in os.environ.items() if k not in values}
     env["PYTHONPATH"] = str(ROOT)
     start_ms, end_ms = day_aligned_range(simulator, days_back=4, days=2)
 
-    result = run_cli("fetch", "--exchange", "bitfinex", "--start", iso(start_ms), "--end", iso(end_ms),
-                     "--symbols", "BTC/USD,tETHBTC", "--local", cwd=tmp_path, env=env)
+    result = run_cli(
+        "fetch",
+        "--exchange",
+        "bitfinex",
+        "--start",
+        iso(start_ms),
+        "--end",
+        iso(end_ms),
+        "--symbols",
+        "BTC/USD,tETHBTC",
+        "--local",
+        cwd=tmp_path,
+        env=env,
+    )
 
     assert result.returncode == 0, result.stderr
     assert "candles written, aggregates refreshed" in result.stdout
@@ -104,8 +146,12 @@ def test_seed_command_with_dot_env_fills_ohlcvs_exactly(platform_settings, simul
 def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platform_settings, simulator):
     exchange = "binance"
     start_ms, end_ms = day_aligned_range(simulator, days_back=5, days=3)
-    proc = subprocess.Popen([*CLI, "fetch", "--exchange", exchange, "--start", iso(start_ms), "--end",
-                             iso(end_ms), "--local"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*CLI, "fetch", "--exchange", exchange, "--start", iso(start_ms), "--end", iso(end_ms), "--local"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 60
     while time.time() < deadline:
         done, total = job_progress(platform_settings, exchange)
@@ -133,21 +179,49 @@ def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platfor
 def test_celery_worker_runs_the_queued_job(platform_settings, simulator, tmp_path):
     exchange = "binance"
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "celery_app.celery_main", "worker", "-Q", f"{exchange}_rest",
-         "--concurrency", "1", "--hostname", f"test-{os.getpid()}@%h", "--loglevel", "INFO"],
-        cwd=ROOT, stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_app.celery_main",
+            "worker",
+            "-Q",
+            f"{exchange}_rest",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"test-{os.getpid()}@%h",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        stdout=open(tmp_path / "worker.log", "wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
         deadline = time.time() + 60
         result = None
         while time.time() < deadline:
-            result = run_cli("fetch", "--exchange", exchange, "--start", iso(start_ms), "--end", iso(end_ms),
-                             "--symbols", "BTCUSDT,ETH/BTC", "--wait")
+            result = run_cli(
+                "fetch",
+                "--exchange",
+                exchange,
+                "--start",
+                iso(start_ms),
+                "--end",
+                iso(end_ms),
+                "--symbols",
+                "BTCUSDT,ETH/BTC",
+                "--wait",
+            )
             if "no Celery worker" not in result.stderr:
                 break
             time.sleep(1)
-        assert result is not None and result.returncode == 0, result.stderr + (tmp_path / "worker.log").read_text()
+        assert result is not None and result.returncode == 0, (
+            result.stderr + (tmp_path / "worker.log").read_text()
+        )
         job_id = result.stdout.strip().splitlines()[0]
         assert len(job_id) == 12
         assert "requests done, 0 failed" in result.stdout
@@ -171,8 +245,17 @@ def test_a_database_without_the_schema_is_one_line(postgres_server, platform_set
         cur.execute("CREATE DATABASE cfr_no_schema")
     try:
         env = {**os.environ, "POSTGRES_DB": "cfr_no_schema"}
-        result = run_cli("fetch", "--exchange", "binance", "--start", "2021-01-01", "--end", "2021-01-02",
-                         "--local", env=env)
+        result = run_cli(
+            "fetch",
+            "--exchange",
+            "binance",
+            "--start",
+            "2021-01-01",
+            "--end",
+            "2021-01-02",
+            "--local",
+            env=env,
+        )
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "python -m scripts.database init" in lines[0], result.stderr

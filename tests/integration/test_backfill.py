@@ -59,8 +59,16 @@ def test_faults_and_429_storms_still_give_exact_history(platform_settings, simul
     asyncio.run(refresh_markets(platform_settings, exchange))
     simulator.set_faults(exchange, http_5xx_rate=0.4, storm_seconds=1.5)
 
-    job = run_job(platform_settings, exchange, start_ms, end_ms, symbols, max_retries=8,
-                  backoff_base_seconds=0.05, backoff_max_seconds=0.5)
+    job = run_job(
+        platform_settings,
+        exchange,
+        start_ms,
+        end_ms,
+        symbols,
+        max_retries=8,
+        backoff_base_seconds=0.05,
+        backoff_max_seconds=0.5,
+    )
 
     assert job.finished and job.failed == 0
     assert_matches_truth(platform_settings, simulator, exchange, symbols, start_ms, end_ms)
@@ -77,16 +85,26 @@ def test_requests_that_keep_failing_are_recorded_and_the_job_goes_on(platform_se
     asyncio.run(refresh_markets(platform_settings, exchange))
     simulator.set_faults(exchange, http_5xx_rate=1.0)
 
-    job = run_job(platform_settings, exchange, start_ms, end_ms, symbols, max_retries=1,
-                  backoff_base_seconds=0.01, backoff_max_seconds=0.02)
+    job = run_job(
+        platform_settings,
+        exchange,
+        start_ms,
+        end_ms,
+        symbols,
+        max_retries=1,
+        backoff_base_seconds=0.01,
+        backoff_max_seconds=0.02,
+    )
 
     assert job.finished and job.failed == job.total == len(symbols) and job.done == 0
     with connection(platform_settings) as conn, conn.cursor() as cur:
-        cur.execute("SELECT symbol, start_date, end_date, time_frame, ohlcv_section, resp_status_code, "
-                    "exception_class, exception_message FROM ohlcvs_errors ORDER BY symbol")
+        cur.execute(
+            "SELECT symbol, start_date, end_date, time_frame, ohlcv_section, resp_status_code, "
+            "exception_class, exception_message FROM ohlcvs_errors ORDER BY symbol"
+        )
         errors = cur.fetchall()
     assert sorted(e[0] for e in errors) == sorted(symbols)
-    for symbol, start, end, frame, section, status, cls, message in errors:
+    for _symbol, start, end, frame, section, status, cls, message in errors:
         assert (start, end) == (ms_to_datetime(start_ms), ms_to_datetime(end_ms))
         assert (frame, section) == ("1m", "hist") and status >= 500 and cls and message
 
@@ -94,16 +112,18 @@ def test_requests_that_keep_failing_are_recorded_and_the_job_goes_on(platform_se
 def test_two_workers_share_one_budget(platform_settings, simulator):
     exchange = "binance"
     start_ms, end_ms = day_aligned_range(simulator, days_back=5, days=4)
-    job = asyncio.run(create_job(platform_settings, exchange, ms_to_datetime(start_ms),
-                                 ms_to_datetime(end_ms), None))
+    job = asyncio.run(
+        create_job(platform_settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), None)
+    )
     symbols = job.symbols
     assert job.total >= 55, "the job must span several rate windows"
     simulator.reset_stats()
     results = []
 
     def worker(name: str) -> None:
-        engine = BackfillEngine(platform_settings, job.id, EngineOptions.from_settings(platform_settings),
-                                worker_id=name)
+        engine = BackfillEngine(
+            platform_settings, job.id, EngineOptions.from_settings(platform_settings), worker_id=name
+        )
         results.append((engine, asyncio.run(engine.run())))
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(2)]
@@ -145,13 +165,19 @@ def test_month_old_backfill_leaves_every_aggregate_level_consistent(platform_set
                     FROM minutes GROUP BY bucket
                     HAVING bucket >= %(start)s AND bucket + %(w)s <= %(end)s
                 )
-                SELECT e.bucket, e.open, a.open, e.high, a.high, e.low, a.low, e.close, a.close, e.volume, a.volume
+                SELECT e.bucket, e.open, a.open, e.high, a.high, e.low, a.low,
+                       e.close, a.close, e.volume, a.volume
                 FROM expected e LEFT JOIN {name} a
                   ON a.bucket = e.bucket AND a.exchange = %(ex)s AND a.base_id = 'BTC' AND a.quote_id = 'USDT'
                 WHERE a.bucket IS NULL OR (e.open, e.high, e.low, e.close, e.volume)
                       IS DISTINCT FROM (a.open, a.high, a.low, a.close, a.volume)
                 """,
-                {"w": width, "ex": exchange, "start": ms_to_datetime(start_ms), "end": ms_to_datetime(end_ms)},
+                {
+                    "w": width,
+                    "ex": exchange,
+                    "start": ms_to_datetime(start_ms),
+                    "end": ms_to_datetime(end_ms),
+                },
             )
             wrong = cur.fetchall()
             assert wrong == [], f"{name}: {len(wrong)} bucket(s) disagree with the 1m rows, e.g. {wrong[:1]}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -21,14 +21,21 @@ from common.schema import apply_schema
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2021, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2021, 1, 1, tzinfo=UTC)
 BTC_USD = Market("bitfinex", "BTC", "USD", "tBTCUSD")
 
 
 def candle(minute: int, open_: str, high: str, low: str, close: str, volume: str, market=BTC_USD) -> Candle:
     return Candle(
-        market.exchange, market.base_id, market.quote_id, T0 + timedelta(minutes=minute),
-        Decimal(open_), Decimal(high), Decimal(low), Decimal(close), Decimal(volume),
+        market.exchange,
+        market.base_id,
+        market.quote_id,
+        T0 + timedelta(minutes=minute),
+        Decimal(open_),
+        Decimal(high),
+        Decimal(low),
+        Decimal(close),
+        Decimal(volume),
     )
 
 
@@ -59,17 +66,34 @@ def test_schema_has_public_relations(db_conn):
     relations, columns = schema_snapshot(db_conn)
     names = {name for name, _, _ in relations}
     expected = {
-        "ohlcvs", "symbol_exchange", "ohlcvs_errors", "ohlcvs_summary_5min", "ohlcvs_summary_15min",
-        "ohlcvs_summary_30min", "ohlcvs_summary_1hour", "ohlcvs_summary_6hour", "ohlcvs_summary_12hour",
-        "ohlcvs_summary_daily", "ohlcvs_summary_7day", "geo_daily_return", "weekly_return",
-        "top_20_quoted_vol", "common_basequote_30",
+        "ohlcvs",
+        "symbol_exchange",
+        "ohlcvs_errors",
+        "ohlcvs_summary_5min",
+        "ohlcvs_summary_15min",
+        "ohlcvs_summary_30min",
+        "ohlcvs_summary_1hour",
+        "ohlcvs_summary_6hour",
+        "ohlcvs_summary_12hour",
+        "ohlcvs_summary_daily",
+        "ohlcvs_summary_7day",
+        "geo_daily_return",
+        "weekly_return",
+        "top_20_quoted_vol",
+        "common_basequote_30",
     }
     assert expected <= names
     ohlcvs_columns = {(c, t) for table, c, t in columns if table == "ohlcvs"}
     assert ohlcvs_columns == {
-        ("time", "timestamp with time zone"), ("exchange", "text"), ("base_id", "text"),
-        ("quote_id", "text"), ("open", "numeric"), ("high", "numeric"), ("low", "numeric"),
-        ("close", "numeric"), ("volume", "numeric"),
+        ("time", "timestamp with time zone"),
+        ("exchange", "text"),
+        ("base_id", "text"),
+        ("quote_id", "text"),
+        ("open", "numeric"),
+        ("high", "numeric"),
+        ("low", "numeric"),
+        ("close", "numeric"),
+        ("volume", "numeric"),
     }
     with db_conn.cursor() as cur:
         cur.execute(
@@ -98,9 +122,13 @@ def test_exact_decimals_round_trip(db_conn):
         [candle(0, "0.00000001234", "123456789.12345678", "1e-8", "37050.01000000", "12.34567000")],
     )
     db_conn.commit()
-    (_, open_, high, low, close, volume), = fetch_ohlcvs(db_conn)
+    ((_, open_, high, low, close, volume),) = fetch_ohlcvs(db_conn)
     assert (open_, high, low, close, volume) == (
-        "0.00000001234", "123456789.12345678", "0.00000001", "37050.01000000", "12.34567000",
+        "0.00000001234",
+        "123456789.12345678",
+        "0.00000001",
+        "37050.01000000",
+        "12.34567000",
     )
     with db_conn.cursor() as cur:
         cur.execute("SELECT open, high, low FROM ohlcvs")
@@ -132,7 +160,9 @@ def test_candles_for_unknown_market_are_rejected(db_conn):
     db_conn.commit()
     unknown = Market("binance", "NOPE", "USDT", "NOPEUSDT")
     with pytest.raises(UnknownMarketError) as raised:
-        upsert_candles(db_conn, [candle(0, "1", "1", "1", "1", "1"), candle(0, "1", "1", "1", "1", "1", unknown)])
+        upsert_candles(
+            db_conn, [candle(0, "1", "1", "1", "1", "1"), candle(0, "1", "1", "1", "1", "1", unknown)]
+        )
     assert raised.value.markets == [("binance", "NOPE", "USDT")]
     assert "binance:NOPE/USDT" in str(raised.value)
     assert fetch_ohlcvs(db_conn) == []
@@ -151,8 +181,17 @@ def test_markets_no_longer_listed_are_marked_not_trading(db_conn):
 def test_fetch_errors_are_recorded(db_conn):
     record_fetch_error(
         db_conn,
-        FetchErrorRecord("binance", "BTCUSDT", T0, T0 + timedelta(hours=1), "1m", "hist", 503,
-                         "ServerError", "Service Unavailable"),
+        FetchErrorRecord(
+            "binance",
+            "BTCUSDT",
+            T0,
+            T0 + timedelta(hours=1),
+            "1m",
+            "hist",
+            503,
+            "ServerError",
+            "Service Unavailable",
+        ),
     )
     db_conn.commit()
     with db_conn.cursor() as cur:
@@ -163,13 +202,23 @@ def test_fetch_errors_are_recorded(db_conn):
 def test_aggregates_refresh_over_a_range(settings, db_conn):
     upsert_markets(db_conn, [BTC_USD])
     # 20 minutes starting 23:50 on Jan 3 2021 (a Sunday) so buckets cross a day and a week boundary.
-    start = datetime(2021, 1, 3, 23, 50, tzinfo=timezone.utc)
+    start = datetime(2021, 1, 3, 23, 50, tzinfo=UTC)
     rows = []
     for i in range(20):
         price = Decimal(100 + i)
-        rows.append(Candle("bitfinex", "BTC", "USD", start + timedelta(minutes=i), price,
-                           price + Decimal("0.5"), price - Decimal("0.25"), price + Decimal("0.1"),
-                           Decimal("0.001") * (i + 1)))
+        rows.append(
+            Candle(
+                "bitfinex",
+                "BTC",
+                "USD",
+                start + timedelta(minutes=i),
+                price,
+                price + Decimal("0.5"),
+                price - Decimal("0.25"),
+                price + Decimal("0.1"),
+                Decimal("0.001") * (i + 1),
+            )
+        )
     upsert_candles(db_conn, rows)
     db_conn.commit()
     refresh_aggregates(settings, start, start + timedelta(minutes=20))
@@ -179,14 +228,20 @@ def test_aggregates_refresh_over_a_range(settings, db_conn):
             cur.execute(f"SELECT bucket, open, high, low, close, volume FROM {name} ORDER BY bucket")
             return cur.fetchall()
 
-    def expected(width: timedelta, origin=datetime(2000, 1, 3, tzinfo=timezone.utc)):
+    def expected(width: timedelta, origin=datetime(2000, 1, 3, tzinfo=UTC)):
         buckets = {}
         for c in rows:
             b = origin + ((c.time - origin) // width) * width
             buckets.setdefault(b, []).append(c)
         return [
-            (b, cs[0].open, max(c.high for c in cs), min(c.low for c in cs), cs[-1].close,
-             sum(c.volume for c in cs))
+            (
+                b,
+                cs[0].open,
+                max(c.high for c in cs),
+                min(c.low for c in cs),
+                cs[-1].close,
+                sum(c.volume for c in cs),
+            )
             for b, cs in sorted(buckets.items())
         ]
 

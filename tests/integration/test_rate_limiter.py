@@ -54,7 +54,9 @@ def test_mixed_weights_never_exceed_capacity(redis_server):
     async def scenario():
         client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
         await client.flushall()
-        limiter = SharedRateLimiter(client, "binance", Budget(capacity=100, window_seconds=1.0, max_weight=10))
+        limiter = SharedRateLimiter(
+            client, "binance", Budget(capacity=100, window_seconds=1.0, max_weight=10)
+        )
         events = await grant_times([limiter], [10, 2, 2, 10, 2, 2, 2, 10] * 7)
         await client.aclose()
         return events
@@ -64,6 +66,7 @@ def test_mixed_weights_never_exceed_capacity(redis_server):
 
 def test_block_pauses_every_worker_and_never_shortens(redis_server):
     """Waits are the ones the limiter schedules on Redis's clock, so a busy machine cannot skew them."""
+
     async def scenario():
         clients = [aioredis.Redis(port=redis_server.port, password=redis_server.password) for _ in range(2)]
         await clients[0].flushall()

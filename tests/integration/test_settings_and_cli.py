@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 def run(args, env_overrides, cwd=PROJECT_ROOT):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "REDIS_"))}
     env.update(env_overrides)
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
+    )
 
 
 def test_invalid_setting_is_one_line_naming_the_variable():
@@ -29,14 +31,20 @@ def test_invalid_setting_is_one_line_naming_the_variable():
 def test_unreachable_database_is_one_line(tmp_path):
     from tests.support.services import free_port
 
-    result = run(["-m", "scripts.database", "init"], {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(free_port())})
+    result = run(
+        ["-m", "scripts.database", "init"], {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(free_port())}
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: cannot connect to PostgreSQL at 127.0.0.1:")
     assert result.stderr.strip().count("\n") == 0
 
 
 def test_init_creates_database_and_is_idempotent(postgres_server):
-    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(postgres_server.port), "POSTGRES_DB": "cfr_cli_init"}
+    env = {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(postgres_server.port),
+        "POSTGRES_DB": "cfr_cli_init",
+    }
     first = run(["-m", "scripts.database", "init"], env)
     assert first.returncode == 0, first.stderr
     assert "(created)" in first.stdout
@@ -56,13 +64,19 @@ def test_init_without_rights_changes_nothing(postgres_server):
     locked.autocommit = True
     with locked.cursor() as cur:
         cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
-    env = {"POSTGRES_HOST": "127.0.0.1", "POSTGRES_PORT": str(postgres_server.port),
-           "POSTGRES_DB": "cfr_locked", "POSTGRES_USER": "cfr_reader"}
+    env = {
+        "POSTGRES_HOST": "127.0.0.1",
+        "POSTGRES_PORT": str(postgres_server.port),
+        "POSTGRES_DB": "cfr_locked",
+        "POSTGRES_USER": "cfr_reader",
+    }
     result = run(["-m", "scripts.database", "init"], env)
     assert result.returncode == 1
     assert "more rights" in result.stderr and "nothing was changed" in result.stderr
     with locked.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = 'public'")
+        cur.execute(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public'"
+        )
         assert cur.fetchone()[0] == 0
     locked.close()

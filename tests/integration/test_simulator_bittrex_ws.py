@@ -15,6 +15,7 @@ import uuid
 import zlib
 from datetime import datetime
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import aiohttp
@@ -27,8 +28,16 @@ pytestmark = pytest.mark.integration
 
 MINUTE_MS = 60_000
 NEGOTIATE_KEYS = {
-    "Url", "ConnectionToken", "ConnectionId", "KeepAliveTimeout", "DisconnectTimeout", "ConnectionTimeout",
-    "TryWebSockets", "ProtocolVersion", "TransportConnectTimeout", "LongPollDelay",
+    "Url",
+    "ConnectionToken",
+    "ConnectionId",
+    "KeepAliveTimeout",
+    "DisconnectTimeout",
+    "ConnectionTimeout",
+    "TryWebSockets",
+    "ProtocolVersion",
+    "TransportConnectTimeout",
+    "LongPollDelay",
 }
 CANDLE_KEYS = {"sequence", "marketSymbol", "interval", "delta", "candleType"}
 DELTA_KEYS = {"startsAt", "open", "high", "low", "close", "volume", "quoteVolume"}
@@ -61,7 +70,7 @@ async def collect(client: SignalRClient, method: str | None, seconds: float) -> 
     while (left := deadline - time.monotonic()) > 0:
         try:
             got.append(await client.next_push(method, timeout=left))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     return got
 
@@ -106,8 +115,13 @@ def test_negotiate_answers_the_documented_json_with_the_documented_types() -> No
         assert isinstance(token, str) and len(token) >= 100
         assert {"+", "/", "="} <= set(token), "the token must need URL-encoding, as Bittrex's did"
         assert str(uuid.UUID(body["ConnectionId"])) == body["ConnectionId"]
-        numbers = [("KeepAliveTimeout", 20.0), ("DisconnectTimeout", 30.0), ("ConnectionTimeout", 110.0),
-                   ("TransportConnectTimeout", 5.0), ("LongPollDelay", 0.0)]
+        numbers = [
+            ("KeepAliveTimeout", 20.0),
+            ("DisconnectTimeout", 30.0),
+            ("ConnectionTimeout", 110.0),
+            ("TransportConnectTimeout", 5.0),
+            ("LongPollDelay", 0.0),
+        ]
         for name, value in numbers:
             assert type(body[name]) is float and body[name] == value, name
         assert body["TryWebSockets"] is True
@@ -144,8 +158,12 @@ def test_connect_refuses_what_signalr_refuses() -> None:
             async with session.get(f"{url}/negotiate", params={"clientProtocol": "1.5"}) as response:
                 token = (await response.json())["ConnectionToken"]
             ws_base = url.replace("http://", "ws://")
-            good = {"transport": "webSockets", "clientProtocol": "1.5", "connectionToken": token,
-                    "connectionData": CONNECTION_DATA}
+            good = {
+                "transport": "webSockets",
+                "clientProtocol": "1.5",
+                "connectionToken": token,
+                "connectionData": CONNECTION_DATA,
+            }
             cases = {
                 "tampered token": {**good, "connectionToken": ("A" if token[0] != "A" else "B") + token[1:]},
                 "missing token": {k: v for k, v in good.items() if k != "connectionToken"},
@@ -179,8 +197,13 @@ def test_connect_refuses_what_signalr_refuses() -> None:
     with running_simulator() as sim:
         results = run(scenario(ws_url(sim)))
     assert {name: status for name, (status, _) in results.items()} == {
-        "tampered token": 400, "missing token": 400, "long polling": 400, "unknown hub": 500,
-        "unencoded token": 400, "plain GET": 400, "start with bad token": 400,
+        "tampered token": 400,
+        "missing token": 400,
+        "long polling": 400,
+        "unknown hub": 500,
+        "unencoded token": 400,
+        "plain GET": 400,
+        "start with bad token": 400,
     }
 
 
@@ -192,8 +215,10 @@ def test_subscribe_replies_one_result_per_stream_with_a_string_id_after_groups_t
         async with SignalRClient(url) as client:
             replies = [
                 await client.invoke("Subscribe", [f"candle_{market}_MINUTE_1"]),
-                await client.invoke("Subscribe", [f"candle_{market}_MINUTE_1", "heartbeat",
-                                                  "candle_NOPE-USD_MINUTE_1", "bogus_stream"]),
+                await client.invoke(
+                    "Subscribe",
+                    [f"candle_{market}_MINUTE_1", "heartbeat", "candle_NOPE-USD_MINUTE_1", "bogus_stream"],
+                ),
                 await client.invoke("Unsubscribe", [f"candle_{market}_MINUTE_1"]),
             ]
             return client, replies
@@ -290,18 +315,27 @@ def test_the_last_push_of_each_minute_is_the_final_bar_and_each_minute_opens_wit
         minutes = sorted(by_minute)
         complete = minutes[1:-1]
         assert len(complete) >= 2, minutes
-        truth = {row["time"]: row for row in sim.truth("bittrex", market, complete[0] - MINUTE_MS,
-                                                       complete[-1] + MINUTE_MS)}
+        truth = {
+            row["time"]: row
+            for row in sim.truth("bittrex", market, complete[0] - MINUTE_MS, complete[-1] + MINUTE_MS)
+        }
     sequences = [p["sequence"] for p in payloads]
     assert sequences == list(range(sequences[0], sequences[0] + len(sequences))), "+1 per message"
     assert minutes == sorted(set(starts_at_ms(p["delta"]["startsAt"]) for p in payloads))
     assert [starts_at_ms(p["delta"]["startsAt"]) for p in payloads] == sorted(
-        starts_at_ms(p["delta"]["startsAt"]) for p in payloads), "minutes arrive in order"
+        starts_at_ms(p["delta"]["startsAt"]) for p in payloads
+    ), "minutes arrive in order"
     assert any(len(by_minute[m]) > 2 for m in complete), "in-progress updates between placeholder and close"
     for minute in complete:
         last, expected = by_minute[minute][-1], truth[minute]
-        for name, truth_name in [("open", "open"), ("high", "high"), ("low", "low"), ("close", "close"),
-                                 ("volume", "volume"), ("quoteVolume", "quote_volume")]:
+        for name, truth_name in [
+            ("open", "open"),
+            ("high", "high"),
+            ("low", "low"),
+            ("close", "close"),
+            ("volume", "volume"),
+            ("quoteVolume", "quote_volume"),
+        ]:
             assert Decimal(last[name]) == Decimal(expected[truth_name]), (minute, name)
         placeholder, previous_close = by_minute[minute][0], Decimal(truth[minute - MINUTE_MS]["close"])
         assert placeholder["volume"] == "0" and placeholder["quoteVolume"] == "0"
@@ -328,8 +362,9 @@ def test_sequences_are_per_stream_and_agree_across_connections() -> None:
     assert len(shared) >= 2
     for payload in shared:
         assert payload["sequence"] == seen[json.dumps(payload["delta"], sort_keys=True)]
-    assert all(p.args[0]["sequence"] > rest_sequence for p in first[-3:]), \
+    assert all(p.args[0]["sequence"] > rest_sequence for p in first[-3:]), (
         "a message pushed after a REST snapshot is newer than its Sequence header"
+    )
 
 
 # ------------------------------------------------------------------------------------ timers
@@ -346,8 +381,8 @@ def test_keepalives_on_every_socket_and_heartbeats_only_when_subscribed() -> Non
         assert sim.simulator.config.bittrex_keepalive_seconds == 1.0
         subscribed, idle, beats = run(scenario(ws_url(sim)))
     assert len(subscribed.keepalives) >= 2 and len(idle.keepalives) >= 2
-    assert '{}' in [f.text for f in idle.frames]
-    gaps = [b - a for a, b in zip(idle.keepalives, idle.keepalives[1:])]
+    assert "{}" in [f.text for f in idle.frames]
+    gaps = [b - a for a, b in pairwise(idle.keepalives)]
     assert all(0.7 < gap < 1.5 for gap in gaps), gaps
     assert len(beats) >= 2
     for beat in beats:

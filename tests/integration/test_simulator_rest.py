@@ -542,7 +542,7 @@ def test_same_seed_same_history_in_two_instances() -> None:
             bodies.append([get(sim.urls[exchange]["rest"] + path).text for exchange, path in paths])
     assert all(len(text) > 100 for text in bodies[0])
     assert bodies[0] == bodies[1], "the same seed gives byte-identical history"
-    assert all(a != b for a, b in zip(bodies[0], bodies[2])), "another seed gives other history"
+    assert all(a != b for a, b in zip(bodies[0], bodies[2], strict=True)), "another seed gives other history"
 
 
 def test_quiet_minutes_missing_on_bitfinex_zero_volume_elsewhere(
@@ -593,7 +593,7 @@ def test_rest_candles_equal_ground_truth(sim: SimHandle, past: tuple[int, int]) 
             sim, f"/v2/candles/trade:1m:t{symbol}/hist?start={start}&end={end}&sort=1&limit=1000"
         ).json()
         assert [r[0] for r in rows] == [t["time"] for t in truth]
-        for row, t in zip(rows, truth):
+        for row, t in zip(rows, truth, strict=True):
             assert [Decimal(v) for v in row[1:]] == [
                 Decimal(t[k]) for k in ("open", "close", "high", "low", "volume")
             ]
@@ -601,7 +601,7 @@ def test_rest_candles_equal_ground_truth(sim: SimHandle, past: tuple[int, int]) 
         truth = sim.truth("binance", symbol, start, end + MINUTE)
         rows = bn(sim, f"/api/v3/klines?symbol={symbol}&interval=1m&startTime={start}&endTime={end}").json()
         assert len(rows) == len(truth) == 121
-        for row, t in zip(rows, truth):
+        for row, t in zip(rows, truth, strict=True):
             assert row[0] == t["time"] and row[8] == t["trades"]
             assert [Decimal(v) for v in (row[1], row[2], row[3], row[4], row[5], row[7])] == [
                 Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")
@@ -614,7 +614,7 @@ def test_rest_candles_equal_ground_truth(sim: SimHandle, past: tuple[int, int]) 
         sim, f"/v3/markets/{quiet}/candles/MINUTE_1/historical/{day.year}/{day.month}/{day.day}"
     ).json()
     assert len(candles) == len(truth) == 1440
-    for candle, t in zip(candles, truth):
+    for candle, t in zip(candles, truth, strict=True):
         assert iso_ms(candle["startsAt"]) == t["time"]
         assert [Decimal(candle[k]) for k in ("open", "high", "low", "close", "volume", "quoteVolume")] == [
             Decimal(t[k]) for k in ("open", "high", "low", "close", "volume", "quote_volume")

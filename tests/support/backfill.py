@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from common.db import connection
@@ -17,8 +17,9 @@ DAY_MS = 86_400_000
 FIELDS = ("open", "high", "low", "close", "volume")
 
 
-def run_job(settings: Settings, exchange: str, start_ms: int, end_ms: int, symbols: list[str] | None,
-            **options) -> JobInfo:
+def run_job(
+    settings: Settings, exchange: str, start_ms: int, end_ms: int, symbols: list[str] | None, **options
+) -> JobInfo:
     """Create a job and drain it with one in-process engine (the `--local` path)."""
 
     async def go() -> JobInfo:
@@ -38,7 +39,8 @@ def stored_candles(settings: Settings, exchange: str, symbol: str, start_ms: int
             (exchange, symbol, ms_to_datetime(start_ms), ms_to_datetime(end_ms)),
         )
         return [
-            {"time": int(row[0].timestamp() * 1000), **dict(zip(FIELDS, row[1:]))} for row in cur.fetchall()
+            {"time": int(row[0].timestamp() * 1000), **dict(zip(FIELDS, row[1:], strict=True))}
+            for row in cur.fetchall()
         ]
 
 
@@ -50,17 +52,20 @@ def truth_candles(sim, exchange: str, symbol: str, start_ms: int, end_ms: int) -
     return rows
 
 
-def assert_matches_truth(settings: Settings, sim, exchange: str, symbols: list[str], start_ms: int,
-                         end_ms: int) -> int:
+def assert_matches_truth(
+    settings: Settings, sim, exchange: str, symbols: list[str], start_ms: int, end_ms: int
+) -> int:
     """Every minute, every value equal to the simulator's final candles; no extra rows. Returns rows."""
     total = 0
     for symbol in symbols:
         stored = stored_candles(settings, exchange, symbol, start_ms, end_ms)
         truth = truth_candles(sim, exchange, symbol, start_ms, end_ms)
         assert truth, f"no ground truth for {exchange} {symbol}"
-        assert [c["time"] for c in stored] == [c["time"] for c in truth], f"{exchange} {symbol}: minutes differ"
-        for got, want in zip(stored, truth):
-            assert got == want, f"{exchange} {symbol} at {datetime.fromtimestamp(got['time'] / 1000, timezone.utc)}"
+        assert [c["time"] for c in stored] == [c["time"] for c in truth], (
+            f"{exchange} {symbol}: minutes differ"
+        )
+        for got, want in zip(stored, truth, strict=True):
+            assert got == want, f"{exchange} {symbol} at {datetime.fromtimestamp(got['time'] / 1000, UTC)}"
         total += len(stored)
     with connection(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM ohlcvs WHERE exchange = %s", (exchange,))

@@ -69,16 +69,29 @@ class PostgresServer:
         account = pwd.getpwnam("postgres")
         return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         bindir = postgres_bindir()
         data = self.workdir / "data"
         if os.geteuid() == 0:
             os.chown(self.workdir, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
         kwargs = self._run_kwargs()
         subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", self.user, "-A", "trust", "-E", "UTF8",
-             "--no-sync", "--locale=C"],
-            check=True, capture_output=True, **kwargs,
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                self.user,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+            **kwargs,
         )
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} "
@@ -87,9 +100,20 @@ class PostgresServer:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
-            [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.workdir / "log"),
-             "-w", "start"],
-            check=True, capture_output=True, **kwargs,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(self.workdir / "log"),
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            **kwargs,
         )
         _wait_until(lambda: self.connect("postgres").close() is None, 30, "PostgreSQL")
         return self
@@ -101,7 +125,8 @@ class PostgresServer:
         bindir = postgres_bindir()
         subprocess.run(
             [str(bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "immediate", "stop"],
-            capture_output=True, **self._run_kwargs(),
+            capture_output=True,
+            **self._run_kwargs(),
         )
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -113,12 +138,28 @@ class RedisServer:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-redis-")))
     process: subprocess.Popen | None = None
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
-             "--save", "", "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--requirepass",
+                self.password,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_until(lambda: self.client().ping(), 15, "Redis")
         return self

@@ -72,8 +72,13 @@ class SignalRClient:
     def transport_params(self, **extra: str) -> dict[str, str]:
         """The query every request after negotiate carries (`/connect`, `/start`, `/abort`, ...)."""
         token = self.negotiation["ConnectionToken"]
-        return {"transport": "webSockets", "clientProtocol": "1.5", "connectionToken": token,
-                "connectionData": CONNECTION_DATA, **extra}
+        return {
+            "transport": "webSockets",
+            "clientProtocol": "1.5",
+            "connectionToken": token,
+            "connectionData": CONNECTION_DATA,
+            **extra,
+        }
 
     async def negotiate(self) -> dict[str, Any]:
         assert self.session is not None
@@ -83,7 +88,7 @@ class SignalRClient:
             self.negotiation = await response.json()
         return self.negotiation
 
-    async def open(self, start: bool = True) -> "SignalRClient":
+    async def open(self, start: bool = True) -> SignalRClient:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
         await self.negotiate()
         await self._connect("connect", self.transport_params(tid="10"))
@@ -133,7 +138,7 @@ class SignalRClient:
                 pass
             self._reader = None
 
-    async def __aenter__(self) -> "SignalRClient":
+    async def __aenter__(self) -> SignalRClient:
         return await self.open()
 
     async def __aexit__(self, *exc: object) -> None:

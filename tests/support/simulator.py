@@ -12,10 +12,10 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from decimal import Decimal
-from pathlib import Path
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 from urllib.request import Request, urlopen
@@ -96,8 +96,11 @@ def simulator_process(*args: str, python_args: Sequence[str] = ()) -> Iterator[S
     go before `-m`, e.g. a profiler)."""
     errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody drains
     proc = subprocess.Popen(
-        [sys.executable, *python_args, "-m", "simulator", "--json", *args], cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=errors, text=True,
+        [sys.executable, *python_args, "-m", "simulator", "--json", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
     )
     try:
         assert proc.stdout is not None

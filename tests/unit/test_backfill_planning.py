@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,19 +13,22 @@ from fetchers.rest.progress import ProgressMeter
 
 pytestmark = pytest.mark.unit
 
-UTC = timezone.utc
+UTC = UTC
 NOW = datetime(2021, 6, 1, 12, 30, 45, tzinfo=UTC)
 
 
 def test_range_is_minute_aligned_and_half_open():
-    start_ms, end_ms = validate_range(datetime(2021, 1, 1, 0, 0, 30, tzinfo=UTC),
-                                      datetime(2021, 1, 1, 1, 0, 0, tzinfo=UTC), NOW)
+    start_ms, end_ms = validate_range(
+        datetime(2021, 1, 1, 0, 0, 30, tzinfo=UTC), datetime(2021, 1, 1, 1, 0, 0, tzinfo=UTC), NOW
+    )
     assert start_ms == 1609459200000
     assert end_ms == 1609462800000
 
 
 def test_partial_end_minute_is_included():
-    _, end_ms = validate_range(datetime(2021, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, 0, 0, 1, tzinfo=UTC), NOW)
+    _, end_ms = validate_range(
+        datetime(2021, 1, 1, tzinfo=UTC), datetime(2021, 1, 1, 0, 0, 1, tzinfo=UTC), NOW
+    )
     assert end_ms == 1609459260000
 
 
@@ -54,7 +57,10 @@ def test_unknown_exchange_lists_the_known_ones():
 
 
 def test_default_markets_are_the_trading_ones():
-    known = [Market("binance", "BTC", "USDT", "BTCUSDT"), Market("binance", "LUNA", "USDT", "LUNAUSDT", False)]
+    known = [
+        Market("binance", "BTC", "USDT", "BTCUSDT"),
+        Market("binance", "LUNA", "USDT", "LUNAUSDT", False),
+    ]
     assert choose_markets(known, None) == [known[0]]
     with pytest.raises(BackfillRequestError):
         choose_markets([known[1]], None)
@@ -62,8 +68,17 @@ def test_default_markets_are_the_trading_ones():
 
 def test_progress_line_shows_rate_limit_errors_and_eta():
     meter = ProgressMeter()
-    job = JobInfo(id="j", exchange="binance", start_ms=0, end_ms=0, symbols=["BTCUSDT"], total=100,
-                  done=10, candles=10_000, limit_per_minute=3000)
+    job = JobInfo(
+        id="j",
+        exchange="binance",
+        start_ms=0,
+        end_ms=0,
+        symbols=["BTCUSDT"],
+        total=100,
+        done=10,
+        candles=10_000,
+        limit_per_minute=3000,
+    )
     meter.line(job, now=0.0)
     job.done, job.failed, job.candles = 40, 2, 40_000
     line = meter.line(job, now=1.0)

@@ -4,8 +4,9 @@ served, and candle/error bodies in the documented wire formats."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from fetchers.exchanges.bitfinex import split_pair
 pytestmark = pytest.mark.unit
 
 DATA = Path(__file__).resolve().parents[2] / "simulator" / "data"
-UTC = timezone.utc
+UTC = UTC
 MIN = 60_000
 DAY = 86_400_000
 T0 = 1_700_000_040_000  # 2023-11-14T22:14:00Z, minute-aligned
@@ -36,9 +37,17 @@ def ms(dt: datetime) -> int:
 
 # ---------------------------------------------------------------------------------------- shape
 
+
 def test_every_adapter_has_the_same_methods_in_the_same_order():
-    wanted = ["markets_requests", "parse_markets", "candles_request", "parse_candles",
-              "classify_error", "used_weight", "rate_limit"]
+    wanted = [
+        "markets_requests",
+        "parse_markets",
+        "candles_request",
+        "parse_candles",
+        "classify_error",
+        "used_weight",
+        "rate_limit",
+    ]
     for adapter in ADAPTERS.values():
         own = [name for name in type(adapter).__dict__ if name in wanted]
         assert own == wanted, adapter.name
@@ -51,6 +60,7 @@ def test_unknown_exchange_is_named():
 
 # -------------------------------------------------------------------------------------- markets
 
+
 def test_bitfinex_pairs_split_on_colon_or_three_plus_three():
     assert split_pair("BTCUSD") == ("BTC", "USD")
     assert split_pair("AAVE:USD") == ("AAVE", "USD")
@@ -62,14 +72,15 @@ def test_bitfinex_pairs_split_on_colon_or_three_plus_three():
 def test_bitfinex_real_market_list():
     adapter = get_adapter("bitfinex")
     assert [r.url("https://api-pub.bitfinex.com") for r in adapter.markets_requests()] == [
-        "https://api-pub.bitfinex.com/v2/conf/pub:list:pair:exchange"]
+        "https://api-pub.bitfinex.com/v2/conf/pub:list:pair:exchange"
+    ]
     markets = adapter.parse_markets([body("bitfinex_conf_pub_list_pair_exchange.json")])
     listed = json.loads(body("bitfinex_conf_pub_list_pair_exchange.json"))[0]
     assert len(markets) == len(listed)
     by_symbol = {m.symbol: m for m in markets}
     assert by_symbol["tBTCUSD"] == Market("bitfinex", "BTC", "USD", "tBTCUSD", True)
     assert by_symbol["tAAVE:USD"] == Market("bitfinex", "AAVE", "USD", "tAAVE:USD", True)
-    assert all(m.symbol == "t" + p for m, p in zip(markets, listed))
+    assert all(m.symbol == "t" + p for m, p in zip(markets, listed, strict=True))
     long_codes = [m for m in markets if len(m.base_id) > 3 or len(m.quote_id) > 3]
     assert long_codes and all(":" in m.symbol for m in long_codes)
     paper = [m for m in markets if m.base_id.startswith("TEST")]
@@ -121,9 +132,11 @@ def test_unknown_symbol_is_one_clear_message():
 
 # ------------------------------------------------------------------------------------- planning
 
+
 def _plan(exchange: str, start_ms: int, end_ms: int) -> list[FetchTask]:
-    market = Market(exchange, "BTC", "USD", {"bitfinex": "tBTCUSD", "binance": "BTCUSDT",
-                                             "bittrex": "BTC-USD"}[exchange])
+    market = Market(
+        exchange, "BTC", "USD", {"bitfinex": "tBTCUSD", "binance": "BTCUSDT", "bittrex": "BTC-USD"}[exchange]
+    )
     return list(get_adapter(exchange).plan_fetch_tasks(market, start_ms, end_ms))
 
 
@@ -133,7 +146,7 @@ def test_plans_cover_the_range_with_the_fewest_requests(exchange, per_request):
     tasks = _plan(exchange, start, end)
     assert len(tasks) == 4
     assert tasks[0].start_ms == start and tasks[-1].end_ms == end
-    assert all(a.end_ms == b.start_ms for a, b in zip(tasks, tasks[1:]))
+    assert all(a.end_ms == b.start_ms for a, b in pairwise(tasks))
     assert [t.minutes for t in tasks] == [per_request] * 3 + [7]
 
 
@@ -156,17 +169,20 @@ def test_task_round_trips_through_its_stored_form():
 
 # ------------------------------------------------------------------------------------- requests
 
+
 def test_candle_requests_use_each_exchanges_real_paths():
     bfx = FetchTask("bitfinex", "tAAVE:USD", "AAVE", "USD", T0, T0 + 3 * MIN)
     assert get_adapter("bitfinex").candles_request(bfx, NOW).url("https://api-pub.bitfinex.com") == (
         "https://api-pub.bitfinex.com/v2/candles/trade:1m:tAAVE:USD/hist"
-        f"?start={T0}&end={T0 + 3 * MIN - 1}&limit=10000&sort=1")
+        f"?start={T0}&end={T0 + 3 * MIN - 1}&limit=10000&sort=1"
+    )
     bn = FetchTask("binance", "BTCUSDT", "BTC", "USDT", T0, T0 + 3 * MIN)
     request = get_adapter("binance").candles_request(bn, NOW)
     assert request.weight == 2
     assert request.url("https://api.binance.com") == (
         "https://api.binance.com/api/v3/klines?symbol=BTCUSDT&interval=1m"
-        f"&startTime={T0}&endTime={T0 + 3 * MIN - 1}&limit=1000")
+        f"&startTime={T0}&endTime={T0 + 3 * MIN - 1}&limit=1000"
+    )
 
 
 def test_bittrex_uses_historical_for_finished_days_and_recent_for_today():
@@ -174,23 +190,33 @@ def test_bittrex_uses_historical_for_finished_days_and_recent_for_today():
     day = ms(datetime(2021, 6, 3, tzinfo=UTC))
     task = FetchTask("bittrex", "BTC-USD", "BTC", "USD", day + 5 * MIN, day + DAY)
     assert adapter.candles_request(task, day + DAY).path == (
-        "/v3/markets/BTC-USD/candles/TRADE/MINUTE_1/historical/2021/6/3")
+        "/v3/markets/BTC-USD/candles/TRADE/MINUTE_1/historical/2021/6/3"
+    )
     assert adapter.candles_request(task, day + DAY - 1).path == (
-        "/v3/markets/BTC-USD/candles/TRADE/MINUTE_1/recent")
+        "/v3/markets/BTC-USD/candles/TRADE/MINUTE_1/recent"
+    )
 
 
 # -------------------------------------------------------------------------------------- parsing
 
+
 def test_bitfinex_candles_are_ochl_numbers_parsed_exactly():
     task = FetchTask("bitfinex", "tBTCUSD", "BTC", "USD", T0, T0 + 3 * MIN)
-    payload = (f"[[{T0},37050,37062,37065,37049,1.2345],"
-               f"[{T0 + MIN},37062,37070.5,37071,37060,0.5],"
-               f"[{T0 + 2 * MIN},0.00000123,1e-8,0.0000013,1E-8,123456789.12345678]]")
+    payload = (
+        f"[[{T0},37050,37062,37065,37049,1.2345],"
+        f"[{T0 + MIN},37062,37070.5,37071,37060,0.5],"
+        f"[{T0 + 2 * MIN},0.00000123,1e-8,0.0000013,1E-8,123456789.12345678]]"
+    )
     candles = get_adapter("bitfinex").parse_candles(task, payload)
     assert [c.time for c in candles] == [datetime.fromtimestamp((T0 + i * MIN) / 1000, UTC) for i in range(3)]
     first = candles[0]
     assert (first.open, first.high, first.low, first.close, first.volume) == (
-        Decimal("37050"), Decimal("37065"), Decimal("37049"), Decimal("37062"), Decimal("1.2345"))
+        Decimal("37050"),
+        Decimal("37065"),
+        Decimal("37049"),
+        Decimal("37062"),
+        Decimal("1.2345"),
+    )
     last = candles[2]
     assert str(last.open) == "0.00000123" and last.close == Decimal("1e-8")
     assert str(last.volume) == "123456789.12345678"
@@ -206,12 +232,38 @@ def test_bitfinex_extra_fields_and_rows_outside_the_task_are_ignored():
 
 def test_binance_klines_are_ohlc_strings_parsed_exactly():
     task = FetchTask("binance", "BTCUSDT", "BTC", "USDT", T0, T0 + 2 * MIN)
-    payload = json.dumps([
-        [T0, "37050.01000000", "37065.00000000", "37049.00000000", "37062.50000000", "12.34567000",
-         T0 + MIN - 1, "457321.12345678", 512, "6.12345000", "226789.12345678", "0"],
-        [T0 + MIN, "0.00000123", "0.00000124", "0.00000122", "0.00000123", "0.00000000",
-         T0 + 2 * MIN - 1, "0.00000000", 0, "0.00000000", "0.00000000", "0"],
-    ])
+    payload = json.dumps(
+        [
+            [
+                T0,
+                "37050.01000000",
+                "37065.00000000",
+                "37049.00000000",
+                "37062.50000000",
+                "12.34567000",
+                T0 + MIN - 1,
+                "457321.12345678",
+                512,
+                "6.12345000",
+                "226789.12345678",
+                "0",
+            ],
+            [
+                T0 + MIN,
+                "0.00000123",
+                "0.00000124",
+                "0.00000122",
+                "0.00000123",
+                "0.00000000",
+                T0 + 2 * MIN - 1,
+                "0.00000000",
+                0,
+                "0.00000000",
+                "0.00000000",
+                "0",
+            ],
+        ]
+    )
     first, quiet = get_adapter("binance").parse_candles(task, payload)
     assert str(first.open) == "37050.01000000" and str(first.high) == "37065.00000000"
     assert str(first.low) == "37049.00000000" and str(first.close) == "37062.50000000"
@@ -222,25 +274,53 @@ def test_binance_klines_are_ohlc_strings_parsed_exactly():
 def test_bittrex_candles_keep_their_strings_and_zero_volume_minutes():
     day = ms(datetime(2021, 6, 13, tzinfo=UTC))
     task = FetchTask("bittrex", "BTC-USD", "BTC", "USD", day, day + 2 * MIN)
-    payload = json.dumps([
-        {"startsAt": "2021-06-13T00:00:00Z", "open": "35512.78500000", "high": "35540.00000000",
-         "low": "35498.12000000", "close": "35530.01000000", "volume": "1.84211903", "quoteVolume": "65432.10987654"},
-        {"startsAt": "2021-06-13T00:01:00Z", "open": "35530.01000000", "high": "35530.01000000",
-         "low": "35530.01000000", "close": "35530.01000000", "volume": "0", "quoteVolume": "0"},
-        {"startsAt": "2021-06-13T00:02:00Z", "open": "1", "high": "1", "low": "1", "close": "1",
-         "volume": "0", "quoteVolume": "0"},
-    ])
+    payload = json.dumps(
+        [
+            {
+                "startsAt": "2021-06-13T00:00:00Z",
+                "open": "35512.78500000",
+                "high": "35540.00000000",
+                "low": "35498.12000000",
+                "close": "35530.01000000",
+                "volume": "1.84211903",
+                "quoteVolume": "65432.10987654",
+            },
+            {
+                "startsAt": "2021-06-13T00:01:00Z",
+                "open": "35530.01000000",
+                "high": "35530.01000000",
+                "low": "35530.01000000",
+                "close": "35530.01000000",
+                "volume": "0",
+                "quoteVolume": "0",
+            },
+            {
+                "startsAt": "2021-06-13T00:02:00Z",
+                "open": "1",
+                "high": "1",
+                "low": "1",
+                "close": "1",
+                "volume": "0",
+                "quoteVolume": "0",
+            },
+        ]
+    )
     first, quiet = get_adapter("bittrex").parse_candles(task, payload)
     assert first.time == datetime(2021, 6, 13, tzinfo=UTC)
     assert str(first.open) == "35512.78500000" and str(first.volume) == "1.84211903"
     assert quiet.volume == 0 and quiet.time == datetime(2021, 6, 13, 0, 1, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("exchange, payload", [
-    ("bitfinex", '{"not": "a list"}'), ("bitfinex", "[[1700000040000, 1, 2]]"),
-    ("binance", '[["1700000040000", "1"]]'), ("bittrex", '[{"startsAt": "2023-11-14T22:14:00Z"}]'),
-    ("bittrex", '[{"startsAt": "x", "open": "1", "high": "1", "low": "1", "close": "1"}]'),
-])
+@pytest.mark.parametrize(
+    "exchange, payload",
+    [
+        ("bitfinex", '{"not": "a list"}'),
+        ("bitfinex", "[[1700000040000, 1, 2]]"),
+        ("binance", '[["1700000040000", "1"]]'),
+        ("bittrex", '[{"startsAt": "2023-11-14T22:14:00Z"}]'),
+        ("bittrex", '[{"startsAt": "x", "open": "1", "high": "1", "low": "1", "close": "1"}]'),
+    ],
+)
 def test_malformed_bodies_raise_value_error(exchange, payload):
     task = FetchTask(exchange, "X", "B", "Q", T0, T0 + MIN)
     with pytest.raises(ValueError):
@@ -249,22 +329,48 @@ def test_malformed_bodies_raise_value_error(exchange, payload):
 
 # ---------------------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("exchange, status, headers, payload, kind, wait, code", [
-    ("bitfinex", 429, {}, '["error",11010,"ratelimit: error"]', ErrorKind.RATE_LIMITED, None, "11010"),
-    ("bitfinex", 500, {}, '["error",10020,"time_interval: invalid"]', ErrorKind.FATAL, None, "10020"),
-    ("bitfinex", 500, {}, '["error",20060,"maintenance"]', ErrorKind.RETRY, None, "20060"),
-    ("bitfinex", 502, {}, "<html>Bad Gateway</html>", ErrorKind.RETRY, None, None),
-    ("binance", 429, {"Retry-After": "17"}, '{"code":-1003,"msg":"Too much request weight used"}',
-     ErrorKind.RATE_LIMITED, 17.0, "-1003"),
-    ("binance", 418, {"Retry-After": "120"}, '{"code":-1003,"msg":"Way too much request weight used; IP banned"}',
-     ErrorKind.BANNED, 120.0, "-1003"),
-    ("binance", 400, {}, '{"code":-1121,"msg":"Invalid symbol."}', ErrorKind.FATAL, None, "-1121"),
-    ("binance", 503, {}, "", ErrorKind.RETRY, None, None),
-    ("bittrex", 429, {}, "", ErrorKind.RATE_LIMITED, None, None),
-    ("bittrex", 404, {}, '{"code":"MARKET_DOES_NOT_EXIST"}', ErrorKind.FATAL, None, "MARKET_DOES_NOT_EXIST"),
-    ("bittrex", 400, {}, '{"code":"INVALID_DATE"}', ErrorKind.FATAL, None, "INVALID_DATE"),
-    ("bittrex", 503, {}, '{"code":"SERVICE_UNAVAILABLE"}', ErrorKind.RETRY, None, "SERVICE_UNAVAILABLE"),
-])
+
+@pytest.mark.parametrize(
+    "exchange, status, headers, payload, kind, wait, code",
+    [
+        ("bitfinex", 429, {}, '["error",11010,"ratelimit: error"]', ErrorKind.RATE_LIMITED, None, "11010"),
+        ("bitfinex", 500, {}, '["error",10020,"time_interval: invalid"]', ErrorKind.FATAL, None, "10020"),
+        ("bitfinex", 500, {}, '["error",20060,"maintenance"]', ErrorKind.RETRY, None, "20060"),
+        ("bitfinex", 502, {}, "<html>Bad Gateway</html>", ErrorKind.RETRY, None, None),
+        (
+            "binance",
+            429,
+            {"Retry-After": "17"},
+            '{"code":-1003,"msg":"Too much request weight used"}',
+            ErrorKind.RATE_LIMITED,
+            17.0,
+            "-1003",
+        ),
+        (
+            "binance",
+            418,
+            {"Retry-After": "120"},
+            '{"code":-1003,"msg":"Way too much request weight used; IP banned"}',
+            ErrorKind.BANNED,
+            120.0,
+            "-1003",
+        ),
+        ("binance", 400, {}, '{"code":-1121,"msg":"Invalid symbol."}', ErrorKind.FATAL, None, "-1121"),
+        ("binance", 503, {}, "", ErrorKind.RETRY, None, None),
+        ("bittrex", 429, {}, "", ErrorKind.RATE_LIMITED, None, None),
+        (
+            "bittrex",
+            404,
+            {},
+            '{"code":"MARKET_DOES_NOT_EXIST"}',
+            ErrorKind.FATAL,
+            None,
+            "MARKET_DOES_NOT_EXIST",
+        ),
+        ("bittrex", 400, {}, '{"code":"INVALID_DATE"}', ErrorKind.FATAL, None, "INVALID_DATE"),
+        ("bittrex", 503, {}, '{"code":"SERVICE_UNAVAILABLE"}', ErrorKind.RETRY, None, "SERVICE_UNAVAILABLE"),
+    ],
+)
 def test_errors_are_classified(exchange, status, headers, payload, kind, wait, code):
     error = get_adapter(exchange).classify_error(status, headers, payload)
     assert (error.kind, error.wait_seconds, error.code, error.status) == (kind, wait, code, status)

@@ -35,7 +35,11 @@ def test_example_env_values_are_valid_defaults():
 
 @pytest.mark.parametrize(
     "field, value, fragment",
-    [("redis_port", "70000", "REDIS_PORT"), ("log_level", "LOUD", "LOG_LEVEL"), ("rest_concurrency", "0", "REST_CONCURRENCY")],
+    [
+        ("redis_port", "70000", "REDIS_PORT"),
+        ("log_level", "LOUD", "LOG_LEVEL"),
+        ("rest_concurrency", "0", "REST_CONCURRENCY"),
+    ],
 )
 def test_bad_values_are_one_line_naming_the_variable(field, value, fragment):
     with pytest.raises(ValidationError) as raised:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
@@ -41,11 +42,13 @@ def test_open_is_previous_close_and_quiet_minutes_are_flat(exchange: str) -> Non
     saw_quiet = False
     for market in _markets(exchange):
         candles = list(model.candles(market, START, START + 120 * MINUTE_MS))
-        for previous, current in zip(candles, candles[1:]):
+        for previous, current in pairwise(candles):
             assert current.open == previous.close
             assert current.time_ms == previous.time_ms + MINUTE_MS
         for candle in candles:
-            assert candle.low <= min(candle.open, candle.close) <= max(candle.open, candle.close) <= candle.high
+            assert (
+                candle.low <= min(candle.open, candle.close) <= max(candle.open, candle.close) <= candle.high
+            )
             if candle.trades == 0:
                 saw_quiet = True
                 assert candle.open == candle.high == candle.low == candle.close

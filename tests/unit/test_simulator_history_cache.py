@@ -19,8 +19,10 @@ def test_cached_days_equal_fresh_computation(exchange):
     plain = History(clock, CandleModel(3), first)
     cached = History(clock, CandleModel(3), first, cache_days=3)
     for market in MarketCatalog.load(exchange, 2, seed=3):
-        for lo, hi in [(first + 5 * MINUTE_MS, first + DAY_MS + 9 * MINUTE_MS),   # across a day boundary
-                       (first + 2 * DAY_MS, NOW),                                  # up to the current minute
-                       (first + 30 * MINUTE_MS, first + 31 * MINUTE_MS)]:          # served from the cache
+        for lo, hi in [
+            (first + 5 * MINUTE_MS, first + DAY_MS + 9 * MINUTE_MS),  # across a day boundary
+            (first + 2 * DAY_MS, NOW),  # up to the current minute
+            (first + 30 * MINUTE_MS, first + 31 * MINUTE_MS),
+        ]:  # served from the cache
             assert cached.minute_candles(market, lo, hi) == plain.minute_candles(market, lo, hi)
     assert len(cached._days) == 3, "the cache stays within its bound"

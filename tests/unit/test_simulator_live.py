@@ -25,8 +25,12 @@ def test_events_follow_the_minute_and_final_equals_the_model() -> None:
         feed.step(tick)
     kinds = [(e.kind, e.minute_ms) for e in got]
     assert kinds == [
-        ("open", START), ("update", START), ("update", START),
-        ("final", START), ("open", START + MINUTE_MS), ("update", START + MINUTE_MS),
+        ("open", START),
+        ("update", START),
+        ("update", START),
+        ("final", START),
+        ("open", START + MINUTE_MS),
+        ("update", START + MINUTE_MS),
     ]
     market = feed.market("binance", "BTCUSDT")
     assert got[3].candle == feed.model.final_candle(market, START)
