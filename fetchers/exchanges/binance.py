@@ -126,4 +126,8 @@ class BinanceAdapter(ExchangeAdapter):
         return None
 
     def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(settings.binance_rest_weight_per_minute, settings.rest_rate_window_seconds)
+        return RateLimit(
+            settings.binance_rest_weight_per_minute,
+            settings.rest_rate_window_seconds,
+            self.max_request_weight,
+        )

@@ -139,4 +139,8 @@ class BitfinexAdapter(ExchangeAdapter):
         return None
 
     def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(settings.bitfinex_rest_requests_per_minute, settings.rest_rate_window_seconds)
+        return RateLimit(
+            settings.bitfinex_rest_requests_per_minute,
+            settings.rest_rate_window_seconds,
+            self.max_request_weight,
+        )

@@ -124,4 +124,8 @@ class BittrexAdapter(ExchangeAdapter):
         return None
 
     def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(settings.bittrex_rest_requests_per_minute, settings.rest_rate_window_seconds)
+        return RateLimit(
+            settings.bittrex_rest_requests_per_minute,
+            settings.rest_rate_window_seconds,
+            self.max_request_weight,
+        )

@@ -23,7 +23,7 @@ from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
-from fetchers.rest.rate_limiter import SharedRateLimiter, budget_for
+from fetchers.rest.rate_limiter import SharedRateLimiter
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class BackfillEngine:
             limiter = SharedRateLimiter(
                 client,
                 job.exchange,
-                budget_for(adapter, self.settings),
+                adapter.rate_limit(self.settings),
                 unlimited=self.options.unlimited_rate,
             )
             await store.heartbeat(self.worker_id)
@@ -209,6 +209,7 @@ class BackfillEngine:
             await limiter.acquire(request.weight)
             self.requests_sent += 1
             exception_class = ""
+            used = None
             try:
                 async with http.get(url) as response:
                     status, headers = response.status, dict(response.headers)
@@ -220,7 +221,7 @@ class BackfillEngine:
                 )
             else:
                 used = adapter.used_weight(headers)
-                if used is not None:
+                if used is not None and status == 200:
                     await limiter.note_used_weight(used)
                 if status == 200:
                     try:
@@ -235,7 +236,9 @@ class BackfillEngine:
 
             if error.kind in (ErrorKind.RATE_LIMITED, ErrorKind.BANNED):
                 waits += 1
-                wait = error.wait_seconds if error.wait_seconds is not None else limiter.budget.window_seconds
+                if used is not None:
+                    await limiter.learn_refusal(used)
+                wait = error.wait_seconds if error.wait_seconds is not None else limiter.limit.window_seconds
                 await limiter.block_for(wait, f"HTTP {error.status} {error.message}")
                 if waits <= MAX_RATE_LIMIT_WAITS:
                     continue

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from contextlib import contextmanager
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 import pytest
 
@@ -17,7 +21,17 @@ from common.timeutil import ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.jobs import create_job
 from fetchers.rest.markets import refresh_markets
-from tests.support.backfill import assert_matches_truth, day_aligned_range, run_job
+from simulator.config import SimConfig
+from tests.support.backfill import (
+    RecordingProxy,
+    assert_matches_truth,
+    day_aligned_range,
+    pauses,
+    requests_inside_pauses,
+    timeline,
+    run_job,
+)
+from tests.support.simulator import simulator_process
 
 pytestmark = pytest.mark.integration
 
@@ -197,3 +211,143 @@ def test_markets_refresh_marks_delisted_markets_not_trading(platform_settings, s
     listed = {m["symbol"]: m["status"] for m in simulator.markets("bittrex")}
     for symbol, status in listed.items():
         assert markets[symbol].is_trading == (status == "ONLINE")
+
+
+# -- pauses: after a 429/418 (or a used-weight header near the limit) nothing leaves any worker
+
+
+def _workers(settings, job_id: str, count: int = 2) -> list[BackfillEngine]:
+    """Drain a job with `count` engines at once (separate workers sharing Redis)."""
+    engines = [
+        BackfillEngine(settings, job_id, EngineOptions.from_settings(settings), worker_id=f"w{i}")
+        for i in range(count)
+    ]
+
+    async def go() -> None:
+        await asyncio.gather(*(engine.run() for engine in engines))
+
+    asyncio.run(go())
+    return engines
+
+
+FAST_TEST_FLAGS = ("--markets", "12", "--speed", "600", "--seed", "1", "--history-days", "30")
+
+
+@contextmanager
+def _proxied(settings, exchange: str, *limit_flags: str):
+    """A simulator process (fast-test limits, overridden by `limit_flags`), a recording proxy in
+    front of its REST server for `exchange`, and settings pointing the platform at the proxy with
+    the fast-test limits (which may be higher than the simulator's here). A separate process, so the
+    simulator's work does not delay the platform's reactions inside this one."""
+    fast = SimConfig.fast_test()
+    flags = (
+        *FAST_TEST_FLAGS,
+        "--rate-window-seconds", str(fast.rate_window_seconds),
+        "--bitfinex-candle-requests-per-window", str(fast.bitfinex_candle_requests_per_window),
+        "--bitfinex-block-seconds", str(fast.bitfinex_block_seconds),
+        "--binance-weight-per-window", str(fast.binance_weight_per_window),
+        "--binance-ban-seconds", str(fast.binance_ban_seconds),
+        "--bittrex-requests-per-window", str(fast.bittrex_requests_per_window),
+        *limit_flags,
+    )  # fmt: skip
+    with simulator_process(*flags) as sim, RecordingProxy(sim.urls[exchange]["rest"]) as proxy:
+        values = {
+            **sim.settings_overrides(),
+            "rest_rate_window_seconds": fast.rate_window_seconds,
+            "bitfinex_rest_requests_per_minute": fast.bitfinex_candle_requests_per_window,
+            "binance_rest_weight_per_minute": fast.binance_weight_per_window,
+            "bittrex_rest_requests_per_minute": fast.bittrex_requests_per_window,
+            "rest_timeout_seconds": 30.0,
+            f"{exchange}_rest_url": proxy.url,
+        }
+        yield sim, proxy, settings.model_copy(update=values)
+
+
+def _job(settings, sim, exchange: str, days_back: float, days: float):
+    symbols = _listed(sim, exchange, MARKETS[exchange])
+    start_ms, end_ms = day_aligned_range(sim, days_back=days_back, days=days)
+    job = asyncio.run(
+        create_job(settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols)
+    )
+    return job, symbols, start_ms, end_ms
+
+
+def test_a_429_without_retry_after_pauses_every_worker(settings):
+    with _proxied(settings, "bitfinex") as (sim, proxy, platform):
+        job, symbols, start_ms, end_ms = _job(platform, sim, "bitfinex", days_back=25, days=20)
+        assert job.total >= 8
+        sim.set_faults("bitfinex", storm_seconds=1.0)  # Bitfinex's 429 has no Retry-After
+        _workers(platform, job.id)
+        found = pauses(proxy.log, default_seconds=platform.rest_rate_window_seconds)
+        assert found, "the storm must have answered 429"
+        assert requests_inside_pauses(proxy.log, found) == [], timeline(proxy.log)
+        assert sum(e.status == 429 for e in proxy.log) == sim.stats()["bitfinex"]["storm_429"]
+        assert_matches_truth(platform, sim, "bitfinex", symbols, start_ms, end_ms)
+
+
+def test_a_429_with_retry_after_pauses_every_worker_and_earns_no_ban(settings):
+    """The simulator allows a fifth of what the platform is configured for (another program shares
+    the IP): the platform runs into 429s but must never keep sending into them (a 418 ban)."""
+    with _proxied(settings, "binance", "--binance-weight-per-window", "20") as (sim, proxy, platform):
+        job, symbols, start_ms, end_ms = _job(platform, sim, "binance", days_back=8, days=6)
+        assert job.total >= 24
+        _workers(platform, job.id)
+        found = pauses(proxy.log, default_seconds=platform.rest_rate_window_seconds)
+        assert any(e.status == 429 and e.header("retry-after") for e in proxy.log)
+        assert requests_inside_pauses(proxy.log, found) == [], timeline(proxy.log)
+        assert sim.stats()["binance"]["http_418"] <= 1, timeline(proxy.log)
+        assert_matches_truth(platform, sim, "binance", symbols, start_ms, end_ms)
+
+
+def _use_weight_directly(sim, path: str, times: int) -> list[int]:
+    """Requests by 'another program' on the same IP, straight to the simulator (not via the proxy)."""
+    statuses = []
+    for _ in range(times):
+        try:
+            with urlopen(sim.urls["binance"]["rest"] + path, timeout=10) as reply:
+                statuses.append(reply.status)
+        except HTTPError as error:
+            statuses.append(error.code)
+    return statuses
+
+
+def _at_window_start(window: float) -> None:
+    time.sleep(window - time.time() % window + 0.02)
+
+
+def test_a_418_ban_pauses_every_worker(settings):
+    with _proxied(
+        settings, "binance", "--binance-weight-per-window", "20", "--binance-429s-before-ban", "0"
+    ) as (
+        sim,
+        proxy,
+        platform,
+    ):
+        job, symbols, start_ms, end_ms = _job(platform, sim, "binance", days_back=4, days=2)
+        _at_window_start(platform.rest_rate_window_seconds)
+        statuses = _use_weight_directly(sim, "/api/v3/exchangeInfo", 3)  # 20 weight, a 429, a 418
+        assert statuses == [200, 429, 418]
+        _workers(platform, job.id)
+        bans = [e for e in proxy.log if e.status == 418]
+        assert len(bans) == 1, "a request was sent into the ban"
+        found = pauses(proxy.log, platform.rest_rate_window_seconds)
+        assert requests_inside_pauses(proxy.log, found) == [], timeline(proxy.log)
+        assert_matches_truth(platform, sim, "binance", symbols, start_ms, end_ms)
+
+
+def test_a_used_weight_header_near_the_limit_pauses_every_worker(settings):
+    with _proxied(settings, "binance") as (sim, proxy, platform):
+        job, symbols, start_ms, end_ms = _job(platform, sim, "binance", days_back=8, days=6)
+        limit = platform.binance_rest_weight_per_minute
+        window = platform.rest_rate_window_seconds
+        _at_window_start(window)
+        assert _use_weight_directly(sim, "/api/v3/exchangeInfo", 4) == [200] * 4  # 80 of 100 used
+        assert _use_weight_directly(sim, "/api/v3/klines?symbol=BTCUSDT&interval=1m&limit=1", 8) == [200] * 8
+        before = len(proxy.log)
+        _workers(platform, job.id)
+        first = proxy.log[before]
+        assert int(first.header("x-mbx-used-weight-1m")) >= limit * 0.98, "not in the same window"
+        found = pauses(proxy.log, window, used_limit=limit, window=window)
+        assert requests_inside_pauses(proxy.log, found) == [], timeline(proxy.log)
+        assert sim.stats()["binance"]["http_418"] == 0  # a 429 is possible: requests already in flight
+        assert_matches_truth(platform, sim, "binance", symbols, start_ms, end_ms)
