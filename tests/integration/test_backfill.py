@@ -28,8 +28,8 @@ from tests.support.backfill import (
     day_aligned_range,
     pauses,
     requests_inside_pauses,
-    timeline,
     run_job,
+    timeline,
 )
 from tests.support.simulator import simulator_process
 
