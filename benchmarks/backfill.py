@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from common.candle import Candle, Market
 from common.db import connect, upsert_candles, upsert_markets
 from common.schema import apply_schema
 from common.settings import Settings
-from common.timeutil import ms_to_datetime
+from common.timeutil import datetime_to_ms, ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobStore
 from fetchers.rest.jobs import create_job
@@ -111,29 +111,19 @@ def fresh_database(pg: PostgresServer, name: str, settings_for) -> Settings:
 
 
 def synthetic_candles(markets: int, minutes: int, seed: int = 1) -> list[Candle]:
-    """Exchange-like decimals: 8 decimals, magnitudes from 1e-8 to 1e5, varied volumes."""
+    """Exchange-like decimal texts: 8 decimals, magnitudes from 1e-8 to 1e5, varied volumes."""
     rng = random.Random(seed)
-    start = datetime(2021, 1, 1, tzinfo=UTC)
+    start = datetime_to_ms(datetime(2021, 1, 1, tzinfo=UTC))
     candles = []
     for m in range(markets):
         scale = 10 ** rng.randint(-6, 4)
         price = Decimal(str(round(rng.uniform(1, 9) * scale, 8)))
         for i in range(minutes):
-            low = price
-            high = price + Decimal(rng.randint(0, 500)).scaleb(-8)
-            candles.append(
-                Candle(
-                    "binance",
-                    f"B{m:03d}",
-                    "USDT",
-                    start + timedelta(minutes=i),
-                    price,
-                    high,
-                    low,
-                    high,
-                    Decimal(rng.randint(0, 10**12)).scaleb(-8),
-                )
-            )
+            low = str(price)
+            high = str(price + Decimal(rng.randint(0, 500)).scaleb(-8))
+            volume = str(Decimal(rng.randint(0, 10**12)).scaleb(-8))
+            time_ms = start + i * 60_000
+            candles.append(Candle("binance", f"B{m:03d}", "USDT", time_ms, low, high, low, high, volume))
     return candles
 
 
@@ -141,7 +131,7 @@ def copy_text(candles: list[Candle]) -> io.StringIO:
     buffer = io.StringIO()
     for c in candles:
         buffer.write(
-            f"{c.time.isoformat()}\t{c.exchange}\t{c.base_id}\t{c.quote_id}\t"
+            f"{ms_to_datetime(c.time).isoformat()}\t{c.exchange}\t{c.base_id}\t{c.quote_id}\t"
             f"{c.open}\t{c.high}\t{c.low}\t{c.close}\t{c.volume}\n"
         )
     buffer.seek(0)
@@ -182,7 +172,7 @@ def bench_storage(settings: Settings, count: int) -> list[Row]:
             c.high,
             c.low,
             c.close,
-            c.volume + Decimal("0.00000001"),
+            str(Decimal(c.volume) + Decimal("0.00000001")),
         )
         for c in candles
     ]
