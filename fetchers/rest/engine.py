@@ -83,6 +83,7 @@ class BackfillEngine:
         self.options = options or EngineOptions.from_settings(settings)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.requests_sent = 0
+        self._sent_reported = 0
         self.refresh_seconds = 0.0
 
     async def run(self) -> JobInfo:
@@ -100,6 +101,7 @@ class BackfillEngine:
                 unlimited=self.options.unlimited_rate,
             )
             await store.heartbeat(self.worker_id)
+            await store.join(self.job_id, self.worker_id)
             heartbeat = asyncio.create_task(self._keep_alive(store))
             requeued = await store.requeue_orphans(self.job_id)
             if requeued:
@@ -124,6 +126,7 @@ class BackfillEngine:
                             for loop in loops:
                                 loop.cancel()
                         await writer.flush()
+                        await self._report_sent(store)
                         if not await self._wait_for_others(store):
                             break
                 finally:
@@ -155,6 +158,11 @@ class BackfillEngine:
         while True:
             await asyncio.sleep(HEARTBEAT_TTL_SECONDS / 3)
             await store.heartbeat(self.worker_id)
+            await self._report_sent(store)
+
+    async def _report_sent(self, store: JobStore) -> None:
+        counted, self._sent_reported = self.requests_sent - self._sent_reported, self.requests_sent
+        await store.count_sent(self.job_id, counted)
 
     async def _refresh(self, store: JobStore, job: JobInfo) -> None:
         start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)

@@ -96,6 +96,71 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragment, platform_settings
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    "start, end, fragment",
+    [
+        ("2021-01-02", "2021-01-01", "must be after --start"),
+        (
+            "2021-01-01T06:00:30",
+            "2021-01-01T06:10:00",
+            "--start (2021-01-01T06:00:30+00:00) is not on a whole minute",
+        ),
+        (
+            "2021-01-01T06:00",
+            "2021-01-01T06:10:30",
+            "--end (2021-01-01T06:10:30+00:00) is not on a whole minute",
+        ),
+    ],
+)
+def test_input_is_checked_before_looking_for_a_worker(start, end, fragment, platform_settings):
+    result = run_cli("fetch", "--exchange", "binance", "--start", start, "--end", end)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert fragment in result.stderr
+
+
+def test_requests_that_fail_for_good_exit_1_and_name_the_incomplete_ranges(platform_settings, simulator):
+    from fetchers.rest.markets import refresh_markets
+
+    start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+    asyncio.run(refresh_markets(platform_settings, "bitfinex"))
+    simulator.set_faults("bitfinex", http_5xx_rate=1.0)
+    env = {**os.environ, "REST_MAX_RETRIES": "0"}
+    result = run_cli(
+        "fetch", "--exchange", "bitfinex", "--start", iso(start_ms), "--end", iso(end_ms),
+        "--symbols", "BTC/USD", "--local", env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "1 request(s) failed for good" in result.stderr
+    assert (
+        f"tBTCUSD  {ms_to_datetime(start_ms):%Y-%m-%d %H:%M} .. {ms_to_datetime(end_ms):%Y-%m-%d %H:%M} UTC"
+        in (result.stderr)
+    )
+
+
+def test_cancel_and_resume_one_job_by_id(platform_settings, simulator):
+    start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+    queued = asyncio.run(_queue_job(platform_settings, start_ms, end_ms))
+    other = asyncio.run(_queue_job(platform_settings, start_ms, end_ms))
+
+    cancelled = run_cli("cancel", "--job", queued)
+    assert cancelled.returncode == 0 and f"job {queued}: cancelled" in cancelled.stdout
+    resumed = run_cli("resume", "--exchange", "bittrex", "--job", other, "--local")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming job {other}" in resumed.stderr and queued not in resumed.stderr
+    status = run_cli("status", "--exchange", "bittrex").stdout
+    states = {line.split()[0]: line.split()[-1] for line in status.strip().splitlines()[1:]}
+    assert states[queued] == "cancelled" and states[other] == "done"
+    assert run_cli("status", "--job", "nosuchjob").returncode == 2
+
+
+async def _queue_job(settings, start_ms: int, end_ms: int) -> str:
+    from fetchers.rest.jobs import create_job
+
+    job = await create_job(settings, "bittrex", ms_to_datetime(start_ms), ms_to_datetime(end_ms), ["BTC-USD"])
+    return job.id
+
+
 def test_fetch_without_a_worker_says_how_to_start_one(platform_settings, simulator):
     start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
     result = run_cli("fetch", "--exchange", "bittrex", "--start", iso(start_ms), "--end", iso(end_ms))
@@ -162,6 +227,13 @@ def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platfor
     proc.wait()
     done_at_kill, total, in_flight_at_kill = job_progress(platform_settings, exchange, with_in_flight=True)
     assert 0 < done_at_kill < total, "the kill must land mid-job"
+    status = run_cli("status", "--exchange", exchange)
+    job_line = status.stdout.strip().splitlines()[-1]
+    deadline = time.time() + 30  # the dead run's heartbeat expires within seconds
+    while "interrupted" not in job_line and time.time() < deadline:
+        time.sleep(0.5)
+        job_line = run_cli("status", "--exchange", exchange).stdout.strip().splitlines()[-1]
+    assert job_line.endswith("interrupted") and f"{total - done_at_kill:,}" in job_line.split(), job_line
 
     result = run_cli("resume", "--exchange", exchange, "--local")
 
