@@ -202,6 +202,12 @@ def report(settings: Settings, job: JobInfo) -> int:
         f"{len(job.symbols)} market(s): {job.done:,} requests done, {job.failed:,} failed, "
         f"{job.candles:,} candles written{', aggregates refreshed' if job.refreshed else ''}"
     )
+    if job.finished and job.done and job.candles == 0:
+        click.echo(
+            f"warning: the exchange has no candles for these markets in {span(job.start_ms, job.end_ms)} UTC "
+            "(before their listing, or outside the history it serves)",
+            err=True,
+        )
     if not job.failed:
         return 0
     tasks = run_async(failed_tasks(settings, job.id))

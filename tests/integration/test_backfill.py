@@ -14,24 +14,29 @@ from urllib.error import HTTPError
 from urllib.request import urlopen
 
 import pytest
+import redis.asyncio as aioredis
 
 from common.candle import Market
 from common.db import connection, load_markets, upsert_markets
 from common.timeutil import ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
+from fetchers.rest.job_store import JobStore
 from fetchers.rest.jobs import create_job
 from fetchers.rest.markets import refresh_markets
 from simulator.config import SimConfig
 from tests.support.backfill import (
+    DAY_MS,
     RecordingProxy,
     assert_matches_truth,
     day_aligned_range,
     pauses,
     requests_inside_pauses,
     run_job,
+    stored_candles,
     timeline,
+    truth_candles,
 )
-from tests.support.simulator import simulator_process
+from tests.support.simulator import running_simulator, simulator_process
 
 pytestmark = pytest.mark.integration
 
@@ -351,3 +356,60 @@ def test_a_used_weight_header_near_the_limit_pauses_every_worker(settings):
         assert requests_inside_pauses(proxy.log, found) == [], timeline(proxy.log)
         assert sim.stats()["binance"]["http_418"] == 0  # a 429 is possible: requests already in flight
         assert_matches_truth(platform, sim, "binance", symbols, start_ms, end_ms)
+
+
+# -- lifecycle and request paths
+
+
+def test_a_dead_workers_requests_are_taken_over_while_a_live_ones_are_left_alone(
+    platform_settings, simulator
+):
+    exchange = "binance"
+    symbols = _listed(simulator, exchange, MARKETS[exchange])
+    start_ms, end_ms = day_aligned_range(simulator, days_back=4, days=2)
+
+    async def scenario():
+        job = await create_job(
+            platform_settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols
+        )
+        client = aioredis.from_url(platform_settings.redis_url)
+        store = JobStore(client)
+        await store.heartbeat("alive")
+        alive = await store.claim(job.id, "alive")  # a live worker's request, in flight
+        dead = await store.claim(job.id, "dead")  # a worker that died: no heartbeat
+        engine = BackfillEngine(platform_settings, job.id, EngineOptions.from_settings(platform_settings))
+        run = asyncio.create_task(engine.run())
+        while (await store.info(job.id)).done < job.total - 1:
+            await store.heartbeat("alive")
+            await asyncio.sleep(0.2)
+        assert not run.done(), "the engine waits for the live worker's request"
+        await store.complete(job.id, alive, 0)
+        result = await run
+        await client.aclose()
+        return engine, result, alive.task, dead.task
+
+    engine, job, alive_task, dead_task = asyncio.run(scenario())
+    assert job.finished and job.failed == 0
+    assert engine.requests_sent == job.total - 1, "the live worker's request must not be taken over"
+    rows = stored_candles(platform_settings, exchange, dead_task.symbol, dead_task.start_ms, dead_task.end_ms)
+    truth = truth_candles(simulator, exchange, dead_task.symbol, dead_task.start_ms, dead_task.end_ms)
+    assert rows == truth and rows, "the dead worker's request was fetched by the live engine"
+
+
+def test_bittrex_today_through_recent_equals_ground_truth_without_the_minute_in_progress(settings):
+    with running_simulator(speed=1.0) as sim:
+        platform = settings.model_copy(
+            update={
+                **sim.settings_overrides(),
+                "rest_rate_window_seconds": 3.0,
+                "bittrex_rest_requests_per_minute": 10,
+            }
+        )
+        now_ms = sim.clock()["current_minute_ms"]
+        today = now_ms - now_ms % DAY_MS
+        if now_ms - today < 30 * 60_000:
+            today -= DAY_MS  # so soon after midnight, take yesterday and today: both paths
+        symbols = _listed(sim, "bittrex", MARKETS["bittrex"])
+        job = run_job(platform, "bittrex", today, now_ms, symbols)
+        assert job.finished and job.failed == 0
+        assert_matches_truth(platform, sim, "bittrex", symbols, today, job.end_ms)
