@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
@@ -23,6 +22,7 @@ from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
+from fetchers.rest.outages import redis_client, with_database_retry
 from fetchers.rest.rate_limiter import SharedRateLimiter
 from fetchers.rest.writer import CandleWriter
 
@@ -88,7 +88,7 @@ class BackfillEngine:
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
-        client = aioredis.from_url(self.settings.redis_url)
+        client = redis_client(self.settings)
         store = JobStore(client)
         heartbeat: asyncio.Task | None = None
         try:
@@ -149,7 +149,7 @@ class BackfillEngine:
             job = await store.info(self.job_id)
             if job.finished or job.in_flight == 0:
                 return job.pending > 0
-            if await store.requeue_orphans(self.job_id):
+            if await store.requeue_orphans(self.job_id, idle_worker=self.worker_id):
                 log.info("job %s: took over the requests of a stopped worker", self.job_id)
                 return True
             await asyncio.sleep(ORPHAN_POLL_SECONDS)
@@ -167,7 +167,12 @@ class BackfillEngine:
     async def _refresh(self, store: JobStore, job: JobInfo) -> None:
         start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)
         began = time.monotonic()
-        await asyncio.to_thread(refresh_aggregates, self.settings, start, end)
+        await asyncio.to_thread(
+            with_database_retry,
+            self.settings,
+            lambda: refresh_aggregates(self.settings, start, end),
+            lambda: None,
+        )
         await store.mark_refreshed(self.job_id)
         self.refresh_seconds = time.monotonic() - began
         log.info(

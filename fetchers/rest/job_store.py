@@ -45,7 +45,7 @@ local moved = 0
 for i = 1, #entries, 2 do
   local raw = entries[i]
   local worker = entries[i + 1]
-  if redis.call('EXISTS', ARGV[1] .. worker) == 0 then
+  if redis.call('EXISTS', ARGV[1] .. worker) == 0 or worker == ARGV[2] then
     redis.call('LPUSH', KEYS[1], raw)
     redis.call('HDEL', KEYS[2], raw)
     moved = moved + 1
@@ -302,10 +302,13 @@ class JobStore:
         )
         return bool(done)
 
-    async def requeue_orphans(self, job_id: str) -> int:
-        """Return in-flight requests of dead workers to the front of the queue."""
+    async def requeue_orphans(self, job_id: str, idle_worker: str = "") -> int:
+        """Return in-flight requests of dead workers to the front of the queue; with `idle_worker`,
+        also that worker's (it has no request in hand, so any claim under its name is one whose
+        reply was lost in a Redis outage)."""
         _, pending, inflight = self._keys(job_id)
-        return int(await self._requeue(keys=[pending, inflight], args=[backfill_key("worker", "")]))
+        args = [backfill_key("worker", ""), idle_worker or "\x00"]
+        return int(await self._requeue(keys=[pending, inflight], args=args))
 
     async def claim_refresh(self, job_id: str) -> bool:
         """True for the single caller that should refresh the finished job's aggregates. The claim

@@ -33,6 +33,7 @@ from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
 from fetchers.rest.jobs import BackfillRequestError, check_exchange, create_job, validate_range
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
+from fetchers.rest.outages import redis_client
 from fetchers.rest.progress import ProgressMeter, ProgressStream
 
 POLL_SECONDS = 0.5
@@ -121,7 +122,7 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
     """Show progress until the job is finished and its aggregates are refreshed. On a terminal one
     line redrawn in place (log lines go above it); otherwise a line every few seconds, and the
     finished line once."""
-    client = aioredis.from_url(settings.redis_url)
+    client = redis_client(settings)
     store = JobStore(client)
     meter = ProgressMeter(settings.rest_rate_window_seconds)
     stream = ProgressStream(sys.stderr)
