@@ -335,3 +335,111 @@ def test_a_database_without_the_schema_is_one_line(postgres_server, platform_set
         with admin.cursor() as cur:
             cur.execute("DROP DATABASE IF EXISTS cfr_no_schema WITH (FORCE)")
         admin.close()
+
+
+# ------------------------------------------------------------------------------- Celery workers
+
+
+def start_worker(exchange: str, name: str, log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app.celery_main", "worker", "-Q", f"{exchange}_rest",
+         "--concurrency", "1", "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def fetch_when_workers_answer(exchange: str, start_ms: int, end_ms: int, workers: int, *extra: str):
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        result = run_cli(
+            "fetch", "--exchange", exchange, "--start", iso(start_ms), "--end", iso(end_ms), *extra
+        )
+        if "no Celery worker" not in result.stderr:
+            return result
+        time.sleep(1)
+    raise AssertionError("no Celery worker answered")
+
+
+def job_info(settings, job_id: str):
+    async def read():
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            return await JobStore(client).info(job_id)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_two_celery_workers_share_one_job(platform_settings, simulator, tmp_path):
+    exchange = "binance"
+    workers = [start_worker(exchange, f"w{i}", tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        start_ms, end_ms = day_aligned_range(simulator, days_back=6, days=4)
+        wait_for(
+            lambda: (
+                len(__import__("scripts.fetchers.rest", fromlist=["queue_workers"]).queue_workers(exchange))
+                == 2
+            ),
+            90,
+            "two workers",
+        )
+        result = fetch_when_workers_answer(exchange, start_ms, end_ms, 2, "--wait")
+        assert result.returncode == 0, result.stderr
+        job = job_info(platform_settings, result.stdout.strip().splitlines()[0])
+        assert job.finished and job.workers_seen == 2, "both workers worked on the job"
+        symbols = [m["symbol"] for m in simulator.markets(exchange) if m["status"] == "TRADING"]
+        assert_matches_truth(platform_settings, simulator, exchange, symbols, start_ms, end_ms)
+        assert simulator.stats()[exchange]["over_limit"] == 0
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+
+
+def test_a_new_worker_takes_over_the_job_of_a_killed_one(platform_settings, simulator, tmp_path):
+    exchange = "binance"
+    first = start_worker(exchange, "first", tmp_path / "first.log")
+    second = None
+    try:
+        start_ms, end_ms = day_aligned_range(simulator, days_back=6, days=4)
+        result = fetch_when_workers_answer(exchange, start_ms, end_ms, 1)
+        job_id = result.stdout.strip().splitlines()[0]
+        wait_for(
+            lambda: (
+                job_info(platform_settings, job_id).done >= job_info(platform_settings, job_id).total // 3
+            ),
+            90,
+            "progress",
+        )
+        first.kill()
+        first.wait()
+        second = start_worker(exchange, "second", tmp_path / "second.log")
+        wait_for(lambda: job_info(platform_settings, job_id).complete, 90, "the new worker to finish the job")
+        symbols = [m["symbol"] for m in simulator.markets(exchange) if m["status"] == "TRADING"]
+        assert_matches_truth(platform_settings, simulator, exchange, symbols, start_ms, end_ms)
+    finally:
+        if first.poll() is None:
+            stop_worker(first)
+        if second is not None:
+            stop_worker(second)
