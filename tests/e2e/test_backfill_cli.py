@@ -250,63 +250,24 @@ def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platfor
 
 def test_celery_worker_runs_the_queued_job(platform_settings, simulator, tmp_path):
     exchange = "binance"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celery_app.celery_main",
-            "worker",
-            "-Q",
-            f"{exchange}_rest",
-            "--concurrency",
-            "1",
-            "--hostname",
-            f"test-{os.getpid()}@%h",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        stdout=open(tmp_path / "worker.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(exchange, "test", tmp_path / "worker.log")
     try:
         start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
-        deadline = time.time() + 60
-        result = None
-        while time.time() < deadline:
-            result = run_cli(
-                "fetch",
-                "--exchange",
-                exchange,
-                "--start",
-                iso(start_ms),
-                "--end",
-                iso(end_ms),
-                "--symbols",
-                "BTCUSDT,ETH/BTC",
-                "--wait",
-            )
-            if "no Celery worker" not in result.stderr:
-                break
-            time.sleep(1)
-        assert result is not None and result.returncode == 0, (
-            result.stderr + (tmp_path / "worker.log").read_text()
+        result = fetch_when_workers_answer(
+            exchange, start_ms, end_ms, "--symbols", "BTCUSDT,ETH/BTC", "--wait"
         )
+        assert result.returncode == 0, result.stderr + (tmp_path / "worker.log").read_text()
         job_id = result.stdout.strip().splitlines()[0]
         assert len(job_id) == 12
         assert "requests done, 0 failed" in result.stdout
         assert_matches_truth(platform_settings, simulator, exchange, ["BTCUSDT", "ETHBTC"], start_ms, end_ms)
         status = run_cli("status", "--exchange", exchange)
         assert status.returncode == 0 and job_id in status.stdout and "done" in status.stdout
+        log = (tmp_path / "worker.log").read_text()
+        finished = [line for line in log.splitlines() if "aggregates refreshed" in line]
+        assert len(finished) == 1, "every log line once (no celery.redirected copy)"
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_worker(worker)
 
 
 def test_a_database_without_the_schema_is_one_line(postgres_server, platform_settings):
@@ -359,7 +320,7 @@ def stop_worker(worker: subprocess.Popen) -> None:
         worker.wait()
 
 
-def fetch_when_workers_answer(exchange: str, start_ms: int, end_ms: int, workers: int, *extra: str):
+def fetch_when_workers_answer(exchange: str, start_ms: int, end_ms: int, *extra: str):
     deadline = time.time() + 90
     while time.time() < deadline:
         result = run_cli(
@@ -405,7 +366,7 @@ def test_two_celery_workers_share_one_job(platform_settings, simulator, tmp_path
             90,
             "two workers",
         )
-        result = fetch_when_workers_answer(exchange, start_ms, end_ms, 2, "--wait")
+        result = fetch_when_workers_answer(exchange, start_ms, end_ms, "--wait")
         assert result.returncode == 0, result.stderr
         job = job_info(platform_settings, result.stdout.strip().splitlines()[0])
         assert job.finished and job.workers_seen == 2, "both workers worked on the job"
@@ -423,7 +384,7 @@ def test_a_new_worker_takes_over_the_job_of_a_killed_one(platform_settings, simu
     second = None
     try:
         start_ms, end_ms = day_aligned_range(simulator, days_back=6, days=4)
-        result = fetch_when_workers_answer(exchange, start_ms, end_ms, 1)
+        result = fetch_when_workers_answer(exchange, start_ms, end_ms)
         job_id = result.stdout.strip().splitlines()[0]
         wait_for(
             lambda: (
