@@ -9,15 +9,17 @@ import pytest
 
 from common.candle import Candle, Market
 from common.db import (
+    AGGREGATE_LEVELS,
     FetchErrorRecord,
     UnknownMarketError,
+    connect,
     load_markets,
     record_fetch_error,
     refresh_aggregates,
     upsert_candles,
     upsert_markets,
 )
-from common.schema import apply_schema
+from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +39,14 @@ def candle(minute: int, open_: str, high: str, low: str, close: str, volume: str
         Decimal(close),
         Decimal(volume),
     )
+
+
+def drop_database(server, name: str) -> None:
+    admin = server.connect("postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
 
 
 def fetch_ohlcvs(conn):
@@ -252,3 +262,154 @@ def test_aggregates_refresh_over_a_range(settings, db_conn):
     weekly = level("ohlcvs_summary_7day")
     assert weekly == expected(timedelta(days=7))
     assert [b.weekday() for b, *_ in weekly] == [0, 0]  # weeks start on Monday, like time_bucket
+
+
+# --- Aggregates: every level, every bucket (partial edges included), through the public relations ---
+
+ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)  # a Monday: weeks start on Mondays, as time_bucket's do
+ETH_BTC = Market("binance", "ETH", "BTC", "ETHBTC")
+
+
+def ohlcv_rows(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT exchange, base_id, quote_id, time, open, high, low, close, volume FROM ohlcvs")
+        return cur.fetchall()
+
+
+def expected_buckets(rows, width: timedelta) -> dict:
+    """Each level recomputed in Python from the 1-minute rows: first open, max high, min low, last
+    close, summed volume per (market, bucket)."""
+    groups: dict = {}
+    for exchange, base, quote, time, open_, high, low, close, volume in sorted(rows, key=lambda r: r[3]):
+        bucket = ORIGIN + ((time - ORIGIN) // width) * width
+        key = (exchange, base, quote, bucket)
+        if key not in groups:
+            groups[key] = [open_, high, low, close, volume]
+        else:
+            g = groups[key]
+            g[1], g[2], g[3], g[4] = max(g[1], high), min(g[2], low), close, g[4] + volume
+    return {key: tuple(values) for key, values in groups.items()}
+
+
+def level_contents(conn, name: str) -> dict:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT exchange, base_id, quote_id, bucket, open, high, low, close, volume FROM {name}")
+        return {tuple(row[:4]): tuple(row[4:]) for row in cur.fetchall()}
+
+
+def assert_every_level_matches_ohlcvs(conn) -> None:
+    conn.rollback()  # a fresh snapshot
+    rows = ohlcv_rows(conn)
+    assert rows, "no rows to aggregate"
+    for name, width in AGGREGATE_LEVELS.items():
+        expected, actual = expected_buckets(rows, width), level_contents(conn, name)
+        wrong = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+        assert not wrong, (
+            f"{name}: {len(wrong)} of {len(expected)} buckets differ from ohlcvs, e.g. {wrong[0]}: "
+            f"expected {expected.get(wrong[0])}, shown {actual.get(wrong[0])}"
+        )
+    conn.rollback()
+
+
+def minute_candles(market: Market, start: datetime, minutes: int, seed: int) -> list[Candle]:
+    """A random-walk series with exact decimal texts (cents; volumes with 8 decimals)."""
+    out, price = [], 20_000_00 + seed
+    for i in range(minutes):
+        step = ((i * 7919 + seed * 104_729) % 2001) - 1000
+        open_, close = price, max(100, price + step)
+        high = max(open_, close) + (i * 31 % 250)
+        low = max(1, min(open_, close) - (i * 17 % 250))
+        volume = Decimal((i * 1_000_003 + seed) % 9_000_000_000) / Decimal(10**8)
+        out.append(
+            Candle(
+                market.exchange,
+                market.base_id,
+                market.quote_id,
+                start + timedelta(minutes=i),
+                Decimal(open_) / 100,
+                Decimal(high) / 100,
+                Decimal(low) / 100,
+                Decimal(close) / 100,
+                volume,
+            )
+        )
+        price = close
+    return out
+
+
+def test_backfill_over_several_weeks_keeps_every_level_equal_to_ohlcvs(settings, db_conn):
+    # Thursday 13:17 to a Tuesday 09:41 three weeks later: partial buckets at both ends of every
+    # level and three Monday boundaries in between.
+    start, end = datetime(2021, 3, 4, 13, 17, tzinfo=UTC), datetime(2021, 3, 23, 9, 41, tzinfo=UTC)
+    minutes = int((end - start) / timedelta(minutes=1))
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    upsert_candles(db_conn, minute_candles(BTC_USD, start, minutes, seed=1))
+    upsert_candles(db_conn, minute_candles(ETH_BTC, start + timedelta(hours=5), minutes - 300, seed=2))
+    db_conn.commit()
+    refresh_aggregates(settings, start, end, now=end + timedelta(hours=1))
+    assert_every_level_matches_ohlcvs(db_conn)
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT bucket FROM ohlcvs_summary_7day WHERE exchange = 'bitfinex' ORDER BY bucket")
+        weeks = [row[0] for row in cur.fetchall()]
+    assert [w.date().isoformat() for w in weeks] == ["2021-03-01", "2021-03-08", "2021-03-15", "2021-03-22"]
+
+
+def test_rows_written_into_open_buckets_show_after_the_next_refresh(settings, db_conn):
+    # A backfill up to "now" (Wednesday 10:30), then live bars and a user's own INSERT inside the
+    # buckets that were open then, then a refresh of an unrelated older range.
+    now = datetime(2021, 3, 24, 10, 30, 40, tzinfo=UTC)
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    backfill_start = datetime(2021, 3, 20, 22, 0, tzinfo=UTC)
+    upsert_candles(
+        db_conn, minute_candles(BTC_USD, backfill_start, int((now - backfill_start).total_seconds() // 60), 3)
+    )
+    db_conn.commit()
+    refresh_aggregates(settings, backfill_start, now.replace(second=0), now=now)
+
+    live_start = now.replace(second=0)
+    upsert_candles(db_conn, minute_candles(BTC_USD, live_start, 90, seed=4))  # overwrites 10:30, goes on
+    upsert_candles(db_conn, minute_candles(ETH_BTC, live_start + timedelta(minutes=5), 30, seed=5))
+    with db_conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume) "
+            "VALUES ('2021-03-24 12:15+00', 'bitfinex', 'BTC', 'USD', 1, 99999, 0.5, 2, 1000)"
+        )
+    db_conn.commit()
+    later = now + timedelta(hours=2)
+    older = datetime(2021, 1, 4, tzinfo=UTC)
+    upsert_candles(db_conn, minute_candles(BTC_USD, older, 60, seed=6))
+    db_conn.commit()
+    refresh_aggregates(settings, older, older + timedelta(hours=1), now=later)
+    assert_every_level_matches_ohlcvs(db_conn)
+    with db_conn.cursor() as cur:
+        cur.execute(
+            "SELECT high FROM ohlcvs_summary_daily WHERE exchange = 'bitfinex' AND bucket = '2021-03-24+00'"
+        )
+        assert cur.fetchone()[0] == Decimal("99999")
+
+
+def test_init_fills_every_level_from_rows_already_in_ohlcvs(settings, postgres_server, timescaledb):
+    # Rows written before the summaries existed: only the core tables, then data, then init.
+    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_rows_first"})
+    ensure_database(fresh)
+    try:
+        conn = connect(fresh)
+        with conn.cursor() as cur:
+            cur.execute((INIT_SQL_DIR / "001_tables.sql").read_text())
+        start = datetime(2021, 2, 25, 18, 3, tzinfo=UTC)
+        upsert_markets(conn, [BTC_USD, ETH_BTC])
+        upsert_candles(conn, minute_candles(BTC_USD, start, 9 * 1440 + 77, seed=7))
+        upsert_candles(conn, minute_candles(ETH_BTC, start, 2 * 1440, seed=8))
+        conn.commit()
+        result = init_database(fresh, plain=not timescaledb)
+        assert (result.created, result.timescale) == (False, timescaledb)
+        assert_every_level_matches_ohlcvs(conn)
+        # A later refresh of a later day leaves the earlier rows in every level.
+        later = datetime(2021, 3, 10, tzinfo=UTC)
+        upsert_candles(conn, minute_candles(BTC_USD, later, 1440, seed=9))
+        conn.commit()
+        refresh_aggregates(fresh, later, later + timedelta(days=1))
+        assert_every_level_matches_ohlcvs(conn)
+        conn.close()
+    finally:
+        drop_database(postgres_server, fresh.postgres_db)
