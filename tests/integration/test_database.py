@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import psycopg2
 import pytest
 
 from common.candle import Candle, Market
 from common.db import (
     AGGREGATE_LEVELS,
+    DatabaseError,
     FetchErrorRecord,
     UnknownMarketError,
     connect,
@@ -20,6 +23,8 @@ from common.db import (
     upsert_markets,
 )
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database
+from common.settings import PROJECT_ROOT
+from tests.support.services import postgres_bindir
 
 pytestmark = pytest.mark.integration
 
@@ -311,7 +316,9 @@ def assert_every_level_matches_ohlcvs(conn) -> None:
     conn.rollback()
 
 
-def minute_candles(market: Market, start: datetime, minutes: int, seed: int) -> list[Candle]:
+def minute_candles(
+    market: Market, start: datetime, minutes: int, seed: int, step_minutes: int = 1
+) -> list[Candle]:
     """A random-walk series with exact decimal texts (cents; volumes with 8 decimals)."""
     out, price = [], 20_000_00 + seed
     for i in range(minutes):
@@ -325,7 +332,7 @@ def minute_candles(market: Market, start: datetime, minutes: int, seed: int) -> 
                 market.exchange,
                 market.base_id,
                 market.quote_id,
-                start + timedelta(minutes=i),
+                start + timedelta(minutes=i * step_minutes),
                 Decimal(open_) / 100,
                 Decimal(high) / 100,
                 Decimal(low) / 100,
@@ -413,3 +420,190 @@ def test_init_fills_every_level_from_rows_already_in_ohlcvs(settings, postgres_s
         conn.close()
     finally:
         drop_database(postgres_server, fresh.postgres_db)
+
+
+def test_a_lost_connection_during_init_is_one_line_and_leaves_nothing(settings, postgres_server, tmp_path):
+    # The server ends the session mid-schema, as a FATAL error (e.g. TimescaleDB not preloaded) does.
+    (tmp_path / "001_tables.sql").write_text((INIT_SQL_DIR / "001_tables.sql").read_text())
+    (tmp_path / "002_fatal.sql").write_text("SELECT pg_terminate_backend(pg_backend_pid());\n")
+    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_lost"})
+    try:
+        with pytest.raises(DatabaseError) as raised:
+            init_database(fresh, plain=True, directory=tmp_path)
+        message = str(raised.value)
+        assert "closed the connection" in message and "002_fatal.sql" in message, message
+        assert "shared_preload_libraries" in message and "\n" not in message
+        admin = postgres_server.connect("postgres")
+        with admin.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh.postgres_db,))
+            assert cur.fetchone()[0] == 0, "the database init created was left behind"
+        admin.close()
+    finally:
+        drop_database(postgres_server, fresh.postgres_db)
+
+
+def test_a_lost_connection_changes_nothing_in_an_existing_database(settings, postgres_server, tmp_path):
+    (tmp_path / "001_tables.sql").write_text((INIT_SQL_DIR / "001_tables.sql").read_text())
+    (tmp_path / "002_fatal.sql").write_text("SELECT pg_terminate_backend(pg_backend_pid());\n")
+    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_existing"})
+    ensure_database(fresh)
+    try:
+        with pytest.raises(DatabaseError, match="nothing was changed"):
+            apply_schema(fresh, plain=True, directory=tmp_path)
+        conn = connect(fresh)
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('ohlcvs') IS NULL")
+            assert cur.fetchone()[0]
+        conn.close()
+    finally:
+        drop_database(postgres_server, fresh.postgres_db)
+
+
+def test_cloning_a_template_ends_sessions_still_attached_to_it(postgres_server, database):
+    # TimescaleDB's job scheduler keeps such a session on every database with the extension.
+    holder = postgres_server.connect(database)
+    clone = f"{database}_clone"
+    try:
+        postgres_server.clone_database(clone, database)
+        conn = postgres_server.connect(clone)
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('ohlcvs') IS NOT NULL")
+            assert cur.fetchone()[0]
+        conn.close()
+        with pytest.raises(psycopg2.OperationalError):
+            holder.cursor().execute("SELECT 1")
+    finally:
+        holder.close()
+        drop_database(postgres_server, clone)
+
+
+def test_populate_agg_script_fills_every_level(settings, db_conn, postgres_server):
+    start = datetime(2021, 4, 1, 7, 13, tzinfo=UTC)  # a Thursday; 16 days
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    upsert_candles(db_conn, minute_candles(BTC_USD, start, 16 * 1440 + 101, seed=11))
+    upsert_candles(db_conn, minute_candles(ETH_BTC, start + timedelta(days=3), 4 * 1440, seed=12))
+    db_conn.commit()
+    result = subprocess.run(
+        [
+            str(postgres_bindir() / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(postgres_server.port),
+            "-U",
+            postgres_server.user,
+            "-d",
+            settings.postgres_db,
+            "-f",
+            str(PROJECT_ROOT / "scripts" / "database" / "once" / "populate_agg.sql"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_every_level_matches_ohlcvs(db_conn)
+
+
+# Each analytics view recomputed straight from ohlcvs (not from the summaries), in the same
+# statement as the view so both see the same now().
+DAILY_FROM_OHLCVS = """
+WITH ranked AS (
+    SELECT exchange, base_id, quote_id, date_trunc('day', time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day,
+           first_value(open) OVER w AS day_open, last_value(close) OVER w AS day_close
+    FROM ohlcvs
+    WINDOW w AS (PARTITION BY exchange, base_id, quote_id, date_trunc('day', time AT TIME ZONE 'UTC')
+                 ORDER BY time ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+), days AS (SELECT DISTINCT * FROM ranked)
+"""
+
+VIEW_CHECKS = {
+    "geo_daily_return": (
+        "SELECT exchange, base_id, quote_id, days, geo_daily_return FROM geo_daily_return ORDER BY 1, 2, 3",
+        DAILY_FROM_OHLCVS
+        + """
+        SELECT exchange, base_id, quote_id, count(*), exp(sum(ln(day_close / day_open)) / count(*)) - 1
+        FROM days WHERE day >= now() - INTERVAL '30 days' AND day_open > 0 AND day_close > 0
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+    ),
+    "weekly_return": (
+        "SELECT exchange, base_id, quote_id, weekly_return FROM weekly_return ORDER BY 1, 2, 3",
+        DAILY_FROM_OHLCVS
+        + """
+        , week AS (SELECT * FROM days WHERE day >= now() - INTERVAL '7 days')
+        SELECT f.exchange, f.base_id, f.quote_id, l.day_close / f.day_open - 1
+        FROM (SELECT DISTINCT ON (exchange, base_id, quote_id) * FROM week
+              ORDER BY exchange, base_id, quote_id, day) f
+        JOIN (SELECT DISTINCT ON (exchange, base_id, quote_id) * FROM week
+              ORDER BY exchange, base_id, quote_id, day DESC) l USING (exchange, base_id, quote_id)
+        ORDER BY 1, 2, 3""",
+    ),
+    "top_20_quoted_vol": (
+        "SELECT exchange, base_id, quote_id, quoted_vol FROM top_20_quoted_vol",
+        """
+        WITH hours AS (
+            SELECT DISTINCT exchange, base_id, quote_id, date_trunc('hour', time) AS hour,
+                   sum(volume) OVER w AS volume, last_value(close) OVER w AS close
+            FROM ohlcvs
+            WINDOW w AS (PARTITION BY exchange, base_id, quote_id, date_trunc('hour', time) ORDER BY time
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+        )
+        SELECT exchange, base_id, quote_id, sum(volume * close) AS q FROM hours
+        WHERE hour >= now() - INTERVAL '24 hours' GROUP BY 1, 2, 3 ORDER BY q DESC LIMIT 20""",
+    ),
+    "common_basequote_30": (
+        "SELECT base_id, quote_id, exchanges, quoted_vol_30d FROM common_basequote_30",
+        """
+        WITH daily AS (
+            SELECT DISTINCT exchange, base_id, quote_id,
+                   date_trunc('day', time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day,
+                   sum(volume) OVER w AS volume, last_value(close) OVER w AS close
+            FROM ohlcvs
+            WINDOW w AS (PARTITION BY exchange, base_id, quote_id, date_trunc('day', time AT TIME ZONE 'UTC')
+                         ORDER BY time ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+        ), per_market AS (
+            SELECT s.exchange, s.base_id, s.quote_id,
+                   (SELECT coalesce(sum(d.volume * d.close), 0) FROM daily d
+                    WHERE (d.exchange, d.base_id, d.quote_id) = (s.exchange, s.base_id, s.quote_id)
+                      AND d.day >= now() - INTERVAL '30 days') AS vol
+            FROM symbol_exchange s WHERE s.is_trading
+        )
+        SELECT base_id, quote_id, count(*) AS n, sum(vol) AS v FROM per_market
+        GROUP BY 1, 2 HAVING count(*) >= 2 ORDER BY n DESC, v DESC LIMIT 30""",
+    ),
+}
+
+
+def test_analytics_views_equal_the_same_figures_computed_from_ohlcvs(settings, db_conn):
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=33)).replace(minute=7, second=0, microsecond=0)
+    count = int((now - start) / timedelta(minutes=30)) - 1
+    binance = [Market("binance", f"C{i:02d}", "USDT", f"C{i:02d}USDT") for i in range(22)]
+    bitfinex = [Market("bitfinex", f"C{i:02d}", "USDT", f"tC{i:02d}UST") for i in range(0, 22, 3)]
+    bittrex = [
+        Market("bittrex", f"C{i:02d}", "USDT", f"C{i:02d}-USDT", is_trading=i != 3) for i in range(0, 22, 3)
+    ]
+    upsert_markets(db_conn, binance + bitfinex + bittrex)
+    for seed, market in enumerate(binance + bitfinex + bittrex, start=20):
+        first = start + timedelta(minutes=seed % 7)  # some markets start later than others
+        upsert_candles(db_conn, minute_candles(market, first, count, seed=seed * 37, step_minutes=30))
+    db_conn.commit()
+    refresh_aggregates(settings, None, None)
+    for view, (shown_sql, expected_sql) in VIEW_CHECKS.items():
+        with db_conn.cursor() as cur:  # one transaction: one now()
+            cur.execute(shown_sql)
+            shown = cur.fetchall()
+            cur.execute(expected_sql)
+            expected = cur.fetchall()
+        db_conn.rollback()
+        assert shown, f"{view} is empty"
+        assert shown == expected, f"{view}: shown {shown[:3]}… expected {expected[:3]}…"
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM top_20_quoted_vol")
+        assert cur.fetchone()[0] == 20
+        cur.execute("SELECT exchanges FROM common_basequote_30 WHERE base_id = 'C03'")
+        assert cur.fetchone()[0] == 2  # not trading on bittrex
