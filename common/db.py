@@ -314,10 +314,7 @@ def refresh_aggregates(
             else:
                 cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()))", (start, end, now))
     except psycopg2.Error as error:
-        if not conn.closed:
-            raise
-        raise DatabaseError(
-            f"lost the connection to PostgreSQL while refreshing aggregates: {_one_line(error)}"
-        ) from None
+        what = "lost the connection to PostgreSQL" if conn.closed else "failed"
+        raise DatabaseError(f"refreshing the aggregates {what}: {_one_line(error)}") from None
     finally:
         conn.close()

@@ -108,6 +108,10 @@ def ensure_database(settings: Settings) -> bool:
             f"database {settings.postgres_db!r} does not exist and user {settings.postgres_user!r} "
             "may not create it; create it as an administrator or grant CREATEDB"
         ) from None
+    except psycopg2.Error as error:
+        raise DatabaseError(
+            f"creating database {settings.postgres_db!r} failed: {_first_line(error)}"
+        ) from None
     finally:
         admin.close()
     return True
@@ -182,6 +186,8 @@ def materialise_existing_rows(settings: Settings, timescale: bool) -> None:
                 )
                 if not cur.fetchone()[0]:
                     return
+        except psycopg2.Error as error:
+            raise DatabaseError(f"checking for rows to summarise failed: {_first_line(error)}") from None
         finally:
             conn.close()
     refresh_aggregates(settings, None, None)

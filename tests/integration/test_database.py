@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -24,6 +26,7 @@ from common.db import (
 )
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database
 from common.settings import PROJECT_ROOT
+from tests.conftest import service_env
 from tests.support.services import postgres_bindir
 
 pytestmark = pytest.mark.integration
@@ -607,3 +610,26 @@ def test_analytics_views_equal_the_same_figures_computed_from_ohlcvs(settings, d
         assert cur.fetchone()[0] == 20
         cur.execute("SELECT exchanges FROM common_basequote_30 WHERE base_id = 'C03'")
         assert cur.fetchone()[0] == 2  # not trading on bittrex
+
+
+def test_init_plain_from_the_command_line(settings, postgres_server, timescaledb):
+    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_cli_plain"})
+    env = {**os.environ, **service_env(fresh)}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "scripts.database", "init", "--plain"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=PROJECT_ROOT,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("(created): plain PostgreSQL"), result.stdout
+        conn = connect(fresh)
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
+            assert cur.fetchone()[0] == 0
+        conn.close()
+    finally:
+        drop_database(postgres_server, fresh.postgres_db)
