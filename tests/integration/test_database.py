@@ -57,6 +57,23 @@ def drop_database(server, name: str) -> None:
     admin.close()
 
 
+@pytest.fixture
+def fresh(settings, postgres_server):
+    """Settings for a database that does not exist yet (dropped after the test, if made)."""
+    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_fresh"})
+    yield fresh
+    drop_database(postgres_server, fresh.postgres_db)
+
+
+@pytest.fixture
+def fatal_schema(tmp_path):
+    """Init files whose second one makes the server end the session, as a FATAL error (e.g.
+    TimescaleDB not preloaded) does."""
+    (tmp_path / "001_tables.sql").write_text((INIT_SQL_DIR / "001_tables.sql").read_text())
+    (tmp_path / "002_fatal.sql").write_text("SELECT pg_terminate_backend(pg_backend_pid());\n")
+    return tmp_path
+
+
 def fetch_ohlcvs(conn):
     with conn.cursor() as cur:
         cur.execute(
@@ -398,68 +415,51 @@ def test_rows_written_into_open_buckets_show_after_the_next_refresh(settings, db
         assert cur.fetchone()[0] == Decimal("99999")
 
 
-def test_init_fills_every_level_from_rows_already_in_ohlcvs(settings, postgres_server, timescaledb):
+def test_init_fills_every_level_from_rows_already_in_ohlcvs(fresh, timescaledb):
     # Rows written before the summaries existed: only the core tables, then data, then init.
-    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_rows_first"})
     ensure_database(fresh)
-    try:
-        conn = connect(fresh)
-        with conn.cursor() as cur:
-            cur.execute((INIT_SQL_DIR / "001_tables.sql").read_text())
-        start = datetime(2021, 2, 25, 18, 3, tzinfo=UTC)
-        upsert_markets(conn, [BTC_USD, ETH_BTC])
-        upsert_candles(conn, minute_candles(BTC_USD, start, 9 * 1440 + 77, seed=7))
-        upsert_candles(conn, minute_candles(ETH_BTC, start, 2 * 1440, seed=8))
-        conn.commit()
-        result = init_database(fresh, plain=not timescaledb)
-        assert (result.created, result.timescale) == (False, timescaledb)
-        assert_every_level_matches_ohlcvs(conn)
-        # A later refresh of a later day leaves the earlier rows in every level.
-        later = datetime(2021, 3, 10, tzinfo=UTC)
-        upsert_candles(conn, minute_candles(BTC_USD, later, 1440, seed=9))
-        conn.commit()
-        refresh_aggregates(fresh, later, later + timedelta(days=1))
-        assert_every_level_matches_ohlcvs(conn)
-        conn.close()
-    finally:
-        drop_database(postgres_server, fresh.postgres_db)
+    conn = connect(fresh)
+    with conn.cursor() as cur:
+        cur.execute((INIT_SQL_DIR / "001_tables.sql").read_text())
+    start = datetime(2021, 2, 25, 18, 3, tzinfo=UTC)
+    upsert_markets(conn, [BTC_USD, ETH_BTC])
+    upsert_candles(conn, minute_candles(BTC_USD, start, 9 * 1440 + 77, seed=7))
+    upsert_candles(conn, minute_candles(ETH_BTC, start, 2 * 1440, seed=8))
+    conn.commit()
+    result = init_database(fresh, plain=not timescaledb)
+    assert (result.created, result.timescale) == (False, timescaledb)
+    assert_every_level_matches_ohlcvs(conn)
+    # A later refresh of a later day leaves the earlier rows in every level.
+    later = datetime(2021, 3, 10, tzinfo=UTC)
+    upsert_candles(conn, minute_candles(BTC_USD, later, 1440, seed=9))
+    conn.commit()
+    refresh_aggregates(fresh, later, later + timedelta(days=1))
+    assert_every_level_matches_ohlcvs(conn)
+    conn.close()
 
 
-def test_a_lost_connection_during_init_is_one_line_and_leaves_nothing(settings, postgres_server, tmp_path):
-    # The server ends the session mid-schema, as a FATAL error (e.g. TimescaleDB not preloaded) does.
-    (tmp_path / "001_tables.sql").write_text((INIT_SQL_DIR / "001_tables.sql").read_text())
-    (tmp_path / "002_fatal.sql").write_text("SELECT pg_terminate_backend(pg_backend_pid());\n")
-    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_lost"})
-    try:
-        with pytest.raises(DatabaseError) as raised:
-            init_database(fresh, plain=True, directory=tmp_path)
-        message = str(raised.value)
-        assert "closed the connection" in message and "002_fatal.sql" in message, message
-        assert "shared_preload_libraries" in message and "\n" not in message
-        admin = postgres_server.connect("postgres")
-        with admin.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh.postgres_db,))
-            assert cur.fetchone()[0] == 0, "the database init created was left behind"
-        admin.close()
-    finally:
-        drop_database(postgres_server, fresh.postgres_db)
+def test_a_lost_connection_during_init_is_one_line_and_leaves_nothing(fresh, fatal_schema, postgres_server):
+    with pytest.raises(DatabaseError) as raised:
+        init_database(fresh, plain=True, directory=fatal_schema)
+    message = str(raised.value)
+    assert "closed the connection" in message and "002_fatal.sql" in message, message
+    assert "shared_preload_libraries" in message and "\n" not in message
+    admin = postgres_server.connect("postgres")
+    with admin.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh.postgres_db,))
+        assert cur.fetchone()[0] == 0, "the database init created was left behind"
+    admin.close()
 
 
-def test_a_lost_connection_changes_nothing_in_an_existing_database(settings, postgres_server, tmp_path):
-    (tmp_path / "001_tables.sql").write_text((INIT_SQL_DIR / "001_tables.sql").read_text())
-    (tmp_path / "002_fatal.sql").write_text("SELECT pg_terminate_backend(pg_backend_pid());\n")
-    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_existing"})
+def test_a_lost_connection_changes_nothing_in_an_existing_database(fresh, fatal_schema):
     ensure_database(fresh)
-    try:
-        with pytest.raises(DatabaseError, match="nothing was changed"):
-            apply_schema(fresh, plain=True, directory=tmp_path)
-        conn = connect(fresh)
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('ohlcvs') IS NULL")
-            assert cur.fetchone()[0]
-        conn.close()
-    finally:
-        drop_database(postgres_server, fresh.postgres_db)
+    with pytest.raises(DatabaseError, match="nothing was changed"):
+        apply_schema(fresh, plain=True, directory=fatal_schema)
+    conn = connect(fresh)
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('ohlcvs') IS NULL")
+        assert cur.fetchone()[0]
+    conn.close()
 
 
 def test_cloning_a_template_ends_sessions_still_attached_to_it(postgres_server, database):
@@ -612,24 +612,19 @@ def test_analytics_views_equal_the_same_figures_computed_from_ohlcvs(settings, d
         assert cur.fetchone()[0] == 2  # not trading on bittrex
 
 
-def test_init_plain_from_the_command_line(settings, postgres_server, timescaledb):
-    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_cli_plain"})
-    env = {**os.environ, **service_env(fresh)}
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "scripts.database", "init", "--plain"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=PROJECT_ROOT,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip().endswith("(created): plain PostgreSQL"), result.stdout
-        conn = connect(fresh)
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
-            assert cur.fetchone()[0] == 0
-        conn.close()
-    finally:
-        drop_database(postgres_server, fresh.postgres_db)
+def test_init_plain_from_the_command_line(fresh):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.database", "init", "--plain"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **service_env(fresh)},
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("(created): plain PostgreSQL"), result.stdout
+    conn = connect(fresh)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
+        assert cur.fetchone()[0] == 0
+    conn.close()

@@ -6,22 +6,14 @@
 -- rebuilds the summary tables.
 SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS has_timescaledb \gset
 \if :has_timescaledb
-CALL refresh_continuous_aggregate('ohlcvs_summary_5min', NULL,
-    time_bucket(INTERVAL '5 minutes', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_15min', NULL,
-    time_bucket(INTERVAL '15 minutes', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_30min', NULL,
-    time_bucket(INTERVAL '30 minutes', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_1hour', NULL,
-    time_bucket(INTERVAL '1 hour', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_6hour', NULL,
-    time_bucket(INTERVAL '6 hours', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_12hour', NULL,
-    time_bucket(INTERVAL '12 hours', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_daily', NULL,
-    time_bucket(INTERVAL '1 day', now() - INTERVAL '1 minute'));
-CALL refresh_continuous_aggregate('ohlcvs_summary_7day', NULL,
-    time_bucket(INTERVAL '7 days', now() - INTERVAL '1 minute'));
+-- One CALL per level, each run by \gexec as its own top-level statement.
+SELECT format('CALL refresh_continuous_aggregate(%L, NULL, time_bucket(%L::interval, now() - INTERVAL ''1 minute''))',
+              name, width)
+FROM (VALUES ('ohlcvs_summary_5min', '5 minutes'), ('ohlcvs_summary_15min', '15 minutes'),
+             ('ohlcvs_summary_30min', '30 minutes'), ('ohlcvs_summary_1hour', '1 hour'),
+             ('ohlcvs_summary_6hour', '6 hours'), ('ohlcvs_summary_12hour', '12 hours'),
+             ('ohlcvs_summary_daily', '1 day'), ('ohlcvs_summary_7day', '7 days')) AS levels(name, width)
+\gexec
 \else
 SELECT refresh_ohlcv_aggregates(NULL, NULL) AS summary_rows_written;
 \endif
