@@ -38,6 +38,7 @@ class TimescaleProbe:
     available: bool  # the package is installed on the server (pg_available_extensions)
     installed: bool  # the extension exists in this database (pg_extension)
     preload: str | None  # shared_preload_libraries, None when this user may not read it
+    switched_off: bool = False  # coin_for_rich.use_timescaledb = off (server, database or role setting)
 
 
 def preload_includes_timescaledb(preload: str) -> bool:
@@ -53,11 +54,12 @@ def use_timescaledb(probe: TimescaleProbe, plain: bool) -> bool:
     """The path init takes; a `DatabaseError` when neither can work as asked.
 
     TimescaleDB when the server has it and preloads it; plain PostgreSQL when it has no TimescaleDB
-    or plain is asked for. Installed but not preloaded is refused rather than quietly made plain: a
+    or plain is asked for (`--plain`, or the setting `coin_for_rich.use_timescaledb = off` on the
+    server, database or role). Installed but not preloaded is refused rather than quietly made plain: a
     plain database cannot later become a TimescaleDB one. An unreadable setting is tried (a
     lost connection then becomes a one-line error naming the likely cause).
     """
-    if plain:
+    if plain or probe.switched_off:
         if probe.installed:
             raise DatabaseError(
                 "this database already uses TimescaleDB; --plain applies only to a database "
@@ -75,9 +77,10 @@ def probe_timescaledb(conn) -> TimescaleProbe:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'), "
-            "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+            "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'), "
+            "current_setting('coin_for_rich.use_timescaledb', true) = 'off'"
         )
-        available, installed = cur.fetchone()
+        available, installed, switched_off = cur.fetchone()
         cur.execute("SAVEPOINT probe")
         try:
             cur.execute("SELECT current_setting('shared_preload_libraries')")
@@ -86,7 +89,7 @@ def probe_timescaledb(conn) -> TimescaleProbe:
             cur.execute("ROLLBACK TO SAVEPOINT probe")
             preload = None
         cur.execute("RELEASE SAVEPOINT probe")
-    return TimescaleProbe(bool(available), bool(installed), preload)
+    return TimescaleProbe(bool(available), bool(installed), preload, bool(switched_off))
 
 
 def ensure_database(settings: Settings) -> bool:

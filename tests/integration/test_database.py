@@ -24,7 +24,7 @@ from common.db import (
     upsert_candles,
     upsert_markets,
 )
-from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database
+from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
 from common.settings import PROJECT_ROOT
 from tests.conftest import service_env
 from tests.support.services import postgres_bindir
@@ -628,3 +628,16 @@ def test_init_plain_from_the_command_line(fresh):
         cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
         assert cur.fetchone()[0] == 0
     conn.close()
+
+
+def test_a_database_setting_keeps_init_plain(fresh, postgres_server, timescaledb):
+    ensure_database(fresh)
+    admin = postgres_server.connect("postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"ALTER DATABASE {fresh.postgres_db} SET coin_for_rich.use_timescaledb = off")
+    admin.close()
+    conn = connect(fresh)
+    assert probe_timescaledb(conn).switched_off
+    conn.close()
+    assert init_database(fresh).timescale is False

@@ -114,6 +114,8 @@ class PostgresServer:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         if self.timescaledb:
             options += " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+        else:  # plain even where TimescaleDB is installed (init would refuse it unpreloaded)
+            options += " -c coin_for_rich.use_timescaledb=off"
         subprocess.run(
             [
                 str(bindir / "pg_ctl"),

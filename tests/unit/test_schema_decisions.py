@@ -61,6 +61,11 @@ def test_plain_can_be_asked_for_where_timescaledb_is_installed():
     assert use_timescaledb(probe, plain=True) is False
 
 
+def test_the_server_setting_switches_timescaledb_off():
+    probe = TimescaleProbe(available=True, installed=False, preload="", switched_off=True)
+    assert use_timescaledb(probe, plain=False) is False
+
+
 def test_plain_is_refused_for_a_database_already_on_timescaledb():
     probe = TimescaleProbe(available=True, installed=True, preload="timescaledb")
     with pytest.raises(DatabaseError, match="already uses TimescaleDB"):

@@ -6,7 +6,8 @@
 -- is a procedure and cannot run in a transaction block), and backfills refresh their own range.
 -- The library must be preloaded: creating the extension without that ends the session (FATAL),
 -- which no exception handler can catch, so that case is refused before trying.
--- `SET coin_for_rich.use_timescaledb = off` (what `init --plain` does) keeps plain PostgreSQL.
+-- coin_for_rich.use_timescaledb = off (for the server, a database, a role, or the session as
+-- `init --plain` sets it) keeps plain PostgreSQL.
 
 DO $$
 DECLARE
