@@ -283,9 +283,12 @@ def bucket_window(
     return (first, last) if last > first else None
 
 
-def _one_line(error: BaseException) -> str:
-    text = getattr(error, "pgerror", None) or str(error)
-    return " ".join(line.strip() for line in text.strip().splitlines()) or error.__class__.__name__
+def error_line(error: BaseException) -> str:
+    """A database error as one line: the server's first line, else the client's text joined up."""
+    pgerror = (getattr(error, "pgerror", None) or "").strip()
+    if pgerror:
+        return pgerror.splitlines()[0]
+    return " ".join(str(error).split()) or error.__class__.__name__
 
 
 def refresh_aggregates(
@@ -315,6 +318,6 @@ def refresh_aggregates(
                 cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()))", (start, end, now))
     except psycopg2.Error as error:
         what = "lost the connection to PostgreSQL" if conn.closed else "failed"
-        raise DatabaseError(f"refreshing the aggregates {what}: {_one_line(error)}") from None
+        raise DatabaseError(f"refreshing the aggregates {what}: {error_line(error)}") from None
     finally:
         conn.close()

@@ -16,7 +16,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from common.db import DatabaseError, connect, has_timescaledb, refresh_aggregates
+from common.db import DatabaseError, connect, error_line, has_timescaledb, refresh_aggregates
 from common.settings import PROJECT_ROOT, Settings
 
 INIT_SQL_DIR = PROJECT_ROOT / "scripts" / "database" / "init"
@@ -113,7 +113,7 @@ def ensure_database(settings: Settings) -> bool:
         ) from None
     except psycopg2.Error as error:
         raise DatabaseError(
-            f"creating database {settings.postgres_db!r} failed: {_first_line(error)}"
+            f"creating database {settings.postgres_db!r} failed: {error_line(error)}"
         ) from None
     finally:
         admin.close()
@@ -128,10 +128,6 @@ def drop_database(settings: Settings) -> None:
             cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(settings.postgres_db)))
     finally:
         admin.close()
-
-
-def _first_line(error: psycopg2.Error) -> str:
-    return ((error.pgerror or str(error)).strip().splitlines() or [error.__class__.__name__])[0]
 
 
 def apply_schema(settings: Settings, plain: bool = False, directory: Path = INIT_SQL_DIR) -> bool:
@@ -154,19 +150,19 @@ def apply_schema(settings: Settings, plain: bool = False, directory: Path = INIT
         return has_timescaledb(conn)
     except psycopg2.Error as error:
         if conn.closed:
-            reason = " ".join(str(error).split()) or error.__class__.__name__
             raise DatabaseError(
-                f"the server closed the connection during schema init ({path_name}: {reason}); nothing "
-                "was changed; if the server log says timescaledb must be preloaded: " + ENABLE_TIMESCALEDB
+                f"the server closed the connection during schema init ({path_name}: {error_line(error)}); "
+                "nothing was changed; if the server log says timescaledb must be preloaded: "
+                + ENABLE_TIMESCALEDB
             ) from None
         conn.rollback()
         if isinstance(error, psycopg2.errors.InsufficientPrivilege):
             raise DatabaseError(
                 f"schema init needs more rights than user {settings.postgres_user!r} has "
-                f"({path_name}: {_first_line(error)}); nothing was changed"
+                f"({path_name}: {error_line(error)}); nothing was changed"
             ) from None
         raise DatabaseError(
-            f"schema init failed in {path_name}: {_first_line(error)}; nothing was changed"
+            f"schema init failed in {path_name}: {error_line(error)}; nothing was changed"
         ) from None
     finally:
         conn.close()
@@ -190,7 +186,7 @@ def materialise_existing_rows(settings: Settings, timescale: bool) -> None:
                 if not cur.fetchone()[0]:
                     return
         except psycopg2.Error as error:
-            raise DatabaseError(f"checking for rows to summarise failed: {_first_line(error)}") from None
+            raise DatabaseError(f"checking for rows to summarise failed: {error_line(error)}") from None
         finally:
             conn.close()
     refresh_aggregates(settings, None, None)
@@ -215,7 +211,7 @@ def init_database(settings: Settings, plain: bool = False, directory: Path = INI
             except (DatabaseError, psycopg2.Error) as drop_error:
                 raise DatabaseError(
                     f"{error}; the database {settings.postgres_db!r} created for it could not be dropped "
-                    f"again: {' '.join(str(drop_error).split())}"
+                    f"again: {error_line(drop_error)}"
                 ) from None
         raise
     materialise_existing_rows(settings, timescale)
