@@ -104,11 +104,7 @@ def database(postgres_server: PostgresServer, template_database: str) -> Iterato
     name = f"cfr_test_{os.getpid()}_{next(_db_counter)}"
     postgres_server.clone_database(name, template_database)
     yield name
-    admin = postgres_server.connect("postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    postgres_server.drop_database(name)
 
 
 @pytest.fixture

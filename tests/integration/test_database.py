@@ -49,20 +49,12 @@ def candle(minute: int, open_: str, high: str, low: str, close: str, volume: str
     )
 
 
-def drop_database(server, name: str) -> None:
-    admin = server.connect("postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
-
-
 @pytest.fixture
 def fresh(settings, postgres_server):
     """Settings for a database that does not exist yet (dropped after the test, if made)."""
     fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_fresh"})
     yield fresh
-    drop_database(postgres_server, fresh.postgres_db)
+    postgres_server.drop_database(fresh.postgres_db)
 
 
 @pytest.fixture
@@ -477,7 +469,7 @@ def test_cloning_a_template_ends_sessions_still_attached_to_it(postgres_server, 
             holder.cursor().execute("SELECT 1")
     finally:
         holder.close()
-        drop_database(postgres_server, clone)
+        postgres_server.drop_database(clone)
 
 
 def test_populate_agg_script_fills_every_level(settings, db_conn, postgres_server):

@@ -176,6 +176,16 @@ class PostgresServer:
         finally:
             admin.close()
 
+    def drop_database(self, name: str) -> None:
+        """Drop `name` if it exists, ending its sessions (background workers' included)."""
+        admin = self.connect("postgres")
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        finally:
+            admin.close()
+
     @staticmethod
     def _end_sessions(cur, dbname: str) -> None:
         cur.execute(
