@@ -1,0 +1,35 @@
+"""Typed dependencies: what route handlers need, read from the app state the lifespan filled."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from common.settings import Settings
+from web.database import ConnectionPool
+from web.live import LiveHub
+
+
+def app_settings(connection: HTTPConnection) -> Settings:
+    return connection.app.state.settings
+
+
+def database_pool(connection: HTTPConnection) -> ConnectionPool:
+    return connection.app.state.pool
+
+
+def redis_client(connection: HTTPConnection) -> aioredis.Redis:
+    return connection.app.state.redis
+
+
+def live_hub(connection: HTTPConnection) -> LiveHub:
+    return connection.app.state.hub
+
+
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+PoolDep = Annotated[ConnectionPool, Depends(database_pool)]
+RedisDep = Annotated[aioredis.Redis, Depends(redis_client)]
+HubDep = Annotated[LiveHub, Depends(live_hub)]
