@@ -207,7 +207,9 @@ _RETURN_VIEWS = {
     "geo_daily_return": (
         "SELECT exchange, base_id, quote_id, days, geo_daily_return::text FROM geo_daily_return"
     ),
-    "weekly_return": "SELECT exchange, base_id, quote_id, NULL::bigint, weekly_return::text FROM weekly_return",
+    "weekly_return": (
+        "SELECT exchange, base_id, quote_id, NULL::bigint, weekly_return::text FROM weekly_return"
+    ),
 }
 
 
