@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from common import reads
 from common.settings import EXCHANGES
-from web.api.deps import PoolDep, RedisDep, SettingsDep
+from web.api.deps import HubDep, PoolDep, RedisDep, SettingsDep
 from web.database import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
@@ -47,7 +47,7 @@ def component_state(values: dict, clock_field: str, now_ms: int, stale_ms: float
 
 
 @router.get("/health", summary="Platform health (503 when degraded)")
-async def health(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> JSONResponse:
+async def health(settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: HubDep) -> JSONResponse:
     """Database and Redis reachability, each fetcher's last-message age, the updater's backlog.
     A fetcher or updater that never reported is `absent` (not an error: it may not be deployed);
     one silent for longer than WEB_HEALTH_STALE_SECONDS is `stale` and makes the answer 503."""
@@ -76,6 +76,7 @@ async def health(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> JSONR
         report["updater"] = {**component_state(updater, "last_flush_ms", now_ms, stale_ms), **updater}
     except (RedisError, OSError) as error:
         report["redis"] = {"state": "down", "error": str(error)}
+    report["web"] = {"websocket_subscriptions": hub.subscriber_count, "live_listener": hub.listening.is_set()}
     parts = [report["database"], report["redis"], *report.get("fetchers", {}).values()]
     parts.append(report.get("updater", {}))
     degraded = any(part.get("state") in ("down", "stale") for part in parts)
