@@ -22,6 +22,7 @@ const state = {
 };
 window.cfrChart = {
   state,
+  scrollBack: () => chart.timeScale().setVisibleLogicalRange({ from: 0, to: 60 }),
   barCount: () => candles.data().length,
   lastBar: () => { const d = candles.data(); return d.length ? d[d.length - 1] : null; },
 };
@@ -43,7 +44,7 @@ const volume = chart.addSeries(LightweightCharts.HistogramSeries, { priceFormat:
 volume.priceScale().applyOptions({ scaleMargins: { top: 0.8, bottom: 0 } });
 const average = chart.addSeries(LightweightCharts.LineSeries, { color: "#f5c542", lineWidth: 1, priceLineVisible: false, lastValueVisible: false });
 
-function decimals(text) { const i = text.indexOf("."); return i < 0 ? 0 : text.length - i - 1; }
+function decimals(text) { const i = text.indexOf("."); return i < 0 ? 0 : text.replace(/0+$/, "").length - i - 1; }
 
 // The API sends exact decimal text; the chart only draws, so numbers are fine here.
 function toPoint(bar) {
