@@ -15,7 +15,7 @@ from playwright.sync_api import sync_playwright
 from common.candle import Market
 from tests.conftest import service_env
 from tests.support.backfill import day_aligned_range, run_job
-from tests.support.web import imitate_live_pipeline_bar, wait_for, web_process
+from tests.support.web import http_get, imitate_live_pipeline_bar, wait_for, web_process
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +96,20 @@ def test_chart_draws_history_switches_period_and_ticks_live(
 
             page.screenshot(path=str(tmp_path / "wschart.png"))
             assert (tmp_path / "wschart.png").stat().st_size > 10_000
+
+            page.goto(f"{base}/view/status")
+            page.wait_for_function("() => window.cfrStatus !== undefined", timeout=15_000)
+            jobs_text = page.inner_text("#jobs")
+            assert job.id in jobs_text and f"{job.total}/{job.total}" in jobs_text and "done" in jobs_text
+            assert "binance" in page.inner_text("#fetchers") and "ok" in page.inner_text("#stores")
+            page.screenshot(path=str(tmp_path / "status.png"))
+
+            page.goto(f"{base}/view/analytics/general")
+            page.wait_for_function("() => window.cfrAnalytics !== undefined", timeout=15_000)
+            counts = page.evaluate("() => window.cfrAnalytics")
+            assert counts["geodr"] == len(http_get(f"{base}/api/analytics/geodr", limit=-1)[1])
+            assert counts["top"] == len(http_get(f"{base}/api/analytics/top20qvlm")[1])
+            page.screenshot(path=str(tmp_path / "analytics.png"))
             assert errors == [], errors
         finally:
             browser.close()

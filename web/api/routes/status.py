@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from common.settings import EXCHANGES
 from fetchers.rest.job_store import JobStore
@@ -12,7 +14,7 @@ router = APIRouter(prefix="/status", tags=["status"])
 
 
 @router.get("/backfills", summary="Backfill jobs, newest first")
-async def backfills(redis: RedisDep, limit: int = 20) -> list[dict]:
+async def backfills(redis: RedisDep, limit: Annotated[int, Query(ge=1, le=200)] = 20) -> list[dict]:
     """The newest jobs of every exchange with their request counts (done, failed, pending, in flight)."""
     store = JobStore(redis)
     jobs = []
@@ -20,4 +22,4 @@ async def backfills(redis: RedisDep, limit: int = 20) -> list[dict]:
         for job in await store.jobs(exchange):
             jobs.append({**job.as_dict(), "finished": job.finished, "complete": job.complete})
     jobs.sort(key=lambda job: job["created_ms"], reverse=True)
-    return jobs[: max(1, min(limit, 200))]
+    return jobs[:limit]
