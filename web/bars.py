@@ -119,16 +119,18 @@ def fill_empty(bars: list[Bar], interval: Interval, limit: int) -> list[Bar]:
     return out[-limit:]
 
 
+_BAR_MS = '{"time":%d,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
+_BAR_ISO = '{"time":"%s","open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
+
+
 def encode_bars(bars: Sequence[Bar], as_ms: bool) -> bytes:
     """A JSON array of `{"time","open","high","low","close","volume"}` objects, built directly:
     the decimals are already validated decimal text, so no general-purpose encoder is needed."""
-    parts = []
-    for t, o, h, low, c, v in bars:
-        stamp = str(t) if as_ms else f'"{isoformat_z(ms_to_datetime(t))}"'
-        parts.append(
-            f'{{"time":{stamp},"open":"{o}","high":"{h}","low":"{low}","close":"{c}","volume":"{v}"}}'
-        )
-    return ("[" + ",".join(parts) + "]").encode()
+    if as_ms:
+        body = ",".join([_BAR_MS % bar for bar in bars])
+    else:
+        body = ",".join([_BAR_ISO % (isoformat_z(ms_to_datetime(bar[0])), *bar[1:]) for bar in bars])
+    return ("[" + body + "]").encode()
 
 
 def bar_dict(bar: Bar, as_ms: bool = True) -> dict:
