@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.backfill import settings_env
 from benchmarks.measure import machine
 from common.candle import Market
 from common.db import connection, refresh_aggregates, upsert_markets
@@ -93,10 +94,7 @@ def bench_app():
 
 def start_server(settings: Settings, body_size: int, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = dict(os.environ)
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        env[name.upper()] = str(value.get_secret_value() if hasattr(value, "get_secret_value") else value)
+    env = settings_env(settings)
     env["BENCH_BYTES"] = str(body_size)
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "benchmarks.web:bench_app", "--factory", "--port", str(port)]
@@ -175,7 +173,8 @@ def _ws_clients(url: str, first: int, count: int, seconds: float, ready_at: floa
     async def run():
         latencies: list[float] = []
         connected = 0
-        async with aiohttp.ClientSession() as session:
+        # limit=0: no cap on concurrent connections (aiohttp's default pool holds 100)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
             async def one(index: int, window: tuple[float, float]):
                 nonlocal connected
@@ -184,13 +183,14 @@ def _ws_clients(url: str, first: int, count: int, seconds: float, ready_at: floa
                     message = {"event_type": "subscribe", "data_type": "ohlcv", "exchange": market.exchange}
                     message |= {"base_id": market.base_id, "quote_id": market.quote_id, "interval": "1m"}
                     await ws.send_str(json.dumps(message))
-                    connected += 1
                     async for frame in ws:
                         now = time.time()
                         if now > window[1]:
                             break
                         data = json.loads(frame.data)
-                        if "open" in data and now >= window[0]:
+                        if data.get("event_type") == "subscribed":
+                            connected += 1
+                        elif "open" in data and now >= window[0]:
                             latencies.append(now - data["time"] / 1000)
 
             window = (ready_at, ready_at + seconds)

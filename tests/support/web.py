@@ -31,7 +31,7 @@ from common.db import connection, refresh_aggregates, upsert_candles, upsert_mar
 from common.redis_keys import ws_send_key, ws_sub_key
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
-from tests.support.services import free_port
+from tests.support.services import _wait_until, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,17 +93,11 @@ def web_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
 
 
 def wait_for(check, timeout: float, what: str) -> None:
-    """Poll `check()` until true (exceptions count as not yet); fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            error = exc
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: condition not met in {timeout}s ({error})")
+    """Poll `check()` until true (exceptions count as not yet); fail the test after `timeout` s."""
+    try:
+        _wait_until(check, timeout, what)
+    except RuntimeError as error:
+        raise AssertionError(str(error)) from None
 
 
 def http_get(url: str, **params: Any) -> tuple[int, Any]:
