@@ -8,4 +8,10 @@ from common.settings import load_settings_or_exit
 
 if __name__ == "__main__":
     settings = load_settings_or_exit()
-    uvicorn.run("web.main:app", host=settings.web_host, port=settings.web_port, proxy_headers=False)
+    uvicorn.run(
+        "web.main:app",
+        host=settings.web_host,
+        port=settings.web_port,
+        ws="websockets-sansio",
+        proxy_headers=False,
+    )

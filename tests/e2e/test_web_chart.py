@@ -7,7 +7,12 @@ contract says the fetcher writes it, with values from the simulator's ground tru
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
+from urllib.request import urlopen
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -15,10 +20,12 @@ from playwright.sync_api import sync_playwright
 from common.candle import Market
 from tests.conftest import service_env
 from tests.support.backfill import day_aligned_range, run_job
+from tests.support.services import free_port
 from tests.support.web import http_get, imitate_live_pipeline_bar, wait_for, web_process
 
 pytestmark = pytest.mark.e2e
 
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -113,3 +120,24 @@ def test_chart_draws_history_switches_period_and_ticks_live(
             assert errors == [], errors
         finally:
             browser.close()
+
+
+def test_python_m_web_serves_the_pages_and_api_on_the_configured_port(settings, tmp_path):
+    port = free_port()
+    env = {**os.environ, **service_env(settings), "WEB_PORT": str(port), "LOG_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: http_get(f"{base}/api/health")[0] == 200, 30, "python -m web answers")
+        with urlopen(f"{base}/view/wschart") as page:
+            html = page.read().decode()
+        assert "/vendor/lightweight-charts/lightweight-charts.standalone.production.js" in html
+        with urlopen(
+            f"{base}/vendor/lightweight-charts/lightweight-charts.standalone.production.js"
+        ) as script:
+            assert b"LightweightCharts" in script.read(), "the library is served from node_modules"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
