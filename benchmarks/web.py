@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.backfill import settings_env
-from benchmarks.measure import machine
+from benchmarks.measure import cpu_seconds, machine, postgres_cpu_seconds
 from common.candle import Market
 from common.db import connection, refresh_aggregates, upsert_markets
 from common.redis_keys import ws_send_key
@@ -120,17 +119,19 @@ def start_server(settings: Settings, body_size: int, log_path: Path) -> tuple[su
 
 
 def _http_load(urls: list[str], seconds: float, concurrency: int) -> tuple[int, list[float], int]:
-    """Requests done, their latencies (s) and failures, from `concurrency` keep-alive connections."""
+    """Requests done (warm-up included), latencies (s) of the measured ones and failures, from
+    `concurrency` keep-alive connections."""
     import aiohttp
 
     async def run():
         latencies: list[float] = []
         failures = 0
+        done = 0
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
 
             async def worker(seed: int, until: float, record: bool):
-                nonlocal failures
+                nonlocal failures, done
                 rng = random.Random(seed)
                 while time.perf_counter() < until:
                     began = time.perf_counter()
@@ -138,6 +139,7 @@ def _http_load(urls: list[str], seconds: float, concurrency: int) -> tuple[int, 
                         await reply.read()
                         if reply.status != 200:
                             failures += 1
+                    done += 1
                     if record:
                         latencies.append(time.perf_counter() - began)
 
@@ -145,18 +147,23 @@ def _http_load(urls: list[str], seconds: float, concurrency: int) -> tuple[int, 
             await asyncio.gather(*(worker(i, warm, False) for i in range(concurrency)))
             start = time.perf_counter()
             await asyncio.gather(*(worker(i, start + seconds, True) for i in range(concurrency)))
-        return len(latencies), latencies, failures
+        return done, latencies, failures
 
     return asyncio.run(run())
 
 
-def http_row(name: str, urls: list[str], seconds: float) -> dict:
+def http_row(name: str, urls: list[str], seconds: float, server_pid: int, pg_port: int) -> dict:
+    cpu_before = cpu_seconds(server_pid), postgres_cpu_seconds(pg_port)
     with ProcessPoolExecutor(1) as pool:
-        count, latencies, failures = pool.submit(_http_load, urls, seconds, CONCURRENCY).result()
+        done, latencies, failures = pool.submit(_http_load, urls, seconds, CONCURRENCY).result()
+    server_cpu = cpu_seconds(server_pid) - cpu_before[0]
+    pg_cpu = postgres_cpu_seconds(pg_port) - cpu_before[1]
     latencies.sort()
     return {
         "name": name,
-        "rps": count / seconds,
+        "rps": len(latencies) / seconds,
+        "server_cpu_ms": server_cpu / done * 1000,
+        "pg_cpu_ms": pg_cpu / done * 1000,
         "p50": latencies[len(latencies) // 2] * 1000,
         "p99": latencies[int(len(latencies) * 0.99)] * 1000,
         "failures": failures,
@@ -205,7 +212,9 @@ def _ws_clients(url: str, first: int, count: int, seconds: float, ready_at: floa
     return asyncio.run(run())
 
 
-def ws_row(base: str, redis_client, settings: Settings, subscribers: int, seconds: float) -> dict:
+def ws_row(
+    base: str, redis_client, settings: Settings, subscribers: int, seconds: float, server_pid: int
+) -> dict:
     url = base.replace("http", "ws") + "/api/ohlcvs"
     processes = 2
     ready_at = time.time() + 8 + subscribers / 1000 * 3  # connect and subscribe first
@@ -215,9 +224,11 @@ def ws_row(base: str, redis_client, settings: Settings, subscribers: int, second
         futures = [
             pool.submit(_ws_clients, url, p * share, share, seconds, ready_at) for p in range(processes)
         ]
-        published = 0
+        cpu_window: list[float] = []
         while time.time() < stop:
             tick = time.time()
+            if (tick >= ready_at and not cpu_window) or (tick >= ready_at + seconds and len(cpu_window) == 1):
+                cpu_window.append(cpu_seconds(server_pid))
             with redis_client.pipeline(transaction=False) as pipe:
                 for market in WS_MARKETS:
                     key = ws_send_key(
@@ -227,13 +238,13 @@ def ws_row(base: str, redis_client, settings: Settings, subscribers: int, second
                     bar |= {"close": "2.0", "volume": "12.5"}
                     pipe.publish(key, json.dumps(bar, separators=(",", ":")))
                 pipe.execute()
-            published += 1
             time.sleep(max(0.0, 1.0 - (time.time() - tick)))
         results = [f.result() for f in futures]
     latencies = sorted(lat for _, lats in results for lat in lats)
     connected = sum(c for c, _ in results)
     expected = connected * seconds
     return {
+        "server_cpu_ms": (cpu_window[-1] - cpu_window[0]) / max(1, len(latencies)) * 1000,
         "subscribers": connected,
         "received_per_s": len(latencies) / seconds,
         "expected_per_s": expected / seconds,
@@ -310,17 +321,15 @@ def main() -> None:
         server.wait()
         server, base = start_server(settings, len(body), log_path)
 
-        http = [
-            http_row("GET /api/ohlcvs 1m, 500 bars", ohlcvs_urls(base, "1m", 60_000), args.seconds),
-            http_row("GET /api/ohlcvs 1h, 500 bars", ohlcvs_urls(base, "1h", 3_600_000), args.seconds),
-            http_row(
-                f"ceiling: pre-encoded {len(body):,} bytes, no DB", [f"{base}/bench/bytes"], args.seconds
-            ),
-            http_row("ceiling: FastAPI default list of 500 dicts", [f"{base}/bench/dicts"], args.seconds),
+        scenarios = [
+            ("GET /api/ohlcvs 1m, 500 bars", ohlcvs_urls(base, "1m", 60_000)),
+            ("GET /api/ohlcvs 1h, 500 bars", ohlcvs_urls(base, "1h", 3_600_000)),
+            (f"ceiling: pre-encoded {len(body):,} bytes, no DB", [f"{base}/bench/bytes"]),
+            ("ceiling: FastAPI default list of 500 dicts", [f"{base}/bench/dicts"]),
         ]
-        ws = [
-            ws_row(base, rd.client(), settings, int(n), args.ws_seconds) for n in args.subscribers.split(",")
-        ]
+        http = [http_row(name, urls, args.seconds, server.pid, pg.port) for name, urls in scenarios]
+        counts = [int(n) for n in args.subscribers.split(",")]
+        ws = [ws_row(base, rd.client(), settings, n, args.ws_seconds, server.pid) for n in counts]
     finally:
         if server is not None:
             server.terminate()
@@ -332,23 +341,23 @@ def main() -> None:
         f"\nMachine: {machine()}; {datetime.now(UTC):%Y-%m-%d}; uvicorn, 1 worker; "
         f"{CONCURRENCY} connections\n"
     )
-    print("| measure | requests/s | p50 ms | p99 ms | failures | target |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| measure | per second | p50 ms | p99 ms | app CPU ms each | PostgreSQL CPU ms each | target |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for row in http:
         target = ">= 2,000 req/s, p99 < 50 ms" if row["name"].startswith("GET") else "ceiling"
+        failed = f" ({row['failures']} failed)" if row["failures"] else ""
         print(
-            f"| {row['name']} | {row['rps']:,.0f} | {row['p50']:.1f} | {row['p99']:.1f} | {row['failures']} "
-            f"| {target} |"
+            f"| {row['name']} | {row['rps']:,.0f} req{failed} | {row['p50']:.1f} | {row['p99']:.1f} "
+            f"| {row['server_cpu_ms']:.2f} | {row['pg_cpu_ms']:.2f} | {target} |"
         )
     for row in ws:
         print(
-            f"| WS: {row['subscribers']:,} subscribers, 1 bar/s each | {row['received_per_s']:,.0f} bars/s "
-            f"(of {row['expected_per_s']:,.0f}) | {row['p50']:.1f} | {row['p99']:.1f} | "
-            f"{max(0, row['expected_per_s'] - row['received_per_s']):,.0f}/s missing | "
-            ">= 5,000 subscribers, p99 < 100 ms |"
+            f"| WS: {row['subscribers']:,} subscribers, 1 bar/s each | {row['received_per_s']:,.0f} bars "
+            f"(of {row['expected_per_s']:,.0f}) | {row['p50']:.1f} | {row['p99']:.1f} "
+            f"| {row['server_cpu_ms']:.3f} | | >= 5,000 subscribers, p99 < 100 ms |"
         )
-    print("\nWS p50/p99 = delivery latency from PUBLISH to arrival at the client.")
-    print(f"mean HTTP p99 over the two API rows: {statistics.mean(r['p99'] for r in http[:2]):.1f} ms")
+    print("\nWS p50/p99 = delivery latency from PUBLISH to arrival at the client; CPU ms each = per request")
+    print("(warm-up included) or per delivered bar, read from /proc for the app and PostgreSQL processes.")
 
 
 if __name__ == "__main__":

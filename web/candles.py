@@ -7,6 +7,7 @@ database and the live bar; a minute the database already has always wins.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -52,8 +53,7 @@ async def live_minutes(client: aioredis.Redis, market: MarketKey, delimiter: str
 
 async def read_ohlcvs(
     pool: ConnectionPool,
-    client: aioredis.Redis | None,
-    delimiter: str,
+    recent_minutes: Callable[[MarketKey], Awaitable[list[Bar]]],
     market: MarketKey,
     interval: Interval,
     start_ms: int | None,
@@ -62,13 +62,11 @@ async def read_ohlcvs(
     empty_ts: bool,
 ) -> list[Bar]:
     """What GET /api/ohlcvs returns, as bars (ascending, the newest `limit` in [start, end])."""
-    live: list[Bar] = []
-    if client is not None:
-        live = [
-            b
-            for b in await live_minutes(client, market, delimiter)
-            if (start_ms is None or b[0] >= start_ms) and (end_ms is None or b[0] <= end_ms)
-        ]
+    live = [
+        b
+        for b in await recent_minutes(market)
+        if (start_ms is None or b[0] >= start_ms) and (end_ms is None or b[0] <= end_ms)
+    ]
 
     def work(conn: PgConnection) -> list[Bar]:
         bars = reads.read_bars(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from web.database import ConnectionPool, DatabaseUnavailable
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+LIVE_CACHE_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,8 @@ class LiveHub:
         self._delimiter = delimiter
         self._channels: dict[str, dict[Subscription, set[Client]]] = {}
         self._bases: dict[tuple[str, str], tuple[int, Bar | None]] = {}
+        self._recent: dict[str, tuple[float, list[Bar]]] = {}
+        self._versions: dict[str, int] = {}
         self.listening = asyncio.Event()
         self.delivered = 0
 
@@ -114,6 +118,21 @@ class LiveHub:
         for subscription in list(client.subscriptions):
             self.remove(client, subscription)
 
+    async def recent_minutes(self, market: MarketKey) -> list[Bar]:
+        """The market's minutes in Redis (see `live_minutes`), read at most once a second per market
+        while the listener runs: every PUBLISH on the market's channel drops the cached copy. A
+        minute the updater has meanwhile written is harmless (the database wins when merging)."""
+        channel = self.channel(market)
+        now = time.monotonic()
+        cached = self._recent.get(channel)
+        if cached is not None and now - cached[0] < LIVE_CACHE_SECONDS and self.listening.is_set():
+            return cached[1]
+        version = self._versions.get(channel, 0)
+        minutes = await live_minutes(self._client, market, self._delimiter)
+        if self._versions.get(channel, 0) == version:
+            self._recent[channel] = (now, minutes)
+        return minutes
+
     async def current_bar(self, subscription: Subscription) -> Bar | None:
         """The latest bar of a market (from the `ws_send_` hash), rolled up to the interval."""
         minutes = await live_minutes(self._client, subscription.market, self._delimiter)
@@ -140,6 +159,7 @@ class LiveHub:
                 raise
             except (RedisError, OSError) as error:
                 self.listening.clear()
+                self._recent.clear()
                 delay = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
                 attempt += 1
                 log.warning("live bar listener lost Redis (%s); retrying in %.1fs", error, delay)
@@ -153,6 +173,8 @@ class LiveHub:
 
     async def _dispatch(self, channel: bytes | str, data: bytes) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel
+        self._versions[name] = self._versions.get(name, 0) + 1
+        self._recent.pop(name, None)
         subscriptions = self._channels.get(name)
         if not subscriptions:
             return

@@ -155,6 +155,10 @@ def test_minutes_still_in_redis_are_merged_and_the_database_wins(api, settings, 
     assert status == 200
     assert body == [minute_dict(known_candle(BTC, 359)), waiting, live]
 
+    newer = {**live, "time": last + 3 * MIN, "close": "1.25"}
+    imitate_live_pipeline_bar(client, settings, BTC, newer)
+    wait_for(lambda: ohlcvs(api, interval="1m", limit=1)[1] == [newer], 10, "a new live bar shows at once")
+
     status, body = ohlcvs(api, interval="1h", start=BASE_MS + 5 * HOUR_MS)
     last_hour = [c for c in seeded[BTC] if int(c.time.timestamp() * 1000) >= BASE_MS + 5 * HOUR_MS]
     stored = expected_bar(last_hour, BASE_MS + 5 * HOUR_MS)
@@ -164,7 +168,7 @@ def test_minutes_still_in_redis_are_merged_and_the_database_wins(api, settings, 
         "open": "1.10",
         "high": "999.5",
         "low": "0.5",
-        "close": "1.15",
+        "close": "1.25",
         "volume": "2.75",
     }
 

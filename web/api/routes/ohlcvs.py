@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from common import reads
 from common.reads import INTERVALS
 from common.settings import ExchangeName
-from web.api.deps import PoolDep, RedisDep, SettingsDep
+from web.api.deps import HubDep, PoolDep, SettingsDep
 from web.api.errors import BadRequest
 from web.bars import encode_bars
 from web.candles import MarketKey, read_ohlcvs
@@ -44,7 +44,7 @@ MarketId = Annotated[str, Query(min_length=1, max_length=40, pattern=r"^[A-Za-z0
 async def get_ohlcvs(
     settings: SettingsDep,
     pool: PoolDep,
-    redis: RedisDep,
+    hub: HubDep,
     exchange: ExchangeName,
     base_id: MarketId,
     quote_id: MarketId,
@@ -72,8 +72,7 @@ async def get_ohlcvs(
     market = MarketKey(exchange, base_id, quote_id)
     bars = await read_ohlcvs(
         pool,
-        redis,
-        settings.redis_key_delimiter,
+        hub.recent_minutes,
         market,
         INTERVALS[interval],
         start,
