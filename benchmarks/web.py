@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -173,43 +174,80 @@ def http_row(name: str, urls: list[str], seconds: float, server_pid: int, pg_por
 # ------------------------------------------------------------------------------ websocket load
 
 
-def _ws_clients(url: str, first: int, count: int, seconds: float, ready_at: float) -> tuple[int, list[float]]:
-    """`count` sockets, each subscribed to one market; latencies of bars received in the window."""
+def _ws_clients(url: str, first: int, count: int, seconds: float, shared) -> tuple[int, list[float]]:
+    """`count` sockets, each subscribed to one market. When all have subscribed (or failed) this
+    process says so in `shared`, then records the latency of every bar in the window it is given."""
     import aiohttp
 
     async def run():
         latencies: list[float] = []
-        connected = 0
+        subscribed = 0
+        settled = 0
+        all_settled = asyncio.Event()
+        window = [0.0, 0.0]
         # limit=0: no cap on concurrent connections (aiohttp's default pool holds 100)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
-            async def one(index: int, window: tuple[float, float]):
-                nonlocal connected
-                market = WS_MARKETS[index % len(WS_MARKETS)]
-                async with session.ws_connect(url, heartbeat=None, max_msg_size=0) as ws:
-                    message = {"event_type": "subscribe", "data_type": "ohlcv", "exchange": market.exchange}
-                    message |= {"base_id": market.base_id, "quote_id": market.quote_id, "interval": "1m"}
-                    await ws.send_str(json.dumps(message))
-                    async for frame in ws:
-                        now = time.time()
-                        if now > window[1]:
-                            break
-                        data = json.loads(frame.data)
-                        if data.get("event_type") == "subscribed":
-                            connected += 1
-                        elif "open" in data and now >= window[0]:
-                            latencies.append(now - data["time"] / 1000)
+            def settle() -> None:
+                nonlocal settled
+                settled += 1
+                if settled == count:
+                    all_settled.set()
 
-            window = (ready_at, ready_at + seconds)
+            async def one(index: int):
+                nonlocal subscribed
+                market = WS_MARKETS[index % len(WS_MARKETS)]
+                try:
+                    async with session.ws_connect(url, heartbeat=None, max_msg_size=0) as ws:
+                        message = {
+                            "event_type": "subscribe",
+                            "data_type": "ohlcv",
+                            "exchange": market.exchange,
+                        }
+                        message |= {"base_id": market.base_id, "quote_id": market.quote_id, "interval": "1m"}
+                        await ws.send_str(json.dumps(message))
+                        async for frame in ws:
+                            now = time.time()
+                            data = json.loads(frame.data)
+                            if data.get("event_type") == "subscribed":
+                                subscribed += 1
+                                settle()
+                            elif "open" in data and window[0] and now >= window[0]:
+                                if now > window[1]:
+                                    break
+                                latencies.append(now - data["time"] / 1000)
+                except (TimeoutError, aiohttp.ClientError, OSError):
+                    settle()
+
             tasks = []
             for i in range(first, first + count):
-                tasks.append(asyncio.create_task(one(i, window)))
+                tasks.append(asyncio.create_task(one(i)))
                 if i % 100 == 0:
                     await asyncio.sleep(0.1)  # do not overflow the server's accept queue
+            await asyncio.wait_for(all_settled.wait(), timeout=300)
+            with shared["lock"]:
+                shared["ready"].value += 1
+            while not shared["start"].value:
+                await asyncio.sleep(0.1)
+            window[:] = [shared["start"].value, shared["start"].value + seconds]
+            await asyncio.sleep(max(0.0, window[1] + 1.5 - time.time()))
+            for task in tasks:
+                task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return connected, latencies
+        return subscribed, latencies
 
     return asyncio.run(run())
+
+
+def _publish_all(redis_client, settings: Settings) -> None:
+    """One bar per market, `time` = now, exactly as the live pipeline PUBLISHes it."""
+    with redis_client.pipeline(transaction=False) as pipe:
+        for market in WS_MARKETS:
+            key = ws_send_key(market.exchange, market.base_id, market.quote_id, settings.redis_key_delimiter)
+            bar = {"time": int(time.time() * 1000), "open": "1.5", "high": "2.25", "low": "1.25"}
+            bar |= {"close": "2.0", "volume": "12.5"}
+            pipe.publish(key, json.dumps(bar, separators=(",", ":")))
+        pipe.execute()
 
 
 def ws_row(
@@ -217,38 +255,34 @@ def ws_row(
 ) -> dict:
     url = base.replace("http", "ws") + "/api/ohlcvs"
     processes = 2
-    ready_at = time.time() + 8 + subscribers / 1000 * 3  # connect and subscribe first
     share = subscribers // processes
-    stop = ready_at + seconds + 1
-    with ProcessPoolExecutor(processes) as pool:
-        futures = [
-            pool.submit(_ws_clients, url, p * share, share, seconds, ready_at) for p in range(processes)
-        ]
+    with multiprocessing.Manager() as manager, ProcessPoolExecutor(processes) as pool:
+        shared = {"lock": manager.Lock(), "ready": manager.Value("i", 0), "start": manager.Value("d", 0.0)}
+        futures = [pool.submit(_ws_clients, url, p * share, share, seconds, shared) for p in range(processes)]
         cpu_window: list[float] = []
-        while time.time() < stop:
+        start = stop = 0.0
+        while not all(f.done() for f in futures):
             tick = time.time()
-            if (tick >= ready_at and not cpu_window) or (tick >= ready_at + seconds and len(cpu_window) == 1):
+            if not start and shared["ready"].value == processes:
+                start = tick + 1.0
+                stop = start + seconds
+                shared["start"].value = start
+            if start and tick >= start and not cpu_window:
                 cpu_window.append(cpu_seconds(server_pid))
-            with redis_client.pipeline(transaction=False) as pipe:
-                for market in WS_MARKETS:
-                    key = ws_send_key(
-                        market.exchange, market.base_id, market.quote_id, settings.redis_key_delimiter
-                    )
-                    bar = {"time": int(time.time() * 1000), "open": "1.5", "high": "2.25", "low": "1.25"}
-                    bar |= {"close": "2.0", "volume": "12.5"}
-                    pipe.publish(key, json.dumps(bar, separators=(",", ":")))
-                pipe.execute()
+            if start and tick >= stop and len(cpu_window) == 1:
+                cpu_window.append(cpu_seconds(server_pid))
+            if not stop or tick < stop + 1:
+                _publish_all(redis_client, settings)
             time.sleep(max(0.0, 1.0 - (time.time() - tick)))
         results = [f.result() for f in futures]
     latencies = sorted(lat for _, lats in results for lat in lats)
     connected = sum(c for c, _ in results)
-    expected = connected * seconds
     return {
         "server_cpu_ms": (cpu_window[-1] - cpu_window[0]) / max(1, len(latencies)) * 1000,
         "subscribers": connected,
         "requested": subscribers,
         "received_per_s": len(latencies) / seconds,
-        "expected_per_s": expected / seconds,
+        "expected_per_s": connected,
         "p50": latencies[len(latencies) // 2] * 1000 if latencies else float("nan"),
         "p99": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else float("nan"),
     }

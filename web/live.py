@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from common import reads
 from common.reads import Bar, Interval
 from web.bars import bar_dict, combine, parse_live_bar
 from web.candles import MarketKey, live_bucket, live_minutes
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
 LIVE_CACHE_SECONDS = 1.0
+KNOWN_MARKET_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,7 @@ class LiveHub:
         self._bases: dict[tuple[str, str], tuple[int, Bar | None]] = {}
         self._recent: dict[str, tuple[float, list[Bar]]] = {}
         self._versions: dict[str, int] = {}
+        self._known: dict[MarketKey, float] = {}
         self.listening = asyncio.Event()
         self.delivered = 0
 
@@ -118,6 +121,19 @@ class LiveHub:
         for subscription in list(client.subscriptions):
             self.remove(client, subscription)
 
+    async def market_known(self, market: MarketKey) -> bool:
+        """Is the market in `symbol_exchange`? A yes is remembered for a minute, so a crowd of
+        subscribers costs one query per market, not one per socket."""
+        seen = self._known.get(market)
+        if seen is not None and time.monotonic() - seen < KNOWN_MARKET_SECONDS:
+            return True
+        known = await self._pool.run(
+            lambda conn: reads.market_exists(conn, market.exchange, market.base_id, market.quote_id)
+        )
+        if known:
+            self._known[market] = time.monotonic()
+        return known
+
     async def recent_minutes(self, market: MarketKey) -> list[Bar]:
         """The market's minutes in Redis (see `live_minutes`), read at most once a second per market
         while the listener runs: every PUBLISH on the market's channel drops the cached copy. A
@@ -134,8 +150,8 @@ class LiveHub:
         return minutes
 
     async def current_bar(self, subscription: Subscription) -> Bar | None:
-        """The latest bar of a market (from the `ws_send_` hash), rolled up to the interval."""
-        minutes = await live_minutes(self._client, subscription.market, self._delimiter)
+        """The market's newest minute in Redis, rolled up to the interval."""
+        minutes = await self.recent_minutes(subscription.market)
         if not minutes:
             return None
         return await self._rolled(self.channel(subscription.market), subscription, minutes[-1])

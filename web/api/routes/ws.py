@@ -16,8 +16,7 @@ import time
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.exceptions import RedisError
 
-from common import reads
-from web.api.deps import HubDep, PoolDep, SettingsDep
+from web.api.deps import HubDep, SettingsDep
 from web.database import DatabaseUnavailable
 from web.live import Client, LiveHub, Subscription
 from web.ws_messages import BadMessage, parse_request
@@ -39,7 +38,7 @@ async def _send_loop(websocket: WebSocket, client: Client, heartbeat_seconds: fl
         await websocket.send_text(text)
 
 
-async def _handle(text: str | None, client: Client, hub: LiveHub, pool) -> None:
+async def _handle(text: str | None, client: Client, hub: LiveHub) -> None:
     try:
         event, subscription = parse_request(text)
     except BadMessage as error:
@@ -51,15 +50,13 @@ async def _handle(text: str | None, client: Client, hub: LiveHub, pool) -> None:
         else:
             client.push(_detail(f"not subscribed to {json.dumps(subscription.describe())}"))
         return
-    await _subscribe(client, hub, pool, subscription)
+    await _subscribe(client, hub, subscription)
 
 
-async def _subscribe(client: Client, hub: LiveHub, pool, subscription: Subscription) -> None:
+async def _subscribe(client: Client, hub: LiveHub, subscription: Subscription) -> None:
     market = subscription.market
     try:
-        known = await pool.run(
-            lambda conn: reads.market_exists(conn, market.exchange, market.base_id, market.quote_id)
-        )
+        known = await hub.market_known(market)
     except DatabaseUnavailable as error:
         client.push(_detail(f"cannot check the market now ({error}); try again"))
         return
@@ -83,7 +80,7 @@ async def _subscribe(client: Client, hub: LiveHub, pool, subscription: Subscript
 
 
 @router.websocket("/ohlcvs")
-async def ohlcvs_socket(websocket: WebSocket, settings: SettingsDep, pool: PoolDep, hub: HubDep) -> None:
+async def ohlcvs_socket(websocket: WebSocket, settings: SettingsDep, hub: HubDep) -> None:
     await websocket.accept()
     client = Client(settings.web_ws_queue_size)
     sender = asyncio.create_task(_send_loop(websocket, client, settings.web_ws_heartbeat_seconds))
@@ -95,7 +92,7 @@ async def ohlcvs_socket(websocket: WebSocket, settings: SettingsDep, pool: PoolD
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 break
-            await _handle(message.get("text"), client, hub, pool)
+            await _handle(message.get("text"), client, hub)
     except (WebSocketDisconnect, asyncio.CancelledError, RuntimeError):
         pass
     finally:
