@@ -239,15 +239,12 @@ def _ws_clients(url: str, first: int, count: int, seconds: float, shared) -> tup
     return asyncio.run(run())
 
 
-def _publish_all(redis_client, settings: Settings) -> None:
-    """One bar per market, `time` = now, exactly as the live pipeline PUBLISHes it."""
-    with redis_client.pipeline(transaction=False) as pipe:
-        for market in WS_MARKETS:
-            key = ws_send_key(market.exchange, market.base_id, market.quote_id, settings.redis_key_delimiter)
-            bar = {"time": int(time.time() * 1000), "open": "1.5", "high": "2.25", "low": "1.25"}
-            bar |= {"close": "2.0", "volume": "12.5"}
-            pipe.publish(key, json.dumps(bar, separators=(",", ":")))
-        pipe.execute()
+def _publish(redis_client, settings: Settings, market: Market) -> None:
+    """One bar, `time` = now, exactly as the live pipeline PUBLISHes it."""
+    key = ws_send_key(market.exchange, market.base_id, market.quote_id, settings.redis_key_delimiter)
+    bar = {"time": int(time.time() * 1000), "open": "1.5", "high": "2.25", "low": "1.25"}
+    bar |= {"close": "2.0", "volume": "12.5"}
+    redis_client.publish(key, json.dumps(bar, separators=(",", ":")))
 
 
 def ws_row(
@@ -261,6 +258,8 @@ def ws_row(
         futures = [pool.submit(_ws_clients, url, p * share, share, seconds, shared) for p in range(processes)]
         cpu_window: list[float] = []
         start = stop = 0.0
+        step = 1.0 / len(WS_MARKETS)  # each market once a second, spread evenly like live traffic
+        turn = 0
         while not all(f.done() for f in futures):
             tick = time.time()
             if not start and shared["ready"].value == processes:
@@ -272,8 +271,9 @@ def ws_row(
             if start and tick >= stop and len(cpu_window) == 1:
                 cpu_window.append(cpu_seconds(server_pid))
             if not stop or tick < stop + 1:
-                _publish_all(redis_client, settings)
-            time.sleep(max(0.0, 1.0 - (time.time() - tick)))
+                _publish(redis_client, settings, WS_MARKETS[turn % len(WS_MARKETS)])
+                turn += 1
+            time.sleep(max(0.0, step - (time.time() - tick)))
         results = [f.result() for f in futures]
     latencies = sorted(lat for _, lats in results for lat in lats)
     connected = sum(c for c, _ in results)
