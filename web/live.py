@@ -58,6 +58,7 @@ class Client:
     queue_size: int
     subscriptions: set[Subscription] = field(default_factory=set)
     dropped: int = 0
+    last_push: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=self.queue_size)
@@ -67,6 +68,7 @@ class Client:
             self.outbox.get_nowait()
             self.dropped += 1
         self.outbox.put_nowait(text)
+        self.last_push = time.monotonic()
 
 
 class LiveHub:
@@ -86,6 +88,7 @@ class LiveHub:
         self._recent: dict[str, tuple[float, list[Bar]]] = {}
         self._versions: dict[str, int] = {}
         self._known: dict[MarketKey, float] = {}
+        self._clients: set[Client] = set()
         self.listening = asyncio.Event()
         self.delivered = 0
 
@@ -95,6 +98,26 @@ class LiveHub:
     @property
     def subscriber_count(self) -> int:
         return sum(len(clients) for subs in self._channels.values() for clients in subs.values())
+
+    def connect(self, client: Client) -> None:
+        self._clients.add(client)
+
+    def disconnect(self, client: Client) -> None:
+        """Forget a client that went away, with every subscription it had."""
+        self._clients.discard(client)
+        for subscription in list(client.subscriptions):
+            self.remove(client, subscription)
+
+    async def heartbeats(self, every_seconds: float) -> None:
+        """One task for the whole process: a heartbeat to each socket idle for `every_seconds`."""
+        while True:
+            await asyncio.sleep(every_seconds / 2)
+            idle_since = time.monotonic() - every_seconds
+            beat = None
+            for client in list(self._clients):
+                if client.last_push <= idle_since:
+                    beat = beat or json.dumps({"event_type": "heartbeat", "time": int(time.time() * 1000)})
+                    client.push(beat)
 
     def add(self, client: Client, subscription: Subscription) -> None:
         client.subscriptions.add(subscription)
@@ -115,11 +138,6 @@ class LiveHub:
         if not subs:
             self._channels.pop(channel, None)
         return True
-
-    def drop(self, client: Client) -> None:
-        """Forget every subscription of a client that went away."""
-        for subscription in list(client.subscriptions):
-            self.remove(client, subscription)
 
     async def market_known(self, market: MarketKey) -> bool:
         """Is the market in `symbol_exchange`? A yes is remembered for a minute, so a crowd of

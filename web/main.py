@@ -36,12 +36,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
         hub = LiveHub(lambda: _redis(settings), client, pool, settings.redis_key_delimiter)
         app.state.pool, app.state.redis, app.state.hub = pool, client, hub
-        listener = asyncio.create_task(hub.run(), name="live-bar-listener")
+        tasks = [
+            asyncio.create_task(hub.run(), name="live-bar-listener"),
+            asyncio.create_task(hub.heartbeats(settings.web_ws_heartbeat_seconds), name="ws-heartbeats"),
+        ]
         try:
             yield
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await client.aclose()
             pool.close()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from redis.exceptions import RedisError
@@ -29,12 +28,11 @@ def _detail(text: str) -> str:
     return json.dumps({"detail": text})
 
 
-async def _send_loop(websocket: WebSocket, client: Client, heartbeat_seconds: float) -> None:
+async def _send_loop(websocket: WebSocket, client: Client) -> None:
+    """Drain the client's outbox (bars, acknowledgements, details, the hub's heartbeats)."""
+    outbox = client.outbox
     while True:
-        try:
-            text = await asyncio.wait_for(client.outbox.get(), timeout=heartbeat_seconds)
-        except TimeoutError:
-            text = json.dumps({"event_type": "heartbeat", "time": int(time.time() * 1000)})
+        text = outbox.get_nowait() if not outbox.empty() else await outbox.get()
         await websocket.send_text(text)
 
 
@@ -83,7 +81,8 @@ async def _subscribe(client: Client, hub: LiveHub, subscription: Subscription) -
 async def ohlcvs_socket(websocket: WebSocket, settings: SettingsDep, hub: HubDep) -> None:
     await websocket.accept()
     client = Client(settings.web_ws_queue_size)
-    sender = asyncio.create_task(_send_loop(websocket, client, settings.web_ws_heartbeat_seconds))
+    hub.connect(client)
+    sender = asyncio.create_task(_send_loop(websocket, client))
     receiver = asyncio.current_task()
     # A failed send means the client is gone: stop waiting for its messages too.
     sender.add_done_callback(lambda task: None if task.cancelled() or receiver.done() else receiver.cancel())
@@ -96,6 +95,6 @@ async def ohlcvs_socket(websocket: WebSocket, settings: SettingsDep, hub: HubDep
     except (WebSocketDisconnect, asyncio.CancelledError, RuntimeError):
         pass
     finally:
-        hub.drop(client)
+        hub.disconnect(client)
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
