@@ -1,4 +1,7 @@
-"""Typed dependencies: what route handlers need, read from the app state the lifespan filled."""
+"""Typed dependencies: what route handlers need, read from the app state the lifespan filled.
+
+They are `async` on purpose: FastAPI runs a plain `def` dependency on a worker thread, which cost
+several thread hops per request for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -13,19 +16,19 @@ from web.database import ConnectionPool
 from web.live import LiveHub
 
 
-def app_settings(connection: HTTPConnection) -> Settings:
+async def app_settings(connection: HTTPConnection) -> Settings:
     return connection.app.state.settings
 
 
-def database_pool(connection: HTTPConnection) -> ConnectionPool:
+async def database_pool(connection: HTTPConnection) -> ConnectionPool:
     return connection.app.state.pool
 
 
-def redis_client(connection: HTTPConnection) -> aioredis.Redis:
+async def redis_client(connection: HTTPConnection) -> aioredis.Redis:
     return connection.app.state.redis
 
 
-def live_hub(connection: HTTPConnection) -> LiveHub:
+async def live_hub(connection: HTTPConnection) -> LiveHub:
     return connection.app.state.hub
 
 
