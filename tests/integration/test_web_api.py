@@ -13,6 +13,8 @@ from common.timeutil import isoformat_z, ms_to_datetime
 from tests.support.services import RedisServer, free_port
 from tests.support.web import (
     BASE_MS,
+    BTC,
+    ETH,
     HOUR_MS,
     expected_bar,
     http_get,
@@ -27,8 +29,6 @@ from tests.support.web import (
 
 pytestmark = pytest.mark.integration
 
-BTC = Market("binance", "BTC", "USDT", "BTCUSDT")
-ETH = Market("bitfinex", "ETH", "BTC", "tETHBTC")
 MISSING = {7, 8, 100, 101, 102}
 MINUTES = [i for i in range(6 * 60) if i not in MISSING]  # six hours with a few minutes without trades
 MIN = 60_000

@@ -12,6 +12,8 @@ from websockets.asyncio.client import connect
 from common.candle import Market
 from tests.support.web import (
     BASE_MS,
+    BTC,
+    ETH,
     HOUR_MS,
     expected_bar,
     http_get,
@@ -24,8 +26,6 @@ from tests.support.web import (
 
 pytestmark = pytest.mark.integration
 
-BTC = Market("binance", "BTC", "USDT", "BTCUSDT")
-ETH = Market("bitfinex", "ETH", "BTC", "tETHBTC")
 MIN = 60_000
 MINUTES = list(range(90))  # 00:00 - 01:29 on 2024-01-01
 

@@ -114,6 +114,8 @@ def http_get(url: str, **params: Any) -> tuple[int, Any]:
 # ------------------------------------------------------------------------------- known data
 
 HOUR_MS = 3_600_000
+BTC = Market("binance", "BTC", "USDT", "BTCUSDT")
+ETH = Market("bitfinex", "ETH", "BTC", "tETHBTC")
 # A Monday 00:00 UTC: every aggregate level's buckets (origin 2000-01-03) start here too.
 BASE_MS = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
