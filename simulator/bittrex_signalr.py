@@ -1,6 +1,6 @@
 """Bittrex v3 websocket: ASP.NET SignalR classic (protocol 1.5), hub `c3`, on the Bittrex port.
 
-Wire promises (exchanges.md section 3.4):
+Wire promises (docs/exchanges.md, the Bittrex SignalR websocket):
 
 - `GET /signalr/negotiate?clientProtocol=1.5&connectionData=[{"name":"c3"}]` answers the negotiate
   JSON: `Url` "/signalr", a `ConnectionToken` (~128 characters that always contain `+`, `/` and `=`,
@@ -523,4 +523,3 @@ def _base36(number: int) -> str:
         text = digits[rest] + text
         if number == 0:
             return text
-

@@ -472,7 +472,7 @@ class CandleModel:
                 base_ticks = MIN_TINY_TICKS + h % (MIN_TICKS - MIN_TINY_TICKS)
         elif base_ticks < MIN_TICKS:
             base_ticks = MIN_TICKS + h % 9_000
-        notional_usd = Decimal(20 + (h >> 16) % 3_000)
+        notional_usd = Decimal(20_000_000 + (h >> 16) % 3_000_000_000).scaleb(-6)  # $20-3020, not round
         size = notional_usd / usd_price(market.base, self.seed)
         typical_units = max(1, int(size.scaleb(market.volume_decimals)))
         probability = market.trade_probability

@@ -2,11 +2,12 @@
 
 `fault_gate` runs before an exchange's own handler and returns the reply a fault forces (a 429
 storm, a 5xx, a hang), or None to let the request through; `damaged_reply` runs after it and may
-cut the real reply short (a connection reset mid-body, or a body truncated to invalid JSON). `FrameWriter` is the per-connection
-outbound queue every websocket server uses, so the live feed never awaits a slow client: the feed
-appends, the writer task drains. `WsConnection` is the base of every websocket connection class and
-`serving_connection` the bookkeeping around serving one; `spawn` starts the fire-and-forget tasks
-(closes from outside a socket's own task) and keeps them referenced until they finish.
+cut the real reply short (a connection reset mid-body, or a body truncated to invalid JSON).
+`FrameWriter` is the per-connection outbound queue every websocket server uses, so the live feed
+never awaits a slow client: the feed appends, the writer task drains. `WsConnection` is the base of
+every websocket connection class and `serving_connection` the bookkeeping around serving one;
+`spawn` starts the fire-and-forget tasks (closes from outside a socket's own task) and keeps them
+referenced until they finish.
 """
 
 from __future__ import annotations
