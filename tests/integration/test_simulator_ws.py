@@ -105,8 +105,9 @@ async def bfx_subscribe(ws: aiohttp.ClientWebSocketResponse, pair: str) -> tuple
         "key": f"trade:1m:t{pair}",
     }
     assert isinstance(reply["chanId"], int)
-    snapshot = await recv_json(ws)
-    assert isinstance(snapshot, list) and snapshot[0] == reply["chanId"]
+    # the channel's first frame is its snapshot; other channels of the socket may push meanwhile
+    snapshot, _ = await recv_until(ws, lambda f: isinstance(f, list) and f[0] == reply["chanId"])
+    assert isinstance(snapshot[1], list) and all(isinstance(c, list) for c in snapshot[1]), snapshot
     return reply["chanId"], snapshot[1]
 
 
