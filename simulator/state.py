@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from simulator.config import SimConfig
-from simulator.core import CandleModel, SimClock, SimMarket
+from simulator.core import SimClock, SimMarket
 from simulator.faults import Faults
 from simulator.history import History
 from simulator.live import LiveFeed
@@ -28,7 +28,6 @@ T = TypeVar("T")
 class SimState(Protocol):
     config: SimConfig
     clock: SimClock
-    model: CandleModel
     markets: dict[str, list[SimMarket]]
     """The listed markets per exchange, in the exchange's own listing order."""
     history: History
