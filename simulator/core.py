@@ -16,9 +16,9 @@ control port's ground truth always agree. Promises:
 - `MarketCatalog` serves the exchanges' real market lists (simulator/data) or a deterministic subset
   that always starts with the majors and awkward symbols (colon pairs, `1INCH`, a tiny price) tests
   must exercise.
-- Tiny prices: a market quoted with 8 decimals keeps a price below 0.00001 (see `MIN_TINY_TICKS`),
-  about 8% of Bitfinex's pairs, 6% of Binance's and 22% of Bittrex's markets; their volumes have
-  many digits (a few hundred dollars of a coin worth a fraction of a cent).
+- Tiny prices: a market quoted with 8 decimals keeps a price below 0.00001 (see `MIN_TINY_TICKS`):
+  about 9% of Bitfinex's pairs, 8% of Binance's and 22-24% of Bittrex's markets, by seed. Trade
+  sizes are not round dollar amounts, so volumes have many digits.
 """
 
 from __future__ import annotations
