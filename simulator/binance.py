@@ -163,16 +163,17 @@ class BinanceServer:
                 -1001, "Internal error; unable to process your request. Please try again.", status=503
             ),
         )
+        served = False
         if forced is not None:
             response: web.StreamResponse = forced
         else:
             verdict = self.weights.hit(ip, WEIGHTS.get(request.path, 1))
             if verdict.allowed:
+                served = True
                 try:
                     response = await handler(request)
                 except web.HTTPException as exc:
                     response = web.Response(status=exc.status, text=exc.text or "", content_type="text/html")
-                response = await damaged_reply(self.sim, EXCHANGE, request, response)
             else:
                 stats = self.sim.stats[EXCHANGE]
                 stats.over_limit += 1
@@ -183,6 +184,8 @@ class BinanceServer:
                 response = self._too_much(verdict)
         for name, value in self._weight_headers(ip).items():
             response.headers[name] = value
+        if served:  # after the headers: a reply cut short still carried them
+            response = await damaged_reply(self.sim, EXCHANGE, request, response)
         count_reply(self.sim, EXCHANGE, response)
         return response
 

@@ -819,6 +819,8 @@ def test_fault_reset_breaks_the_connection_mid_body_and_is_counted() -> None:
             assert 0 < len(body) < announced == len(full[exchange]), (exchange, len(body), announced)
             assert body == full[exchange][: len(body)], "the real reply, cut short"
             assert isinstance(ended, ConnectionResetError), f"{exchange}: a reset, not a clean close"
+            if exchange == "binance":
+                assert b"\r\nX-MBX-USED-WEIGHT-1M: " in head, "the real reply's headers"
         stats = sim.stats()
         assert all(stats[e]["fault_resets"] == 1 and stats[e]["fault_truncated"] == 0 for e in PROBES)
         sim.reset_faults()
