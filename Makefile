@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help deps system-deps python-deps test test-unit lint format init-db clean
+.PHONY: help deps system-deps python-deps node-deps web test test-unit lint format init-db clean
 
 help:
 	@echo "make test         install what is missing, then run the whole test suite"
@@ -15,8 +15,15 @@ help:
 	@echo "make lint         ruff: lint rules and formatting (part of make test)"
 	@echo "make format       let ruff fix what it can and reformat"
 	@echo "make init-db      apply the schema to the database configured in .env"
+	@echo "make web          serve the web app on WEB_HOST:WEB_PORT (127.0.0.1:8000)"
 
-deps: system-deps python-deps
+deps: system-deps python-deps node-deps
+
+# The pages' JavaScript libraries, exactly as pinned in package-lock.json (served from node_modules/).
+node-deps: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 
 system-deps:
 	@bash scripts/local/install_system_deps.sh
@@ -43,6 +50,9 @@ format: python-deps
 
 test-unit: python-deps
 	$(PY) -m pytest -m unit
+
+web: python-deps node-deps
+	$(PY) -m web
 
 init-db: python-deps
 	$(PY) -m scripts.database init

@@ -45,6 +45,9 @@ EXCHANGES = ("bitfinex", "binance", "bittrex")
 BITFINEX_CHANNELS_PER_CONNECTION = 25
 BINANCE_STREAMS_PER_CONNECTION = 1024
 BITTREX_STREAMS_PER_CONNECTION = 250
+WARMUP_TIMEOUT_SECONDS = 300
+"""How long a subscribing client waits for its next frame: on a machine shared with other work the
+simulator may take minutes to serve every Bitfinex snapshot while it already streams Binance."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -110,7 +113,7 @@ async def bitfinex_clients(
                 json.dumps({"event": "subscribe", "channel": "candles", "key": f"trade:1m:t{pair}"})
             )
         while pending:
-            msg = await ws.receive(timeout=60)
+            msg = await ws.receive(timeout=WARMUP_TIMEOUT_SECONDS)
             counts.frames += 1
             if msg.data.startswith("{"):
                 event = json.loads(msg.data)
@@ -153,7 +156,7 @@ async def binance_clients(
         params = [f"{s.lower()}@kline_1m" for s in group]
         await ws.send_str(json.dumps({"method": "SUBSCRIBE", "params": params, "id": group_id}))
         while True:
-            msg = await ws.receive(timeout=60)
+            msg = await ws.receive(timeout=WARMUP_TIMEOUT_SECONDS)
             counts.frames += 1
             reply = json.loads(msg.data)
             if reply.get("id") == group_id:
@@ -193,13 +196,13 @@ async def bittrex_clients(
         }
         ws = await session.ws_connect(f"{ws_base}/connect", params=params, max_msg_size=0)
         counts.connections += 1
-        init = await ws.receive(timeout=30)
+        init = await ws.receive(timeout=WARMUP_TIMEOUT_SECONDS)
         counts.frames += 1
         assert '"S":1' in init.data, init.data
         streams = [f"candle_{s}_MINUTE_1" for s in group] + ["heartbeat"]
         await ws.send_str(json.dumps({"H": "c3", "M": "Subscribe", "A": [streams], "I": group_id}))
         while True:
-            msg = await ws.receive(timeout=60)
+            msg = await ws.receive(timeout=WARMUP_TIMEOUT_SECONDS)
             counts.frames += 1
             frame = json.loads(msg.data)
             if frame.get("I") == str(group_id) and "R" in frame:

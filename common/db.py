@@ -276,35 +276,72 @@ def record_fetch_error(conn: PgConnection, record: FetchErrorRecord) -> None:
         )
 
 
-def bucket_window(width: timedelta, start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """The smallest whole-bucket window covering [start, end).
+# A bucket counts as closed once its end is this far in the past: the live pipeline may still write
+# the final version of the last minute just after it ends (the policies' end_offset is the same).
+BUCKET_SETTLE = timedelta(minutes=1)
+
+
+def closed_until(width: timedelta, now: datetime) -> datetime:
+    """End of the last bucket of `width` that can no longer change at `now`."""
+    return BUCKET_ORIGIN + ((now - BUCKET_SETTLE - BUCKET_ORIGIN) // width) * width
+
+
+def bucket_window(
+    width: timedelta, start: datetime | None, end: datetime | None, now: datetime
+) -> tuple[datetime | None, datetime] | None:
+    """The whole-bucket window to materialise for [start, end) at `now`; None when there is none.
 
     TimescaleDB refreshes only buckets that lie entirely inside the window it is given, so a
-    backfilled range must be widened to bucket boundaries or its edge buckets stay stale.
+    backfilled range is widened to bucket boundaries or its edge buckets stay stale. The window never
+    reaches past the last closed bucket: a materialised bucket is below the continuous aggregate's
+    watermark, where later writes stay invisible until the next refresh, while open buckets are
+    shown through real-time aggregation. `start` None means from the beginning.
     """
+    last = closed_until(width, now)
+    if end is not None:
+        last_point = end - timedelta(microseconds=1)
+        last = min(last, BUCKET_ORIGIN + ((last_point - BUCKET_ORIGIN) // width) * width + width)
+    if start is None:
+        return None, last
     first = BUCKET_ORIGIN + ((start - BUCKET_ORIGIN) // width) * width
-    last_point = end - timedelta(microseconds=1)
-    last = BUCKET_ORIGIN + ((last_point - BUCKET_ORIGIN) // width) * width + width
-    return first, last
+    return (first, last) if last > first else None
 
 
-def refresh_aggregates(settings: Settings | None, start: datetime | None, end: datetime | None) -> None:
-    """Refresh every aggregate level over the buckets touched by [start, end) (None = all data).
+def error_line(error: BaseException) -> str:
+    """A database error as one line: the server's first line, else the client's text joined up."""
+    pgerror = (getattr(error, "pgerror", None) or "").strip()
+    if pgerror:
+        return pgerror.splitlines()[0]
+    return " ".join(str(error).split()) or error.__class__.__name__
 
-    TimescaleDB's refresh is a procedure that must run outside a transaction block, so this opens
-    its own autocommit connection; the plain path calls refresh_ohlcv_aggregates().
+
+def refresh_aggregates(
+    settings: Settings | None,
+    start: datetime | None,
+    end: datetime | None,
+    now: datetime | None = None,
+) -> None:
+    """Bring every aggregate level up to date over the buckets touched by [start, end) (None = all).
+
+    TimescaleDB: each continuous aggregate is refreshed over `bucket_window` (closed buckets only;
+    the refresh is a procedure that must run outside a transaction block, so this uses its own
+    autocommit connection). Plain PostgreSQL: refresh_ohlcv_aggregates() rebuilds the range and
+    every bucket that was still open at its previous run. `now` is for tests; default the clock.
     """
     conn = connect(settings)
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
             if has_timescaledb(conn):
+                at = now or datetime.now(UTC)
                 for level, width in AGGREGATE_LEVELS.items():
-                    window = (None, None)
-                    if start is not None and end is not None:
-                        window = bucket_window(width, start, end)
-                    cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
+                    window = bucket_window(width, start, end, at)
+                    if window is not None:
+                        cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
             else:
-                cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s)", (start, end))
+                cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()))", (start, end, now))
+    except psycopg2.Error as error:
+        what = "lost the connection to PostgreSQL" if conn.closed else "failed"
+        raise DatabaseError(f"refreshing the aggregates {what}: {error_line(error)}") from None
     finally:
         conn.close()

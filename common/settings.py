@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65535)
     flower_port: int = Field(default=5555, ge=1, le=65535)
+    web_db_pool_size: int = Field(default=10, ge=1, le=200)
+    web_ohlcvs_max_limit: int = Field(default=5000, ge=1, le=100_000)
+    web_ws_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    web_ws_queue_size: int = Field(default=256, ge=1)
+    web_health_stale_seconds: float = Field(default=60.0, gt=0)
 
     # Exchange endpoints (defaults: the real exchanges; point them at `python -m simulator` offline)
     bitfinex_rest_url: str = "https://api-pub.bitfinex.com"

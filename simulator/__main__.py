@@ -1,10 +1,12 @@
 """`python -m simulator`: run the exchange simulator until Ctrl-C.
 
-Prints the base URLs and the `.env` lines that point the platform at it. Every `SimConfig` knob is a
-flag (`--rate-window-seconds 5`, `--binance-weight-per-window 200`, ...); faults active from the
-start are `--fault EXCHANGE:NAME=VALUE` (repeatable). `--json` prints one machine-readable line
-`{"urls": ..., "env": [...], "pid": ...}` instead, for programs that start it as a subprocess.
-A bad flag exits with status 2 and one line on stderr.
+Prints the base URLs and the `.env` lines that point the platform at it. It listens on fixed ports
+(`DEFAULT_PORTS`, so the `.env` lines stay valid across restarts); `--ports` changes them (0 = any
+free port). Every `SimConfig` knob is a flag (`--rate-window-seconds 5`, ...); faults active from
+the start are `--fault EXCHANGE:NAME=VALUE` (repeatable; `--help` lists every name). `--json` prints
+one machine-readable line `{"urls": ..., "env": [...], "pid": ...}` instead, for programs that start
+it as a subprocess. A bad flag exits with status 2 and one line on stderr; a port already in use
+exits with status 3 and one line naming it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import sys
 from typing import Any, NoReturn
 
 from common.timeutil import datetime_to_ms, parse_utc
-from simulator.config import SimConfig
+from simulator.config import DEFAULT_PORTS, PORT_NAMES, SimConfig
 from simulator.core import EXCHANGES
+from simulator.faults import DESCRIPTIONS
+from simulator.server import PortInUseError, Simulator
 
 SPECIAL = {"host", "markets", "speed", "seed", "start_ms", "first_ms", "history_days", "ports", "faults"}
-PORT_ORDER = (*EXCHANGES, "control")
 DEFAULTS = SimConfig()
+EXIT_PORT_IN_USE = 3
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -54,11 +58,15 @@ def _markets(text: str) -> int | None:
 
 def _ports(text: str) -> dict[str, int]:
     parts = text.split(",")
-    if len(parts) != len(PORT_ORDER) or not all(p.strip().isdigit() for p in parts):
+    if (
+        len(parts) != len(PORT_NAMES)
+        or not all(p.strip().isdigit() for p in parts)
+        or any(int(p) > 65535 for p in parts)
+    ):
         raise argparse.ArgumentTypeError(
             "expected four ports: BITFINEX,BINANCE,BITTREX,CONTROL (0 = any free port)"
         )
-    return {name: int(p) for name, p in zip(PORT_ORDER, parts, strict=True) if int(p)}
+    return {name: int(p) for name, p in zip(PORT_NAMES, parts, strict=True) if int(p)}
 
 
 def _fault(text: str) -> tuple[str, str, Any]:
@@ -76,8 +84,25 @@ def _fault(text: str) -> tuple[str, str, Any]:
     return exchange, name, value
 
 
+def faults_help() -> str:
+    """The epilog of --help: every fault name with its meaning."""
+    width = max(map(len, DESCRIPTIONS))
+    lines = [f"  {name:<{width}}  {meaning}" for name, meaning in DESCRIPTIONS.items()]
+    return (
+        "faults (--fault EXCHANGE:NAME=VALUE at start-up, or POST /control/faults later):\n"
+        + "\n".join(lines)
+        + "\nREST faults apply to every REST endpoint of the exchange; exchanges: "
+        + ", ".join(EXCHANGES)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m simulator", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(
+        prog="python -m simulator",
+        description=__doc__.split("\n\n")[0],
+        epilog=faults_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--host", default=DEFAULTS.host)
     parser.add_argument(
         "--markets", type=_markets, default=None, help="markets per exchange, or 'all' (default)"
@@ -89,8 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", type=_time_ms, default=None, help="simulated start time, ISO-8601 UTC")
     parser.add_argument("--first", type=_time_ms, default=None, help="first minute of history, ISO-8601 UTC")
     parser.add_argument("--history-days", type=float, default=DEFAULTS.history_days)
-    parser.add_argument("--ports", type=_ports, default={}, help="BITFINEX,BINANCE,BITTREX,CONTROL")
-    parser.add_argument("--fault", type=_fault, action="append", default=[], metavar="EXCHANGE:NAME=VALUE")
+    parser.add_argument(
+        "--ports",
+        type=_ports,
+        default=dict(DEFAULT_PORTS),
+        help="BITFINEX,BINANCE,BITTREX,CONTROL ports, 0 = any free port (default: "
+        + ",".join(str(DEFAULT_PORTS[name]) for name in PORT_NAMES)
+        + ")",
+    )
+    parser.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="EXCHANGE:NAME=VALUE",
+        help="a fault active from the start (repeatable; names below)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON line with the URLs")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     knobs = parser.add_argument_group("limits, timers and pacing (SimConfig fields)")
@@ -132,8 +171,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 async def serve(config: SimConfig, as_json: bool) -> None:
-    from simulator.server import Simulator
-
     sim = Simulator(config)
     await sim.start()
     # handlers first: a supervisor may send SIGTERM as soon as it has read the line below
@@ -171,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(serve(config, args.json))
+    except PortInUseError as exc:
+        print(f"{parser.prog}: error: {exc.strerror}", file=sys.stderr)
+        return EXIT_PORT_IN_USE
     except OSError as exc:
         print(f"{parser.prog}: error: cannot listen: {exc}", file=sys.stderr)
         return 1

@@ -1,10 +1,11 @@
 """Binance Spot: `/api/v3/exchangeInfo`, `/api/v3/klines`, and the kline market streams.
 
-Wire promises (exchanges.md section 2): request weight per IP per window with `X-MBX-USED-WEIGHT-1M`
+Wire promises (docs/exchanges.md, Binance): request weight per IP per window with `X-MBX-USED-WEIGHT-1M`
 on every reply, 429 + Retry-After + -1003 over the limit and 418 bans for clients that keep going;
 errors `{"code":..,"msg":..}`; klines are 12-field rows, prices and volumes as strings with 8
 decimals, one row per minute including quiet ones, the last row the in-progress minute. Streams:
-raw `/ws/<stream>` and combined `/stream?streams=a/b` (payload wrapped in `{"stream","data"}`), live
+raw `/ws/<stream>` (a path that is no stream name, e.g. `/ws/0`, opens a socket with no streams),
+combined `/stream?streams=a/b` (payload wrapped in `{"stream","data"}`), live
 SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY, unknown-but-valid symbols
 accepted silently, server ping frames, the 5 messages/s incoming limit (disconnect) and 1024 streams
 per connection. Kline data is produced for `<symbol>@kline_1m`; other valid streams stay silent.
@@ -22,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from simulator.core import MINUTE_MS, SimCandle, SimMarket
+from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket
 from simulator.faults import MALFORMED_FRAME
 from simulator.http import (
     WsConnection,
     client_ip,
     count_reply,
+    damaged_reply,
+    drop_connections,
     fault_gate,
     json_response,
     serving_connection,
@@ -38,7 +41,7 @@ from simulator.live import CandleEvent, Subscription
 from simulator.wire import binance_kline_event, binance_kline_row, dumps
 
 if TYPE_CHECKING:
-    from simulator.server import Simulator
+    from simulator.state import SimState
 
 EXCHANGE = "binance"
 WEIGHTS = {"/api/v3/klines": 2, "/api/v3/exchangeInfo": 20, "/api/v3/ping": 1, "/api/v3/time": 1}
@@ -85,7 +88,10 @@ def mandatory(param: str) -> web.Response:
 
 
 class BinanceServer:
-    def __init__(self, sim: Simulator) -> None:
+    port = EXCHANGE
+    actions = ("drop_ws", "server_shutdown")
+
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
         cfg = sim.config
         self.weights = WeightLimiter(
@@ -100,8 +106,8 @@ class BinanceServer:
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         self._symbols_text: str | None = None
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+    def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._middleware)
         app.router.add_get("/api/v3/exchangeInfo", self.exchange_info)
         app.router.add_get("/api/v3/klines", self.klines)
         app.router.add_get("/api/v3/ping", self.ping)
@@ -109,7 +115,6 @@ class BinanceServer:
         app.router.add_get("/ws", self.ws_raw)
         app.router.add_get("/ws/{streams:.*}", self.ws_raw)
         app.router.add_get("/stream", self.ws_combined)
-        return app
 
     # ---------------------------------------------------------------------------- limits
 
@@ -158,11 +163,13 @@ class BinanceServer:
                 -1001, "Internal error; unable to process your request. Please try again.", status=503
             ),
         )
+        served = False
         if forced is not None:
             response: web.StreamResponse = forced
         else:
             verdict = self.weights.hit(ip, WEIGHTS.get(request.path, 1))
             if verdict.allowed:
+                served = True
                 try:
                     response = await handler(request)
                 except web.HTTPException as exc:
@@ -177,6 +184,8 @@ class BinanceServer:
                 response = self._too_much(verdict)
         for name, value in self._weight_headers(ip).items():
             response.headers[name] = value
+        if served:  # after the headers: a reply cut short still carried them
+            response = await damaged_reply(self.sim, EXCHANGE, request, response)
         count_reply(self.sim, EXCHANGE, response)
         return response
 
@@ -194,7 +203,7 @@ class BinanceServer:
             interval, num = "MINUTE", 1
         else:
             interval, num = "SECOND", int(seconds) if float(seconds).is_integer() else seconds
-        fixture = self.sim.catalog_fixture("binance_exchangeInfo.json")["rateLimits"]
+        fixture = MarketCatalog.fixture("binance_exchangeInfo.json")["rateLimits"]
         others = [r for r in fixture if r["rateLimitType"] != "REQUEST_WEIGHT"]
         weight = {
             "rateLimitType": "REQUEST_WEIGHT",
@@ -206,7 +215,7 @@ class BinanceServer:
 
     async def exchange_info(self, request: web.Request) -> web.Response:
         query = request.query
-        raw = self.sim.catalog.raw_entries(EXCHANGE)
+        raw = MarketCatalog.raw_entries(EXCHANGE)
         wanted: list[str] | None = None
         if "symbol" in query or "symbols" in query:
             if "symbolStatus" in query:
@@ -296,8 +305,13 @@ class BinanceServer:
     # ------------------------------------------------------------------------- websocket
 
     async def ws_raw(self, request: web.Request) -> web.StreamResponse:
+        """`/ws/<stream>`; a path that is not a stream name (`/ws/0`, a client's own id) opens a socket
+        with no streams, as on Binance, where clients then send SUBSCRIBE."""
         path = request.match_info.get("streams", "")
-        return await self._websocket(request, [s for s in path.split("/") if s], combined=False)
+        streams = [s for s in path.split("/") if s]
+        if not all(STREAM_RE.match(s) for s in streams):
+            streams = []
+        return await self._websocket(request, streams, combined=False)
 
     async def ws_combined(self, request: web.Request) -> web.StreamResponse:
         streams = request.query.get("streams", "")
@@ -327,8 +341,10 @@ class BinanceServer:
         return ws
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
-        if name == "server_shutdown":
-            for conn in self.sim.faults.connections.of(EXCHANGE):
+        if name == "drop_ws":
+            drop_connections(self.sim, EXCHANGE)
+        elif name == "server_shutdown":
+            for conn in self.sim.stats.connections.of(EXCHANGE):
                 conn.server_shutdown()
         else:
             raise ValueError(f"binance has no action {name!r}")

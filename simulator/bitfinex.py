@@ -1,12 +1,17 @@
 """Bitfinex API v2 (public): conf lists, candles REST, and the `/ws/2` candles channel.
 
-Wire promises (exchanges.md section 1): errors are `["error",code,"msg"]` arrays (HTTP 500 for bad
-parameters, 429 + 11010 for the rate limit, after which the IP is blocked); candles are
+Wire promises (docs/exchanges.md, Bitfinex): errors are `["error",code,"msg"]` arrays (HTTP 500 for
+bad parameters, 429 + 11010 for the rate limit, after which the IP is blocked); candles are
 `[MTS,OPEN,CLOSE,HIGH,LOW,VOLUME]` with JSON numbers written from Decimal text; minutes without
 trades have no candle; `sort` defaults to -1 (newest first); the in-progress minute is included.
-The websocket sends the info event first, `subscribed` with a random-looking chanId, a snapshot
-(newest first) then flat updates, `[chanId,"hb"]` after `bitfinex_heartbeat_seconds` without data,
-and honours ping, conf (SEQ_ALL, TIMESTAMP) and unsubscribe. Served timeframes: 1m, 5m, 15m, 30m, 1h
+Conf keys (joinable with commas): the pair and currency lists, `pub:map:currency:sym`,
+`pub:info:pair` (one row per listed pair), `pub:list:pair:margin` (a plausible subset, see
+`MARGIN_BASES`), and empty lists for `pub:info:pair:futures` / `pub:list:pair:securities` /
+`pub:list:pair:futures` (the simulator lists spot pairs only); other keys answer `null`.
+The websocket sends the info event first, `subscribed` (every field of the request echoed, plus
+`chanId`) with a random-looking chanId, a snapshot (newest first) then flat updates, `[chanId,"hb"]`
+after `bitfinex_heartbeat_seconds` without data, and honours ping, conf (SEQ_ALL, TIMESTAMP) and
+unsubscribe; error events echo the request's fields too. Served timeframes: 1m, 5m, 15m, 30m, 1h
 over REST, 1m over the websocket; the others answer 10020 / 10300.
 """
 
@@ -18,16 +23,19 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import ROUND_UP, Decimal
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from simulator.core import MINUTE_MS, SimCandle, SimMarket
+from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket, usd_price
 from simulator.faults import MALFORMED_FRAME
 from simulator.http import (
     WsConnection,
     client_ip,
     count_reply,
+    damaged_reply,
+    drop_connections,
     fault_gate,
     json_response,
     serving_connection,
@@ -38,7 +46,7 @@ from simulator.live import CandleEvent, Subscription
 from simulator.wire import bitfinex_candle, bitfinex_candles, dumps
 
 if TYPE_CHECKING:
-    from simulator.server import Simulator
+    from simulator.state import SimState
 
 EXCHANGE = "bitfinex"
 SERVED_REST_TIMEFRAMES_MINUTES: dict[str, int] = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60}
@@ -79,12 +87,46 @@ INFO_MESSAGES: dict[int, str] = {
 }
 
 
+MARGIN_BASES = frozenset(
+    {"BTC", "ETH", "LTC", "XRP", "EOS", "ETC", "XMR", "DSH", "ZEC", "IOT", "NEO", "XLM", "TRX", "LINK"}
+    | {"DOT", "ADA", "SOL", "UNI", "AVAX", "DOGE", "XTZ", "XAUT", "BCHN", "FIL", "LEO", "EUR", "GBP", "JPY"}
+)
+MARGIN_QUOTES = frozenset({"USD", "UST", "BTC", "EUR", "JPY", "GBP"})
+"""`pub:list:pair:margin`: the simulator's rule for a plausible subset of the exchange pairs (majors
+against fiat, Tether and BTC, as on the real list); no test or client depends on which ones."""
+
+MIN_ORDER_USD = Decimal(5)
+MAX_ORDER_USD = Decimal(50_000_000)
+
+
 def error_body(code: int, message: str) -> str:
     return dumps(["error", code, message])
 
 
+def is_margin_pair(market: SimMarket) -> bool:
+    return market.base in MARGIN_BASES and market.quote in MARGIN_QUOTES
+
+
+def pair_info(market: SimMarket, seed: int, margin: bool) -> list[Any]:
+    """One `pub:info:pair` row body: `[null,null,null,minOrderSize,maxOrderSize,null,null,null,
+    initialMargin,minMargin]`, sizes as decimal strings worth about $5 and $50M of the base currency
+    (margins only for margin pairs)."""
+    price = usd_price(market.base, seed)
+    low = _one_significant(MIN_ORDER_USD / price)
+    high = _one_significant(MAX_ORDER_USD / price)
+    margins = [0.2, 0.1] if margin else [None, None]
+    return [None, None, None, f"{low:f}", f"{high:f}", None, None, None, *margins]
+
+
+def _one_significant(value: Decimal) -> Decimal:
+    return value.quantize(Decimal(1).scaleb(value.adjusted()), rounding=ROUND_UP).normalize()
+
+
 class BitfinexServer:
-    def __init__(self, sim: Simulator) -> None:
+    port = EXCHANGE
+    actions = ("drop_ws", "ws_info")
+
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
         cfg = sim.config
         self.limiter = CountLimiter(
@@ -96,16 +138,17 @@ class BitfinexServer:
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         self.maintenance_until = 0.0
         self._rng = random.Random(f"{cfg.seed}|bitfinex-chanids")
+        self.margin_pairs = frozenset(m.symbol for m in sim.markets[EXCHANGE] if is_margin_pair(m))
+        self._info_pairs: str | None = None
 
     # ------------------------------------------------------------------------------------ app
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware])
+    def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._middleware)
         app.router.add_get("/v2/conf/{keys}", self.conf)
         app.router.add_get("/v2/candles/{key}/{section}", self.candles)
         app.router.add_get("/v2/platform/status", self.platform_status)
         app.router.add_get("/ws/2", self.websocket)
-        return app
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -117,7 +160,10 @@ class BitfinexServer:
             storm_reply=lambda: json_response(error_body(11010, "ratelimit: error"), status=429),
             error_reply=lambda: json_response(error_body(10000, "unknown error"), status=500),
         )
-        response = forced if forced is not None else await self._limited(request, handler)
+        if forced is not None:
+            response = forced
+        else:
+            response = await damaged_reply(self.sim, EXCHANGE, request, await self._limited(request, handler))
         count_reply(self.sim, EXCHANGE, response)
         return response
 
@@ -150,6 +196,12 @@ class BitfinexServer:
         for key in request.match_info["keys"].split(","):
             if key == "pub:list:pair:exchange":
                 sections.append(dumps([m.symbol for m in self.sim.markets[EXCHANGE]]))
+            elif key == "pub:info:pair":
+                sections.append(self._info_pairs_text())
+            elif key in ("pub:info:pair:futures", "pub:list:pair:securities", "pub:list:pair:futures"):
+                sections.append("[]")
+            elif key == "pub:list:pair:margin":
+                sections.append(dumps(sorted(self.margin_pairs)))
             elif key == "pub:list:currency":
                 sections.append(dumps(self.currencies()))
             elif key == "pub:map:currency:sym":
@@ -161,8 +213,17 @@ class BitfinexServer:
                 sections.append("null")
         return json_response("[" + ",".join(sections) + "]")
 
+    def _info_pairs_text(self) -> str:
+        if self._info_pairs is None:
+            rows = [
+                [m.symbol, pair_info(m, self.sim.config.seed, m.symbol in self.margin_pairs)]
+                for m in self.sim.markets[EXCHANGE]
+            ]
+            self._info_pairs = dumps(rows)
+        return self._info_pairs
+
     def currencies(self) -> list[str]:
-        listed = self.sim.catalog_fixture("bitfinex_conf_pub_list_currency.json")[0]
+        listed = MarketCatalog.fixture("bitfinex_conf_pub_list_currency.json")[0]
         if self.sim.config.markets is None:
             return list(listed)
         used = {c for m in self.sim.markets[EXCHANGE] for c in (m.base, m.quote)}
@@ -245,7 +306,10 @@ class BitfinexServer:
     # ----------------------------------------------------------------------------- fault actions
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
-        conns = self.sim.faults.connections.of(EXCHANGE)
+        if name == "drop_ws":
+            drop_connections(self.sim, EXCHANGE)
+            return
+        conns = self.sim.stats.connections.of(EXCHANGE)
         if name == "ws_info":
             code = int(args["ws_info"])
             if code not in INFO_MESSAGES:
@@ -266,7 +330,7 @@ class BitfinexServer:
     def _end_maintenance(self) -> None:
         if self.maintenance_until and self.maintenance_until <= time.time() + 0.01:
             self.maintenance_until = 0.0
-            for conn in self.sim.faults.connections.of(EXCHANGE):
+            for conn in self.sim.stats.connections.of(EXCHANGE):
                 conn.send_event({"event": "info", "code": 20061, "msg": INFO_MESSAGES[20061]})
 
 
@@ -375,7 +439,7 @@ class BitfinexConnection(WsConnection):
             self.flags = flags
             self.send_event({"event": "conf", "status": "OK", "flags": flags})
         else:
-            self.send_event({"event": "error", "msg": f"event: invalid ({event})", "code": 10000})
+            self.send_event({**message, "event": "error", "msg": f"event: invalid ({event})", "code": 10000})
 
     def _error(self, request: dict[str, Any], code: int, msg: str, **extra: Any) -> None:
         self.sim.stats[EXCHANGE].ws_subscribe_errors += 1
@@ -411,7 +475,8 @@ class BitfinexConnection(WsConnection):
         channel.subscription = self.sim.feed.subscribe(
             EXCHANGE, market.symbol, lambda e, c=channel: self._on_event(c, e)
         )
-        self.send_event({"event": "subscribed", "channel": "candles", "chanId": chan_id, "key": key})
+        echoed = {name: value for name, value in request.items() if name != "event"}
+        self.send_event({"event": "subscribed", **echoed, "chanId": chan_id})
         await self._send_snapshot(channel)
 
     async def _send_snapshot(self, channel: Channel) -> None:

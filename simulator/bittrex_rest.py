@@ -1,6 +1,8 @@
-"""Bittrex v3 REST: markets and candles (the SignalR websocket lives in `bittrex_signalr.py`).
+"""Bittrex v3 REST: currencies, markets and candles (the SignalR websocket is `bittrex_signalr.py`).
 
-Wire promises (exchanges.md section 3.1-3.3): numbers are strings; candles are objects with
+Wire promises (docs/exchanges.md, Bittrex): numbers are strings; `/currencies` lists one object
+per currency the market list uses (base or quote), `/currencies/{symbol}` one of them (404 NOT_FOUND
+for any other); candles are objects with
 `startsAt` ISO-8601 `Z`, sorted ascending, one per interval including quiet ones (flat at the
 previous close, volume "0"); the `TRADE` segment may be omitted; `historical` takes exactly the
 date parts its interval needs (else 400 INVALID_DATE) and refuses the current or a future period
@@ -19,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from common.timeutil import datetime_to_ms
-from simulator.core import MINUTE_MS, SimCandle, SimMarket
-from simulator.http import client_ip, count_reply, fault_gate, json_response
+from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket
+from simulator.http import client_ip, count_reply, damaged_reply, fault_gate, json_response
 from simulator.limits import CountLimiter
 from simulator.wire import bittrex_candle, dumps
 
 if TYPE_CHECKING:
-    from simulator.server import Simulator
+    from simulator.state import SimState
 
 EXCHANGE = "bittrex"
 DAY_MS = 86_400_000
@@ -35,6 +37,31 @@ RECENT_SPAN_MS = {"MINUTE_1": DAY_MS, "MINUTE_5": DAY_MS, "HOUR_1": 31 * DAY_MS,
 CANDLE_TYPES = ("TRADE", "MIDPOINT")
 MIDPOINT_FROM_MS = 1_606_867_200_000
 """2020-12-02T00:00:00Z: Bittrex has midpoint candles from this day on."""
+
+
+FIAT = frozenset({"USD", "EUR"})
+COIN_TYPES = {"BTC": "BITCOIN", "ETH": "ETH", "USD": "FIAT", "EUR": "FIAT"}
+NAMES = {"BTC": "Bitcoin", "ETH": "Ethereum", "USDT": "Tether", "USDC": "USD Coin", "USD": "US Dollar"}
+NAMES |= {"EUR": "Euro", "1INCH": "1inch", "ANT": "Aragon", "ADA": "Cardano", "DOGE": "Dogecoin"}
+
+
+def currency_object(symbol: str) -> dict[str, Any]:
+    """A `Currency` as `/v3/currencies` lists it (all fields of the spec; invented but stable values)."""
+    fiat = symbol in FIAT
+    return {
+        "symbol": symbol,
+        "name": NAMES.get(symbol, symbol),
+        "coinType": COIN_TYPES.get(symbol, "ETH_CONTRACT"),
+        "status": "ONLINE",
+        "minConfirmations": 0 if fiat else 36,
+        "notice": "",
+        "txFee": "0.00000000" if fiat else "0.00100000",
+        "logoUrl": f"https://bittrexblobstorage.blob.core.windows.net/public/{symbol.lower()}.png",
+        "prohibitedIn": [],
+        "baseAddress": "",
+        "associatedTermsOfService": [],
+        "tags": [],
+    }
 
 
 def error(code: str, status: int = 400, **extra: Any) -> web.Response:
@@ -50,14 +77,21 @@ def bad_request(parameter: str) -> web.Response:
 
 
 class BittrexRestServer:
-    def __init__(self, sim: Simulator) -> None:
+    port = EXCHANGE
+    actions: tuple[str, ...] = ()
+
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
         self.limiter = CountLimiter(sim.config.bittrex_requests_per_window, sim.config.rate_window_seconds)
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
+        used = sorted({c for m in sim.markets[EXCHANGE] for c in (m.base, m.quote)})
+        self.currency_objects: dict[str, dict[str, Any]] = {c: currency_object(c) for c in used}
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(self._middleware)
         app.router.add_get("/v3/ping", self.ping)
+        app.router.add_get("/v3/currencies", self.currencies)
+        app.router.add_get("/v3/currencies/{symbol}", self.currency)
         app.router.add_get("/v3/markets", self.markets_list)
         app.router.add_get("/v3/markets/{symbol}", self.market)
         app.router.add_get("/v3/markets/{symbol}/candles/{tail:.*}", self.candles)
@@ -85,21 +119,31 @@ class BittrexRestServer:
                 response = await handler(request)
             except web.HTTPNotFound:
                 response = error("NOT_FOUND", status=404)
+            response = await damaged_reply(self.sim, EXCHANGE, request, response)
         count_reply(self.sim, EXCHANGE, response)
         return response
 
     async def ping(self, request: web.Request) -> web.Response:
         return json_response(dumps({"serverTime": self.sim.clock.now_ms()}))
 
+    async def currencies(self, request: web.Request) -> web.Response:
+        return json_response(dumps(list(self.currency_objects.values())))
+
+    async def currency(self, request: web.Request) -> web.Response:
+        found = self.currency_objects.get(request.match_info["symbol"].upper())
+        if found is None:
+            return error("NOT_FOUND", status=404)
+        return json_response(dumps(found))
+
     async def markets_list(self, request: web.Request) -> web.Response:
-        raw = self.sim.catalog.raw_entries(EXCHANGE)
+        raw = MarketCatalog.raw_entries(EXCHANGE)
         return json_response(dumps([raw[m.symbol] for m in self.sim.markets[EXCHANGE]]))
 
     async def market(self, request: web.Request) -> web.Response:
         market = self.markets.get(request.match_info["symbol"].upper())
         if market is None:
             return error("MARKET_DOES_NOT_EXIST", status=404)
-        return json_response(dumps(self.sim.catalog.raw_entries(EXCHANGE)[market.symbol]))
+        return json_response(dumps(MarketCatalog.raw_entries(EXCHANGE)[market.symbol]))
 
     async def candles(self, request: web.Request) -> web.StreamResponse:
         segments = request.match_info["tail"].split("/")

@@ -1,6 +1,6 @@
 """Bittrex v3 websocket: ASP.NET SignalR classic (protocol 1.5), hub `c3`, on the Bittrex port.
 
-Wire promises (exchanges.md section 3.4):
+Wire promises (docs/exchanges.md, the Bittrex SignalR websocket):
 
 - `GET /signalr/negotiate?clientProtocol=1.5&connectionData=[{"name":"c3"}]` answers the negotiate
   JSON: `Url` "/signalr", a `ConnectionToken` (~128 characters that always contain `+`, `/` and `=`,
@@ -40,9 +40,7 @@ Wire promises (exchanges.md section 3.4):
 
 Faults (simulator/faults.py): `ws_stall` stops candle pushes, heartbeats and keep-alives (replies to
 invocations still go out); `ws_malformed_rate` cuts frames that carry candle data short; `drop_ws`
-aborts every socket (the simulator does it through `faults.connections`). The REST faults do not
-touch the SignalR endpoints. There is no Bittrex-specific fault action, so the object `add_routes`
-returns has no `action` method.
+aborts every socket (its one action). The REST faults do not touch the SignalR endpoints.
 """
 
 from __future__ import annotations
@@ -63,12 +61,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from simulator.core import MINUTE_MS, SimMarket
-from simulator.http import WsConnection, json_response, serving_connection, spawn
+from simulator.http import WsConnection, drop_connections, json_response, serving_connection, spawn
 from simulator.live import CandleEvent, Subscription
 from simulator.wire import bittrex_candle, dumps
 
 if TYPE_CHECKING:
-    from simulator.server import Simulator
+    from simulator.state import SimState
 
 EXCHANGE = "bittrex"
 HUB = "c3"
@@ -159,7 +157,10 @@ class CandleStream:
 
 
 class BittrexSignalRServer:
-    def __init__(self, sim: Simulator) -> None:
+    port = EXCHANGE
+    actions = ("drop_ws",)
+
+    def __init__(self, sim: SimState) -> None:
         self.sim = sim
         self.signer = Signer()
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
@@ -248,6 +249,11 @@ class BittrexSignalRServer:
 
     async def ping(self, request: web.Request) -> web.Response:
         return json_response('{"Response":"pong"}')
+
+    async def action(self, name: str, args: dict[str, Any]) -> None:
+        if name != "drop_ws":
+            raise ValueError(f"bittrex has no action {name!r}")
+        drop_connections(self.sim, EXCHANGE)
 
     async def abort(self, request: web.Request) -> web.Response:
         checked = self._connection_id(request)
@@ -517,10 +523,3 @@ def _base36(number: int) -> str:
         text = digits[rest] + text
         if number == 0:
             return text
-
-
-def add_routes(app: web.Application, sim: Simulator) -> BittrexSignalRServer:
-    """Serve SignalR under /signalr on the Bittrex app (the plug-in hook simulator/server.py calls)."""
-    server = BittrexSignalRServer(sim)
-    server.add_routes(app)
-    return server

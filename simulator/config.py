@@ -14,6 +14,11 @@ from typing import Any
 from simulator.core import EXCHANGES
 from simulator.faults import Faults
 
+PORT_NAMES: tuple[str, ...] = (*EXCHANGES, "control")
+DEFAULT_PORTS: dict[str, int] = {"bitfinex": 18401, "binance": 18402, "bittrex": 18403, "control": 18404}
+"""The ports `python -m simulator` listens on unless `--ports` says otherwise, so the `.env` lines it
+prints stay valid across restarts. Library use (`SimConfig().ports` empty) takes free ports."""
+
 DEFAULT_HISTORY_DAYS = 365.0
 REAL_CADENCE_PER_SIM_MINUTE = 30
 """Binance pushes a kline update at most every 2 s: 30 per minute of (simulated) exchange time."""
@@ -82,7 +87,7 @@ class SimConfig:
             raise ValueError("rate_window_seconds must be > 0")
         if self.updates_per_minute is not None and not 1 <= self.updates_per_minute <= 60:
             raise ValueError("updates_per_minute must be between 1 and 60")
-        unknown = set(self.ports) - {*EXCHANGES, "control"}
+        unknown = set(self.ports) - set(PORT_NAMES)
         if unknown:
             raise ValueError(f"unknown port name(s): {', '.join(sorted(unknown))}")
         unknown = set(self.faults) - set(EXCHANGES)

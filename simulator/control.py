@@ -27,7 +27,7 @@ from simulator.http import json_response
 from simulator.wire import dumps
 
 if TYPE_CHECKING:
-    from simulator.server import Simulator
+    from simulator.state import ControlledState
 
 MAX_TRUTH_MINUTES = 100_000
 
@@ -62,11 +62,13 @@ def market_json(market: SimMarket) -> dict[str, Any]:
 
 
 class ControlServer:
-    def __init__(self, sim: Simulator) -> None:
+    port = "control"
+    actions: tuple[str, ...] = ()
+
+    def __init__(self, sim: ControlledState) -> None:
         self.sim = sim
 
-    def app(self) -> web.Application:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/control/clock", self.clock)
         app.router.add_get("/control/markets", self.markets)
         app.router.add_get("/control/candles", self.candles)
@@ -75,7 +77,9 @@ class ControlServer:
         app.router.add_get("/control/faults", self.faults)
         app.router.add_post("/control/faults", self.set_faults)
         app.router.add_post("/control/faults/reset", self.reset_faults)
-        return app
+
+    async def action(self, name: str, args: dict[str, Any]) -> None:
+        raise ValueError(f"the control port has no action {name!r}")
 
     async def clock(self, request: web.Request) -> web.Response:
         clock = self.sim.clock
@@ -104,7 +108,7 @@ class ControlServer:
         if exchange in ("binance", "bittrex"):
             candidates.append(symbol.upper())
         for candidate in candidates:
-            market = self.sim.market(exchange, candidate)
+            market = self.sim.feed.market(exchange, candidate)
             if market is not None:
                 return market
         return None
@@ -135,12 +139,12 @@ class ControlServer:
         rows = [
             {
                 "time": c.time_ms,
-                "open": str(c.open),
-                "high": str(c.high),
-                "low": str(c.low),
-                "close": str(c.close),
-                "volume": str(c.volume),
-                "quote_volume": str(c.quote_volume),
+                "open": format(c.open, "f"),
+                "high": format(c.high, "f"),
+                "low": format(c.low, "f"),
+                "close": format(c.close, "f"),
+                "volume": format(c.volume, "f"),
+                "quote_volume": format(c.quote_volume, "f"),
                 "trades": c.trades,
             }
             for c in candles
@@ -148,7 +152,7 @@ class ControlServer:
         return _json({"exchange": exchange, "symbol": market.symbol, "candles": rows})
 
     async def stats(self, request: web.Request) -> web.Response:
-        data = self.sim.stats.as_dict(self.sim.faults.connections.counts())
+        data = self.sim.stats.as_dict()
         data["feed"] = {
             "events_delivered": self.sim.feed.events_delivered,
             "subscriptions": self.sim.feed.subscriber_count(),

@@ -14,7 +14,11 @@ control port's ground truth always agree. Promises:
 - `partial_candle(m, minute, upto)` is the in-progress bar as seen at sim time `upto`; it aggregates a
   prefix of the same trade list the final bar aggregates, so partial bars converge to the final one.
 - `MarketCatalog` serves the exchanges' real market lists (simulator/data) or a deterministic subset
-  that always starts with the majors and awkward symbols (colon pairs, `1INCH`) tests must exercise.
+  that always starts with the majors and awkward symbols (colon pairs, `1INCH`, a tiny price) tests
+  must exercise.
+- Tiny prices: a market quoted with 8 decimals keeps a price below 0.00001 (see `MIN_TINY_TICKS`):
+  about 9% of Bitfinex's pairs, 8% of Binance's and 22-24% of Bittrex's markets, by seed. Trade
+  sizes are not round dollar amounts, so volumes have many digits.
 """
 
 from __future__ import annotations
@@ -129,11 +133,21 @@ class SimTrade:
 # ------------------------------------------------------------------------------------------- catalog
 
 _PRIORITY: dict[str, tuple[str, ...]] = {
-    "bitfinex": ("BTCUSD", "ETHUSD", "BTCUST", "ETHBTC", "AAVE:USD", "BTC:CNHT", "LINK:UST", "XRPUSD"),
-    "binance": ("BTCUSDT", "ETHUSDT", "ETHBTC", "BNBUSDT", "1INCHUSDT", "1INCHBTC", "BTCEUR", "BCCBTC"),
-    "bittrex": ("BTC-USD", "ETH-USD", "BTC-USDT", "ETH-BTC", "1INCH-BTC", "1INCH-USDT", "ANT-USD", "BTC-EUR"),
+    "bitfinex": (
+        *("BTCUSD", "ETHUSD", "BTCUST", "ETHBTC", "AAVE:USD", "BTC:CNHT", "LINK:UST", "XRPUSD"),
+        "DOGBTC",
+    ),
+    "binance": (
+        *("BTCUSDT", "ETHUSDT", "ETHBTC", "BNBUSDT", "1INCHUSDT", "1INCHBTC", "BTCEUR", "BCCBTC"),
+        "DOGEBTC",
+    ),
+    "bittrex": (
+        *("BTC-USD", "ETH-USD", "BTC-USDT", "ETH-BTC", "1INCH-BTC", "1INCH-USDT", "ANT-USD", "BTC-EUR"),
+        "DOGE-BTC",
+    ),
 }
-"""Markets a subset always starts with: majors first, then colon pairs, digit-led codes, offline ones."""
+"""Markets a subset always starts with: majors first, then colon pairs, digit-led codes, offline ones,
+and a tiny-price market (DOGE against BTC: about 0.0000068, 8 decimals)."""
 
 _MAJORS = frozenset(symbol for priority in _PRIORITY.values() for symbol in priority[:4])
 """The first four priority markets of each exchange: they trade every minute."""
@@ -154,6 +168,7 @@ _USD_PRICES: dict[str, str] = {
     "ADA": "2.2",
     "XRP": "1.1",
     "DOGE": "0.25",
+    "DOG": "0.25",
     "USD": "1",
     "UST": "1",
     "USDT": "1",
@@ -310,7 +325,8 @@ def _digest(data: bytes, size: int = 16) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=size).digest(), "big")
 
 
-def _usd_price(currency: str, seed: int) -> Decimal:
+def usd_price(currency: str, seed: int) -> Decimal:
+    """The currency's base price in USD (known majors, else a seeded hash), before any noise."""
     known = _USD_PRICES.get(currency)
     if known is not None:
         return Decimal(known)
@@ -321,7 +337,7 @@ def _usd_price(currency: str, seed: int) -> Decimal:
 
 
 def _pair_price(base: str, quote: str, seed: int) -> Decimal:
-    return _usd_price(base, seed) / _usd_price(quote, seed)
+    return usd_price(base, seed) / usd_price(quote, seed)
 
 
 def _significant_decimals(price: Decimal, digits: int) -> int:
@@ -343,6 +359,17 @@ _OCTAVES: tuple[tuple[int, int], ...] = (
 
 The amplitudes sum to 24.5%, so a market wanders within about +/-25% of its base price.
 """
+
+MIN_TICKS = 1_000
+"""A market priced in fewer ticks than this moves in steps too coarse to look like a market: it is
+raised to 1,000-9,999 ticks, unless it is a tiny-price market (below)."""
+
+TINY_PRICE_DECIMALS = 8
+MIN_TINY_TICKS = 100
+"""Markets quoted with 8 decimals whose price is below 0.00001 (1,000 ticks) keep it, as meme coins
+and small caps against BTC or USDT do on the real exchanges, so prices like 0.00000123 (where the
+last digit matters) exist; below 100 ticks they get 100-999 ticks (0.00000100-0.00000999), so the
+tick size stays under 1% of the price."""
 
 _SPREAD_PPM = 400
 """Half-width of a trade's jitter around the latent price."""
@@ -440,10 +467,13 @@ class CandleModel:
         h = _digest(key + b"params", 16)
         price = _pair_price(market.base, market.quote, self.seed)
         base_ticks = int(price.scaleb(market.price_decimals))
-        if base_ticks < 1_000:
-            base_ticks = 1_000 + h % 9_000
-        notional_usd = Decimal(20 + (h >> 16) % 3_000)
-        size = notional_usd / _usd_price(market.base, self.seed)
+        if market.price_decimals >= TINY_PRICE_DECIMALS and base_ticks < MIN_TICKS:
+            if base_ticks < MIN_TINY_TICKS:
+                base_ticks = MIN_TINY_TICKS + h % (MIN_TICKS - MIN_TINY_TICKS)
+        elif base_ticks < MIN_TICKS:
+            base_ticks = MIN_TICKS + h % 9_000
+        notional_usd = Decimal(20_000_000 + (h >> 16) % 3_000_000_000).scaleb(-6)  # $20-3020, not round
+        size = notional_usd / usd_price(market.base, self.seed)
         typical_units = max(1, int(size.scaleb(market.volume_decimals)))
         probability = market.trade_probability
         params = _Params(

@@ -1,11 +1,13 @@
 """Plumbing shared by the exchange servers: request accounting, injected HTTP faults, websockets.
 
 `fault_gate` runs before an exchange's own handler and returns the reply a fault forces (a 429
-storm, a 5xx, a hang), or None to let the request through. `FrameWriter` is the per-connection
-outbound queue every websocket server uses, so the live feed never awaits a slow client: the feed
-appends, the writer task drains. `WsConnection` is the base of every websocket connection class and
-`serving_connection` the bookkeeping around serving one; `spawn` starts the fire-and-forget tasks
-(closes from outside a socket's own task) and keeps them referenced until they finish.
+storm, a 5xx, a hang), or None to let the request through; `damaged_reply` runs after it and may
+cut the real reply short (a connection reset mid-body, or a body truncated to invalid JSON).
+`FrameWriter` is the per-connection outbound queue every websocket server uses, so the live feed
+never awaits a slow client: the feed appends, the writer task drains. `WsConnection` is the base of
+every websocket connection class and `serving_connection` the bookkeeping around serving one;
+`spawn` starts the fire-and-forget tasks (closes from outside a socket's own task) and keeps them
+referenced until they finish.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from simulator.server import Simulator
+    from simulator.state import SimState
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ def client_ip(request: web.Request) -> str:
 
 
 async def fault_gate(
-    sim: Simulator,
+    sim: SimState,
     exchange: str,
     storm_reply: Callable[[], web.Response],
     error_reply: Callable[[], web.Response],
@@ -61,6 +65,54 @@ async def fault_gate(
     return None
 
 
+async def damaged_reply(
+    sim: SimState, exchange: str, request: web.Request, response: web.StreamResponse
+) -> web.StreamResponse:
+    """`response` itself, or what the `http_reset_rate` / `http_truncate_rate` faults make of it."""
+    if not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+        return response
+    faults = sim.faults[exchange]
+    stats = sim.stats[exchange]
+    body = response.body
+    if faults.http_reset():
+        stats.fault_resets += 1
+        return await _reset_midway(request, response, body)
+    if faults.http_truncate():
+        stats.fault_truncated += 1
+        return web.Response(
+            body=body[: len(body) // 2], status=response.status, headers=_headers_without_length(response)
+        )
+    return response
+
+
+def _headers_without_length(response: web.StreamResponse) -> dict[str, str]:
+    return {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+
+
+async def _reset_midway(request: web.Request, response: web.Response, body: bytes) -> web.StreamResponse:
+    """Announce the whole body, send its first half, then reset the TCP connection (SO_LINGER 0 makes
+    the close an RST, as a dying load balancer does), so the client sees a reply break mid-body."""
+    stream = web.StreamResponse(status=response.status, headers=_headers_without_length(response))
+    stream.content_length = len(body)
+    await stream.prepare(request)
+    await stream.write(body[: len(body) // 2])
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    return stream
+
+
+def drop_connections(sim: SimState, exchange: str) -> None:
+    """The `drop_ws` action: abort every open websocket connection of `exchange`."""
+    conns = sim.stats.connections.of(exchange)
+    for conn in conns:
+        conn.abort()
+    sim.stats[exchange].ws_dropped_by_fault += len(conns)
+
+
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -73,7 +125,7 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return task
 
 
-def count_reply(sim: Simulator, exchange: str, response: web.StreamResponse) -> None:
+def count_reply(sim: SimState, exchange: str, response: web.StreamResponse) -> None:
     stats = sim.stats[exchange]
     stats.rest_requests += 1
     stats.rest_status[response.status] += 1
@@ -82,7 +134,7 @@ def count_reply(sim: Simulator, exchange: str, response: web.StreamResponse) -> 
 class FrameWriter:
     """Outbound text frames of one websocket, sent in order by one task."""
 
-    def __init__(self, ws: web.WebSocketResponse, sim: Simulator, exchange: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, sim: SimState, exchange: str) -> None:
         self.ws = ws
         self.sim = sim
         self.exchange = exchange
@@ -147,7 +199,7 @@ class WsConnection:
     cuts, for `drop_ws` and shutdown), its `FrameWriter` and its helper tasks (stopped by `cleanup`;
     subclasses release their subscriptions first, then call this one)."""
 
-    def __init__(self, sim: Simulator, exchange: str, ws: web.WebSocketResponse, transport: Any) -> None:
+    def __init__(self, sim: SimState, exchange: str, ws: web.WebSocketResponse, transport: Any) -> None:
         self.sim = sim
         self.ws = ws
         self.transport = transport
@@ -165,14 +217,14 @@ class WsConnection:
 
 
 @contextlib.asynccontextmanager
-async def serving_connection(sim: Simulator, exchange: str, conn: WsConnection) -> AsyncIterator[None]:
+async def serving_connection(sim: SimState, exchange: str, conn: WsConnection) -> AsyncIterator[None]:
     """Serve `conn` inside the block: while it runs, fault actions reach it through
-    `sim.faults.connections` (which is also what `ws_connections_open` counts); however the block
+    `sim.stats.connections` (which is also what `ws_connections_open` counts); however the block
     ends, it is unregistered and cleaned up."""
-    token = sim.faults.connections.add(exchange, conn)
+    token = sim.stats.connections.add(exchange, conn)
     sim.stats[exchange].ws_connections_opened += 1
     try:
         yield
     finally:
-        sim.faults.connections.remove(token)
+        sim.stats.connections.remove(token)
         await conn.cleanup()

@@ -3,7 +3,7 @@
 Library use::
 
     sim = Simulator(SimConfig(markets=20, speed=600))      # or Simulator(markets=20, speed=600)
-    await sim.start()                                       # binds free ports unless config.ports says
+    await sim.start()                                       # binds config.ports (0 = a free port)
     sim.urls  # {"bitfinex": {"rest": "http://127.0.0.1:P1", "ws": "ws://127.0.0.1:P1/ws/2"},
               #  "binance":  {"rest": "http://127.0.0.1:P2", "ws": "ws://127.0.0.1:P2"},
               #  "bittrex":  {"rest": "http://127.0.0.1:P3", "ws": "http://127.0.0.1:P3/signalr"},
@@ -13,22 +13,15 @@ Library use::
 From synchronous code (pytest): `with SimulatorThread(config) as sim: ...` runs the same thing on a
 background thread's loop. As a process: `python -m simulator --help`.
 
-Shared state every exchange server uses: `clock`, `model`, `markets`, `history`, `feed` (the live
-candle hook, simulator/live.py), `faults` (+ `faults.connections`), `stats`, `config`, and
-`compute(fn)` to run heavy candle work off the event loop.
-
-The Bittrex SignalR server (simulator/bittrex_signalr.py) plugs into the Bittrex port: if that module
-defines `add_routes(app: web.Application, sim: Simulator)`, it is called with the Bittrex app (REST
-routes live under /v3, SignalR under /signalr). Whatever it returns, if it has
-`async action(name, args)`, receives the Bittrex fault actions other than `drop_ws` (which the
-simulator performs itself on every connection registered in `faults.connections`).
+The `Simulator` is the shared state of simulator/state.py (`SimState`), and every server plugs in
+the same way (`ExchangeServer`): it is built with that state, adds its routes to the application of
+its port, and performs the fault actions it lists. `SERVERS` is the whole list.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import logging
+import errno
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,19 +32,31 @@ from aiohttp import web
 from simulator.binance import BinanceServer
 from simulator.bitfinex import BitfinexServer
 from simulator.bittrex_rest import BittrexRestServer
-from simulator.config import SimConfig
+from simulator.bittrex_signalr import BittrexSignalRServer
+from simulator.config import PORT_NAMES, SimConfig
 from simulator.control import ControlServer
 from simulator.core import EXCHANGES, CandleModel, MarketCatalog, SimClock, SimMarket
 from simulator.faults import Faults
 from simulator.history import DAY_MS, History, floor_to
 from simulator.live import LiveFeed
+from simulator.state import ExchangeServer
 from simulator.stats import Stats
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-SERVER_NAMES = (*EXCHANGES, "control")
 SHUTDOWN_SECONDS = 1.0
+
+SERVERS: tuple[Callable[[Any], ExchangeServer], ...] = (
+    BitfinexServer,
+    BinanceServer,
+    BittrexRestServer,
+    BittrexSignalRServer,
+    ControlServer,
+)
+"""Every server, in the order their routes are added (REST before SignalR on the Bittrex port)."""
+
+
+class PortInUseError(OSError):
+    """A configured port is taken by another process."""
 
 
 class Simulator:
@@ -63,7 +68,6 @@ class Simulator:
         self.config = config
         self.clock = SimClock(config.speed, config.start_ms)
         self.model = CandleModel(config.seed)
-        self.catalog = MarketCatalog
         self.markets: dict[str, list[SimMarket]] = {
             exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES
         }
@@ -81,11 +85,7 @@ class Simulator:
         for exchange, settings in config.faults.items():
             self.faults.apply(exchange, settings)
         self.stats = Stats()
-        self.bitfinex = BitfinexServer(self)
-        self.binance = BinanceServer(self)
-        self.bittrex = BittrexRestServer(self)
-        self.bittrex_ws: Any = None
-        self.control = ControlServer(self)
+        self.servers: list[ExchangeServer] = [make(self) for make in SERVERS]
         self.urls: dict[str, Any] = {}
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
@@ -94,82 +94,56 @@ class Simulator:
 
     # ------------------------------------------------------------------------ shared helpers
 
-    def market(self, exchange: str, symbol: str) -> SimMarket | None:
-        return self.feed.market(exchange, symbol)
-
-    def catalog_fixture(self, name: str) -> Any:
-        return MarketCatalog.fixture(name)
-
     async def compute(self, fn: Callable[[], T]) -> T:
         """Run CPU-heavy candle work on a worker thread so websockets keep flowing meanwhile."""
         if self._executor is None:
             return fn()
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    def _server_for(self, exchange: str, action: str) -> ExchangeServer | None:
+        return next((s for s in self.servers if s.port == exchange and action in s.actions), None)
+
     def supports_action(self, exchange: str, action: str) -> bool:
-        if action == "drop_ws":
-            return True
-        if exchange == "bitfinex":
-            return action == "ws_info"
-        if exchange == "binance":
-            return action == "server_shutdown"
-        return hasattr(self.bittrex_ws, "action")
+        return self._server_for(exchange, action) is not None
 
     async def fault_action(self, exchange: str, action: str, args: dict[str, Any]) -> None:
-        if action == "drop_ws":
-            conns = self.faults.connections.of(exchange)
-            for conn in conns:
-                conn.abort()
-            self.stats[exchange].ws_dropped_by_fault += len(conns)
-            return
-        server: Any = {"bitfinex": self.bitfinex, "binance": self.binance, "bittrex": self.bittrex_ws}[
-            exchange
-        ]
-        if server is None or not hasattr(server, "action"):
+        server = self._server_for(exchange, action)
+        if server is None:
             raise ValueError(f"{exchange} has no action {action!r}")
         await server.action(action, args)
 
     # ------------------------------------------------------------------------------ lifecycle
 
-    def _bittrex_app(self) -> web.Application:
-        app = web.Application()
-        self.bittrex.add_routes(app)
-        try:
-            module = importlib.import_module("simulator.bittrex_signalr")
-        except ImportError as exc:
-            if exc.name != "simulator.bittrex_signalr":
-                raise
-            log.warning("simulator.bittrex_signalr is missing: the Bittrex websocket is not served")
-            return app
-        add_routes = getattr(module, "add_routes", None)
-        if add_routes is None:
-            log.warning(
-                "simulator.bittrex_signalr has no add_routes(app, sim): the Bittrex websocket is not served"
-            )
-            return app
-        self.bittrex_ws = add_routes(app, self)
-        return app
-
     async def start(self) -> None:
+        """Bind every port (raising `PortInUseError` naming the port if one is taken) and go live."""
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-compute")
-        apps = {
-            "bitfinex": self.bitfinex.app(),
-            "binance": self.binance.app(),
-            "bittrex": self._bittrex_app(),
-            "control": self.control.app(),
-        }
+        apps = {name: web.Application() for name in PORT_NAMES}
+        for server in self.servers:
+            server.add_routes(apps[server.port])
         host = self.config.host
-        for name in SERVER_NAMES:
-            runner = web.AppRunner(
-                apps[name], access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
-            )
-            await runner.setup()
-            self._runners.append(runner)
-            site = web.TCPSite(runner, host, self.config.ports.get(name, 0), reuse_address=True)
-            await site.start()
-            server = site._server
-            assert server is not None and server.sockets
-            self.ports[name] = server.sockets[0].getsockname()[1]
+        try:
+            for name in PORT_NAMES:
+                runner = web.AppRunner(
+                    apps[name], access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+                )
+                await runner.setup()
+                self._runners.append(runner)
+                port = self.config.ports.get(name, 0)
+                site = web.TCPSite(runner, host, port, reuse_address=True)
+                try:
+                    await site.start()
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        raise PortInUseError(
+                            exc.errno, f"{name} port {host}:{port} is already in use (--ports changes it)"
+                        ) from exc
+                    raise
+                server = site._server
+                assert server is not None and server.sockets
+                self.ports[name] = server.sockets[0].getsockname()[1]
+        except BaseException:
+            await self._cleanup_runners()
+            raise
         shown = f"[{host}]" if ":" in host else host
         base = {name: f"http://{shown}:{port}" for name, port in self.ports.items()}
         self.urls = {
@@ -180,6 +154,14 @@ class Simulator:
         }
         self._feed_task = asyncio.get_running_loop().create_task(self.feed.run(), name="sim-live-feed")
 
+    async def _cleanup_runners(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
     async def stop(self) -> None:
         if self._feed_task is not None:
             self._feed_task.cancel()
@@ -189,14 +171,9 @@ class Simulator:
                 pass
             self._feed_task = None
         for exchange in EXCHANGES:
-            for conn in self.faults.connections.of(exchange):
+            for conn in self.stats.connections.of(exchange):
                 conn.abort()
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        await self._cleanup_runners()
 
     def env_lines(self) -> list[str]:
         """The platform's .env lines that point it at this simulator."""

@@ -4,16 +4,18 @@
 WS connection-rate refusals, channel/stream caps, Binance's incoming-message disconnects); replies
 forced by an injected fault (429 storms, 5xx) are counted separately.
 
-`ws_connections_open` is not a counter kept here: it is the number of the exchange's connections in
-the fault registry (`Faults.connections`), which `as_dict` is given, so it cannot drift or be reset.
+`ws_connections_open` is not a counter: it is the number of the exchange's connections in
+`Stats.connections`, the registry every websocket server adds its connections to (through
+`simulator.http.serving_connection`: `token = connections.add(exchange, conn)` where `conn` has
+`abort()`, `connections.remove(token)` when it closes) and fault actions such as `drop_ws` reach
+them through, so the count cannot drift and is not reset with the counters.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from simulator.core import EXCHANGES
 
@@ -28,6 +30,8 @@ class ExchangeStats:
     storm_429: int = 0
     fault_5xx: int = 0
     fault_hangs: int = 0
+    fault_resets: int = 0
+    fault_truncated: int = 0
     ws_connections_opened: int = 0
     ws_connections_refused: int = 0
     ws_frames_sent: int = 0
@@ -48,15 +52,44 @@ class ExchangeStats:
         return data
 
 
+class Connection(Protocol):
+    def abort(self) -> None: ...
+
+
+class ConnectionRegistry:
+    """Open websocket connections per exchange, so that fault actions can reach them."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._conns: dict[int, tuple[str, Connection]] = {}
+
+    def add(self, exchange: str, conn: Connection) -> int:
+        self._next += 1
+        self._conns[self._next] = (exchange, conn)
+        return self._next
+
+    def remove(self, token: int) -> None:
+        self._conns.pop(token, None)
+
+    def of(self, exchange: str) -> list[Connection]:
+        return [conn for ex, conn in self._conns.values() if ex == exchange]
+
+    def counts(self) -> Counter[str]:
+        """Open connections per exchange (absent = none)."""
+        return Counter(ex for ex, _ in self._conns.values())
+
+
 class Stats:
     def __init__(self) -> None:
         self.by_exchange: dict[str, ExchangeStats] = {name: ExchangeStats() for name in EXCHANGES}
+        self.connections = ConnectionRegistry()
 
     def __getitem__(self, exchange: str) -> ExchangeStats:
         return self.by_exchange[exchange]
 
-    def as_dict(self, open_connections: Mapping[str, int]) -> dict[str, Any]:
-        """Every exchange's counters, with `open_connections[exchange]` as its `ws_connections_open`."""
+    def as_dict(self) -> dict[str, Any]:
+        """Every exchange's counters, with its open connections as `ws_connections_open`."""
+        open_connections = self.connections.counts()
         return {
             name: stats.as_dict(open_connections.get(name, 0)) for name, stats in self.by_exchange.items()
         }

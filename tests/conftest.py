@@ -1,7 +1,8 @@
 """Shared fixtures: throwaway PostgreSQL and Redis, and settings pointing at them.
 
 `database` gives each test its own fresh, schema-initialised database (cloned from a template,
-~0.1 s), so tests never see each other's rows.
+~0.1 s), so tests never see each other's rows. The schema is plain PostgreSQL, or TimescaleDB
+when the suite runs with CFR_TEST_TIMESCALEDB=1 (see tests/support/services.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from common import settings as settings_module
 from common.schema import apply_schema
 from common.settings import Settings
-from tests.support.services import PostgresServer, RedisServer
+from tests.support.services import TIMESCALEDB_ENV, PostgresServer, RedisServer
 
 TEMPLATE_DB = "cfr_template"
 _db_counter = itertools.count(1)
@@ -62,13 +63,22 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def template_database(postgres_server: PostgresServer) -> str:
+def timescaledb(postgres_server: PostgresServer) -> bool:
+    """Whether this run checks the TimescaleDB path (else plain PostgreSQL)."""
+    return postgres_server.timescaledb
+
+
+@pytest.fixture(scope="session")
+def template_database(postgres_server: PostgresServer, timescaledb: bool) -> str:
     admin = postgres_server.connect("postgres")
     admin.autocommit = True
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     admin.close()
-    apply_schema(_settings_for(postgres_server, None, TEMPLATE_DB))
+    in_use = apply_schema(_settings_for(postgres_server, None, TEMPLATE_DB), plain=not timescaledb)
+    if in_use != timescaledb:
+        raise RuntimeError(f"{TIMESCALEDB_ENV}=1 but the schema came out plain: is TimescaleDB installed?")
+    postgres_server.freeze_template(TEMPLATE_DB)
     return TEMPLATE_DB
 
 
@@ -106,14 +116,9 @@ def service_env(settings: Settings) -> dict[str, str]:
 def database(postgres_server: PostgresServer, template_database: str) -> Iterator[str]:
     """Name of a fresh database with the schema applied, dropped after the test."""
     name = f"cfr_test_{os.getpid()}_{next(_db_counter)}"
-    admin = postgres_server.connect("postgres")
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    postgres_server.clone_database(name, template_database)
     yield name
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    postgres_server.drop_database(name)
 
 
 @pytest.fixture

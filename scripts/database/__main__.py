@@ -1,6 +1,7 @@
 """Database commands.
 
-python -m scripts.database init                      create the database if needed, apply the schema
+python -m scripts.database init [--plain]            create the database if needed, apply the schema,
+                                                     fill the summaries from existing rows
 python -m scripts.database refresh-aggregates [--start ISO --end ISO]
 """
 
@@ -11,7 +12,7 @@ import sys
 import click
 
 from common.db import DatabaseError, refresh_aggregates
-from common.schema import apply_schema, ensure_database
+from common.schema import init_database
 from common.settings import load_settings_or_exit
 from common.timeutil import parse_utc
 
@@ -27,16 +28,18 @@ def cli() -> None:
 
 
 @cli.command()
-def init() -> None:
-    """Create the database if missing and apply the schema (idempotent, all-or-nothing)."""
+@click.option("--plain", is_flag=True, help="Plain PostgreSQL tables even where TimescaleDB is installed.")
+def init(plain: bool) -> None:
+    """Create the database if missing, apply the schema (idempotent, all-or-nothing) and fill the
+    summaries from rows already in ohlcvs. TimescaleDB installed but not preloaded is refused."""
     settings = load_settings_or_exit()
     try:
-        created = ensure_database(settings)
-        timescale = apply_schema(settings)
+        result = init_database(settings, plain=plain)
     except DatabaseError as error:
         _fail(str(error))
-    mode = "TimescaleDB hypertable + continuous aggregates" if timescale else "plain PostgreSQL"
-    click.echo(f"schema ready in database {settings.postgres_db!r}{' (created)' if created else ''}: {mode}")
+    mode = "TimescaleDB hypertable + continuous aggregates" if result.timescale else "plain PostgreSQL"
+    created = " (created)" if result.created else ""
+    click.echo(f"schema ready in database {settings.postgres_db!r}{created}: {mode}")
 
 
 @cli.command("refresh-aggregates")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the local (non-Docker) run need, only when missing:
-# PostgreSQL server binaries and redis-server.
+# PostgreSQL server binaries, redis-server, Node.js + npm (the pages' JavaScript libraries) and
+# Chromium (the browser test drives it headless through Playwright).
 set -euo pipefail
 
 missing=()
@@ -10,6 +11,9 @@ have_postgres() {
 }
 have_postgres || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,6 +15,8 @@ from typing import Any
 import pytest
 
 from common.settings import PROJECT_ROOT
+from simulator.config import DEFAULT_PORTS
+from simulator.faults import ACTION_ARGUMENTS, ACTIONS, SETTABLE
 from tests.support.simulator import simulator_process
 
 pytestmark = pytest.mark.e2e
@@ -53,7 +57,7 @@ def test_json_mode_serves_all_three_rest_apis_and_the_control_port() -> None:
 
 def test_sigterm_stops_it_cleanly() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--json", "--markets", "3"],
+        [sys.executable, "-m", "simulator", "--json", "--markets", "3", "--ports", "0,0,0,0"],
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -99,3 +103,56 @@ def test_a_bad_flag_exits_2_with_one_line_on_stderr(args: list[str]) -> None:
     assert result.stdout == ""
     assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("python -m simulator: error: ") and "Traceback" not in result.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "simulator", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_help_lists_every_fault_name_with_its_meaning_and_the_default_ports() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in (*SETTABLE, *ACTIONS, *ACTION_ARGUMENTS):
+        assert re.search(rf"^ +{name} +\S.{{20,}}$", result.stdout, re.M), f"{name} is not explained"
+    shown = ",".join(str(DEFAULT_PORTS[name]) for name in ("bitfinex", "binance", "bittrex", "control"))
+    assert f"(default: {shown})" in " ".join(result.stdout.split())
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def test_given_ports_stay_the_same_across_restarts() -> None:
+    ports = ",".join(map(str, free_ports(4)))
+    seen = []
+    for _ in range(2):
+        with simulator_process("--markets", "3", "--ports", ports) as sim:
+            seen.append(sim.env_lines)
+            assert fetch(sim.urls["binance"]["rest"] + "/api/v3/ping") == (200, {})
+    assert seen[0] == seen[1], "the .env lines stay valid across restarts"
+    assert f"BINANCE_REST_URL=http://127.0.0.1:{ports.split(',')[1]}" in seen[0]
+
+
+def test_a_taken_port_exits_3_with_one_line_naming_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--json", "--markets", "3", "--ports", f"0,0,{port},0")
+    assert result.returncode == 3 and result.stdout == ""
+    assert result.stderr == (
+        f"python -m simulator: error: bittrex port 127.0.0.1:{port} is already in use (--ports changes it)\n"
+    )

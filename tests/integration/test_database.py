@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import psycopg2
 import pytest
 
 from common.candle import Candle, Market
 from common.db import (
+    AGGREGATE_LEVELS,
+    DatabaseError,
     FetchErrorRecord,
     UnknownMarketError,
+    connect,
     load_markets,
     record_fetch_error,
     refresh_aggregates,
     upsert_candles,
     upsert_markets,
 )
-from common.schema import apply_schema
+from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
+from common.settings import PROJECT_ROOT
 from common.timeutil import datetime_to_ms, ms_to_datetime
+from tests.conftest import service_env
+from tests.support.services import postgres_bindir
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +48,23 @@ def candle(minute: int, open_: str, high: str, low: str, close: str, volume: str
         close,
         volume,
     )
+
+
+@pytest.fixture
+def fresh(settings, postgres_server):
+    """Settings for a database that does not exist yet (dropped after the test, if made)."""
+    fresh = settings.model_copy(update={"postgres_db": f"{settings.postgres_db}_fresh"})
+    yield fresh
+    postgres_server.drop_database(fresh.postgres_db)
+
+
+@pytest.fixture
+def fatal_schema(tmp_path):
+    """Init files whose second one makes the server end the session, as a FATAL error (e.g.
+    TimescaleDB not preloaded) does."""
+    (tmp_path / "001_tables.sql").write_text((INIT_SQL_DIR / "001_tables.sql").read_text())
+    (tmp_path / "002_fatal.sql").write_text("SELECT pg_terminate_backend(pg_backend_pid());\n")
+    return tmp_path
 
 
 def fetch_ohlcvs(conn):
@@ -253,6 +280,360 @@ def test_aggregates_refresh_over_a_range(settings, db_conn):
     weekly = level("ohlcvs_summary_7day")
     assert weekly == expected(timedelta(days=7))
     assert [b.weekday() for b, *_ in weekly] == [0, 0]  # weeks start on Monday, like time_bucket
+
+
+# --- Aggregates: every level, every bucket (partial edges included), through the public relations ---
+
+ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)  # a Monday: weeks start on Mondays, as time_bucket's do
+ETH_BTC = Market("binance", "ETH", "BTC", "ETHBTC")
+
+
+def ohlcv_rows(conn):
+    with conn.cursor() as cur:
+        cur.execute("SELECT exchange, base_id, quote_id, time, open, high, low, close, volume FROM ohlcvs")
+        return cur.fetchall()
+
+
+def expected_buckets(rows, width: timedelta) -> dict:
+    """Each level recomputed in Python from the 1-minute rows: first open, max high, min low, last
+    close, summed volume per (market, bucket)."""
+    groups: dict = {}
+    for exchange, base, quote, time, open_, high, low, close, volume in sorted(rows, key=lambda r: r[3]):
+        bucket = ORIGIN + ((time - ORIGIN) // width) * width
+        key = (exchange, base, quote, bucket)
+        if key not in groups:
+            groups[key] = [open_, high, low, close, volume]
+        else:
+            g = groups[key]
+            g[1], g[2], g[3], g[4] = max(g[1], high), min(g[2], low), close, g[4] + volume
+    return {key: tuple(values) for key, values in groups.items()}
+
+
+def level_contents(conn, name: str) -> dict:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT exchange, base_id, quote_id, bucket, open, high, low, close, volume FROM {name}")
+        return {tuple(row[:4]): tuple(row[4:]) for row in cur.fetchall()}
+
+
+def assert_every_level_matches_ohlcvs(conn) -> None:
+    conn.rollback()  # a fresh snapshot
+    rows = ohlcv_rows(conn)
+    assert rows, "no rows to aggregate"
+    for name, width in AGGREGATE_LEVELS.items():
+        expected, actual = expected_buckets(rows, width), level_contents(conn, name)
+        wrong = sorted(k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k))
+        assert not wrong, (
+            f"{name}: {len(wrong)} of {len(expected)} buckets differ from ohlcvs, e.g. {wrong[0]}: "
+            f"expected {expected.get(wrong[0])}, shown {actual.get(wrong[0])}"
+        )
+    conn.rollback()
+
+
+def minute_candles(
+    market: Market, start: datetime, minutes: int, seed: int, step_minutes: int = 1
+) -> list[Candle]:
+    """A random-walk series with exact decimal texts (cents; volumes with 8 decimals)."""
+    out, price = [], 20_000_00 + seed
+    for i in range(minutes):
+        step = ((i * 7919 + seed * 104_729) % 2001) - 1000
+        open_, close = price, max(100, price + step)
+        high = max(open_, close) + (i * 31 % 250)
+        low = max(1, min(open_, close) - (i * 17 % 250))
+        volume = Decimal((i * 1_000_003 + seed) % 9_000_000_000) / Decimal(10**8)
+        out.append(
+            Candle(
+                market.exchange,
+                market.base_id,
+                market.quote_id,
+                datetime_to_ms(start + timedelta(minutes=i * step_minutes)),
+                str(Decimal(open_) / 100),
+                str(Decimal(high) / 100),
+                str(Decimal(low) / 100),
+                str(Decimal(close) / 100),
+                str(volume),
+            )
+        )
+        price = close
+    return out
+
+
+def test_backfill_over_several_weeks_keeps_every_level_equal_to_ohlcvs(settings, db_conn):
+    # Thursday 13:17 to a Tuesday 09:41 three weeks later: partial buckets at both ends of every
+    # level and three Monday boundaries in between.
+    start, end = datetime(2021, 3, 4, 13, 17, tzinfo=UTC), datetime(2021, 3, 23, 9, 41, tzinfo=UTC)
+    minutes = int((end - start) / timedelta(minutes=1))
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    upsert_candles(db_conn, minute_candles(BTC_USD, start, minutes, seed=1))
+    upsert_candles(db_conn, minute_candles(ETH_BTC, start + timedelta(hours=5), minutes - 300, seed=2))
+    db_conn.commit()
+    refresh_aggregates(settings, start, end, now=end + timedelta(hours=1))
+    assert_every_level_matches_ohlcvs(db_conn)
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT bucket FROM ohlcvs_summary_7day WHERE exchange = 'bitfinex' ORDER BY bucket")
+        weeks = [row[0] for row in cur.fetchall()]
+    assert [w.date().isoformat() for w in weeks] == ["2021-03-01", "2021-03-08", "2021-03-15", "2021-03-22"]
+
+
+def test_rows_written_into_open_buckets_show_after_the_next_refresh(settings, db_conn):
+    # A backfill up to "now" (Wednesday 10:30), then live bars and a user's own INSERT inside the
+    # buckets that were open then, then a refresh of an unrelated older range.
+    now = datetime(2021, 3, 24, 10, 30, 40, tzinfo=UTC)
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    backfill_start = datetime(2021, 3, 20, 22, 0, tzinfo=UTC)
+    upsert_candles(
+        db_conn, minute_candles(BTC_USD, backfill_start, int((now - backfill_start).total_seconds() // 60), 3)
+    )
+    db_conn.commit()
+    refresh_aggregates(settings, backfill_start, now.replace(second=0), now=now)
+
+    live_start = now.replace(second=0)
+    upsert_candles(db_conn, minute_candles(BTC_USD, live_start, 90, seed=4))  # overwrites 10:30, goes on
+    upsert_candles(db_conn, minute_candles(ETH_BTC, live_start + timedelta(minutes=5), 30, seed=5))
+    with db_conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume) "
+            "VALUES ('2021-03-24 12:15+00', 'bitfinex', 'BTC', 'USD', 1, 99999, 0.5, 2, 1000)"
+        )
+    db_conn.commit()
+    later = now + timedelta(hours=2)
+    older = datetime(2021, 1, 4, tzinfo=UTC)
+    upsert_candles(db_conn, minute_candles(BTC_USD, older, 60, seed=6))
+    db_conn.commit()
+    refresh_aggregates(settings, older, older + timedelta(hours=1), now=later)
+    assert_every_level_matches_ohlcvs(db_conn)
+    with db_conn.cursor() as cur:
+        cur.execute(
+            "SELECT high FROM ohlcvs_summary_daily WHERE exchange = 'bitfinex' AND bucket = '2021-03-24+00'"
+        )
+        assert cur.fetchone()[0] == Decimal("99999")
+
+
+def test_init_fills_every_level_from_rows_already_in_ohlcvs(fresh, timescaledb):
+    # Rows written before the summaries existed: only the core tables, then data, then init.
+    ensure_database(fresh)
+    conn = connect(fresh)
+    with conn.cursor() as cur:
+        cur.execute((INIT_SQL_DIR / "001_tables.sql").read_text())
+    start = datetime(2021, 2, 25, 18, 3, tzinfo=UTC)
+    upsert_markets(conn, [BTC_USD, ETH_BTC])
+    upsert_candles(conn, minute_candles(BTC_USD, start, 9 * 1440 + 77, seed=7))
+    upsert_candles(conn, minute_candles(ETH_BTC, start, 2 * 1440, seed=8))
+    conn.commit()
+    result = init_database(fresh, plain=not timescaledb)
+    assert (result.created, result.timescale) == (False, timescaledb)
+    assert_every_level_matches_ohlcvs(conn)
+    # A later refresh of a later day leaves the earlier rows in every level.
+    later = datetime(2021, 3, 10, tzinfo=UTC)
+    upsert_candles(conn, minute_candles(BTC_USD, later, 1440, seed=9))
+    conn.commit()
+    refresh_aggregates(fresh, later, later + timedelta(days=1))
+    assert_every_level_matches_ohlcvs(conn)
+    conn.close()
+
+
+def test_a_lost_connection_during_init_is_one_line_and_leaves_nothing(fresh, fatal_schema, postgres_server):
+    with pytest.raises(DatabaseError) as raised:
+        init_database(fresh, plain=True, directory=fatal_schema)
+    message = str(raised.value)
+    assert "closed the connection" in message and "002_fatal.sql" in message, message
+    assert "shared_preload_libraries" in message and "\n" not in message
+    admin = postgres_server.connect("postgres")
+    with admin.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (fresh.postgres_db,))
+        assert cur.fetchone()[0] == 0, "the database init created was left behind"
+    admin.close()
+
+
+def test_a_lost_connection_changes_nothing_in_an_existing_database(fresh, fatal_schema):
+    ensure_database(fresh)
+    with pytest.raises(DatabaseError, match="nothing was changed"):
+        apply_schema(fresh, plain=True, directory=fatal_schema)
+    conn = connect(fresh)
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('ohlcvs') IS NULL")
+        assert cur.fetchone()[0]
+    conn.close()
+
+
+def test_cloning_a_template_ends_sessions_still_attached_to_it(postgres_server, database):
+    # TimescaleDB's job scheduler keeps such a session on every database with the extension.
+    holder = postgres_server.connect(database)
+    clone = f"{database}_clone"
+    try:
+        postgres_server.clone_database(clone, database)
+        conn = postgres_server.connect(clone)
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('ohlcvs') IS NOT NULL")
+            assert cur.fetchone()[0]
+        conn.close()
+        with pytest.raises(psycopg2.OperationalError):
+            holder.cursor().execute("SELECT 1")
+    finally:
+        holder.close()
+        postgres_server.drop_database(clone)
+
+
+def test_populate_agg_script_fills_every_level(settings, db_conn, postgres_server):
+    start = datetime(2021, 4, 1, 7, 13, tzinfo=UTC)  # a Thursday; 16 days
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    upsert_candles(db_conn, minute_candles(BTC_USD, start, 16 * 1440 + 101, seed=11))
+    upsert_candles(db_conn, minute_candles(ETH_BTC, start + timedelta(days=3), 4 * 1440, seed=12))
+    db_conn.commit()
+    result = subprocess.run(
+        [
+            str(postgres_bindir() / "psql"),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(postgres_server.port),
+            "-U",
+            postgres_server.user,
+            "-d",
+            settings.postgres_db,
+            "-f",
+            str(PROJECT_ROOT / "scripts" / "database" / "once" / "populate_agg.sql"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_every_level_matches_ohlcvs(db_conn)
+
+
+# Each analytics view recomputed straight from ohlcvs (not from the summaries), in the same
+# statement as the view so both see the same now().
+DAILY_FROM_OHLCVS = """
+WITH ranked AS (
+    SELECT exchange, base_id, quote_id, date_trunc('day', time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day,
+           first_value(open) OVER w AS day_open, last_value(close) OVER w AS day_close
+    FROM ohlcvs
+    WINDOW w AS (PARTITION BY exchange, base_id, quote_id, date_trunc('day', time AT TIME ZONE 'UTC')
+                 ORDER BY time ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+), days AS (SELECT DISTINCT * FROM ranked)
+"""
+
+VIEW_CHECKS = {
+    "geo_daily_return": (
+        "SELECT exchange, base_id, quote_id, days, geo_daily_return FROM geo_daily_return ORDER BY 1, 2, 3",
+        DAILY_FROM_OHLCVS
+        + """
+        SELECT exchange, base_id, quote_id, count(*), exp(sum(ln(day_close / day_open)) / count(*)) - 1
+        FROM days WHERE day >= now() - INTERVAL '30 days' AND day_open > 0 AND day_close > 0
+        GROUP BY 1, 2, 3 ORDER BY 1, 2, 3""",
+    ),
+    "weekly_return": (
+        "SELECT exchange, base_id, quote_id, weekly_return FROM weekly_return ORDER BY 1, 2, 3",
+        DAILY_FROM_OHLCVS
+        + """
+        , week AS (SELECT * FROM days WHERE day >= now() - INTERVAL '7 days')
+        SELECT f.exchange, f.base_id, f.quote_id, l.day_close / f.day_open - 1
+        FROM (SELECT DISTINCT ON (exchange, base_id, quote_id) * FROM week
+              ORDER BY exchange, base_id, quote_id, day) f
+        JOIN (SELECT DISTINCT ON (exchange, base_id, quote_id) * FROM week
+              ORDER BY exchange, base_id, quote_id, day DESC) l USING (exchange, base_id, quote_id)
+        ORDER BY 1, 2, 3""",
+    ),
+    "top_20_quoted_vol": (
+        "SELECT exchange, base_id, quote_id, quoted_vol FROM top_20_quoted_vol",
+        """
+        WITH hours AS (
+            SELECT DISTINCT exchange, base_id, quote_id, date_trunc('hour', time) AS hour,
+                   sum(volume) OVER w AS volume, last_value(close) OVER w AS close
+            FROM ohlcvs
+            WINDOW w AS (PARTITION BY exchange, base_id, quote_id, date_trunc('hour', time) ORDER BY time
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+        )
+        SELECT exchange, base_id, quote_id, sum(volume * close) AS q FROM hours
+        WHERE hour >= now() - INTERVAL '24 hours' GROUP BY 1, 2, 3 ORDER BY q DESC LIMIT 20""",
+    ),
+    "common_basequote_30": (
+        "SELECT base_id, quote_id, exchanges, quoted_vol_30d FROM common_basequote_30",
+        """
+        WITH daily AS (
+            SELECT DISTINCT exchange, base_id, quote_id,
+                   date_trunc('day', time AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS day,
+                   sum(volume) OVER w AS volume, last_value(close) OVER w AS close
+            FROM ohlcvs
+            WINDOW w AS (PARTITION BY exchange, base_id, quote_id, date_trunc('day', time AT TIME ZONE 'UTC')
+                         ORDER BY time ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+        ), per_market AS (
+            SELECT s.exchange, s.base_id, s.quote_id,
+                   (SELECT coalesce(sum(d.volume * d.close), 0) FROM daily d
+                    WHERE (d.exchange, d.base_id, d.quote_id) = (s.exchange, s.base_id, s.quote_id)
+                      AND d.day >= now() - INTERVAL '30 days') AS vol
+            FROM symbol_exchange s WHERE s.is_trading
+        )
+        SELECT base_id, quote_id, count(*) AS n, sum(vol) AS v FROM per_market
+        GROUP BY 1, 2 HAVING count(*) >= 2 ORDER BY n DESC, v DESC LIMIT 30""",
+    ),
+}
+
+
+def test_analytics_views_equal_the_same_figures_computed_from_ohlcvs(settings, db_conn):
+    now = datetime.now(UTC)
+    start = (now - timedelta(days=33)).replace(minute=7, second=0, microsecond=0)
+    count = int((now - start) / timedelta(minutes=30)) - 1
+    binance = [Market("binance", f"C{i:02d}", "USDT", f"C{i:02d}USDT") for i in range(22)]
+    bitfinex = [Market("bitfinex", f"C{i:02d}", "USDT", f"tC{i:02d}UST") for i in range(0, 22, 3)]
+    bittrex = [
+        Market("bittrex", f"C{i:02d}", "USDT", f"C{i:02d}-USDT", is_trading=i != 3) for i in range(0, 22, 3)
+    ]
+    upsert_markets(db_conn, binance + bitfinex + bittrex)
+    for seed, market in enumerate(binance + bitfinex + bittrex, start=20):
+        first = start + timedelta(minutes=seed % 7)  # some markets start later than others
+        upsert_candles(db_conn, minute_candles(market, first, count, seed=seed * 37, step_minutes=30))
+    db_conn.commit()
+    refresh_aggregates(settings, None, None)
+    for view, (shown_sql, expected_sql) in VIEW_CHECKS.items():
+        with db_conn.cursor() as cur:  # one transaction: one now()
+            cur.execute(shown_sql)
+            shown = cur.fetchall()
+            cur.execute(expected_sql)
+            expected = cur.fetchall()
+        db_conn.rollback()
+        assert shown, f"{view} is empty"
+        assert shown == expected, f"{view}: shown {shown[:3]}… expected {expected[:3]}…"
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM top_20_quoted_vol")
+        assert cur.fetchone()[0] == 20
+        cur.execute("SELECT exchanges FROM common_basequote_30 WHERE base_id = 'C03'")
+        assert cur.fetchone()[0] == 2  # not trading on bittrex
+
+
+def test_init_plain_from_the_command_line(fresh):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.database", "init", "--plain"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **service_env(fresh)},
+        cwd=PROJECT_ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("(created): plain PostgreSQL"), result.stdout
+    conn = connect(fresh)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")
+        assert cur.fetchone()[0] == 0
+    conn.close()
+
+
+def test_a_database_setting_keeps_init_plain(fresh, postgres_server, timescaledb):
+    ensure_database(fresh)
+    admin = postgres_server.connect("postgres")
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"ALTER DATABASE {fresh.postgres_db} SET coin_for_rich.use_timescaledb = off")
+    admin.close()
+    conn = connect(fresh)
+    assert probe_timescaledb(conn).switched_off
+    conn.close()
+    assert init_database(fresh).timescale is False
 
 
 def test_markets_count_every_row_changed(db_conn):

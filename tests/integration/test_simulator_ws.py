@@ -1,9 +1,9 @@
 """The simulator's Bitfinex `/ws/2` and Binance market-stream websockets over real sockets.
 
-Checked against /work/shared/exchanges.md (sections 1.5 and 2.4): event and frame shapes with their
-JSON types, snapshots, updates and closed flags, heartbeats and pings, errors and limits, and
-info/maintenance actions driven through the control port. Fast timers (fast-test defaults) keep every
-test to a few seconds.
+Checked against docs/exchanges.md (the Bitfinex websocket and Binance market streams): event and
+frame shapes with their JSON types, snapshots, updates and closed flags, heartbeats and pings,
+errors and limits, and info/maintenance actions driven through the control port. Fast timers
+(fast-test defaults) keep every test to a few seconds.
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ async def bfx_subscribe(ws: aiohttp.ClientWebSocketResponse, pair: str) -> tuple
         "key": f"trade:1m:t{pair}",
     }
     assert isinstance(reply["chanId"], int)
-    snapshot = await recv_json(ws)
-    assert isinstance(snapshot, list) and snapshot[0] == reply["chanId"]
+    # the channel's first frame is its snapshot; other channels of the socket may push meanwhile
+    snapshot, _ = await recv_until(ws, lambda f: isinstance(f, list) and f[0] == reply["chanId"])
+    assert isinstance(snapshot[1], list) and all(isinstance(c, list) for c in snapshot[1]), snapshot
     return reply["chanId"], snapshot[1]
 
 
@@ -167,8 +168,8 @@ def test_bitfinex_heartbeats_on_idle_channels_and_seq_all() -> None:
                 frames = [await recv_json(ws)]
                 started = time.monotonic()
                 while sum(1 for f in frames if f[1] == "hb") < 2:
-                    frames.append(await recv_json(ws, 3.0))
-                assert time.monotonic() - started < 4.0
+                    frames.append(await recv_json(ws, 10.0))
+                assert time.monotonic() - started < 10.0, "a 1 s heartbeat timer is not 5 s late"
                 return frames
 
         frames = run(scenario)
@@ -220,6 +221,42 @@ def test_bitfinex_errors_keep_the_socket_open(sim: SimHandle) -> None:
 
     run(scenario)
     assert sim.stats()["bitfinex"]["ws_subscribe_errors"] >= 3
+
+
+def test_bitfinex_subscribed_and_error_events_echo_every_request_field(sim: SimHandle) -> None:
+    async def scenario(session: aiohttp.ClientSession) -> list[Any]:
+        async with session.ws_connect(bfx_url(sim)) as ws:
+            await recv_json(ws)
+            replies = []
+            for request in (
+                {**subscribe_msg("BTCUSD"), "subId": "my-candles-1", "extra": {"n": 1}},
+                {**subscribe_msg("NOPEUSD"), "subId": "my-candles-2"},
+                {"event": "nope", "cid": 77},
+            ):
+                await ws.send_json(request)
+                reply, _ = await recv_until(ws, lambda f: isinstance(f, dict))
+                replies.append(reply)
+            return replies
+
+    subscribed, refused, unknown = run(scenario)
+    assert subscribed == {
+        "event": "subscribed",
+        "channel": "candles",
+        "key": "trade:1m:tBTCUSD",
+        "subId": "my-candles-1",
+        "extra": {"n": 1},
+        "chanId": subscribed["chanId"],
+    }
+    assert isinstance(subscribed["chanId"], int)
+    assert refused == {
+        "event": "error",
+        "channel": "candles",
+        "key": "trade:1m:tNOPEUSD",
+        "subId": "my-candles-2",
+        "msg": "symbol: invalid",
+        "code": 10300,
+    }
+    assert unknown == {"event": "error", "cid": 77, "msg": "event: invalid (nope)", "code": 10000}
 
 
 def test_bitfinex_too_many_channels_per_connection() -> None:
@@ -347,6 +384,25 @@ def test_binance_combined_stream_wraps_payloads(sim: SimHandle) -> None:
     assert all(f["data"]["k"]["x"] for f in frames), "at 600x every push is a closed minute"
 
 
+def test_binance_ws_path_that_is_no_stream_opens_a_socket_with_no_streams(sim: SimHandle) -> None:
+    async def scenario(session: aiohttp.ClientSession) -> tuple[Any, Any, Any, Any]:
+        async with session.ws_connect(bn_url(sim, "/ws/0")) as ws:
+            await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": 1})
+            empty = await recv_json(ws)
+            await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m"], "id": 2})
+            subscribed = await recv_json(ws)
+            await ws.send_json({"method": "GET_PROPERTY", "params": ["combined"], "id": 3})
+            combined = await recv_json(ws)
+            kline, _ = await recv_until(ws, lambda f: f.get("e") == "kline")
+            return empty, subscribed, combined, kline
+
+    empty, subscribed, combined, kline = run(scenario)
+    assert empty == {"result": [], "id": 1}, "nothing is streamed before SUBSCRIBE"
+    assert subscribed == {"result": None, "id": 2}
+    assert combined == {"result": False, "id": 3}, "a raw /ws/ socket"
+    check_kline_event(kline, "BTCUSDT")
+
+
 def test_binance_live_subscribe_unsubscribe_list_and_properties() -> None:
     # the incoming-message limit has its own test; here it would only make the client pace itself
     with running_simulator(binance_incoming_messages_per_second=1000) as sim:
@@ -431,17 +487,17 @@ def test_binance_server_pings_and_pong_timeout() -> None:
                         pings += 1
                     else:
                         assert msg.type == aiohttp.WSMsgType.TEXT
-                assert pings >= 3 and not answering.closed
+                assert pings >= 2 and not answering.closed
             async with session.ws_connect(bn_url(sim, "/ws/ethbtc@kline_1m"), autoping=False) as silent:
                 started = time.monotonic()
                 code = None
                 while code is None:
-                    msg = await silent.receive(timeout=4)
+                    msg = await silent.receive(timeout=10)
                     if msg.type == aiohttp.WSMsgType.CLOSE:
                         code = msg.data
                     else:
                         assert msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.TEXT), msg
-                assert 1.2 <= time.monotonic() - started < 3.5 and code == 1008
+                assert 1.2 <= time.monotonic() - started < 10 and code == 1008, "closed after 1.2 s"
 
         run(scenario)
         assert sim.stats()["binance"]["ws_closed_for_violation"] == 1

@@ -3,6 +3,9 @@
 Each lives in a temp dir on a free port and is stopped afterwards, so no test depends on a service
 someone started by hand. PostgreSQL refuses to run as root; as root, the server runs as the
 `postgres` system account.
+
+`CFR_TEST_TIMESCALEDB=1` starts PostgreSQL with TimescaleDB preloaded (the extension must be
+installed for the server's version), and the suite then runs on the TimescaleDB path.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import redis
+from psycopg2 import sql
+
+TIMESCALEDB_ENV = "CFR_TEST_TIMESCALEDB"
+
+
+def timescaledb_requested() -> bool:
+    return os.environ.get(TIMESCALEDB_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def free_port() -> int:
@@ -62,6 +73,8 @@ class PostgresServer:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-pg-")))
     durable: bool = False
     """Tests skip fsync for speed; benchmarks run with PostgreSQL's durable defaults."""
+    timescaledb: bool = field(default_factory=timescaledb_requested)
+    """Preload TimescaleDB (telemetry off: tests make no calls out)."""
 
     def _run_kwargs(self) -> dict:
         if os.geteuid() != 0:
@@ -99,6 +112,10 @@ class PostgresServer:
         )
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if self.timescaledb:
+            options += " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+        else:  # plain even where TimescaleDB is installed (init would refuse it unpreloaded)
+            options += " -c coin_for_rich.use_timescaledb=off"
         subprocess.run(
             [
                 str(bindir / "pg_ctl"),
@@ -120,6 +137,62 @@ class PostgresServer:
 
     def connect(self, dbname: str):
         return psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=dbname)
+
+    def freeze_template(self, name: str) -> None:
+        """Make `name` a template nobody connects to: TimescaleDB's job scheduler for a database keeps
+        a connection to it (so cloning fails with ObjectInUse), and it skips databases that do not
+        allow connections."""
+        admin = self.connect("postgres")
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                cur.execute(
+                    sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(
+                        sql.Identifier(name)
+                    )
+                )
+                self._end_sessions(cur, name)
+        finally:
+            admin.close()
+
+    def clone_database(self, name: str, template: str, attempts: int = 100) -> None:
+        """CREATE DATABASE name TEMPLATE template, ending sessions still attached to the template."""
+        admin = self.connect("postgres")
+        admin.autocommit = True
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(name), sql.Identifier(template)
+        )
+        try:
+            with admin.cursor() as cur:
+                for attempt in range(attempts):
+                    try:
+                        cur.execute(statement)
+                        return
+                    except psycopg2.errors.ObjectInUse:
+                        if attempt == attempts - 1:
+                            raise
+                        self._end_sessions(cur, template)
+                        time.sleep(0.05)
+        finally:
+            admin.close()
+
+    def drop_database(self, name: str) -> None:
+        """Drop `name` if it exists, ending its sessions (background workers' included)."""
+        admin = self.connect("postgres")
+        admin.autocommit = True
+        try:
+            with admin.cursor() as cur:
+                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        finally:
+            admin.close()
+
+    @staticmethod
+    def _end_sessions(cur, dbname: str) -> None:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            (dbname,),
+        )
 
     def stop(self) -> None:
         bindir = postgres_bindir()

@@ -93,7 +93,9 @@ def running_simulator(**overrides: Any) -> Iterator[SimHandle]:
 @contextmanager
 def simulator_process(*args: str, python_args: Sequence[str] = ()) -> Iterator[SimHandle]:
     """`python -m simulator --json ARGS` as a child process, the way users run it (`python_args`
-    go before `-m`, e.g. a profiler)."""
+    go before `-m`, e.g. a profiler). It listens on free ports unless ARGS hold `--ports`."""
+    if "--ports" not in args:
+        args = ("--ports", "0,0,0,0", *args)
     errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody drains
     proc = subprocess.Popen(
         [sys.executable, *python_args, "-m", "simulator", "--json", *args],

@@ -2,13 +2,35 @@
 -- aggregates with refresh policies. Without the extension this file changes nothing and
 -- 003_plain_aggregates.sql provides the same relation names.
 -- Continuous aggregates are created WITH NO DATA, which TimescaleDB allows inside a transaction;
--- backfills refresh their own range afterwards (refresh_continuous_aggregate is a procedure).
+-- `python -m scripts.database init` then materialises existing rows (refresh_continuous_aggregate
+-- is a procedure and cannot run in a transaction block), and backfills refresh their own range.
+-- The library must be preloaded: creating the extension without that ends the session (FATAL),
+-- which no exception handler can catch, so that case is refused before trying.
+-- coin_for_rich.use_timescaledb = off (for the server, a database, a role, or the session as
+-- `init --plain` sets it) keeps plain PostgreSQL.
 
 DO $$
+DECLARE
+    preload text;
 BEGIN
+    IF current_setting('coin_for_rich.use_timescaledb', true) = 'off' THEN
+        RAISE NOTICE 'plain PostgreSQL requested: not using timescaledb';
+        RETURN;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') THEN
         RAISE NOTICE 'timescaledb is not available: using plain PostgreSQL relations';
         RETURN;
+    END IF;
+    BEGIN
+        preload := current_setting('shared_preload_libraries');
+    EXCEPTION WHEN insufficient_privilege THEN
+        preload := NULL;  -- cannot tell; try
+    END;
+    IF preload IS NOT NULL AND NOT 'timescaledb' = ANY (
+           SELECT regexp_replace(btrim(entry, ' "'), '^.*/|\.so$', '', 'g')
+           FROM unnest(string_to_array(preload, ',')) AS entry) THEN
+        RAISE EXCEPTION 'TimescaleDB is installed on the server but not preloaded'
+            USING HINT = 'add timescaledb to shared_preload_libraries in postgresql.conf, restart PostgreSQL, run init again';
     END IF;
     BEGIN
         CREATE EXTENSION IF NOT EXISTS timescaledb;

@@ -1,6 +1,7 @@
 -- Plain PostgreSQL (no TimescaleDB): the same summary relation names as ordinary tables, and
--- refresh_ohlcv_aggregates(start, end) which rebuilds every level over the buckets a range touches.
--- The platform calls it after writes (backfills refresh their own range); populate_agg.sql refreshes all.
+-- refresh_ohlcv_aggregates(start, end) which rebuilds every level over the buckets a range touches,
+-- and again every bucket that was still open when it last ran. The platform calls it after writes
+-- (backfills refresh their own range); populate_agg.sql refreshes all.
 -- Buckets use the origin TimescaleDB's time_bucket uses (Monday 2000-01-03), so both paths agree.
 
 CREATE TABLE IF NOT EXISTS ohlcv_aggregate_levels (
@@ -9,6 +10,9 @@ CREATE TABLE IF NOT EXISTS ohlcv_aggregate_levels (
     source  text     NOT NULL,
     ordinal integer  NOT NULL UNIQUE
 );
+-- Start of the earliest materialised bucket that was still open at the last refresh: rows written
+-- into it later (live updates, anyone's INSERT) are picked up by the next refresh, whatever its range.
+ALTER TABLE ohlcv_aggregate_levels ADD COLUMN IF NOT EXISTS open_from timestamptz;
 
 DO $$
 DECLARE
@@ -41,7 +45,7 @@ $$;
 
 -- Each level is built from the level below it (1m -> 5m -> 15m -> ... -> 7D): the buckets nest, so
 -- open = first open, high = max, low = min, close = last close, volume = sum hold at every level.
-CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregates(range_start timestamptz, range_end timestamptz)
+CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregate_range(range_start timestamptz, range_end timestamptz)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -53,18 +57,6 @@ DECLARE
     rows_done integer := 0;
     n         integer;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
-        RAISE EXCEPTION 'TimescaleDB keeps these aggregates: use CALL refresh_continuous_aggregate(...)';
-    END IF;
-    IF range_start IS NULL THEN
-        SELECT min(time) INTO range_start FROM ohlcvs;
-    END IF;
-    IF range_end IS NULL THEN
-        SELECT max(time) + INTERVAL '1 minute' INTO range_end FROM ohlcvs;
-    END IF;
-    IF range_start IS NULL OR range_end IS NULL OR range_end <= range_start THEN
-        RETURN 0;
-    END IF;
     FOR level IN SELECT * FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
         lo := date_bin(level.width, range_start, origin);
         hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
@@ -84,6 +76,60 @@ BEGIN
         rows_done := rows_done + n;
         range_start := lo;
         range_end := hi;
+    END LOOP;
+    RETURN rows_done;
+END
+$$;
+
+-- The two-argument form of earlier releases; the new one accepts the same calls.
+DROP FUNCTION IF EXISTS refresh_ohlcv_aggregates(timestamptz, timestamptz);
+
+-- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row) plus the buckets that
+-- were open at the previous refresh, then remember which materialised buckets are still open at
+-- as_of (a bucket is closed one minute after its end, like TimescaleDB's policies' end_offset).
+CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregates(range_start timestamptz, range_end timestamptz,
+                                                    as_of timestamptz DEFAULT now())
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    settle        CONSTANT interval := INTERVAL '1 minute';
+    level         record;
+    pending_start timestamptz;
+    pending_end   timestamptz;
+    rows_done     integer := 0;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
+        RAISE EXCEPTION 'TimescaleDB keeps these aggregates: use CALL refresh_continuous_aggregate(...)';
+    END IF;
+    -- One refresh at a time: each reads and rewrites the open-bucket marks.
+    PERFORM pg_advisory_xact_lock(hashtext('refresh_ohlcv_aggregates'));
+    IF range_start IS NULL THEN
+        SELECT min(time) INTO range_start FROM ohlcvs;
+    END IF;
+    IF range_end IS NULL THEN
+        SELECT max(time) + INTERVAL '1 minute' INTO range_end FROM ohlcvs;
+    END IF;
+    SELECT min(open_from) INTO pending_start FROM ohlcv_aggregate_levels;
+    IF pending_start IS NOT NULL THEN
+        SELECT greatest(as_of, max(time) + INTERVAL '1 minute') INTO pending_end FROM ohlcvs;
+        IF range_start IS NOT NULL AND range_end IS NOT NULL
+           AND range_start <= pending_end AND range_end >= pending_start THEN
+            range_start := least(range_start, pending_start);
+            range_end := greatest(range_end, pending_end);
+            pending_start := NULL;
+        END IF;
+    END IF;
+    IF range_start IS NOT NULL AND range_end IS NOT NULL AND range_end > range_start THEN
+        rows_done := rows_done + refresh_ohlcv_aggregate_range(range_start, range_end);
+    END IF;
+    IF pending_start IS NOT NULL AND pending_end > pending_start THEN
+        rows_done := rows_done + refresh_ohlcv_aggregate_range(pending_start, pending_end);
+    END IF;
+    FOR level IN SELECT name, width FROM ohlcv_aggregate_levels LOOP
+        EXECUTE format(
+            'UPDATE ohlcv_aggregate_levels SET open_from = '
+            '(SELECT min(bucket) FROM %I WHERE bucket > $1) WHERE name = $2', level.name)
+        USING as_of - settle - level.width, level.name;
     END LOOP;
     RETURN rows_done;
 END

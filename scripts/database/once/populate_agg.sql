@@ -1,17 +1,19 @@
 -- Refresh every aggregate level over all data at once (psql script):
 --   psql "$DATABASE" -f scripts/database/once/populate_agg.sql
 -- With TimescaleDB each continuous aggregate is refreshed by CALL (which must run outside a
--- transaction block); without it, refresh_ohlcv_aggregates() rebuilds the summary tables.
+-- transaction block) up to its last closed bucket: buckets that can still change stay above the
+-- watermark, where real-time aggregation shows every row. Without it, refresh_ohlcv_aggregates()
+-- rebuilds the summary tables.
 SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS has_timescaledb \gset
 \if :has_timescaledb
-CALL refresh_continuous_aggregate('ohlcvs_summary_5min', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_15min', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_30min', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_1hour', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_6hour', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_12hour', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_daily', NULL, NULL);
-CALL refresh_continuous_aggregate('ohlcvs_summary_7day', NULL, NULL);
+-- One CALL per level, each run by \gexec as its own top-level statement.
+SELECT format('CALL refresh_continuous_aggregate(%L, NULL, time_bucket(%L::interval, now() - INTERVAL ''1 minute''))',
+              name, width)
+FROM (VALUES ('ohlcvs_summary_5min', '5 minutes'), ('ohlcvs_summary_15min', '15 minutes'),
+             ('ohlcvs_summary_30min', '30 minutes'), ('ohlcvs_summary_1hour', '1 hour'),
+             ('ohlcvs_summary_6hour', '6 hours'), ('ohlcvs_summary_12hour', '12 hours'),
+             ('ohlcvs_summary_daily', '1 day'), ('ohlcvs_summary_7day', '7 days')) AS levels(name, width)
+\gexec
 \else
 SELECT refresh_ohlcv_aggregates(NULL, NULL) AS summary_rows_written;
 \endif

@@ -1,0 +1,255 @@
+"""Every read the web API makes from PostgreSQL, in one place (writes live in `common.db`).
+
+Bars leave as tuples `(time_ms, open, high, low, close, volume)` whose prices and volumes are the
+NUMERIC values' own text: nothing passes through a float. The 1-minute level reads `ohlcvs`, the
+others the `ohlcvs_summary_*` aggregates; 3h, 14D and 1M have no relation of their own and are
+rolled up in SQL from the level below (1h, 7D and 1D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from psycopg2 import sql
+from psycopg2.extensions import connection as PgConnection
+
+from common.db import BUCKET_ORIGIN
+from common.timeutil import datetime_to_ms, ms_to_datetime
+
+Bar = tuple[int, str, str, str, str, str]
+"""(open time in ms, open, high, low, close, volume) - decimals as exact text."""
+
+BUCKET_ORIGIN_MS = datetime_to_ms(BUCKET_ORIGIN)
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """One bar width the API serves and where its bars come from."""
+
+    name: str
+    width_ms: int  # 0 for calendar months
+    relation: str
+    time_column: str
+    rollup_sql: str | None = None  # bucket expression over time_column when built from the level below
+
+    def bucket_start(self, time_ms: int) -> int:
+        """Open time of the bar that contains `time_ms` (same origin as the aggregates)."""
+        if self.width_ms == 0:
+            day = ms_to_datetime(time_ms)
+            return datetime_to_ms(datetime(day.year, day.month, 1, tzinfo=UTC))
+        return time_ms - (time_ms - BUCKET_ORIGIN_MS) % self.width_ms
+
+    def next_start(self, bucket_ms: int) -> int:
+        """Open time of the bar after the one opening at `bucket_ms`."""
+        if self.width_ms == 0:
+            day = ms_to_datetime(bucket_ms)
+            year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+            return datetime_to_ms(datetime(year, month, 1, tzinfo=UTC))
+        return bucket_ms + self.width_ms
+
+
+_MIN = 60_000
+_H = 60 * _MIN
+_D = 24 * _H
+INTERVALS: dict[str, Interval] = {
+    i.name: i
+    for i in (
+        Interval("1m", _MIN, "ohlcvs", "time"),
+        Interval("5m", 5 * _MIN, "ohlcvs_summary_5min", "bucket"),
+        Interval("15m", 15 * _MIN, "ohlcvs_summary_15min", "bucket"),
+        Interval("30m", 30 * _MIN, "ohlcvs_summary_30min", "bucket"),
+        Interval("1h", _H, "ohlcvs_summary_1hour", "bucket"),
+        Interval("3h", 3 * _H, "ohlcvs_summary_1hour", "bucket", "date_bin('3 hours', bucket, %(origin)s)"),
+        Interval("6h", 6 * _H, "ohlcvs_summary_6hour", "bucket"),
+        Interval("12h", 12 * _H, "ohlcvs_summary_12hour", "bucket"),
+        Interval("1D", _D, "ohlcvs_summary_daily", "bucket"),
+        Interval("7D", 7 * _D, "ohlcvs_summary_7day", "bucket"),
+        Interval("14D", 14 * _D, "ohlcvs_summary_7day", "bucket", "date_bin('14 days', bucket, %(origin)s)"),
+        Interval("1M", 0, "ohlcvs_summary_daily", "bucket", "date_trunc('month', bucket, 'UTC')"),
+    )
+}
+
+_BAR_COLUMNS = "open::text, high::text, low::text, close::text, volume::text"
+_MS = "(extract(epoch FROM {t}) * 1000)::bigint"
+
+_DIRECT = (
+    "SELECT " + _MS.format(t="{time}") + ", " + _BAR_COLUMNS + " FROM {relation} "
+    "WHERE exchange = %(exchange)s AND base_id = %(base_id)s AND quote_id = %(quote_id)s "
+    "AND {time} >= %(start)s AND {time} <= %(end)s ORDER BY {time} DESC LIMIT %(limit)s"
+)
+
+_ROLLUP = (
+    "SELECT " + _MS.format(t="b") + ", (array_agg(open ORDER BY bucket))[1]::text, max(high)::text, "
+    "min(low)::text, (array_agg(close ORDER BY bucket DESC))[1]::text, sum(volume)::text "
+    "FROM (SELECT {expr} AS b, bucket, open, high, low, close, volume FROM {relation} "
+    "WHERE exchange = %(exchange)s AND base_id = %(base_id)s AND quote_id = %(quote_id)s "
+    "AND bucket >= %(source_start)s AND bucket <= %(end)s) AS s "
+    "WHERE b >= %(start)s GROUP BY b ORDER BY b DESC LIMIT %(limit)s"
+)
+
+_FOLD_MINUTES = (
+    "SELECT "
+    + _MS.format(t="min(time)")
+    + ", "
+    + _MS.format(t="max(time)")
+    + ", (array_agg(open ORDER BY time))[1]::text, max(high)::text, min(low)::text, "
+    "(array_agg(close ORDER BY time DESC))[1]::text, sum(volume)::text FROM ohlcvs "
+    "WHERE exchange = %s AND base_id = %s AND quote_id = %s AND time >= %s AND time < %s"
+)
+
+_EARLIEST_MS = -62_135_596_800_000  # 0001-01-01
+_LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999
+
+
+def read_bars(
+    conn: PgConnection,
+    exchange: str,
+    base_id: str,
+    quote_id: str,
+    interval: Interval,
+    start_ms: int | None,
+    end_ms: int | None,
+    limit: int,
+) -> list[Bar]:
+    """The newest `limit` stored bars with open time in [start_ms, end_ms], ascending."""
+    start = ms_to_datetime(_EARLIEST_MS if start_ms is None else start_ms)
+    end = ms_to_datetime(_LATEST_MS if end_ms is None else end_ms)
+    params = dict(exchange=exchange, base_id=base_id, quote_id=quote_id, start=start, end=end, limit=limit)
+    if interval.rollup_sql is None:
+        query = sql.SQL(_DIRECT).format(
+            time=sql.Identifier(interval.time_column), relation=sql.Identifier(interval.relation)
+        )
+    else:
+        # The source buckets of the first wanted bar start at its own (earlier or equal) open time.
+        first = interval.bucket_start(start_ms) if start_ms is not None else _EARLIEST_MS
+        params.update(source_start=ms_to_datetime(max(first, _EARLIEST_MS)), origin=BUCKET_ORIGIN)
+        query = sql.SQL(_ROLLUP).format(
+            expr=sql.SQL(interval.rollup_sql), relation=sql.Identifier(interval.relation)
+        )
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        rows = cur.fetchall()
+    rows.reverse()
+    return rows
+
+
+def minutes_stored(
+    conn: PgConnection, exchange: str, base_id: str, quote_id: str, times_ms: list[int]
+) -> set[int]:
+    """Which of these minute open times already have a row in `ohlcvs`."""
+    if not times_ms:
+        return set()
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT " + _MS.format(t="time") + " FROM ohlcvs WHERE exchange = %s AND base_id = %s "
+            "AND quote_id = %s AND time = ANY(%s)",
+            (exchange, base_id, quote_id, [ms_to_datetime(t) for t in times_ms]),
+        )
+        return {row[0] for row in cur.fetchall()}
+
+
+@dataclass(frozen=True, slots=True)
+class Fold:
+    """Stored minutes of one range folded into one bar, with their first and last open times."""
+
+    first_ms: int
+    last_ms: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+
+
+def fold_minutes(
+    conn: PgConnection, exchange: str, base_id: str, quote_id: str, start_ms: int, end_ms: int
+) -> Fold | None:
+    """The stored minutes in [start_ms, end_ms) as one bar, or None when there are none."""
+    with conn.cursor() as cur:
+        cur.execute(
+            _FOLD_MINUTES, (exchange, base_id, quote_id, ms_to_datetime(start_ms), ms_to_datetime(end_ms))
+        )
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else Fold(*row)
+
+
+def market_exists(conn: PgConnection, exchange: str, base_id: str, quote_id: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT 1 FROM symbol_exchange WHERE exchange = %s AND base_id = %s AND quote_id = %s",
+            (exchange, base_id, quote_id),
+        )
+        return cur.fetchone() is not None
+
+
+def list_markets(
+    conn: PgConnection,
+    exchange: str | None = None,
+    base_id: str | None = None,
+    quote_id: str | None = None,
+    is_trading: bool | None = None,
+) -> list[dict]:
+    """Rows of `symbol_exchange` matching every filter given (None = any), sorted."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT exchange, base_id, quote_id, symbol, is_trading FROM symbol_exchange "
+            "WHERE (%(e)s::text IS NULL OR exchange = %(e)s) AND (%(b)s::text IS NULL OR base_id = %(b)s) "
+            "AND (%(q)s::text IS NULL OR quote_id = %(q)s) "
+            "AND (%(t)s::boolean IS NULL OR is_trading = %(t)s) ORDER BY exchange, base_id, quote_id",
+            dict(e=exchange, b=base_id, q=quote_id, t=is_trading),
+        )
+        names = ("exchange", "base_id", "quote_id", "symbol", "is_trading")
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+_RETURN_VIEWS = {
+    "geo_daily_return": (
+        "SELECT exchange, base_id, quote_id, days, geo_daily_return::text FROM geo_daily_return"
+    ),
+    "weekly_return": (
+        "SELECT exchange, base_id, quote_id, NULL::bigint, weekly_return::text FROM weekly_return"
+    ),
+}
+
+
+def read_returns(
+    conn: PgConnection, view: str, lower: str | None, upper: str | None, limit: int | None
+) -> list[dict]:
+    """Rows of a return view (`geo_daily_return` or `weekly_return`), best first, keeping only
+    returns within [lower, upper] (decimal text, None = unbounded); `limit` None = all."""
+    column = "geo_daily_return" if view == "geo_daily_return" else "weekly_return"
+    query = (
+        f"SELECT * FROM ({_RETURN_VIEWS[view]}) AS r(exchange, base_id, quote_id, days, value) "
+        "WHERE value IS NOT NULL AND (%(lo)s::numeric IS NULL OR value::numeric >= %(lo)s::numeric) "
+        "AND (%(hi)s::numeric IS NULL OR value::numeric <= %(hi)s::numeric) "
+        "ORDER BY value::numeric DESC, exchange, base_id, quote_id LIMIT %(limit)s"
+    )
+    with conn.cursor() as cur:
+        cur.execute(query, dict(lo=lower, hi=upper, limit=limit))
+        rows = cur.fetchall()
+    out = []
+    for exchange, base_id, quote_id, days, value in rows:
+        row = {"exchange": exchange, "base_id": base_id, "quote_id": quote_id, column: value}
+        if days is not None:
+            row["days"] = days
+        out.append(row)
+    return out
+
+
+def read_top_quoted_volume(conn: PgConnection, limit: int | None) -> list[dict]:
+    """`top_20_quoted_vol`, largest first; `limit` None = all 20."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT exchange, base_id, quote_id, quoted_vol::text FROM top_20_quoted_vol "
+            "ORDER BY quoted_vol DESC, exchange, base_id, quote_id LIMIT %s",
+            (limit,),
+        )
+        names = ("exchange", "base_id", "quote_id", "quoted_vol")
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def ping(conn: PgConnection) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1")
+        cur.fetchone()

@@ -1,0 +1,29 @@
+"""`python -m simulator` flags turned into a `SimConfig`: fixed default ports, `--ports`, faults."""
+
+from __future__ import annotations
+
+import pytest
+
+from simulator.__main__ import build_parser, config_from_args
+from simulator.config import DEFAULT_PORTS, SimConfig
+
+pytestmark = pytest.mark.unit
+
+
+def config(*argv: str) -> SimConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def test_the_command_line_listens_on_fixed_ports_unless_told_otherwise() -> None:
+    assert config().ports == DEFAULT_PORTS
+    assert len(set(DEFAULT_PORTS.values())) == 4
+    assert config("--ports", "9001,0,9003,9004").ports == {"bitfinex": 9001, "bittrex": 9003, "control": 9004}
+    assert config("--ports", "0,0,0,0").ports == {}, "0 = any free port"
+    assert SimConfig().ports == {}, "library use (and the tests) take free ports"
+
+
+def test_faults_from_flags_include_the_new_rest_faults() -> None:
+    built = config("--fault", "binance:http_reset_rate=0.25", "--fault", "bittrex:http_truncate_rate=1")
+    assert built.faults == {"binance": {"http_reset_rate": 0.25}, "bittrex": {"http_truncate_rate": 1}}
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        config("--fault", "binance:http_reset_rate=1.5")

@@ -1,0 +1,131 @@
+"""Bars for one market and interval: closed history from PostgreSQL, the newest minutes from Redis.
+
+The live pipeline keeps minutes that are not in the database yet in the `ws_sub_` hash and the
+latest bar in the `ws_send_` hash. They are merged in here so a chart has no hole between the
+database and the live bar; a minute the database already has always wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from psycopg2.extensions import connection as PgConnection
+
+from common import reads
+from common.reads import Bar, Interval
+from common.redis_keys import ws_send_key, ws_sub_key
+from web.bars import combine, fill_empty, group_minutes, merge_minutes, parse_latest_hash, parse_live_bar
+from web.database import ConnectionPool
+
+
+@dataclass(frozen=True, slots=True)
+class MarketKey:
+    exchange: str
+    base_id: str
+    quote_id: str
+
+    def send_key(self, delimiter: str) -> str:
+        return ws_send_key(self.exchange, self.base_id, self.quote_id, delimiter=delimiter)
+
+    def sub_key(self, delimiter: str) -> str:
+        return ws_sub_key(self.exchange, self.base_id, self.quote_id, delimiter=delimiter)
+
+
+async def live_minutes(client: aioredis.Redis, market: MarketKey, delimiter: str) -> list[Bar]:
+    """Minutes waiting in Redis (`ws_sub_` hash) plus the latest bar (`ws_send_` hash), ascending;
+    malformed entries are skipped."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hvals(market.sub_key(delimiter))
+        pipe.hgetall(market.send_key(delimiter))
+        waiting, latest = await pipe.execute()
+    bars = {}
+    for raw in waiting:
+        bar = parse_live_bar(raw)
+        if bar is not None:
+            bars[bar[0]] = bar
+    newest = parse_latest_hash(latest)
+    if newest is not None:
+        bars[newest[0]] = newest  # the latest state of the open minute
+    return [bars[t] for t in sorted(bars)]
+
+
+async def read_ohlcvs(
+    pool: ConnectionPool,
+    recent_minutes: Callable[[MarketKey], Awaitable[list[Bar]]],
+    market: MarketKey,
+    interval: Interval,
+    start_ms: int | None,
+    end_ms: int | None,
+    limit: int,
+    empty_ts: bool,
+) -> list[Bar]:
+    """What GET /api/ohlcvs returns, as bars (ascending, the newest `limit` in [start, end])."""
+    live = [
+        b
+        for b in await recent_minutes(market)
+        if (start_ms is None or b[0] >= start_ms) and (end_ms is None or b[0] <= end_ms)
+    ]
+
+    def work(conn: PgConnection) -> list[Bar]:
+        bars = reads.read_bars(
+            conn, market.exchange, market.base_id, market.quote_id, interval, start_ms, end_ms, limit
+        )
+        if live and interval.name == "1m":
+            bars = merge_minutes(bars, live, limit)
+        elif live:
+            bars = _merge_buckets(conn, market, interval, bars, live, start_ms, limit)
+        return bars
+
+    bars = await pool.run(work)
+    return fill_empty(bars, interval, limit) if empty_ts else bars
+
+
+def _merge_buckets(
+    conn: PgConnection,
+    market: MarketKey,
+    interval: Interval,
+    bars: list[Bar],
+    live: list[Bar],
+    start_ms: int | None,
+    limit: int,
+) -> list[Bar]:
+    """Rebuild every interval bar that live minutes fall in from stored minutes plus those."""
+    by_time = {bar[0]: bar for bar in bars}
+    for bucket_ms, minutes in group_minutes(live, interval).items():
+        if start_ms is not None and bucket_ms < start_ms:
+            continue
+        bar = live_bucket(conn, market, bucket_ms, interval.next_start(bucket_ms), minutes)
+        if bar is not None:
+            by_time[bucket_ms] = bar
+    return [by_time[t] for t in sorted(by_time)][-limit:]
+
+
+def live_bucket(
+    conn: PgConnection, market: MarketKey, bucket_ms: int, end_ms: int, minutes: list[Bar]
+) -> Bar | None:
+    """The bar opening at `bucket_ms` from the stored minutes in [bucket_ms, end_ms) and the live
+    `minutes` the database does not have yet; None when there are neither."""
+    stored = reads.minutes_stored(
+        conn, market.exchange, market.base_id, market.quote_id, [b[0] for b in minutes]
+    )
+    fresh = [b for b in minutes if b[0] not in stored]
+    folded = reads.fold_minutes(conn, market.exchange, market.base_id, market.quote_id, bucket_ms, end_ms)
+    return combine_stored_and_fresh(bucket_ms, folded, fresh)
+
+
+def combine_stored_and_fresh(bucket_ms: int, folded: reads.Fold | None, fresh: list[Bar]) -> Bar | None:
+    """One bar from the fold of stored minutes and live minutes (ascending) the database lacks:
+    the open of whichever minute is first, the close of whichever is last."""
+    if folded is None:
+        return combine(fresh, bucket_ms) if fresh else None
+    if not fresh:
+        return (bucket_ms, folded.open, folded.high, folded.low, folded.close, folded.volume)
+    merged = combine(
+        [(folded.first_ms, folded.open, folded.high, folded.low, folded.close, folded.volume), *fresh],
+        bucket_ms,
+    )
+    open_ = fresh[0][1] if fresh[0][0] < folded.first_ms else folded.open
+    close = folded.close if folded.last_ms > fresh[-1][0] else fresh[-1][4]
+    return (bucket_ms, open_, merged[2], merged[3], close, merged[5])

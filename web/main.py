@@ -1,0 +1,68 @@
+"""The web app: REST and websocket API under /api, pages under /view.
+
+`create_app(settings)` builds an app; its lifespan opens the database pool, the Redis client and
+the one live-bar listener and keeps them on `app.state`. Nothing connects at import time or at
+start-up: the app starts with PostgreSQL or Redis down, answers /api/health with 503, and recovers
+when they return. Run it with `uvicorn web.main:app` (`python -m web` binds WEB_HOST:WEB_PORT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from common.settings import Settings, get_settings
+from web.api.errors import install_error_handlers
+from web.api.routes import analytics, health, ohlcvs, status, symbols, ws
+from web.database import ConnectionPool
+from web.live import LiveHub
+from web.views import mount_pages
+
+
+def _redis(settings: Settings) -> aioredis.Redis:
+    return aioredis.from_url(settings.redis_url, socket_connect_timeout=3, health_check_interval=15)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = ConnectionPool(settings, settings.web_db_pool_size)
+        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+        hub = LiveHub(lambda: _redis(settings), client, pool, settings.redis_key_delimiter)
+        app.state.pool, app.state.redis, app.state.hub = pool, client, hub
+        tasks = [
+            asyncio.create_task(hub.run(), name="live-bar-listener"),
+            asyncio.create_task(hub.heartbeats(settings.web_ws_heartbeat_seconds), name="ws-heartbeats"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await client.aclose()
+            pool.close()
+
+    app = FastAPI(
+        title="coin-for-rich",
+        summary="1-minute OHLCV candles from Bitfinex, Binance and Bittrex: history and live bars",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for module in (ohlcvs, symbols, analytics, health, status, ws):
+        app.include_router(module.router, prefix="/api")
+    mount_pages(app)
+    return app
+
+
+app = create_app()

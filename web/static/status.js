@@ -1,0 +1,43 @@
+// Status: /api/health (fetchers, updater, stores) and /api/status/backfills, refreshed every 5 s.
+"use strict";
+
+const el = (id) => document.getElementById(id);
+const cell = (text, cls) => `<td${cls ? ` class="${cls}"` : ""}>${text ?? "–"}</td>`;
+const age = (seconds) => (seconds === undefined ? "–" : seconds < 120 ? `${seconds.toFixed(1)} s` : `${(seconds / 60).toFixed(1)} min`);
+const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "–");
+
+function render(health, jobs) {
+  el("stores").innerHTML = "<tr><th>Store</th><th>State</th><th>Detail</th></tr>" +
+    ["database", "redis"].map((k) => `<tr>${cell(k)}${cell(health[k].state, health[k].state)}${cell(health[k].error || "")}</tr>`).join("") +
+    `<tr>${cell("websocket subscriptions")}${cell(health.web ? health.web.websocket_subscriptions : "–")}${cell(health.web && health.web.live_listener ? "listening" : "not listening")}</tr>`;
+  const fetchers = health.fetchers || {};
+  el("fetchers").innerHTML = "<tr><th>Exchange</th><th>State</th><th>Last message</th><th class='num'>Connections</th><th class='num'>Msg/s</th><th class='num'>Reconnects</th></tr>" +
+    Object.entries(fetchers).map(([name, f]) => `<tr>${cell(name)}${cell(f.state, f.state)}${cell(age(f.last_message_age_s))}` +
+      `<td class="num">${f.connections_up ?? "–"} / ${f.connections_total ?? "–"}</td><td class="num">${f.messages_per_s ?? "–"}</td><td class="num">${f.reconnects ?? "–"}</td></tr>`).join("");
+  const u = health.updater || {};
+  el("updater").innerHTML = "<tr><th>State</th><th>Last flush</th><th class='num'>Backlog</th><th class='num'>Rows flushed</th></tr>" +
+    `<tr>${cell(u.state, u.state)}${cell(age(u.last_flush_age_s))}<td class="num">${u.backlog ?? "–"}</td><td class="num">${u.rows_flushed_total ?? "–"}</td></tr>`;
+  el("jobs").innerHTML = "<tr><th>Job</th><th>Exchange</th><th>Range</th><th>Markets</th><th>Progress</th><th class='num'>Failed</th><th class='num'>Candles</th><th>Created</th><th>State</th></tr>" +
+    jobs.map((j) => `<tr>${cell(j.id)}${cell(j.exchange)}${cell(when(j.start_ms) + " → " + when(j.end_ms))}${cell(j.symbols.length)}` +
+      `<td><progress max="${j.total}" value="${j.done + j.failed}"></progress> ${j.done + j.failed}/${j.total}</td>` +
+      `<td class="num">${j.failed}</td><td class="num">${j.candles}</td>${cell(when(j.created_ms))}` +
+      `${cell(j.complete ? "done" : j.finished ? "refreshing" : j.in_flight ? "running" : "waiting", j.complete ? "ok" : "")}</tr>`).join("");
+  el("status").textContent = `platform ${health.status} · updated ${new Date().toLocaleTimeString()}`;
+  el("status").className = "status-line" + (health.status === "ok" ? "" : " error");
+  window.cfrStatus = { health, jobs };
+}
+
+async function refresh() {
+  try {
+    const health = await (await fetch("/api/health")).json();  // 503 still carries the report
+    const response = await fetch("/api/status/backfills");
+    const jobs = response.ok ? await response.json() : [];
+    render(health, jobs);
+  } catch (error) {
+    el("status").textContent = String(error.message || error);
+    el("status").className = "status-line error";
+  }
+}
+
+refresh();
+setInterval(refresh, 5000);
