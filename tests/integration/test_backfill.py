@@ -29,7 +29,6 @@ from simulator.config import SimConfig
 from tests.support.backfill import (
     DAY_MS,
     RecordingProxy,
-    RestartableRedis,
     assert_matches_truth,
     day_aligned_range,
     pauses,
@@ -39,6 +38,7 @@ from tests.support.backfill import (
     timeline,
     truth_candles,
 )
+from tests.support.services import RedisServer
 from tests.support.simulator import running_simulator, simulator_process
 
 pytestmark = pytest.mark.integration
@@ -412,9 +412,7 @@ def test_bittrex_today_through_recent_equals_ground_truth_without_the_minute_in_
 def test_a_redis_restart_mid_job_is_ridden_out(platform_settings, simulator, tmp_path):
     """Redis stops for about 2 s in the middle of a job (append-only file on, nothing lost): the
     engine reconnects and finishes the job exactly, with no traceback."""
-    from tests.support.services import free_port
-
-    server = RestartableRedis(free_port(), str(tmp_path)).start()
+    server = RedisServer(workdir=tmp_path, append_only=True).start()
     settings = platform_settings.model_copy(
         update={
             "redis_port": server.port,
@@ -443,7 +441,7 @@ def test_a_redis_restart_mid_job_is_ridden_out(platform_settings, simulator, tmp
         watcher = redis.Redis(port=server.port, password=server.password)
         while int(watcher.hget(f"cfr:backfill:job:{job.id}", "done") or 0) < job.total // 3:
             time.sleep(0.05)
-        server.stop()
+        server.stop(keep_data=True)
         time.sleep(2)  # the outage
         server.start()
         worker.join(120)

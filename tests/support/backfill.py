@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -12,7 +10,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import aiohttp
-import redis
 from aiohttp import web
 
 from common.db import connection
@@ -203,40 +200,3 @@ def requests_inside_pauses(
         for begin, end in found
         if begin + IN_FLIGHT_GRACE_SECONDS <= entry.arrived < end
     ]
-
-
-class RestartableRedis:
-    """A Redis that can be stopped and started again on the same port with its data kept (append-only
-    file on, as in production), to test riding out a restart."""
-
-    def __init__(self, port: int, workdir: str, password: str = "outage-test"):
-        self.port, self.workdir, self.password = port, workdir, password
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> RestartableRedis:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--requirepass", self.password,
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", self.workdir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.time() + 15
-        while True:
-            try:
-                redis.Redis(port=self.port, password=self.password).ping()
-                return self
-            except redis.exceptions.RedisError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
