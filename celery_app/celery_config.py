@@ -22,7 +22,10 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 broker_connection_retry_on_startup = True
 result_expires = 24 * 3600
+# Our own logging setup (common.logging_setup) owns the root logger and writes to stderr; Celery
+# redirecting stdout/stderr into its `celery.redirected` logger would print every line twice.
 worker_hijack_root_logger = False
+worker_redirect_stdouts = False
 
 beat_schedule = {
     f"refresh-markets-{exchange}": {

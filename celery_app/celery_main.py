@@ -7,8 +7,17 @@ celery -A celery_app.celery_main worker -Q bitfinex_rest,binance_rest,bittrex_re
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import setup_logging as celery_setup_logging
 
+from common.logging_setup import setup_logging
 from common.settings import get_settings
+
+
+@celery_setup_logging.connect
+def _one_logging_setup(**_) -> None:
+    """Celery adds its own root handler unless someone answers this signal; ours writes every line
+    once, in the project's format, to stderr and logs/celery_worker.log."""
+    setup_logging("celery_worker")
 
 
 def create_app() -> Celery:

@@ -1,13 +1,24 @@
-"""Celery tasks: thin wrappers that run the backfill engine and the markets refresh."""
+"""Celery tasks: thin wrappers that run the backfill engine and the markets refresh.
+
+A worker that starts looks for interrupted jobs of the queues it consumes (every worker that took
+part is gone) and drains them, so a job whose worker was killed carries on without `resume` and
+without waiting for the broker to redeliver the lost task (an hour by default).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
+import redis.asyncio as aioredis
+from celery.signals import worker_ready
+
+from celery_app.celery_config import REST_QUEUES
 from celery_app.celery_main import app
 from common.logging_setup import setup_logging
 from common.settings import get_settings
 from fetchers.rest.engine import BackfillEngine
+from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets as refresh_markets_async
 
 
@@ -30,3 +41,38 @@ def refresh_markets(exchange: str) -> dict:
         "trading": result.trading,
         "changed": result.changed,
     }
+
+
+log = logging.getLogger(__name__)
+
+
+async def _interrupted_jobs(exchange: str) -> list[str]:
+    settings = get_settings()
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        jobs = await JobStore(client, job_scope(settings)).jobs(exchange)
+        return [job.id for job in jobs if job.state == JobState.INTERRUPTED]
+    finally:
+        await client.aclose()
+
+
+@app.task(name="celery_app.celery_tasks.take_over_interrupted_jobs")
+def take_over_interrupted_jobs(exchange: str) -> list[str]:
+    """Drain every interrupted job of the exchange (oldest first); returns their ids."""
+    setup_logging("celery_worker")
+    taken = asyncio.run(_interrupted_jobs(exchange))
+    for job_id in taken:
+        log.info("job %s: interrupted (its workers are gone); taking it over", job_id)
+        asyncio.run(BackfillEngine(get_settings(), job_id).run())
+    return taken
+
+
+@worker_ready.connect
+def _take_over_on_start(sender, **_) -> None:
+    """Once a dead worker's heartbeat has expired, its jobs count as interrupted: look then."""
+    consumed = set(sender.app.amqp.queues.consume_from or {})
+    for exchange, queue in REST_QUEUES.items():
+        if queue in consumed:
+            take_over_interrupted_jobs.apply_async(
+                args=(exchange,), queue=queue, countdown=HEARTBEAT_TTL_SECONDS + 1
+            )

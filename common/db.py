@@ -2,7 +2,8 @@
 
 Everyone writes candles through `upsert_candles`: COPY into a session temp table, then
 `INSERT … ON CONFLICT DO UPDATE`, so writes are idempotent and the newest source (REST is the
-exchange's final word) overwrites. Decimals travel as their exact text; nothing is rounded.
+exchange's final word) overwrites. Prices travel as the exchange's exact text (checked against
+`common.candle.DECIMAL_TEXT`) and times as epoch milliseconds; nothing is rounded.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import Candle, Market
+from common.candle import Candle, Market, only_number_chars
 from common.settings import Settings, get_settings
 
 AGGREGATE_LEVELS: dict[str, timedelta] = {
@@ -39,7 +39,7 @@ _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\
 
 _CREATE_INCOMING = """
 CREATE TEMP TABLE IF NOT EXISTS ohlcvs_incoming (
-    time timestamptz NOT NULL, exchange text NOT NULL, base_id text NOT NULL, quote_id text NOT NULL,
+    time_ms bigint NOT NULL, exchange text NOT NULL, base_id text NOT NULL, quote_id text NOT NULL,
     open numeric NOT NULL, high numeric NOT NULL, low numeric NOT NULL, close numeric NOT NULL,
     volume numeric NOT NULL
 )
@@ -47,7 +47,9 @@ CREATE TEMP TABLE IF NOT EXISTS ohlcvs_incoming (
 
 _UPSERT_FROM_INCOMING = """
 INSERT INTO ohlcvs AS o (time, exchange, base_id, quote_id, open, high, low, close, volume)
-SELECT time, exchange, base_id, quote_id, open, high, low, close, volume FROM ohlcvs_incoming
+SELECT timestamptz 'epoch' + time_ms * interval '1 millisecond', exchange, base_id, quote_id,
+       open, high, low, close, volume
+FROM ohlcvs_incoming
 ON CONFLICT (exchange, base_id, quote_id, time) DO UPDATE
 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low,
     close = EXCLUDED.close, volume = EXCLUDED.volume
@@ -122,33 +124,52 @@ def _copy_text(value: str) -> str:
 def _candle_rows(candles: Iterable[Candle]) -> tuple[io.StringIO, int]:
     """Tab-separated COPY text; duplicate keys keep the last candle (ON CONFLICT needs unique keys).
 
-    On the backfill's hot path: texts that repeat within a batch (names, times) are built once."""
-    latest: dict[tuple[str, str, str, datetime], Candle] = {}
+    ValueError unless every time is an `int` and every value a `str` of number characters (see
+    `common.candle`; PostgreSQL rejects the malformed rest). On the backfill's hot path: each
+    market's text is built once, values pass through as the exchange wrote them, and the character
+    check runs once over the whole batch."""
+    latest: dict[tuple[str, str, str, int], Candle] = {}
     for candle in candles:
         latest[(candle.exchange, candle.base_id, candle.quote_id, candle.time)] = candle
     names: dict[tuple[str, str, str], str] = {}
-    times: dict[datetime, str] = {}
     parts: list[str] = []
-    for (exchange, base_id, quote_id, time), c in latest.items():
+    values: list[str] = []
+    for (exchange, base_id, quote_id, time_ms), c in latest.items():
         market = names.get((exchange, base_id, quote_id))
         if market is None:
             market = names[(exchange, base_id, quote_id)] = (
                 f"{_copy_text(exchange)}\t{_copy_text(base_id)}\t{_copy_text(quote_id)}"
             )
-        stamp = times.get(time)
-        if stamp is None:
-            stamp = times[time] = time.isoformat()
-        parts.append(
-            f"{stamp}\t{market}\t{_decimal_text(c.open)}\t{_decimal_text(c.high)}\t"
-            f"{_decimal_text(c.low)}\t{_decimal_text(c.close)}\t{_decimal_text(c.volume)}\n"
-        )
+        if not (
+            time_ms.__class__ is int
+            and c.open.__class__ is str
+            and c.high.__class__ is str
+            and c.low.__class__ is str
+            and c.close.__class__ is str
+            and c.volume.__class__ is str
+        ):
+            raise ValueError(f"a candle needs an int time (ms) and str values: {c!r}")
+        numbers = f"{c.open}\t{c.high}\t{c.low}\t{c.close}\t{c.volume}"
+        values.append(numbers)
+        parts.append(f"{time_ms}\t{market}\t{numbers}\n")
+    joined = "\n".join(values)
+    if (
+        not only_number_chars(joined, b"\t\n")
+        or joined.count("\t") != 4 * len(values)
+        or joined.count("\n") != len(values) - 1
+        or "\t\t" in joined
+        or "\n\t" in joined
+        or "\t\n" in joined
+        or joined.startswith("\t")
+        or joined.endswith("\t")
+    ):
+        for c in latest.values():
+            for value in (c.open, c.high, c.low, c.close, c.volume):
+                if not value or not only_number_chars(value):
+                    raise ValueError(
+                        f"prices and volumes must be decimal number text, got {value!r} in {c!r}"
+                    )
     return io.StringIO("".join(parts)), len(latest)
-
-
-def _decimal_text(value: Decimal) -> str:
-    if value.__class__ is not Decimal or not value.is_finite():
-        raise ValueError(f"prices and volumes must be finite Decimals, got {value!r}")
-    return str(value)
 
 
 def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
@@ -163,7 +184,7 @@ def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
     with conn.cursor() as cur:
         cur.execute(_CREATE_INCOMING)
         cur.copy_expert(
-            "COPY ohlcvs_incoming (time, exchange, base_id, quote_id, open, high, low, close, volume) "
+            "COPY ohlcvs_incoming (time_ms, exchange, base_id, quote_id, open, high, low, close, volume) "
             "FROM STDIN",
             buffer,
         )
@@ -187,16 +208,19 @@ def upsert_markets(conn: PgConnection, markets: Sequence[Market], exchange: str 
     marked not trading (never deleted: their candles stay)."""
     with conn.cursor() as cur:
         rows = [(m.exchange, m.base_id, m.quote_id, m.symbol, m.is_trading) for m in markets]
-        psycopg2.extras.execute_values(
+        # RETURNING counts every page: execute_values sends 100 rows a page and rowcount keeps
+        # only the last page's count.
+        changed_rows = psycopg2.extras.execute_values(
             cur,
             "INSERT INTO symbol_exchange (exchange, base_id, quote_id, symbol, is_trading) VALUES %s "
             "ON CONFLICT (exchange, base_id, quote_id) DO UPDATE SET symbol = EXCLUDED.symbol, "
             "is_trading = EXCLUDED.is_trading, updated_at = now() "
             "WHERE (symbol_exchange.symbol, symbol_exchange.is_trading) "
-            "IS DISTINCT FROM (EXCLUDED.symbol, EXCLUDED.is_trading)",
+            "IS DISTINCT FROM (EXCLUDED.symbol, EXCLUDED.is_trading) RETURNING 1",
             rows,
+            fetch=True,
         )
-        changed = cur.rowcount
+        changed = len(changed_rows)
         if exchange is not None:
             cur.execute(
                 "UPDATE symbol_exchange SET is_trading = false, updated_at = now() "

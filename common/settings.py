@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     rest_concurrency: int = Field(default=8, ge=1, le=256)
     rest_timeout_seconds: float = Field(default=30.0, gt=0)
     rest_max_retries: int = Field(default=5, ge=0)
+    rest_outage_seconds: float = Field(default=60.0, ge=0)
 
     # Live pipeline
     updater_flush_seconds: float = Field(default=5.0, gt=0)

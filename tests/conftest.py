@@ -34,6 +34,20 @@ SERVICE_ENV = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def log_dir(tmp_path_factory) -> Iterator[str]:
+    """Every process the tests start logs under a temp dir, never into the repository's logs/."""
+    path = str(tmp_path_factory.mktemp("logs"))
+    previous = os.environ.get("LOG_DIR")
+    os.environ["LOG_DIR"] = path
+    settings_module.get_settings.cache_clear()
+    yield path
+    if previous is None:
+        os.environ.pop("LOG_DIR", None)
+    else:
+        os.environ["LOG_DIR"] = previous
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer().start()

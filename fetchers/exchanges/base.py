@@ -81,12 +81,36 @@ class ExchangeError:
     status: int | None
 
 
+SAFETY_FRACTION = 0.98
+"""Share of an exchange's limit we plan to use: the rest absorbs network jitter between our send
+and the exchange's count."""
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
-    """`capacity` weight units per `window_seconds`, as the exchange counts them for one IP."""
+    """`capacity` weight units per `window_seconds`, as the exchange counts them for one IP;
+    `max_weight` is the heaviest single request (the limiter keeps room for it)."""
 
     capacity: int
     window_seconds: float
+    max_weight: int = 1
+
+    def effective_capacity(self) -> float:
+        """Capacity kept after the safety margin and the mixed-weight slack."""
+        return max(self.capacity * SAFETY_FRACTION - (self.max_weight - 1), 1.0)
+
+    def interval_us(self) -> float:
+        """Spacing of one weight unit, in microseconds."""
+        return self.window_seconds * 1_000_000 / self.effective_capacity()
+
+    def refused_interval_us(self, used: int) -> float:
+        """Spacing for when the exchange refused us at `used` weight (its own count): its real limit
+        for this IP is about that (lower than configured, e.g. another program shares the IP)."""
+        return self.window_seconds * 1_000_000 / max(used * SAFETY_FRACTION, 1.0)
+
+    def near_limit(self, used: int) -> bool:
+        """The exchange's own count is close enough to the limit to stop until its window resets."""
+        return used >= self.capacity * SAFETY_FRACTION
 
 
 class ExchangeAdapter:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 
-from common.candle import Candle, Market
+from common.candle import Candle, Market, check_ohlcv, only_number_chars
 from common.settings import Settings
-from common.timeutil import ms_to_datetime
+from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import (
     ErrorKind,
     ExchangeAdapter,
@@ -25,7 +24,6 @@ from fetchers.exchanges.base import (
     RestRequest,
     classify_by_status,
     error_body,
-    in_task_range,
     retry_after_seconds,
 )
 
@@ -34,6 +32,8 @@ KLINES_WEIGHT = 2
 TRADING_STATUS = "TRADING"
 USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
 DEFAULT_BAN_SECONDS = 120.0
+KLINES_JSON_CHARS = b'[]," '
+"""Besides number characters, all a klines body holds; string values in it are then number text."""
 
 
 class BinanceAdapter(ExchangeAdapter):
@@ -76,32 +76,29 @@ class BinanceAdapter(ExchangeAdapter):
         )
 
     def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
-        rows = json.loads(body, parse_float=Decimal)  # numbers, if ever sent, stay exact
+        """Klines as Candles carrying Binance's own decimal strings (exact, no conversion). A body
+        of nothing but numbers and number strings is cleared in one pass; any other is checked
+        value by value."""
+        rows = json.loads(body, parse_float=str)  # numbers, if ever sent, keep their text
         if not isinstance(rows, list):
             raise ValueError(f"expected a list of klines, got {body[:200]}")
+        checked = only_number_chars(body, KLINES_JSON_CHARS) and '""' not in body
         candles = []
         name, base, quote = self.name, task.base_id, task.quote_id
+        start_ms, end_ms = task.start_ms, task.end_ms
+        row = None
         try:
             for row in rows:
-                time_ms = row[0]
-                if type(time_ms) is not int:
+                time_ms, open_, high, low, close, volume = row[:6]
+                if time_ms.__class__ is not int:
                     raise TypeError("open time is not an integer")
-                if not in_task_range(task, time_ms):
+                if not (start_ms <= time_ms < end_ms) or time_ms % MINUTE_MS:
                     continue
-                candles.append(
-                    Candle(
-                        name,
-                        base,
-                        quote,
-                        ms_to_datetime(time_ms),
-                        Decimal(row[1]),
-                        Decimal(row[2]),
-                        Decimal(row[3]),
-                        Decimal(row[4]),
-                        Decimal(row[5]),
-                    )
-                )
-        except (TypeError, IndexError, KeyError, ArithmeticError) as exc:
+                if not (checked and open_.__class__ is str and high.__class__ is str and low.__class__ is str
+                        and close.__class__ is str and volume.__class__ is str):  # fmt: skip
+                    check_ohlcv(open_, high, low, close, volume)
+                candles.append(Candle(name, base, quote, time_ms, open_, high, low, close, volume))
+        except (TypeError, ValueError) as exc:
             raise ValueError(f"malformed kline row {row!r}: {exc}") from None
         return candles
 
@@ -126,4 +123,8 @@ class BinanceAdapter(ExchangeAdapter):
         return None
 
     def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(settings.binance_rest_weight_per_minute, settings.rest_rate_window_seconds)
+        return RateLimit(
+            settings.binance_rest_weight_per_minute,
+            settings.rest_rate_window_seconds,
+            self.max_request_weight,
+        )

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from typing import Any
 
-from common.candle import Candle, Market
+from common.candle import Candle, Market, check_ohlcv, only_number_chars
 from common.settings import Settings
-from common.timeutil import ms_to_datetime
+from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import (
     ErrorKind,
     ExchangeAdapter,
@@ -25,7 +24,6 @@ from fetchers.exchanges.base import (
     RestRequest,
     classify_by_status,
     error_body,
-    in_task_range,
     retry_after_seconds,
 )
 
@@ -48,9 +46,13 @@ def split_pair(pair: str) -> tuple[str, str]:
     return base, quote
 
 
+NUMBERS_JSON_CHARS = b"[], "
+"""Besides number characters, all a candles body of JSON numbers holds."""
+
+
 def _decimal_json(body: str) -> Any:
-    """Bitfinex sends prices as JSON numbers: read them straight into Decimal, never float."""
-    return json.loads(body, parse_float=Decimal, parse_int=Decimal)
+    """Bitfinex sends prices as JSON numbers: keep each number's own text (exact, never a float)."""
+    return json.loads(body, parse_float=str, parse_int=str)
 
 
 class BitfinexAdapter(ExchangeAdapter):
@@ -89,32 +91,31 @@ class BitfinexAdapter(ExchangeAdapter):
         )
 
     def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
+        """Candles carrying Bitfinex's own number texts. Bitfinex sends no row for a minute
+        without trades, so a quiet minute has no candle. A body of nothing but numbers is cleared
+        in one pass (JSON numbers are decimal text); any other is checked value by value."""
         rows = _decimal_json(body)
         if not isinstance(rows, list):
             raise ValueError(f"expected a list of candles, got {body[:200]}")
         if rows and rows[0] == "error":
             raise ValueError(f"error body with HTTP 200: {body[:200]}")
+        checked = only_number_chars(body, NUMBERS_JSON_CHARS)
         candles = []
+        name, base, quote = self.name, task.base_id, task.quote_id
+        start_ms, end_ms = task.start_ms, task.end_ms
         for row in rows:
-            if not isinstance(row, list) or len(row) < 6:
+            if row.__class__ is not list or len(row) < 6:
                 raise ValueError(f"malformed candle row {row!r}")
             mts, open_, close, high, low, volume = row[:6]
-            time_ms = int(mts)
-            if not in_task_range(task, time_ms):
+            try:
+                time_ms = int(mts)
+                if not checked:
+                    check_ohlcv(open_, high, low, close, volume)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"malformed candle row {row!r}: {exc}") from None
+            if not (start_ms <= time_ms < end_ms) or time_ms % MINUTE_MS:
                 continue
-            candles.append(
-                Candle(
-                    self.name,
-                    task.base_id,
-                    task.quote_id,
-                    ms_to_datetime(time_ms),
-                    open_,
-                    high,
-                    low,
-                    close,
-                    volume,
-                )
-            )
+            candles.append(Candle(name, base, quote, time_ms, open_, high, low, close, volume))
         return candles
 
     # -- limits
@@ -139,4 +140,8 @@ class BitfinexAdapter(ExchangeAdapter):
         return None
 
     def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(settings.bitfinex_rest_requests_per_minute, settings.rest_rate_window_seconds)
+        return RateLimit(
+            settings.bitfinex_rest_requests_per_minute,
+            settings.rest_rate_window_seconds,
+            self.max_request_weight,
+        )

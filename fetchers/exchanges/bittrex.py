@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 
-from common.candle import Candle, Market
+from common.candle import Candle, Market, check_ohlcv
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ensure_utc, ms_to_datetime
 from fetchers.exchanges.base import (
@@ -83,6 +82,7 @@ class BittrexAdapter(ExchangeAdapter):
         return RestRequest(f"{base}/recent", (), self.candles_request_weight)
 
     def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
+        """Candles carrying Bittrex's own decimal strings (exact, no conversion)."""
         rows = json.loads(body)
         if not isinstance(rows, list):
             raise ValueError(f"expected a list of candles, got {body[:200]}")
@@ -91,23 +91,13 @@ class BittrexAdapter(ExchangeAdapter):
             if not isinstance(row, dict):
                 raise ValueError(f"malformed candle {row!r}")
             try:
-                opened = ensure_utc(datetime.fromisoformat(row["startsAt"]))
-                if not in_task_range(task, datetime_to_ms(opened)):
+                time_ms = datetime_to_ms(ensure_utc(datetime.fromisoformat(row["startsAt"])))
+                if not in_task_range(task, time_ms):
                     continue
-                candles.append(
-                    Candle(
-                        self.name,
-                        task.base_id,
-                        task.quote_id,
-                        opened,
-                        Decimal(row["open"]),
-                        Decimal(row["high"]),
-                        Decimal(row["low"]),
-                        Decimal(row["close"]),
-                        Decimal(row.get("volume", "0")),
-                    )
-                )
-            except (KeyError, TypeError, ArithmeticError) as exc:
+                values = (row["open"], row["high"], row["low"], row["close"], row.get("volume", "0"))
+                check_ohlcv(*values)
+                candles.append(Candle(self.name, task.base_id, task.quote_id, time_ms, *values))
+            except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"malformed candle {row!r}: {exc!r}") from None
         return candles
 
@@ -124,4 +114,8 @@ class BittrexAdapter(ExchangeAdapter):
         return None
 
     def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(settings.bittrex_rest_requests_per_minute, settings.rest_rate_window_seconds)
+        return RateLimit(
+            settings.bittrex_rest_requests_per_minute,
+            settings.rest_rate_window_seconds,
+            self.max_request_weight,
+        )

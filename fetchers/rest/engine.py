@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
@@ -23,7 +22,8 @@ from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
-from fetchers.rest.rate_limiter import SharedRateLimiter, budget_for
+from fetchers.rest.outages import redis_client, with_database_retry
+from fetchers.rest.rate_limiter import SharedRateLimiter
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,12 @@ class BackfillEngine:
         self.options = options or EngineOptions.from_settings(settings)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.requests_sent = 0
+        self._sent_reported = 0
         self.refresh_seconds = 0.0
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
-        client = aioredis.from_url(self.settings.redis_url)
+        client = redis_client(self.settings)
         store = JobStore(client)
         heartbeat: asyncio.Task | None = None
         try:
@@ -96,10 +97,11 @@ class BackfillEngine:
             limiter = SharedRateLimiter(
                 client,
                 job.exchange,
-                budget_for(adapter, self.settings),
+                adapter.rate_limit(self.settings),
                 unlimited=self.options.unlimited_rate,
             )
             await store.heartbeat(self.worker_id)
+            await store.join(self.job_id, self.worker_id)
             heartbeat = asyncio.create_task(self._keep_alive(store))
             requeued = await store.requeue_orphans(self.job_id)
             if requeued:
@@ -124,6 +126,7 @@ class BackfillEngine:
                             for loop in loops:
                                 loop.cancel()
                         await writer.flush()
+                        await self._report_sent(store)
                         if not await self._wait_for_others(store):
                             break
                 finally:
@@ -146,7 +149,7 @@ class BackfillEngine:
             job = await store.info(self.job_id)
             if job.finished or job.in_flight == 0:
                 return job.pending > 0
-            if await store.requeue_orphans(self.job_id):
+            if await store.requeue_orphans(self.job_id, idle_worker=self.worker_id):
                 log.info("job %s: took over the requests of a stopped worker", self.job_id)
                 return True
             await asyncio.sleep(ORPHAN_POLL_SECONDS)
@@ -155,11 +158,21 @@ class BackfillEngine:
         while True:
             await asyncio.sleep(HEARTBEAT_TTL_SECONDS / 3)
             await store.heartbeat(self.worker_id)
+            await self._report_sent(store)
+
+    async def _report_sent(self, store: JobStore) -> None:
+        counted, self._sent_reported = self.requests_sent - self._sent_reported, self.requests_sent
+        await store.count_sent(self.job_id, counted)
 
     async def _refresh(self, store: JobStore, job: JobInfo) -> None:
         start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)
         began = time.monotonic()
-        await asyncio.to_thread(refresh_aggregates, self.settings, start, end)
+        await asyncio.to_thread(
+            with_database_retry,
+            self.settings,
+            lambda: refresh_aggregates(self.settings, start, end),
+            lambda: None,
+        )
         await store.mark_refreshed(self.job_id)
         self.refresh_seconds = time.monotonic() - began
         log.info(
@@ -209,6 +222,7 @@ class BackfillEngine:
             await limiter.acquire(request.weight)
             self.requests_sent += 1
             exception_class = ""
+            used = None
             try:
                 async with http.get(url) as response:
                     status, headers = response.status, dict(response.headers)
@@ -220,7 +234,7 @@ class BackfillEngine:
                 )
             else:
                 used = adapter.used_weight(headers)
-                if used is not None:
+                if used is not None and status == 200:
                     await limiter.note_used_weight(used)
                 if status == 200:
                     try:
@@ -235,7 +249,9 @@ class BackfillEngine:
 
             if error.kind in (ErrorKind.RATE_LIMITED, ErrorKind.BANNED):
                 waits += 1
-                wait = error.wait_seconds if error.wait_seconds is not None else limiter.budget.window_seconds
+                if used is not None:
+                    await limiter.learn_refusal(used)
+                wait = error.wait_seconds if error.wait_seconds is not None else limiter.limit.window_seconds
                 await limiter.block_for(wait, f"HTTP {error.status} {error.message}")
                 if waits <= MAX_RATE_LIMIT_WAITS:
                     continue

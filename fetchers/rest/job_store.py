@@ -34,6 +34,7 @@ return raw
 _COMPLETE = """
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+if ARGV[2] == 'failed' then redis.call('RPUSH', KEYS[3], ARGV[1]) end
 redis.call('HINCRBY', KEYS[1], 'candles', tonumber(ARGV[3]))
 return 1
 """
@@ -44,7 +45,7 @@ local moved = 0
 for i = 1, #entries, 2 do
   local raw = entries[i]
   local worker = entries[i + 1]
-  if redis.call('EXISTS', ARGV[1] .. worker) == 0 then
+  if redis.call('EXISTS', ARGV[1] .. worker) == 0 or worker == ARGV[2] then
     redis.call('LPUSH', KEYS[1], raw)
     redis.call('HDEL', KEYS[2], raw)
     moved = moved + 1
@@ -60,6 +61,17 @@ class Claim:
 
     task: FetchTask
     token: bytes
+
+
+class JobState:
+    """What `status` shows for a job."""
+
+    QUEUED = "queued"  # no worker has started on it yet
+    RUNNING = "running"  # at least one live worker
+    INTERRUPTED = "interrupted"  # requests left, but every worker that took part is gone
+    REFRESHING = "refreshing"  # every request done; the aggregates are being refreshed
+    DONE = "done"
+    CANCELLED = "cancelled"
 
 
 @dataclass(slots=True)
@@ -81,6 +93,11 @@ class JobInfo:
     finished_ms: int = 0
     limit_per_minute: float = 0.0
     refreshed: bool = False
+    cancelled: bool = False
+    sent: int = 0
+    """HTTP requests sent so far, retries included (updated every few seconds)."""
+    workers_seen: int = 0
+    workers_live: int = 0
 
     @property
     def finished(self) -> bool:
@@ -92,15 +109,41 @@ class JobInfo:
         """Finished and its aggregates refreshed: nothing left for `resume`."""
         return self.finished and self.refreshed
 
+    @property
+    def left(self) -> int:
+        return max(self.total - self.done - self.failed, 0)
+
+    @property
+    def resumable(self) -> bool:
+        return not self.complete and not self.cancelled
+
+    @property
+    def state(self) -> str:
+        if self.cancelled and not self.finished:
+            return JobState.CANCELLED
+        if self.finished:
+            return JobState.DONE if self.refreshed else JobState.REFRESHING
+        if self.workers_live:
+            return JobState.RUNNING
+        return JobState.INTERRUPTED if self.workers_seen else JobState.QUEUED
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def job_scope(settings) -> str:
+    """The database a job writes to, as host:port/name."""
+    return f"{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
 
 
 class JobStore:
     """All job state lives here; keys are `cfr:backfill:*` (internal, not a public interface)."""
 
-    def __init__(self, client: aioredis.Redis):
+    def __init__(self, client: aioredis.Redis, scope: str = ""):
+        """`scope` names the database the jobs write to (see `job_scope`): jobs of other databases
+        sharing this Redis are not listed."""
         self.client = client
+        self.scope = scope
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
         self._requeue = client.register_script(_REQUEUE_ORPHANS)
@@ -113,6 +156,14 @@ class JobStore:
             backfill_key("job", job_id, "pending"),
             backfill_key("job", job_id, "inflight"),
         )
+
+    @staticmethod
+    def _workers_key(job_id: str) -> str:
+        return backfill_key("job", job_id, "workers")
+
+    @staticmethod
+    def _failed_key(job_id: str) -> str:
+        return backfill_key("job", job_id, "failed")
 
     async def create(
         self,
@@ -153,6 +204,7 @@ class JobStore:
                 "finished_ms": 0,
                 "limit_per_minute": limit_per_minute,
                 "refreshed": 0,
+                "scope": self.scope,
             },
         )
         await self.client.zadd(backfill_key("jobs", exchange), {job_id: now})
@@ -164,6 +216,10 @@ class JobStore:
         if not raw:
             raise KeyError(f"no backfill job {job_id!r}")
         data = {k.decode(): v.decode() for k, v in raw.items()}
+        workers = await self.client.smembers(self._workers_key(job_id))
+        live = 0
+        for worker in workers:
+            live += await self.client.exists(backfill_key("worker", worker.decode()))
         return JobInfo(
             id=data["id"],
             exchange=data["exchange"],
@@ -180,14 +236,48 @@ class JobStore:
             finished_ms=int(data["finished_ms"]),
             limit_per_minute=float(data.get("limit_per_minute", 0) or 0),
             refreshed=data.get("refreshed") == "1",
+            cancelled=data.get("cancelled") == "1",
+            sent=int(data.get("sent", 0) or 0),
+            workers_seen=len(workers),
+            workers_live=live,
         )
 
     async def job_ids(self, exchange: str) -> list[str]:
         return [j.decode() for j in await self.client.zrange(backfill_key("jobs", exchange), 0, -1)]
 
     async def jobs(self, exchange: str) -> list[JobInfo]:
-        """The exchange's jobs, oldest first."""
-        return [await self.info(job_id) for job_id in await self.job_ids(exchange)]
+        """The exchange's jobs writing to this store's database, oldest first."""
+        found = []
+        for job_id in await self.job_ids(exchange):
+            scope = await self.client.hget(self._keys(job_id)[0], "scope")
+            if scope is not None and scope.decode() == self.scope:
+                found.append(await self.info(job_id))
+        return found
+
+    async def join(self, job_id: str, worker_id: str) -> None:
+        """Record that this worker works on the job (so `status` can tell running from interrupted)."""
+        await self.client.sadd(self._workers_key(job_id), worker_id)
+
+    async def failed_tasks(self, job_id: str) -> list[FetchTask]:
+        """The requests that failed for good, in the order they failed."""
+        raw = await self.client.lrange(self._failed_key(job_id), 0, -1)
+        return [FetchTask.from_dict(json.loads(item)) for item in raw]
+
+    async def cancel(self, job_id: str) -> int:
+        """Stop a job: its queued requests are dropped (requests in flight finish). Returns how many
+        were dropped."""
+        meta, pending, _ = self._keys(job_id)
+        await self.info(job_id)  # KeyError if there is no such job
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.llen(pending)
+            pipe.delete(pending)
+            pipe.hset(meta, "cancelled", 1)
+            dropped, _, _ = await pipe.execute()
+        return int(dropped)
+
+    async def count_sent(self, job_id: str, requests: int) -> None:
+        if requests:
+            await self.client.hincrby(self._keys(job_id)[0], "sent", requests)
 
     async def heartbeat(self, worker_id: str) -> None:
         await self.client.set(backfill_key("worker", worker_id), 1, ex=HEARTBEAT_TTL_SECONDS)
@@ -207,14 +297,18 @@ class JobStore:
         recorded). Returns False if it was no longer ours (already requeued)."""
         meta, _, inflight = self._keys(job_id)
         done = await self._complete(
-            keys=[meta, inflight], args=[claim.token, "failed" if failed else "done", candles]
+            keys=[meta, inflight, self._failed_key(job_id)],
+            args=[claim.token, "failed" if failed else "done", candles],
         )
         return bool(done)
 
-    async def requeue_orphans(self, job_id: str) -> int:
-        """Return in-flight requests of dead workers to the front of the queue."""
+    async def requeue_orphans(self, job_id: str, idle_worker: str = "") -> int:
+        """Return in-flight requests of dead workers to the front of the queue; with `idle_worker`,
+        also that worker's (it has no request in hand, so any claim under its name is one whose
+        reply was lost in a Redis outage)."""
         _, pending, inflight = self._keys(job_id)
-        return int(await self._requeue(keys=[pending, inflight], args=[backfill_key("worker", "")]))
+        args = [backfill_key("worker", ""), idle_worker or "\x00"]
+        return int(await self._requeue(keys=[pending, inflight], args=args))
 
     async def claim_refresh(self, job_id: str) -> bool:
         """True for the single caller that should refresh the finished job's aggregates. The claim

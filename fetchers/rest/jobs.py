@@ -15,10 +15,10 @@ import redis.asyncio as aioredis
 from common.candle import Market
 from common.db import connection, load_markets
 from common.settings import EXCHANGES, Settings
-from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, utc_now
+from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, ms_to_datetime, utc_now
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol
-from fetchers.rest.job_store import JobInfo, JobStore
+from fetchers.rest.job_store import JobInfo, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets
 
 
@@ -35,9 +35,15 @@ def plan_job(
 
 
 def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, int]:
-    """[start, end) in ms, minute-aligned; the end is clamped to the current minute."""
-    start_ms = floor_minute_ms(datetime_to_ms(start))
-    end_ms = -(-datetime_to_ms(end) // MINUTE_MS) * MINUTE_MS
+    """[start, end) in ms; both bounds must be on a whole minute (candles are per minute, so any
+    other bound would silently widen or narrow the range). The end is clamped to the current minute."""
+    start_ms, end_ms = datetime_to_ms(start), datetime_to_ms(end)
+    for name, value, ms in (("--start", start, start_ms), ("--end", end, end_ms)):
+        if ms % MINUTE_MS or value.microsecond:
+            raise BackfillRequestError(
+                f"{name} ({value.isoformat()}) is not on a whole minute; candles are per minute, "
+                f"use e.g. {ms_to_datetime(floor_minute_ms(ms)).isoformat()}"
+            )
     now_ms = floor_minute_ms(datetime_to_ms(now))
     if end_ms <= start_ms:
         raise BackfillRequestError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
@@ -98,7 +104,7 @@ async def create_job(
     per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
     client = aioredis.from_url(settings.redis_url)
     try:
-        return await JobStore(client).create(
+        return await JobStore(client, job_scope(settings)).create(
             exchange, start_ms, end_ms, [m.symbol for m in markets], tasks, limit_per_minute=per_minute
         )
     finally:

@@ -16,7 +16,7 @@ from common.db import connection, upsert_markets
 from common.settings import Settings
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter
-from fetchers.rest.rate_limiter import SharedRateLimiter, budget_for
+from fetchers.rest.rate_limiter import SharedRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ async def refresh_markets(settings: Settings, exchange: str) -> MarketsRefresh:
     adapter = get_adapter(exchange)
     client = aioredis.from_url(settings.redis_url)
     try:
-        limiter = SharedRateLimiter(client, exchange, budget_for(adapter, settings))
+        limiter = SharedRateLimiter(client, exchange, adapter.rate_limit(settings))
         markets = await fetch_markets(settings, adapter, limiter)
     finally:
         await client.aclose()

@@ -3,9 +3,17 @@
 Each request reserves its slot atomically (a Lua script on Redis's own clock, so machines with
 skewed clocks still agree): slots are spaced `window / capacity` apart per unit of weight, which
 keeps every sliding window — and so every fixed window an exchange may count in — at or under the
-limit while running right at it. A small safety margin absorbs network jitter between our send
-and the exchange's count. When the exchange signals trouble (429 + Retry-After, Binance's 418 ban,
-a used-weight header near the limit) `block_until`/`block_for` pauses every worker of that exchange.
+limit while running right at it (`RateLimit` keeps a safety margin for network jitter).
+
+When the exchange signals trouble (429 + Retry-After, Binance's 418 ban, a used-weight header near
+the limit) `block_for` pauses every worker of that exchange: nothing is sent until the pause ends.
+A request that reserved its slot before the pause looks at the pause again right before it is
+sent, and if one began meanwhile it plans a new slot after it — so reserved requests never go out
+inside a pause, and the slots planned before it are void (the pacing restarts at its end).
+
+A refusal that carries the exchange's own count (Binance's used weight) also tells us the real limit
+for this IP — lower than configured when another program shares it: `learn_refusal` slows every
+worker to that pace for `LEARNED_WINDOWS` windows, so the next windows do not overflow again.
 """
 
 from __future__ import annotations
@@ -13,20 +21,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
 from common.redis_keys import rate_budget_key
+from fetchers.exchanges.base import RateLimit
 
 log = logging.getLogger(__name__)
 
-SAFETY_FRACTION = 0.98
+LEARNED_WINDOWS = 10
 
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
+local learned = tonumber(redis.call('GET', KEYS[3]) or '0')
+if learned > interval then interval = learned end
 local weight = tonumber(ARGV[2])
 local start = now
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -44,7 +54,9 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local until_us = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if until_us > current then
-  redis.call('SET', KEYS[1], string.format('%d', until_us), 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
+  local ttl = math.ceil(tonumber(ARGV[1]) / 1000) + 60000
+  redis.call('SET', KEYS[1], string.format('%d', until_us), 'PX', ttl)
+  redis.call('SET', KEYS[2], string.format('%d', until_us), 'PX', ttl)
   return 1
 end
 return 0
@@ -59,62 +71,67 @@ return 0
 """
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """`capacity` weight units per `window_seconds`; `max_weight` is the heaviest single request."""
-
-    capacity: int
-    window_seconds: float
-    max_weight: int = 1
-
-    def effective_capacity(self) -> float:
-        """Capacity kept after the safety margin and the mixed-weight slack (see module doc)."""
-        return max(self.capacity * SAFETY_FRACTION - (self.max_weight - 1), 1.0)
-
-    def interval_us(self) -> float:
-        return self.window_seconds * 1_000_000 / self.effective_capacity()
-
-
-def budget_for(adapter, settings) -> Budget:
-    """The budget of an exchange adapter under the configured limits (room kept for its heaviest
-    request)."""
-    limit = adapter.rate_limit(settings)
-    return Budget(limit.capacity, limit.window_seconds, adapter.max_request_weight)
-
-
 class SharedRateLimiter:
-    """Reserve-then-wait pacing for one exchange; `unlimited=True` turns pacing off (benchmarks)."""
+    """Reserve-then-wait pacing for one exchange; `unlimited=True` turns pacing off (benchmarks),
+    never the pauses."""
 
-    def __init__(self, client: aioredis.Redis, exchange: str, budget: Budget, unlimited: bool = False):
+    def __init__(self, client: aioredis.Redis, exchange: str, limit: RateLimit, unlimited: bool = False):
         self.client = client
         self.exchange = exchange
-        self.budget = budget
+        self.limit = limit
         self.unlimited = unlimited
         base = rate_budget_key(exchange)
         self._tat_key = f"{base}:tat"
         self._blocked_key = f"{base}:blocked"
+        self._learned_key = f"{base}:learned-interval"
         self._reserve = client.register_script(_RESERVE)
         self._block = client.register_script(_BLOCK)
         self._blocked_for = client.register_script(_BLOCKED_FOR)
 
     async def acquire(self, weight: int = 1) -> float:
-        """Wait for this request's slot; returns the seconds waited."""
-        if self.unlimited:
-            wait_us = await self._blocked_for(keys=[self._blocked_key])
-        else:
-            wait_us = await self._reserve(
-                keys=[self._tat_key, self._blocked_key], args=[self.budget.interval_us(), weight]
-            )
-        wait = int(wait_us) / 1_000_000
-        if wait > 0:
+        """Wait until this request may be sent: its slot has come and no pause is on. Returns the
+        seconds waited. Call it right before sending; nothing awaited in between."""
+        waited = 0.0
+        while True:
+            if self.unlimited:
+                wait_us = await self._blocked_for(keys=[self._blocked_key])
+            else:
+                wait_us = await self._reserve(
+                    keys=[self._tat_key, self._blocked_key, self._learned_key],
+                    args=[self.limit.interval_us(), weight],
+                )
+            wait = int(wait_us) / 1_000_000
+            if wait <= 0:
+                return waited  # the script saw no pause at this very moment
             await asyncio.sleep(wait)
-        return wait
+            waited += wait
+            if await self.blocked_seconds() <= 0:
+                return waited
 
     async def block_for(self, seconds: float, reason: str) -> None:
-        """Pause every worker of this exchange for `seconds` (never shortens an existing block)."""
-        extended = await self._block(keys=[self._blocked_key], args=[int(seconds * 1_000_000)])
+        """Pause every worker of this exchange for `seconds` (never shortens an existing pause);
+        slots reserved before it are void."""
+        extended = await self._block(keys=[self._blocked_key, self._tat_key], args=[int(seconds * 1_000_000)])
         if extended:
             log.warning("%s: all requests paused for %.1fs: %s", self.exchange, seconds, reason)
+
+    async def learn_refusal(self, used: int) -> None:
+        """The exchange refused a request when its count for this IP was `used`: pace every worker
+        to that for the next windows (only ever slower than configured)."""
+        interval = self.limit.refused_interval_us(used)
+        if interval <= self.limit.interval_us():
+            return
+        ttl = int(self.limit.window_seconds * LEARNED_WINDOWS * 1000)
+        previous = float(await self.client.get(self._learned_key) or 0)
+        await self.client.set(self._learned_key, f"{max(interval, previous):.0f}", px=ttl)
+        if interval > previous:
+            log.warning(
+                "%s: refused at %d weight used (configured %d): pacing to that for %d windows",
+                self.exchange,
+                used,
+                self.limit.capacity,
+                LEARNED_WINDOWS,
+            )
 
     async def blocked_seconds(self) -> float:
         return int(await self._blocked_for(keys=[self._blocked_key])) / 1_000_000
@@ -122,7 +139,7 @@ class SharedRateLimiter:
     async def note_used_weight(self, used: int) -> None:
         """React to the exchange's own count (e.g. Binance X-MBX-USED-WEIGHT-1M): when other users
         of this IP push it near the limit, wait for the exchange's window to reset."""
-        if used >= self.budget.capacity * SAFETY_FRACTION:
-            window = self.budget.window_seconds
+        if self.limit.near_limit(used):
+            window = self.limit.window_seconds
             remaining = window - (time.time() % window) + 0.05
-            await self.block_for(remaining, f"exchange reports {used}/{self.budget.capacity} weight used")
+            await self.block_for(remaining, f"exchange reports {used}/{self.limit.capacity} weight used")

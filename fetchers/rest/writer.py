@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from common.candle import Candle
 from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candles
 from common.settings import Settings
+from fetchers.rest.outages import with_database_retry
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,21 @@ class CandleWriter:
             self._conn = connect(self.settings)
         return self._conn
 
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - it is broken already
+                pass
+            self._conn = None
+
     def _write_sync(self, candles: list[Candle]) -> None:
-        conn = self._connection()
-        with conn:  # commit, or roll back on error; the connection stays open
-            upsert_candles(conn, candles)
+        def attempt() -> None:
+            conn = self._connection()
+            with conn:  # commit, or roll back on error; the connection stays open
+                upsert_candles(conn, candles)
+
+        with_database_retry(self.settings, attempt, self._drop_connection)
 
     async def add(self, owner: object, candles: list[Candle]) -> None:
         """Buffer one request's candles; flushes when the batch is full. Applies backpressure:
@@ -96,10 +108,13 @@ class CandleWriter:
             await self.on_committed(owner, count)
 
     async def record_error(self, record: FetchErrorRecord) -> None:
-        def write() -> None:
+        def attempt() -> None:
             conn = self._connection()
             with conn:
                 record_fetch_error(conn, record)
+
+        def write() -> None:
+            with_database_retry(self.settings, attempt, self._drop_connection)
 
         async with self._db_lock:
             await asyncio.to_thread(write)

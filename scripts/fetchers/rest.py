@@ -2,13 +2,16 @@
 
     python -m scripts.fetchers.rest fetch --exchange bitfinex \
         --start 2021-01-01T00:00:00 --end 2021-01-02T00:00:00
-    python -m scripts.fetchers.rest resume --exchange bitfinex
-    python -m scripts.fetchers.rest status
+    python -m scripts.fetchers.rest resume --exchange bitfinex [--job ID]
+    python -m scripts.fetchers.rest status [--job ID]
+    python -m scripts.fetchers.rest cancel --job ID
     python -m scripts.fetchers.rest markets --exchange binance
 
-Times without a zone are UTC; the range is half-open [start, end). Without --local the job is
-queued for Celery workers on the `<exchange>_rest` queue; --wait shows its progress live.
-Exit codes: 0 done, 1 a service or the job failed, 2 bad input.
+Times without a zone are UTC and must be on a whole minute; the range is half-open [start, end).
+Without --local the job is queued for Celery workers on the `<exchange>_rest` queue; --wait shows
+its progress live. Exit codes: 0 done (or queued, without --wait), 1 a service failed or the job
+left requests failed for good (recorded in ohlcvs_errors; the incomplete ranges are listed),
+2 bad input.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ import redis.asyncio as aioredis
 from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, Settings, load_settings_or_exit
-from common.timeutil import ms_to_datetime, parse_utc
+from common.timeutil import ms_to_datetime, parse_utc, utc_now
 from fetchers.rest.engine import BackfillEngine
-from fetchers.rest.job_store import JobInfo, JobStore
-from fetchers.rest.jobs import BackfillRequestError, check_exchange, create_job
+from fetchers.rest.job_store import JobInfo, JobStore, job_scope
+from fetchers.rest.jobs import BackfillRequestError, check_exchange, create_job, validate_range
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
-from fetchers.rest.progress import ProgressMeter
+from fetchers.rest.outages import redis_client
+from fetchers.rest.progress import ProgressMeter, ProgressStream
 
 POLL_SECONDS = 0.5
 EXIT_FAILED = 1
@@ -65,7 +69,7 @@ def split_symbols(value: str | None) -> list[str] | None:
 
 
 def run_async(coro):
-    """Run a coroutine; service failures become one line and exit code 1."""
+    """Run a coroutine; bad input becomes exit code 2, service failures one line and exit code 1."""
     try:
         return asyncio.run(coro)
     except BackfillRequestError as error:
@@ -115,44 +119,68 @@ def require_workers(exchange: str) -> list[str]:
 
 
 async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | None = None) -> JobInfo:
-    """Print progress until the job is finished and its aggregates are refreshed."""
-    client = aioredis.from_url(settings.redis_url)
+    """Show progress until the job is finished and its aggregates are refreshed. On a terminal one
+    line redrawn in place (log lines go above it); otherwise a line every few seconds, and the
+    finished line once."""
+    client = redis_client(settings)
     store = JobStore(client)
-    meter = ProgressMeter()
-    tty = sys.stderr.isatty()
-    last_print = 0.0
+    meter = ProgressMeter(settings.rest_rate_window_seconds)
+    stream = ProgressStream(sys.stderr)
+    last_print = -1e9
+    finished_shown = False
     try:
-        while True:
-            job = await store.info(job_id)
-            line = meter.line(job)
-            loop_time = asyncio.get_running_loop().time()
-            if tty:
-                click.echo("\r" + line, nl=False, err=True)
-            elif loop_time - last_print >= 5 or job.finished:
-                click.echo(line, err=True)
-                last_print = loop_time
-            if engine_task is not None:
-                await asyncio.wait({engine_task}, timeout=POLL_SECONDS)
-                if engine_task.done():
-                    engine_task.result()
-                    job = await store.info(job_id)
+        with stream.capturing_logs():
+            while True:
+                job = await store.info(job_id)
+                line = meter.line(job)
+                loop_time = asyncio.get_running_loop().time()
+                if stream.tty:
+                    stream.show(line)
+                elif (loop_time - last_print >= 5 and not job.finished) or (
+                    job.finished and not finished_shown
+                ):
+                    stream.write(line + "\n")
+                    last_print = loop_time
+                    finished_shown = job.finished
+                if engine_task is not None:
+                    await asyncio.wait({engine_task}, timeout=POLL_SECONDS)
+                    if engine_task.done():
+                        engine_task.result()
+                        job = await store.info(job_id)
+                        break
+                elif job.complete or job.cancelled:
                     break
-            elif job.complete:
-                break
-            else:
-                await asyncio.sleep(POLL_SECONDS)
-        if tty:
-            click.echo("\r" + meter.line(job), err=True)
+                else:
+                    await asyncio.sleep(POLL_SECONDS)
+            if stream.tty:
+                stream.show(meter.line(job))
+                stream.done()
         return job
     finally:
         await client.aclose()
 
 
-async def list_jobs(settings: Settings, exchanges: tuple[str, ...]) -> list[JobInfo]:
+async def list_jobs(
+    settings: Settings, exchanges: tuple[str, ...], job_id: str | None = None
+) -> list[JobInfo]:
+    """Jobs of these exchanges that write to this database, oldest first (or the one job)."""
     client = aioredis.from_url(settings.redis_url)
     try:
-        store = JobStore(client)
+        store = JobStore(client, job_scope(settings))
+        if job_id is not None:
+            try:
+                return [await store.info(job_id)]
+            except KeyError:
+                raise BackfillRequestError(f"no backfill job {job_id!r} (see: status)") from None
         return [job for exchange in exchanges for job in await store.jobs(exchange)]
+    finally:
+        await client.aclose()
+
+
+async def failed_tasks(settings: Settings, job_id: str):
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        return await JobStore(client).failed_tasks(job_id)
     finally:
         await client.aclose()
 
@@ -164,15 +192,34 @@ async def run_local(settings: Settings, job_id: str) -> JobInfo:
     return await task
 
 
-def report(job: JobInfo) -> None:
-    start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)
+def span(start_ms: int, end_ms: int) -> str:
+    return f"{ms_to_datetime(start_ms):%Y-%m-%d %H:%M} .. {ms_to_datetime(end_ms):%Y-%m-%d %H:%M}"
+
+
+def report(settings: Settings, job: JobInfo) -> int:
+    """Print the job's outcome; returns the exit code (1 if any request failed for good)."""
     click.echo(
-        f"job {job.id}: {job.exchange} {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC, "
+        f"job {job.id}: {job.exchange} {span(job.start_ms, job.end_ms)} UTC, "
         f"{len(job.symbols)} market(s): {job.done:,} requests done, {job.failed:,} failed, "
         f"{job.candles:,} candles written{', aggregates refreshed' if job.refreshed else ''}"
     )
-    if job.failed:
-        click.echo(f"warning: {job.failed} request(s) failed for good; see the ohlcvs_errors table", err=True)
+    if job.finished and job.done and job.candles == 0:
+        click.echo(
+            f"warning: the exchange has no candles for these markets in {span(job.start_ms, job.end_ms)} UTC "
+            "(before their listing, or outside the history it serves)",
+            err=True,
+        )
+    if not job.failed:
+        return 0
+    tasks = run_async(failed_tasks(settings, job.id))
+    click.echo(
+        f"error: {job.failed} request(s) failed for good (see the ohlcvs_errors table); "
+        "these markets and ranges are incomplete:",
+        err=True,
+    )
+    for task in tasks:
+        click.echo(f"  {task.symbol}  {span(task.start_ms, task.end_ms)} UTC", err=True)
+    return EXIT_FAILED
 
 
 @click.group()
@@ -182,84 +229,125 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--exchange", required=True, help=f"one of {', '.join(EXCHANGES)}")
-@click.option("--start", required=True, help="ISO date/time, UTC if no zone (inclusive)")
-@click.option("--end", required=True, help="ISO date/time, UTC if no zone (exclusive)")
+@click.option("--start", required=True, help="ISO date/time on a whole minute, UTC if no zone (inclusive)")
+@click.option("--end", required=True, help="ISO date/time on a whole minute, UTC if no zone (exclusive)")
 @click.option("--symbols", help="comma-separated BASE/QUOTE or exchange symbols (default: all trading)")
 @click.option("--wait", is_flag=True, help="show live progress until the job is done")
 @click.option("--local", is_flag=True, help="run the job in this process, no Celery worker needed")
 def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, local: bool) -> None:
-    """Fetch candles for [start, end)."""
+    """Fetch candles for [start, end). Exit 1 if any request failed for good (the incomplete
+    markets and ranges are listed)."""
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
     start_at, end_at = parse_time(start, "--start"), parse_time(end, "--end")
+    try:
+        validate_range(start_at, end_at, utc_now())
+    except BackfillRequestError as error:
+        fail(str(error), EXIT_USAGE)
     workers = [] if local else require_workers(exchange)
     job = run_async(create_job(settings, exchange, start_at, end_at, split_symbols(symbols)))
     click.echo(f"job {job.id}: {job.total:,} requests for {len(job.symbols)} market(s) planned", err=True)
     if local:
-        job = run_async(run_local(settings, job.id))
-        report(job)
-        return
+        sys.exit(report(settings, run_async(run_local(settings, job.id))))
     enqueue(exchange, job.id, len(workers))
     click.echo(job.id)
     if wait:
-        report(run_async(watch(settings, job.id)))
+        sys.exit(report(settings, run_async(watch(settings, job.id))))
 
 
 @cli.command()
 @click.option("--exchange", required=True, help=f"one of {', '.join(EXCHANGES)}")
+@click.option("--job", "job_id", help="only this job (default: every unfinished job, oldest first)")
 @click.option("--wait", is_flag=True, help="show live progress until the jobs are done")
 @click.option("--local", is_flag=True, help="run the jobs in this process, no Celery worker needed")
-def resume(exchange: str, wait: bool, local: bool) -> None:
-    """Continue every unfinished job of an exchange (after a crash or kill)."""
+def resume(exchange: str, job_id: str | None, wait: bool, local: bool) -> None:
+    """Continue unfinished jobs of an exchange (after a crash or kill); cancelled ones stay so."""
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
 
-    jobs = [job for job in run_async(list_jobs(settings, (exchange,))) if not job.complete]
+    jobs = [job for job in run_async(list_jobs(settings, (exchange,), job_id)) if job.resumable]
+    if job_id is not None and jobs and jobs[0].exchange != exchange:
+        fail(f"job {job_id} is a {jobs[0].exchange} job, not {exchange}", EXIT_USAGE)
     if not jobs:
-        click.echo(f"no unfinished {exchange} jobs")
+        click.echo(f"no unfinished {exchange} jobs" if job_id is None else f"job {job_id} has nothing left")
         return
     workers = [] if local else require_workers(exchange)
+    click.echo(f"resuming {len(jobs)} job(s), oldest first:", err=True)
     for job in jobs:
-        click.echo(f"resuming job {job.id}: {job.total - job.done - job.failed:,} request(s) left", err=True)
+        click.echo(
+            f"  {job.id}  {span(job.start_ms, job.end_ms)} UTC  {job.left:,} request(s) left", err=True
+        )
+    code = 0
+    for job in jobs:
+        click.echo(f"resuming job {job.id}: {job.left:,} request(s) left", err=True)
         if local:
-            report(run_async(run_local(settings, job.id)))
+            code = max(code, report(settings, run_async(run_local(settings, job.id))))
         else:
             enqueue(exchange, job.id, len(workers))
             click.echo(job.id)
             if wait:
-                report(run_async(watch(settings, job.id)))
+                code = max(code, report(settings, run_async(watch(settings, job.id))))
+    sys.exit(code)
+
+
+@cli.command()
+@click.option("--job", "job_id", required=True, help="the job to cancel (see: status)")
+def cancel(job_id: str) -> None:
+    """Drop a job's queued requests; requests in flight finish, `resume` leaves it alone."""
+    settings = load_settings_or_exit()
+    setup_logging("rest_fetch", console_level="WARNING")
+    (job,) = run_async(list_jobs(settings, EXCHANGES, job_id))
+
+    async def go() -> int:
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            return await JobStore(client).cancel(job.id)
+        finally:
+            await client.aclose()
+
+    dropped = run_async(go())
+    click.echo(f"job {job.id}: cancelled, {dropped:,} queued request(s) dropped")
 
 
 @cli.command()
 @click.option("--exchange", help="only this exchange")
-def status(exchange: str | None) -> None:
-    """List backfill jobs and how far they got."""
+@click.option("--job", "job_id", help="only this job")
+def status(exchange: str | None, job_id: str | None) -> None:
+    """List backfill jobs (of this database) and how far they got. `interrupted` means requests are
+    left but every worker that took part is gone: run `resume`."""
     settings = load_settings_or_exit()
     names = EXCHANGES
     if exchange:
         names = (exchange_or_exit(exchange),)
 
-    jobs = run_async(list_jobs(settings, names))
+    jobs = run_async(list_jobs(settings, names, job_id))
     if not jobs:
         click.echo("no backfill jobs")
         return
-    click.echo(
-        f"{'job':12}  {'exchange':8}  {'range (UTC)':33}  {'requests':>15}  "
-        f"{'failed':>6}  {'candles':>12}  state"
-    )
-    for job in sorted(jobs, key=lambda j: j.created_ms):
-        start, end = ms_to_datetime(job.start_ms), ms_to_datetime(job.end_ms)
-        state = (
-            ("done" if job.refreshed else "refreshing")
-            if job.finished
-            else ("running" if job.in_flight else "queued")
+    header = ("job", "exchange", "range (UTC)", "requests", "left", "failed", "candles", "state")
+    rows = [
+        (
+            job.id,
+            job.exchange,
+            span(job.start_ms, job.end_ms),
+            f"{job.done + job.failed:,}/{job.total:,}",
+            f"{job.left:,}",
+            f"{job.failed:,}",
+            f"{job.candles:,}",
+            job.state,
         )
-        click.echo(
-            f"{job.id:12}  {job.exchange:8}  {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M}  "
-            f"{job.done + job.failed:>7,}/{job.total:<7,}  {job.failed:>6,}  {job.candles:>12,}  {state}"
-        )
+        for job in sorted(jobs, key=lambda j: j.created_ms)
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    right = {3, 4, 5, 6}
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        click.echo("  ".join(cells).rstrip())
 
 
 @cli.command()

@@ -96,6 +96,71 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragment, platform_settings
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    "start, end, fragment",
+    [
+        ("2021-01-02", "2021-01-01", "must be after --start"),
+        (
+            "2021-01-01T06:00:30",
+            "2021-01-01T06:10:00",
+            "--start (2021-01-01T06:00:30+00:00) is not on a whole minute",
+        ),
+        (
+            "2021-01-01T06:00",
+            "2021-01-01T06:10:30",
+            "--end (2021-01-01T06:10:30+00:00) is not on a whole minute",
+        ),
+    ],
+)
+def test_input_is_checked_before_looking_for_a_worker(start, end, fragment, platform_settings):
+    result = run_cli("fetch", "--exchange", "binance", "--start", start, "--end", end)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {result.stderr.strip()[7:]}"]
+    assert fragment in result.stderr
+
+
+def test_requests_that_fail_for_good_exit_1_and_name_the_incomplete_ranges(platform_settings, simulator):
+    from fetchers.rest.markets import refresh_markets
+
+    start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+    asyncio.run(refresh_markets(platform_settings, "bitfinex"))
+    simulator.set_faults("bitfinex", http_5xx_rate=1.0)
+    env = {**os.environ, "REST_MAX_RETRIES": "0"}
+    result = run_cli(
+        "fetch", "--exchange", "bitfinex", "--start", iso(start_ms), "--end", iso(end_ms),
+        "--symbols", "BTC/USD", "--local", env=env,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "1 request(s) failed for good" in result.stderr
+    assert (
+        f"tBTCUSD  {ms_to_datetime(start_ms):%Y-%m-%d %H:%M} .. {ms_to_datetime(end_ms):%Y-%m-%d %H:%M} UTC"
+        in (result.stderr)
+    )
+
+
+def test_cancel_and_resume_one_job_by_id(platform_settings, simulator):
+    start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+    queued = asyncio.run(_queue_job(platform_settings, start_ms, end_ms))
+    other = asyncio.run(_queue_job(platform_settings, start_ms, end_ms))
+
+    cancelled = run_cli("cancel", "--job", queued)
+    assert cancelled.returncode == 0 and f"job {queued}: cancelled" in cancelled.stdout
+    resumed = run_cli("resume", "--exchange", "bittrex", "--job", other, "--local")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming job {other}" in resumed.stderr and queued not in resumed.stderr
+    status = run_cli("status", "--exchange", "bittrex").stdout
+    states = {line.split()[0]: line.split()[-1] for line in status.strip().splitlines()[1:]}
+    assert states[queued] == "cancelled" and states[other] == "done"
+    assert run_cli("status", "--job", "nosuchjob").returncode == 2
+
+
+async def _queue_job(settings, start_ms: int, end_ms: int) -> str:
+    from fetchers.rest.jobs import create_job
+
+    job = await create_job(settings, "bittrex", ms_to_datetime(start_ms), ms_to_datetime(end_ms), ["BTC-USD"])
+    return job.id
+
+
 def test_fetch_without_a_worker_says_how_to_start_one(platform_settings, simulator):
     start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
     result = run_cli("fetch", "--exchange", "bittrex", "--start", iso(start_ms), "--end", iso(end_ms))
@@ -162,6 +227,13 @@ def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platfor
     proc.wait()
     done_at_kill, total, in_flight_at_kill = job_progress(platform_settings, exchange, with_in_flight=True)
     assert 0 < done_at_kill < total, "the kill must land mid-job"
+    status = run_cli("status", "--exchange", exchange)
+    job_line = status.stdout.strip().splitlines()[-1]
+    deadline = time.time() + 30  # the dead run's heartbeat expires within seconds
+    while "interrupted" not in job_line and time.time() < deadline:
+        time.sleep(0.5)
+        job_line = run_cli("status", "--exchange", exchange).stdout.strip().splitlines()[-1]
+    assert job_line.endswith("interrupted") and f"{total - done_at_kill:,}" in job_line.split(), job_line
 
     result = run_cli("resume", "--exchange", exchange, "--local")
 
@@ -178,63 +250,24 @@ def test_kill_9_then_resume_is_exact_and_repeats_only_what_was_in_flight(platfor
 
 def test_celery_worker_runs_the_queued_job(platform_settings, simulator, tmp_path):
     exchange = "binance"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "celery_app.celery_main",
-            "worker",
-            "-Q",
-            f"{exchange}_rest",
-            "--concurrency",
-            "1",
-            "--hostname",
-            f"test-{os.getpid()}@%h",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        stdout=open(tmp_path / "worker.log", "wb"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(exchange, "test", tmp_path / "worker.log")
     try:
         start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
-        deadline = time.time() + 60
-        result = None
-        while time.time() < deadline:
-            result = run_cli(
-                "fetch",
-                "--exchange",
-                exchange,
-                "--start",
-                iso(start_ms),
-                "--end",
-                iso(end_ms),
-                "--symbols",
-                "BTCUSDT,ETH/BTC",
-                "--wait",
-            )
-            if "no Celery worker" not in result.stderr:
-                break
-            time.sleep(1)
-        assert result is not None and result.returncode == 0, (
-            result.stderr + (tmp_path / "worker.log").read_text()
+        result = fetch_when_workers_answer(
+            exchange, start_ms, end_ms, "--symbols", "BTCUSDT,ETH/BTC", "--wait"
         )
+        assert result.returncode == 0, result.stderr + (tmp_path / "worker.log").read_text()
         job_id = result.stdout.strip().splitlines()[0]
         assert len(job_id) == 12
         assert "requests done, 0 failed" in result.stdout
         assert_matches_truth(platform_settings, simulator, exchange, ["BTCUSDT", "ETHBTC"], start_ms, end_ms)
         status = run_cli("status", "--exchange", exchange)
         assert status.returncode == 0 and job_id in status.stdout and "done" in status.stdout
+        log = (tmp_path / "worker.log").read_text()
+        finished = [line for line in log.splitlines() if "aggregates refreshed" in line]
+        assert len(finished) == 1, "every log line once (no celery.redirected copy)"
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_worker(worker)
 
 
 def test_a_database_without_the_schema_is_one_line(postgres_server, platform_settings):
@@ -263,3 +296,111 @@ def test_a_database_without_the_schema_is_one_line(postgres_server, platform_set
         with admin.cursor() as cur:
             cur.execute("DROP DATABASE IF EXISTS cfr_no_schema WITH (FORCE)")
         admin.close()
+
+
+# ------------------------------------------------------------------------------- Celery workers
+
+
+def start_worker(exchange: str, name: str, log_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "celery_app.celery_main", "worker", "-Q", f"{exchange}_rest",
+         "--concurrency", "1", "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO"],
+        cwd=ROOT,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def fetch_when_workers_answer(exchange: str, start_ms: int, end_ms: int, *extra: str):
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        result = run_cli(
+            "fetch", "--exchange", exchange, "--start", iso(start_ms), "--end", iso(end_ms), *extra
+        )
+        if "no Celery worker" not in result.stderr:
+            return result
+        time.sleep(1)
+    raise AssertionError("no Celery worker answered")
+
+
+def job_info(settings, job_id: str):
+    async def read():
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            return await JobStore(client).info(job_id)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.3)
+
+
+def test_two_celery_workers_share_one_job(platform_settings, simulator, tmp_path):
+    exchange = "binance"
+    workers = [start_worker(exchange, f"w{i}", tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        start_ms, end_ms = day_aligned_range(simulator, days_back=6, days=4)
+        wait_for(
+            lambda: (
+                len(__import__("scripts.fetchers.rest", fromlist=["queue_workers"]).queue_workers(exchange))
+                == 2
+            ),
+            90,
+            "two workers",
+        )
+        result = fetch_when_workers_answer(exchange, start_ms, end_ms, "--wait")
+        assert result.returncode == 0, result.stderr
+        job = job_info(platform_settings, result.stdout.strip().splitlines()[0])
+        assert job.finished and job.workers_seen == 2, "both workers worked on the job"
+        symbols = [m["symbol"] for m in simulator.markets(exchange) if m["status"] == "TRADING"]
+        assert_matches_truth(platform_settings, simulator, exchange, symbols, start_ms, end_ms)
+        assert simulator.stats()[exchange]["over_limit"] == 0
+    finally:
+        for worker in workers:
+            stop_worker(worker)
+
+
+def test_a_new_worker_takes_over_the_job_of_a_killed_one(platform_settings, simulator, tmp_path):
+    exchange = "binance"
+    first = start_worker(exchange, "first", tmp_path / "first.log")
+    second = None
+    try:
+        start_ms, end_ms = day_aligned_range(simulator, days_back=6, days=4)
+        result = fetch_when_workers_answer(exchange, start_ms, end_ms)
+        job_id = result.stdout.strip().splitlines()[0]
+        wait_for(
+            lambda: (
+                job_info(platform_settings, job_id).done >= job_info(platform_settings, job_id).total // 3
+            ),
+            90,
+            "progress",
+        )
+        first.kill()
+        first.wait()
+        second = start_worker(exchange, "second", tmp_path / "second.log")
+        wait_for(lambda: job_info(platform_settings, job_id).complete, 90, "the new worker to finish the job")
+        symbols = [m["symbol"] for m in simulator.markets(exchange) if m["status"] == "TRADING"]
+        assert_matches_truth(platform_settings, simulator, exchange, symbols, start_ms, end_ms)
+    finally:
+        if first.poll() is None:
+            stop_worker(first)
+        if second is not None:
+            stop_worker(second)

@@ -26,6 +26,7 @@ from common.db import (
 )
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
 from common.settings import PROJECT_ROOT
+from common.timeutil import datetime_to_ms, ms_to_datetime
 from tests.conftest import service_env
 from tests.support.services import postgres_bindir
 
@@ -40,12 +41,12 @@ def candle(minute: int, open_: str, high: str, low: str, close: str, volume: str
         market.exchange,
         market.base_id,
         market.quote_id,
-        T0 + timedelta(minutes=minute),
-        Decimal(open_),
-        Decimal(high),
-        Decimal(low),
-        Decimal(close),
-        Decimal(volume),
+        datetime_to_ms(T0 + timedelta(minutes=minute)),
+        open_,
+        high,
+        low,
+        close,
+        volume,
     )
 
 
@@ -238,12 +239,12 @@ def test_aggregates_refresh_over_a_range(settings, db_conn):
                 "bitfinex",
                 "BTC",
                 "USD",
-                start + timedelta(minutes=i),
-                price,
-                price + Decimal("0.5"),
-                price - Decimal("0.25"),
-                price + Decimal("0.1"),
-                Decimal("0.001") * (i + 1),
+                datetime_to_ms(start + timedelta(minutes=i)),
+                str(price),
+                str(price + Decimal("0.5")),
+                str(price - Decimal("0.25")),
+                str(price + Decimal("0.1")),
+                str(Decimal("0.001") * (i + 1)),
             )
         )
     upsert_candles(db_conn, rows)
@@ -258,16 +259,16 @@ def test_aggregates_refresh_over_a_range(settings, db_conn):
     def expected(width: timedelta, origin=datetime(2000, 1, 3, tzinfo=UTC)):
         buckets = {}
         for c in rows:
-            b = origin + ((c.time - origin) // width) * width
+            b = origin + ((ms_to_datetime(c.time) - origin) // width) * width
             buckets.setdefault(b, []).append(c)
         return [
             (
                 b,
-                cs[0].open,
-                max(c.high for c in cs),
-                min(c.low for c in cs),
-                cs[-1].close,
-                sum(c.volume for c in cs),
+                Decimal(cs[0].open),
+                max(Decimal(c.high) for c in cs),
+                min(Decimal(c.low) for c in cs),
+                Decimal(cs[-1].close),
+                sum(Decimal(c.volume) for c in cs),
             )
             for b, cs in sorted(buckets.items())
         ]
@@ -344,12 +345,12 @@ def minute_candles(
                 market.exchange,
                 market.base_id,
                 market.quote_id,
-                start + timedelta(minutes=i * step_minutes),
-                Decimal(open_) / 100,
-                Decimal(high) / 100,
-                Decimal(low) / 100,
-                Decimal(close) / 100,
-                volume,
+                datetime_to_ms(start + timedelta(minutes=i * step_minutes)),
+                str(Decimal(open_) / 100),
+                str(Decimal(high) / 100),
+                str(Decimal(low) / 100),
+                str(Decimal(close) / 100),
+                str(volume),
             )
         )
         price = close
@@ -633,3 +634,33 @@ def test_a_database_setting_keeps_init_plain(fresh, postgres_server, timescaledb
     assert probe_timescaledb(conn).switched_off
     conn.close()
     assert init_database(fresh).timescale is False
+
+
+def test_markets_count_every_row_changed(db_conn):
+    """execute_values pages 100 rows at a time; the count must cover every page."""
+    markets = [Market("binance", f"C{i:03d}", "USDT", f"C{i:03d}USDT") for i in range(293)]
+    assert upsert_markets(db_conn, markets) == 293
+    assert upsert_markets(db_conn, markets) == 0
+    changed = [Market(m.exchange, m.base_id, m.quote_id, m.symbol, False) for m in markets[:150]]
+    assert upsert_markets(db_conn, changed) == 150
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"volume": "NaN"},
+        {"high": "Infinity"},
+        {"low": 1.5},
+        {"close": "1\t2"},
+        {"open": "1\n"},
+        {"open": ""},
+        {"time": datetime(2021, 1, 1, tzinfo=UTC)},
+    ],
+)
+def test_values_that_are_not_exact_decimal_text_are_rejected(db_conn, bad):
+    upsert_markets(db_conn, [BTC_USD])
+    good = candle(0, "1", "2", "0.5", "1.5", "10")
+    values = {name: getattr(good, name) for name in ("time", "open", "high", "low", "close", "volume")}
+    values.update(bad)
+    with pytest.raises(ValueError):
+        upsert_candles(db_conn, [Candle("bitfinex", "BTC", "USD", **values)])

@@ -8,7 +8,8 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from fetchers.rest.rate_limiter import Budget, SharedRateLimiter
+from fetchers.exchanges.base import RateLimit
+from fetchers.rest.rate_limiter import SharedRateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ async def grant_times(limiters, weights) -> list[tuple[float, int]]:
 def test_two_workers_share_one_budget(redis_server):
     async def scenario():
         clients = [aioredis.Redis(port=redis_server.port, password=redis_server.password) for _ in range(2)]
-        budget = Budget(capacity=40, window_seconds=1.0)
+        budget = RateLimit(capacity=40, window_seconds=1.0)
         limiters = [SharedRateLimiter(c, "binance", budget) for c in clients]
         await clients[0].flushall()
         events = await grant_times(limiters, [1] * 80)
@@ -55,7 +56,7 @@ def test_mixed_weights_never_exceed_capacity(redis_server):
         client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
         await client.flushall()
         limiter = SharedRateLimiter(
-            client, "binance", Budget(capacity=100, window_seconds=1.0, max_weight=10)
+            client, "binance", RateLimit(capacity=100, window_seconds=1.0, max_weight=10)
         )
         events = await grant_times([limiter], [10, 2, 2, 10, 2, 2, 2, 10] * 7)
         await client.aclose()
@@ -70,7 +71,7 @@ def test_block_pauses_every_worker_and_never_shortens(redis_server):
     async def scenario():
         clients = [aioredis.Redis(port=redis_server.port, password=redis_server.password) for _ in range(2)]
         await clients[0].flushall()
-        budget = Budget(capacity=1000, window_seconds=1.0)
+        budget = RateLimit(capacity=1000, window_seconds=1.0)
         first, second = (SharedRateLimiter(c, "bitfinex", budget) for c in clients)
         await first.block_for(2.0, "test ban")
         await first.block_for(0.1, "shorter block must not shorten the first")
@@ -91,7 +92,7 @@ def test_unlimited_mode_still_honours_exchange_blocks(redis_server):
     async def scenario():
         client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
         await client.flushall()
-        limiter = SharedRateLimiter(client, "bittrex", Budget(1, 60.0), unlimited=True)
+        limiter = SharedRateLimiter(client, "bittrex", RateLimit(1, 60.0), unlimited=True)
         free = [await limiter.acquire(1) for _ in range(50)]
         await limiter.block_for(1.0, "429")
         blocked = await limiter.acquire(1)
@@ -101,3 +102,26 @@ def test_unlimited_mode_still_honours_exchange_blocks(redis_server):
     free, blocked = asyncio.run(scenario())
     assert free == [0] * 50  # 50 requests against a 1-per-minute budget: pacing is really off
     assert 0.5 < blocked <= 1.0
+
+
+def test_a_slot_reserved_before_a_pause_is_not_used_inside_it(redis_server):
+    """The defect this guards: a request that had reserved its slot slept until it and went out
+    although a 429 had paused the exchange meanwhile."""
+
+    async def scenario():
+        client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
+        await client.flushall()
+        limiter = SharedRateLimiter(client, "binance", RateLimit(capacity=4, window_seconds=1.0))
+        await limiter.acquire(1)  # the next slot is about 0.26 s away
+        tat_key = limiter._tat_key
+        before = int(await client.get(tat_key))
+        waiting = asyncio.create_task(limiter.acquire(1))
+        while int(await client.get(tat_key)) == before:  # until the waiting request holds its slot
+            await asyncio.sleep(0.005)
+        await limiter.block_for(1.0, "429 while a request waits for its slot")
+        await waiting
+        left_at_send = await limiter.blocked_seconds()
+        await client.aclose()
+        return left_at_send
+
+    assert asyncio.run(scenario()) == 0

@@ -24,6 +24,7 @@ from tests.support.web import (
     minute_dict,
     running_web,
     seed_known_data,
+    stored_form,
     wait_for,
 )
 
@@ -256,7 +257,7 @@ def recent(settings):
             candles.append(Candle(*market_key(market), day, open_, close, open_, close, Decimal("3")))
     with connection(settings) as conn:
         upsert_markets(conn, [BTC, ETH])
-        upsert_candles(conn, candles)
+        upsert_candles(conn, [stored_form(c) for c in candles])
     refresh_aggregates(settings, None, None)
     return candles
 

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+
+import aiohttp
+from aiohttp import web
 
 from common.db import connection
 from common.settings import Settings
@@ -80,3 +86,117 @@ def day_aligned_range(sim, days_back: float, days: float) -> tuple[int, int]:
     start = int(today - days_back * DAY_MS)
     start -= start % MINUTE_MS
     return start, start + int(days * DAY_MS) // MINUTE_MS * MINUTE_MS
+
+
+@dataclass(frozen=True, slots=True)
+class ProxiedRequest:
+    """One request as it passed the recording proxy: when it arrived and when its reply left."""
+
+    arrived: float
+    replied: float
+    path: str
+    status: int
+    headers: dict[str, str]
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+class RecordingProxy:
+    """A real HTTP hop between the platform and one of the simulator's REST servers that records
+    every request's arrival time and reply (the request log the pause tests assert on).
+
+    Runs its own event loop on a thread; `url` is what the platform's `<exchange>_rest_url` is set to.
+    """
+
+    FORWARDED_HEADERS = ("content-type", "retry-after", "x-mbx-used-weight-1m", "x-mbx-used-weight")
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.log: list[ProxiedRequest] = []
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def __enter__(self) -> RecordingProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_route("GET", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _stop(self) -> None:
+        assert self._runner is not None and self._session is not None
+        await self._runner.cleanup()
+        await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        arrived = time.time()
+        assert self._session is not None
+        async with self._session.get(self.target + request.path_qs) as reply:
+            body = await reply.read()
+            headers = {k.lower(): v for k, v in reply.headers.items() if k.lower() in self.FORWARDED_HEADERS}
+            status = reply.status
+        self.log.append(ProxiedRequest(arrived, time.time(), request.path, status, headers))
+        return web.Response(body=body, status=status, headers=headers)
+
+
+def pauses(
+    log: list[ProxiedRequest], default_seconds: float, used_limit: int | None = None, window: float = 0
+):
+    """The pauses the replies demanded, as (from, until) in the proxy's clock: a 429/418 for its
+    Retry-After (else `default_seconds`); a used-weight header at 98% of `used_limit` until the end
+    of the exchange's window."""
+    found = []
+    for entry in log:
+        if entry.status in (429, 418):
+            after = entry.header("retry-after")
+            found.append((entry.replied, entry.replied + (float(after) if after else default_seconds)))
+        used = entry.header("x-mbx-used-weight-1m")
+        if used_limit is not None and used is not None and int(used) >= used_limit * 0.98:
+            found.append((entry.replied, (entry.replied // window + 1) * window))
+    return found
+
+
+IN_FLIGHT_GRACE_SECONDS = 0.3
+"""Requests already on the wire when a pause begins arrive just after it; later ones were sent in it."""
+
+
+def timeline(log: list[ProxiedRequest]) -> str:
+    """The log as readable lines (arrival, reply, status, Retry-After, used weight) for messages."""
+    if not log:
+        return "(no requests)"
+    zero = log[0].arrived
+    return "\n".join(
+        f"{e.arrived - zero:8.3f} {e.replied - zero:8.3f} {e.status} "
+        f"{e.header('retry-after') or '-'} {e.header('x-mbx-used-weight-1m') or '-'} {e.path}"
+        for e in log
+    )
+
+
+def requests_inside_pauses(
+    log: list[ProxiedRequest], found: list[tuple[float, float]]
+) -> list[ProxiedRequest]:
+    return [
+        entry
+        for entry in log
+        for begin, end in found
+        if begin + IN_FLIGHT_GRACE_SECONDS <= entry.arrived < end
+    ]

@@ -210,6 +210,8 @@ class RedisServer:
     password: str = "test-redis-password"
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-redis-")))
     process: subprocess.Popen | None = None
+    append_only: bool = False
+    """Keep data across `stop(keep_data=True)` / `start()` (an outage test), as production does."""
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -225,7 +227,7 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.append_only else "no",
                 "--dir",
                 str(self.workdir),
                 "--daemonize",
@@ -240,11 +242,14 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
         if self.process is not None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+                self.process.wait()
+            self.process = None
+        if not keep_data:
+            shutil.rmtree(self.workdir, ignore_errors=True)

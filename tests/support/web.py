@@ -30,7 +30,7 @@ from common.candle import Candle, Market
 from common.db import connection, refresh_aggregates, upsert_candles, upsert_markets
 from common.redis_keys import ws_send_key, ws_sub_key
 from common.settings import Settings
-from common.timeutil import ms_to_datetime
+from common.timeutil import datetime_to_ms, ms_to_datetime
 from tests.support.services import _wait_until, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,6 +136,22 @@ def known_candle(market: Market, index: int) -> Candle:
     )
 
 
+def stored_form(candle: Candle) -> Candle:
+    """A test candle built with Decimal values and a datetime, in the form the writer takes: the
+    values' exact decimal text and the time in epoch ms (see common.candle)."""
+    return Candle(
+        candle.exchange,
+        candle.base_id,
+        candle.quote_id,
+        datetime_to_ms(candle.time),
+        str(candle.open),
+        str(candle.high),
+        str(candle.low),
+        str(candle.close),
+        str(candle.volume),
+    )
+
+
 def seed_known_data(
     settings: Settings, markets: list[Market], minutes: list[int]
 ) -> dict[Market, list[Candle]]:
@@ -143,7 +159,7 @@ def seed_known_data(
     with connection(settings) as conn:
         upsert_markets(conn, markets)
         written = {m: [known_candle(m, i) for i in minutes] for m in markets}
-        upsert_candles(conn, [c for candles in written.values() for c in candles])
+        upsert_candles(conn, [stored_form(c) for candles in written.values() for c in candles])
     refresh_aggregates(settings, None, None)
     return written
 

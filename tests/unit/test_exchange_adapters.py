@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from decimal import Decimal
 from itertools import pairwise
 from pathlib import Path
 
@@ -208,26 +207,26 @@ def test_bitfinex_candles_are_ochl_numbers_parsed_exactly():
         f"[{T0 + 2 * MIN},0.00000123,1e-8,0.0000013,1E-8,123456789.12345678]]"
     )
     candles = get_adapter("bitfinex").parse_candles(task, payload)
-    assert [c.time for c in candles] == [datetime.fromtimestamp((T0 + i * MIN) / 1000, UTC) for i in range(3)]
+    assert [c.time for c in candles] == [T0 + i * MIN for i in range(3)]
     first = candles[0]
     assert (first.open, first.high, first.low, first.close, first.volume) == (
-        Decimal("37050"),
-        Decimal("37065"),
-        Decimal("37049"),
-        Decimal("37062"),
-        Decimal("1.2345"),
+        "37050",
+        "37065",
+        "37049",
+        "37062",
+        "1.2345",
     )
-    last = candles[2]
-    assert str(last.open) == "0.00000123" and last.close == Decimal("1e-8")
-    assert str(last.volume) == "123456789.12345678"
-    assert all(isinstance(v, Decimal) for c in candles for v in (c.open, c.high, c.low, c.close, c.volume))
+    last = candles[2]  # the numbers' own text, not a float's or a Decimal's rendering
+    assert (last.open, last.close, last.high, last.low) == ("0.00000123", "1e-8", "0.0000013", "1E-8")
+    assert last.volume == "123456789.12345678"
+    assert all(type(c.time) is int for c in candles)
 
 
 def test_bitfinex_extra_fields_and_rows_outside_the_task_are_ignored():
     task = FetchTask("bitfinex", "tBTCUSD", "BTC", "USD", T0, T0 + MIN)
     payload = f"[[{T0 - MIN},1,1,1,1,1],[{T0},1,2,3,0.5,4,99],[{T0 + MIN},1,1,1,1,1]]"
     (candle,) = get_adapter("bitfinex").parse_candles(task, payload)
-    assert (candle.open, candle.close, candle.high, candle.low, candle.volume) == (1, 2, 3, Decimal("0.5"), 4)
+    assert (candle.open, candle.close, candle.high, candle.low, candle.volume) == ("1", "2", "3", "0.5", "4")
 
 
 def test_binance_klines_are_ohlc_strings_parsed_exactly():
@@ -265,10 +264,9 @@ def test_binance_klines_are_ohlc_strings_parsed_exactly():
         ]
     )
     first, quiet = get_adapter("binance").parse_candles(task, payload)
-    assert str(first.open) == "37050.01000000" and str(first.high) == "37065.00000000"
-    assert str(first.low) == "37049.00000000" and str(first.close) == "37062.50000000"
-    assert str(first.volume) == "12.34567000"
-    assert quiet.volume == 0 and str(quiet.open) == "0.00000123"
+    assert (first.time, first.open, first.high) == (T0, "37050.01000000", "37065.00000000")
+    assert (first.low, first.close, first.volume) == ("37049.00000000", "37062.50000000", "12.34567000")
+    assert (quiet.time, quiet.volume, quiet.open) == (T0 + MIN, "0.00000000", "0.00000123")
 
 
 def test_bittrex_candles_keep_their_strings_and_zero_volume_minutes():
@@ -306,9 +304,9 @@ def test_bittrex_candles_keep_their_strings_and_zero_volume_minutes():
         ]
     )
     first, quiet = get_adapter("bittrex").parse_candles(task, payload)
-    assert first.time == datetime(2021, 6, 13, tzinfo=UTC)
-    assert str(first.open) == "35512.78500000" and str(first.volume) == "1.84211903"
-    assert quiet.volume == 0 and quiet.time == datetime(2021, 6, 13, 0, 1, tzinfo=UTC)
+    assert first.time == day
+    assert first.open == "35512.78500000" and first.volume == "1.84211903"
+    assert quiet.volume == "0" and quiet.time == day + MIN
 
 
 @pytest.mark.parametrize(
@@ -317,6 +315,12 @@ def test_bittrex_candles_keep_their_strings_and_zero_volume_minutes():
         ("bitfinex", '{"not": "a list"}'),
         ("bitfinex", "[[1700000040000, 1, 2]]"),
         ("binance", '[["1700000040000", "1"]]'),
+        ("binance", '[[1700000040000, "1", "2", "0.5", "NaN", "3"]]'),
+        ("bitfinex", "[[1700000040000, 1, 2, 3, 0.5, true]]"),
+        (
+            "bittrex",
+            '[{"startsAt": "2023-11-14T22:14:00Z", "open": 1.5, "high": "1", "low": "1", "close": "1"}]',
+        ),
         ("bittrex", '[{"startsAt": "2023-11-14T22:14:00Z"}]'),
         ("bittrex", '[{"startsAt": "x", "open": "1", "high": "1", "low": "1", "close": "1"}]'),
     ],
