@@ -8,6 +8,7 @@ exchange's final word) overwrites. Decimals travel as their exact text; nothing 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
+_LIVE_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 _CREATE_INCOMING = """
@@ -179,6 +181,55 @@ def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
         written = cur.rowcount
         cur.execute("RELEASE SAVEPOINT before_upsert")
         cur.execute("TRUNCATE ohlcvs_incoming")  # empty again for the next call, in this transaction or not
+    return written
+
+
+_CREATE_LIVE_INCOMING = """
+CREATE TEMP TABLE IF NOT EXISTS ohlcvs_live_incoming (
+    time_ms bigint NOT NULL, exchange text NOT NULL, base_id text NOT NULL, quote_id text NOT NULL,
+    open numeric NOT NULL, high numeric NOT NULL, low numeric NOT NULL, close numeric NOT NULL,
+    volume numeric NOT NULL
+)
+"""
+
+_INSERT_MISSING_FROM_LIVE = """
+INSERT INTO ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume)
+SELECT DISTINCT ON (i.exchange, i.base_id, i.quote_id, i.time_ms)
+       'epoch'::timestamptz + i.time_ms * interval '1 millisecond',
+       i.exchange, i.base_id, i.quote_id, i.open, i.high, i.low, i.close, i.volume
+FROM ohlcvs_live_incoming i
+JOIN symbol_exchange s USING (exchange, base_id, quote_id)
+ON CONFLICT (exchange, base_id, quote_id, time) DO NOTHING
+"""
+
+
+def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
+    """Live bars: fill minutes that have no row yet, never change an existing row (REST data is the
+    exchange's final word). `time` is the open time in epoch ms, prices and volume the exchange's
+    decimal text. Bars of markets missing from `symbol_exchange` are skipped. Returns rows inserted.
+    Runs in the caller's transaction."""
+    parts = []
+    for c in candles:
+        values = (c.open, c.high, c.low, c.close, c.volume)
+        if not all(_LIVE_DECIMAL.fullmatch(v) for v in values):
+            raise ValueError(f"prices and volumes must be plain decimal text, got {values!r}")
+        parts.append(
+            f"{int(c.time)}\t{_copy_text(c.exchange)}\t{_copy_text(c.base_id)}\t{_copy_text(c.quote_id)}\t"
+            + "\t".join(values)
+            + "\n"
+        )
+    if not parts:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(_CREATE_LIVE_INCOMING)
+        cur.copy_expert(
+            "COPY ohlcvs_live_incoming (time_ms, exchange, base_id, quote_id, open, high, low, close, "
+            "volume) FROM STDIN",
+            io.StringIO("".join(parts)),
+        )
+        cur.execute(_INSERT_MISSING_FROM_LIVE)
+        written = cur.rowcount
+        cur.execute("TRUNCATE ohlcvs_live_incoming")
     return written
 
 

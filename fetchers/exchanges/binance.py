@@ -5,6 +5,12 @@ Wire facts this module relies on: `exchangeInfo` (weight 20) lists symbols with 
 strings and a row for every minute, trades or not; limits are request weight per minute per IP,
 reported back in `X-MBX-USED-WEIGHT-1M`; 429 and 418 carry `Retry-After`; errors are
 `{"code": -1121, "msg": "Invalid symbol."}`.
+
+Websocket: `/stream` (combined: every payload wrapped as `{"stream": .., "data": ..}`) with live
+`SUBSCRIBE` requests of lower-case `<symbol>@kline_1m` names; kline fields are strings except times
+and `x` (the bar is closed). At most 1024 streams per connection, 5 incoming messages per second
+(pongs included), 300 connections per 5 minutes; the server pings every 20 s, cuts every connection
+after 24 hours, and announces a restart with `serverShutdown`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from fetchers.exchanges.base import (
     FetchTask,
     RateLimit,
     RestRequest,
+    WsAction,
+    WsCandle,
+    WsError,
+    WsEvent,
+    WsHeartbeat,
+    WsInfo,
+    WsLimits,
+    WsSession,
     classify_by_status,
     error_body,
     in_task_range,
@@ -34,6 +48,11 @@ KLINES_WEIGHT = 2
 TRADING_STATUS = "TRADING"
 USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
 DEFAULT_BAN_SECONDS = 120.0
+WS_STREAMS_PER_CONNECTION = 1024
+WS_STREAMS_PER_REQUEST = 300
+WS_CONNECTIONS_PER_MINUTE = 60  # 300 per 5 minutes
+WS_SUBSCRIBE_FRAMES_PER_SECOND = 2.0  # of the 5 messages a second allowed, keep room for pongs
+KLINE_SUFFIX = "@kline_1m"
 
 
 class BinanceAdapter(ExchangeAdapter):
@@ -127,3 +146,67 @@ class BinanceAdapter(ExchangeAdapter):
 
     def rate_limit(self, settings: Settings) -> RateLimit:
         return RateLimit(settings.binance_rest_weight_per_minute, settings.rest_rate_window_seconds)
+
+    # -- live bars over the websocket
+    def ws_url(self, settings: Settings) -> str:
+        return settings.ws_url(self.name) + "/stream"
+
+    def ws_limits(self, settings: Settings) -> WsLimits:
+        return WsLimits(
+            transport="websocket",
+            max_subscriptions=WS_STREAMS_PER_CONNECTION,
+            connections_per_window=WS_CONNECTIONS_PER_MINUTE,
+            connect_window_seconds=settings.ws_connect_window_seconds,
+            subscribe_frames_per_second=WS_SUBSCRIBE_FRAMES_PER_SECOND,
+            silence_seconds=2 * settings.binance_ws_heartbeat_seconds,
+        )
+
+    def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return self._requests("SUBSCRIBE", markets, session)
+
+    def unsubscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return self._requests("UNSUBSCRIBE", markets, session)
+
+    def _requests(self, method: str, markets: Sequence[Market], session: WsSession) -> list[str]:
+        streams = [m.symbol.lower() + KLINE_SUFFIX for m in markets]
+        return [
+            json.dumps(
+                {
+                    "method": method,
+                    "params": streams[i : i + WS_STREAMS_PER_REQUEST],
+                    "id": session.request_id(),
+                }
+            )
+            for i in range(0, len(streams), WS_STREAMS_PER_REQUEST)
+        ]
+
+    def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ValueError(f"not JSON: {text[:200]}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        event = data.get("data", data) if "stream" in data else data
+        if not isinstance(event, dict):
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        kind = event.get("e")
+        if kind == "kline":
+            try:
+                k = event["k"]
+                candle = WsCandle(k["s"], k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["x"] is True)
+            except (KeyError, TypeError):
+                raise ValueError(f"malformed kline: {text[:200]}") from None
+            if type(candle.time) is not int or not all(
+                type(v) is str for v in (candle.open, candle.high, candle.low, candle.close, candle.volume)
+            ):
+                raise ValueError(f"malformed kline: {text[:200]}")
+            return [candle]
+        if kind == "serverShutdown":
+            return [WsInfo(WsAction.RECONNECT, None, "serverShutdown")]
+        if "error" in event:
+            error = event["error"] if isinstance(event["error"], dict) else {}
+            return [WsError(str(error.get("code")), str(error.get("msg", event["error"])))]
+        if "result" in event:
+            return [WsHeartbeat()]
+        return [WsInfo(WsAction.NONE, None, f"event {kind!r}")]
