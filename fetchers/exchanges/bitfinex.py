@@ -190,7 +190,7 @@ class BitfinexAdapter(ExchangeAdapter):
 
     def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
         try:
-            data = json.loads(text, parse_float=str)
+            data = json.loads(text, parse_float=NumberText)
         except ValueError:
             raise ValueError(f"not JSON: {text[:200]}") from None
         if isinstance(data, dict):
@@ -247,12 +247,21 @@ class BitfinexAdapter(ExchangeAdapter):
         return super().matches_symbol(market, wanted) or market.symbol[1:].upper() == wanted
 
 
+class NumberText(str):
+    """A JSON number's own text (json's parse_float hook): exact, and distinct from a JSON string."""
+
+
 def _ws_candle(symbol: str, row: Any, snapshot: bool) -> WsCandle:
-    """`[MTS, OPEN, CLOSE, HIGH, LOW, VOLUME, ...]` read with parse_float=str: numbers keep their text."""
+    """`[MTS, OPEN, CLOSE, HIGH, LOW, VOLUME, ...]`, numbers only, each kept as its own text."""
     if not isinstance(row, list) or len(row) < 6 or type(row[0]) is not int:
         raise ValueError(f"malformed candle {row!r}")
     mts, open_, close, high, low, volume = row[:6]
-    values = [str(v) if type(v) is int else v for v in (open_, high, low, close, volume)]
-    if not all(type(v) is str for v in values):
-        raise ValueError(f"malformed candle {row!r}")
+    values = []
+    for value in (open_, high, low, close, volume):
+        if type(value) is int:
+            values.append(str(value))
+        elif type(value) is NumberText:
+            values.append(str.__str__(value))
+        else:
+            raise ValueError(f"malformed candle {row!r}")
     return WsCandle(symbol, mts, *values, snapshot=snapshot)
