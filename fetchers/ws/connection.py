@@ -282,7 +282,7 @@ class LiveConnection:
         if live_ms <= self.first_live_ms:
             return
         assert self.gap_start_ms is not None
-        end = floor_minute_ms(live_ms) + MINUTE_MS
+        end = max(floor_minute_ms(live_ms), self.gap_start_ms) + MINUTE_MS
         records = outage_records(list(self.markets.values()), self.gap_start_ms, end, self.gap_reason)
         log.warning(
             "%s: outage of %d markets recorded from %d to %d (%s)",
