@@ -256,8 +256,10 @@ def updater_rows(settings: Settings, markets: int, minutes: int) -> tuple[float,
         )
         conn.commit()
         started = time.perf_counter()
-        cur.execute("CREATE TEMP TABLE raw_rows (time_ms bigint, e text, b text, q text, o numeric, h numeric, "
-                    "l numeric, c numeric, v numeric)")  # fmt: skip
+        cur.execute(
+            "CREATE TEMP TABLE raw_rows (time_ms bigint, e text, b text, q text, "
+            "o numeric, h numeric, l numeric, c numeric, v numeric)"
+        )
         cur.copy_expert("COPY raw_rows FROM STDIN", io.StringIO(text))
         cur.execute(
             "INSERT INTO copy_ceiling SELECT 'epoch'::timestamptz + time_ms * interval '1 millisecond', "
