@@ -6,9 +6,13 @@ the exchange sent it (no float on the write path, no rounding).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+
+DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+"""A finite plain decimal number as exchanges write it (no NaN/Infinity, no spaces): `fullmatch` it."""
 
 
 @dataclass(frozen=True, slots=True)

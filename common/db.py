@@ -8,7 +8,6 @@ exchange's final word) overwrites. Decimals travel as their exact text; nothing 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import psycopg2.errors
 import psycopg2.extras
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import Candle, Market
+from common.candle import DECIMAL_TEXT, Candle, Market
 from common.settings import Settings, get_settings
 
 AGGREGATE_LEVELS: dict[str, timedelta] = {
@@ -36,7 +35,6 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
-_LIVE_DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 _CREATE_INCOMING = """
@@ -194,8 +192,7 @@ CREATE TEMP TABLE IF NOT EXISTS ohlcvs_live_incoming (
 
 _INSERT_MISSING_FROM_LIVE = """
 INSERT INTO ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume)
-SELECT DISTINCT ON (i.exchange, i.base_id, i.quote_id, i.time_ms)
-       'epoch'::timestamptz + i.time_ms * interval '1 millisecond',
+SELECT 'epoch'::timestamptz + i.time_ms * interval '1 millisecond',
        i.exchange, i.base_id, i.quote_id, i.open, i.high, i.low, i.close, i.volume
 FROM ohlcvs_live_incoming i
 JOIN symbol_exchange s USING (exchange, base_id, quote_id)
@@ -206,12 +203,13 @@ ON CONFLICT (exchange, base_id, quote_id, time) DO NOTHING
 def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
     """Live bars: fill minutes that have no row yet, never change an existing row (REST data is the
     exchange's final word). `time` is the open time in epoch ms, prices and volume the exchange's
-    decimal text. Bars of markets missing from `symbol_exchange` are skipped. Returns rows inserted.
+    decimal text, one bar per market and minute. Bars of markets missing from `symbol_exchange` are
+    skipped. Returns rows inserted.
     Runs in the caller's transaction."""
     parts = []
     for c in candles:
         values = (c.open, c.high, c.low, c.close, c.volume)
-        if not all(_LIVE_DECIMAL.fullmatch(v) for v in values):
+        if not all(DECIMAL_TEXT.fullmatch(v) for v in values):
             raise ValueError(f"prices and volumes must be plain decimal text, got {values!r}")
         parts.append(
             f"{int(c.time)}\t{_copy_text(c.exchange)}\t{_copy_text(c.base_id)}\t{_copy_text(c.quote_id)}\t"

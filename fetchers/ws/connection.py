@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from common.candle import DECIMAL_TEXT
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsInfo, WsSession
 from fetchers.ws import signalr
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 CONNECT_TIMEOUT_SECONDS = 15.0
 MAX_FRAME_BYTES = 8 << 20
 

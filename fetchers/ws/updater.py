@@ -38,15 +38,12 @@ KEYS_PER_READ = 500
 OUTAGES_PER_FLUSH = 50_000
 SMALLEST_BUCKET_MS = 5 * MINUTE_MS
 
-# KEYS: ws_sub_list, then sub keys; ARGV: per key (count, then time/json pairs).
+# KEYS: ws_sub_list, then sub keys; ARGV: per key a JSON array of [time, stored json] pairs.
 DELETE_STORED = """
-local a = 1
 for k = 2, #KEYS do
   local key = KEYS[k]
-  local n = tonumber(ARGV[a]); a = a + 1
-  for i = 1, n do
-    if redis.call('HGET', key, ARGV[a]) == ARGV[a + 1] then redis.call('HDEL', key, ARGV[a]) end
-    a = a + 2
+  for _, pair in ipairs(cjson.decode(ARGV[k - 1])) do
+    if redis.call('HGET', key, pair[1]) == pair[2] then redis.call('HDEL', key, pair[1]) end
   end
   if redis.call('HLEN', key) == 0 then redis.call('SREM', KEYS[1], key) end
 end
@@ -203,14 +200,9 @@ class Updater:
     def _delete_stored(self, stored: Mapping[str, list[tuple[str, str]]]) -> None:
         items = list(stored.items())
         for start in range(0, len(items), KEYS_PER_READ):
-            keys = [WS_SUB_LIST]
-            args: list[str | int] = []
-            for key, pairs in items[start : start + KEYS_PER_READ]:
-                keys.append(key)
-                args.append(len(pairs))
-                for t, raw in pairs:
-                    args += (t, raw)
-            self._delete(keys=keys, args=args)
+            chunk = items[start : start + KEYS_PER_READ]
+            keys = [WS_SUB_LIST, *(key for key, _ in chunk)]
+            self._delete(keys=keys, args=[json.dumps(pairs) for _, pairs in chunk])
 
     def _refresh_aggregates(self, oldest_ms: int, clocks: Mapping[str, int]) -> None:
         """Plain PostgreSQL: rebuild the levels over the 5-minute buckets that closed since last
