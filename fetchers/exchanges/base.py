@@ -211,11 +211,25 @@ class ExchangeAdapter:
         raise NotImplementedError
 
     # -- live bars over the websocket
+    ws_transport: ClassVar[Literal["websocket", "signalr"]] = "websocket"
+    ws_max_subscriptions: ClassVar[int]
+    ws_connections_per_minute: ClassVar[int]
+    ws_subscribe_frames_per_second: ClassVar[float]
+
     def ws_url(self, settings: Settings) -> str:
         raise NotImplementedError
 
     def ws_limits(self, settings: Settings) -> WsLimits:
-        raise NotImplementedError
+        """The published limits; the heartbeat setting `<exchange>_ws_heartbeat_seconds` sets the
+        silence allowed (twice the interval)."""
+        return WsLimits(
+            transport=self.ws_transport,
+            max_subscriptions=self.ws_max_subscriptions,
+            connections_per_window=self.ws_connections_per_minute,
+            connect_window_seconds=settings.ws_connect_window_seconds,
+            subscribe_frames_per_second=self.ws_subscribe_frames_per_second,
+            silence_seconds=2 * float(getattr(settings, f"{self.name}_ws_heartbeat_seconds")),
+        )
 
     def plan_ws_connections(self, markets: Sequence[Market], limits: WsLimits) -> list[tuple[Market, ...]]:
         """Markets spread over as few connections as the per-connection limit allows (stable order)."""
@@ -236,6 +250,19 @@ class ExchangeAdapter:
     def matches_symbol(self, market: Market, wanted: str) -> bool:
         """Whether `wanted` (upper case) names `market`: BASE/QUOTE or the exchange's symbol."""
         return wanted in (market.pair.upper(), market.symbol.upper())
+
+
+def ws_json(text: str, **options: Any) -> Any:
+    """A websocket frame's JSON; ValueError (the engine's "bad frame") when it is not JSON."""
+    try:
+        return json.loads(text, **options)
+    except ValueError:
+        raise ValueError(f"not JSON: {text[:200]}") from None
+
+
+def ws_batches(build: Any, items: Sequence[Any], size: int) -> list[str]:
+    """`build(chunk)` for consecutive chunks of at most `size` items, as compact JSON frames."""
+    return [json.dumps(build(list(items[i : i + size]))) for i in range(0, len(items), size)]
 
 
 def task_for(market: Market, start_ms: int, end_ms: int) -> FetchTask:

@@ -35,12 +35,13 @@ from fetchers.exchanges.base import (
     WsEvent,
     WsHeartbeat,
     WsInfo,
-    WsLimits,
     WsSession,
     classify_by_status,
     error_body,
     in_task_range,
     retry_after_seconds,
+    ws_batches,
+    ws_json,
 )
 
 EXCHANGE_INFO_WEIGHT = 20
@@ -60,6 +61,9 @@ class BinanceAdapter(ExchangeAdapter):
     max_candles_per_request = 1000
     candles_request_weight = KLINES_WEIGHT
     max_request_weight = EXCHANGE_INFO_WEIGHT
+    ws_max_subscriptions = WS_STREAMS_PER_CONNECTION
+    ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
+    ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
 
     # -- markets
     def markets_requests(self) -> list[RestRequest]:
@@ -151,16 +155,6 @@ class BinanceAdapter(ExchangeAdapter):
     def ws_url(self, settings: Settings) -> str:
         return settings.ws_url(self.name) + "/stream"
 
-    def ws_limits(self, settings: Settings) -> WsLimits:
-        return WsLimits(
-            transport="websocket",
-            max_subscriptions=WS_STREAMS_PER_CONNECTION,
-            connections_per_window=WS_CONNECTIONS_PER_MINUTE,
-            connect_window_seconds=settings.ws_connect_window_seconds,
-            subscribe_frames_per_second=WS_SUBSCRIBE_FRAMES_PER_SECOND,
-            silence_seconds=2 * settings.binance_ws_heartbeat_seconds,
-        )
-
     def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
         return self._requests("SUBSCRIBE", markets, session)
 
@@ -169,22 +163,14 @@ class BinanceAdapter(ExchangeAdapter):
 
     def _requests(self, method: str, markets: Sequence[Market], session: WsSession) -> list[str]:
         streams = [m.symbol.lower() + KLINE_SUFFIX for m in markets]
-        return [
-            json.dumps(
-                {
-                    "method": method,
-                    "params": streams[i : i + WS_STREAMS_PER_REQUEST],
-                    "id": session.request_id(),
-                }
-            )
-            for i in range(0, len(streams), WS_STREAMS_PER_REQUEST)
-        ]
+        return ws_batches(
+            lambda chunk: {"method": method, "params": chunk, "id": session.request_id()},
+            streams,
+            WS_STREAMS_PER_REQUEST,
+        )
 
     def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise ValueError(f"not JSON: {text[:200]}") from None
+        data = ws_json(text)
         if not isinstance(data, dict):
             raise ValueError(f"unexpected frame: {text[:200]}")
         event = data.get("data", data) if "stream" in data else data

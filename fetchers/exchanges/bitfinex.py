@@ -35,12 +35,12 @@ from fetchers.exchanges.base import (
     WsEvent,
     WsHeartbeat,
     WsInfo,
-    WsLimits,
     WsSession,
     classify_by_status,
     error_body,
     in_task_range,
     retry_after_seconds,
+    ws_json,
 )
 
 PAIRS_CONF = "pub:list:pair:exchange"
@@ -77,6 +77,9 @@ class BitfinexAdapter(ExchangeAdapter):
     max_candles_per_request = 10_000
     candles_request_weight = 1
     max_request_weight = 1
+    ws_max_subscriptions = WS_CHANNELS_PER_CONNECTION
+    ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
+    ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
 
     # -- markets
     def markets_requests(self) -> list[RestRequest]:
@@ -164,16 +167,6 @@ class BitfinexAdapter(ExchangeAdapter):
     def ws_url(self, settings: Settings) -> str:
         return settings.ws_url(self.name)
 
-    def ws_limits(self, settings: Settings) -> WsLimits:
-        return WsLimits(
-            transport="websocket",
-            max_subscriptions=WS_CHANNELS_PER_CONNECTION,
-            connections_per_window=WS_CONNECTIONS_PER_MINUTE,
-            connect_window_seconds=settings.ws_connect_window_seconds,
-            subscribe_frames_per_second=WS_SUBSCRIBE_FRAMES_PER_SECOND,
-            silence_seconds=2 * settings.bitfinex_ws_heartbeat_seconds,
-        )
-
     def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
         return [
             json.dumps({"event": "subscribe", "channel": "candles", "key": CANDLE_KEY_PREFIX + m.symbol})
@@ -189,10 +182,7 @@ class BitfinexAdapter(ExchangeAdapter):
         ]
 
     def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
-        try:
-            data = json.loads(text, parse_float=NumberText)
-        except ValueError:
-            raise ValueError(f"not JSON: {text[:200]}") from None
+        data = ws_json(text, parse_float=NumberText)
         if isinstance(data, dict):
             return self._ws_event(data, session)
         if not isinstance(data, list) or len(data) < 2 or type(data[0]) is not int:

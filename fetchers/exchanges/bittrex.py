@@ -38,13 +38,14 @@ from fetchers.exchanges.base import (
     WsEvent,
     WsHeartbeat,
     WsInfo,
-    WsLimits,
     WsSession,
     chunk_range,
     classify_by_status,
     error_body,
     in_task_range,
     task_for,
+    ws_batches,
+    ws_json,
 )
 
 DAY_MS = 86_400_000
@@ -81,6 +82,10 @@ class BittrexAdapter(ExchangeAdapter):
     max_candles_per_request = 1440
     candles_request_weight = 1
     max_request_weight = 1
+    ws_transport = "signalr"
+    ws_max_subscriptions = WS_STREAMS_PER_CONNECTION
+    ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
+    ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
 
     # -- markets
     def markets_requests(self) -> list[RestRequest]:
@@ -167,16 +172,6 @@ class BittrexAdapter(ExchangeAdapter):
     def ws_url(self, settings: Settings) -> str:
         return settings.ws_url(self.name)
 
-    def ws_limits(self, settings: Settings) -> WsLimits:
-        return WsLimits(
-            transport="signalr",
-            max_subscriptions=WS_STREAMS_PER_CONNECTION,
-            connections_per_window=WS_CONNECTIONS_PER_MINUTE,
-            connect_window_seconds=settings.ws_connect_window_seconds,
-            subscribe_frames_per_second=WS_SUBSCRIBE_FRAMES_PER_SECOND,
-            silence_seconds=2 * settings.bittrex_ws_heartbeat_seconds,
-        )
-
     def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
         return self._invocations("Subscribe", [HEARTBEAT_STREAM], markets, session)
 
@@ -187,23 +182,14 @@ class BittrexAdapter(ExchangeAdapter):
         self, method: str, first: list[str], markets: Sequence[Market], session: WsSession
     ) -> list[str]:
         streams = first + [candle_stream(m.symbol) for m in markets]
-        return [
-            json.dumps(
-                {
-                    "H": HUB,
-                    "M": method,
-                    "A": [streams[i : i + WS_STREAMS_PER_INVOCATION]],
-                    "I": session.request_id(),
-                }
-            )
-            for i in range(0, len(streams), WS_STREAMS_PER_INVOCATION)
-        ]
+        return ws_batches(
+            lambda chunk: {"H": HUB, "M": method, "A": [chunk], "I": session.request_id()},
+            streams,
+            WS_STREAMS_PER_INVOCATION,
+        )
 
     def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise ValueError(f"not JSON: {text[:200]}") from None
+        data = ws_json(text)
         if not isinstance(data, dict):
             raise ValueError(f"unexpected frame: {text[:200]}")
         if "E" in data:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +26,6 @@ from common.settings import EXCHANGES
 from common.timeutil import MINUTE_MS
 from tests.support.live import (
     FAST_HEARTBEATS,
-    DurableRedis,
     LiveStack,
     mismatches,
     outage_share,
@@ -32,7 +33,7 @@ from tests.support.live import (
     refresh_all_markets,
     wait_for,
 )
-from tests.support.services import free_port
+from tests.support.services import RedisServer
 from tests.support.simulator import running_simulator, simulator_process
 
 pytestmark = pytest.mark.e2e
@@ -78,12 +79,7 @@ def test_full_market_lists_equal_ground_truth_and_users_get_the_latest_bar(setti
             channel = ws_send_key("binance", watched.base_id, watched.quote_id)
             subscriber = client.pubsub()
             subscriber.subscribe(channel)
-            for exchange in EXCHANGES:
-                stack.fetch(exchange)
-            stack.update()
-            for exchange in EXCHANGES:
-                stack.wait_connected(exchange)
-            start = sim.clock()["current_minute_ms"] + MINUTE_MS
+            start = stack.start_all(EXCHANGES)
             for exchange in EXCHANGES:
                 stack.wait_clock_past(exchange, start + 12 * MINUTE_MS)
             end = stack.wait_flushed(EXCHANGES)
@@ -129,8 +125,7 @@ FAST = dict(speed=60.0, markets=40, ws_connections_window_seconds=3.0)
 def test_faults_are_survived_and_every_outage_is_recorded(settings, logdir):
     """Drops, a stall, malformed frames, Bitfinex 20051/20060/20061, Binance serverShutdown and a
     Redis restart (with its data kept, as production Redis does)."""
-    (logdir / "redis").mkdir()
-    durable = DurableRedis(free_port(), "live-test-password", logdir / "redis").start()
+    durable = RedisServer(persistent=True).start()
     with running_simulator(**FAST) as sim:
         live_settings = settings.model_copy(
             update={
@@ -144,12 +139,7 @@ def test_faults_are_survived_and_every_outage_is_recorded(settings, logdir):
         listed_later = trading(settings, "bittrex")[-1]
         _set_trading(settings, listed_later, False)
         try:
-            for exchange in EXCHANGES:
-                stack.fetch(exchange)
-            stack.update()
-            for exchange in EXCHANGES:
-                stack.wait_connected(exchange)
-            start = sim.clock()["current_minute_ms"] + MINUTE_MS
+            start = stack.start_all(EXCHANGES)
 
             _set_trading(settings, listed_later, True)  # listed while running: picked up
             key = ws_send_key("bittrex", listed_later.base_id, listed_later.quote_id)
@@ -178,7 +168,7 @@ def test_faults_are_survived_and_every_outage_is_recorded(settings, logdir):
             settle()
             sim.set_faults("bitfinex", ws_info=20060, maintenance_seconds=1.0)
             settle()
-            durable.stop()
+            durable.halt()
             time.sleep(1.0)  # Redis stays down for a moment while bars keep coming
             durable.start()
             settle(3)
@@ -218,12 +208,7 @@ def test_kill_9_of_the_updater_and_of_a_fetcher_loses_and_doubles_nothing(settin
         stack = LiveStack(live_settings, sim, logdir)
         exchanges = ["binance", "bittrex"]
         try:
-            for exchange in exchanges:
-                stack.fetch(exchange)
-            stack.update()
-            for exchange in exchanges:
-                stack.wait_connected(exchange)
-            start = sim.clock()["current_minute_ms"] + MINUTE_MS
+            start = stack.start_all(exchanges)
             rng = random.Random(7)
             for _ in range(8):  # the updater flushes every 0.5 s: some kills land inside a flush
                 time.sleep(rng.uniform(0.2, 1.2))
@@ -243,3 +228,23 @@ def test_kill_9_of_the_updater_and_of_a_fetcher_loses_and_doubles_nothing(settin
             assert outages(settings, "bittrex") == {}
         finally:
             stack.stop_all()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["fetch", "--exchange", "kraken"], "unknown exchange 'kraken'"),
+        (["fetch", "--exchange", "binance", "--shard", "3/2"], "--shard 3/2"),
+        (["fetch", "--exchange", "binance", "--symbols", "NOPE/USD"], "unknown symbol 'NOPE/USD'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(settings, args, fragment):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.fetchers.ws", *args],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -109,6 +108,17 @@ class LiveStack:
 
     def update(self) -> subprocess.Popen:
         return self.start("updater", "update")
+
+    def start_all(self, exchanges: Iterable[str]) -> int:
+        """Fetchers for `exchanges` and the updater; returns the first simulated minute that began
+        with every connection up (where comparisons with the truth can start)."""
+        exchanges = list(exchanges)
+        for exchange in exchanges:
+            self.fetch(exchange)
+        self.update()
+        for exchange in exchanges:
+            self.wait_connected(exchange)
+        return self.sim.clock()["current_minute_ms"] + MINUTE_MS
 
     def kill(self, name: str) -> None:
         proc = self.procs.pop(name)
@@ -251,56 +261,6 @@ def mismatches(
             what = "missing" if t not in mine else "extra" if t not in truth else f"{mine[t]} != {truth[t]}"
             problems.append(f"{exchange} {market.symbol} {t}: {what}")
     return problems
-
-
-@dataclass
-class DurableRedis:
-    """A Redis that keeps its data across a restart (append-only file, fsync always), like the
-    platform's production Redis, on a fixed port so clients can reconnect to it."""
-
-    port: int
-    password: str
-    workdir: Path
-    process: subprocess.Popen | None = None
-
-    def start(self) -> DurableRedis:
-        self.process = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "/usr/bin/redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--requirepass",
-                self.password,
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
-        wait_for(lambda: _pings(client), 15, "Redis to start")
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
-            self.process = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.exceptions.RedisError:
-        return False
 
 
 def outage_share(

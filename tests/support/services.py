@@ -137,6 +137,8 @@ class RedisServer:
     password: str = "test-redis-password"
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-redis-")))
     process: subprocess.Popen | None = None
+    persistent: bool = False
+    """Keep the data across a restart (append-only file, fsync always), as production Redis does."""
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -152,7 +154,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
                 "--daemonize",
@@ -167,11 +171,16 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server but keep its files (a `start()` afterwards is a restart)."""
         if self.process is not None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+            self.process = None
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)
