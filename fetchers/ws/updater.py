@@ -164,7 +164,15 @@ class Updater:
                 pipe.hgetall(key)
             for key, fields in zip(chunk, pipe.execute(), strict=True):
                 backlog += len(fields)
-                exchange, base_id, quote_id = split_sub_key(key, self.delimiter)
+                try:
+                    exchange, base_id, quote_id = split_sub_key(key, self.delimiter)
+                except ValueError:
+                    log.warning(
+                        "ignoring %s: not a ws_sub_{exchange}%s{base}%s{quote} name",
+                        key,
+                        *[self.delimiter] * 2,
+                    )
+                    continue
                 bars = {int(t): raw.decode() for t, raw in fields.items()}
                 closed = closed_times(bars, clocks.get(exchange, 0))
                 if not fields:
