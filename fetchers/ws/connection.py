@@ -84,7 +84,7 @@ class LiveConnection:
 
     async def run(self) -> None:
         attempt = 0
-        while self.markets:
+        while self.markets and not self.engine.stopping:
             await self.engine.pacer.acquire()
             reason = "closed by the server"
             delay = None
@@ -111,7 +111,8 @@ class LiveConnection:
     async def _connected_session(self) -> bool:
         """Returns whether data flowed (so the backoff starts over)."""
         engine = self.engine
-        self._ws = await asyncio.wait_for(engine.open_socket(), CONNECT_TIMEOUT_SECONDS)
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):  # unlike wait_for, never loses a cancel
+            self._ws = await engine.open_socket()
         self._session = WsSession()
         self.subscribed = False
         self.paused = False

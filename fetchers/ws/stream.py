@@ -36,6 +36,7 @@ from fetchers.ws.sink import MarketKeys, RedisSink
 log = logging.getLogger(__name__)
 
 HEALTH_SECONDS = 1.0
+SHUTDOWN_SECONDS = 10.0
 SUMMED = (
     "connections_up",
     "connections_total",
@@ -127,6 +128,7 @@ class StreamEngine:
         self.frames = 0
         self.bad_frames = 0
         self.last_frame_ms = 0
+        self.stopping = False
         self._tasks: dict[asyncio.Task[None], LiveConnection | None] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -275,18 +277,23 @@ class StreamEngine:
             await self.shutdown()
 
     async def shutdown(self) -> None:
+        """Stop every task (bounded: a task that lost its cancel cannot hold the exit), close the
+        sockets, hand the last bars to Redis."""
+        self.stopping = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_SECONDS)
+            if stuck:
+                log.warning("%s: %d tasks did not stop in %gs", self.exchange, len(stuck), SHUTDOWN_SECONDS)
         for conn in self.connections:
             await conn._close()
         try:
             await asyncio.wait_for(self.sink.flush(), 10)
-            await self._write_health(
-                ws_health_key(self.exchange),
-                self.shard.label,
-                {"connections_up": 0, "messages_per_s": 0, "updated_ms": int(time.time() * 1000)},
+            final = {"connections_up": 0, "messages_per_s": 0, "updated_ms": int(time.time() * 1000)}
+            await asyncio.wait_for(
+                self._write_health(ws_health_key(self.exchange), self.shard.label, final), 5
             )
         except Exception as exc:  # noqa: BLE001 - Redis gone at shutdown: the next start records the gap
             log.warning("%s: could not flush the last bars to Redis: %s", self.exchange, exc)
