@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.measure import cpu_seconds, http_json, machine, memory_mb
-from tests.support.signalr_minimal import CONNECTION_DATA
+from fetchers.ws.signalr import CONNECTION_DATA
 from tests.support.simulator import simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]

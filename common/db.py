@@ -203,6 +203,36 @@ def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
     return written
 
 
+_INSERT_MISSING_FROM_INCOMING = """
+INSERT INTO ohlcvs (time, exchange, base_id, quote_id, open, high, low, close, volume)
+SELECT timestamptz 'epoch' + i.time_ms * interval '1 millisecond',
+       i.exchange, i.base_id, i.quote_id, i.open, i.high, i.low, i.close, i.volume
+FROM ohlcvs_incoming i
+JOIN symbol_exchange s USING (exchange, base_id, quote_id)
+ON CONFLICT (exchange, base_id, quote_id, time) DO NOTHING
+"""
+
+
+def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
+    """Live bars: fill minutes that have no row yet, never change an existing row (REST data is the
+    exchange's final word). Same candle form and checks as `upsert_candles`; bars of markets missing
+    from `symbol_exchange` are skipped. Returns rows inserted. Runs in the caller's transaction."""
+    buffer, count = _candle_rows(candles)
+    if count == 0:
+        return 0
+    with conn.cursor() as cur:
+        cur.execute(_CREATE_INCOMING)
+        cur.copy_expert(
+            "COPY ohlcvs_incoming (time_ms, exchange, base_id, quote_id, open, high, low, close, volume) "
+            "FROM STDIN",
+            buffer,
+        )
+        cur.execute(_INSERT_MISSING_FROM_INCOMING)
+        written = cur.rowcount
+        cur.execute("TRUNCATE ohlcvs_incoming")
+    return written
+
+
 def upsert_markets(conn: PgConnection, markets: Sequence[Market], exchange: str | None = None) -> int:
     """Insert or update markets. With `exchange`, markets of that exchange not in the list are
     marked not trading (never deleted: their candles stay)."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 from common.settings import get_settings
 
 WS_SUB_LIST = "ws_sub_list"
+WS_UPDATER_HEALTH = "ws_updater_health"
+WS_OUTAGES = "ws_outages"
+"""List of outage records (JSON) from the fetchers, moved into `ohlcvs_outages` by the updater."""
 
 
 def _join(*parts: str, delimiter: str | None = None) -> str:
@@ -20,6 +23,17 @@ def ws_send_key(exchange: str, base_id: str, quote_id: str, delimiter: str | Non
 def ws_sub_key(exchange: str, base_id: str, quote_id: str, delimiter: str | None = None) -> str:
     """Hash of bars waiting for the database flush (internal)."""
     return "ws_sub_" + _join(exchange, base_id, quote_id, delimiter=delimiter)
+
+
+def ws_health_key(exchange: str) -> str:
+    """Hash of one exchange's fetcher health (connections, messages/s, clocks, reconnects)."""
+    return f"ws_health_{exchange}"
+
+
+def ws_progress_key(exchange: str) -> str:
+    """Hash: fetcher (shard) label -> newest bar time it handed to Redis; tells a restarted
+    fetcher since when it was away (internal)."""
+    return f"ws_progress_{exchange}"
 
 
 def rate_budget_key(exchange: str) -> str:

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
 
     # Live pipeline
     updater_flush_seconds: float = Field(default=5.0, gt=0)
+    ws_connect_window_seconds: float = Field(default=60.0, gt=0)
+    bitfinex_ws_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    binance_ws_heartbeat_seconds: float = Field(default=20.0, gt=0)
+    bittrex_ws_heartbeat_seconds: float = Field(default=5.0, gt=0)
+    ws_backoff_base_seconds: float = Field(default=0.5, gt=0)
+    ws_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    ws_markets_refresh_seconds: float = Field(default=60.0, gt=0)
 
     # Logging
     log_dir: Path = PROJECT_ROOT / "logs"

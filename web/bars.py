@@ -8,15 +8,25 @@ opens and closes keep their original text, volumes are summed exactly.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Sequence
 from decimal import Context, Decimal
 
+from common.candle import DECIMAL_TEXT
 from common.reads import Bar, Interval
 from common.timeutil import isoformat_z, ms_to_datetime
 
-_DECIMAL_TEXT = re.compile(r"-?\d+(\.\d+)?")
 _EXACT = Context(prec=200)
+
+
+def _plain_decimals(values: Sequence[object]) -> tuple[str, ...] | None:
+    """The values as plain decimal text (as PostgreSQL renders NUMERIC: `1e-8` -> `0.00000001`), or
+    None unless every one is exact decimal text (`common.candle.DECIMAL_TEXT`)."""
+    if not all(isinstance(v, str) and DECIMAL_TEXT.fullmatch(v) for v in values):
+        return None
+    return tuple(
+        format(Decimal(v), "f") if "e" in v or "E" in v or v[0] in "+." else v  # type: ignore[index]
+        for v in values
+    )
 
 
 def _sum_text(values: Iterable[str]) -> str:
@@ -49,9 +59,8 @@ def parse_live_bar(raw: bytes | str) -> Bar | None:
         return None
     if not isinstance(time_ms, int) or isinstance(time_ms, bool):
         return None
-    if not all(isinstance(f, str) and _DECIMAL_TEXT.fullmatch(f) for f in fields):
-        return None
-    return (time_ms, *fields)
+    plain = _plain_decimals(fields)
+    return None if plain is None else (time_ms, *plain)
 
 
 def parse_latest_hash(fields: dict[bytes, bytes]) -> Bar | None:
@@ -61,9 +70,8 @@ def parse_latest_hash(fields: dict[bytes, bytes]) -> Bar | None:
         values = tuple(fields[k].decode() for k in (b"open", b"high", b"low", b"close", b"volume"))
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    if not all(_DECIMAL_TEXT.fullmatch(v) for v in values):
-        return None
-    return (time_ms, *values)
+    plain = _plain_decimals(values)
+    return None if plain is None else (time_ms, *plain)
 
 
 def merge_minutes(stored: list[Bar], live: Iterable[Bar], limit: int) -> list[Bar]:

@@ -7,6 +7,9 @@ tested with real payloads alone. All three adapters define the same methods in t
     markets_requests -> parse_markets            which markets exist
     plan_fetch_tasks -> candles_request -> parse_candles     history over REST
     classify_error, used_weight, rate_limit      how to behave under the exchange's limits
+    ws_url -> ws_limits -> plan_ws_connections -> subscribe_frames -> unsubscribe_frames
+        -> parse_ws_frame                        live 1-minute bars over the websocket
+    matches_symbol                               the names a user may give a market
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
 from common.candle import Candle, Market
@@ -113,6 +116,84 @@ class RateLimit:
         return used >= self.capacity * SAFETY_FRACTION
 
 
+@dataclass(frozen=True, slots=True)
+class WsLimits:
+    """How the stream engine must treat one exchange's websocket.
+
+    `max_subscriptions` per connection; at most `connections_per_window` new connections per
+    `connect_window_seconds`; subscribe frames at most `subscribe_frames_per_second` per connection;
+    a connection with no frame at all for `silence_seconds` is dead (2x the heartbeat interval)."""
+
+    transport: Literal["websocket", "signalr"]
+    max_subscriptions: int
+    connections_per_window: int
+    connect_window_seconds: float
+    subscribe_frames_per_second: float
+    silence_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WsCandle:
+    """A live bar as the exchange sent it: open time in ms, prices and volume as exact decimal text.
+    `closed` only when the exchange itself says the bar is final (Binance `x`); `snapshot` for
+    history replayed on subscribe (Bitfinex), as opposed to an update pushed as it happened."""
+
+    symbol: str
+    time: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    closed: bool = False
+    snapshot: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WsHeartbeat:
+    """The connection is alive (a heartbeat, keep-alive, pong or acknowledgement)."""
+
+
+class WsAction(enum.Enum):
+    NONE = "none"  # informational
+    RECONNECT = "reconnect"  # the server restarts or closes: reconnect now
+    PAUSE = "pause"  # maintenance began: expect silence, keep the socket
+    RESUBSCRIBE = "resubscribe"  # maintenance ended: subscribe every channel again
+
+
+@dataclass(frozen=True, slots=True)
+class WsInfo:
+    action: WsAction
+    code: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WsError:
+    """The exchange refused something (a subscription, a request); the socket stays usable."""
+
+    code: str | None
+    message: str
+    symbol: str | None = None
+
+
+WsEvent = WsCandle | WsHeartbeat | WsInfo | WsError
+
+
+@dataclass(slots=True)
+class WsSession:
+    """Per-connection protocol state the parser needs (e.g. Bitfinex channel ids -> symbols).
+
+    One per connection, so channel state is keyed by (connection, channel id) by construction."""
+
+    channels: dict[int, str] = field(default_factory=dict)
+    next_request_id: int = 0
+
+    def request_id(self) -> int:
+        self.next_request_id += 1
+        return self.next_request_id
+
+
 class ExchangeAdapter:
     """The common shape; each exchange module subclasses it and fills in every method."""
 
@@ -152,6 +233,60 @@ class ExchangeAdapter:
 
     def rate_limit(self, settings: Settings) -> RateLimit:
         raise NotImplementedError
+
+    # -- live bars over the websocket
+    ws_transport: ClassVar[Literal["websocket", "signalr"]] = "websocket"
+    ws_max_subscriptions: ClassVar[int]
+    ws_connections_per_minute: ClassVar[int]
+    ws_subscribe_frames_per_second: ClassVar[float]
+
+    def ws_url(self, settings: Settings) -> str:
+        raise NotImplementedError
+
+    def ws_limits(self, settings: Settings) -> WsLimits:
+        """The published limits; the heartbeat setting `<exchange>_ws_heartbeat_seconds` sets the
+        silence allowed (twice the interval)."""
+        return WsLimits(
+            transport=self.ws_transport,
+            max_subscriptions=self.ws_max_subscriptions,
+            connections_per_window=self.ws_connections_per_minute,
+            connect_window_seconds=settings.ws_connect_window_seconds,
+            subscribe_frames_per_second=self.ws_subscribe_frames_per_second,
+            silence_seconds=2 * float(getattr(settings, f"{self.name}_ws_heartbeat_seconds")),
+        )
+
+    def plan_ws_connections(self, markets: Sequence[Market], limits: WsLimits) -> list[tuple[Market, ...]]:
+        """Markets spread over as few connections as the per-connection limit allows (stable order)."""
+        ordered = sorted(markets, key=lambda m: m.symbol)
+        size = limits.max_subscriptions
+        return [tuple(ordered[i : i + size]) for i in range(0, len(ordered), size)]
+
+    def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        raise NotImplementedError
+
+    def unsubscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        raise NotImplementedError
+
+    def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
+        """Events in one text frame, in order; ValueError when the frame is malformed."""
+        raise NotImplementedError
+
+    def matches_symbol(self, market: Market, wanted: str) -> bool:
+        """Whether `wanted` (upper case) names `market`: BASE/QUOTE or the exchange's symbol."""
+        return wanted in (market.pair.upper(), market.symbol.upper())
+
+
+def ws_json(text: str, **options: Any) -> Any:
+    """A websocket frame's JSON; ValueError (the engine's "bad frame") when it is not JSON."""
+    try:
+        return json.loads(text, **options)
+    except ValueError:
+        raise ValueError(f"not JSON: {text[:200]}") from None
+
+
+def ws_batches(build: Any, items: Sequence[Any], size: int) -> list[str]:
+    """`build(chunk)` for consecutive chunks of at most `size` items, as compact JSON frames."""
+    return [json.dumps(build(list(items[i : i + size]))) for i in range(0, len(items), size)]
 
 
 def task_for(market: Market, start_ms: int, end_ms: int) -> FetchTask:
@@ -208,16 +343,15 @@ class UnknownSymbolError(ValueError):
 
 
 def resolve_symbol(markets: Sequence[Market], text: str) -> Market:
-    """A market named by the user as BASE/QUOTE or as the exchange's own symbol (any case;
-    Bitfinex's `t` prefix optional)."""
+    """A market named by the user as BASE/QUOTE or as the exchange's own symbol (any case; each
+    adapter's `matches_symbol` knows its exchange's extra spellings)."""
+    from fetchers.exchanges import get_adapter
+
     wanted = text.strip().upper()
     if not wanted:
         raise UnknownSymbolError("empty symbol")
     for market in markets:
-        names = {market.pair.upper(), market.symbol.upper()}
-        if market.exchange == "bitfinex" and market.symbol.startswith("t"):
-            names.add(market.symbol[1:].upper())
-        if wanted in names:
+        if get_adapter(market.exchange).matches_symbol(market, wanted):
             return market
     exchange = markets[0].exchange if markets else "this exchange"
     raise UnknownSymbolError(

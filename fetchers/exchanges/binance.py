@@ -5,6 +5,12 @@ Wire facts this module relies on: `exchangeInfo` (weight 20) lists symbols with 
 strings and a row for every minute, trades or not; limits are request weight per minute per IP,
 reported back in `X-MBX-USED-WEIGHT-1M`; 429 and 418 carry `Retry-After`; errors are
 `{"code": -1121, "msg": "Invalid symbol."}`.
+
+Websocket: `/stream` (combined: every payload wrapped as `{"stream": .., "data": ..}`) with live
+`SUBSCRIBE` requests of lower-case `<symbol>@kline_1m` names; kline fields are strings except times
+and `x` (the bar is closed). At most 1024 streams per connection, 5 incoming messages per second
+(pongs included), 300 connections per 5 minutes; the server pings every 20 s, cuts every connection
+after 24 hours, and announces a restart with `serverShutdown`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,18 @@ from fetchers.exchanges.base import (
     FetchTask,
     RateLimit,
     RestRequest,
+    WsAction,
+    WsCandle,
+    WsError,
+    WsEvent,
+    WsHeartbeat,
+    WsInfo,
+    WsSession,
     classify_by_status,
     error_body,
     retry_after_seconds,
+    ws_batches,
+    ws_json,
 )
 
 EXCHANGE_INFO_WEIGHT = 20
@@ -34,6 +49,11 @@ USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
 DEFAULT_BAN_SECONDS = 120.0
 KLINES_JSON_CHARS = b'[]," '
 """Besides number characters, all a klines body holds; string values in it are then number text."""
+WS_STREAMS_PER_CONNECTION = 1024
+WS_STREAMS_PER_REQUEST = 300
+WS_CONNECTIONS_PER_MINUTE = 60  # 300 per 5 minutes
+WS_SUBSCRIBE_FRAMES_PER_SECOND = 2.0  # of the 5 messages a second allowed, keep room for pongs
+KLINE_SUFFIX = "@kline_1m"
 
 
 class BinanceAdapter(ExchangeAdapter):
@@ -41,6 +61,9 @@ class BinanceAdapter(ExchangeAdapter):
     max_candles_per_request = 1000
     candles_request_weight = KLINES_WEIGHT
     max_request_weight = EXCHANGE_INFO_WEIGHT
+    ws_max_subscriptions = WS_STREAMS_PER_CONNECTION
+    ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
+    ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
 
     # -- markets
     def markets_requests(self) -> list[RestRequest]:
@@ -128,3 +151,49 @@ class BinanceAdapter(ExchangeAdapter):
             settings.rest_rate_window_seconds,
             self.max_request_weight,
         )
+
+    # -- live bars over the websocket
+    def ws_url(self, settings: Settings) -> str:
+        return settings.ws_url(self.name) + "/stream"
+
+    def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return self._requests("SUBSCRIBE", markets, session)
+
+    def unsubscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return self._requests("UNSUBSCRIBE", markets, session)
+
+    def _requests(self, method: str, markets: Sequence[Market], session: WsSession) -> list[str]:
+        streams = [m.symbol.lower() + KLINE_SUFFIX for m in markets]
+        return ws_batches(
+            lambda chunk: {"method": method, "params": chunk, "id": session.request_id()},
+            streams,
+            WS_STREAMS_PER_REQUEST,
+        )
+
+    def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
+        data = ws_json(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        event = data.get("data", data) if "stream" in data else data
+        if not isinstance(event, dict):
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        kind = event.get("e")
+        if kind == "kline":
+            try:
+                k = event["k"]
+                candle = WsCandle(k["s"], k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["x"] is True)
+            except (KeyError, TypeError):
+                raise ValueError(f"malformed kline: {text[:200]}") from None
+            if type(candle.time) is not int or not all(
+                type(v) is str for v in (candle.open, candle.high, candle.low, candle.close, candle.volume)
+            ):
+                raise ValueError(f"malformed kline: {text[:200]}")
+            return [candle]
+        if kind == "serverShutdown":
+            return [WsInfo(WsAction.RECONNECT, None, "serverShutdown")]
+        if "error" in event:
+            error = event["error"] if isinstance(event["error"], dict) else {}
+            return [WsError(str(error.get("code")), str(error.get("msg", event["error"])))]
+        if "result" in event:
+            return [WsHeartbeat()]
+        return [WsInfo(WsAction.NONE, None, f"event {kind!r}")]

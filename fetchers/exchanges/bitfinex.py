@@ -4,6 +4,12 @@ Wire facts this module relies on: pairs are listed without the `t` prefix and sp
 candles are `[MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]` (OCHL) as JSON numbers, newest first unless
 `sort=1`; no candle exists for a minute without trades; errors are `["error", code, text]`, and a
 rate limit is HTTP 429 with code 11010 followed by a ~60 s block.
+
+Websocket (`/ws/2`): objects are events (`info`, `subscribed`, `error`, ...), arrays are channel
+data `[chanId, payload, ...]` (trailing fields such as SEQ_ALL numbers are ignored); the channel id
+is only meaningful on its own socket; a payload is a snapshot (list of candles), one candle, or
+`"hb"` (every 15 s on an idle channel). Info 20051 = reconnect, 20060 = maintenance (silence),
+20061 = maintenance over (resubscribe). At most 25 channels per connection, 20 connections a minute.
 """
 
 from __future__ import annotations
@@ -22,15 +28,28 @@ from fetchers.exchanges.base import (
     FetchTask,
     RateLimit,
     RestRequest,
+    WsAction,
+    WsCandle,
+    WsError,
+    WsEvent,
+    WsHeartbeat,
+    WsInfo,
+    WsSession,
     classify_by_status,
     error_body,
     retry_after_seconds,
+    ws_json,
 )
 
 PAIRS_CONF = "pub:list:pair:exchange"
 RATE_LIMIT_CODE = 11010
 RETRYABLE_CODES = {10000, 11000, 20060}  # unknown error, not ready, maintenance
 PAPER_TRADING_PREFIX = "TEST"
+CANDLE_KEY_PREFIX = "trade:1m:"
+WS_CHANNELS_PER_CONNECTION = 25
+WS_CONNECTIONS_PER_MINUTE = 20
+WS_SUBSCRIBE_FRAMES_PER_SECOND = 25.0
+INFO_ACTIONS = {20051: WsAction.RECONNECT, 20060: WsAction.PAUSE, 20061: WsAction.RESUBSCRIBE}
 
 
 def split_pair(pair: str) -> tuple[str, str]:
@@ -60,6 +79,9 @@ class BitfinexAdapter(ExchangeAdapter):
     max_candles_per_request = 10_000
     candles_request_weight = 1
     max_request_weight = 1
+    ws_max_subscriptions = WS_CHANNELS_PER_CONNECTION
+    ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
+    ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
 
     # -- markets
     def markets_requests(self) -> list[RestRequest]:
@@ -145,3 +167,96 @@ class BitfinexAdapter(ExchangeAdapter):
             settings.rest_rate_window_seconds,
             self.max_request_weight,
         )
+
+    # -- live bars over the websocket
+    def ws_url(self, settings: Settings) -> str:
+        return settings.ws_url(self.name)
+
+    def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return [
+            json.dumps({"event": "subscribe", "channel": "candles", "key": CANDLE_KEY_PREFIX + m.symbol})
+            for m in markets
+        ]
+
+    def unsubscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        symbols = {m.symbol for m in markets}
+        return [
+            json.dumps({"event": "unsubscribe", "chanId": chan_id})
+            for chan_id, symbol in session.channels.items()
+            if symbol in symbols
+        ]
+
+    def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
+        data = ws_json(text, parse_float=NumberText)
+        if isinstance(data, dict):
+            return self._ws_event(data, session)
+        if not isinstance(data, list) or len(data) < 2 or type(data[0]) is not int:
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        payload = data[1]
+        if payload == "hb":
+            return [WsHeartbeat()]
+        symbol = session.channels.get(data[0])
+        if symbol is None:
+            return [WsError(None, f"data for unknown channel {data[0]}")]
+        if not isinstance(payload, list):
+            raise ValueError(f"unexpected channel payload: {text[:200]}")
+        snapshot = bool(payload) and isinstance(payload[0], list)
+        rows = payload if snapshot else [payload] if payload else []
+        candles = [_ws_candle(symbol, row, snapshot) for row in rows]
+        candles.sort(key=lambda c: c.time)
+        return candles
+
+    def _ws_event(self, data: dict[str, Any], session: WsSession) -> list[WsEvent]:
+        event = data.get("event")
+        key = data.get("key")
+        symbol = (
+            key[len(CANDLE_KEY_PREFIX) :]
+            if isinstance(key, str) and key.startswith(CANDLE_KEY_PREFIX)
+            else None
+        )
+        if event == "subscribed" and symbol is not None and type(data.get("chanId")) is int:
+            session.channels[data["chanId"]] = symbol
+            return [WsHeartbeat()]
+        if event == "unsubscribed":
+            session.channels.pop(data.get("chanId"), None)
+            return [WsHeartbeat()]
+        if event == "info":
+            code = data.get("code")
+            if code is None:  # the greeting: platform status 0 means maintenance
+                status = (data.get("platform") or {}).get("status", 1)
+                action = WsAction.PAUSE if status == 0 else WsAction.NONE
+                return [WsInfo(action, None, f"server version {data.get('version')}")]
+            return [WsInfo(INFO_ACTIONS.get(code, WsAction.NONE), code, str(data.get("msg", "")))]
+        if event == "error":
+            code = data.get("code")
+            if code == 10301 and symbol is not None and type(data.get("chanId")) is int:
+                session.channels[data["chanId"]] = symbol  # already subscribed: keep the channel
+                return [WsHeartbeat()]
+            return [WsError(None if code is None else str(code), str(data.get("msg", "")), symbol)]
+        if event in ("pong", "conf"):
+            return [WsHeartbeat()]
+        return [WsInfo(WsAction.NONE, None, f"event {event!r}")]
+
+    def matches_symbol(self, market: Market, wanted: str) -> bool:
+        """Bitfinex's own symbols carry a `t` prefix that users may leave out."""
+        return super().matches_symbol(market, wanted) or market.symbol[1:].upper() == wanted
+
+
+class NumberText(str):
+    """A JSON number's own text (json's parse_float hook): exact, and distinct from a JSON string."""
+
+
+def _ws_candle(symbol: str, row: Any, snapshot: bool) -> WsCandle:
+    """`[MTS, OPEN, CLOSE, HIGH, LOW, VOLUME, ...]`, numbers only, each kept as its own text."""
+    if not isinstance(row, list) or len(row) < 6 or type(row[0]) is not int:
+        raise ValueError(f"malformed candle {row!r}")
+    mts, open_, close, high, low, volume = row[:6]
+    values = []
+    for value in (open_, high, low, close, volume):
+        if type(value) is int:
+            values.append(str(value))
+        elif type(value) is NumberText:
+            values.append(str.__str__(value))
+        else:
+            raise ValueError(f"malformed candle {row!r}")
+    return WsCandle(symbol, mts, *values, snapshot=snapshot)

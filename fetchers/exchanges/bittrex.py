@@ -5,13 +5,22 @@ symbol and its status (`ONLINE`/`OFFLINE`); minute candles come one UTC day per 
 `historical/{y}/{m}/{d}` (plain integers, exactly three parts), while the unfinished current day is
 served only by `recent` (the last day); every minute has a candle (zero volume when quiet); numbers
 are decimal strings; errors are `{"code": "..."}` and the limit is 60 calls per minute (HTTP 429).
+
+Websocket: ASP.NET SignalR (classic) hub `c3`. `Subscribe` invocations carry arrays of stream
+names (`candle_<SYMBOL>_MINUTE_1`, `heartbeat`); replies `{"R": [..], "I": ".."}`; pushes
+`{"M": [{"H": "C3", "M": "candle"|"heartbeat", "A": [base64 raw-deflate JSON]}]}`; bare `{}` frames
+are transport keep-alives (about every 10 s), `heartbeat` pushes come every 5 s. A placeholder bar
+opens every minute, so a newer `startsAt` closes the previous bar.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from common.candle import Candle, Market, check_ohlcv
 from common.settings import Settings
@@ -22,16 +31,45 @@ from fetchers.exchanges.base import (
     FetchTask,
     RateLimit,
     RestRequest,
+    WsAction,
+    WsCandle,
+    WsError,
+    WsEvent,
+    WsHeartbeat,
+    WsInfo,
+    WsSession,
     chunk_range,
     classify_by_status,
     error_body,
     in_task_range,
     task_for,
+    ws_batches,
+    ws_json,
 )
 
 DAY_MS = 86_400_000
 ONLINE_STATUS = "ONLINE"
 CANDLES_PATH = "/v3/markets/{symbol}/candles/TRADE/MINUTE_1"
+HUB = "c3"
+WS_STREAMS_PER_CONNECTION = 200  # undocumented; 40 were observed to work, we stay modest
+WS_STREAMS_PER_INVOCATION = 100
+WS_CONNECTIONS_PER_MINUTE = 20  # undocumented; as gentle as Bitfinex
+WS_SUBSCRIBE_FRAMES_PER_SECOND = 5.0
+HEARTBEAT_STREAM = "heartbeat"
+
+
+def candle_stream(symbol: str) -> str:
+    return f"candle_{symbol}_MINUTE_1"
+
+
+def decode_push_argument(text: str) -> Any:
+    """One pushed `A` item: base64 of raw DEFLATE (no zlib header) of UTF-8 JSON."""
+    return json.loads(zlib.decompress(base64.b64decode(text), -zlib.MAX_WBITS))
+
+
+def iso_minute_ms(text: str) -> int:
+    """`2021-06-14T01:55:00Z` -> epoch ms."""
+    return datetime_to_ms(datetime.fromisoformat(text))
 
 
 def day_start_ms(time_ms: int) -> int:
@@ -43,6 +81,10 @@ class BittrexAdapter(ExchangeAdapter):
     max_candles_per_request = 1440
     candles_request_weight = 1
     max_request_weight = 1
+    ws_transport = "signalr"
+    ws_max_subscriptions = WS_STREAMS_PER_CONNECTION
+    ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
+    ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
 
     # -- markets
     def markets_requests(self) -> list[RestRequest]:
@@ -119,3 +161,66 @@ class BittrexAdapter(ExchangeAdapter):
             settings.rest_rate_window_seconds,
             self.max_request_weight,
         )
+
+    # -- live bars over the websocket
+    def ws_url(self, settings: Settings) -> str:
+        return settings.ws_url(self.name)
+
+    def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return self._invocations("Subscribe", [HEARTBEAT_STREAM], markets, session)
+
+    def unsubscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
+        return self._invocations("Unsubscribe", [], markets, session)
+
+    def _invocations(
+        self, method: str, first: list[str], markets: Sequence[Market], session: WsSession
+    ) -> list[str]:
+        streams = first + [candle_stream(m.symbol) for m in markets]
+        return ws_batches(
+            lambda chunk: {"H": HUB, "M": method, "A": [chunk], "I": session.request_id()},
+            streams,
+            WS_STREAMS_PER_INVOCATION,
+        )
+
+    def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
+        data = ws_json(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        if "E" in data:
+            return [WsError(None, str(data["E"]))]
+        if "R" in data:
+            replies = data["R"] if isinstance(data["R"], list) else []
+            errors: list[WsEvent] = [
+                WsError(r.get("ErrorCode"), f"invocation {data.get('I')} stream {i} refused")
+                for i, r in enumerate(replies)
+                if isinstance(r, dict) and r.get("Success") is False
+            ]
+            return errors or [WsHeartbeat()]
+        entries = data.get("M")
+        if not entries:
+            return [WsHeartbeat()]  # `{}` keep-alive, init frame, groups token
+        if not isinstance(entries, list):
+            raise ValueError(f"unexpected frame: {text[:200]}")
+        events: list[WsEvent] = []
+        for entry in entries:
+            method = entry.get("M") if isinstance(entry, dict) else None
+            if method == "heartbeat":
+                events.append(WsHeartbeat())
+            elif method == "candle":
+                for argument in entry.get("A") or []:
+                    events.append(_ws_candle(argument))
+            else:
+                events.append(WsInfo(WsAction.NONE, None, f"push {method!r}"))
+        return events
+
+
+def _ws_candle(argument: Any) -> WsCandle:
+    try:
+        payload = decode_push_argument(argument)
+        delta = payload["delta"]
+        values = [delta["open"], delta["high"], delta["low"], delta["close"], delta.get("volume", "0")]
+        if not all(type(v) is str for v in values):
+            raise ValueError("prices must be decimal strings")
+        return WsCandle(payload["marketSymbol"], iso_minute_ms(delta["startsAt"]), *values)
+    except (KeyError, TypeError, ValueError, zlib.error) as exc:
+        raise ValueError(f"malformed candle push: {exc!r}") from None

@@ -412,7 +412,7 @@ def test_bittrex_today_through_recent_equals_ground_truth_without_the_minute_in_
 def test_a_redis_restart_mid_job_is_ridden_out(platform_settings, simulator, tmp_path):
     """Redis stops for about 2 s in the middle of a job (append-only file on, nothing lost): the
     engine reconnects and finishes the job exactly, with no traceback."""
-    server = RedisServer(workdir=tmp_path, append_only=True).start()
+    server = RedisServer(workdir=tmp_path, persistent=True).start()
     settings = platform_settings.model_copy(
         update={
             "redis_port": server.port,
@@ -441,7 +441,7 @@ def test_a_redis_restart_mid_job_is_ridden_out(platform_settings, simulator, tmp
         watcher = redis.Redis(port=server.port, password=server.password)
         while int(watcher.hget(f"cfr:backfill:job:{job.id}", "done") or 0) < job.total // 3:
             time.sleep(0.05)
-        server.stop(keep_data=True)
+        server.halt()
         time.sleep(2)  # the outage
         server.start()
         worker.join(120)

@@ -1,7 +1,7 @@
 """The simulator's Bittrex socket, checked field by field against docs/exchanges.md
 (Bittrex, the SignalR websocket).
 
-Everything goes over real sockets with the handwritten client in tests/support/signalr_minimal.py, so
+Everything goes over real sockets with the SignalR client in fetchers/ws/signalr.py, so
 these tests also prove that a client written from the wire description alone can use the simulator.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.signalr_minimal import CONNECTION_DATA, Push, SignalRClient
+from fetchers.ws.signalr import CONNECTION_DATA, Push, SignalRClient
 from tests.support.simulator import SimHandle, running_simulator, simulator_process
 
 pytestmark = pytest.mark.integration

@@ -210,8 +210,8 @@ class RedisServer:
     password: str = "test-redis-password"
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cfr-redis-")))
     process: subprocess.Popen | None = None
-    append_only: bool = False
-    """Keep data across `stop(keep_data=True)` / `start()` (an outage test), as production does."""
+    persistent: bool = False
+    """Keep the data across a restart (append-only file, fsync always), as production Redis does."""
 
     def start(self) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -227,7 +227,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "yes" if self.append_only else "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
                 "--daemonize",
@@ -242,7 +244,8 @@ class RedisServer:
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
-    def stop(self, keep_data: bool = False) -> None:
+    def halt(self) -> None:
+        """Stop the server but keep its files (a `start()` afterwards is a restart)."""
         if self.process is not None:
             self.process.terminate()
             try:
@@ -251,5 +254,7 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
             self.process = None
-        if not keep_data:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def stop(self) -> None:
+        self.halt()
+        shutil.rmtree(self.workdir, ignore_errors=True)

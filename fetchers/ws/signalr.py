@@ -1,9 +1,10 @@
 """A minimal ASP.NET SignalR classic (protocol 1.5) client, written from the wire description alone.
 
-It exists to prove the simulator's Bittrex socket round trip without trusting any SignalR library:
-negotiate -> connect (websocket) -> init frame -> start -> invoke Subscribe -> decode pushes
-(base64, then raw DEFLATE: `zlib.decompress(data, -15)`). Every frame is also kept raw, with its
-arrival time, so tests can check exact shapes and timing::
+No maintained Python library speaks the classic (pre-Core) protocol, and the part we need is small:
+negotiate -> connect (websocket) -> init frame -> [start] -> invoke Subscribe -> decode pushes
+(base64, then raw DEFLATE). `open_socket` is that handshake alone; the stream engine uses it and
+reads the socket itself. `SignalRClient` adds invocations with replies and keeps every frame raw,
+with its arrival time, so tests can check exact shapes and timing::
 
     async with SignalRClient(sim.urls["bittrex"]["ws"]) as client:   # http://host:port/signalr
         reply = await client.invoke("Subscribe", ["candle_BTC-USD_MINUTE_1", "heartbeat"])
@@ -17,21 +18,51 @@ arrival time, so tests can check exact shapes and timing::
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from fetchers.exchanges.bittrex import decode_push_argument as decode_argument
+
 CONNECTION_DATA = json.dumps([{"name": "c3"}], separators=(",", ":"))
+PROTOCOL = "1.5"
+
+__all__ = ["CONNECTION_DATA", "Push", "SignalRClient", "decode_argument", "negotiate", "open_socket"]
 
 
-def decode_argument(text: str) -> Any:
-    """One pushed `A` item: base64 of raw-deflate JSON."""
-    return json.loads(zlib.decompress(base64.b64decode(text), -zlib.MAX_WBITS))
+def transport_params(token: str, **extra: str) -> dict[str, str]:
+    """The query every request after negotiate carries (`/connect`, `/start`, `/abort`, ...)."""
+    return {
+        "transport": "webSockets",
+        "clientProtocol": PROTOCOL,
+        "connectionToken": token,
+        "connectionData": CONNECTION_DATA,
+        **extra,
+    }
+
+
+async def negotiate(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:
+    params = {"clientProtocol": PROTOCOL, "connectionData": CONNECTION_DATA}
+    async with session.get(f"{base_url.rstrip('/')}/negotiate", params=params) as response:
+        response.raise_for_status()
+        return await response.json()
+
+
+def socket_url(base_url: str, path: str) -> str:
+    url = base_url.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+    return f"{url}/{path}"
+
+
+async def open_socket(
+    session: aiohttp.ClientSession, base_url: str, **ws_options: Any
+) -> aiohttp.ClientWebSocketResponse:
+    """Negotiate and open the transport socket (the init frame is left for the caller to read)."""
+    negotiation = await negotiate(session, base_url)
+    params = transport_params(negotiation["ConnectionToken"], tid="10")
+    return await session.ws_connect(socket_url(base_url, "connect"), params=params, **ws_options)
 
 
 @dataclass
@@ -70,22 +101,11 @@ class SignalRClient:
     # ---- connection
 
     def transport_params(self, **extra: str) -> dict[str, str]:
-        """The query every request after negotiate carries (`/connect`, `/start`, `/abort`, ...)."""
-        token = self.negotiation["ConnectionToken"]
-        return {
-            "transport": "webSockets",
-            "clientProtocol": "1.5",
-            "connectionToken": token,
-            "connectionData": CONNECTION_DATA,
-            **extra,
-        }
+        return transport_params(self.negotiation["ConnectionToken"], **extra)
 
     async def negotiate(self) -> dict[str, Any]:
         assert self.session is not None
-        params = {"clientProtocol": "1.5", "connectionData": CONNECTION_DATA}
-        async with self.session.get(f"{self.base_url}/negotiate", params=params) as response:
-            response.raise_for_status()
-            self.negotiation = await response.json()
+        self.negotiation = await negotiate(self.session, self.base_url)
         return self.negotiation
 
     async def open(self, start: bool = True) -> SignalRClient:
@@ -111,8 +131,7 @@ class SignalRClient:
 
     async def _connect(self, path: str, params: dict[str, str]) -> None:
         assert self.session is not None
-        url = self.base_url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        self.ws = await self.session.ws_connect(f"{url}/{path}", params=params, autoping=True)
+        self.ws = await self.session.ws_connect(socket_url(self.base_url, path), params=params, autoping=True)
 
     async def _first_frame(self) -> str:
         assert self.ws is not None

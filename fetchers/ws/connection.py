@@ -1,0 +1,317 @@
+"""One websocket connection of a fetcher: connect -> subscribe -> read, again and again.
+
+The loop owns everything about its socket: the per-connection protocol session (so channel ids are
+keyed by connection), the watchdog (armed at connect: a socket that never sends a frame is noticed
+too), the paced subscribe task (referenced and cancelled with the socket), and the outage it causes:
+from the newest bar it had seen when it went down to the time data flows again, for its markets.
+A frame that cannot be parsed is logged, counted and dropped; it never costs a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from common.candle import DECIMAL_TEXT
+from common.timeutil import MINUTE_MS, floor_minute_ms
+from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsInfo, WsSession
+from fetchers.ws import signalr
+from fetchers.ws.sink import MarketKeys
+
+if TYPE_CHECKING:
+    from fetchers.ws.stream import StreamEngine
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 15.0
+MAX_FRAME_BYTES = 8 << 20
+
+
+class ConnectionLost(Exception):
+    """Why a connection ended (the message goes to the log and the outage record)."""
+
+
+def plain_decimals(candle: WsCandle) -> bool:
+    match = DECIMAL_TEXT.fullmatch
+    return all(match(v) for v in (candle.open, candle.high, candle.low, candle.close, candle.volume))
+
+
+def outage_records(markets: list[MarketKeys], start_ms: int, end_ms: int, reason: str) -> list[str]:
+    return [
+        json.dumps(
+            {
+                "exchange": m.exchange,
+                "base_id": m.base_id,
+                "quote_id": m.quote_id,
+                "start_ms": start_ms,
+                "end_ms": end_ms,
+                "reason": reason,
+            }
+        )
+        for m in markets
+    ]
+
+
+class LiveConnection:
+    def __init__(self, engine: StreamEngine, number: int, markets: list[MarketKeys]) -> None:
+        self.engine = engine
+        self.number = number
+        self.markets: dict[str, MarketKeys] = {m.symbol: m for m in markets}
+        self.up = False
+        self.paused = False
+        self.newest_ms: int | None = None
+        self.gap_start_ms: int | None = None
+        self.gap_reason = ""
+        self.first_live_ms: int | None = None
+        self.subscribed = False
+        self.reconnects = 0
+        self.bad_frames = 0
+        self.errors = 0
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._session: WsSession | None = None
+        self._subscriber: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine.exchange}#{self.number}"
+
+    # ---- the loop
+
+    async def run(self) -> None:
+        attempt = 0
+        while self.markets and not self.engine.stopping:
+            await self.engine.pacer.acquire()
+            reason = "closed by the server"
+            delay = None
+            try:
+                if await self._connected_session():
+                    attempt = 0
+            except ConnectionLost as exc:
+                reason = str(exc)
+            except aiohttp.WSServerHandshakeError as exc:
+                reason = f"handshake refused: HTTP {exc.status}"
+                if exc.status == 429:  # too many connections: the exchange counts per window
+                    delay = self.engine.limits.connect_window_seconds
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            finally:
+                await self._close()
+            self.reconnects += 1
+            self.mark_gap(f"connection lost: {reason}")
+            delay = self.engine.backoff(attempt) if delay is None else delay
+            log.warning("%s: %s; reconnecting in %.1fs", self.name, reason, delay)
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _connected_session(self) -> bool:
+        """Returns whether data flowed (so the backoff starts over)."""
+        engine = self.engine
+        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):  # unlike wait_for, never loses a cancel
+            self._ws = await engine.open_socket()
+        self._session = WsSession()
+        self.subscribed = False
+        self.paused = False
+        self._subscriber = asyncio.create_task(self._subscribe(list(self.markets.values())))
+        got_data = False
+        silence = engine.limits.silence_seconds
+        ws = self._ws
+        while True:
+            try:
+                msg = await ws.receive(timeout=silence)
+            except TimeoutError:
+                raise ConnectionLost(f"silent for {silence:g}s") from None
+            kind = msg.type
+            if kind is aiohttp.WSMsgType.TEXT:
+                received = time.perf_counter()
+                self.up = True
+                got_data |= self._handle(msg.data, received)
+            elif kind is aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+                engine.frame_seen()
+            elif kind is aiohttp.WSMsgType.PONG:
+                engine.frame_seen()
+            elif kind is aiohttp.WSMsgType.BINARY:
+                self._bad_frame("binary frame")
+            else:
+                return got_data
+
+    async def _subscribe(self, markets: list[MarketKeys]) -> None:
+        assert self._ws is not None and self._session is not None
+        pause = 1.0 / self.engine.limits.subscribe_frames_per_second
+        frames = self.engine.adapter.subscribe_frames(
+            [self.engine.market_objects[m.symbol] for m in markets], self._session
+        )
+        for frame in frames:
+            await self._ws.send_str(frame)
+            await asyncio.sleep(pause)
+        self.subscribed = True
+
+    async def _close(self) -> None:
+        self.up = False
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            try:
+                await self._subscriber
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - it died with its socket
+                pass
+            self._subscriber = None
+        if self._ws is not None:
+            try:
+                await self._ws.close()
+            except Exception:  # noqa: BLE001 - the socket is already gone
+                pass
+            self._ws = None
+
+    # ---- frames
+
+    def _handle(self, text: str, received: float) -> bool:
+        engine = self.engine
+        engine.frame_seen()
+        assert self._session is not None
+        try:
+            events = engine.adapter.parse_ws_frame(text, self._session)
+        except ValueError as exc:
+            self._bad_frame(str(exc))
+            return False
+        got_data = False
+        newest_live = 0
+        for event in events:
+            if type(event) is WsCandle:
+                market = self.markets.get(event.symbol)
+                if market is None:
+                    continue  # a market we no longer follow
+                if not plain_decimals(event):
+                    self._bad_frame(f"not a plain decimal in {event!r}")
+                    continue
+                engine.sink.add(market, event, received)
+                if self.newest_ms is None or event.time > self.newest_ms:
+                    self.newest_ms = event.time
+                if event.time > engine.clock_ms:
+                    engine.clock_ms = event.time
+                if not event.snapshot and event.time > newest_live:
+                    newest_live = event.time
+                got_data = True
+            elif type(event) is WsInfo:
+                self._info(event)
+            elif type(event) is WsError:
+                self.errors += 1
+                log.warning(
+                    "%s: exchange error %s: %s (%s)", self.name, event.code, event.message, event.symbol
+                )
+        if newest_live and self.gap_start_ms is not None and self.subscribed and not self.paused:
+            self._maybe_close_gap(newest_live)
+        return got_data
+
+    def _info(self, info: WsInfo) -> None:
+        if info.action is WsAction.NONE:
+            return
+        log.warning("%s: info %s %s -> %s", self.name, info.code, info.message, info.action.value)
+        if info.action is WsAction.RECONNECT:
+            raise ConnectionLost(f"server asked to reconnect ({info.code or info.message})")
+        if info.action is WsAction.PAUSE:
+            self.paused = True
+            self.mark_gap(f"maintenance ({info.code})")
+        elif info.action is WsAction.RESUBSCRIBE:
+            self.paused = False
+            self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        assert self._session is not None
+        markets = [self.engine.market_objects[s] for s in self.markets]
+        frames = self.engine.adapter.unsubscribe_frames(markets, self._session)
+        self._session.channels.clear()
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+        self.subscribed = False
+        self._subscriber = asyncio.create_task(self._send_then_subscribe(frames))
+
+    async def _send_then_subscribe(self, frames: list[str]) -> None:
+        assert self._ws is not None
+        for frame in frames:
+            await self._ws.send_str(frame)
+            await asyncio.sleep(1.0 / self.engine.limits.subscribe_frames_per_second)
+        await self._subscribe(list(self.markets.values()))
+
+    def _bad_frame(self, why: str) -> None:
+        """Drop the frame; it may have carried a bar update, so the minutes around now are suspect."""
+        self.bad_frames += 1
+        self.engine.bad_frames += 1
+        log.warning("%s: dropped a bad frame: %s", self.name, why[:300])
+        around = floor_minute_ms(self.newest_ms or self.engine.clock_ms)
+        if around:
+            self.engine.sink.add_outages(
+                outage_records(
+                    list(self.markets.values()),
+                    around - MINUTE_MS,
+                    around + 2 * MINUTE_MS,
+                    "bad frame dropped",
+                )
+            )
+
+    # ---- outages
+
+    def mark_gap(self, reason: str) -> None:
+        """Data stops being complete from the newest bar this connection had seen."""
+        self.first_live_ms = None
+        if self.gap_start_ms is not None:
+            return
+        clock = self.engine.clock_ms
+        # a quiet connection's own newest bar may be old: every market of it had nothing newer to
+        # say, so the gap starts at the exchange's clock (less a minute for other sockets' lag)
+        start = (
+            max(self.newest_ms or 0, clock - MINUTE_MS if clock else 0) or self.engine.previous_progress_ms
+        )
+        if not start:
+            return  # nothing was ever received: there is no known gap
+        self.gap_start_ms = floor_minute_ms(start)
+        self.gap_reason = reason
+
+    def _maybe_close_gap(self, live_ms: int) -> None:
+        """Data is whole again once, after subscribing, a live update of a minute newer than the
+        first live one arrives: that minute began while every market was subscribed, and bars are
+        cumulative, so every later minute is complete. (Candle times are all we know of the
+        exchange's clock; replayed history and updates in flight cannot prove that alone.)"""
+        if self.first_live_ms is None:
+            self.first_live_ms = live_ms
+            return
+        if live_ms <= self.first_live_ms:
+            return
+        assert self.gap_start_ms is not None
+        end = max(floor_minute_ms(live_ms), self.gap_start_ms) + MINUTE_MS
+        records = outage_records(list(self.markets.values()), self.gap_start_ms, end, self.gap_reason)
+        log.warning(
+            "%s: outage of %d markets recorded from %d to %d (%s)",
+            self.name,
+            len(records),
+            self.gap_start_ms,
+            end,
+            self.gap_reason,
+        )
+        self.engine.sink.add_outages(records)
+        self.gap_start_ms = None
+        self.first_live_ms = None
+
+    # ---- market changes while running
+
+    async def remove(self, symbols: list[str]) -> None:
+        gone = [self.engine.market_objects[s] for s in symbols if s in self.markets]
+        for symbol in symbols:
+            self.markets.pop(symbol, None)
+        if gone and self._ws is not None and self._session is not None and not self._ws.closed:
+            for frame in self.engine.adapter.unsubscribe_frames(gone, self._session):
+                await self._ws.send_str(frame)
+                await asyncio.sleep(1.0 / self.engine.limits.subscribe_frames_per_second)
+
+
+async def open_websocket(
+    http: aiohttp.ClientSession, url: str, transport: str
+) -> aiohttp.ClientWebSocketResponse:
+    options = {"autoping": False, "max_msg_size": MAX_FRAME_BYTES, "compress": 0}
+    if transport == "signalr":
+        return await signalr.open_socket(http, url, **options)
+    return await http.ws_connect(url, **options)

@@ -1,0 +1,211 @@
+"""The Redis side of a fetcher: every bar update becomes, in one round trip per burst,
+
+- `ws_send_{exchange};;{base};;{quote}`: the latest bar (HSET, never back in time) and a PUBLISH
+  of the same bar as compact JSON on the channel of that name;
+- `ws_sub_…`: the bar for the updater (field = open time in ms), and the key in `ws_sub_list`;
+- the fetcher's progress (newest bar time) and the exchange clock in its health hash;
+- outage records for the updater to store.
+
+Bars wait in memory, newest update per (market, minute) wins, until Redis took them: while Redis is
+down (or restarting) nothing is dropped, and the batch is retried with capped jittered backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_progress_key, ws_send_key, ws_sub_key
+from fetchers.exchanges.base import WsCandle
+
+log = logging.getLogger(__name__)
+
+MAX_BARS_PER_SCRIPT = 2000
+
+# KEYS: ws_sub_list, progress hash, health hash, then (send key, sub key) per bar.
+# ARGV: progress field, newest bar time, then (time, open, high, low, close, volume, publish json,
+# sub json) per bar.
+STORE_BARS = """
+local n = (#KEYS - 3) / 2
+for i = 1, n do
+  local send, sub = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local a = 2 + (i - 1) * 8
+  local t = ARGV[a + 1]
+  local current = redis.call('HGET', send, 'time')
+  if (not current) or tonumber(current) <= tonumber(t) then
+    redis.call('HSET', send, 'time', t, 'open', ARGV[a + 2], 'high', ARGV[a + 3], 'low', ARGV[a + 4],
+               'close', ARGV[a + 5], 'volume', ARGV[a + 6])
+    redis.call('PUBLISH', send, ARGV[a + 7])
+  end
+  redis.call('HSET', sub, t, ARGV[a + 8])
+  redis.call('SADD', KEYS[1], sub)
+end
+local newest = tonumber(ARGV[2])
+if newest > 0 then
+  if newest > tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  end
+  if newest > tonumber(redis.call('HGET', KEYS[3], 'exchange_time_ms') or '0') then
+    redis.call('HSET', KEYS[3], 'exchange_time_ms', ARGV[2])
+  end
+end
+return n
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class MarketKeys:
+    """A subscribed market and its Redis key names, built once."""
+
+    exchange: str
+    base_id: str
+    quote_id: str
+    symbol: str
+    send_key: str
+    sub_key: str
+
+    @classmethod
+    def build(cls, exchange: str, base_id: str, quote_id: str, symbol: str, delimiter: str) -> MarketKeys:
+        return cls(
+            exchange,
+            base_id,
+            quote_id,
+            symbol,
+            ws_send_key(exchange, base_id, quote_id, delimiter),
+            ws_sub_key(exchange, base_id, quote_id, delimiter),
+        )
+
+
+def bar_json(candle: WsCandle) -> str:
+    """The public bar JSON (values already checked to be plain decimal text, so no escaping)."""
+    return (
+        f'{{"time":{candle.time},"open":"{candle.open}","high":"{candle.high}","low":"{candle.low}",'
+        f'"close":"{candle.close}","volume":"{candle.volume}"}}'
+    )
+
+
+def sub_json(public: str, closed: bool) -> str:
+    """What waits in `ws_sub_`: the public JSON, plus `"closed":true` when the exchange said so."""
+    return public[:-1] + ',"closed":true}' if closed else public
+
+
+class RedisSink:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        exchange: str,
+        label: str,
+        backoff: Callable[[int], float],
+    ) -> None:
+        self.client = client
+        self.exchange = exchange
+        self.label = label
+        self.backoff = backoff
+        self.health_key = ws_health_key(exchange)
+        self.progress_key = ws_progress_key(exchange)
+        self._bars: dict[tuple[str, int], tuple[MarketKeys, WsCandle, float]] = {}
+        self._outages: list[str] = []
+        self._wake = asyncio.Event()
+        self._sha: str | None = None
+        self.newest_ms = 0
+        self.bars_stored = 0
+        self.redis_up = True
+        self.latencies: list[float] | None = None
+        """When a list, each flushed bar appends (seconds from frame receipt to Redis reply)."""
+
+    # ---- producers (connection loops): never block
+
+    def add(self, market: MarketKeys, candle: WsCandle, received: float) -> None:
+        key = (market.sub_key, candle.time)
+        previous = self._bars.get(key)
+        self._bars[key] = (market, candle, previous[2] if previous else received)
+        if candle.time > self.newest_ms:
+            self.newest_ms = candle.time
+        self._wake.set()
+
+    def add_outages(self, records: list[str]) -> None:
+        self._outages.extend(records)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._bars)
+
+    # ---- the writer task
+
+    async def run(self) -> None:
+        """Flush whatever is waiting, as one pipeline, until cancelled."""
+        attempt = 0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+                attempt = 0
+                self.redis_up = True
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                if self.redis_up:
+                    log.warning(
+                        "%s: Redis unavailable (%s); keeping %d bars in memory",
+                        self.exchange,
+                        exc,
+                        self.pending,
+                    )
+                self.redis_up = False
+                await asyncio.sleep(self.backoff(attempt))
+                attempt += 1
+                self._wake.set()
+
+    async def flush(self) -> int:
+        bars, self._bars = self._bars, {}
+        outages, self._outages = self._outages, []
+        if not bars and not outages:
+            return 0
+        try:
+            await self._store(list(bars.values()), outages)
+        except BaseException:
+            bars.update(self._bars)  # updates that arrived meanwhile are newer
+            self._bars = bars
+            self._outages[:0] = outages
+            raise
+        done = time.perf_counter()
+        if self.latencies is not None:
+            self.latencies.extend(done - received for _, _, received in bars.values())
+        self.bars_stored += len(bars)
+        return len(bars)
+
+    async def _store(self, bars: list[tuple[MarketKeys, WsCandle, float]], outages: list[str]) -> None:
+        if self._sha is None:
+            self._sha = await self.client.script_load(STORE_BARS)
+        pipe = self.client.pipeline(transaction=False)
+        for start in range(0, max(len(bars), 1), MAX_BARS_PER_SCRIPT):
+            chunk = bars[start : start + MAX_BARS_PER_SCRIPT]
+            keys = [WS_SUB_LIST, self.progress_key, self.health_key]
+            args: list[str | int] = [self.label, self.newest_ms if start == 0 else 0]
+            for market, candle, _ in chunk:
+                public = bar_json(candle)
+                keys += (market.send_key, market.sub_key)
+                args += (
+                    candle.time,
+                    candle.open,
+                    candle.high,
+                    candle.low,
+                    candle.close,
+                    candle.volume,
+                    public,
+                    sub_json(public, candle.closed),
+                )
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
+        if outages:
+            pipe.rpush(WS_OUTAGES, *outages)
+        try:
+            await pipe.execute()
+        except redis.exceptions.NoScriptError:
+            self._sha = None  # Redis restarted and forgot the script: load it and try again
+            await self._store(bars, outages)

@@ -1,0 +1,131 @@
+"""The Redis sink and the updater against real Redis and PostgreSQL (no sockets).
+
+What users and the updater see in Redis after a burst, the contract's exact shapes, and the
+updater's promises: closed bars only, fill missing minutes only, nothing leaves Redis before the
+database committed it (a database outage just makes bars wait), outages stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from common.candle import Market
+from common.db import connection, upsert_markets
+from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_send_key, ws_sub_key
+from common.timeutil import MINUTE_MS
+from fetchers.exchanges.base import WsCandle
+from fetchers.ws.connection import outage_records
+from fetchers.ws.sink import MarketKeys, RedisSink
+from fetchers.ws.updater import Updater
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_700_000_040_000
+MARKET = Market("binance", "BTC", "USDT", "BTCUSDT")
+
+
+def bar(minute: int, close: str, closed: bool = False) -> WsCandle:
+    return WsCandle(
+        "BTCUSDT", T0 + minute * MINUTE_MS, "37050.01000000", "37065.0", "37049.00", close, "1.50", closed
+    )
+
+
+def store(settings, bars: list[WsCandle], outages: list[str] = ()) -> None:
+    async def run() -> None:
+        client = aioredis.from_url(settings.redis_url)
+        sink = RedisSink(client, "binance", "shard0/1", lambda attempt: 0.01)
+        keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", settings.redis_key_delimiter)
+        for candle in bars:
+            sink.add(keys, candle, 0.0)
+        sink.add_outages(list(outages))
+        await sink.flush()
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def market(settings):
+    with connection(settings) as conn:
+        upsert_markets(conn, [MARKET])
+    return MARKET
+
+
+def rows(settings) -> dict[int, tuple[str, ...]]:
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT (extract(epoch from time) * 1000)::bigint, open::text, high::text, low::text, "
+            "close::text, volume::text FROM ohlcvs ORDER BY 1"
+        )
+        return {int(t): tuple(rest) for t, *rest in cur.fetchall()}
+
+
+def test_a_burst_sets_the_latest_bar_publishes_it_and_queues_it(settings, redis_server, market):
+    client = redis_server.client()
+    pubsub = client.pubsub()
+    send = ws_send_key("binance", "BTC", "USDT")
+    pubsub.subscribe(send)
+    pubsub.get_message(timeout=1)
+    store(settings, [bar(1, "37060.5"), bar(0, "37055.0", closed=True)])
+    latest = {"time": T0 + MINUTE_MS, "open": "37050.01000000", "high": "37065.0", "low": "37049.00",
+              "close": "37060.5", "volume": "1.50"}  # fmt: skip
+    assert {k.decode(): v.decode() for k, v in client.hgetall(send).items()} == {
+        k: str(v) for k, v in latest.items()
+    }
+    published = [pubsub.get_message(timeout=1) for _ in range(2)]
+    assert [json.loads(m["data"]) for m in published if m] == [latest]  # the older bar is not published
+    queued = {int(k): json.loads(v) for k, v in client.hgetall(ws_sub_key("binance", "BTC", "USDT")).items()}
+    assert queued[T0 + MINUTE_MS] == latest and queued[T0]["closed"] is True
+    assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}
+    assert int(client.hget(ws_health_key("binance"), "exchange_time_ms")) == T0 + MINUTE_MS
+
+    store(settings, [bar(0, "1.0")])  # an older minute never moves the latest bar back
+    assert client.hget(send, "time") == str(T0 + MINUTE_MS).encode()
+
+
+def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_server, market):
+    client = redis_server.client()
+    with connection(settings) as conn, conn.cursor() as cur:  # REST already wrote minute 1
+        cur.execute(
+            "INSERT INTO ohlcvs VALUES "
+            "(to_timestamp(%s / 1000.0), 'binance', 'BTC', 'USDT', 1, 2, 0.5, 1.5, 9)",
+            (T0 + MINUTE_MS,),
+        )
+    store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")])
+    updater = Updater(settings, client)
+    result = updater.flush()
+    assert result.rows == 3 and result.inserted == 2  # minute 3 is still open; minute 1 exists
+    stored = rows(settings)
+    assert stored[T0] == ("37050.01000000", "37065.0", "37049.00", "37051", "1.50")
+    assert stored[T0 + MINUTE_MS] == ("1", "2", "0.5", "1.5", "9")  # REST data stays the final word
+    assert set(client.hkeys(ws_sub_key("binance", "BTC", "USDT"))) == {str(T0 + 3 * MINUTE_MS).encode()}
+
+    client.hset(
+        ws_health_key("binance"), "exchange_time_ms", T0 + 5 * MINUTE_MS
+    )  # the exchange's clock moved on
+    assert updater.flush().rows == 1
+    assert T0 + 3 * MINUTE_MS in rows(settings)
+    assert client.smembers(WS_SUB_LIST) == set()
+
+
+def test_a_database_outage_leaves_bars_and_outages_in_redis_until_it_is_back(settings, redis_server, market):
+    client = redis_server.client()
+    keys = [MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")]
+    outage = outage_records(keys, T0, T0 + 2 * MINUTE_MS, "connection lost: test")
+    store(settings, [bar(0, "37051"), bar(1, "37052")], outage)
+    down = Updater(settings.model_copy(update={"postgres_port": 1}), client)
+    with pytest.raises(Exception, match="cannot connect"):
+        down.flush()
+    assert client.hlen(ws_sub_key("binance", "BTC", "USDT")) == 2 and client.llen(WS_OUTAGES) == 1
+    up = Updater(settings, client)
+    assert up.flush().rows == 1
+    store(settings, [], outage)  # recorded twice (e.g. a crash before the list was trimmed): kept once
+    up.flush()
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), min(reason) FROM ohlcvs_outages")
+        assert cur.fetchone() == (1, "connection lost: test")
+    assert client.llen(WS_OUTAGES) == 0
