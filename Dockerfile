@@ -21,4 +21,5 @@ COPY . .
 RUN mkdir -p logs local_data && chown -R coin:coin logs local_data
 USER coin
 EXPOSE 8000
-CMD ["uvicorn", "web.main:app", "--host", "0.0.0.0", "--port", "8000"]
+ENV WEB_HOST=0.0.0.0
+CMD ["python", "-m", "web"]

@@ -6,9 +6,11 @@
 
 `up` starts PostgreSQL and Redis from this machine's binaries (data under `local_data/`), runs
 `scripts.platform init`, then every process of the `Procfile` under supervisord, which restarts
-any process that dies and writes its output to `logs/supervisor/<name>.log`. `--demo` also runs
-the exchange simulator (real clock, its fixed ports) and points every process at it. `down` stops
-exactly what `up` started; `status` shows each process. Running `up` twice changes nothing.
+any process that dies and writes its output to `logs/supervisor/<name>.log`. `--demo` first starts
+the exchange simulator (real clock, its fixed ports), points every process at it
+(`SIMULATOR_HOST=127.0.0.1`) and backfills the last day of a few markets so the chart is full at
+once. `down` stops exactly what `up` started; `status` shows each process. Running `up` twice
+changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -30,8 +34,9 @@ PROCFILE = PROJECT_ROOT / "Procfile"
 SUPERVISOR_CONF = DATA_ROOT / "supervisord.conf"
 SUPERVISOR_SOCK = DATA_ROOT / "supervisor.sock"
 SUPERVISOR_PID = DATA_ROOT / "supervisord.pid"
-DEMO_MARKER = DATA_ROOT / "demo"
 SIMULATOR_COMMAND = "python -m simulator --speed 1"
+DEMO_MARKETS = {"bitfinex": "BTC/USD,ETH/USD", "binance": "BTC/USDT,ETH/USDT", "bittrex": "BTC/USD,ETH/USD"}
+DEMO_CHART = "view/wschart?exchange=binance&base=BTC&quote=USDT&period=1D"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +71,8 @@ def _setting_text(value: object) -> str:
 
 
 def supervisor_config(processes: list[Process], log_dir: Path, environment: dict[str, str]) -> str:
-    """supervisord.conf for the processes: restart on death, one log file each, stop the whole group."""
+    """supervisord.conf for the processes: restart on death, one log file each, stop the whole group.
+    Nothing starts with supervisord itself: `up` starts them in order (simulator, then the rest)."""
     env = ",".join(f'{key}="{value}"' for key, value in sorted(environment.items()))
     lines = [
         "[unix_http_server]",
@@ -86,6 +92,7 @@ def supervisor_config(processes: list[Process], log_dir: Path, environment: dict
         lines += [
             f"[program:{process.name}]",
             f"command={process.command}",
+            "autostart=false",
             "autorestart=true",
             "startsecs=3",
             "startretries=1000",
@@ -153,31 +160,69 @@ def up(demo: bool) -> None:
         f"PostgreSQL on {settings.postgres_host}:{settings.postgres_port}, "
         f"Redis on {settings.redis_host}:{settings.redis_port} (data in {DATA_ROOT})"
     )
-    extra: dict[str, str] = {}
     processes = parse_procfile(PROCFILE.read_text(), settings)
+    extra: dict[str, str] = {}
     if demo:
-        from simulator.ports import demo_environment
-
-        extra = demo_environment(settings)
+        extra = {"SIMULATOR_HOST": "127.0.0.1"}
         processes.insert(0, Process("simulator", SIMULATOR_COMMAND))
-        DEMO_MARKER.write_text("1")
-    else:
-        DEMO_MARKER.unlink(missing_ok=True)
     env = _environment(extra)
     SUPERVISOR_CONF.write_text(supervisor_config(processes, log_dir, env))
     SUPERVISOR_CONF.chmod(0o600)
-    init = subprocess.run(
-        [sys.executable, "-m", "scripts.platform", "init"], env={**os.environ, **env}, check=False
-    )
-    if init.returncode != 0:
-        _fail(f"initialisation failed (see {log_dir / 'init.log'}); PostgreSQL and Redis are still up")
     started = subprocess.run(
         [str(_venv_bin() / "supervisord"), "-c", str(SUPERVISOR_CONF)], capture_output=True, text=True
     )
     if started.returncode != 0:
         _fail(f"supervisord did not start: {started.stderr.strip() or started.stdout.strip()}")
-    click.echo(f"{len(processes)} processes started; logs in {log_dir}")
-    click.echo(f"open http://{settings.web_host}:{settings.web_port}/view/wschart")
+    child_env = {**os.environ, **env}
+    if demo:
+        if not _start("simulator"):
+            _fail("the simulator did not start (are ports 18401-18404 free?)")
+        wait_for_simulator(settings.model_copy(update={"simulator_host": "127.0.0.1"}))
+    init = subprocess.run([sys.executable, "-m", "scripts.platform", "init"], env=child_env, check=False)
+    if init.returncode != 0:
+        _fail(f"initialisation failed (see {log_dir / 'init.log'}); `make down` stops what started")
+    running = sum(_start(process.name) for process in processes)
+    click.echo(f"{running} of {len(processes)} processes running; logs in {log_dir}")
+    page = f"http://{settings.web_host}:{settings.web_port}/"
+    if demo:
+        backfill_demo_markets(child_env)
+        page += DEMO_CHART
+    else:
+        page += "view/wschart"
+    click.echo(f"open {page}")
+
+
+def _start(name: str) -> bool:
+    """Start one supervised process; False (with a warning) if it did not stay up. Supervisor keeps
+    restarting it with a growing delay, so a process waiting for a service recovers by itself."""
+    result = _supervisorctl("start", name)
+    if result.returncode != 0 and "ALREADY_STARTED" not in result.stdout:
+        click.echo(f"warning: {name} did not stay up, supervisor keeps retrying it "
+                   f"(see logs/supervisor/{name}.log)", err=True)  # fmt: skip
+        return False
+    return True
+
+
+def wait_for_simulator(settings: Settings) -> None:
+    """The simulator answers on its fixed ports (it loads the market lists first, a few seconds)."""
+    url = settings.rest_url("binance") + "/api/v3/ping"
+    try:
+        wait_until(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60, "the simulator")
+    except LocalServiceError as error:
+        _fail(f"{error} (see logs/supervisor/simulator.log)")
+
+
+def backfill_demo_markets(env: dict[str, str]) -> None:
+    """The last day of a few markets per exchange, fetched here, so the demo chart is full at once."""
+    end = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = end - timedelta(days=1)
+    for exchange, symbols in DEMO_MARKETS.items():
+        click.echo(f"backfilling the last day of {symbols} on {exchange} ...")
+        subprocess.run(
+            [sys.executable, "-m", "scripts.fetchers.rest", "fetch", "--exchange", exchange, "--local",
+             "--symbols", symbols, "--start", start.isoformat(), "--end", end.isoformat()],
+            env=env, check=False, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 @cli.command()
