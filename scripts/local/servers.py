@@ -58,7 +58,7 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
                 return
         except Exception as error:  # noqa: BLE001 - retried until the deadline
             last_error = error
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise LocalServiceError(f"{what} did not become ready in {timeout:.0f} s: {last_error}")
 
 
