@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     ws_backoff_max_seconds: float = Field(default=30.0, gt=0)
     ws_markets_refresh_seconds: float = Field(default=60.0, gt=0)
 
+    # Running without Docker (`make up` / `make demo`): PostgreSQL, Redis and supervisor state
+    local_data_dir: Path = PROJECT_ROOT / "local_data"
+
     # Logging
     log_dir: Path = PROJECT_ROOT / "logs"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -29,14 +29,30 @@ import click
 from common.settings import PROJECT_ROOT, Settings, load_settings_or_exit
 from scripts.local.servers import LocalPostgres, LocalRedis, LocalServiceError, wait_until
 
-DATA_ROOT = PROJECT_ROOT / "local_data"
 PROCFILE = PROJECT_ROOT / "Procfile"
-SUPERVISOR_CONF = DATA_ROOT / "supervisord.conf"
-SUPERVISOR_SOCK = DATA_ROOT / "supervisor.sock"
-SUPERVISOR_PID = DATA_ROOT / "supervisord.pid"
 SIMULATOR_COMMAND = "python -m simulator --speed 1"
 DEMO_MARKETS = {"bitfinex": "BTC/USD,ETH/USD", "binance": "BTC/USDT,ETH/USDT", "bittrex": "BTC/USD,ETH/USD"}
 DEMO_CHART = "view/wschart?exchange=binance&base=BTC&quote=USDT&period=1D"
+
+
+class Supervisor:
+    """The supervisord of one data folder: its config, control socket and pid file live there."""
+
+    def __init__(self, data_dir: Path):
+        self.conf = data_dir / "supervisord.conf"
+        self.sock = data_dir / "supervisor.sock"
+        self.pidfile = data_dir / "supervisord.pid"
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(_venv_bin() / "supervisorctl"), "-c", str(self.conf), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    def running(self) -> bool:
+        return self.conf.exists() and self.ctl("pid").stdout.strip().isdigit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,23 +86,25 @@ def _setting_text(value: object) -> str:
     return str(secret() if secret else value)
 
 
-def supervisor_config(processes: list[Process], log_dir: Path, environment: dict[str, str]) -> str:
+def supervisor_config(
+    processes: list[Process], supervisor: Supervisor, log_dir: Path, environment: dict[str, str]
+) -> str:
     """supervisord.conf for the processes: restart on death, one log file each, stop the whole group.
     Nothing starts with supervisord itself: `up` starts them in order (simulator, then the rest)."""
     env = ",".join(f'{key}="{value}"' for key, value in sorted(environment.items()))
     lines = [
         "[unix_http_server]",
-        f"file={SUPERVISOR_SOCK}",
+        f"file={supervisor.sock}",
         "chmod=0700",
         "[supervisord]",
         f"logfile={log_dir / 'supervisor' / 'supervisord.log'}",
-        f"pidfile={SUPERVISOR_PID}",
+        f"pidfile={supervisor.pidfile}",
         f"directory={PROJECT_ROOT}",
         f"environment={env}",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "[supervisorctl]",
-        f"serverurl=unix://{SUPERVISOR_SOCK}",
+        f"serverurl=unix://{supervisor.sock}",
     ]
     for process in processes:
         lines += [
@@ -117,19 +135,6 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _supervisorctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(_venv_bin() / "supervisorctl"), "-c", str(SUPERVISOR_CONF), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-def _supervisor_running() -> bool:
-    return SUPERVISOR_CONF.exists() and _supervisorctl("pid").stdout.strip().isdigit()
-
-
 def _fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -145,20 +150,22 @@ def cli() -> None:
 def up(demo: bool) -> None:
     """Start PostgreSQL, Redis, init and every Procfile process (idempotent)."""
     settings = load_settings_or_exit()
-    if _supervisor_running():
+    data = settings.local_data_dir
+    supervisor = Supervisor(data)
+    if supervisor.running():
         click.echo("already running (make status shows the processes; make down stops them)")
         return
     log_dir = settings.log_dir
     (log_dir / "supervisor").mkdir(parents=True, exist_ok=True)
-    DATA_ROOT.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     try:
-        LocalPostgres(settings, DATA_ROOT, log_dir).start()
-        LocalRedis(settings, DATA_ROOT, log_dir).start()
+        LocalPostgres(settings, data, log_dir).start()
+        LocalRedis(settings, data, log_dir).start()
     except LocalServiceError as error:
         _fail(str(error))
     click.echo(
         f"PostgreSQL on {settings.postgres_host}:{settings.postgres_port}, "
-        f"Redis on {settings.redis_host}:{settings.redis_port} (data in {DATA_ROOT})"
+        f"Redis on {settings.redis_host}:{settings.redis_port} (data in {data})"
     )
     processes = parse_procfile(PROCFILE.read_text(), settings)
     extra: dict[str, str] = {}
@@ -166,22 +173,22 @@ def up(demo: bool) -> None:
         extra = {"SIMULATOR_HOST": "127.0.0.1"}
         processes.insert(0, Process("simulator", SIMULATOR_COMMAND))
     env = _environment(extra)
-    SUPERVISOR_CONF.write_text(supervisor_config(processes, log_dir, env))
-    SUPERVISOR_CONF.chmod(0o600)
+    supervisor.conf.write_text(supervisor_config(processes, supervisor, log_dir, env))
+    supervisor.conf.chmod(0o600)
     started = subprocess.run(
-        [str(_venv_bin() / "supervisord"), "-c", str(SUPERVISOR_CONF)], capture_output=True, text=True
+        [str(_venv_bin() / "supervisord"), "-c", str(supervisor.conf)], capture_output=True, text=True
     )
     if started.returncode != 0:
         _fail(f"supervisord did not start: {started.stderr.strip() or started.stdout.strip()}")
     child_env = {**os.environ, **env}
     if demo:
-        if not _start("simulator"):
+        if not _start(supervisor, "simulator"):
             _fail("the simulator did not start (are ports 18401-18404 free?)")
         wait_for_simulator(settings.model_copy(update={"simulator_host": "127.0.0.1"}))
     init = subprocess.run([sys.executable, "-m", "scripts.platform", "init"], env=child_env, check=False)
     if init.returncode != 0:
         _fail(f"initialisation failed (see {log_dir / 'init.log'}); `make down` stops what started")
-    running = sum(_start(process.name) for process in processes)
+    running = sum(_start(supervisor, process.name) for process in processes)
     click.echo(f"{running} of {len(processes)} processes running; logs in {log_dir}")
     page = f"http://{settings.web_host}:{settings.web_port}/"
     if demo:
@@ -192,10 +199,10 @@ def up(demo: bool) -> None:
     click.echo(f"open {page}")
 
 
-def _start(name: str) -> bool:
+def _start(supervisor: Supervisor, name: str) -> bool:
     """Start one supervised process; False (with a warning) if it did not stay up. Supervisor keeps
     restarting it with a growing delay, so a process waiting for a service recovers by itself."""
-    result = _supervisorctl("start", name)
+    result = supervisor.ctl("start", name)
     if result.returncode != 0 and "ALREADY_STARTED" not in result.stdout:
         click.echo(f"warning: {name} did not stay up, supervisor keeps retrying it "
                    f"(see logs/supervisor/{name}.log)", err=True)  # fmt: skip
@@ -229,14 +236,15 @@ def backfill_demo_markets(env: dict[str, str]) -> None:
 def status() -> None:
     """What runs: PostgreSQL, Redis and every supervised process."""
     settings = load_settings_or_exit()
-    pg = LocalPostgres(settings, DATA_ROOT, settings.log_dir)
-    rd = LocalRedis(settings, DATA_ROOT, settings.log_dir)
+    supervisor = Supervisor(settings.local_data_dir)
+    pg = LocalPostgres(settings, settings.local_data_dir, settings.log_dir)
+    rd = LocalRedis(settings, settings.local_data_dir, settings.log_dir)
     click.echo(f"{'postgres':16}{'RUNNING' if pg.running() else 'STOPPED'}")
     click.echo(f"{'redis':16}{'RUNNING' if rd.running() else 'STOPPED'}")
-    if not _supervisor_running():
+    if not supervisor.running():
         click.echo("processes: not running (make up starts them)")
         return
-    click.echo(_supervisorctl("status").stdout.rstrip())
+    click.echo(supervisor.ctl("status").stdout.rstrip())
 
 
 @cli.command()
@@ -244,12 +252,13 @@ def down() -> None:
     """Stop every process `up` started, then Redis and PostgreSQL."""
     settings = load_settings_or_exit()
     try:
-        if _supervisor_running():
-            _supervisorctl("shutdown")
-            wait_until(lambda: not SUPERVISOR_PID.exists(), 60, "supervisord shutdown")
+        supervisor = Supervisor(settings.local_data_dir)
+        if supervisor.running():
+            supervisor.ctl("shutdown")
+            wait_until(lambda: not supervisor.pidfile.exists(), 60, "supervisord shutdown")
             click.echo("processes stopped")
-        LocalRedis(settings, DATA_ROOT, settings.log_dir).stop()
-        LocalPostgres(settings, DATA_ROOT, settings.log_dir).stop()
+        LocalRedis(settings, settings.local_data_dir, settings.log_dir).stop()
+        LocalPostgres(settings, settings.local_data_dir, settings.log_dir).stop()
     except LocalServiceError as error:
         _fail(str(error))
     click.echo("PostgreSQL and Redis stopped (data kept in local_data/)")

@@ -17,6 +17,7 @@ from web.database import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
 
+
 def _ints(raw: dict[bytes, bytes]) -> dict[str, int | float]:
     out: dict[str, int | float] = {}
     for key, value in raw.items():
