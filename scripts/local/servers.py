@@ -73,11 +73,11 @@ def _run(args: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
 class LocalPostgres:
     """A PostgreSQL cluster in `<data_root>/postgres`, started and stopped with pg_ctl."""
 
-    def __init__(self, settings: Settings, data_root: Path, log_dir: Path):
+    def __init__(self, settings: Settings, data_root: Path):
         self.settings = settings
         self.root = data_root / "postgres"
         self.data = self.root / "data"
-        self.log_file = log_dir / "postgres.log"
+        self.log_file = self.root / "server.log"  # the postgres account writes it: keep it in its folder
 
     def running(self) -> bool:
         if not (self.data / "PG_VERSION").exists():
@@ -95,6 +95,13 @@ class LocalPostgres:
         kwargs = postgres_account_kwargs()
         if kwargs:
             os.chown(self.root, kwargs["user"], kwargs["group"])
+            reachable = subprocess.run(["test", "-w", str(self.root)], check=False, **kwargs)
+            if reachable.returncode != 0:
+                raise LocalServiceError(
+                    f"started as root, PostgreSQL runs as the postgres account, which cannot reach "
+                    f"{self.root} (a parent folder is private): set LOCAL_DATA_DIR to a folder it can "
+                    "reach, e.g. /var/lib/coin-for-rich"
+                )
             self.log_file.touch()
             os.chown(self.log_file, kwargs["user"], kwargs["group"])
         args = [str(postgres_bindir() / "initdb"), "-D", str(self.data), "-U", self.settings.postgres_user]
@@ -119,9 +126,6 @@ class LocalPostgres:
         if not (self.data / "PG_VERSION").exists():
             self._initdb()
         kwargs = postgres_account_kwargs()
-        if kwargs and not self.log_file.exists():
-            self.log_file.touch()
-            os.chown(self.log_file, kwargs["user"], kwargs["group"])
         options = (
             f"-p {self.settings.postgres_port} -c listen_addresses={self.settings.postgres_host} "
             f"-c unix_socket_directories={self.root}"

@@ -159,7 +159,7 @@ def up(demo: bool) -> None:
     (log_dir / "supervisor").mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
     try:
-        LocalPostgres(settings, data, log_dir).start()
+        LocalPostgres(settings, data).start()
         LocalRedis(settings, data, log_dir).start()
     except LocalServiceError as error:
         _fail(str(error))
@@ -237,7 +237,7 @@ def status() -> None:
     """What runs: PostgreSQL, Redis and every supervised process."""
     settings = load_settings_or_exit()
     supervisor = Supervisor(settings.local_data_dir)
-    pg = LocalPostgres(settings, settings.local_data_dir, settings.log_dir)
+    pg = LocalPostgres(settings, settings.local_data_dir)
     rd = LocalRedis(settings, settings.local_data_dir, settings.log_dir)
     click.echo(f"{'postgres':16}{'RUNNING' if pg.running() else 'STOPPED'}")
     click.echo(f"{'redis':16}{'RUNNING' if rd.running() else 'STOPPED'}")
@@ -258,7 +258,7 @@ def down() -> None:
             wait_until(lambda: not supervisor.pidfile.exists(), 60, "supervisord shutdown")
             click.echo("processes stopped")
         LocalRedis(settings, settings.local_data_dir, settings.log_dir).stop()
-        LocalPostgres(settings, settings.local_data_dir, settings.log_dir).stop()
+        LocalPostgres(settings, settings.local_data_dir).stop()
     except LocalServiceError as error:
         _fail(str(error))
     click.echo("PostgreSQL and Redis stopped (data kept in local_data/)")

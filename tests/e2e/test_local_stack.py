@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -75,10 +77,19 @@ def running_pids(data: Path) -> list[int]:
 
 
 @pytest.fixture
-def demo_env(tmp_path):
+def data_dir():
+    """Outside pytest's private temp root: as root, PostgreSQL runs as `postgres` and must reach it."""
+    path = Path(tempfile.mkdtemp(prefix="cfr-stack-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def demo_env(tmp_path, data_dir):
     env = {
         **os.environ,
-        "LOCAL_DATA_DIR": str(tmp_path / "data"),
+        "LOCAL_DATA_DIR": str(data_dir),
         "LOG_DIR": str(tmp_path / "logs"),
         "POSTGRES_PORT": str(free_port()),
         "POSTGRES_PASSWORD": "demo-secret",
@@ -92,14 +103,14 @@ def demo_env(tmp_path):
         env.pop(name, None)
     yield env
     stack(env, "down", timeout=120)
-    for pid in running_pids(tmp_path / "data"):
+    for pid in running_pids(data_dir):
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
             pass
 
 
-def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path):
+def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path, data_dir):
     started = stack(demo_env, "up", "--demo")
     assert started.returncode == 0, started.stdout + started.stderr
     assert "9 of 9 processes running" in started.stdout, started.stdout + started.stderr
@@ -116,7 +127,9 @@ def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path)
     assert {name for name, state in lines.items() if state == "RUNNING"} >= PLATFORM_PROCESSES
 
     # the demo's backfill: a whole day of 1-minute bars for the market the printed address opens
-    code, bars = get_json(f"{web}/api/ohlcvs?exchange=binance&base_id=BTC&quote_id=USDT&interval=1m&limit=5000")
+    code, bars = get_json(
+        f"{web}/api/ohlcvs?exchange=binance&base_id=BTC&quote_id=USDT&interval=1m&limit=5000"
+    )
     assert code == 200 and len(bars) >= 1440, (code, str(bars)[:300])
 
     # live bars reach Redis from the fetcher, exactly as users read them
@@ -136,6 +149,6 @@ def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path)
 
     stopped = stack(demo_env, "down", timeout=120)
     assert stopped.returncode == 0, stopped.stderr
-    assert running_pids(tmp_path / "data") == []
+    assert running_pids(data_dir) == []
     after = stack(demo_env, "status")
     assert "postgres        STOPPED" in after.stdout and "processes: not running" in after.stdout
