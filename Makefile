@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help deps system-deps python-deps node-deps web test test-unit lint format init-db clean
+.PHONY: help deps system-deps python-deps node-deps web test test-unit lint format init-db up demo status down clean
 
 help:
 	@echo "make test         install what is missing, then run the whole test suite"
@@ -16,6 +16,10 @@ help:
 	@echo "make format       let ruff fix what it can and reformat"
 	@echo "make init-db      apply the schema to the database configured in .env"
 	@echo "make web          serve the web app on WEB_HOST:WEB_PORT (127.0.0.1:8000)"
+	@echo "make up           run the whole platform here without Docker (PostgreSQL, Redis, every process)"
+	@echo "make demo         the same against the bundled exchange simulator (works offline)"
+	@echo "make status       what runs"
+	@echo "make down         stop exactly what make up / make demo started"
 
 deps: system-deps python-deps node-deps
 
@@ -56,6 +60,18 @@ web: python-deps node-deps
 
 init-db: python-deps
 	$(PY) -m scripts.database init
+
+up: deps
+	$(PY) -m scripts.local.stack up
+
+demo: deps
+	$(PY) -m scripts.local.stack up --demo
+
+status: python-deps
+	$(PY) -m scripts.local.stack status
+
+down: python-deps
+	$(PY) -m scripts.local.stack down
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     binance_ws_url: str = "wss://stream.binance.com:9443"
     bittrex_rest_url: str = "https://api.bittrex.com"
     bittrex_ws_url: str = "https://socket-v3.bittrex.com/signalr"
+    simulator_host: str = ""
+    """When set, every exchange URL above points at `python -m simulator` on this host at its fixed
+    ports instead (`make demo` sets it to 127.0.0.1; the compose demo to `simulator`)."""
 
     # REST rate limits (the exchanges' published limits; lower them to be gentler)
     bitfinex_rest_requests_per_minute: int = Field(default=30, ge=1)
@@ -80,6 +83,9 @@ class Settings(BaseSettings):
     ws_backoff_max_seconds: float = Field(default=30.0, gt=0)
     ws_markets_refresh_seconds: float = Field(default=60.0, gt=0)
 
+    # Running without Docker (`make up` / `make demo`): PostgreSQL, Redis and supervisor state
+    local_data_dir: Path = PROJECT_ROOT / "local_data"
+
     # Logging
     log_dir: Path = PROJECT_ROOT / "logs"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -90,10 +96,19 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     def rest_url(self, exchange: str) -> str:
+        if self.simulator_host:
+            return self._simulator_urls()[exchange]["rest"]
         return str(getattr(self, f"{exchange}_rest_url")).rstrip("/")
 
     def ws_url(self, exchange: str) -> str:
+        if self.simulator_host:
+            return self._simulator_urls()[exchange]["ws"]
         return str(getattr(self, f"{exchange}_ws_url")).rstrip("/")
+
+    def _simulator_urls(self) -> dict:
+        from simulator.config import DEFAULT_PORTS, exchange_urls
+
+        return exchange_urls(self.simulator_host, DEFAULT_PORTS)
 
     @property
     def database_url(self) -> str:

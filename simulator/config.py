@@ -19,6 +19,28 @@ DEFAULT_PORTS: dict[str, int] = {"bitfinex": 18401, "binance": 18402, "bittrex":
 """The ports `python -m simulator` listens on unless `--ports` says otherwise, so the `.env` lines it
 prints stay valid across restarts. Library use (`SimConfig().ports` empty) takes free ports."""
 
+
+def exchange_urls(host: str, ports: dict[str, int]) -> dict[str, Any]:
+    """Where each exchange's REST and websocket APIs (and the control port) answer on `host`."""
+    shown = f"[{host}]" if ":" in host else host
+    base = {name: f"http://{shown}:{ports[name]}" for name in PORT_NAMES}
+    return {
+        "bitfinex": {"rest": base["bitfinex"], "ws": f"ws://{shown}:{ports['bitfinex']}/ws/2"},
+        "binance": {"rest": base["binance"], "ws": f"ws://{shown}:{ports['binance']}"},
+        "bittrex": {"rest": base["bittrex"], "ws": f"{base['bittrex']}/signalr"},
+        "control": base["control"],
+    }
+
+
+def platform_env(urls: dict[str, Any]) -> dict[str, str]:
+    """The platform's settings (`.env` names) that point it at a simulator with these URLs."""
+    return {
+        f"{exchange.upper()}_{kind.upper()}_URL": urls[exchange][kind]
+        for exchange in EXCHANGES
+        for kind in ("rest", "ws")
+    }
+
+
 DEFAULT_HISTORY_DAYS = 365.0
 REAL_CADENCE_PER_SIM_MINUTE = 30
 """Binance pushes a kline update at most every 2 s: 30 per minute of (simulated) exchange time."""

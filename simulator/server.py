@@ -33,7 +33,7 @@ from simulator.binance import BinanceServer
 from simulator.bitfinex import BitfinexServer
 from simulator.bittrex_rest import BittrexRestServer
 from simulator.bittrex_signalr import BittrexSignalRServer
-from simulator.config import PORT_NAMES, SimConfig
+from simulator.config import PORT_NAMES, SimConfig, exchange_urls, platform_env
 from simulator.control import ControlServer
 from simulator.core import EXCHANGES, CandleModel, MarketCatalog, SimClock, SimMarket
 from simulator.faults import Faults
@@ -144,14 +144,7 @@ class Simulator:
         except BaseException:
             await self._cleanup_runners()
             raise
-        shown = f"[{host}]" if ":" in host else host
-        base = {name: f"http://{shown}:{port}" for name, port in self.ports.items()}
-        self.urls = {
-            "bitfinex": {"rest": base["bitfinex"], "ws": f"ws://{shown}:{self.ports['bitfinex']}/ws/2"},
-            "binance": {"rest": base["binance"], "ws": f"ws://{shown}:{self.ports['binance']}"},
-            "bittrex": {"rest": base["bittrex"], "ws": f"{base['bittrex']}/signalr"},
-            "control": base["control"],
-        }
+        self.urls = exchange_urls(host, self.ports)
         self._feed_task = asyncio.get_running_loop().create_task(self.feed.run(), name="sim-live-feed")
 
     async def _cleanup_runners(self) -> None:
@@ -177,14 +170,7 @@ class Simulator:
 
     def env_lines(self) -> list[str]:
         """The platform's .env lines that point it at this simulator."""
-        return [
-            f"BITFINEX_REST_URL={self.urls['bitfinex']['rest']}",
-            f"BITFINEX_WS_URL={self.urls['bitfinex']['ws']}",
-            f"BINANCE_REST_URL={self.urls['binance']['rest']}",
-            f"BINANCE_WS_URL={self.urls['binance']['ws']}",
-            f"BITTREX_REST_URL={self.urls['bittrex']['rest']}",
-            f"BITTREX_WS_URL={self.urls['bittrex']['ws']}",
-        ]
+        return [f"{name}={value}" for name, value in platform_env(self.urls).items()]
 
     async def __aenter__(self) -> Simulator:
         await self.start()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and the local (non-Docker) run need, only when missing:
-# PostgreSQL server binaries, redis-server, Node.js + npm (the pages' JavaScript libraries) and
-# Chromium (the browser test drives it headless through Playwright).
+# PostgreSQL server binaries, redis-server, Node.js + npm (the pages' JavaScript libraries),
+# Chromium (the browser test drives it headless through Playwright) and docker-compose (the tests
+# validate the compose file).
 set -euo pipefail
 
 missing=()
@@ -14,6 +15,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

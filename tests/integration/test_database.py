@@ -27,8 +27,8 @@ from common.db import (
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
 from common.settings import PROJECT_ROOT
 from common.timeutil import datetime_to_ms, ms_to_datetime
+from scripts.local.servers import postgres_bindir
 from tests.conftest import service_env
-from tests.support.services import postgres_bindir
 
 pytestmark = pytest.mark.integration
 

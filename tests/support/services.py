@@ -11,7 +11,6 @@ installed for the server's version), and the suite then runs on the TimescaleDB 
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,8 @@ import psycopg2
 import psycopg2.errors
 import redis
 from psycopg2 import sql
+
+from scripts.local.servers import postgres_account_kwargs, postgres_bindir, wait_until
 
 TIMESCALEDB_ENV = "CFR_TEST_TIMESCALEDB"
 
@@ -38,34 +39,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def postgres_bindir() -> Path:
-    """Directory holding initdb/pg_ctl/postgres (Debian keeps them out of PATH)."""
-    candidates = []
-    if shutil.which("pg_config"):
-        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
-        candidates.append(Path(out.stdout.strip()))
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    if shutil.which("initdb"):
-        candidates.append(Path(shutil.which("initdb")).resolve().parent)
-    for directory in candidates:
-        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
-            return directory
-    raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; run `make deps`")
-
-
-def _wait_until(check, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except Exception as error:  # noqa: BLE001 - retried until the deadline
-            last_error = error
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not become ready in {timeout}s: {last_error}")
-
-
 @dataclass
 class PostgresServer:
     port: int = field(default_factory=free_port)
@@ -76,18 +49,12 @@ class PostgresServer:
     timescaledb: bool = field(default_factory=timescaledb_requested)
     """Preload TimescaleDB (telemetry off: tests make no calls out)."""
 
-    def _run_kwargs(self) -> dict:
-        if os.geteuid() != 0:
-            return {}
-        account = pwd.getpwnam("postgres")
-        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-
     def start(self) -> PostgresServer:
         bindir = postgres_bindir()
         data = self.workdir / "data"
-        if os.geteuid() == 0:
-            os.chown(self.workdir, pwd.getpwnam("postgres").pw_uid, pwd.getpwnam("postgres").pw_gid)
-        kwargs = self._run_kwargs()
+        kwargs = postgres_account_kwargs()
+        if kwargs:
+            os.chown(self.workdir, kwargs["user"], kwargs["group"])
         subprocess.run(
             [
                 str(bindir / "initdb"),
@@ -132,7 +99,7 @@ class PostgresServer:
             capture_output=True,
             **kwargs,
         )
-        _wait_until(lambda: self.connect("postgres").close() is None, 30, "PostgreSQL")
+        wait_until(lambda: self.connect("postgres").close() is None, 30, "PostgreSQL")
         return self
 
     def connect(self, dbname: str):
@@ -199,7 +166,7 @@ class PostgresServer:
         subprocess.run(
             [str(bindir / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "immediate", "stop"],
             capture_output=True,
-            **self._run_kwargs(),
+            **postgres_account_kwargs(),
         )
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -238,7 +205,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        _wait_until(lambda: self.client().ping(), 15, "Redis")
+        wait_until(lambda: self.client().ping(), 15, "Redis")
         return self
 
     def client(self) -> redis.Redis:

@@ -31,7 +31,8 @@ from common.db import connection, refresh_aggregates, upsert_candles, upsert_mar
 from common.redis_keys import ws_send_key, ws_sub_key
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ms_to_datetime
-from tests.support.services import _wait_until, free_port
+from scripts.local.servers import wait_until
+from tests.support.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +96,7 @@ def web_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
 def wait_for(check, timeout: float, what: str) -> None:
     """Poll `check()` until true (exceptions count as not yet); fail the test after `timeout` s."""
     try:
-        _wait_until(check, timeout, what)
+        wait_until(check, timeout, what)
     except RuntimeError as error:
         raise AssertionError(str(error)) from None
 

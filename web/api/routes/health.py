@@ -10,18 +10,12 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from common import reads
+from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES
 from web.api.deps import HubDep, PoolDep, RedisDep, SettingsDep
 from web.database import DatabaseUnavailable
 
 router = APIRouter(tags=["health"])
-
-UPDATER_HEALTH_KEY = "ws_updater_health"
-
-
-def fetcher_health_key(exchange: str) -> str:
-    """Hash each websocket fetcher writes about itself (read-only here)."""
-    return f"ws_health_{exchange}"
 
 
 def _ints(raw: dict[bytes, bytes]) -> dict[str, int | float]:
@@ -63,8 +57,8 @@ async def health(settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: Hub
         async with redis.pipeline(transaction=False) as pipe:
             pipe.ping()
             for exchange in EXCHANGES:
-                pipe.hgetall(fetcher_health_key(exchange))
-            pipe.hgetall(UPDATER_HEALTH_KEY)
+                pipe.hgetall(ws_health_key(exchange))
+            pipe.hgetall(WS_UPDATER_HEALTH)
             answers = await pipe.execute()
         report["redis"] = {"state": "ok"}
         fetchers = {}
