@@ -172,22 +172,28 @@ def _candle_rows(candles: Iterable[Candle]) -> tuple[io.StringIO, int]:
     return io.StringIO("".join(parts)), len(latest)
 
 
-def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
-    """Write candles idempotently in the caller's transaction; returns rows inserted or changed.
-
-    Raises `UnknownMarketError` (and leaves the transaction rolled back) when a candle's market is
-    not in `symbol_exchange`.
-    """
+def _stage_candles(cur, candles: Iterable[Candle]) -> int:
+    """COPY the candles into the session's empty `ohlcvs_incoming`; returns how many (0: nothing)."""
     buffer, count = _candle_rows(candles)
-    if count == 0:
-        return 0
-    with conn.cursor() as cur:
+    if count:
         cur.execute(_CREATE_INCOMING)
         cur.copy_expert(
             "COPY ohlcvs_incoming (time_ms, exchange, base_id, quote_id, open, high, low, close, volume) "
             "FROM STDIN",
             buffer,
         )
+    return count
+
+
+def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
+    """Write candles idempotently in the caller's transaction; returns rows inserted or changed.
+
+    Raises `UnknownMarketError` (and leaves the transaction rolled back) when a candle's market is
+    not in `symbol_exchange`.
+    """
+    with conn.cursor() as cur:
+        if not _stage_candles(cur, candles):
+            return 0
         cur.execute("SAVEPOINT before_upsert")
         try:
             cur.execute(_UPSERT_FROM_INCOMING)
@@ -217,16 +223,9 @@ def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int
     """Live bars: fill minutes that have no row yet, never change an existing row (REST data is the
     exchange's final word). Same candle form and checks as `upsert_candles`; bars of markets missing
     from `symbol_exchange` are skipped. Returns rows inserted. Runs in the caller's transaction."""
-    buffer, count = _candle_rows(candles)
-    if count == 0:
-        return 0
     with conn.cursor() as cur:
-        cur.execute(_CREATE_INCOMING)
-        cur.copy_expert(
-            "COPY ohlcvs_incoming (time_ms, exchange, base_id, quote_id, open, high, low, close, volume) "
-            "FROM STDIN",
-            buffer,
-        )
+        if not _stage_candles(cur, candles):
+            return 0
         cur.execute(_INSERT_MISSING_FROM_INCOMING)
         written = cur.rowcount
         cur.execute("TRUNCATE ohlcvs_incoming")

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     redis_db: int = Field(default=0, ge=0, le=15)
     redis_key_delimiter: str = Field(default=";;", min_length=1)
 
+    # Docker Compose: the address published ports bind to (read by docker-compose.yml only)
+    bind_address: str = "127.0.0.1"
+
     # Web and Flower
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65535)

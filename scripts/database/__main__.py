@@ -7,19 +7,13 @@ python -m scripts.database refresh-aggregates [--start ISO --end ISO]
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from common.db import DatabaseError, refresh_aggregates
 from common.schema import init_database
 from common.settings import load_settings_or_exit
 from common.timeutil import parse_utc
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
+from scripts.cli import EXIT_USAGE, fail
 
 
 @click.group()
@@ -36,7 +30,7 @@ def init(plain: bool) -> None:
     try:
         result = init_database(settings, plain=plain)
     except DatabaseError as error:
-        _fail(str(error))
+        fail(str(error))
     mode = "TimescaleDB hypertable + continuous aggregates" if result.timescale else "plain PostgreSQL"
     created = " (created)" if result.created else ""
     click.echo(f"schema ready in database {settings.postgres_db!r}{created}: {mode}")
@@ -52,18 +46,15 @@ def refresh_aggregates_command(start: str | None, end: str | None) -> None:
         start_at = parse_utc(start) if start else None
         end_at = parse_utc(end) if end else None
     except ValueError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        fail(str(error), EXIT_USAGE)
     if (start_at is None) != (end_at is None):
-        click.echo("error: give both --start and --end, or neither", err=True)
-        sys.exit(2)
+        fail("give both --start and --end, or neither", EXIT_USAGE)
     if start_at and end_at and end_at <= start_at:
-        click.echo("error: --end must be after --start", err=True)
-        sys.exit(2)
+        fail("--end must be after --start", EXIT_USAGE)
     try:
         refresh_aggregates(settings, start_at, end_at)
     except DatabaseError as error:
-        _fail(str(error))
+        fail(str(error))
     click.echo("aggregates refreshed")
 
 

@@ -35,15 +35,9 @@ from fetchers.rest.jobs import BackfillRequestError, check_exchange, create_job,
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
 from fetchers.rest.outages import redis_client
 from fetchers.rest.progress import ProgressMeter, ProgressStream
+from scripts.cli import EXIT_FAILED, EXIT_USAGE, fail
 
 POLL_SECONDS = 0.5
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 def exchange_or_exit(name: str) -> str:

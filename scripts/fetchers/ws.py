@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 
 import click
 import psycopg2
@@ -26,14 +25,7 @@ from common.settings import EXCHANGES, load_settings_or_exit
 from fetchers.exchanges.base import UnknownSymbolError
 from fetchers.ws.stream import Shard, StreamEngine
 from fetchers.ws.updater import Updater
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def fail(message: str, code: int = EXIT_FAILED) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+from scripts.cli import EXIT_USAGE, fail
 
 
 @click.group()

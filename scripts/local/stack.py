@@ -27,6 +27,7 @@ from pathlib import Path
 import click
 
 from common.settings import PROJECT_ROOT, Settings, load_settings_or_exit
+from scripts.cli import fail
 from scripts.local.servers import LocalPostgres, LocalRedis, LocalServiceError, wait_until
 
 PROCFILE = PROJECT_ROOT / "Procfile"
@@ -135,11 +136,6 @@ def _environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
 @click.group()
 def cli() -> None:
     """Run the whole platform on this machine, without Docker."""
@@ -162,7 +158,7 @@ def up(demo: bool) -> None:
         LocalPostgres(settings, data).start()
         LocalRedis(settings, data, log_dir).start()
     except LocalServiceError as error:
-        _fail(str(error))
+        fail(str(error))
     click.echo(
         f"PostgreSQL on {settings.postgres_host}:{settings.postgres_port}, "
         f"Redis on {settings.redis_host}:{settings.redis_port} (data in {data})"
@@ -179,15 +175,15 @@ def up(demo: bool) -> None:
         [str(_venv_bin() / "supervisord"), "-c", str(supervisor.conf)], capture_output=True, text=True
     )
     if started.returncode != 0:
-        _fail(f"supervisord did not start: {started.stderr.strip() or started.stdout.strip()}")
+        fail(f"supervisord did not start: {started.stderr.strip() or started.stdout.strip()}")
     child_env = {**os.environ, **env}
     if demo:
         if not _start(supervisor, "simulator"):
-            _fail("the simulator did not start (are ports 18401-18404 free?)")
+            fail("the simulator did not start (are ports 18401-18404 free?)")
         wait_for_simulator(settings.model_copy(update={"simulator_host": "127.0.0.1"}))
     init = subprocess.run([sys.executable, "-m", "scripts.platform", "init"], env=child_env, check=False)
     if init.returncode != 0:
-        _fail(f"initialisation failed (see {log_dir / 'init.log'}); `make down` stops what started")
+        fail(f"initialisation failed (see {log_dir / 'init.log'}); `make down` stops what started")
     running = sum(_start(supervisor, process.name) for process in processes)
     click.echo(f"{running} of {len(processes)} processes running; logs in {log_dir}")
     page = f"http://{settings.web_host}:{settings.web_port}/"
@@ -216,7 +212,7 @@ def wait_for_simulator(settings: Settings) -> None:
     try:
         wait_until(lambda: urllib.request.urlopen(url, timeout=2).status == 200, 60, "the simulator")
     except LocalServiceError as error:
-        _fail(f"{error} (see logs/supervisor/simulator.log)")
+        fail(f"{error} (see logs/supervisor/simulator.log)")
 
 
 def backfill_demo_markets(env: dict[str, str]) -> None:
@@ -260,7 +256,7 @@ def down() -> None:
         LocalRedis(settings, settings.local_data_dir, settings.log_dir).stop()
         LocalPostgres(settings, settings.local_data_dir).stop()
     except LocalServiceError as error:
-        _fail(str(error))
+        fail(str(error))
     click.echo("PostgreSQL and Redis stopped (data kept in local_data/)")
 
 

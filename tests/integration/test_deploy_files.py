@@ -120,9 +120,8 @@ def test_build_and_volume_paths_exist():
             assert (PROJECT_ROOT / service["build"] / "Dockerfile").exists(), name
         for volume in service.get("volumes", []):
             host = volume.split(":", 1)[0]
-            if host.startswith("."):
-                top = Path(host).parts[0:2]
-                assert (PROJECT_ROOT.joinpath(*top)).exists(), (name, volume)
+            if host.startswith("."):  # the top folder ships with the repository; docker makes the rest
+                assert (PROJECT_ROOT / Path(host).parts[0]).is_dir(), (name, volume)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_SERVICES - {"psql", "redis"}))
