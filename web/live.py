@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common import reads
+from common.backoff import backoff_seconds
 from common.reads import Bar, Interval
 from web.bars import bar_dict, combine, parse_live_bar
 from web.candles import MarketKey, live_bucket, live_minutes
@@ -28,7 +29,8 @@ from web.database import ConnectionPool, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
-RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+RECONNECT_BASE_SECONDS = 0.2
+RECONNECT_MAX_SECONDS = 5.0
 LIVE_CACHE_SECONDS = 1.0
 KNOWN_MARKET_SECONDS = 60.0
 
@@ -194,7 +196,7 @@ class LiveHub:
             except (RedisError, OSError) as error:
                 self.listening.clear()
                 self._recent.clear()
-                delay = RECONNECT_SECONDS[min(attempt, len(RECONNECT_SECONDS) - 1)]
+                delay = backoff_seconds(attempt, RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS)
                 attempt += 1
                 log.warning("live bar listener lost Redis (%s); retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
 
 import aiohttp
 
+from common.backoff import backoff_seconds
 from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
@@ -63,11 +63,6 @@ class FetchOutcome:
     candles: list
     error: ExchangeError | None = None
     exception_class: str = ""
-
-
-def backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    """Full-jitter exponential backoff: spreads retries of many workers apart."""
-    return random.uniform(0, min(cap, base * (2**attempt)))
 
 
 class BackfillEngine:

@@ -21,7 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from common.db import DatabaseError
+from common.db import DatabaseError, error_line
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,10 @@ def with_database_retry(settings: Settings, attempt: Callable[[], T], on_failure
                 deadline = now + settings.rest_outage_seconds
                 log.warning(
                     "PostgreSQL unavailable (%s); retrying for up to %.0fs",
-                    _first_line(error),
+                    error_line(error),
                     settings.rest_outage_seconds,
                 )
             if now >= deadline:
                 raise
             time.sleep(min(delay, max(deadline - now, 0)))
             delay = min(delay * 2, BACKOFF_CAP_SECONDS)
-
-
-def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

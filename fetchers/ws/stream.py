@@ -22,6 +22,7 @@ import aiohttp
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from common.backoff import backoff_seconds
 from common.candle import Market
 from common.db import connection, load_markets
 from common.redis_keys import ws_health_key, ws_progress_key
@@ -29,7 +30,6 @@ from common.settings import Settings
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import resolve_symbol
-from fetchers.rest.engine import backoff_seconds
 from fetchers.ws.connection import LiveConnection, open_websocket
 from fetchers.ws.sink import MarketKeys, RedisSink
 
