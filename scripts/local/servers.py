@@ -15,11 +15,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg2
 import redis
 
 from common.settings import Settings
+
+T = TypeVar("T")
 
 
 class LocalServiceError(RuntimeError):
@@ -49,16 +52,19 @@ def postgres_account_kwargs() -> dict:
     return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
 
-def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
+def wait_until(check: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:
+    """Poll `check()` until it returns something true and return that; an exception counts as not
+    yet. LocalServiceError (with the last exception) once `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            if check():
-                return
+            value = check()
+            if value:
+                return value
         except Exception as error:  # noqa: BLE001 - retried until the deadline
             last_error = error
-        time.sleep(0.05)
+        time.sleep(every)
     raise LocalServiceError(f"{what} did not become ready in {timeout:.0f} s: {last_error}")
 
 

@@ -17,6 +17,7 @@ from common.timeutil import ms_to_datetime
 from fetchers.rest.job_store import JobStore
 from tests.conftest import SERVICE_ENV
 from tests.support.backfill import assert_matches_truth, day_aligned_range
+from tests.support.services import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -343,14 +344,6 @@ def job_info(settings, job_id: str):
             await client.aclose()
 
     return asyncio.run(read())
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.3)
 
 
 def test_two_celery_workers_share_one_job(platform_settings, simulator, tmp_path):

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import redis
 
 from common.redis_keys import ws_send_key
 from common.settings import PROJECT_ROOT
-from tests.support.services import free_port
+from tests.support.services import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -46,20 +45,6 @@ def get_json(url: str) -> tuple[int, object]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"null")
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as error:
-            last = error
-        time.sleep(0.5)
-    raise AssertionError(f"{what} within {timeout} s (last: {last!r})")
 
 
 def running_pids(data: Path) -> list[int]:

@@ -20,8 +20,8 @@ from playwright.sync_api import sync_playwright
 from common.candle import Market
 from tests.conftest import service_env
 from tests.support.backfill import day_aligned_range, run_job
-from tests.support.services import free_port
-from tests.support.web import http_get, imitate_live_pipeline_bar, wait_for, web_process
+from tests.support.services import free_port, stop_process, wait_for
+from tests.support.web import http_get, imitate_live_pipeline_bar, web_process
 
 pytestmark = pytest.mark.e2e
 
@@ -139,5 +139,4 @@ def test_python_m_web_serves_the_pages_and_api_on_the_configured_port(settings, 
         ) as script:
             assert b"LightweightCharts" in script.read(), "the library is served from node_modules"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,6 +25,7 @@ from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms
 from fetchers.rest.markets import refresh_markets
 from tests.conftest import service_env
+from tests.support.services import wait_for
 from tests.support.simulator import SimHandle
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,17 +43,6 @@ FAST_HEARTBEATS = (
 )
 """Simulator flags: beat every second and count connections per 3 s, as the live tests' fetchers
 are told (`LiveStack.env`)."""
-
-
-def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def refresh_all_markets(settings: Settings, exchanges: Iterable[str] = EXCHANGES) -> None:

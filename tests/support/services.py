@@ -16,21 +16,43 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg2
 import psycopg2.errors
 import redis
 from psycopg2 import sql
 
-from scripts.local.servers import postgres_account_kwargs, postgres_bindir, wait_until
+from scripts.local.servers import LocalServiceError, postgres_account_kwargs, postgres_bindir, wait_until
 
 TIMESCALEDB_ENV = "CFR_TEST_TIMESCALEDB"
+T = TypeVar("T")
 
 
 def timescaledb_requested() -> bool:
     return os.environ.get(TIMESCALEDB_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.2) -> T:
+    """Poll `check()` until it returns something true and return that (an exception counts as not
+    yet); fail the test after `timeout` seconds."""
+    try:
+        return wait_until(check, timeout, what, every)
+    except LocalServiceError as error:
+        raise AssertionError(str(error)) from None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, and SIGKILL if it has not ended after `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:
@@ -214,12 +236,7 @@ class RedisServer:
     def halt(self) -> None:
         """Stop the server but keep its files (a `start()` afterwards is a restart)."""
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
 
     def stop(self) -> None:

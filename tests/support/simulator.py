@@ -22,6 +22,7 @@ from urllib.request import Request, urlopen
 
 from simulator.config import SimConfig
 from simulator.server import Simulator, SimulatorThread
+from tests.support.services import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,10 +115,5 @@ def simulator_process(*args: str, python_args: Sequence[str] = ()) -> Iterator[S
         started = json.loads(line)
         yield SimHandle(urls=started["urls"], env_lines=started["env"], pid=proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         errors.close()

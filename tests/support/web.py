@@ -31,8 +31,7 @@ from common.db import connection, refresh_aggregates, upsert_candles, upsert_mar
 from common.redis_keys import ws_send_key, ws_sub_key
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ms_to_datetime
-from scripts.local.servers import wait_until
-from tests.support.services import free_port
+from tests.support.services import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,20 +84,7 @@ def web_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
         )
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_for(check, timeout: float, what: str) -> None:
-    """Poll `check()` until true (exceptions count as not yet); fail the test after `timeout` s."""
-    try:
-        wait_until(check, timeout, what)
-    except RuntimeError as error:
-        raise AssertionError(str(error)) from None
+        stop_process(proc)
 
 
 def http_get(url: str, **params: Any) -> tuple[int, Any]:
