@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import urllib.request
+from dataclasses import asdict, dataclass
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -86,3 +87,34 @@ def machine() -> str:
     model, cores = cpu_model()
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {cores} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One line of a benchmark's table: what was measured, the figure, and the target it answers to."""
+
+    measure: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+
+
+def report(benchmark: str, results: list[Result]) -> None:
+    """Print `results` as the benchmark's table and, when the `BENCH_RESULTS` environment variable
+    names a file, append them there as JSON lines so that `make bench` can gather every script's
+    figures into one table."""
+    rows = [("measure", "result", "target", "met")]
+    for result in results:
+        met = "" if result.met is None else ("yes" if result.met else "no")
+        rows.append((result.measure, result.value, result.target, met))
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    print(f"\n{benchmark}")
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+    path = os.environ.get("BENCH_RESULTS")
+    if path:
+        with open(path, "a") as handle:
+            for result in results:
+                handle.write(json.dumps({"benchmark": benchmark, **asdict(result)}) + "\n")
