@@ -16,8 +16,16 @@ from psycopg2.extensions import connection as PgConnection
 from common import reads
 from common.reads import Bar, Interval
 from common.redis_keys import ws_send_key, ws_sub_key
-from web.bars import combine, fill_empty, group_minutes, merge_minutes, parse_latest_hash, parse_live_bar
-from web.database import ConnectionPool
+from web.bars import (
+    combine,
+    encode_bars,
+    fill_empty,
+    group_minutes,
+    merge_minutes,
+    parse_latest_hash,
+    parse_live_bar,
+)
+from web.database import AsyncPool, ConnectionPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +59,8 @@ async def live_minutes(client: aioredis.Redis, market: MarketKey, delimiter: str
     return [bars[t] for t in sorted(bars)]
 
 
-async def read_ohlcvs(
+async def ohlcvs_body(
+    fast: AsyncPool,
     pool: ConnectionPool,
     recent_minutes: Callable[[MarketKey], Awaitable[list[Bar]]],
     market: MarketKey,
@@ -60,13 +69,40 @@ async def read_ohlcvs(
     end_ms: int | None,
     limit: int,
     empty_ts: bool,
-) -> list[Bar]:
-    """What GET /api/ohlcvs returns, as bars (ascending, the newest `limit` in [start, end])."""
+    as_ms: bool,
+) -> tuple[int, bytes]:
+    """(number of bars, JSON body) of GET /api/ohlcvs: the newest `limit` bars in [start, end],
+    ascending. When no live minute falls in the window and no gap is to be filled - every page of
+    history - PostgreSQL writes the body itself in one prepared query; otherwise the bars are read,
+    merged and filled here (`read_ohlcvs`) and encoded."""
     live = [
         b
         for b in await recent_minutes(market)
         if (start_ms is None or b[0] >= start_ms) and (end_ms is None or b[0] <= end_ms)
     ]
+    if not live and not empty_ts:
+        query = reads.bars_body_query(interval.name, as_ms)
+        values = reads.bars_body_values(
+            market.exchange, market.base_id, market.quote_id, interval, start_ms, end_ms, limit
+        )
+        count, text = await fast.fetchrow(query.text, *query.arguments(values))
+        return count, ("[" + text + "]").encode()
+    bars = await read_ohlcvs(pool, live, market, interval, start_ms, end_ms, limit, empty_ts)
+    return len(bars), encode_bars(bars, as_ms)
+
+
+async def read_ohlcvs(
+    pool: ConnectionPool,
+    live: list[Bar],
+    market: MarketKey,
+    interval: Interval,
+    start_ms: int | None,
+    end_ms: int | None,
+    limit: int,
+    empty_ts: bool,
+) -> list[Bar]:
+    """The bars of GET /api/ohlcvs (ascending, the newest `limit` in [start, end]) from stored
+    bars and the `live` minutes in Redis that fall in the window."""
 
     def work(conn: PgConnection) -> list[Bar]:
         bars = reads.read_bars(

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from common.settings import Settings, get_settings
 from web.api.errors import install_error_handlers
 from web.api.routes import analytics, health, ohlcvs, status, symbols, ws
-from web.database import ConnectionPool
+from web.database import AsyncPool, ConnectionPool
 from web.live import LiveHub
 from web.views import mount_pages
 
@@ -33,9 +33,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = ConnectionPool(settings, settings.web_db_pool_size)
+        fast_pool = AsyncPool(settings, settings.web_db_pool_size)
+        await fast_pool.open()
         client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
         hub = LiveHub(lambda: _redis(settings), client, pool, settings.redis_key_delimiter)
-        app.state.pool, app.state.redis, app.state.hub = pool, client, hub
+        app.state.pool, app.state.fast_pool, app.state.redis, app.state.hub = pool, fast_pool, client, hub
         tasks = [
             asyncio.create_task(hub.run(), name="live-bar-listener"),
             asyncio.create_task(hub.heartbeats(settings.web_ws_heartbeat_seconds), name="ws-heartbeats"),
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await client.aclose()
+            await fast_pool.close()
             pool.close()
 
     app = FastAPI(

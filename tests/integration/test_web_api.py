@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -9,6 +10,7 @@ import pytest
 
 from common.candle import Candle, Market
 from common.db import connection, refresh_aggregates, upsert_candles, upsert_markets
+from common.reads import INTERVALS, bars_body_query, bars_body_values, read_bars
 from common.timeutil import isoformat_z, ms_to_datetime
 from tests.support.services import RedisServer, free_port
 from tests.support.web import (
@@ -27,6 +29,8 @@ from tests.support.web import (
     stored_form,
     wait_for,
 )
+from web.bars import encode_bars
+from web.database import AsyncPool
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +176,42 @@ def test_minutes_still_in_redis_are_merged_and_the_database_wins(api, settings, 
         "close": "1.25",
         "volume": "2.75",
     }
+
+
+@pytest.mark.parametrize("interval", list(INTERVALS))
+def test_the_body_postgresql_writes_equals_the_bars_read_and_encoded(settings, seeded, interval):
+    """History pages leave as the text PostgreSQL builds; pages with live minutes or filled gaps
+    are encoded in Python from `read_bars`. Both must give the same bytes for the same bars."""
+    windows = [
+        (None, None, 500),
+        (BASE_MS + 7 * MIN, BASE_MS + 200 * MIN, 500),
+        (BASE_MS + 95 * MIN, None, 3),
+        (None, BASE_MS + 2 * HOUR_MS + 17 * MIN, 2),
+        (BASE_MS + 7 * MIN, BASE_MS + 8 * MIN, 10),
+    ]
+
+    async def bodies(as_ms: bool) -> list[tuple[int, str]]:
+        pool = AsyncPool(settings, 2)
+        await pool.open()
+        try:
+            query = bars_body_query(interval, as_ms)
+            out = []
+            for start, end, limit in windows:
+                values = bars_body_values("binance", "BTC", "USDT", INTERVALS[interval], start, end, limit)
+                count, text = await pool.fetchrow(query.text, *query.arguments(values))
+                out.append((count, "[" + text + "]"))
+            return out
+        finally:
+            await pool.close()
+
+    for as_ms in (True, False):
+        with connection(settings) as conn:
+            expected = []
+            for start, end, limit in windows:
+                bars = read_bars(conn, "binance", "BTC", "USDT", INTERVALS[interval], start, end, limit)
+                expected.append((len(bars), encode_bars(bars, as_ms).decode()))
+        assert asyncio.run(bodies(as_ms)) == expected
+        assert any(count for count, _ in expected), "bars were compared, not only empty pages"
 
 
 def test_an_empty_range_of_a_known_market_is_an_empty_list(api):
@@ -358,6 +398,12 @@ def test_starts_with_both_stores_down_answers_503_and_recovers(settings, postgre
         admin = postgres_server.connect("postgres")
         admin.autocommit = True
         try:
+            wait_for(lambda: http_get(f"{base}/api/health")[1]["redis"]["state"] == "ok", 30, "Redis is back")
+            status, body = http_get(
+                f"{base}/api/ohlcvs", exchange="binance", base_id="BTC", quote_id="USDT", interval="1m"
+            )
+            assert (status, body["detail"].split(":")[0]) == (503, "database unavailable"), body
+            assert later_db in body["detail"]
             with admin.cursor() as cur:
                 cur.execute(f"CREATE DATABASE {later_db} TEMPLATE {template_database}")
             wait_for(lambda: http_get(f"{base}/api/health")[0] == 200, 30, "health recovers")

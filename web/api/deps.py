@@ -12,7 +12,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from common.settings import Settings
-from web.database import ConnectionPool
+from web.database import AsyncPool, ConnectionPool
 from web.live import LiveHub
 
 
@@ -22,6 +22,10 @@ async def app_settings(connection: HTTPConnection) -> Settings:
 
 async def database_pool(connection: HTTPConnection) -> ConnectionPool:
     return connection.app.state.pool
+
+
+async def async_pool(connection: HTTPConnection) -> AsyncPool:
+    return connection.app.state.fast_pool
 
 
 async def redis_client(connection: HTTPConnection) -> aioredis.Redis:
@@ -34,5 +38,6 @@ async def live_hub(connection: HTTPConnection) -> LiveHub:
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 PoolDep = Annotated[ConnectionPool, Depends(database_pool)]
+AsyncPoolDep = Annotated[AsyncPool, Depends(async_pool)]
 RedisDep = Annotated[aioredis.Redis, Depends(redis_client)]
 HubDep = Annotated[LiveHub, Depends(live_hub)]

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import QueryParams
 
 from common import reads
 from common.reads import INTERVALS
 from common.settings import ExchangeName
-from web.api.deps import HubDep, PoolDep, SettingsDep
+from web.api.deps import AsyncPoolDep, HubDep, PoolDep, SettingsDep
 from web.api.errors import BadRequest
-from web.bars import encode_bars
-from web.candles import MarketKey, read_ohlcvs
+from web.candles import MarketKey, ohlcvs_body
 
 router = APIRouter(tags=["ohlcvs"])
 
+Q = TypeVar("Q", bound=BaseModel)
 IntervalName = Literal["1m", "5m", "15m", "30m", "1h", "3h", "6h", "12h", "1D", "7D", "14D", "1M"]
 MAX_MS = 253_402_300_799_999
 DEFAULT_LIMIT = 500
@@ -32,7 +34,51 @@ class BarOut(BaseModel):
     volume: str
 
 
-MarketId = Annotated[str, Query(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
+MarketId = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class OhlcvsQuery(BaseModel):
+    """The query of GET /api/ohlcvs."""
+
+    exchange: ExchangeName
+    base_id: MarketId
+    quote_id: MarketId
+    interval: IntervalName = "1m"
+    start: Annotated[int | None, Field(ge=0, le=MAX_MS, description="first bar open time, ms, inclusive")] = (
+        None
+    )
+    end: Annotated[int | None, Field(ge=0, le=MAX_MS, description="last bar open time, ms, inclusive")] = None
+    limit: Annotated[int, Field(description="bars at most (1 to WEB_OHLCVS_MAX_LIMIT, 5000 by default)")] = (
+        DEFAULT_LIMIT
+    )
+    empty_ts: Annotated[bool, Field(description="fill minutes without trades with flat zero-volume bars")] = (
+        False
+    )
+    results_mls: Annotated[bool, Field(description="time as ms (true) or ISO-8601 UTC text (false)")] = True
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict]:
+    """OpenAPI query parameters of `model`'s fields (see `parse_query`)."""
+    schema = model.model_json_schema()
+    parameters = []
+    for name, field in model.model_fields.items():
+        field_schema = dict(schema["properties"][name])
+        description = field_schema.pop("description", None)
+        parameter = {"name": name, "in": "query", "required": field.is_required(), "schema": field_schema}
+        parameters.append(parameter | ({"description": description} if description else {}))
+    return parameters
+
+
+def parse_query(model: type[Q], params: QueryParams) -> Q:
+    """The query string validated as one pydantic model: the same rules and error messages as
+    FastAPI's per-parameter validation (a 422 naming each bad parameter), at a third of the cost -
+    FastAPI re-inspects every parameter's annotation on every request, and this is the API's hot
+    path. The parameters are published in OpenAPI by `query_parameters`."""
+    try:
+        return model.model_validate(dict(params))
+    except ValidationError as error:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in error.errors(include_url=False)]
+        raise RequestValidationError(errors) from None
 
 
 @router.get(
@@ -40,50 +86,43 @@ MarketId = Annotated[str, Query(min_length=1, max_length=40, pattern=r"^[A-Za-z0
     response_class=Response,
     responses={200: {"model": list[BarOut], "description": "bars, oldest first"}},
     summary="Candles of one market",
+    openapi_extra={"parameters": query_parameters(OhlcvsQuery)},
 )
 async def get_ohlcvs(
-    settings: SettingsDep,
-    pool: PoolDep,
-    hub: HubDep,
-    exchange: ExchangeName,
-    base_id: MarketId,
-    quote_id: MarketId,
-    interval: IntervalName = "1m",
-    start: Annotated[
-        int | None, Query(ge=0, le=MAX_MS, description="first bar open time, ms, inclusive")
-    ] = None,
-    end: Annotated[
-        int | None, Query(ge=0, le=MAX_MS, description="last bar open time, ms, inclusive")
-    ] = None,
-    limit: Annotated[
-        int, Query(description="bars at most (1 to WEB_OHLCVS_MAX_LIMIT, 5000 by default)")
-    ] = DEFAULT_LIMIT,
-    empty_ts: Annotated[
-        bool, Query(description="fill minutes without trades with flat zero-volume bars")
-    ] = False,
-    results_mls: Annotated[bool, Query(description="time as ms (true) or ISO-8601 UTC text (false)")] = True,
+    request: Request, settings: SettingsDep, fast: AsyncPoolDep, pool: PoolDep, hub: HubDep
 ) -> Response:
     """The newest `limit` bars whose open time lies in [start, end], oldest first. Prices and
     volumes are the stored decimal text. Minutes still in Redis are merged in."""
+    query = parse_query(OhlcvsQuery, request.query_params)
+    exchange, base_id, quote_id, start, end, limit = (
+        query.exchange,
+        query.base_id,
+        query.quote_id,
+        query.start,
+        query.end,
+        query.limit,
+    )
     if not 1 <= limit <= settings.web_ohlcvs_max_limit:
         raise BadRequest(f"limit: send a number from 1 to {settings.web_ohlcvs_max_limit} (got {limit})", 422)
     if start is not None and end is not None and start > end:
         raise BadRequest(f"start ({start}) is after end ({end}): send start <= end (both ms, inclusive)")
     market = MarketKey(exchange, base_id, quote_id)
-    bars = await read_ohlcvs(
+    count, body = await ohlcvs_body(
+        fast,
         pool,
         hub.recent_minutes,
         market,
-        INTERVALS[interval],
+        INTERVALS[query.interval],
         start,
         end,
         limit,
-        empty_ts,
+        query.empty_ts,
+        query.results_mls,
     )
-    if not bars and not await pool.run(lambda conn: reads.market_exists(conn, exchange, base_id, quote_id)):
+    if not count and not await pool.run(lambda conn: reads.market_exists(conn, exchange, base_id, quote_id)):
         raise BadRequest(
             f"unknown market {exchange} {base_id}/{quote_id}: "
             f"see GET /api/symbol-exchange?exchange={exchange} for the markets",
             404,
         )
-    return Response(encode_bars(bars, results_mls), media_type="application/json")
+    return Response(body, media_type="application/json")
