@@ -13,5 +13,7 @@ if __name__ == "__main__":
         host=settings.web_host,
         port=settings.web_port,
         ws="websockets-sansio",
+        loop="uvloop",  # the C event loop and HTTP parser: about a third less CPU per request
+        http="httptools",
         proxy_headers=False,
     )
