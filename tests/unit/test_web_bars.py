@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
 
-from common.reads import INTERVALS, Fold
+from common.reads import INTERVALS, Fold, bars_body_query, bars_body_values
 from web.bars import combine, encode_bars, fill_empty, merge_minutes, parse_latest_hash, parse_live_bar
 from web.candles import combine_stored_and_fresh
 from web.ws_messages import BadMessage, parse_request
@@ -131,3 +132,20 @@ def test_ws_request_parsing():
     assert event == "unsubscribe" and sub.interval.name == "1m" and sub.as_ms
     with pytest.raises(BadMessage, match="base_id: send the currency code"):
         parse_request('{"event_type":"subscribe","exchange":"binance","base_id":"BTC USDT","quote_id":"X"}')
+
+
+@pytest.mark.parametrize("name", list(INTERVALS))
+@pytest.mark.parametrize("as_ms", [True, False])
+def test_body_query_numbers_each_named_parameter_once_and_binds_them_in_that_order(name, as_ms):
+    query = bars_body_query(name, as_ms)
+    assert "%(" not in query.text
+    used = sorted({int(n) for n in re.findall(r"\$(\d+)", query.text)})
+    assert used == list(range(1, len(query.names) + 1))
+    values = bars_body_values("binance", "BTC", "USDT", INTERVALS[name], ms(2024, 1, 1), ms(2024, 2, 1), 7)
+    assert set(query.names) <= set(values)
+    bound = dict(zip(query.names, query.arguments(values), strict=True))
+    assert bound["limit"] == 7 and bound["exchange"] == "binance"
+    assert bound["start"] == datetime(2024, 1, 1, tzinfo=UTC) and bound["end"] == datetime(
+        2024, 2, 1, tzinfo=UTC
+    )
+    assert ('"time":"%s"' in query.text) is not as_ms
