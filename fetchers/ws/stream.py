@@ -127,7 +127,8 @@ class StreamEngine:
         self.previous_progress_ms = 0
         self.frames = 0
         self.bad_frames = 0
-        self.last_frame_ms = 0
+        self.last_frame = 0.0
+        """`time.perf_counter()` of the newest frame (0: none yet); see `last_frame_ms`."""
         self.stopping = False
         self._tasks: dict[asyncio.Task[None], LiveConnection | None] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -137,9 +138,17 @@ class StreamEngine:
             attempt, self.settings.ws_backoff_base_seconds, self.settings.ws_backoff_max_seconds
         )
 
-    def frame_seen(self) -> None:
+    def frame_seen(self, received: float) -> None:
+        """Count a frame received at `received` (`time.perf_counter()`); runs for every frame."""
         self.frames += 1
-        self.last_frame_ms = int(time.time() * 1000)
+        self.last_frame = received
+
+    @property
+    def last_frame_ms(self) -> int:
+        """Wall-clock time of the newest frame in ms (0: none yet)."""
+        if not self.last_frame:
+            return 0
+        return int((time.time() - (time.perf_counter() - self.last_frame)) * 1000)
 
     async def open_socket(self) -> aiohttp.ClientWebSocketResponse:
         assert self._http is not None
