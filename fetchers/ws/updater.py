@@ -299,11 +299,10 @@ class Updater:
                     inserted += pending.result()
                     pending = None
             finally:
-                if pending is not None:
-                    pending.cancel()
+                if pending is not None:  # reading failed: the batch already read still goes in
                     try:
                         pending.result()
-                    except BaseException:  # noqa: BLE001 - the first error is the one raised
+                    except BaseException:  # noqa: BLE001 - the reading error is the one raised
                         pass
         self.rows_flushed_total += rows
         if oldest is not None:
