@@ -219,11 +219,15 @@ class StreamEngine:
     # ---- health
 
     async def _health(self) -> None:
+        """Every HEALTH_SECONDS until shutdown. The loop also checks `stopping`: a cancel that lands
+        inside a Redis call can be swallowed by the client, and shutdown must not wait for it."""
         key = ws_health_key(self.exchange)
         label = self.shard.label
         frames_before, before = self.frames, time.monotonic()
-        while True:
+        while not self.stopping:
             await asyncio.sleep(HEALTH_SECONDS)
+            if self.stopping:
+                return
             now = time.monotonic()
             rate = (self.frames - frames_before) / max(now - before, 1e-6)
             frames_before, before = self.frames, now
