@@ -333,7 +333,6 @@ def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int) -> Up
     asyncio.run(fill())
     client = redis.Redis.from_url(settings.redis_url)
     updater = Updater(settings, client)
-    updater._db()  # connected, as in a running updater
     refresh = updater._refresh_aggregates
     refresh_seconds = 0.0
 
@@ -349,7 +348,7 @@ def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int) -> Up
     result = updater.flush()
     elapsed = time.perf_counter() - started
     cpu_us = Cpu.per_unit(before, cpu.read(), result.rows)
-    updater.close()
+    updater.stop()
     assert result.rows == markets * minutes, result
 
     conn = connect(settings)

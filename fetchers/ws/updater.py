@@ -11,8 +11,8 @@ Every `updater_flush_seconds`:
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
    Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
 5. on plain PostgreSQL, refresh the aggregates over the 5-minute buckets that have closed.
-Steps 3-4 of one batch run on a worker thread while the main thread reads the next batch (the
-database and Redis do their work in other processes, so the two overlap on a multi-core machine).
+Steps 3-4 run on `WRITERS` threads, each with its own connection, while the main thread reads the
+next batch (the database and Redis work in other processes, so all of it overlaps on several cores).
 A database outage leaves everything in Redis; the next flush tries again.
 """
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,8 +49,11 @@ from common.timeutil import MINUTE_MS, ms_to_datetime
 log = logging.getLogger(__name__)
 
 CLOSE_AFTER_INTERVALS = 2
-KEYS_PER_READ = 500
+KEYS_PER_READ = 200
 ROWS_PER_BATCH = 20_000
+WRITERS = 2
+"""Batches written at once, each by its own thread and connection: PostgreSQL's per-row cost
+(indexes, the foreign-key check, ON CONFLICT) is most of a flush, and two backends use two cores."""
 OUTAGES_PER_FLUSH = 50_000
 SMALLEST_BUCKET_MS = 5 * MINUTE_MS
 CLOSED_MARK = b'"closed":true'
@@ -188,22 +193,37 @@ class Updater:
         self.redis = client
         self.delimiter = settings.redis_key_delimiter
         self._delete = client.register_script(DELETE_STORED)
-        self._conn: PgConnection | None = None
+        self._local = threading.local()
+        self._conns: list[PgConnection] = []
+        self._conns_lock = threading.Lock()
         self._timescale: bool | None = None
+        self._writers: ThreadPoolExecutor | None = None
         self._dirty_from_ms: int | None = None
         self.rows_flushed_total = 0
 
     def _db(self) -> PgConnection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings)
-            self._timescale = has_timescaledb(self._conn)
-            self._conn.commit()
-        return self._conn
+        """This thread's connection (each writer thread has its own)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = connect(self.settings)
+            self._timescale = has_timescaledb(conn)
+            conn.commit()
+            with self._conns_lock:
+                self._conns = [c for c in self._conns if not c.closed] + [conn]
+        return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close every connection (the writer threads reconnect on their next batch)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def stop(self) -> None:
+        self.close()
+        if self._writers is not None:
+            self._writers.shutdown()
+            self._writers = None
 
     def exchange_clocks(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -281,29 +301,30 @@ class Updater:
         outage_count = len(outages)
         rows = inserted = backlog = 0
         oldest: int | None = None
-        pending: Future[int] | None = None
-        with ThreadPoolExecutor(1, thread_name_prefix="updater-db") as writer:
-            try:
-                for batch, seen in self.read_batches(clocks):
-                    backlog += seen
-                    if not batch.lines and not batch.delete and not outages:
-                        continue
-                    if pending is not None:
-                        inserted += pending.result()
-                    pending = writer.submit(self._write, batch, outages)
-                    outages = []
-                    rows += len(batch.lines)
-                    if batch.oldest_ms is not None:
-                        oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
-                if pending is not None:
-                    inserted += pending.result()
-                    pending = None
-            finally:
-                if pending is not None:  # reading failed: the batch already read still goes in
-                    try:
-                        pending.result()
-                    except BaseException:  # noqa: BLE001 - the reading error is the one raised
-                        pass
+        pending: deque[Future[int]] = deque()
+        if self._writers is None:  # kept across flushes: each thread keeps its connection
+            self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="updater-db")
+        writers = self._writers
+        try:
+            for batch, seen in self.read_batches(clocks):
+                backlog += seen
+                if not batch.lines and not batch.delete and not outages:
+                    continue
+                if len(pending) >= WRITERS:
+                    inserted += pending.popleft().result()
+                pending.append(writers.submit(self._write, batch, outages))
+                outages = []
+                rows += len(batch.lines)
+                if batch.oldest_ms is not None:
+                    oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
+            while pending:
+                inserted += pending.popleft().result()
+        finally:
+            while pending:  # something failed: the batches already read still go in
+                try:
+                    pending.popleft().result()
+                except BaseException:  # noqa: BLE001 - the first error is the one raised
+                    pass
         self.rows_flushed_total += rows
         if oldest is not None:
             self._refresh_aggregates(oldest, clocks)

@@ -96,7 +96,7 @@ def update() -> None:
     try:
         updater.run(lambda: stopping)
     finally:
-        updater.close()
+        updater.stop()
         client.close()
     log.info("updater stopped")
 
