@@ -152,6 +152,7 @@ class RedisSink:
         self._outages: list[str] = []
         self._wake = asyncio.Event()
         self._sha: str | None = None
+        self._stopping = False
         self.newest_ms = 0
         self.bars_stored = 0
         self.redis_up = True
@@ -178,12 +179,20 @@ class RedisSink:
 
     # ---- the writer task
 
+    def stop(self) -> None:
+        """End `run` at its next turn, even if a Redis call swallowed the task's cancel (the owner
+        then flushes what is left itself)."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Flush whatever is waiting, as one pipeline, until cancelled."""
+        """Flush whatever is waiting, as one pipeline, until cancelled or stopped."""
         attempt = 0
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.flush()
                 attempt = 0

@@ -293,6 +293,7 @@ class StreamEngine:
         """Stop every task (bounded: a task that lost its cancel cannot hold the exit), close the
         sockets, hand the last bars to Redis."""
         self.stopping = True
+        self.sink.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
