@@ -49,8 +49,8 @@ from common.timeutil import MINUTE_MS, ms_to_datetime
 log = logging.getLogger(__name__)
 
 CLOSE_AFTER_INTERVALS = 2
-KEYS_PER_READ = 200
-ROWS_PER_BATCH = 20_000
+KEYS_PER_READ = 100
+ROWS_PER_BATCH = 10_000
 WRITERS = 2
 """Batches written at once, each by its own thread and connection: PostgreSQL's per-row cost
 (indexes, the foreign-key check, ON CONFLICT) is most of a flush, and two backends use two cores."""
