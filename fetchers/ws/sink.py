@@ -18,13 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
-
-try:
-    import hiredis
-except ImportError:  # pragma: no cover - pinned in requirements.txt; redis-py works without it
-    hiredis = None
 
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_progress_key, ws_send_key, ws_sub_key
 from fetchers.exchanges.base import WsCandle
@@ -32,7 +28,6 @@ from fetchers.exchanges.base import WsCandle
 log = logging.getLogger(__name__)
 
 MAX_BARS_PER_SCRIPT = 2000
-ARGS_PER_BAR = 7
 
 # KEYS: ws_sub_list, progress hash, health hash, then (send key, sub key) per bar.
 # ARGV: progress field, newest bar time, then (time, open, high, low, close, volume, closed 1/0)
@@ -78,8 +73,6 @@ class HiredisPackConnection(aioredis.Connection):
     one EVALSHA with thousands of arguments, and packing them was a tenth of a fetcher's CPU."""
 
     def pack_command(self, *args):
-        if hiredis is None:
-            return super().pack_command(*args)
         if isinstance(args[0], str):
             args = (*args[0].encode().split(), *args[1:])
         try:
