@@ -319,6 +319,11 @@ class Updater:
                     oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
             while pending:
                 inserted += pending.popleft().result()
+        except BaseException:
+            if oldest is not None:  # some batches may be committed: their minutes need a refresh too
+                dirty = self._dirty_from_ms
+                self._dirty_from_ms = oldest if dirty is None else min(dirty, oldest)
+            raise
         finally:
             while pending:  # something failed: the batches already read still go in
                 try:
