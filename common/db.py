@@ -232,6 +232,29 @@ def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int
     return written
 
 
+def insert_missing_copy_text(conn: PgConnection, rows: io.BufferedIOBase | io.TextIOBase) -> int:
+    """`insert_missing_candles` for a caller that built the COPY text itself (the live updater reads
+    bars as text and checks them in bulk): lines of time_ms, exchange, base_id, quote_id, open, high,
+    low, close, volume, tab-separated and COPY-escaped, unique per market and minute. The caller
+    checks the values (`only_number_chars`); PostgreSQL's numeric input rejects malformed numbers."""
+    with conn.cursor() as cur:
+        cur.execute(_CREATE_INCOMING)
+        cur.copy_expert(
+            "COPY ohlcvs_incoming (time_ms, exchange, base_id, quote_id, open, high, low, close, volume) "
+            "FROM STDIN",
+            rows,
+        )
+        cur.execute(_INSERT_MISSING_FROM_INCOMING)
+        written = cur.rowcount
+        cur.execute("TRUNCATE ohlcvs_incoming")
+    return written
+
+
+def copy_text(value: str) -> str:
+    """`value` escaped for COPY's text format."""
+    return _copy_text(value)
+
+
 def upsert_markets(conn: PgConnection, markets: Sequence[Market], exchange: str | None = None) -> int:
     """Insert or update markets. With `exchange`, markets of that exchange not in the list are
     marked not trading (never deleted: their candles stay)."""

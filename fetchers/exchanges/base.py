@@ -276,10 +276,11 @@ class ExchangeAdapter:
         return wanted in (market.pair.upper(), market.symbol.upper())
 
 
-def ws_json(text: str, **options: Any) -> Any:
-    """A websocket frame's JSON; ValueError (the engine's "bad frame") when it is not JSON."""
+def ws_json(text: str, loads: Any = None, **options: Any) -> Any:
+    """A websocket frame's JSON (through `loads(text)` if given, else `json.loads`); ValueError (the
+    engine's "bad frame") when it is not JSON."""
     try:
-        return json.loads(text, **options)
+        return loads(text) if loads is not None else json.loads(text, **options)
     except ValueError:
         raise ValueError(f"not JSON: {text[:200]}") from None
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+import orjson
+
 from common.candle import Candle, Market, check_ohlcv, only_number_chars
 from common.settings import Settings
 from common.timeutil import MINUTE_MS
@@ -171,7 +173,9 @@ class BinanceAdapter(ExchangeAdapter):
         )
 
     def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
-        data = ws_json(text)
+        """orjson reads the frame: Binance writes every price and volume as a JSON string, so the
+        parser never touches the numbers' text, and it is a third of json's cost per frame."""
+        data = ws_json(text, loads=orjson.loads)
         if not isinstance(data, dict):
             raise ValueError(f"unexpected frame: {text[:200]}")
         event = data.get("data", data) if "stream" in data else data

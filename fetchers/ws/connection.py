@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from common.candle import DECIMAL_TEXT
+from common.candle import OHLCV_TEXT
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsInfo, WsSession
 from fetchers.ws import signalr
@@ -36,9 +36,62 @@ class ConnectionLost(Exception):
     """Why a connection ended (the message goes to the log and the outage record)."""
 
 
+_OHLCV_MATCH = OHLCV_TEXT.fullmatch
+
+
 def plain_decimals(candle: WsCandle) -> bool:
-    match = DECIMAL_TEXT.fullmatch
-    return all(match(v) for v in (candle.open, candle.high, candle.low, candle.close, candle.volume))
+    """Every value is plain decimal text (one regex match per bar: this runs for every update)."""
+    return (
+        _OHLCV_MATCH(f"{candle.open}\t{candle.high}\t{candle.low}\t{candle.close}\t{candle.volume}")
+        is not None
+    )
+
+
+class Watchdog:
+    """Cancels the task that armed it once nothing was `fed` for `seconds`, then raises TimeoutError
+    on exit (like `asyncio.timeout`, whose semantics it keeps: a cancel from outside stays a cancel).
+
+    Feeding costs an attribute store per frame; the timer is re-armed only when it fires early, so
+    the read loop does not create and cancel a timer for every frame."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = time.perf_counter()
+        self.fired = False
+        self._task: asyncio.Task | None = None
+        self._handle: asyncio.TimerHandle | None = None
+
+    def feed(self, now: float) -> None:
+        self.last = now
+
+    def _check(self) -> None:
+        idle = time.perf_counter() - self.last
+        assert self._task is not None
+        if idle >= self.seconds:
+            self.fired = True
+            self._handle = None
+            self._task.cancel()
+        else:
+            self._handle = asyncio.get_running_loop().call_later(self.seconds - idle, self._check)
+
+    async def __aenter__(self) -> Watchdog:
+        self._task = asyncio.current_task()
+        self.last = time.perf_counter()
+        self._handle = asyncio.get_running_loop().call_later(self.seconds, self._check)
+        return self
+
+    async def __aexit__(self, kind, exc, traceback) -> bool | None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if (
+            self.fired
+            and kind is asyncio.CancelledError
+            and self._task is not None
+            and self._task.uncancel() == 0
+        ):
+            raise TimeoutError from exc
+        return None
 
 
 def outage_records(markets: list[MarketKeys], start_ms: int, end_ms: int, reason: str) -> list[str]:
@@ -120,25 +173,29 @@ class LiveConnection:
         got_data = False
         silence = engine.limits.silence_seconds
         ws = self._ws
-        while True:
-            try:
-                msg = await ws.receive(timeout=silence)
-            except TimeoutError:
-                raise ConnectionLost(f"silent for {silence:g}s") from None
-            kind = msg.type
-            if kind is aiohttp.WSMsgType.TEXT:
-                received = time.perf_counter()
-                self.up = True
-                got_data |= self._handle(msg.data, received)
-            elif kind is aiohttp.WSMsgType.PING:
-                await ws.pong(msg.data)
-                engine.frame_seen()
-            elif kind is aiohttp.WSMsgType.PONG:
-                engine.frame_seen()
-            elif kind is aiohttp.WSMsgType.BINARY:
-                self._bad_frame("binary frame")
-            else:
-                return got_data
+        watchdog = Watchdog(silence)
+        perf_counter = time.perf_counter
+        try:
+            async with watchdog:
+                while True:
+                    msg = await ws.receive()
+                    received = perf_counter()
+                    watchdog.feed(received)
+                    kind = msg.type
+                    if kind is aiohttp.WSMsgType.TEXT:
+                        self.up = True
+                        got_data |= self._handle(msg.data, received)
+                    elif kind is aiohttp.WSMsgType.PING:
+                        await ws.pong(msg.data)
+                        engine.frame_seen(received)
+                    elif kind is aiohttp.WSMsgType.PONG:
+                        engine.frame_seen(received)
+                    elif kind is aiohttp.WSMsgType.BINARY:
+                        self._bad_frame("binary frame")
+                    else:
+                        return got_data
+        except TimeoutError:
+            raise ConnectionLost(f"silent for {silence:g}s") from None
 
     async def _subscribe(self, markets: list[MarketKeys]) -> None:
         assert self._ws is not None and self._session is not None
@@ -171,7 +228,7 @@ class LiveConnection:
 
     def _handle(self, text: str, received: float) -> bool:
         engine = self.engine
-        engine.frame_seen()
+        engine.frame_seen(received)
         assert self._session is not None
         try:
             events = engine.adapter.parse_ws_frame(text, self._session)

@@ -127,7 +127,8 @@ class StreamEngine:
         self.previous_progress_ms = 0
         self.frames = 0
         self.bad_frames = 0
-        self.last_frame_ms = 0
+        self.last_frame = 0.0
+        """`time.perf_counter()` of the newest frame (0: none yet); see `last_frame_ms`."""
         self.stopping = False
         self._tasks: dict[asyncio.Task[None], LiveConnection | None] = {}
         self._http: aiohttp.ClientSession | None = None
@@ -137,9 +138,17 @@ class StreamEngine:
             attempt, self.settings.ws_backoff_base_seconds, self.settings.ws_backoff_max_seconds
         )
 
-    def frame_seen(self) -> None:
+    def frame_seen(self, received: float) -> None:
+        """Count a frame received at `received` (`time.perf_counter()`); runs for every frame."""
         self.frames += 1
-        self.last_frame_ms = int(time.time() * 1000)
+        self.last_frame = received
+
+    @property
+    def last_frame_ms(self) -> int:
+        """Wall-clock time of the newest frame in ms (0: none yet)."""
+        if not self.last_frame:
+            return 0
+        return int((time.time() - (time.perf_counter() - self.last_frame)) * 1000)
 
     async def open_socket(self) -> aiohttp.ClientWebSocketResponse:
         assert self._http is not None
@@ -210,11 +219,15 @@ class StreamEngine:
     # ---- health
 
     async def _health(self) -> None:
+        """Every HEALTH_SECONDS until shutdown. The loop also checks `stopping`: a cancel that lands
+        inside a Redis call can be swallowed by the client, and shutdown must not wait for it."""
         key = ws_health_key(self.exchange)
         label = self.shard.label
         frames_before, before = self.frames, time.monotonic()
-        while True:
+        while not self.stopping:
             await asyncio.sleep(HEALTH_SECONDS)
+            if self.stopping:
+                return
             now = time.monotonic()
             rate = (self.frames - frames_before) / max(now - before, 1e-6)
             frames_before, before = self.frames, now
@@ -280,6 +293,7 @@ class StreamEngine:
         """Stop every task (bounded: a task that lost its cancel cannot hold the exit), close the
         sockets, hand the last bars to Redis."""
         self.stopping = True
+        self.sink.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

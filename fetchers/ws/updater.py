@@ -3,30 +3,45 @@
 Every `updater_flush_seconds`:
 1. read each exchange's clock (the newest bar time its fetchers saw) - first, so every bar read
    afterwards is at least as fresh as the clock that closes it;
-2. read every `ws_sub_…` hash named in `ws_sub_list` and pick the closed bars (`closed_times`);
-3. insert them in one transaction with "fill missing only" (a live bar never overwrites a row) and
-   store the outage records the fetchers queued; commit;
-4. only then delete exactly what was stored, and only if it did not change meanwhile (a Lua
-   compare-and-delete), so `kill -9` at any instant loses nothing and doubles nothing;
+2. read the `ws_sub_…` hashes named in `ws_sub_list`, many per round trip, and pick the closed
+   bars (`closed_times`), straight into COPY text (no object per bar);
+3. insert them, a batch of about `ROWS_PER_BATCH` per transaction, with "fill missing only" (a live
+   bar never overwrites a row); the first transaction also stores the outage records the fetchers
+   queued; commit;
+4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
+   Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
 5. on plain PostgreSQL, refresh the aggregates over the 5-minute buckets that have closed.
+Steps 3-4 run on `WRITERS` threads, each with its own connection, while the main thread reads the
+next batch (the database and Redis work in other processes, so all of it overlaps on several cores).
 A database outage leaves everything in Redis; the next flush tries again.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import psycopg2
 import psycopg2.extras
 import redis
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import Candle
-from common.db import DatabaseError, connect, has_timescaledb, insert_missing_candles, refresh_aggregates
+from common.candle import NUMBER_CHARS
+from common.db import (
+    DatabaseError,
+    connect,
+    copy_text,
+    has_timescaledb,
+    insert_missing_copy_text,
+    refresh_aggregates,
+)
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
@@ -34,32 +49,48 @@ from common.timeutil import MINUTE_MS, ms_to_datetime
 log = logging.getLogger(__name__)
 
 CLOSE_AFTER_INTERVALS = 2
-KEYS_PER_READ = 500
+KEYS_PER_READ = 100
+ROWS_PER_BATCH = 10_000
+WRITERS = 2
+"""Batches written at once, each by its own thread and connection: PostgreSQL's per-row cost
+(indexes, the foreign-key check, ON CONFLICT) is most of a flush, and two backends use two cores."""
 OUTAGES_PER_FLUSH = 50_000
 SMALLEST_BUCKET_MS = 5 * MINUTE_MS
+CLOSED_MARK = b'"closed":true'
+BAR_JSON = b'{"time":%s,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
+"""The sink's bar JSON (`fetchers.ws.sink.bar_json`), as bytes: a stored bar of exactly this shape is
+read by splitting on quotes; anything else goes through the JSON parser."""
+BAR_JSON_CLOSED = BAR_JSON[:-1] + b',"closed":true}'
 
-# KEYS: ws_sub_list, then sub keys; ARGV: per key a JSON array of [time, stored json] pairs.
+# KEYS: ws_sub_list, then sub keys; ARGV: per key the number of fields n, then n (field, stored
+# value) pairs. A field goes only if it still holds the value that was stored in the database.
 DELETE_STORED = """
+local a = 1
 for k = 2, #KEYS do
   local key = KEYS[k]
-  for _, pair in ipairs(cjson.decode(ARGV[k - 1])) do
-    if redis.call('HGET', key, pair[1]) == pair[2] then redis.call('HDEL', key, pair[1]) end
+  local n = tonumber(ARGV[a])
+  for i = 1, n do
+    local f = ARGV[a + 2 * i - 1]
+    if redis.call('HGET', key, f) == ARGV[a + 2 * i] then redis.call('HDEL', key, f) end
   end
+  a = a + 1 + 2 * n
   if redis.call('HLEN', key) == 0 then redis.call('SREM', KEYS[1], key) end
 end
 return 1
 """
 
 
-def closed_times(bars: Mapping[int, str], exchange_clock_ms: int) -> list[int]:
+def closed_times(bars: Mapping[int, str | bytes], exchange_clock_ms: int) -> list[int]:
     """Open times of the closed bars of one market (DESIGN.md): every bar older than the newest one
     (a newer bar arrived), and the newest when the exchange said so or when the exchange's own clock
-    is two intervals past it. Never the local clock."""
+    is two intervals past it. Never the local clock. Bars are the stored JSON, as text or bytes."""
     if not bars:
         return []
     newest = max(bars)
     closed = sorted(t for t in bars if t != newest)
-    if '"closed":true' in bars[newest] or exchange_clock_ms >= newest + CLOSE_AFTER_INTERVALS * MINUTE_MS:
+    raw = bars[newest]
+    said = (CLOSED_MARK in raw) if isinstance(raw, bytes) else ('"closed":true' in raw)
+    if said or exchange_clock_ms >= newest + CLOSE_AFTER_INTERVALS * MINUTE_MS:
         closed.append(newest)
     return closed
 
@@ -72,25 +103,61 @@ class FlushResult:
     backlog: int
 
 
+@dataclass(slots=True)
+class Batch:
+    """Closed bars as COPY lines, and what to delete once they are committed."""
+
+    lines: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
+    """Each bar's five values, tab-joined, for one bulk check of the whole batch."""
+    delete: list[tuple[str, list[bytes]]] = field(default_factory=list)
+    """(sub key, [field, stored value, ...]); an empty list for a key whose hash is empty."""
+    oldest_ms: int | None = None
+
+
 def split_sub_key(key: str, delimiter: str) -> tuple[str, str, str]:
     exchange, base_id, quote_id = key[len("ws_sub_") :].split(delimiter)
     return exchange, base_id, quote_id
 
 
-def bar_candle(exchange: str, base_id: str, quote_id: str, text: str) -> Candle:
-    """A stored bar as the Candle the database layer takes (time in ms, exact decimal text)."""
-    bar = json.loads(text)
-    return Candle(
-        exchange,
-        base_id,
-        quote_id,
-        int(bar["time"]),
-        bar["open"],
-        bar["high"],
-        bar["low"],
-        bar["close"],
-        bar["volume"],
-    )
+def bar_values(time_ms: int, raw: bytes) -> bytes:
+    """A stored bar's five values (open, high, low, close, volume), tab-joined, as the exchange sent
+    them; ValueError if the bar is not an object of decimal strings for minute `time_ms`."""
+    parts = raw.split(b'"')
+    if len(parts) in (23, 25):
+        shape = BAR_JSON if len(parts) == 23 else BAR_JSON_CLOSED
+        values = (parts[5], parts[9], parts[13], parts[17], parts[21])
+        if raw == shape % (b"%d" % time_ms, *values):
+            return b"\t".join(values)
+    try:
+        bar = json.loads(raw)
+        values = tuple(bar[name] for name in ("open", "high", "low", "close", "volume"))
+        same_minute = int(bar["time"]) == time_ms
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"not a stored bar: {raw[:200]!r}") from None
+    if not same_minute or not all(type(v) is str for v in values):
+        raise ValueError(f"not a stored bar of minute {time_ms}: {raw[:200]!r}")
+    return "\t".join(values).encode()
+
+
+def check_batch(batch: Batch) -> None:
+    """Every value is number text and every bar has five (one pass over the whole batch)."""
+    joined = b"\n".join(batch.values)
+    count = len(batch.values)
+    if (
+        not joined.translate(None, NUMBER_CHARS + b"\t\n")
+        and joined.count(b"\t") == 4 * count
+        and b"\t\t" not in joined
+        and b"\n\t" not in joined
+        and b"\t\n" not in joined
+        and not joined.startswith(b"\t")
+        and not joined.endswith(b"\t")
+    ):
+        return
+    for values in batch.values:
+        parts = values.split(b"\t")
+        if len(parts) != 5 or not all(p and not p.translate(None, NUMBER_CHARS) for p in parts):
+            raise ValueError(f"prices and volumes must be decimal number text, got {values!r}")
 
 
 def insert_outages(conn: PgConnection, records: Iterable[str]) -> int:
@@ -126,22 +193,37 @@ class Updater:
         self.redis = client
         self.delimiter = settings.redis_key_delimiter
         self._delete = client.register_script(DELETE_STORED)
-        self._conn: PgConnection | None = None
+        self._local = threading.local()
+        self._conns: list[PgConnection] = []
+        self._conns_lock = threading.Lock()
         self._timescale: bool | None = None
+        self._writers: ThreadPoolExecutor | None = None
         self._dirty_from_ms: int | None = None
         self.rows_flushed_total = 0
 
     def _db(self) -> PgConnection:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings)
-            self._timescale = has_timescaledb(self._conn)
-            self._conn.commit()
-        return self._conn
+        """This thread's connection (each writer thread has its own)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = connect(self.settings)
+            self._timescale = has_timescaledb(conn)
+            conn.commit()
+            with self._conns_lock:
+                self._conns = [c for c in self._conns if not c.closed] + [conn]
+        return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close every connection (the writer threads reconnect on their next batch)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    def stop(self) -> None:
+        self.close()
+        if self._writers is not None:
+            self._writers.shutdown()
+            self._writers = None
 
     def exchange_clocks(self) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -149,21 +231,19 @@ class Updater:
             pipe.hget(ws_health_key(exchange), "exchange_time_ms")
         return {ex: int(v) if v else 0 for ex, v in zip(EXCHANGES, pipe.execute(), strict=True)}
 
-    def read_closed(
-        self, clocks: Mapping[str, int]
-    ) -> tuple[list[Candle], dict[str, list[tuple[str, str]]], int]:
-        """Closed bars, what to delete once stored (key -> [(time, raw json)]), and the backlog size."""
+    def read_batches(self, clocks: Mapping[str, int]) -> Iterable[tuple[Batch, int]]:
+        """Closed bars in batches of about `ROWS_PER_BATCH`, each with the number of bars read
+        (closed or not) for the backlog figure."""
         keys = sorted(k.decode() for k in self.redis.smembers(WS_SUB_LIST))
-        candles: list[Candle] = []
-        stored: dict[str, list[tuple[str, str]]] = {}
-        backlog = 0
+        batch = Batch()
+        seen = 0
         for start in range(0, len(keys), KEYS_PER_READ):
             chunk = keys[start : start + KEYS_PER_READ]
             pipe = self.redis.pipeline(transaction=False)
             for key in chunk:
                 pipe.hgetall(key)
             for key, fields in zip(chunk, pipe.execute(), strict=True):
-                backlog += len(fields)
+                seen += len(fields)
                 try:
                     exchange, base_id, quote_id = split_sub_key(key, self.delimiter)
                 except ValueError:
@@ -173,24 +253,35 @@ class Updater:
                         *[self.delimiter] * 2,
                     )
                     continue
-                bars = {int(t): raw.decode() for t, raw in fields.items()}
-                closed = closed_times(bars, clocks.get(exchange, 0))
                 if not fields:
-                    stored[key] = []
+                    batch.delete.append((key, []))
+                    continue
+                bars = {int(t): raw for t, raw in fields.items()}
+                closed = closed_times(bars, clocks.get(exchange, 0))
+                if not closed:
+                    continue
+                market = f"\t{copy_text(exchange)}\t{copy_text(base_id)}\t{copy_text(quote_id)}\t".encode()
+                pairs: list[bytes] = []
                 for t in closed:
-                    candles.append(bar_candle(exchange, base_id, quote_id, bars[t]))
-                    stored.setdefault(key, []).append((str(t), bars[t]))
-        return candles, stored, backlog
+                    raw = bars[t]
+                    values = bar_values(t, raw)
+                    batch.values.append(values)
+                    batch.lines.append(b"%d%s%s\n" % (t, market, values))
+                    pairs += (b"%d" % t, raw)
+                batch.delete.append((key, pairs))
+                if batch.oldest_ms is None or closed[0] < batch.oldest_ms:
+                    batch.oldest_ms = closed[0]
+                if len(batch.lines) >= ROWS_PER_BATCH:
+                    yield batch, seen
+                    batch, seen = Batch(), 0
+        yield batch, seen
 
-    def flush(self) -> FlushResult:
-        clocks = self.exchange_clocks()
-        candles, stored, backlog = self.read_closed(clocks)
-        outages = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
-        if not candles and not outages and not stored:
-            return FlushResult(0, 0, 0, backlog)
+    def _write(self, batch: Batch, outages: list[str]) -> int:
+        """Commit one batch (and the outage records), then delete what it stored from Redis."""
+        check_batch(batch)
         conn = self._db()
         try:
-            inserted = insert_missing_candles(conn, candles)
+            inserted = insert_missing_copy_text(conn, io.BytesIO(b"".join(batch.lines))) if batch.lines else 0
             insert_outages(conn, outages)
             conn.commit()
         except BaseException:
@@ -199,18 +290,59 @@ class Updater:
             raise
         if outages:
             self.redis.ltrim(WS_OUTAGES, len(outages), -1)
-        self._delete_stored(stored)
-        self.rows_flushed_total += len(candles)
-        if candles:
-            self._refresh_aggregates(min(c.time for c in candles), clocks)
-        return FlushResult(len(candles), inserted, len(outages), backlog - len(candles))
+        self._delete_stored(batch.delete)
+        return inserted
 
-    def _delete_stored(self, stored: Mapping[str, list[tuple[str, str]]]) -> None:
-        items = list(stored.items())
-        for start in range(0, len(items), KEYS_PER_READ):
-            chunk = items[start : start + KEYS_PER_READ]
-            keys = [WS_SUB_LIST, *(key for key, _ in chunk)]
-            self._delete(keys=keys, args=[json.dumps(pairs) for _, pairs in chunk])
+    def flush(self) -> FlushResult:
+        """One pass over everything waiting; batches are committed (and only then deleted) one by
+        one, so a failure part-way leaves the rest in Redis for the next flush."""
+        clocks = self.exchange_clocks()
+        outages = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
+        outage_count = len(outages)
+        rows = inserted = backlog = 0
+        oldest: int | None = None
+        pending: deque[Future[int]] = deque()
+        if self._writers is None:  # kept across flushes: each thread keeps its connection
+            self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="updater-db")
+        writers = self._writers
+        try:
+            for batch, seen in self.read_batches(clocks):
+                backlog += seen
+                if not batch.lines and not batch.delete and not outages:
+                    continue
+                if len(pending) >= WRITERS:
+                    inserted += pending.popleft().result()
+                pending.append(writers.submit(self._write, batch, outages))
+                outages = []
+                rows += len(batch.lines)
+                if batch.oldest_ms is not None:
+                    oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
+            while pending:
+                inserted += pending.popleft().result()
+        except BaseException:
+            if oldest is not None:  # some batches may be committed: their minutes need a refresh too
+                dirty = self._dirty_from_ms
+                self._dirty_from_ms = oldest if dirty is None else min(dirty, oldest)
+            raise
+        finally:
+            while pending:  # something failed: the batches already read still go in
+                try:
+                    pending.popleft().result()
+                except BaseException:  # noqa: BLE001 - the first error is the one raised
+                    pass
+        self.rows_flushed_total += rows
+        if oldest is not None:
+            self._refresh_aggregates(oldest, clocks)
+        return FlushResult(rows, inserted, outage_count, backlog - rows)
+
+    def _delete_stored(self, stored: list[tuple[str, list[bytes]]]) -> None:
+        for start in range(0, len(stored), KEYS_PER_READ):
+            chunk = stored[start : start + KEYS_PER_READ]
+            args: list[bytes | int] = []
+            for _, pairs in chunk:
+                args.append(len(pairs) // 2)
+                args += pairs
+            self._delete(keys=[WS_SUB_LIST, *(key for key, _ in chunk)], args=args)
 
     def _refresh_aggregates(self, oldest_ms: int, clocks: Mapping[str, int]) -> None:
         """Plain PostgreSQL: rebuild the levels over the 5-minute buckets that closed since last

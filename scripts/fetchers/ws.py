@@ -17,12 +17,12 @@ import signal
 import click
 import psycopg2
 import redis
-import redis.asyncio as aioredis
 
 from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, load_settings_or_exit
 from fetchers.exchanges.base import UnknownSymbolError
+from fetchers.ws.sink import redis_client
 from fetchers.ws.stream import Shard, StreamEngine
 from fetchers.ws.updater import Updater
 from scripts.cli import EXIT_USAGE, fail
@@ -56,7 +56,7 @@ def fetch(exchange: str, symbols: str | None, shard: str) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        client = aioredis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        client = redis_client(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
         try:
             await StreamEngine(settings, exchange, client, wanted, chosen_shard).run(stop)
         finally:
@@ -96,7 +96,7 @@ def update() -> None:
     try:
         updater.run(lambda: stopping)
     finally:
-        updater.close()
+        updater.stop()
         client.close()
     log.info("updater stopped")
 

@@ -11,15 +11,15 @@ import asyncio
 import json
 
 import pytest
-import redis.asyncio as aioredis
 
 from common.candle import Market
 from common.db import connection, upsert_markets
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_send_key, ws_sub_key
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
+from fetchers.ws import updater as updater_module
 from fetchers.ws.connection import outage_records
-from fetchers.ws.sink import MarketKeys, RedisSink
+from fetchers.ws.sink import MarketKeys, RedisSink, bar_json, redis_client, sub_json
 from fetchers.ws.updater import Updater
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def bar(minute: int, close: str, closed: bool = False) -> WsCandle:
 
 def store(settings, bars: list[WsCandle], outages: list[str] = ()) -> None:
     async def run() -> None:
-        client = aioredis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url)  # the fetcher's own client (commands packed by hiredis)
         sink = RedisSink(client, "binance", "shard0/1", lambda attempt: 0.01)
         keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", settings.redis_key_delimiter)
         for candle in bars:
@@ -78,6 +78,9 @@ def test_a_burst_sets_the_latest_bar_publishes_it_and_queues_it(settings, redis_
     }
     published = [pubsub.get_message(timeout=1) for _ in range(2)]
     assert [json.loads(m["data"]) for m in published if m] == [latest]  # the older bar is not published
+    assert published[0]["data"].decode() == bar_json(bar(1, "37060.5"))  # compact, as documented
+    sub = ws_sub_key("binance", "BTC", "USDT")
+    assert client.hget(sub, str(T0)).decode() == sub_json(bar_json(bar(0, "37055.0")), closed=True)
     queued = {int(k): json.loads(v) for k, v in client.hgetall(ws_sub_key("binance", "BTC", "USDT")).items()}
     assert queued[T0 + MINUTE_MS] == latest and queued[T0]["closed"] is True
     assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}
@@ -109,6 +112,46 @@ def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_ser
     )  # the exchange's clock moved on
     assert updater.flush().rows == 1
     assert T0 + 3 * MINUTE_MS in rows(settings)
+    assert client.smembers(WS_SUB_LIST) == set()
+
+    store(settings, [bar(6, "37056")])  # a hash emptied by the updater comes back into the list
+    assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}
+
+
+def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(settings, redis_server, monkeypatch):
+    markets = [Market("binance", f"C{i}", "USDT", f"C{i}USDT") for i in range(6)]
+    with connection(settings) as conn:
+        upsert_markets(conn, markets[:4])  # the last two are unknown to the database
+    client = redis_server.client()
+
+    async def fill() -> None:
+        sink_client = redis_client(settings.redis_url)
+        sink = RedisSink(sink_client, "binance", "shard0/1", lambda attempt: 0.01)
+        for m in markets:
+            keys = MarketKeys.build("binance", m.base_id, "USDT", m.symbol, settings.redis_key_delimiter)
+            for minute in range(3):
+                sink.add(
+                    keys, WsCandle(m.symbol, T0 + minute * MINUTE_MS, "1", "2", "0.5", f"1.{minute}", "3"), 0
+                )
+        await sink.flush()
+        await sink_client.aclose()
+
+    asyncio.run(fill())
+    client.hset(ws_health_key("binance"), "exchange_time_ms", T0 + 10 * MINUTE_MS)
+    client.hset(ws_sub_key("binance", "C5", "USDT"), str(T0), "not a bar")  # refused: the batch fails
+    monkeypatch.setattr(updater_module, "ROWS_PER_BATCH", 6)  # two markets' bars per batch
+    with pytest.raises(ValueError, match="not a stored bar"):
+        Updater(settings, client).flush()
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT base_id, count(*) FROM ohlcvs GROUP BY 1 ORDER BY 1")
+        committed = dict(cur.fetchall())
+    assert committed == {"C0": 3, "C1": 3, "C2": 3, "C3": 3}  # the batches read before the bad bar
+    waiting = {m.base_id: client.hlen(ws_sub_key("binance", m.base_id, "USDT")) for m in markets}
+    assert waiting == {"C0": 0, "C1": 0, "C2": 0, "C3": 0, "C4": 3, "C5": 3}  # only committed bars left
+
+    client.hdel(ws_sub_key("binance", "C5", "USDT"), str(T0))
+    result = Updater(settings, client).flush()
+    assert (result.rows, result.inserted) == (5, 0)  # C4/C5 are not markets of the database: skipped
     assert client.smembers(WS_SUB_LIST) == set()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
@@ -11,8 +13,10 @@ from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsHeartbeat, Ws
 from fetchers.exchanges.binance import BinanceAdapter
 from fetchers.exchanges.bitfinex import BitfinexAdapter
 from fetchers.exchanges.bittrex import BittrexAdapter
+from fetchers.ws.connection import Watchdog, plain_decimals
+from fetchers.ws.sink import bar_json, sub_json
 from fetchers.ws.stream import Shard, select_markets
-from fetchers.ws.updater import closed_times
+from fetchers.ws.updater import Batch, bar_values, check_batch, closed_times
 
 pytestmark = pytest.mark.unit
 
@@ -298,3 +302,61 @@ def test_closure_follows_the_exchange_clock_never_the_local_one():
     assert closed_times(bars, 300_000) == [60_000, 120_000, 180_000]  # the clock is two intervals past
     assert closed_times({180_000: '{"time":180000,"closed":true}'}, 0) == [180_000]  # the exchange says so
     assert closed_times({}, 10**13) == []
+    assert closed_times({180_000: b'{"time":180000,"closed":true}'}, 0) == [180_000]  # as read from Redis
+
+
+# ---- the updater's reading of stored bars, the fetcher's checks and watchdog
+
+
+def test_stored_bars_are_read_exactly_in_the_sinks_shape_and_any_other_json():
+    candle = WsCandle("BTCUSDT", 180_000, "37050.01000000", "37065.0", "1e-8", "37060.5", "0", closed=True)
+    public = bar_json(candle)
+    assert bar_values(180_000, public.encode()) == b"37050.01000000\t37065.0\t1e-8\t37060.5\t0"
+    assert bar_values(180_000, sub_json(public, True).encode()) == bar_values(180_000, public.encode())
+    spaced = json.dumps(
+        {"volume": "2", "time": 180_000, "open": "1", "high": "3", "low": "0.5", "close": "2"}
+    )
+    assert bar_values(180_000, spaced.encode()) == b"1\t3\t0.5\t2\t2"  # written by another client
+    with pytest.raises(ValueError):
+        bar_values(240_000, public.encode())  # a bar must belong to its field's minute
+    with pytest.raises(ValueError):
+        bar_values(180_000, public.replace('"37065.0"', "37065.0").encode())  # numbers, not text
+
+
+@pytest.mark.parametrize("value", [b"1\t2\t3\t4", b"1\t2\t3\t4\t", b"1\t2\t3\t4\tNaN", b"1\t2\t\t4\t5"])
+def test_a_batch_with_a_value_that_is_not_number_text_is_refused(value):
+    batch = Batch(values=[b"1\t2\t0.5\t1.5\t9", value])
+    with pytest.raises(ValueError, match="decimal number text"):
+        check_batch(batch)
+    check_batch(Batch(values=[b"1\t2\t0.5\t1.5\t9", b"1e-8\t2\t0.5\t1.5\t0"]))
+
+
+def test_plain_decimals_takes_exchange_text_only():
+    good = WsCandle("X", 0, "1.50", "2", "0.1", "1e-8", "0")
+    assert plain_decimals(good)
+    for bad in ("NaN", "1,5", "", "1\t2", "Infinity", ' 1"'):
+        assert not plain_decimals(WsCandle("X", 0, "1", "2", bad, "1", "1"))
+
+
+def test_the_watchdog_ends_a_silent_read_and_leaves_a_fed_one_and_outside_cancels_alone():
+    async def silent() -> None:
+        async with Watchdog(0.05):
+            await asyncio.Event().wait()
+
+    async def fed() -> str:
+        async with Watchdog(0.05) as watchdog:
+            watchdog.feed(time.perf_counter() + 3600)  # as if a frame had just arrived, for an hour
+            await asyncio.sleep(0.2)
+        return "done"
+
+    async def cancelled_from_outside() -> None:
+        task = asyncio.create_task(fed())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await task
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(silent())
+    assert asyncio.run(fed()) == "done"
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(cancelled_from_outside())
