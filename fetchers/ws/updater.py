@@ -224,7 +224,9 @@ class Updater:
         if closed_until <= start - start % SMALLEST_BUCKET_MS:
             self._dirty_from_ms = start  # its bucket is still open: refresh once it closes
             return
-        refresh_aggregates(self.settings, ms_to_datetime(start), ms_to_datetime(closed_until))
+        refresh_aggregates(  # open buckets are judged by the exchange's clock, not this machine's
+            self.settings, ms_to_datetime(start), ms_to_datetime(closed_until), ms_to_datetime(newest_clock)
+        )
         self._dirty_from_ms = closed_until
 
     def write_health(self, backlog: int) -> None:
