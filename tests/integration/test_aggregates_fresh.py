@@ -117,3 +117,42 @@ def test_every_level_shows_each_closed_bucket_within_one_bucket_length(settings,
     finally:
         updater.close()
     assert all(checked.values()), checked  # every level, 7 days included, had closed buckets to check
+
+
+class Killed(BaseException):
+    """Stands for `kill -9`: the process ends right there, nothing after it runs."""
+
+
+def test_an_updater_killed_between_its_commit_and_its_refresh_leaves_no_bucket_stale(
+    settings, redis_server, monkeypatch
+):
+    import fetchers.ws.updater as updater_module
+
+    with connection(settings) as conn:
+        upsert_markets(conn, MARKETS)
+    client = redis_server.client()
+    asyncio.run(push(settings, 0, 10))  # 13:17 .. 13:26; 13:26 is still open
+    first = Updater(settings, client)
+    first.flush()
+    asyncio.run(push(settings, 10, 4))  # up to 13:30: the 13:25 bucket's bars close, 13:30 opens
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(updater_module, "refresh_aggregates", killed)
+    with pytest.raises(Killed):
+        first.flush()  # committed 13:26 .. 13:29, then died before refreshing
+    first.close()
+    monkeypatch.undo()
+
+    asyncio.run(push(settings, 14, 20))  # the supervisor's new updater carries on from 13:30
+    second = Updater(settings, client)
+    second.flush()
+    second.close()
+    clock = ms_to_datetime(datetime_to_ms(START) + 32 * MINUTE_MS)  # bars up to 13:48 are in
+    with connection(settings) as conn:
+        expected = expected_levels(conn)
+        for name, width in AGGREGATE_LEVELS.items():
+            due = {k: v for k, v in expected[name].items() if k[2] + width <= clock}
+            actual = shown(conn, name, START - width)
+            assert {k: actual.get(k) for k in due} == due, name
