@@ -88,9 +88,10 @@ async def exchange_now_ms(
 
 class ExchangeClock:
     """An exchange's present for a long run: the last answer plus the local time elapsed since, asked
-    again after `refresh_seconds`. Exact at the real exchanges' pace; behind (never ahead) for a
-    simulator running faster. When the exchange does not answer, the estimate goes on from the last
-    answer (the local clock before the first) and the next call asks again after `refresh_seconds`."""
+    again after `refresh_seconds`. Exact at the real exchanges' pace; behind for a simulator running
+    faster (by up to its speed - 1 times `refresh_seconds`). When the exchange does not answer, the
+    estimate goes on from the last answer (the local clock before the first) and the next call asks
+    again after `refresh_seconds`."""
 
     def __init__(
         self,
