@@ -6,7 +6,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help deps system-deps python-deps node-deps web test test-unit lint format init-db up demo status down clean
+.PHONY: help deps system-deps python-deps node-deps web test test-unit lint format init-db up demo status down \
+	bench bench-deps clean
 
 help:
 	@echo "make test         install what is missing, then run the whole test suite"
@@ -20,6 +21,8 @@ help:
 	@echo "make demo         the same against the bundled exchange simulator (works offline)"
 	@echo "make status       what runs"
 	@echo "make down         stop exactly what make up / make demo started"
+	@echo "make bench        run every benchmark, one table of figures and targets (BENCH_ARGS=--quick:"
+	@echo "                  a smoke run; BENCH_ARGS='--markdown docs/benchmarks.md' updates the docs)"
 
 deps: system-deps python-deps node-deps
 
@@ -72,6 +75,13 @@ status: python-deps
 
 down: python-deps
 	$(PY) -m scripts.local.stack down
+
+# The web benchmark drives the app with wrk (a native HTTP load generator, Debian package `wrk`).
+bench-deps: deps
+	@bash scripts/local/install_system_deps.sh wrk
+
+bench: bench-deps
+	$(PY) -m benchmarks.all $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

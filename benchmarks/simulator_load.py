@@ -2,6 +2,7 @@
 
     python -m benchmarks.simulator_load                    # speed 60, 60 s measured (~1.5 minutes)
     python -m benchmarks.simulator_load --seconds 20       # a shorter run
+    python -m benchmarks.simulator_load --quick            # a smoke run (10 s measured)
 
 `python -m simulator --json --markets all --speed 60` runs as a child process. This process opens
 real websocket clients and subscribes every listed market, respecting each exchange's
@@ -36,7 +37,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.measure import cpu_seconds, http_json, machine, memory_mb
+from benchmarks.measure import Result, cpu_seconds, http_json, machine, memory_mb, report
 from fetchers.ws.signalr import CONNECTION_DATA
 from tests.support.simulator import simulator_process
 
@@ -46,6 +47,8 @@ BITFINEX_CHANNELS_PER_CONNECTION = 25
 BINANCE_STREAMS_PER_CONNECTION = 1024
 BITTREX_STREAMS_PER_CONNECTION = 250
 WARMUP_TIMEOUT_SECONDS = 300
+CPU_TARGET_SHARE = 1.0
+"""The target: every listed market live while the simulator uses at most one core."""
 """How long a subscribing client waits for its next frame: on a machine shared with other work the
 simulator may take minutes to serve every Bitfinex snapshot while it already streams Binance."""
 
@@ -364,6 +367,29 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def results(result: dict[str, Any]) -> list[Result]:
+    """The figures that answer to a target, as rows of the combined `make bench` table."""
+    served = [r for r in result["rows"] if r["served"]]
+    markets = sum(r["markets"] for r in served)
+    cpu = result["cpu_share"]
+    return [
+        Result(
+            f"all {markets:,} markets live at {result['speed']:g}x: simulator CPU, peak RSS",
+            f"{cpu * 100:.0f}% of one core, {result['peak_rss_mb']:.0f} MB",
+            f"<= {CPU_TARGET_SHARE * 100:.0f}% of one core",
+            cpu <= CPU_TARGET_SHARE and len(served) == len(EXCHANGES),
+        ),
+        Result(
+            "frames/s sent by the simulator / received by the clients",
+            f"{sum(r['sent_per_s'] for r in served):,.0f} / {sum(r['frames_per_s'] for r in served):,.0f}",
+        ),
+        Result(
+            "closing kline lateness (Binance, real s) p50 / p99",
+            f"{result['lag_p50']:.2f} / {result['lag_p99']:.2f}",
+        ),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speed", type=float, default=60.0)
@@ -371,9 +397,12 @@ def main() -> int:
     parser.add_argument(
         "--warmup", type=float, default=10.0, help="seconds between subscribing and measuring"
     )
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 10 s measured after 3 s")
     parser.add_argument("--json", action="store_true", help="print the raw result as JSON too")
     parser.add_argument("--profile", metavar="PATH", help="run the simulator under cProfile, stats to PATH")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.warmup = min(args.seconds, 10.0), min(args.warmup, 3.0)
     result = asyncio.run(run(args))
     print(f"Simulator load, {datetime.now(UTC):%Y-%m-%d}, {machine()}\n")
     print(table(result))
@@ -385,6 +414,7 @@ def main() -> int:
         problems.append("the Bittrex SignalR socket is not served: Bittrex not measured")
     for problem in problems:
         print("note:", problem)
+    report("simulator load (python -m benchmarks.simulator_load)", results(result))
     if args.json:
         print(json.dumps(result))
     return 0

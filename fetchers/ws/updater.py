@@ -350,14 +350,34 @@ class Updater:
         real-time aggregation needs nothing."""
         if self._timescale:
             return
-        start = oldest_ms if self._dirty_from_ms is None else min(self._dirty_from_ms, oldest_ms)
+        if self._dirty_from_ms is None:
+            start = self._unrefreshed_from_ms(oldest_ms)
+        else:
+            start = min(self._dirty_from_ms, oldest_ms)
         newest_clock = max(clocks.values(), default=0)
         closed_until = newest_clock - newest_clock % SMALLEST_BUCKET_MS
         if closed_until <= start - start % SMALLEST_BUCKET_MS:
             self._dirty_from_ms = start  # its bucket is still open: refresh once it closes
             return
-        refresh_aggregates(self.settings, ms_to_datetime(start), ms_to_datetime(closed_until))
+        refresh_aggregates(  # open buckets are judged by the exchange's clock, not this machine's
+            self.settings, ms_to_datetime(start), ms_to_datetime(closed_until), ms_to_datetime(newest_clock)
+        )
         self._dirty_from_ms = closed_until
+
+    def _unrefreshed_from_ms(self, oldest_ms: int) -> int:
+        """Where this process's first refresh starts: an updater killed between its commit and its
+        refresh left rows after the newest 5-minute bucket built (or in the one before it, a bar
+        closed late) that no refresh has covered; with no bucket built yet, every row."""
+        conn = self._db()
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_5min) "
+                "- %s * interval '1 millisecond', (SELECT min(time) FROM ohlcvs))) * 1000)::bigint",
+                (SMALLEST_BUCKET_MS,),
+            )
+            built = cur.fetchone()[0]
+        conn.commit()
+        return oldest_ms if built is None else min(oldest_ms, built)
 
     def write_health(self, backlog: int) -> None:
         self.redis.hset(

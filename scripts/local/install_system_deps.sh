@@ -2,7 +2,8 @@
 # Install the Debian packages the tests and the local (non-Docker) run need, only when missing:
 # PostgreSQL server binaries, redis-server, Node.js + npm (the pages' JavaScript libraries),
 # Chromium (the browser test drives it headless through Playwright) and docker-compose (the tests
-# validate the compose file).
+# validate the compose file). Arguments name more packages to install when their command is
+# missing (`make bench` adds `wrk`).
 set -euo pipefail
 
 missing=()
@@ -16,6 +17,9 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+for extra in "$@"; do
+  command -v "$extra" >/dev/null 2>&1 || missing+=("$extra")
+done
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

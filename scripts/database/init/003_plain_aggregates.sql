@@ -84,9 +84,46 @@ $$;
 -- The two-argument form of earlier releases; the new one accepts the same calls.
 DROP FUNCTION IF EXISTS refresh_ohlcv_aggregates(timestamptz, timestamptz);
 
--- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row) plus the buckets that
--- were open at the previous refresh, then remember which materialised buckets are still open at
--- as_of (a bucket is closed one minute after its end, like TimescaleDB's policies' end_offset).
+-- Each level's own open buckets, [open_from, pending_end), rebuilt from the level below (rebuilt
+-- first, levels in order). Per level: the 7-day bucket is open all week, but rebuilding it takes only
+-- its daily rows, not a week of 1-minute rows at every level.
+CREATE OR REPLACE FUNCTION refresh_ohlcv_open_buckets(pending_end timestamptz)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    origin      CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
+    level       record;
+    hi          timestamptz;
+    source_time text;
+    rows_done   integer := 0;
+    n           integer;
+BEGIN
+    FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL ORDER BY ordinal LOOP
+        hi := date_bin(level.width, pending_end - INTERVAL '1 microsecond', origin) + level.width;
+        CONTINUE WHEN hi <= level.open_from;
+        source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
+        EXECUTE format('DELETE FROM %I WHERE bucket >= $1 AND bucket < $2', level.name) USING level.open_from, hi;
+        EXECUTE format(
+            'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
+            'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
+            '(array_agg(open ORDER BY %3$I))[1], max(high), min(low), '
+            '(array_agg(close ORDER BY %3$I DESC))[1], sum(volume) '
+            'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
+            'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
+            'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
+            level.name, level.source, source_time)
+        USING level.open_from, hi, level.width, origin;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rows_done := rows_done + n;
+    END LOOP;
+    RETURN rows_done;
+END
+$$;
+
+-- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row), then every level's
+-- buckets that were open at the previous refresh (rows may have been written into them since), and
+-- remember which materialised buckets are still open at as_of (a bucket is closed one minute after
+-- its end, like TimescaleDB's policies' end_offset).
 CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregates(range_start timestamptz, range_end timestamptz,
                                                     as_of timestamptz DEFAULT now())
 RETURNS integer
@@ -94,7 +131,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     settle        CONSTANT interval := INTERVAL '1 minute';
     level         record;
-    pending_start timestamptz;
     pending_end   timestamptz;
     rows_done     integer := 0;
 BEGIN
@@ -109,21 +145,12 @@ BEGIN
     IF range_end IS NULL THEN
         SELECT max(time) + INTERVAL '1 minute' INTO range_end FROM ohlcvs;
     END IF;
-    SELECT min(open_from) INTO pending_start FROM ohlcv_aggregate_levels;
-    IF pending_start IS NOT NULL THEN
-        SELECT greatest(as_of, max(time) + INTERVAL '1 minute') INTO pending_end FROM ohlcvs;
-        IF range_start IS NOT NULL AND range_end IS NOT NULL
-           AND range_start <= pending_end AND range_end >= pending_start THEN
-            range_start := least(range_start, pending_start);
-            range_end := greatest(range_end, pending_end);
-            pending_start := NULL;
-        END IF;
-    END IF;
     IF range_start IS NOT NULL AND range_end IS NOT NULL AND range_end > range_start THEN
         rows_done := rows_done + refresh_ohlcv_aggregate_range(range_start, range_end);
     END IF;
-    IF pending_start IS NOT NULL AND pending_end > pending_start THEN
-        rows_done := rows_done + refresh_ohlcv_aggregate_range(pending_start, pending_end);
+    IF EXISTS (SELECT 1 FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL) THEN
+        SELECT greatest(as_of, max(time) + INTERVAL '1 minute') INTO pending_end FROM ohlcvs;
+        rows_done := rows_done + refresh_ohlcv_open_buckets(pending_end);
     END IF;
     FOR level IN SELECT name, width FROM ohlcv_aggregate_levels LOOP
         EXECUTE format(
