@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from common.backoff import backoff_seconds
+from common.coverage import REST, CoverageRange
 from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
@@ -65,6 +66,12 @@ class FetchOutcome:
     exception_class: str = ""
 
 
+def request_coverage(claim: Claim) -> CoverageRange:
+    """A request that succeeded covers the whole range it asked for (no candle = no trade)."""
+    t = claim.task
+    return CoverageRange(t.exchange, t.base_id, t.quote_id, t.start_ms, t.end_ms, REST)
+
+
 class BackfillEngine:
     def __init__(
         self,
@@ -105,7 +112,7 @@ class BackfillEngine:
             async def committed(claim: Claim, count: int) -> None:
                 await store.complete(self.job_id, claim, count)
 
-            writer = CandleWriter(self.settings, committed)
+            writer = CandleWriter(self.settings, committed, coverage_of=request_coverage)
             timeout = aiohttp.ClientTimeout(total=self.options.timeout_seconds)
             connector = aiohttp.TCPConnector(limit=self.options.concurrency)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
