@@ -5,7 +5,8 @@ Every `updater_flush_seconds`:
    afterwards is at least as fresh as the clock that closes it;
 2. read every `ws_sub_…` hash named in `ws_sub_list` and pick the closed bars (`closed_times`);
 3. insert them in one transaction with "fill missing only" (a live bar never overwrites a row) and
-   store the outage records the fetchers queued; commit;
+   store the outage and coverage records the fetchers queued (read before the bars, so the bars a
+   coverage record vouches for are in this transaction or an earlier one); commit;
 4. only then delete exactly what was stored, and only if it did not change meanwhile (a Lua
    compare-and-delete), so `kill -9` at any instant loses nothing and doubles nothing;
 5. on plain PostgreSQL, refresh the aggregates over the 5-minute buckets that have closed.
@@ -26,10 +27,12 @@ import redis
 from psycopg2.extensions import connection as PgConnection
 
 from common.candle import Candle
+from common.coverage import WS, CoverageRange, record_coverage
 from common.db import DatabaseError, connect, has_timescaledb, insert_missing_candles, refresh_aggregates
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
+from fetchers.ws.coverage import COVERAGE_KIND
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,23 @@ def bar_candle(exchange: str, base_id: str, quote_id: str, text: str) -> Candle:
         bar["close"],
         bar["volume"],
     )
+
+
+def split_coverage(records: list[str]) -> tuple[list[str], list[CoverageRange]]:
+    """The fetchers' queued records: outages, and the coverage records among them."""
+    outages: list[str] = []
+    covered: list[CoverageRange] = []
+    for text in records:
+        r = json.loads(text)
+        if r.get("kind") == COVERAGE_KIND:
+            covered.append(
+                CoverageRange(
+                    r["exchange"], r["base_id"], r["quote_id"], int(r["start_ms"]), int(r["end_ms"]), WS
+                )
+            )
+        else:
+            outages.append(text)
+    return outages, covered
 
 
 def insert_outages(conn: PgConnection, records: Iterable[str]) -> int:
@@ -183,15 +203,19 @@ class Updater:
         return candles, stored, backlog
 
     def flush(self) -> FlushResult:
+        # The records first: a coverage record was queued after the bars it covers, so they are
+        # all in Redis (and closed by the clock read next) when it is read.
+        outages = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
         clocks = self.exchange_clocks()
         candles, stored, backlog = self.read_closed(clocks)
-        outages = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
         if not candles and not outages and not stored:
             return FlushResult(0, 0, 0, backlog)
         conn = self._db()
         try:
             inserted = insert_missing_candles(conn, candles)
+            outages, covered = split_coverage(outages)
             insert_outages(conn, outages)
+            record_coverage(conn, covered)
             conn.commit()
         except BaseException:
             if not conn.closed:
