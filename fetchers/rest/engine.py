@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -79,8 +80,14 @@ class BackfillEngine:
         job_id: str,
         options: EngineOptions | None = None,
         worker_id: str | None = None,
+        yield_when: Callable[[], Awaitable[bool]] | None = None,
     ):
+        """`yield_when`: asked before each request; when it says True the engine stops after the
+        requests in hand (the rest stay queued for a later run), e.g. a repair giving its worker to
+        user backfills waiting in the queue."""
         self.settings = settings
+        self.yield_when = yield_when
+        self.yielded = False
         self.job_id = job_id
         self.options = options or EngineOptions.from_settings(settings)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
@@ -101,6 +108,8 @@ class BackfillEngine:
                 job.exchange,
                 adapter.rate_limit(self.settings),
                 unlimited=self.options.unlimited_rate,
+                priority=job.priority,
+                yield_seconds=self.settings.repair_yield_seconds,
             )
             await store.heartbeat(self.worker_id)
             await store.join(self.job_id, self.worker_id)
@@ -129,7 +138,7 @@ class BackfillEngine:
                                 loop.cancel()
                         await writer.flush()
                         await self._report_sent(store)
-                        if not await self._wait_for_others(store):
+                        if self.yielded or not await self._wait_for_others(store):
                             break
                 finally:
                     await writer.close()
@@ -187,6 +196,9 @@ class BackfillEngine:
 
     async def _drain(self, store, adapter, limiter, http, writer) -> None:
         while True:
+            if self.yielded or (self.yield_when is not None and await self.yield_when()):
+                self.yielded = True
+                return
             claim = await store.claim(self.job_id, self.worker_id)
             if claim is None:
                 return
