@@ -5,6 +5,7 @@ the engines (`fetchers/rest`, later `fetchers/ws`) are exchange-agnostic and the
 tested with real payloads alone. All three adapters define the same methods in the same order:
 
     markets_requests -> parse_markets            which markets exist
+    server_time_request -> parse_server_time     the exchange's present (its clock, not ours)
     plan_fetch_tasks -> candles_request -> parse_candles     history over REST
     classify_error, used_weight, rate_limit      how to behave under the exchange's limits
     ws_url -> ws_limits -> plan_ws_connections -> subscribe_frames -> unsubscribe_frames
@@ -210,6 +211,18 @@ class ExchangeAdapter:
     def parse_markets(self, bodies: Sequence[str]) -> list[Market]:
         raise NotImplementedError
 
+    # -- the exchange's clock
+    candles_request_uses_clock: ClassVar[bool] = False
+    """Whether `candles_request` depends on `now_ms` (then the engine asks the exchange's clock)."""
+
+    def server_time_request(self) -> RestRequest:
+        raise NotImplementedError
+
+    def parse_server_time(self, body: str) -> int:
+        """The exchange's present in epoch ms (or the newest minute it has, which is never later);
+        ValueError if the body says nothing usable."""
+        raise NotImplementedError
+
     # -- history over REST
     def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int) -> Iterator[FetchTask]:
         """Requests covering [start_ms, end_ms) of one market, oldest first, as few as allowed."""
@@ -332,6 +345,15 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
             except ValueError:
                 return None
     return None
+
+
+def server_time_field(body: str) -> int:
+    """`{"serverTime": <epoch ms>}`, the shape Binance's `/api/v3/time` and Bittrex's `/v3/ping` share."""
+    data, _ = error_body(200, body)
+    value = data.get("serverTime") if isinstance(data, dict) else None
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"no serverTime in {body[:200]}")
+    return value
 
 
 def in_task_range(task: FetchTask, time_ms: int) -> bool:

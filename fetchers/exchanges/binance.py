@@ -38,11 +38,13 @@ from fetchers.exchanges.base import (
     classify_by_status,
     error_body,
     retry_after_seconds,
+    server_time_field,
     ws_batches,
     ws_json,
 )
 
 EXCHANGE_INFO_WEIGHT = 20
+TIME_WEIGHT = 1
 KLINES_WEIGHT = 2
 TRADING_STATUS = "TRADING"
 USED_WEIGHT_HEADER = "x-mbx-used-weight-1m"
@@ -83,6 +85,13 @@ class BinanceAdapter(ExchangeAdapter):
             )
             for item in data["symbols"]
         ]
+
+    # -- the exchange's clock
+    def server_time_request(self) -> RestRequest:
+        return RestRequest("/api/v3/time", (), TIME_WEIGHT)
+
+    def parse_server_time(self, body: str) -> int:
+        return server_time_field(body)
 
     # -- history over REST
     def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:

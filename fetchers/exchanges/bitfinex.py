@@ -46,6 +46,7 @@ RATE_LIMIT_CODE = 11010
 RETRYABLE_CODES = {10000, 11000, 20060}  # unknown error, not ready, maintenance
 PAPER_TRADING_PREFIX = "TEST"
 CANDLE_KEY_PREFIX = "trade:1m:"
+CLOCK_SYMBOL = "tBTCUSD"  # trades every minute, so its newest candle is the minute in progress
 WS_CHANNELS_PER_CONNECTION = 25
 WS_CONNECTIONS_PER_MINUTE = 20
 WS_SUBSCRIBE_FRAMES_PER_SECOND = 25.0
@@ -98,6 +99,27 @@ class BitfinexAdapter(ExchangeAdapter):
             trading = not (base.startswith(PAPER_TRADING_PREFIX) or quote.startswith(PAPER_TRADING_PREFIX))
             markets.append(Market(self.name, base, quote, f"t{pair}", trading))
         return markets
+
+    # -- the exchange's clock
+    def server_time_request(self) -> RestRequest:
+        """Bitfinex has no time endpoint: the newest candle of its most traded market stands in."""
+        return RestRequest(
+            f"/v2/candles/{CANDLE_KEY_PREFIX}{CLOCK_SYMBOL}/last", (), self.candles_request_weight
+        )
+
+    def parse_server_time(self, body: str) -> int:
+        """The open time of the newest candle, i.e. the minute in progress (or, after a quiet spell,
+        an earlier one): never later than the exchange's present, so ranges cut there hold no bar still
+        changing."""
+        row = _decimal_json(body)
+        if not isinstance(row, list) or not row:
+            raise ValueError(f"no newest candle to read the time from: {body[:200]}")
+        if row[0] == "error":
+            raise ValueError(f"error body: {body[:200]}")
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise ValueError(f"malformed candle {body[:200]}") from None
 
     # -- history over REST
     def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:

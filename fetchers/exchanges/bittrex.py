@@ -42,6 +42,7 @@ from fetchers.exchanges.base import (
     classify_by_status,
     error_body,
     in_task_range,
+    server_time_field,
     task_for,
     ws_batches,
     ws_json,
@@ -104,6 +105,15 @@ class BittrexAdapter(ExchangeAdapter):
             )
             for item in data
         ]
+
+    # -- the exchange's clock
+    candles_request_uses_clock = True  # `historical` for a finished UTC day, `recent` for today
+
+    def server_time_request(self) -> RestRequest:
+        return RestRequest("/v3/ping")
+
+    def parse_server_time(self, body: str) -> int:
+        return server_time_field(body)
 
     # -- history over REST
     def plan_fetch_tasks(self, market: Market, start_ms: int, end_ms: int) -> Iterator[FetchTask]:

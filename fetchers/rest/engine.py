@@ -23,6 +23,7 @@ from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
+from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
 from fetchers.rest.outages import redis_client, with_database_retry
 from fetchers.rest.rate_limiter import SharedRateLimiter
@@ -94,6 +95,7 @@ class BackfillEngine:
         self.requests_sent = 0
         self._sent_reported = 0
         self.refresh_seconds = 0.0
+        self._clock: ExchangeClock | None = None
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
@@ -114,6 +116,8 @@ class BackfillEngine:
             await store.heartbeat(self.worker_id)
             await store.join(self.job_id, self.worker_id)
             heartbeat = asyncio.create_task(self._keep_alive(store))
+            if adapter.candles_request_uses_clock:
+                self._clock = ExchangeClock(self.settings, job.exchange, limiter)
             requeued = await store.requeue_orphans(self.job_id)
             if requeued:
                 log.info("job %s: re-queued %d request(s) of stopped workers", self.job_id, requeued)
@@ -231,7 +235,8 @@ class BackfillEngine:
         attempt = 0
         waits = 0
         while True:
-            request = adapter.candles_request(task, int(time.time() * 1000))
+            now_ms = await self._clock.now_ms(http) if self._clock else int(time.time() * 1000)
+            request = adapter.candles_request(task, now_ms)
             url = request.url(self.settings.rest_url(adapter.name))
             await limiter.acquire(request.weight)
             self.requests_sent += 1

@@ -15,11 +15,13 @@ import redis.asyncio as aioredis
 from common.candle import Market
 from common.db import connection, load_markets
 from common.settings import EXCHANGES, Settings
-from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, ms_to_datetime, utc_now
+from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol
+from fetchers.rest.exchange_clock import exchange_now_ms
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets
+from fetchers.rest.rate_limiter import SharedRateLimiter
 
 
 class BackfillRequestError(ValueError):
@@ -36,7 +38,8 @@ def plan_job(
 
 def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, int]:
     """[start, end) in ms; both bounds must be on a whole minute (candles are per minute, so any
-    other bound would silently widen or narrow the range). The end is clamped to the current minute."""
+    other bound would silently widen or narrow the range). The end is clamped to the current minute
+    of `now`, the exchange's present (a simulator running fast is ahead of this machine's clock)."""
     start_ms, end_ms = datetime_to_ms(start), datetime_to_ms(end)
     for name, value, ms in (("--start", start, start_ms), ("--end", end, end_ms)):
         if ms % MINUTE_MS or value.microsecond:
@@ -49,7 +52,8 @@ def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, 
         raise BackfillRequestError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
     if start_ms >= now_ms:
         raise BackfillRequestError(
-            f"the range starts in the future ({start.isoformat()}); nothing to fetch yet"
+            f"the range starts in the future ({start.isoformat()}; the exchange's clock says "
+            f"{ms_to_datetime(now_ms).isoformat()}); nothing to fetch yet"
         )
     return start_ms, min(end_ms, now_ms)
 
@@ -78,6 +82,16 @@ def choose_markets(known: Sequence[Market], symbols: Sequence[str] | None) -> li
     return chosen
 
 
+async def exchange_now(settings: Settings, exchange: str) -> datetime:
+    """The exchange's present (its clock, not this machine's), paced by the exchange's shared budget."""
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        limiter = SharedRateLimiter(client, exchange, get_adapter(exchange).rate_limit(settings))
+        return ms_to_datetime(await exchange_now_ms(settings, exchange, limiter))
+    finally:
+        await client.aclose()
+
+
 async def create_job(
     settings: Settings,
     exchange: str,
@@ -86,10 +100,12 @@ async def create_job(
     symbols: Sequence[str] | None = None,
     now: datetime | None = None,
 ) -> JobInfo:
-    """Validate, pick markets (refreshing the list from the exchange if none are known), plan
-    and store the job. Raises BackfillRequestError for the user's mistakes."""
+    """Validate against `now` (default: the exchange's own clock, see `exchange_now`), pick markets
+    (refreshing the list from the exchange if none are known), plan and store the job. Raises
+    BackfillRequestError for the user's mistakes, ExchangeClockUnavailable if the exchange cannot
+    tell its time."""
     exchange = check_exchange(exchange)
-    now = now or utc_now()
+    now = now or await exchange_now(settings, exchange)
     start_ms, end_ms = validate_range(start, end, now)
     adapter = get_adapter(exchange)
     with connection(settings) as conn:

@@ -11,6 +11,7 @@ it repairs are kept beside its id in Redis, so the coverage API can show them as
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -34,9 +35,12 @@ from common.settings import Settings
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import FetchTask
+from fetchers.rest.exchange_clock import ExchangeClockUnavailable, exchange_now_ms
 from fetchers.rest.gaps import MarketEvidence, missing_minutes, plan_gaps, plan_repair_tasks
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
-from fetchers.rest.rate_limiter import LOW
+from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
+
+log = logging.getLogger(__name__)
 
 
 def repair_key(exchange: str, scope: str) -> str:
@@ -69,12 +73,29 @@ def load_evidence(
     }
 
 
-async def exchange_now_ms(settings: Settings, exchange: str, client: aioredis.Redis) -> int:
-    """The exchange's present as the platform knows it: the newest bar time its live feed has seen
-    (ahead of this machine when the exchange runs fast, e.g. an accelerated simulator) or this
-    machine's clock, whichever is later."""
+async def known_exchange_now_ms(exchange: str, client: aioredis.Redis) -> int:
+    """The exchange's present as the platform knows it without asking: the newest bar time its live
+    feed has seen (ahead of this machine when the exchange runs fast, e.g. an accelerated simulator)
+    or this machine's clock, whichever is later. For the web; the repair asks the exchange."""
     seen = await client.hget(ws_health_key(exchange), "exchange_time_ms")
     return max(int(time.time() * 1000), int(seen) + MINUTE_MS if seen else 0)
+
+
+async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redis) -> int:
+    """The exchange's own clock (asked at low priority in the shared budget); what the live feed
+    has seen when the exchange cannot tell."""
+    limiter = SharedRateLimiter(
+        client,
+        exchange,
+        get_adapter(exchange).rate_limit(settings),
+        priority=LOW,
+        yield_seconds=settings.repair_yield_seconds,
+    )
+    try:
+        return await exchange_now_ms(settings, exchange, limiter)
+    except ExchangeClockUnavailable as error:
+        log.warning("%s: %s; planning the repair with the live feed's clock", exchange, error)
+        return await known_exchange_now_ms(exchange, client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +161,7 @@ async def submit_repair(settings: Settings, exchange: str, since_ms: int = 0) ->
         running = await current_repair(client, settings, exchange)
         if running is not None:
             return RepairSubmission(running, None, False)
-        now_ms = await exchange_now_ms(settings, exchange, client)
+        now_ms = await repair_now_ms(settings, exchange, client)
         plan = plan_repair(settings, exchange, now_ms, since_ms)
         if not plan.tasks:
             return RepairSubmission(None, plan, True)

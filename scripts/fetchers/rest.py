@@ -8,7 +8,8 @@
     python -m scripts.fetchers.rest markets --exchange binance
     python -m scripts.fetchers.rest repair [--exchange bitfinex] [--since 2021-01-01] [--wait]
 
-Times without a zone are UTC and must be on a whole minute; the range is half-open [start, end).
+Times without a zone are UTC and must be on a whole minute; the range is half-open [start, end) and
+ends at the latest at the exchange's present (asked of the exchange, not this machine's clock).
 Without --local the job is queued for Celery workers on the `<exchange>_rest` queue; --wait shows
 its progress live. Exit codes: 0 done (or queued, without --wait), 1 a service failed or the job
 left requests failed for good (recorded in ohlcvs_errors; the incomplete ranges are listed),
@@ -29,10 +30,17 @@ import redis.asyncio as aioredis
 from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, Settings, load_settings_or_exit
-from common.timeutil import datetime_to_ms, ms_to_datetime, parse_utc, utc_now
+from common.timeutil import datetime_to_ms, ms_to_datetime, parse_utc
 from fetchers.rest.engine import BackfillEngine
+from fetchers.rest.exchange_clock import ExchangeClockUnavailable
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
-from fetchers.rest.jobs import BackfillRequestError, check_exchange, create_job, validate_range
+from fetchers.rest.jobs import (
+    BackfillRequestError,
+    check_exchange,
+    create_job,
+    exchange_now,
+    validate_range,
+)
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
 from fetchers.rest.outages import redis_client
 from fetchers.rest.progress import ProgressMeter, ProgressStream
@@ -70,7 +78,7 @@ def run_async(coro):
         return asyncio.run(coro)
     except BackfillRequestError as error:
         fail(str(error), EXIT_USAGE)
-    except (DatabaseError, MarketsUnavailable) as error:
+    except (DatabaseError, MarketsUnavailable, ExchangeClockUnavailable) as error:
         fail(str(error))
     except psycopg2.errors.UndefinedTable:
         fail("the database has no coin-for-rich schema yet; create it with: python -m scripts.database init")
@@ -237,12 +245,13 @@ def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, 
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
     start_at, end_at = parse_time(start, "--start"), parse_time(end, "--end")
+    now = run_async(exchange_now(settings, exchange))
     try:
-        validate_range(start_at, end_at, utc_now())
+        validate_range(start_at, end_at, now)
     except BackfillRequestError as error:
         fail(str(error), EXIT_USAGE)
     workers = [] if local else require_workers(exchange)
-    job = run_async(create_job(settings, exchange, start_at, end_at, split_symbols(symbols)))
+    job = run_async(create_job(settings, exchange, start_at, end_at, split_symbols(symbols), now))
     click.echo(f"job {job.id}: {job.total:,} requests for {len(job.symbols)} market(s) planned", err=True)
     if local:
         sys.exit(report(settings, run_async(run_local(settings, job.id))))

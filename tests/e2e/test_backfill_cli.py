@@ -120,17 +120,37 @@ def test_input_is_checked_before_looking_for_a_worker(start, end, fragment, plat
     assert fragment in result.stderr
 
 
+def test_an_exchange_that_cannot_tell_its_time_is_one_line_and_exit_1(settings):
+    """The range is cut at the exchange's present, so an unreachable exchange stops the fetch at once."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed once the block ends
+    env = {**os.environ, "BINANCE_REST_URL": url, "REST_MAX_RETRIES": "0"}
+    result = run_cli(
+        "fetch", "--exchange", "binance", "--start", "2021-01-01", "--end", "2021-01-02", "--local", env=env
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot ask binance for its time at {url}"), lines
+    assert "BINANCE_REST_URL" in lines[0]
+
+
 def test_requests_that_fail_for_good_exit_1_and_name_the_incomplete_ranges(platform_settings, simulator):
+    from fetchers.rest.jobs import create_job
     from fetchers.rest.markets import refresh_markets
 
     start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
     asyncio.run(refresh_markets(platform_settings, "bitfinex"))
+    job = asyncio.run(
+        create_job(
+            platform_settings, "bitfinex", ms_to_datetime(start_ms), ms_to_datetime(end_ms), ["BTC/USD"]
+        )
+    )  # planned while the exchange answers (planning asks its clock)
     simulator.set_faults("bitfinex", http_5xx_rate=1.0)
     env = {**os.environ, "REST_MAX_RETRIES": "0"}
-    result = run_cli(
-        "fetch", "--exchange", "bitfinex", "--start", iso(start_ms), "--end", iso(end_ms),
-        "--symbols", "BTC/USD", "--local", env=env,
-    )  # fmt: skip
+    result = run_cli("resume", "--exchange", "bitfinex", "--job", job.id, "--local", env=env)
     assert result.returncode == 1, result.stderr
     assert "1 request(s) failed for good" in result.stderr
     assert (

@@ -22,6 +22,7 @@ from common.candle import Market
 from common.coverage import REST, WS, read_coverage
 from common.db import AGGREGATE_LEVELS, connection, load_markets, upsert_markets
 from common.timeutil import ms_to_datetime
+from fetchers.exchanges import get_adapter
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobStore
 from fetchers.rest.jobs import create_job
@@ -72,7 +73,8 @@ def test_multi_day_backfill_equals_ground_truth(exchange, platform_settings, sim
     assert job.candles == rows
     stats = simulator.stats()[exchange]
     assert stats["over_limit"] == 0
-    assert stats["rest_requests"] == job.total + 1  # + the market list
+    asked_clock = 1 + get_adapter(exchange).candles_request_uses_clock  # at planning, and by the engine
+    assert stats["rest_requests"] == job.total + 1 + asked_clock  # + the market list
     with connection(platform_settings) as conn:
         coverage = read_coverage(conn, exchange)
     assert len(coverage) == len(symbols)
@@ -109,19 +111,18 @@ def test_requests_that_keep_failing_are_recorded_and_the_job_goes_on(platform_se
     exchange = "bitfinex"
     symbols = _listed(simulator, exchange, MARKETS[exchange])
     start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
-    asyncio.run(refresh_markets(platform_settings, exchange))
-    simulator.set_faults(exchange, http_5xx_rate=1.0)
-
-    job = run_job(
-        platform_settings,
-        exchange,
-        start_ms,
-        end_ms,
-        symbols,
-        max_retries=1,
-        backoff_base_seconds=0.01,
-        backoff_max_seconds=0.02,
+    options = EngineOptions.from_settings(
+        platform_settings, max_retries=1, backoff_base_seconds=0.01, backoff_max_seconds=0.02
     )
+
+    async def go():
+        planned = await create_job(
+            platform_settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols
+        )
+        simulator.set_faults(exchange, http_5xx_rate=1.0)  # after planning, which asks the exchange's clock
+        return await BackfillEngine(platform_settings, planned.id, options).run()
+
+    job = asyncio.run(go())
 
     assert job.finished and job.failed == job.total == len(symbols) and job.done == 0
     with connection(platform_settings) as conn, conn.cursor() as cur:
@@ -272,8 +273,9 @@ def _proxied(settings, exchange: str, *limit_flags: str):
 def _job(settings, sim, exchange: str, days_back: float, days: float):
     symbols = _listed(sim, exchange, MARKETS[exchange])
     start_ms, end_ms = day_aligned_range(sim, days_back=days_back, days=days)
+    now = ms_to_datetime(sim.clock()["now_ms"])  # from the control port: the log holds only the backfill
     job = asyncio.run(
-        create_job(settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols)
+        create_job(settings, exchange, ms_to_datetime(start_ms), ms_to_datetime(end_ms), symbols, now)
     )
     return job, symbols, start_ms, end_ms
 

@@ -41,6 +41,8 @@ def test_every_adapter_has_the_same_methods_in_the_same_order():
     wanted = [
         "markets_requests",
         "parse_markets",
+        "server_time_request",
+        "parse_server_time",
         "candles_request",
         "parse_candles",
         "classify_error",
@@ -127,6 +129,53 @@ def test_unknown_symbol_is_one_clear_message():
     assert resolve_symbol(markets, "btc-usd").symbol == "BTC-USD"
     with pytest.raises(UnknownSymbolError, match="^unknown symbol 'NOPE/USD' on bittrex"):
         resolve_symbol(markets, "NOPE/USD")
+
+
+# -------------------------------------------------------------------------------- exchange clock
+
+
+def test_server_time_requests_use_each_exchanges_real_paths():
+    urls = {
+        name: adapter.server_time_request().url(f"https://{name}.example")
+        for name, adapter in ADAPTERS.items()
+    }
+    assert urls == {
+        "bitfinex": "https://bitfinex.example/v2/candles/trade:1m:tBTCUSD/last",
+        "binance": "https://binance.example/api/v3/time",
+        "bittrex": "https://bittrex.example/v3/ping",
+    }
+    assert all(adapter.server_time_request().weight == 1 for adapter in ADAPTERS.values())
+
+
+@pytest.mark.parametrize(
+    "exchange, payload, expected",
+    [
+        ("binance", '{"serverTime":1499827319559}', 1_499_827_319_559),
+        ("bittrex", '{"serverTime":1594596023162}', 1_594_596_023_162),
+        # the newest candle (OCHL numbers, maybe more fields appended): its open time
+        ("bitfinex", "[1700000160000,37070.5,37069,37072,37066,2.00188773]", 1_700_000_160_000),
+        ("bitfinex", "[1700000160000,37070.5,37069,37072,37066,2.00188773,17]", 1_700_000_160_000),
+    ],
+)
+def test_server_time_is_read_from_the_exchanges_own_reply(exchange, payload, expected):
+    assert get_adapter(exchange).parse_server_time(payload) == expected
+
+
+@pytest.mark.parametrize(
+    "exchange, payload",
+    [
+        ("binance", '{"code":-1003,"msg":"Too many requests."}'),
+        ("binance", '{"serverTime":"1499827319559"}'),
+        ("bittrex", '{"serverTime":1.5e12}'),
+        ("bittrex", "<html>502 Bad Gateway</html>"),
+        ("bitfinex", "[]"),  # no candle: the market has not traded yet
+        ("bitfinex", '["error",10020,"time_interval: invalid"]'),
+        ("bitfinex", "[[1700000160000,37070.5,37069,37072,37066,2.0]]"),
+    ],
+)
+def test_server_time_without_a_time_raises_value_error(exchange, payload):
+    with pytest.raises(ValueError):
+        get_adapter(exchange).parse_server_time(payload)
 
 
 # ------------------------------------------------------------------------------------- planning

@@ -12,7 +12,7 @@ from common.intervals import clip, intersect
 from common.settings import EXCHANGES, ExchangeName
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.rest.gaps import covered_ranges, missing_minutes, missing_ranges, plan_gaps
-from fetchers.rest.repair import current_repair, exchange_now_ms, load_evidence, repairing_ranges
+from fetchers.rest.repair import current_repair, known_exchange_now_ms, load_evidence, repairing_ranges
 from web.api.deps import PoolDep, RedisDep, SettingsDep
 from web.api.errors import BadRequest
 from web.api.routes.ohlcvs import MAX_MS, MarketId
@@ -49,7 +49,7 @@ async def coverage(
     evidence = (await pool.run(lambda conn: load_evidence(conn, exchange, base_id, quote_id))).get(
         (base_id, quote_id)
     )
-    until = floor_minute_ms(await exchange_now_ms(settings, exchange, redis)) - (
+    until = floor_minute_ms(await known_exchange_now_ms(exchange, redis)) - (
         settings.repair_settle_minutes * MINUTE_MS
     )
     first = floor_minute_ms(start) if start is not None else 0
@@ -81,7 +81,7 @@ async def summary(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> list
     result = []
     for exchange in EXCHANGES:
         evidence = await pool.run(lambda conn, ex=exchange: load_evidence(conn, ex))
-        now = await exchange_now_ms(settings, exchange, redis)
+        now = await known_exchange_now_ms(exchange, redis)
         gaps = plan_gaps(evidence, 0, floor_minute_ms(now) - settings.repair_settle_minutes * MINUTE_MS)
         job = await current_repair(redis, settings, exchange)
         result.append(
