@@ -26,7 +26,7 @@ from tests.support.simulator import running_simulator
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-EXCHANGES = ["binance", "bitfinex"]
+EXCHANGES = ["binance", "bitfinex", "bittrex"]
 REPAIR_INTERVAL_SECONDS = 4
 
 
