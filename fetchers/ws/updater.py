@@ -210,11 +210,11 @@ class Updater:
         candles, stored, backlog = self.read_closed(clocks)
         if not candles and not outages and not stored:
             return FlushResult(0, 0, 0, backlog)
+        gaps, covered = split_coverage(outages)
         conn = self._db()
         try:
             inserted = insert_missing_candles(conn, candles)
-            outages, covered = split_coverage(outages)
-            insert_outages(conn, outages)
+            insert_outages(conn, gaps)
             record_coverage(conn, covered)
             conn.commit()
         except BaseException:
@@ -227,7 +227,7 @@ class Updater:
         self.rows_flushed_total += len(candles)
         if candles:
             self._refresh_aggregates(min(c.time for c in candles), clocks)
-        return FlushResult(len(candles), inserted, len(outages), backlog - len(candles))
+        return FlushResult(len(candles), inserted, len(gaps), backlog - len(candles))
 
     def _delete_stored(self, stored: Mapping[str, list[tuple[str, str]]]) -> None:
         items = list(stored.items())
