@@ -20,6 +20,7 @@ from common.settings import get_settings
 from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets as refresh_markets_async
+from fetchers.rest.rate_limiter import LOW
 from fetchers.rest.repair import submit_repair
 
 
@@ -88,7 +89,8 @@ async def _interrupted_jobs(exchange: str) -> list[str]:
     client = aioredis.from_url(settings.redis_url)
     try:
         jobs = await JobStore(client, job_scope(settings)).jobs(exchange)
-        return [job.id for job in jobs if job.state == JobState.INTERRUPTED]
+        # an interrupted repair (it gave its worker to a backfill) is carried on by the next beat run
+        return [job.id for job in jobs if job.state == JobState.INTERRUPTED and job.priority != LOW]
     finally:
         await client.aclose()
 
