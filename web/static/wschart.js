@@ -154,15 +154,18 @@ function drawCoverage() {
   ctx.clearRect(0, 0, width, height);
   const cov = state.coverage, bars = state.bars, scale = chart.timeScale();
   if (!cov || !bars.length) return;
+  const plot = scale.width();  // the candles' area, without the price scale
   const step = PERIODS[state.period].interval === "1m" ? 60 : (bars.length > 1 ? bars[1].time - bars[0].time : 60);
   const half = (bars.length > 1 ? (scale.timeToCoordinate(bars[1].time) - scale.timeToCoordinate(bars[0].time)) : 6) / 2;
   for (let i = 0; i < bars.length; i += 1) {
     const x = scale.timeToCoordinate(bars[i].time);
-    if (x === null || x < -half || x > width + half) continue;
+    if (x === null || x < -half || x > plot + half) continue;
     const next = i + 1 < bars.length ? bars[i + 1].time : bars[i].time + step;
     const nextX = i + 1 < bars.length ? scale.timeToCoordinate(next) : x + 2 * half;
+    const left = Math.max(0, x - half), right = Math.min(plot, (nextX ?? x + 2 * half) - half);
+    if (right <= left) continue;
     ctx.fillStyle = STRIP[spanState(cov, bars[i].time * 1000, next * 1000)];
-    ctx.fillRect(x - half, 0, Math.max(1, (nextX ?? x + 2 * half) - x), height);
+    ctx.fillRect(left, 0, Math.max(1, right - left), height);
   }
 }
 
