@@ -5,9 +5,10 @@ it is up, subscribed, not paused by maintenance, has no open outage and the exch
 nothing on it; it covers its markets from two minutes after the newest bar it had seen when it was
 first found whole (its subscriptions were all in by then), up to the minute before its own newest
 bar (frames on one socket arrive in order, so every update of those minutes has arrived; the
-updater's closure rule closes them too). A reconnect between two looks ends the stretch, even if it already healed. Records travel through
-the sink's outage list, after the bars they cover, and the updater stores them in the transaction
-that holds those bars: coverage is never claimed for bars not yet in the database.
+updater's closure rule closes them too). A reconnect between two looks ends the stretch, even if
+it already healed. Records travel through the sink's outage list, after the bars they cover, and the
+updater stores them in the transaction that holds those bars: coverage is never claimed for bars
+not yet in the database.
 """
 
 from __future__ import annotations
