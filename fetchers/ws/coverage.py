@@ -1,14 +1,13 @@
 """Websocket coverage: the minutes each connection delivered without interruption, per market.
 
 A task of the stream engine looks at every connection once a second. A connection is whole while
-it is up, subscribed, not paused by maintenance, has no open outage and the exchange has refused
-nothing on it; it covers its markets from two minutes after the newest bar it had seen when it was
-first found whole (its subscriptions were all in by then), up to the minute before its own newest
-bar (frames on one socket arrive in order, so every update of those minutes has arrived; the
-updater's closure rule closes them too). A reconnect between two looks ends the stretch, even if
-it already healed. Records travel through the sink's outage list, after the bars they cover, and the
-updater stores them in the transaction that holds those bars: coverage is never claimed for bars
-not yet in the database.
+it is up, subscribed, not paused by maintenance and has no open outage; it covers its markets from
+two minutes after the newest bar it had seen when it was first found whole (its subscriptions were
+all in by then), up to the minute before its own newest bar (frames on one socket arrive in order,
+so every update of those minutes has arrived; the updater's closure rule closes them too). A
+reconnect between two looks ends the stretch, even if it already healed. Records travel through
+the sink's outage list, after the bars they cover, and the updater stores them in the transaction
+that holds those bars: coverage is never claimed for bars not yet in the database.
 """
 
 from __future__ import annotations
@@ -37,15 +36,13 @@ class _Stretch:
 
 
 def is_whole(conn: LiveConnection) -> bool:
-    """Up, subscribed, not paused, no open outage, and the exchange never refused anything on it (a
-    refused subscription looks like a quiet Bitfinex market: no bars, so nothing may vouch for it)."""
+    """Up, subscribed, not paused by maintenance, and no open outage."""
     return (
         conn.up
         and conn.subscribed
         and not conn.paused
         and conn.gap_start_ms is None
         and conn.newest_ms is not None
-        and conn.errors == 0
     )
 
 

@@ -27,7 +27,6 @@ class Conn:
     paused: bool = False
     gap_start_ms: int | None = None
     reconnects: int = 0
-    errors: int = 0
     markets: dict = field(
         default_factory=lambda: {
             s: MarketKeys.build("binance", b, "USDT", s, ";;")
@@ -67,7 +66,7 @@ def test_a_reconnect_between_two_looks_ends_the_stretch_even_if_it_healed():
 
 
 @pytest.mark.parametrize(
-    "state", [{"up": False}, {"subscribed": False}, {"paused": True}, {"gap_start_ms": T0}, {"errors": 1}]
+    "state", [{"up": False}, {"subscribed": False}, {"paused": True}, {"gap_start_ms": T0}]
 )
 def test_nothing_is_covered_while_the_connection_is_not_whole(state):
     conn, tracker = Conn(newest_ms=T0), CoverageTracker()
