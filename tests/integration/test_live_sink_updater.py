@@ -19,8 +19,8 @@ from common.db import connection, upsert_markets
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_send_key, ws_sub_key
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
-from fetchers.ws.connection import LiveConnection, outage_records
-from fetchers.ws.coverage import coverage_records
+from fetchers.ws.connection import outage_records
+from fetchers.ws.coverage import coverage_record
 from fetchers.ws.sink import MarketKeys, RedisSink
 from fetchers.ws.updater import Updater
 
@@ -137,10 +137,9 @@ def test_coverage_records_are_stored_with_their_bars_and_leave_the_list(settings
     """A connection's coverage travels behind its bars; the updater stores both in one transaction
     (the outage beside it too) and drains the list."""
     client = redis_server.client()
-    conn = LiveConnection.__new__(LiveConnection)  # only the markets are read by the records
-    conn.markets = {"BTCUSDT": MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")}
-    covered = coverage_records(conn, T0, T0 + 2 * MINUTE_MS)
-    outage = outage_records(list(conn.markets.values()), T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")
+    keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")
+    covered = [coverage_record(keys, T0, T0 + 2 * MINUTE_MS)]
+    outage = outage_records([keys], T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")
     store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")], covered + outage)
     result = Updater(settings, client).flush()
     assert result.rows == 3 and result.outages == 1

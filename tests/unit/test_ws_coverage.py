@@ -33,6 +33,7 @@ class Conn:
             for s, b in (("BTCUSDT", "BTC"), ("ETHUSDT", "ETH"))
         }
     )
+    seen: set = field(default_factory=lambda: {"BTCUSDT", "ETHUSDT"})
 
 
 def ranges(records: list[str]) -> set[tuple[str, int, int]]:
@@ -79,6 +80,18 @@ def test_nothing_is_covered_while_the_connection_is_not_whole(state):
     assert tracker.poll([conn]) == []
     conn.newest_ms = T0 + 20 * M
     assert ranges(tracker.poll([conn])) == {("BTC", 13, 19), ("ETH", 13, 19)}
+
+
+def test_a_market_vouches_only_once_a_bar_of_it_arrived_since_subscribing():
+    """A refused subscription looks like a quiet market: without a bar of it, nothing is covered."""
+    conn, tracker = Conn(newest_ms=T0, seen={"BTCUSDT"}), CoverageTracker()
+    tracker.poll([conn])
+    conn.newest_ms = T0 + 5 * M
+    assert ranges(tracker.poll([conn])) == {("BTC", 2, 4)}
+    conn.seen.add("ETHUSDT")  # its first bar (e.g. a late subscription) arrives
+    assert tracker.poll([conn]) == []
+    conn.newest_ms = T0 + 10 * M
+    assert ranges(tracker.poll([conn])) == {("BTC", 4, 9), ("ETH", 7, 9)}
 
 
 def test_the_updater_tells_coverage_records_from_outage_records():
