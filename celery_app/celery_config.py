@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kombu import Queue
 
-from common.settings import EXCHANGES
+from common.settings import EXCHANGES, get_settings
 
 REST_QUEUES: dict[str, str] = {exchange: f"{exchange}_rest" for exchange in EXCHANGES}
 
@@ -36,3 +36,16 @@ beat_schedule = {
     }
     for exchange, queue in REST_QUEUES.items()
 }
+# Self-healing history: every REPAIR_INTERVAL_SECONDS each exchange's gaps are planned and repaired
+# at low priority, on the exchange's own queue (the task yields to backfills waiting there).
+beat_schedule.update(
+    {
+        f"repair-gaps-{exchange}": {
+            "task": "celery_app.celery_tasks.repair_gaps",
+            "schedule": get_settings().repair_interval_seconds,
+            "args": (exchange,),
+            "options": {"queue": queue, "expires": get_settings().repair_interval_seconds},
+        }
+        for exchange, queue in REST_QUEUES.items()
+    }
+)

@@ -20,6 +20,8 @@ from common.settings import get_settings
 from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets as refresh_markets_async
+from fetchers.rest.rate_limiter import LOW
+from fetchers.rest.repair import submit_repair
 
 
 @app.task(name="celery_app.celery_tasks.drain_backfill_job")
@@ -46,12 +48,49 @@ def refresh_markets(exchange: str) -> dict:
 log = logging.getLogger(__name__)
 
 
+async def _repair(exchange: str) -> dict:
+    settings = get_settings()
+    submission = await submit_repair(settings, exchange)
+    plan = submission.plan
+    result = {
+        "exchange": exchange,
+        "missing_minutes": plan.missing_minutes if plan is not None else None,
+        "job": submission.job.id if submission.job is not None else None,
+    }
+    if submission.job is None:
+        return result
+    broker = aioredis.from_url(settings.redis_url)
+    queue = REST_QUEUES[exchange]
+
+    async def user_jobs_waiting() -> bool:
+        return await broker.llen(queue) > 0
+
+    try:
+        engine = BackfillEngine(settings, submission.job.id, yield_when=user_jobs_waiting)
+        job = await engine.run()
+    finally:
+        await broker.aclose()
+    if engine.yielded:
+        log.info("repair job %s: gave the worker to a backfill waiting in %s; goes on later", job.id, queue)
+    return {**result, "done": job.done, "left": job.left, "yielded": engine.yielded}
+
+
+@app.task(name="celery_app.celery_tasks.repair_gaps")
+def repair_gaps(exchange: str) -> dict:
+    """Plan the exchange's missing minutes and drain its repair job at low priority (or carry on
+    with the unfinished one). The worker is handed back as soon as a message waits in the queue:
+    user backfills never wait behind a repair, and the repair goes on at the next run."""
+    setup_logging("celery_worker")
+    return asyncio.run(_repair(exchange))
+
+
 async def _interrupted_jobs(exchange: str) -> list[str]:
     settings = get_settings()
     client = aioredis.from_url(settings.redis_url)
     try:
         jobs = await JobStore(client, job_scope(settings)).jobs(exchange)
-        return [job.id for job in jobs if job.state == JobState.INTERRUPTED]
+        # an interrupted repair (it gave its worker to a backfill) is carried on by the next beat run
+        return [job.id for job in jobs if job.state == JobState.INTERRUPTED and job.priority != LOW]
     finally:
         await client.aclose()
 

@@ -7,7 +7,8 @@ from common.settings import get_settings
 WS_SUB_LIST = "ws_sub_list"
 WS_UPDATER_HEALTH = "ws_updater_health"
 WS_OUTAGES = "ws_outages"
-"""List of outage records (JSON) from the fetchers, moved into `ohlcvs_outages` by the updater."""
+"""List of outage and coverage records (JSON) from the fetchers, moved into `ohlcvs_outages` and
+`ohlcvs_coverage` by the updater."""
 
 
 def _join(*parts: str, delimiter: str | None = None) -> str:

@@ -76,6 +76,16 @@ class Settings(BaseSettings):
     rest_max_retries: int = Field(default=5, ge=0)
     rest_outage_seconds: float = Field(default=60.0, ge=0)
 
+    # Self-healing history: the automatic repair of gaps (beat task and `rest repair`)
+    repair_interval_seconds: float = Field(default=300.0, gt=0)
+    """How often the beat task plans and queues the repair of every exchange's gaps."""
+    repair_settle_minutes: int = Field(default=3, ge=0)
+    """The newest minutes are left to the live feed: repair plans up to the exchange's now less this."""
+    repair_max_requests: int = Field(default=2000, ge=1)
+    """Requests one repair job may plan per exchange (the next run plans the rest)."""
+    repair_yield_seconds: float = Field(default=2.0, ge=0)
+    """A repair request waits while a user backfill reserved a request within this many seconds."""
+
     # Live pipeline
     updater_flush_seconds: float = Field(default=5.0, gt=0)
     ws_connect_window_seconds: float = Field(default=60.0, gt=0)

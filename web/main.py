@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from common.settings import Settings, get_settings
 from web.api.errors import install_error_handlers
-from web.api.routes import analytics, health, ohlcvs, status, symbols, ws
+from web.api.routes import analytics, coverage, health, ohlcvs, status, symbols, ws
 from web.database import AsyncPool, ConnectionPool
 from web.live import LiveHub
 from web.views import mount_pages
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (ohlcvs, symbols, analytics, health, status, ws):
+    for module in (ohlcvs, symbols, analytics, health, status, ws, coverage):
         app.include_router(module.router, prefix="/api")
     mount_pages(app)
     return app

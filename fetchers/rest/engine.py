@@ -11,11 +11,13 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 
 from common.backoff import backoff_seconds
+from common.coverage import REST, CoverageRange
 from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
@@ -66,6 +68,12 @@ class FetchOutcome:
     exception_class: str = ""
 
 
+def request_coverage(claim: Claim) -> CoverageRange:
+    """A request that succeeded covers the whole range it asked for (no candle = no trade)."""
+    t = claim.task
+    return CoverageRange(t.exchange, t.base_id, t.quote_id, t.start_ms, t.end_ms, REST)
+
+
 class BackfillEngine:
     def __init__(
         self,
@@ -73,8 +81,14 @@ class BackfillEngine:
         job_id: str,
         options: EngineOptions | None = None,
         worker_id: str | None = None,
+        yield_when: Callable[[], Awaitable[bool]] | None = None,
     ):
+        """`yield_when`: asked before each request; when it says True the engine stops after the
+        requests in hand (the rest stay queued for a later run), e.g. a repair giving its worker to
+        user backfills waiting in the queue."""
         self.settings = settings
+        self.yield_when = yield_when
+        self.yielded = False
         self.job_id = job_id
         self.options = options or EngineOptions.from_settings(settings)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
@@ -96,6 +110,8 @@ class BackfillEngine:
                 job.exchange,
                 adapter.rate_limit(self.settings),
                 unlimited=self.options.unlimited_rate,
+                priority=job.priority,
+                yield_seconds=self.settings.repair_yield_seconds,
             )
             await store.heartbeat(self.worker_id)
             await store.join(self.job_id, self.worker_id)
@@ -109,7 +125,7 @@ class BackfillEngine:
             async def committed(claim: Claim, count: int) -> None:
                 await store.complete(self.job_id, claim, count)
 
-            writer = CandleWriter(self.settings, committed)
+            writer = CandleWriter(self.settings, committed, coverage_of=request_coverage)
             timeout = aiohttp.ClientTimeout(total=self.options.timeout_seconds)
             connector = aiohttp.TCPConnector(limit=self.options.concurrency)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
@@ -126,7 +142,7 @@ class BackfillEngine:
                                 loop.cancel()
                         await writer.flush()
                         await self._report_sent(store)
-                        if not await self._wait_for_others(store):
+                        if self.yielded or not await self._wait_for_others(store):
                             break
                 finally:
                     await writer.close()
@@ -184,6 +200,9 @@ class BackfillEngine:
 
     async def _drain(self, store, adapter, limiter, http, writer) -> None:
         while True:
+            if self.yielded or (self.yield_when is not None and await self.yield_when()):
+                self.yielded = True
+                return
             claim = await store.claim(self.job_id, self.worker_id)
             if claim is None:
                 return

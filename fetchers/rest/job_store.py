@@ -98,6 +98,8 @@ class JobInfo:
     """HTTP requests sent so far, retries included (updated every few seconds)."""
     workers_seen: int = 0
     workers_live: int = 0
+    priority: str = "high"
+    """`high` for user backfills; `low` for the automatic repair (uses only the budget left free)."""
 
     @property
     def finished(self) -> bool:
@@ -173,6 +175,7 @@ class JobStore:
         symbols: list[str],
         tasks: Iterable[FetchTask],
         limit_per_minute: float = 0.0,
+        priority: str = "high",
     ) -> JobInfo:
         """Store a new job and its planned requests; returns its info (id is a short uuid)."""
         job_id = uuid.uuid4().hex[:12]
@@ -205,6 +208,7 @@ class JobStore:
                 "limit_per_minute": limit_per_minute,
                 "refreshed": 0,
                 "scope": self.scope,
+                "priority": priority,
             },
         )
         await self.client.zadd(backfill_key("jobs", exchange), {job_id: now})
@@ -240,6 +244,7 @@ class JobStore:
             sent=int(data.get("sent", 0) or 0),
             workers_seen=len(workers),
             workers_live=live,
+            priority=data.get("priority", "high"),
         )
 
     async def job_ids(self, exchange: str) -> list[str]:

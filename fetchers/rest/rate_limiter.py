@@ -11,6 +11,12 @@ A request that reserved its slot before the pause looks at the pause again right
 sent, and if one began meanwhile it plans a new slot after it — so reserved requests never go out
 inside a pause, and the slots planned before it are void (the pacing restarts at its end).
 
+Requests have a priority. User backfills are `HIGH`; the automatic repair is `LOW` and uses only
+the budget they leave free: every high-priority reservation marks the exchange busy until
+`yield_seconds` after its slot, and a low-priority request reserves nothing while that mark is on
+(it waits and asks again), so a user backfill that starts while a repair runs loses at most the
+few slots the repair had already reserved.
+
 A refusal that carries the exchange's own count (Binance's used weight) also tells us the real limit
 for this IP — lower than configured when another program shares it: `learn_refusal` slows every
 worker to that pace for `LEARNED_WINDOWS` windows, so the next windows do not overflow again.
@@ -34,6 +40,10 @@ LEARNED_WINDOWS = 10
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[3] == 'low' then
+  local busy = tonumber(redis.call('GET', KEYS[4]) or '0')
+  if busy > now then return now - busy end
+end
 local interval = tonumber(ARGV[1])
 local learned = tonumber(redis.call('GET', KEYS[3]) or '0')
 if learned > interval then interval = learned end
@@ -45,6 +55,13 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat > start then start = tat end
 local next_tat = start + interval * weight
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 60000)
+if ARGV[3] == 'high' then
+  local busy_until = next_tat + tonumber(ARGV[4])
+  if busy_until > tonumber(redis.call('GET', KEYS[4]) or '0') then
+    local ttl = math.ceil((busy_until - now) / 1000) + 1000
+    redis.call('SET', KEYS[4], string.format('%d', busy_until), 'PX', ttl)
+  end
+end
 return start - now
 """
 
@@ -71,16 +88,35 @@ return 0
 """
 
 
+HIGH = "high"
+LOW = "low"
+PRIORITIES = (HIGH, LOW)
+DEFAULT_YIELD_SECONDS = 2.0
+
+
 class SharedRateLimiter:
     """Reserve-then-wait pacing for one exchange; `unlimited=True` turns pacing off (benchmarks),
     never the pauses."""
 
-    def __init__(self, client: aioredis.Redis, exchange: str, limit: RateLimit, unlimited: bool = False):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        exchange: str,
+        limit: RateLimit,
+        unlimited: bool = False,
+        priority: str = HIGH,
+        yield_seconds: float = DEFAULT_YIELD_SECONDS,
+    ):
+        if priority not in PRIORITIES:
+            raise ValueError(f"unknown priority {priority!r}")
         self.client = client
         self.exchange = exchange
         self.limit = limit
         self.unlimited = unlimited
+        self.priority = priority
+        self.yield_us = int(yield_seconds * 1_000_000)
         base = rate_budget_key(exchange)
+        self._busy_key = f"{base}:high-busy-until"
         self._tat_key = f"{base}:tat"
         self._blocked_key = f"{base}:blocked"
         self._learned_key = f"{base}:learned-interval"
@@ -97,10 +133,14 @@ class SharedRateLimiter:
                 wait_us = await self._blocked_for(keys=[self._blocked_key])
             else:
                 wait_us = await self._reserve(
-                    keys=[self._tat_key, self._blocked_key, self._learned_key],
-                    args=[self.limit.interval_us(), weight],
+                    keys=[self._tat_key, self._blocked_key, self._learned_key, self._busy_key],
+                    args=[self.limit.interval_us(), weight, self.priority, self.yield_us],
                 )
             wait = int(wait_us) / 1_000_000
+            if wait < 0:  # low priority, and user backfills are using the budget: nothing reserved
+                await asyncio.sleep(-wait)
+                waited -= wait
+                continue
             if wait <= 0:
                 return waited  # the script saw no pause at this very moment
             await asyncio.sleep(wait)

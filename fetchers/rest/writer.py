@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from common.candle import Candle
+from common.coverage import CoverageRange, record_coverage
 from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candles
 from common.settings import Settings
 from fetchers.rest.outages import with_database_retry
@@ -31,10 +32,13 @@ class _Batch:
 
 
 OnCommitted = Callable[[object, int], Awaitable[None]]
+CoverageOf = Callable[[object], CoverageRange | None]
 
 
 class CandleWriter:
-    """`add(owner, candles)` buffers; after each commit `on_committed(owner, count)` is awaited."""
+    """`add(owner, candles)` buffers; after each commit `on_committed(owner, count)` is awaited.
+    With `coverage_of`, the range each owner covers goes into `ohlcvs_coverage` in the transaction
+    that holds its candles."""
 
     def __init__(
         self,
@@ -42,9 +46,11 @@ class CandleWriter:
         on_committed: OnCommitted,
         batch_rows: int = BATCH_ROWS,
         batch_seconds: float = BATCH_SECONDS,
+        coverage_of: CoverageOf | None = None,
     ):
         self.settings = settings
         self.on_committed = on_committed
+        self.coverage_of = coverage_of
         self.batch_rows = batch_rows
         self.batch_seconds = batch_seconds
         self._batch = _Batch()
@@ -67,11 +73,12 @@ class CandleWriter:
                 pass
             self._conn = None
 
-    def _write_sync(self, candles: list[Candle]) -> None:
+    def _write_sync(self, candles: list[Candle], covered: list[CoverageRange]) -> None:
         def attempt() -> None:
             conn = self._connection()
             with conn:  # commit, or roll back on error; the connection stays open
                 upsert_candles(conn, candles)
+                record_coverage(conn, covered)
 
         with_database_retry(self.settings, attempt, self._drop_connection)
 
@@ -102,8 +109,11 @@ class CandleWriter:
             await asyncio.shield(write)
 
     async def _write_batch(self, batch: _Batch) -> None:
+        covered = []
+        if self.coverage_of is not None:
+            covered = [c for c in (self.coverage_of(owner) for owner, _ in batch.owners) if c is not None]
         async with self._db_lock:
-            await asyncio.to_thread(self._write_sync, batch.candles)
+            await asyncio.to_thread(self._write_sync, batch.candles, covered)
         for owner, count in batch.owners:
             await self.on_committed(owner, count)
 

@@ -125,6 +125,8 @@ class LiveConnection:
         self.reconnects = 0
         self.bad_frames = 0
         self.errors = 0
+        self.seen: set[str] = set()
+        """Markets with a bar since the socket (re)subscribed: coverage vouches only for them."""
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: WsSession | None = None
         self._subscriber: asyncio.Task[None] | None = None
@@ -167,6 +169,7 @@ class LiveConnection:
         async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):  # unlike wait_for, never loses a cancel
             self._ws = await engine.open_socket()
         self._session = WsSession()
+        self.seen = set()
         self.subscribed = False
         self.paused = False
         self._subscriber = asyncio.create_task(self._subscribe(list(self.markets.values())))
@@ -246,6 +249,7 @@ class LiveConnection:
                     self._bad_frame(f"not a plain decimal in {event!r}")
                     continue
                 engine.sink.add(market, event, received)
+                self.seen.add(event.symbol)
                 if self.newest_ms is None or event.time > self.newest_ms:
                     self.newest_ms = event.time
                 if event.time > engine.clock_ms:
@@ -282,6 +286,7 @@ class LiveConnection:
         markets = [self.engine.market_objects[s] for s in self.markets]
         frames = self.engine.adapter.unsubscribe_frames(markets, self._session)
         self._session.channels.clear()
+        self.seen = set()
         if self._subscriber is not None:
             self._subscriber.cancel()
         self.subscribed = False

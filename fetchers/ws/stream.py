@@ -31,6 +31,7 @@ from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import resolve_symbol
 from fetchers.ws.connection import LiveConnection, open_websocket
+from fetchers.ws.coverage import track_coverage
 from fetchers.ws.sink import MarketKeys, RedisSink
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ class StreamEngine:
             self._spawn(self.sink.run(), None)
             self._spawn(self._health(), None)
             self._spawn(self._refresh_markets(), None)
+            self._spawn(track_coverage(self), None)
             await stop.wait()
         finally:
             await self.shutdown()

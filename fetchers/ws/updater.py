@@ -1,15 +1,16 @@
 """The updater: closed bars from Redis (`ws_sub_…`) into `ohlcvs`, without losing or doubling one.
 
 Every `updater_flush_seconds`:
-1. read each exchange's clock (the newest bar time its fetchers saw) - first, so every bar read
-   afterwards is at least as fresh as the clock that closes it;
+1. read the outage and coverage records the fetchers queued, then each exchange's clock (the newest
+   bar time its fetchers saw), so every bar read afterwards is at least as fresh as the clock that
+   closes it, and every bar a coverage record vouches for is already in Redis;
 2. read the `ws_sub_…` hashes named in `ws_sub_list`, many per round trip, and pick the closed
    bars (`closed_times`), straight into COPY text (no object per bar);
 3. insert them, a batch of about `ROWS_PER_BATCH` per transaction, with "fill missing only" (a live
-   bar never overwrites a row); the first transaction also stores the outage records the fetchers
-   queued; commit;
+   bar never overwrites a row); commit;
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
    Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
+   once every batch is committed, store the records of step 1 (coverage never runs ahead of its bars);
 5. on plain PostgreSQL, refresh the aggregates over the 5-minute buckets that have closed.
 Steps 3-4 run on `WRITERS` threads, each with its own connection, while the main thread reads the
 next batch (the database and Redis work in other processes, so all of it overlaps on several cores).
@@ -34,6 +35,7 @@ import redis
 from psycopg2.extensions import connection as PgConnection
 
 from common.candle import NUMBER_CHARS
+from common.coverage import WS, CoverageRange, record_coverage
 from common.db import (
     DatabaseError,
     connect,
@@ -45,6 +47,7 @@ from common.db import (
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
+from fetchers.ws.coverage import COVERAGE_KIND
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +161,23 @@ def check_batch(batch: Batch) -> None:
         parts = values.split(b"\t")
         if len(parts) != 5 or not all(p and not p.translate(None, NUMBER_CHARS) for p in parts):
             raise ValueError(f"prices and volumes must be decimal number text, got {values!r}")
+
+
+def split_coverage(records: list[str]) -> tuple[list[str], list[CoverageRange]]:
+    """The fetchers' queued records: outages, and the coverage records among them."""
+    outages: list[str] = []
+    covered: list[CoverageRange] = []
+    for text in records:
+        r = json.loads(text)
+        if r.get("kind") == COVERAGE_KIND:
+            covered.append(
+                CoverageRange(
+                    r["exchange"], r["base_id"], r["quote_id"], int(r["start_ms"]), int(r["end_ms"]), WS
+                )
+            )
+        else:
+            outages.append(text)
+    return outages, covered
 
 
 def insert_outages(conn: PgConnection, records: Iterable[str]) -> int:
@@ -276,29 +296,44 @@ class Updater:
                     batch, seen = Batch(), 0
         yield batch, seen
 
-    def _write(self, batch: Batch, outages: list[str]) -> int:
-        """Commit one batch (and the outage records), then delete what it stored from Redis."""
+    def _write(self, batch: Batch) -> int:
+        """Commit one batch, then delete what it stored from Redis."""
         check_batch(batch)
         conn = self._db()
         try:
             inserted = insert_missing_copy_text(conn, io.BytesIO(b"".join(batch.lines))) if batch.lines else 0
-            insert_outages(conn, outages)
             conn.commit()
         except BaseException:
             if not conn.closed:
                 conn.rollback()
             raise
-        if outages:
-            self.redis.ltrim(WS_OUTAGES, len(outages), -1)
         self._delete_stored(batch.delete)
         return inserted
+
+    def _store_records(self, records: list[str]) -> int:
+        """Commit the outage and coverage records the fetchers queued, then trim them from Redis;
+        returns how many outages they held."""
+        gaps, covered = split_coverage(records)
+        conn = self._db()
+        try:
+            insert_outages(conn, gaps)
+            record_coverage(conn, covered)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        self.redis.ltrim(WS_OUTAGES, len(records), -1)
+        return len(gaps)
 
     def flush(self) -> FlushResult:
         """One pass over everything waiting; batches are committed (and only then deleted) one by
         one, so a failure part-way leaves the rest in Redis for the next flush."""
+        # The records first: a coverage record was queued after the bars it covers, so they are
+        # all in Redis (and closed by the clock read next) when it is read.
+        records = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
         clocks = self.exchange_clocks()
-        outages = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
-        outage_count = len(outages)
+        outage_count = 0
         rows = inserted = backlog = 0
         oldest: int | None = None
         pending: deque[Future[int]] = deque()
@@ -308,17 +343,18 @@ class Updater:
         try:
             for batch, seen in self.read_batches(clocks):
                 backlog += seen
-                if not batch.lines and not batch.delete and not outages:
+                if not batch.lines and not batch.delete:
                     continue
                 if len(pending) >= WRITERS:
                     inserted += pending.popleft().result()
-                pending.append(writers.submit(self._write, batch, outages))
-                outages = []
+                pending.append(writers.submit(self._write, batch))
                 rows += len(batch.lines)
                 if batch.oldest_ms is not None:
                     oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
             while pending:
                 inserted += pending.popleft().result()
+            if records:  # only now: every bar a coverage record vouches for is committed
+                outage_count = self._store_records(records)
         except BaseException:
             if oldest is not None:  # some batches may be committed: their minutes need a refresh too
                 dirty = self._dirty_from_ms

@@ -6,6 +6,7 @@
     python -m scripts.fetchers.rest status [--job ID]
     python -m scripts.fetchers.rest cancel --job ID
     python -m scripts.fetchers.rest markets --exchange binance
+    python -m scripts.fetchers.rest repair [--exchange bitfinex] [--since 2021-01-01] [--wait]
 
 Times without a zone are UTC and must be on a whole minute; the range is half-open [start, end) and
 ends at the latest at the exchange's present (asked of the exchange, not this machine's clock).
@@ -29,7 +30,7 @@ import redis.asyncio as aioredis
 from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, Settings, load_settings_or_exit
-from common.timeutil import ms_to_datetime, parse_utc
+from common.timeutil import datetime_to_ms, ms_to_datetime, parse_utc
 from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.exchange_clock import ExchangeClockUnavailable
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
@@ -43,6 +44,7 @@ from fetchers.rest.jobs import (
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
 from fetchers.rest.outages import redis_client
 from fetchers.rest.progress import ProgressMeter, ProgressStream
+from fetchers.rest.repair import submit_repair
 from scripts.cli import EXIT_FAILED, EXIT_USAGE, fail
 
 POLL_SECONDS = 0.5
@@ -351,6 +353,56 @@ def status(exchange: str | None, job_id: str | None) -> None:
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         click.echo("  ".join(cells).rstrip())
+
+
+def enqueue_repair(exchange: str) -> None:
+    from celery_app.celery_config import REST_QUEUES
+    from celery_app.celery_tasks import repair_gaps
+
+    repair_gaps.apply_async(args=(exchange,), queue=REST_QUEUES[exchange])
+
+
+@cli.command()
+@click.option("--exchange", help="only this exchange (default: every exchange)")
+@click.option("--since", help="only gaps from this ISO date/time on (default: each market's first bar)")
+@click.option("--wait", is_flag=True, help="show live progress until the repair is done")
+@click.option("--local", is_flag=True, help="run the repair in this process, no Celery worker needed")
+def repair(exchange: str | None, since: str | None, wait: bool, local: bool) -> None:
+    """Find the minutes missing from each market's history (not covered by a REST fetch or an
+    uninterrupted live feed, recorded outages, failed requests) and backfill them at low priority:
+    the repair uses only the rate budget user backfills leave free. The beat task does the same
+    every REPAIR_INTERVAL_SECONDS. Exit 1 if a repair request failed for good."""
+    settings = load_settings_or_exit()
+    setup_logging("rest_fetch", console_level="WARNING")
+    names = (exchange_or_exit(exchange),) if exchange else EXCHANGES
+    since_ms = datetime_to_ms(parse_time(since, "--since")) if since else 0
+    code = 0
+    for name in names:
+        if not local:
+            require_workers(name)
+        submission = run_async(submit_repair(settings, name, since_ms))
+        plan, job = submission.plan, submission.job
+        if plan is not None:
+            click.echo(
+                f"{name}: {plan.missing_minutes:,} missing minute(s) in {len(plan.gaps)} market(s) "
+                f"up to {ms_to_datetime(plan.until_ms):%Y-%m-%d %H:%M} UTC",
+                err=True,
+            )
+        if job is None:
+            click.echo(f"{name}: nothing to repair")
+            continue
+        if submission.new:
+            click.echo(f"job {job.id}: {job.total:,} repair requests planned (low priority)", err=True)
+        else:
+            click.echo(f"job {job.id}: the repair under way goes on, {job.left:,} request(s) left", err=True)
+        if local:
+            code = max(code, report(settings, run_async(run_local(settings, job.id))))
+            continue
+        enqueue_repair(name)
+        click.echo(job.id)
+        if wait:
+            code = max(code, report(settings, run_async(watch(settings, job.id))))
+    sys.exit(code)
 
 
 @cli.command()

@@ -417,3 +417,41 @@ def test_a_new_worker_takes_over_the_job_of_a_killed_one(platform_settings, simu
             stop_worker(first)
         if second is not None:
             stop_worker(second)
+
+
+# ------------------------------------------------------------------------------------- repair
+
+
+def test_repair_fills_the_gap_between_two_backfills_then_finds_nothing(platform_settings, simulator):
+    exchange = "binance"
+    start_ms, end_ms = day_aligned_range(simulator, days_back=3, days=1)
+    middle = start_ms + (end_ms - start_ms) // 2
+    gap_end = middle + 90 * 60_000
+    for begin, finish in ((start_ms, middle), (gap_end, end_ms)):
+        result = run_cli(
+            "fetch", "--exchange", exchange, "--start", iso(begin), "--end", iso(finish),
+            "--symbols", "BTCUSDT", "--local",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+
+    result = run_cli("repair", "--exchange", exchange, "--local")
+    assert result.returncode == 0, result.stderr
+    assert f"{exchange}: 90 missing minute(s) in 1 market(s)" in result.stderr
+    assert "repair requests planned (low priority)" in result.stderr
+    assert "requests done, 0 failed" in result.stdout
+    assert_matches_truth(platform_settings, simulator, exchange, ["BTCUSDT"], start_ms, end_ms)
+
+    again = run_cli("repair", "--exchange", exchange, "--since", iso(start_ms), "--local")
+    assert again.returncode == 0 and f"{exchange}: nothing to repair" in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["repair", "--exchange", "kraken"], "unknown exchange 'kraken'"),
+        (["repair", "--since", "last week", "--local"], "--since: not an ISO-8601"),
+    ],
+)
+def test_repair_bad_input_is_one_line_and_exit_code_2(args, fragment, platform_settings):
+    result = run_cli(*args)
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr

@@ -27,6 +27,7 @@ from common.timeutil import MINUTE_MS
 from tests.support.live import (
     FAST_HEARTBEATS,
     LiveStack,
+    coverage_mismatches,
     mismatches,
     outage_share,
     outages,
@@ -171,10 +172,13 @@ def test_faults_are_survived_and_every_outage_is_recorded(settings, logdir):
             durable.halt()
             time.sleep(1.0)  # Redis stays down for a moment while bars keep coming
             durable.start()
-            settle(3)
+            settle(6)  # long enough for every connection to cover a few minutes again
             end = stack.wait_flushed(EXCHANGES)
 
             assert_matches_truth(stack, EXCHANGES, start, end)
+            for exchange in EXCHANGES:  # every minute coverage vouches for equals the truth
+                lies, covered = coverage_mismatches(settings, sim, exchange, trading(settings, exchange))
+                assert lies == [] and covered > 0, (covered, lies[:5])
             reasons = {
                 ex: {o.reason for rows in outages(settings, ex).values() for o in rows} for ex in EXCHANGES
             }

@@ -52,6 +52,16 @@ COUNT_CANDLE_PIXELS = """() => {
 }"""
 
 
+# Pixels of the strip's "complete" colour on the coverage canvas under the chart.
+COUNT_STRIP_PIXELS = """() => {
+  const canvas = document.getElementById('coverage');
+  const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  let count = 0;
+  for (let i = 0; i < data.length; i += 4) if (data[i + 3] > 0 && Math.abs(data[i + 1] - 166) < 8) count++;
+  return count;
+}"""
+
+
 def test_chart_draws_history_switches_period_and_ticks_live(
     platform_settings, simulator, redis_server, tmp_path
 ):
@@ -76,6 +86,12 @@ def test_chart_draws_history_switches_period_and_ticks_live(
             # 3 days of 5-minute bars: one page of 500, the newest first
             assert page.evaluate("() => window.cfrChart.barCount()") == 500
             page.wait_for_function(f"() => ({COUNT_CANDLE_PIXELS})() > 200", timeout=15_000)
+            # the strip under the candles: the backfilled range is complete, nothing is missing
+            page.wait_for_function("() => window.cfrChart.coverage() !== null", timeout=30_000)
+            coverage = page.evaluate("() => window.cfrChart.coverage()")
+            shown_from = page.evaluate("() => window.cfrChart.state.bars[0].time") * 1000
+            assert coverage["covered"] == [[shown_from, end_ms]] and coverage["missing"] == []
+            page.wait_for_function(f"() => ({COUNT_STRIP_PIXELS})() > 100", timeout=15_000)
 
             page.get_by_role("button", name="1h", exact=True).click()
             page.wait_for_function(
@@ -108,6 +124,9 @@ def test_chart_draws_history_switches_period_and_ticks_live(
             page.wait_for_function("() => window.cfrStatus !== undefined", timeout=15_000)
             jobs_text = page.inner_text("#jobs")
             assert job.id in jobs_text and f"{job.total}/{job.total}" in jobs_text and "done" in jobs_text
+            page.wait_for_function("() => window.cfrStatus.coverage !== null", timeout=15_000)
+            summary = {c["exchange"]: c for c in page.evaluate("() => window.cfrStatus.coverage")}
+            assert summary["binance"]["missing_minutes"] == 0 and "binance" in page.inner_text("#coverage")
             assert "binance" in page.inner_text("#fetchers") and "ok" in page.inner_text("#stores")
             page.screenshot(path=str(tmp_path / "status.png"))
 

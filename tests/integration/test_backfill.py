@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from common.candle import Market
+from common.coverage import REST, WS, read_coverage
 from common.db import AGGREGATE_LEVELS, connection, load_markets, upsert_markets
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
@@ -74,6 +75,10 @@ def test_multi_day_backfill_equals_ground_truth(exchange, platform_settings, sim
     assert stats["over_limit"] == 0
     asked_clock = 1 + get_adapter(exchange).candles_request_uses_clock  # at planning, and by the engine
     assert stats["rest_requests"] == job.total + 1 + asked_clock  # + the market list
+    with connection(platform_settings) as conn:
+        coverage = read_coverage(conn, exchange)
+    assert len(coverage) == len(symbols)
+    assert all(c[REST] == [(start_ms, end_ms)] and c[WS] == [] for c in coverage.values())
 
 
 def test_faults_and_429_storms_still_give_exact_history(platform_settings, simulator):
@@ -127,6 +132,8 @@ def test_requests_that_keep_failing_are_recorded_and_the_job_goes_on(platform_se
         )
         errors = cur.fetchall()
     assert sorted(e[0] for e in errors) == sorted(symbols)
+    with connection(platform_settings) as conn:
+        assert read_coverage(conn, exchange) == {}  # a failed request covers nothing
     for _symbol, start, end, frame, section, status, cls, message in errors:
         assert (start, end) == (ms_to_datetime(start_ms), ms_to_datetime(end_ms))
         assert (frame, section) == ("1m", "hist") and status >= 500 and cls and message

@@ -13,12 +13,14 @@ import json
 import pytest
 
 from common.candle import Market
+from common.coverage import WS, read_coverage
 from common.db import connection, upsert_markets
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_send_key, ws_sub_key
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
 from fetchers.ws.connection import outage_records
+from fetchers.ws.coverage import coverage_record
 from fetchers.ws.sink import MarketKeys, RedisSink, bar_json, redis_client, sub_json
 from fetchers.ws.updater import Updater
 
@@ -171,4 +173,20 @@ def test_a_database_outage_leaves_bars_and_outages_in_redis_until_it_is_back(set
     with connection(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*), min(reason) FROM ohlcvs_outages")
         assert cur.fetchone() == (1, "connection lost: test")
+    assert client.llen(WS_OUTAGES) == 0
+
+
+def test_coverage_records_are_stored_with_their_bars_and_leave_the_list(settings, redis_server, market):
+    """A connection's coverage travels behind its bars; the updater stores both in one transaction
+    (the outage beside it too) and drains the list."""
+    client = redis_server.client()
+    keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")
+    covered = [coverage_record(keys, T0, T0 + 2 * MINUTE_MS)]
+    outage = outage_records([keys], T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")
+    store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")], covered + outage)
+    result = Updater(settings, client).flush()
+    assert result.rows == 3 and result.outages == 1
+    assert set(rows(settings)) == {T0, T0 + MINUTE_MS, T0 + 2 * MINUTE_MS}
+    with connection(settings) as db:
+        assert read_coverage(db, "binance")[("BTC", "USDT")][WS] == [(T0, T0 + 2 * MINUTE_MS)]
     assert client.llen(WS_OUTAGES) == 0

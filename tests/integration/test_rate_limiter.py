@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from fetchers.exchanges.base import RateLimit
-from fetchers.rest.rate_limiter import SharedRateLimiter
+from fetchers.rest.rate_limiter import HIGH, LOW, SharedRateLimiter
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +125,43 @@ def test_a_slot_reserved_before_a_pause_is_not_used_inside_it(redis_server):
         return left_at_send
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_low_priority_uses_only_the_budget_high_priority_leaves_free(redis_server):
+    """A repair (low) that runs while a user backfill (high) drains gets a handful of slots at most;
+    once the backfill is done, the repair gets the whole budget."""
+
+    async def scenario():
+        client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
+        await client.flushall()
+        budget = RateLimit(capacity=60, window_seconds=1.0)
+        high = SharedRateLimiter(client, "binance", budget, priority=HIGH, yield_seconds=0.5)
+        low = SharedRateLimiter(client, "binance", budget, priority=LOW, yield_seconds=0.5)
+        grants: list[str] = []
+
+        async def worker(limiter, name: str, count: int | None) -> None:
+            while count is None or count > 0:
+                await limiter.acquire()
+                grants.append(name)
+                await asyncio.sleep(0.005)  # the request's round trip
+                if count is not None:
+                    count -= 1
+
+        lows = [asyncio.create_task(worker(low, "low", None)) for _ in range(4)]
+        await asyncio.sleep(0.2)  # the repair had the exchange to itself for a moment
+        before = len(grants)
+        await asyncio.gather(*(worker(high, "high", 30) for _ in range(4)))
+        during = grants[before:]
+        for task in lows:
+            task.cancel()
+        await asyncio.gather(*lows, return_exceptions=True)
+        mark = len(grants)
+        await asyncio.gather(*(worker(low, "low", 5) for _ in range(4)))
+        await client.aclose()
+        return before, during, grants[mark:]
+
+    before, during, after = asyncio.run(scenario())
+    assert before > 0
+    assert during.count("high") == 120
+    assert during.count("high") >= 0.9 * len(during), during.count("low")
+    assert after == ["low"] * 20  # with the backfill over, the repair has the budget again

@@ -267,3 +267,46 @@ def outage_share(
             minutes.update(range(first - first % MINUTE_MS, min(gap.end_ms, end_ms), MINUTE_MS))
         covered += len(minutes)
     return covered / max(1, len(markets) * ((end_ms - start_ms) // MINUTE_MS))
+
+
+def coverage_mismatches(
+    settings: Settings, sim: SimHandle, exchange: str, markets: Iterable[Any]
+) -> tuple[list[str], int]:
+    """Every difference between `ohlcvs` and the truth inside the minutes `ohlcvs_coverage` vouches
+    for (websocket coverage less outages and failed requests, plus REST coverage), and how many
+    market-minutes that is."""
+    from common.coverage import REST, WS, read_coverage, read_failed_requests, read_outages
+    from fetchers.rest.gaps import MarketEvidence, covered_ranges
+
+    with connection(settings) as conn:
+        coverage = read_coverage(conn, exchange)
+        outs = read_outages(conn, exchange)
+        failed = read_failed_requests(conn, exchange)
+    problems: list[str] = []
+    minutes = 0
+    for market in markets:
+        key = (market.base_id, market.quote_id)
+        if key not in coverage:
+            continue
+        evidence = MarketEvidence(
+            rest=coverage[key][REST],
+            ws=coverage[key][WS],
+            outages=outs.get(key, []),
+            failed=failed.get(key, []),
+        )
+        for start_ms, end_ms in covered_ranges(evidence):
+            minutes += (end_ms - start_ms) // MINUTE_MS
+            truth = {
+                row["time"]: tuple(Decimal(row[k]) for k in ("open", "high", "low", "close", "volume"))
+                for row in sim.truth(exchange, market.symbol, start_ms, end_ms)
+            }
+            mine = {
+                t: values
+                for (base, quote, t), values in db_bars(settings, exchange, start_ms, end_ms).items()
+                if (base, quote) == key
+            }
+            for t in sorted(set(truth) | set(mine)):
+                if truth.get(t) != mine.get(t):
+                    what = "missing" if t not in mine else "extra" if t not in truth else "different"
+                    problems.append(f"{exchange} {market.symbol} {t}: {what} inside coverage")
+    return problems, minutes

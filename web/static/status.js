@@ -1,10 +1,21 @@
-// Status: /api/health (fetchers, updater, stores) and /api/status/backfills, refreshed every 5 s.
+// Status: /api/health (fetchers, updater, stores), /api/status/backfills and the missing minutes per
+// exchange (/api/coverage/summary, every 30 s: it looks at every market), refreshed every 5 s.
 "use strict";
 
 const el = (id) => document.getElementById(id);
 const cell = (text, cls) => `<td${cls ? ` class="${cls}"` : ""}>${text ?? "–"}</td>`;
 const age = (seconds) => (seconds === undefined ? "–" : seconds < 120 ? `${seconds.toFixed(1)} s` : `${(seconds / 60).toFixed(1)} min`);
 const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) : "–");
+
+let coverage = null;
+let coverageFetched = 0;
+
+function renderCoverage() {
+  if (!coverage) return;
+  el("coverage").innerHTML = "<tr><th>Exchange</th><th class='num'>Missing minutes</th><th class='num'>Markets with gaps</th><th>Repair</th></tr>" +
+    coverage.map((c) => `<tr>${cell(c.exchange)}<td class="num ${c.missing_minutes ? "down" : "ok"}">${c.missing_minutes}</td>` +
+      `<td class="num">${c.markets_with_gaps} / ${c.markets_known}</td>${cell(c.repair_job ? `${c.repair_job}: ${c.repair_left} request(s) left` : "idle")}</tr>`).join("");
+}
 
 function render(health, jobs) {
   el("stores").innerHTML = "<tr><th>Store</th><th>State</th><th>Detail</th></tr>" +
@@ -24,7 +35,8 @@ function render(health, jobs) {
       `${cell(j.complete ? "done" : j.finished ? "refreshing" : j.in_flight ? "running" : "waiting", j.complete ? "ok" : "")}</tr>`).join("");
   el("status").textContent = `platform ${health.status} · updated ${new Date().toLocaleTimeString()}`;
   el("status").className = "status-line" + (health.status === "ok" ? "" : " error");
-  window.cfrStatus = { health, jobs };
+  renderCoverage();
+  window.cfrStatus = { health, jobs, coverage };
 }
 
 async function refresh() {
@@ -32,6 +44,10 @@ async function refresh() {
     const health = await (await fetch("/api/health")).json();  // 503 still carries the report
     const response = await fetch("/api/status/backfills");
     const jobs = response.ok ? await response.json() : [];
+    if (Date.now() - coverageFetched > 30000) {
+      const answer = await fetch("/api/coverage/summary");
+      if (answer.ok) { coverage = await answer.json(); coverageFetched = Date.now(); }
+    }
     render(health, jobs);
   } catch (error) {
     el("status").textContent = String(error.message || error);

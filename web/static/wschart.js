@@ -18,13 +18,16 @@ const MA_LENGTH = 20;
 
 const state = {
   market: null, period: "1D", bars: [], loadingOlder: false, exhausted: false,
-  socket: null, liveUpdates: 0, generation: 0, precision: 2,
+  socket: null, liveUpdates: 0, generation: 0, precision: 2, coverage: null,
 };
+const STRIP = { complete: "rgba(38,166,154,0.7)", missing: "#ef5350", repairing: "#f5a623", unknown: "#2a2e39" };
+const COVERAGE_REFRESH_MS = 30000;
 window.cfrChart = {
   state,
   scrollBack: () => chart.timeScale().setVisibleLogicalRange({ from: 0, to: 60 }),
   barCount: () => candles.data().length,
   lastBar: () => { const d = candles.data(); return d.length ? d[d.length - 1] : null; },
+  coverage: () => state.coverage,
 };
 
 const el = (id) => document.getElementById(id);
@@ -98,6 +101,8 @@ async function loadHistory() {
       chart.timeScale().setVisibleRange({ from, to: last });
     }
     setStatus(`${state.bars.length} bars · ${PERIODS[state.period].interval} · live`);
+    state.coverage = null;
+    loadCoverage();
   } catch (error) {
     setStatus(String(error.message || error), true);
   }
@@ -118,6 +123,7 @@ async function loadOlder() {
       const range = chart.timeScale().getVisibleLogicalRange();
       drawAll();
       if (range) chart.timeScale().setVisibleLogicalRange({ from: range.from + bars.length, to: range.to + bars.length });
+      loadCoverage();
     }
   } catch (error) {
     setStatus(String(error.message || error), true);
@@ -126,7 +132,57 @@ async function loadOlder() {
   }
 }
 
-chart.timeScale().subscribeVisibleLogicalRangeChange((range) => { if (range && range.from < 10) loadOlder(); });
+chart.timeScale().subscribeVisibleLogicalRangeChange((range) => { if (range && range.from < 10) loadOlder(); drawCoverage(); });
+
+// The strip under the candles: for the span from each bar to the next, whether the history there is
+// complete, missing or being repaired (GET /api/coverage; ranges are ms, half-open).
+const overlaps = (ranges, a, b) => ranges.some(([s, e]) => s < b && e > a);
+const inside = (ranges, a, b) => ranges.some(([s, e]) => s <= a && e >= b);
+
+function spanState(cov, a, b) {
+  if (overlaps(cov.repairing, a, b)) return "repairing";
+  if (overlaps(cov.missing, a, b)) return "missing";
+  return inside(cov.covered, a, b) ? "complete" : "unknown";
+}
+
+function drawCoverage() {
+  const canvas = el("coverage");
+  const width = canvas.clientWidth, height = canvas.clientHeight;
+  if (canvas.width !== width) canvas.width = width;
+  if (canvas.height !== height) canvas.height = height;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, width, height);
+  const cov = state.coverage, bars = state.bars, scale = chart.timeScale();
+  if (!cov || !bars.length) return;
+  const plot = scale.width();  // the candles' area, without the price scale
+  const step = PERIODS[state.period].interval === "1m" ? 60 : (bars.length > 1 ? bars[1].time - bars[0].time : 60);
+  const half = (bars.length > 1 ? (scale.timeToCoordinate(bars[1].time) - scale.timeToCoordinate(bars[0].time)) : 6) / 2;
+  for (let i = 0; i < bars.length; i += 1) {
+    const x = scale.timeToCoordinate(bars[i].time);
+    if (x === null || x < -half || x > plot + half) continue;
+    const next = i + 1 < bars.length ? bars[i + 1].time : bars[i].time + step;
+    const nextX = i + 1 < bars.length ? scale.timeToCoordinate(next) : x + 2 * half;
+    const left = Math.max(0, x - half), right = Math.min(plot, (nextX ?? x + 2 * half) - half);
+    if (right <= left) continue;
+    ctx.fillStyle = STRIP[spanState(cov, bars[i].time * 1000, next * 1000)];
+    ctx.fillRect(left, 0, Math.max(1, right - left), height);
+  }
+}
+
+async function loadCoverage() {
+  const m = state.market;
+  if (!m || !state.bars.length) return;
+  const generation = state.generation;
+  const query = new URLSearchParams({ exchange: m.exchange, base_id: m.base_id, quote_id: m.quote_id, start: state.bars[0].time * 1000 });
+  try {
+    const response = await fetch("/api/coverage?" + query);
+    if (!response.ok || generation !== state.generation) return;
+    state.coverage = await response.json();
+    drawCoverage();
+  } catch (error) { /* the strip is a hint; the chart goes on without it */ }
+}
+setInterval(loadCoverage, COVERAGE_REFRESH_MS);
+window.addEventListener("resize", drawCoverage);
 
 function applyLive(bar) {
   const point = toPoint(bar);

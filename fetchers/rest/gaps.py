@@ -1,0 +1,90 @@
+"""Which minutes of which markets are missing: the pure half of the repair.
+
+A minute is known complete when a REST request that succeeded covered it (the exchange's final
+word), or when a websocket connection delivered it without interruption — unless the live pipeline
+recorded an outage over it or a REST request for it failed for good (`ohlcvs_errors`). A market's
+history runs from its first bar to the later of its last bar and its last covered minute; every
+minute in it that is not known complete is missing, and so is every outage or failed request that
+no REST request has covered since. A minute without a row inside a covered range is not missing:
+Bitfinex sends no candle for a minute without trades.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from common.candle import Market
+from common.coverage import MarketKey
+from common.intervals import Range, clip, merge, subtract, total
+from common.timeutil import MINUTE_MS, floor_minute_ms
+from fetchers.exchanges.base import ExchangeAdapter, FetchTask
+
+
+@dataclass(frozen=True, slots=True)
+class MarketEvidence:
+    """Everything the database says about one market's completeness."""
+
+    bounds: Range | None = None
+    """(first bar time, last bar time + 1 minute), None when the market has no rows."""
+    rest: list[Range] = field(default_factory=list)
+    ws: list[Range] = field(default_factory=list)
+    outages: list[Range] = field(default_factory=list)
+    failed: list[Range] = field(default_factory=list)
+
+
+def covered_ranges(evidence: MarketEvidence) -> list[Range]:
+    """Minutes known complete: REST coverage, plus websocket coverage outside outages and failures."""
+    return merge(evidence.rest + subtract(evidence.ws, evidence.outages + evidence.failed))
+
+
+def missing_ranges(evidence: MarketEvidence, since_ms: int, until_ms: int) -> list[Range]:
+    """Minutes of [since_ms, until_ms) the market is missing (minute-aligned, merged)."""
+    since_ms = floor_minute_ms(since_ms)
+    until_ms = floor_minute_ms(until_ms)
+    if until_ms <= since_ms:
+        return []
+    history: list[Range] = []
+    if evidence.bounds is not None:
+        known_end = max((end for _, end in evidence.rest + evidence.ws), default=evidence.bounds[1])
+        history.append((evidence.bounds[0], max(evidence.bounds[1], known_end)))
+    wanted = merge(history + evidence.outages + evidence.failed)
+    return clip(subtract(wanted, covered_ranges(evidence)), since_ms, until_ms)
+
+
+def plan_gaps(
+    evidence: Mapping[MarketKey, MarketEvidence], since_ms: int, until_ms: int
+) -> dict[MarketKey, list[Range]]:
+    """Missing ranges per market (markets with none are left out)."""
+    gaps = {key: missing_ranges(ev, since_ms, until_ms) for key, ev in evidence.items()}
+    return {key: ranges for key, ranges in sorted(gaps.items()) if ranges}
+
+
+def missing_minutes(gaps: Mapping[MarketKey, list[Range]]) -> int:
+    return sum(total(ranges) for ranges in gaps.values()) // MINUTE_MS
+
+
+def plan_repair_tasks(
+    adapter: ExchangeAdapter,
+    markets: Mapping[MarketKey, Market],
+    gaps: Mapping[MarketKey, list[Range]],
+    max_requests: int,
+) -> list[FetchTask]:
+    """The requests that fill `gaps`, newest gaps first across markets (a recent hole matters most
+    to live users), at most `max_requests` (the next run plans the rest)."""
+
+    def requests(key: MarketKey) -> Iterator[FetchTask]:
+        market = markets[key]
+        for start, end in reversed(gaps[key]):
+            tasks = list(adapter.plan_fetch_tasks(market, start, end))
+            yield from reversed(tasks)
+
+    streams = [requests(key) for key in gaps if key in markets]
+    ordered = heapq.merge(*streams, key=lambda t: (-t.start_ms, t.symbol))
+    planned: list[FetchTask] = []
+    for task in ordered:
+        if len(planned) >= max_requests:
+            break
+        planned.append(task)
+    return planned

@@ -1,0 +1,190 @@
+"""The automatic repair: find each market's missing minutes and queue a low-priority backfill of them.
+
+`plan_repair` reads the evidence (first and last bar, coverage, outages, failed requests) and asks
+the pure planner (`fetchers.rest.gaps`) for the gaps; `submit_repair` stores them as an ordinary
+backfill job marked low priority — the same durable queue, engine, writer and shared rate budget
+as a user's backfill, except that it only uses the budget user backfills leave free. One repair job
+per exchange at a time: while one is unfinished, a new run plans nothing and returns it. The ranges
+it repairs are kept beside its id in Redis, so the coverage API can show them as being repaired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from psycopg2.extensions import connection as PgConnection
+
+from common.candle import Market
+from common.coverage import (
+    REST,
+    WS,
+    MarketKey,
+    read_coverage,
+    read_failed_requests,
+    read_history_bounds,
+    read_outages,
+)
+from common.db import connection, load_markets
+from common.intervals import Range, merge
+from common.redis_keys import backfill_key, ws_health_key
+from common.settings import Settings
+from common.timeutil import MINUTE_MS, floor_minute_ms
+from fetchers.exchanges import get_adapter
+from fetchers.exchanges.base import FetchTask
+from fetchers.rest.exchange_clock import ExchangeClockUnavailable, exchange_now_ms
+from fetchers.rest.gaps import MarketEvidence, missing_minutes, plan_gaps, plan_repair_tasks
+from fetchers.rest.job_store import JobInfo, JobStore, job_scope
+from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
+
+log = logging.getLogger(__name__)
+
+
+def repair_key(exchange: str, scope: str) -> str:
+    """Hash of the exchange's current repair job: `job` (its id) and `ranges` (what it repairs)."""
+    return backfill_key("repair", exchange, scope)
+
+
+def load_evidence(
+    conn: PgConnection,
+    exchange: str,
+    base_id: str | None = None,
+    quote_id: str | None = None,
+    since_ms: int = 0,
+) -> dict[MarketKey, MarketEvidence]:
+    """What the database knows about the completeness of one market or of every market of `exchange`."""
+    bounds = read_history_bounds(conn, exchange, base_id, quote_id)
+    coverage = read_coverage(conn, exchange, base_id, quote_id, since_ms)
+    outages = read_outages(conn, exchange, base_id, quote_id, since_ms)
+    failed = read_failed_requests(conn, exchange, base_id, quote_id, since_ms)
+    keys = set(bounds) | set(coverage) | set(outages) | set(failed)
+    return {
+        key: MarketEvidence(
+            bounds=bounds.get(key),
+            rest=coverage.get(key, {}).get(REST, []),
+            ws=coverage.get(key, {}).get(WS, []),
+            outages=outages.get(key, []),
+            failed=failed.get(key, []),
+        )
+        for key in keys
+    }
+
+
+async def known_exchange_now_ms(exchange: str, client: aioredis.Redis) -> int:
+    """The exchange's present as the platform knows it without asking: the newest bar time its live
+    feed has seen (ahead of this machine when the exchange runs fast, e.g. an accelerated simulator)
+    or this machine's clock, whichever is later. For the web; the repair asks the exchange."""
+    seen = await client.hget(ws_health_key(exchange), "exchange_time_ms")
+    return max(int(time.time() * 1000), int(seen) + MINUTE_MS if seen else 0)
+
+
+async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redis) -> int:
+    """The exchange's own clock (asked at low priority in the shared budget); what the live feed
+    has seen when the exchange cannot tell."""
+    limiter = SharedRateLimiter(
+        client,
+        exchange,
+        get_adapter(exchange).rate_limit(settings),
+        priority=LOW,
+        yield_seconds=settings.repair_yield_seconds,
+    )
+    try:
+        return await exchange_now_ms(settings, exchange, limiter)
+    except ExchangeClockUnavailable as error:
+        log.warning("%s: %s; planning the repair with the live feed's clock", exchange, error)
+        return await known_exchange_now_ms(exchange, client)
+
+
+@dataclass(frozen=True, slots=True)
+class RepairPlan:
+    exchange: str
+    since_ms: int
+    until_ms: int
+    gaps: dict[MarketKey, list[Range]]
+    tasks: list[FetchTask]
+
+    @property
+    def missing_minutes(self) -> int:
+        return missing_minutes(self.gaps)
+
+
+def plan_repair(settings: Settings, exchange: str, now_ms: int, since_ms: int = 0) -> RepairPlan:
+    """The gaps of every market of `exchange` in [since_ms, now less the settle time), and the
+    requests (at most `repair_max_requests`) that fill them, newest first."""
+    until_ms = floor_minute_ms(now_ms) - settings.repair_settle_minutes * MINUTE_MS
+    with connection(settings) as conn:
+        markets: dict[MarketKey, Market] = {(m.base_id, m.quote_id): m for m in load_markets(conn, exchange)}
+        evidence = load_evidence(conn, exchange, since_ms=since_ms)
+    gaps = plan_gaps(evidence, since_ms, until_ms)
+    tasks = plan_repair_tasks(get_adapter(exchange), markets, gaps, settings.repair_max_requests)
+    return RepairPlan(exchange, since_ms, until_ms, gaps, tasks)
+
+
+async def current_repair(client: aioredis.Redis, settings: Settings, exchange: str) -> JobInfo | None:
+    """The exchange's repair job if it is still unfinished (not done, not cancelled)."""
+    job_id = await client.hget(repair_key(exchange, job_scope(settings)), "job")
+    if job_id is None:
+        return None
+    try:
+        job = await JobStore(client, job_scope(settings)).info(job_id.decode())
+    except KeyError:
+        return None
+    return job if job.resumable else None
+
+
+async def repairing_ranges(
+    client: aioredis.Redis, settings: Settings, exchange: str, base_id: str, quote_id: str
+) -> list[Range]:
+    """What the exchange's unfinished repair job is fetching for one market."""
+    if await current_repair(client, settings, exchange) is None:
+        return []
+    raw = await client.hget(repair_key(exchange, job_scope(settings)), "ranges")
+    ranges = json.loads(raw) if raw else {}
+    return merge(tuple(r) for r in ranges.get(f"{base_id}/{quote_id}", []))
+
+
+@dataclass(frozen=True, slots=True)
+class RepairSubmission:
+    job: JobInfo | None
+    plan: RepairPlan | None
+    new: bool
+    """False when an unfinished repair job was found and returned instead of planning a new one."""
+
+
+async def submit_repair(settings: Settings, exchange: str, since_ms: int = 0) -> RepairSubmission:
+    """Plan the exchange's gaps and store them as a low-priority job (None when nothing is missing)."""
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        running = await current_repair(client, settings, exchange)
+        if running is not None:
+            return RepairSubmission(running, None, False)
+        now_ms = await repair_now_ms(settings, exchange, client)
+        plan = plan_repair(settings, exchange, now_ms, since_ms)
+        if not plan.tasks:
+            return RepairSubmission(None, plan, True)
+        adapter = get_adapter(exchange)
+        limit = adapter.rate_limit(settings)
+        per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
+        symbols = sorted({t.symbol for t in plan.tasks})
+        job = await JobStore(client, job_scope(settings)).create(
+            exchange,
+            min(t.start_ms for t in plan.tasks),
+            max(t.end_ms for t in plan.tasks),
+            symbols,
+            plan.tasks,
+            limit_per_minute=per_minute,
+            priority=LOW,
+        )
+        ranges: dict[str, list[Range]] = {}
+        for task in plan.tasks:
+            ranges.setdefault(f"{task.base_id}/{task.quote_id}", []).append((task.start_ms, task.end_ms))
+        await client.hset(
+            repair_key(exchange, job_scope(settings)),
+            mapping={"job": job.id, "ranges": json.dumps({k: merge(v) for k, v in ranges.items()})},
+        )
+        return RepairSubmission(job, plan, True)
+    finally:
+        await client.aclose()

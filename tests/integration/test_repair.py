@@ -1,0 +1,152 @@
+"""The automatic repair against the simulator, real PostgreSQL and real Redis: gaps found from
+coverage, outages and failed requests are backfilled exactly, and a repair leaves user backfills
+their rate budget."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from common.coverage import REST, read_coverage
+from common.db import connection
+from common.timeutil import MINUTE_MS, ms_to_datetime
+from fetchers.exchanges import get_adapter
+from fetchers.rest.engine import BackfillEngine, EngineOptions
+from fetchers.rest.job_store import JobStore, job_scope
+from fetchers.rest.jobs import create_job, plan_job
+from fetchers.rest.markets import refresh_markets
+from fetchers.rest.repair import plan_repair, submit_repair
+from tests.support.backfill import day_aligned_range, run_job, stored_candles, truth_candles
+
+pytestmark = pytest.mark.integration
+
+HOUR = 60 * MINUTE_MS
+SYMBOLS = ["BTCUSDT", "ETHBTC"]
+
+
+def market_of(settings, exchange: str, symbol: str) -> tuple[str, str]:
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT base_id, quote_id FROM symbol_exchange WHERE exchange = %s AND symbol = %s",
+            (exchange, symbol),
+        )
+        return cur.fetchone()
+
+
+def test_gaps_outages_and_failed_requests_are_repaired_exactly(platform_settings, simulator):
+    exchange = "binance"
+    start, _ = day_aligned_range(simulator, days_back=3, days=1)
+    run_job(platform_settings, exchange, start, start + 6 * HOUR, SYMBOLS)
+    run_job(platform_settings, exchange, start + 8 * HOUR, start + 12 * HOUR, SYMBOLS)
+    btc = market_of(platform_settings, exchange, "BTCUSDT")
+    with connection(platform_settings) as conn, conn.cursor() as cur:
+        cur.execute(  # the live feed lost half an hour after the last bar
+            "INSERT INTO ohlcvs_outages (exchange, base_id, quote_id, start_time, end_time, reason) "
+            "VALUES (%s, %s, %s, %s, %s, 'connection lost: test')",
+            (
+                exchange,
+                *btc,
+                ms_to_datetime(start + 12 * HOUR),
+                ms_to_datetime(start + 12 * HOUR + 30 * MINUTE_MS),
+            ),
+        )
+        cur.execute(  # a request before the first bar failed for good
+            "INSERT INTO ohlcvs_errors (exchange, symbol, start_date, end_date, time_frame, ohlcv_section) "
+            "VALUES (%s, 'BTCUSDT', %s, %s, '1m', 'hist')",
+            (exchange, ms_to_datetime(start - 2 * HOUR), ms_to_datetime(start - HOUR)),
+        )
+
+    now_ms = simulator.clock()["current_minute_ms"]
+    plan = plan_repair(platform_settings, exchange, now_ms)
+    eth = market_of(platform_settings, exchange, "ETHBTC")
+    assert plan.gaps == {
+        btc: [
+            (start - 2 * HOUR, start - HOUR),
+            (start + 6 * HOUR, start + 8 * HOUR),
+            (start + 12 * HOUR, start + 12 * HOUR + 30 * MINUTE_MS),
+        ],
+        eth: [(start + 6 * HOUR, start + 8 * HOUR)],
+    }
+    assert plan.missing_minutes == 60 + 120 + 30 + 120
+
+    submission = asyncio.run(submit_repair(platform_settings, exchange))
+    assert submission.new and submission.job.priority == "low"
+    again = asyncio.run(submit_repair(platform_settings, exchange))
+    assert not again.new and again.job.id == submission.job.id  # one repair at a time
+    job = asyncio.run(BackfillEngine(platform_settings, submission.job.id).run())
+    assert job.finished and job.failed == 0
+
+    for symbol, ranges in (("BTCUSDT", plan.gaps[btc]), ("ETHBTC", plan.gaps[eth])):
+        for begin, end in [*ranges, (start, start + 12 * HOUR)]:
+            assert stored_candles(platform_settings, exchange, symbol, begin, end) == truth_candles(
+                simulator, exchange, symbol, begin, end
+            )
+    # history now starts two hours earlier: the hour between is a gap too, for the next run
+    assert plan_repair(platform_settings, exchange, now_ms).gaps == {btc: [(start - HOUR, start)]}
+    second = asyncio.run(submit_repair(platform_settings, exchange))
+    assert second.new and asyncio.run(BackfillEngine(platform_settings, second.job.id).run()).failed == 0
+    assert plan_repair(platform_settings, exchange, now_ms).gaps == {}
+    with connection(platform_settings) as conn:
+        coverage = read_coverage(conn, exchange)
+    assert coverage[eth][REST] == [(start, start + 12 * HOUR)]
+    assert coverage[btc][REST] == [(start - 2 * HOUR, start + 12 * HOUR + 30 * MINUTE_MS)]
+    assert asyncio.run(submit_repair(platform_settings, exchange)).job is None
+
+
+def test_a_user_backfill_keeps_at_least_90_percent_of_the_budget_while_a_repair_runs(
+    platform_settings, simulator
+):
+    exchange = "binance"
+    asyncio.run(refresh_markets(platform_settings, exchange))
+    adapter = get_adapter(exchange)
+    start, _ = day_aligned_range(simulator, days_back=25, days=20)
+
+    async def scenario() -> tuple[int, int, int]:
+        import redis.asyncio as aioredis
+
+        from common.db import load_markets
+
+        with connection(platform_settings) as conn:
+            markets = load_markets(conn, exchange, trading_only=True)
+        client = aioredis.from_url(platform_settings.redis_url)
+        store = JobStore(client, job_scope(platform_settings))
+        repair_job = await store.create(
+            exchange,
+            start,
+            start + 20 * 1440 * MINUTE_MS,
+            [m.symbol for m in markets],
+            plan_job(adapter, markets, start, start + 20 * 1440 * MINUTE_MS),
+            priority="low",
+        )
+        options = EngineOptions.from_settings(platform_settings, concurrency=2)
+        repair = BackfillEngine(platform_settings, repair_job.id, options)
+        repair_task = asyncio.create_task(repair.run())
+        while repair.requests_sent < 5:
+            await asyncio.sleep(0.05)
+        user_job = await create_job(
+            platform_settings,
+            exchange,
+            ms_to_datetime(start),
+            ms_to_datetime(start + 10 * 1440 * MINUTE_MS),
+            SYMBOLS,
+        )
+        user = BackfillEngine(platform_settings, user_job.id)
+        before = repair.requests_sent
+        user_task = asyncio.create_task(user.run())
+        while user.requests_sent < user_job.total:  # the window in which the user backfill sends
+            await asyncio.sleep(0.01)
+        during = repair.requests_sent - before
+        finished = await user_task
+        while repair.requests_sent <= before + during + 3:  # the repair goes on once the budget is free
+            await asyncio.sleep(0.05)
+        await store.cancel(repair_job.id)
+        await repair_task
+        await client.aclose()
+        assert finished.finished and finished.failed == 0
+        return user.requests_sent, during, finished.total
+
+    user_sent, repair_sent, user_total = asyncio.run(scenario())
+    assert user_sent >= user_total
+    assert user_sent >= 0.9 * (user_sent + repair_sent), (user_sent, repair_sent)
+    assert simulator.stats()[exchange]["over_limit"] == 0

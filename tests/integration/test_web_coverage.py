@@ -1,0 +1,96 @@
+"""GET /api/coverage and /api/coverage/summary on a real server, with known coverage and outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from common.coverage import REST, WS, CoverageRange, record_coverage
+from common.db import connection
+from common.timeutil import ms_to_datetime
+from fetchers.exchanges.base import FetchTask
+from fetchers.rest.job_store import JobStore, job_scope
+from fetchers.rest.repair import repair_key
+from tests.support.web import BASE_MS, BTC, ETH, HOUR_MS, http_get, running_web, seed_known_data
+
+pytestmark = pytest.mark.integration
+
+MIN = 60_000
+
+
+@pytest.fixture
+def api(settings):
+    seed_known_data(settings, [BTC, ETH], list(range(6 * 60)))
+    with connection(settings) as conn, conn.cursor() as cur:
+        record_coverage(
+            conn,
+            [
+                CoverageRange("binance", "BTC", "USDT", BASE_MS, BASE_MS + 2 * HOUR_MS, REST),
+                CoverageRange("binance", "BTC", "USDT", BASE_MS + 2 * HOUR_MS, BASE_MS + 5 * HOUR_MS, WS),
+            ],
+        )
+        cur.execute(
+            "INSERT INTO ohlcvs_outages (exchange, base_id, quote_id, start_time, end_time, reason) "
+            "VALUES ('binance', 'BTC', 'USDT', %s, %s, 'connection lost: test')",
+            (ms_to_datetime(BASE_MS + 3 * HOUR_MS), ms_to_datetime(BASE_MS + 3 * HOUR_MS + 10 * MIN)),
+        )
+
+    async def repair_under_way() -> None:
+        client = aioredis.from_url(settings.redis_url)
+        store = JobStore(client, job_scope(settings))
+        gap = (BASE_MS + 3 * HOUR_MS, BASE_MS + 3 * HOUR_MS + 10 * MIN)
+        task = FetchTask("binance", "BTCUSDT", "BTC", "USDT", *gap)
+        job = await store.create("binance", *gap, ["BTCUSDT"], [task], priority="low")
+        ranges = {"BTC/USDT": [[BASE_MS + 3 * HOUR_MS, BASE_MS + 3 * HOUR_MS + 10 * MIN]]}
+        await client.hset(
+            repair_key("binance", job_scope(settings)), mapping={"job": job.id, "ranges": json.dumps(ranges)}
+        )
+        await client.aclose()
+
+    asyncio.run(repair_under_way())
+    with running_web(settings) as base:
+        yield base + "/api"
+
+
+def get(api, **params):
+    query = {"exchange": "binance", "base_id": "BTC", "quote_id": "USDT", **params}
+    return http_get(api + "/coverage", **query)
+
+
+def test_covered_missing_and_repairing_ranges_of_one_market(api):
+    status, body = get(api, start=BASE_MS, end=BASE_MS + 6 * HOUR_MS)
+    assert status == 200
+    h = lambda hours, minutes=0: BASE_MS + hours * HOUR_MS + minutes * MIN  # noqa: E731
+    assert body["covered"] == [[h(0), h(3)], [h(3, 10), h(5)]]
+    assert body["missing"] == [[h(3), h(3, 10)], [h(5), h(6)]]
+    assert body["repairing"] == [[h(3), h(3, 10)]]
+    assert body["missing_minutes"] == 70
+    status, window = get(api, start=h(1), end=h(2))
+    assert (status, window["covered"], window["missing"]) == (200, [[h(1), h(2)]], [])
+
+
+@pytest.mark.parametrize(
+    "params, code, fragment",
+    [
+        ({"start": BASE_MS + 10 * MIN, "end": BASE_MS}, 400, "must be before end"),
+        ({"base_id": "NOPE"}, 404, "unknown market"),
+        ({"exchange": "kraken"}, 422, "exchange"),
+        ({"start": "yesterday"}, 422, "start"),
+    ],
+)
+def test_bad_input_is_a_4xx_saying_what_to_send(api, params, code, fragment):
+    status, body = get(api, **params)
+    assert status == code and fragment in body["detail"], body
+
+
+def test_summary_counts_missing_minutes_per_exchange(api):
+    status, body = http_get(api + "/coverage/summary")
+    assert status == 200
+    by_exchange = {row["exchange"]: row for row in body}
+    assert by_exchange["binance"]["missing_minutes"] == 70
+    assert by_exchange["binance"]["repair_job"] is not None
+    assert by_exchange["bitfinex"]["missing_minutes"] == 6 * 60  # nothing vouches for its rows
+    assert by_exchange["bittrex"]["missing_minutes"] == 0

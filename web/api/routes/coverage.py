@@ -1,0 +1,97 @@
+"""GET /api/coverage: which minutes of a market are known complete, missing, or being repaired;
+GET /api/coverage/summary: the missing minutes of every exchange (for the status page)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from common import reads
+from common.intervals import clip, intersect
+from common.settings import EXCHANGES, ExchangeName
+from common.timeutil import MINUTE_MS, floor_minute_ms
+from fetchers.rest.gaps import covered_ranges, missing_minutes, missing_ranges, plan_gaps
+from fetchers.rest.repair import current_repair, known_exchange_now_ms, load_evidence, repairing_ranges
+from web.api.deps import PoolDep, RedisDep, SettingsDep
+from web.api.errors import BadRequest
+from web.api.routes.ohlcvs import MAX_MS, MarketId
+
+router = APIRouter(prefix="/coverage", tags=["coverage"])
+
+
+@router.get("", summary="Covered and missing minutes of one market")
+async def coverage(
+    settings: SettingsDep,
+    pool: PoolDep,
+    redis: RedisDep,
+    exchange: ExchangeName,
+    base_id: MarketId,
+    quote_id: MarketId,
+    start: Annotated[
+        int | None, Query(ge=0, le=MAX_MS, description="ms, inclusive (default: first bar)")
+    ] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_MS, description="ms, exclusive (default: now)")] = None,
+) -> dict:
+    """Ranges `[start, end)` in ms, merged and oldest first: `covered` (known complete: a REST fetch
+    succeeded, or the live feed delivered them without interruption; minutes without a bar inside
+    them had no trades), `missing` (everything else since the market's first bar, with recorded
+    outages and failed requests), and `repairing` (the part of `missing` a repair job is fetching).
+    The newest REPAIR_SETTLE_MINUTES are left to the live feed and never reported missing."""
+    if start is not None and end is not None and start >= end:
+        raise BadRequest(f"start ({start}) must be before end ({end}): both ms, the range is [start, end)")
+    if not await pool.run(lambda conn: reads.market_exists(conn, exchange, base_id, quote_id)):
+        raise BadRequest(
+            f"unknown market {exchange} {base_id}/{quote_id}: "
+            f"see GET /api/symbol-exchange?exchange={exchange} for the markets",
+            404,
+        )
+    evidence = (await pool.run(lambda conn: load_evidence(conn, exchange, base_id, quote_id))).get(
+        (base_id, quote_id)
+    )
+    until = floor_minute_ms(await known_exchange_now_ms(exchange, redis)) - (
+        settings.repair_settle_minutes * MINUTE_MS
+    )
+    first = floor_minute_ms(start) if start is not None else 0
+    last = min(floor_minute_ms(end), until) if end is not None else until
+    covered, missing = [], []
+    if evidence is not None and last > first:
+        covered = clip(covered_ranges(evidence), first, last)
+        missing = missing_ranges(evidence, first, last)
+    repairing = intersect(missing, await repairing_ranges(redis, settings, exchange, base_id, quote_id))
+    return {
+        "exchange": exchange,
+        "base_id": base_id,
+        "quote_id": quote_id,
+        "start": start
+        if start is not None
+        else (evidence.bounds[0] if evidence and evidence.bounds else None),
+        "end": last,
+        "covered": [list(r) for r in covered],
+        "missing": [list(r) for r in missing],
+        "repairing": [list(r) for r in repairing],
+        "missing_minutes": sum(e - s for s, e in missing) // MINUTE_MS,
+    }
+
+
+@router.get("/summary", summary="Missing minutes per exchange")
+async def summary(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> list[dict]:
+    """Per exchange: the minutes missing from its markets' history (as `GET /api/coverage` counts
+    them), how many markets have any, and the repair job under way, if one is."""
+    result = []
+    for exchange in EXCHANGES:
+        evidence = await pool.run(lambda conn, ex=exchange: load_evidence(conn, ex))
+        now = await known_exchange_now_ms(exchange, redis)
+        gaps = plan_gaps(evidence, 0, floor_minute_ms(now) - settings.repair_settle_minutes * MINUTE_MS)
+        job = await current_repair(redis, settings, exchange)
+        result.append(
+            {
+                "exchange": exchange,
+                "missing_minutes": missing_minutes(gaps),
+                "markets_with_gaps": len(gaps),
+                "markets_known": len(evidence),
+                "repair_job": job.id if job is not None else None,
+                "repair_left": job.left if job is not None else 0,
+            }
+        )
+    return result
