@@ -133,17 +133,13 @@ def read_outages(
     since_ms: int = 0,
 ) -> dict[MarketKey, list[Range]]:
     """Spans the live pipeline recorded as possibly incomplete (`ohlcvs_outages`)."""
-    found: dict[MarketKey, list[Range]] = defaultdict(list)
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT base_id, quote_id, start_time, end_time FROM ohlcvs_outages WHERE exchange = %(exchange)s"
-            " AND (%(base)s::text IS NULL OR (base_id = %(base)s AND quote_id = %(quote)s))"
-            " AND end_time > timestamptz 'epoch' + %(since)s * interval '1 ms'",
-            {"exchange": exchange, "base": base_id, "quote": quote_id, "since": since_ms},
-        )
-        for base, quote, start, end in cur.fetchall():
-            found[(base, quote)].append((datetime_to_ms(start), datetime_to_ms(end)))
-    return dict(found)
+    return _ranges_by_market(
+        conn,
+        "SELECT base_id, quote_id, start_time, end_time FROM ohlcvs_outages WHERE exchange = %(exchange)s"
+        " AND (%(base)s::text IS NULL OR (base_id = %(base)s AND quote_id = %(quote)s))"
+        " AND end_time > timestamptz 'epoch' + %(since)s * interval '1 ms'",
+        {"exchange": exchange, "base": base_id, "quote": quote_id, "since": since_ms},
+    )
 
 
 def read_failed_requests(
@@ -154,16 +150,22 @@ def read_failed_requests(
     since_ms: int = 0,
 ) -> dict[MarketKey, list[Range]]:
     """Ranges of REST requests that failed for good (`ohlcvs_errors`), per market."""
+    return _ranges_by_market(
+        conn,
+        "SELECT s.base_id, s.quote_id, e.start_date, e.end_date FROM ohlcvs_errors e"
+        " JOIN symbol_exchange s ON s.exchange = e.exchange AND s.symbol = e.symbol"
+        " WHERE e.exchange = %(exchange)s AND e.start_date IS NOT NULL AND e.end_date IS NOT NULL"
+        " AND (%(base)s::text IS NULL OR (s.base_id = %(base)s AND s.quote_id = %(quote)s))"
+        " AND e.end_date > timestamptz 'epoch' + %(since)s * interval '1 ms'",
+        {"exchange": exchange, "base": base_id, "quote": quote_id, "since": since_ms},
+    )
+
+
+def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[MarketKey, list[Range]]:
+    """Rows of (base_id, quote_id, start, end) as millisecond ranges per market."""
     found: dict[MarketKey, list[Range]] = defaultdict(list)
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT s.base_id, s.quote_id, e.start_date, e.end_date FROM ohlcvs_errors e"
-            " JOIN symbol_exchange s ON s.exchange = e.exchange AND s.symbol = e.symbol"
-            " WHERE e.exchange = %(exchange)s AND e.start_date IS NOT NULL AND e.end_date IS NOT NULL"
-            " AND (%(base)s::text IS NULL OR (s.base_id = %(base)s AND s.quote_id = %(quote)s))"
-            " AND e.end_date > timestamptz 'epoch' + %(since)s * interval '1 ms'",
-            {"exchange": exchange, "base": base_id, "quote": quote_id, "since": since_ms},
-        )
+        cur.execute(query, params)
         for base, quote, start, end in cur.fetchall():
             found[(base, quote)].append((datetime_to_ms(start), datetime_to_ms(end)))
     return dict(found)
