@@ -28,8 +28,9 @@ import redis.asyncio as aioredis
 from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, Settings, load_settings_or_exit
-from common.timeutil import ms_to_datetime, parse_utc, utc_now
-from fetchers.rest.engine import BackfillEngine
+from common.timeutil import MINUTE_MS, ms_to_datetime, parse_utc, utc_now
+from fetchers.rest.engine import BackfillEngine, run
+from fetchers.rest.history import first_available_minutes
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
 from fetchers.rest.jobs import BackfillRequestError, check_exchange, create_job, validate_range
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
@@ -65,7 +66,7 @@ def split_symbols(value: str | None) -> list[str] | None:
 def run_async(coro):
     """Run a coroutine; bad input becomes exit code 2, service failures one line and exit code 1."""
     try:
-        return asyncio.run(coro)
+        return run(coro)
     except BackfillRequestError as error:
         fail(str(error), EXIT_USAGE)
     except (DatabaseError, MarketsUnavailable) as error:
@@ -190,6 +191,26 @@ def span(start_ms: int, end_ms: int) -> str:
     return f"{ms_to_datetime(start_ms):%Y-%m-%d %H:%M} .. {ms_to_datetime(end_ms):%Y-%m-%d %H:%M}"
 
 
+def warn_outside_history(settings: Settings, job: JobInfo) -> None:
+    """Fewer candles than minutes: say where the exchange's history starts when the job asked for
+    minutes before it (naming the first available minute), and say so when nothing was found."""
+    firsts = run_async(first_available_minutes(settings, job.exchange, job.symbols))
+    late = {symbol: first for symbol, first in firsts.items() if first is not None and first > job.start_ms}
+    for symbol, first in late.items():
+        click.echo(
+            f"warning: {job.exchange} {symbol}: the exchange's history starts at "
+            f"{ms_to_datetime(first):%Y-%m-%d %H:%M} UTC (first available minute); nothing before it "
+            f"was stored for {span(job.start_ms, job.end_ms)} UTC",
+            err=True,
+        )
+    if job.candles == 0 and not late:
+        click.echo(
+            f"warning: the exchange has no candles for these markets in {span(job.start_ms, job.end_ms)} UTC "
+            "(before their listing, or outside the history it serves)",
+            err=True,
+        )
+
+
 def report(settings: Settings, job: JobInfo) -> int:
     """Print the job's outcome; returns the exit code (1 if any request failed for good)."""
     click.echo(
@@ -197,12 +218,12 @@ def report(settings: Settings, job: JobInfo) -> int:
         f"{len(job.symbols)} market(s): {job.done:,} requests done, {job.failed:,} failed, "
         f"{job.candles:,} candles written{', aggregates refreshed' if job.refreshed else ''}"
     )
-    if job.finished and job.done and job.candles == 0:
-        click.echo(
-            f"warning: the exchange has no candles for these markets in {span(job.start_ms, job.end_ms)} UTC "
-            "(before their listing, or outside the history it serves)",
-            err=True,
-        )
+    if (
+        job.finished
+        and job.done
+        and job.candles < len(job.symbols) * (job.end_ms - job.start_ms) // MINUTE_MS
+    ):
+        warn_outside_history(settings, job)
     if not job.failed:
         return 0
     tasks = run_async(failed_tasks(settings, job.id))
