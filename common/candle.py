@@ -147,16 +147,21 @@ class CandleBlock:
     @classmethod
     def from_candles(cls, exchange: str, base_id: str, quote_id: str, candles: list[Candle]) -> CandleBlock:
         """The candles of this market by time (of equal times the last kept); ValueError if a candle
-        belongs to another market or is not exact decimal text."""
-        latest: dict[int, str] = {}
+        belongs to another market or is not exact decimal text (checked in bulk by the block)."""
+        latest: dict[int, Candle] = {}
         for c in candles:
-            if c.exchange != exchange or c.base_id != base_id or c.quote_id != quote_id:
+            if c.base_id != base_id or c.quote_id != quote_id or c.exchange != exchange:
                 raise ValueError(f"a {exchange} {base_id}/{quote_id} block cannot hold {c!r}")
-            if c.time.__class__ is not int or c.time % MINUTE_MS:
-                raise ValueError(f"a candle needs an int time on a whole minute (ms): {c!r}")
-            latest[c.time] = check_ohlcv(c.open, c.high, c.low, c.close, c.volume)
-        times = sorted(latest)
-        return cls(exchange, base_id, quote_id, times, [f"{t}\t{latest[t]}" for t in times])
+            latest[c.time] = c
+        try:
+            times = sorted(latest)
+            lines = [
+                f"{t:d}\t" + "\t".join((c.open, c.high, c.low, c.close, c.volume))
+                for t, c in ((t, latest[t]) for t in times)
+            ]
+        except (TypeError, ValueError):
+            raise ValueError(f"candles need int times and str values: {candles[:3]!r}") from None
+        return cls(exchange, base_id, quote_id, times, lines)
 
     def candles(self) -> list[Candle]:
         """The block as Candle values (for comparison and tests; the hot path never needs them)."""

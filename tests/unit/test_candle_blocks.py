@@ -123,3 +123,80 @@ def test_binance_block_refuses_what_parse_candles_refuses(body):
         adapter.parse_candles(task, body)
     with pytest.raises(ValueError):
         adapter.parse_candle_block(task, body)
+
+
+def bitfinex_row(time_ms: int, open_="37050.01", volume="12.3456") -> str:
+    return f"[{time_ms},{open_},37062.5,37065,37049,{volume}]"
+
+
+BITFINEX_BODIES = {
+    "usual": "[" + ",".join(bitfinex_row(T0 + i * MIN) for i in range(5)) + "]",
+    "empty": "[]",
+    "numbers written many ways": "["
+    + ",".join(
+        [
+            bitfinex_row(T0, "3e-8", "0.00000000"),
+            bitfinex_row(T0 + MIN, "1.50000", "1E+2"),
+            bitfinex_row(T0 + 2 * MIN, "-0", "0"),
+        ]
+    )
+    + "]",
+    "newest first": "[" + ",".join(bitfinex_row(T0 + i * MIN) for i in (2, 1, 0)) + "]",
+    "a row before and after the range": "["
+    + ",".join(bitfinex_row(T0 + i * MIN) for i in range(-1, 6))
+    + "]",
+    "a row off the minute": "[" + ",".join([bitfinex_row(T0), bitfinex_row(T0 + MIN + 7)]) + "]",
+    "a repeated row": "[" + ",".join([bitfinex_row(T0), bitfinex_row(T0), bitfinex_row(T0 + MIN)]) + "]",
+    "spaces": "[[" + str(T0) + ", 1, 2, 3, 0.5, 10]]",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BITFINEX_BODIES))
+def test_bitfinex_block_is_the_same_candles_as_parse_candles(name):
+    task = FetchTask("bitfinex", "tBTCUSD", "BTC", "USD", T0, T0 + 5 * MIN)
+    body = BITFINEX_BODIES[name]
+    adapter = get_adapter("bitfinex")
+    candles = adapter.parse_candles(task, body)
+    assert adapter.parse_candle_block(task, body) == CandleBlock.from_candles(
+        "bitfinex", "BTC", "USD", candles
+    )
+
+
+def test_bitfinex_block_keeps_each_numbers_own_text():
+    task = FetchTask("bitfinex", "tBTCUSD", "BTC", "USD", T0, T0 + 5 * MIN)
+    block = get_adapter("bitfinex").parse_candle_block(task, BITFINEX_BODIES["numbers written many ways"])
+    assert block.lines[0] == f"{T0}\t3e-8\t37065\t37049\t37062.5\t0.00000000"
+    assert block.lines[1] == f"{T0 + MIN}\t1.50000\t37065\t37049\t37062.5\t1E+2"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[[" + str(T0) + ",1.2.3,2,3,4,5]]",  # not a JSON number
+        "[[" + str(T0) + ",1,2,3,4]]",  # a value short
+        '["error",10020,"time_interval: invalid"]',
+        "[[" + str(T0) + ",1,2,3,4,5]",  # cut short
+    ],
+)
+def test_bitfinex_block_refuses_what_parse_candles_refuses(body):
+    task = FetchTask("bitfinex", "tBTCUSD", "BTC", "USD", T0, T0 + 5 * MIN)
+    adapter = get_adapter("bitfinex")
+    with pytest.raises(ValueError):
+        adapter.parse_candles(task, body)
+    with pytest.raises(ValueError):
+        adapter.parse_candle_block(task, body)
+
+
+def test_bittrex_block_is_the_same_candles_as_parse_candles():
+    task = FetchTask("bittrex", "BTC-USD", "BTC", "USD", T0, T0 + 2 * MIN)
+    rows = [
+        {"startsAt": "2023-11-14T22:14:00Z", "open": "35512.785", "high": "35540", "low": "35498.12",
+         "close": "35530.01", "volume": "1.84211903", "quoteVolume": "65432.10987654"},
+        {"startsAt": "2023-11-14T22:15:00Z", "open": "1", "high": "1", "low": "1", "close": "1",
+         "volume": "0", "quoteVolume": "0"},
+    ]  # fmt: skip
+    adapter = get_adapter("bittrex")
+    body = json.dumps(rows)
+    block = adapter.parse_candle_block(task, body)
+    assert block.candles() == adapter.parse_candles(task, body)
+    assert block.lines[0] == f"{T0}\t35512.785\t35540\t35498.12\t35530.01\t1.84211903"
