@@ -194,7 +194,11 @@ def span(start_ms: int, end_ms: int) -> str:
 def warn_outside_history(settings: Settings, job: JobInfo) -> None:
     """Fewer candles than minutes: say where the exchange's history starts when the job asked for
     minutes before it (naming the first available minute), and say so when nothing was found."""
-    firsts = run_async(first_available_minutes(settings, job.exchange, job.symbols))
+    try:
+        firsts = run(first_available_minutes(settings, job.exchange, job.symbols))
+    except Exception as error:  # noqa: BLE001 - advice only: the job's outcome stands
+        click.echo(f"note: could not ask where the exchange's history starts: {error}", err=True)
+        firsts = {}
     late = {symbol: first for symbol, first in firsts.items() if first is not None and first > job.start_ms}
     for symbol, first in late.items():
         click.echo(
