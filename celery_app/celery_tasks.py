@@ -17,7 +17,7 @@ from celery_app.celery_config import REST_QUEUES
 from celery_app.celery_main import app
 from common.logging_setup import setup_logging
 from common.settings import get_settings
-from fetchers.rest.engine import BackfillEngine
+from fetchers.rest.engine import BackfillEngine, run
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets as refresh_markets_async
 from fetchers.rest.rate_limiter import LOW
@@ -28,7 +28,7 @@ from fetchers.rest.repair import submit_repair
 def drain_backfill_job(job_id: str) -> dict:
     """Work on a backfill job until its queue is empty (several can share one job)."""
     setup_logging("celery_worker")
-    job = asyncio.run(BackfillEngine(get_settings(), job_id).run())
+    job = run(BackfillEngine(get_settings(), job_id).run())
     return job.as_dict()
 
 
@@ -102,7 +102,7 @@ def take_over_interrupted_jobs(exchange: str) -> list[str]:
     taken = asyncio.run(_interrupted_jobs(exchange))
     for job_id in taken:
         log.info("job %s: interrupted (its workers are gone); taking it over", job_id)
-        asyncio.run(BackfillEngine(get_settings(), job_id).run())
+        run(BackfillEngine(get_settings(), job_id).run())
     return taken
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from common.timeutil import MINUTE_MS
+
 DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 """A finite decimal number as exchanges write it (JSON number or decimal string); no NaN/Infinity,
 no spaces. PostgreSQL's numeric input reads every such text exactly."""
@@ -91,3 +93,81 @@ def check_ohlcv(open_: str, high: str, low: str, close: str, volume: str) -> str
     for value in (open_, high, low, close, volume):
         decimal_text(value)
     raise ValueError(f"not decimal numbers: {(open_, high, low, close, volume)!r}")
+
+
+_BLOCK_CHARS = NUMBER_CHARS + b"\t\n"
+_NEWLINE_AS_TAB = bytes.maketrans(b"\n", b"\t")
+
+
+@dataclass(frozen=True, slots=True)
+class CandleBlock:
+    """One market's candles in bulk, ready for COPY: the backfill's hot path builds no object per
+    candle. `lines[i]` is `time\\topen\\thigh\\tlow\\tclose\\tvolume` (the exchange's own text) and
+    starts with `times[i]`; times are whole-minute epoch milliseconds, strictly ascending.
+
+    Construction checks, over the whole block at once, that every time is an int, ascending, and
+    every line is six fields of number characters (PostgreSQL's numeric input rejects the rest):
+    a block can only hold exact decimal text. That each line starts with its time is the builder's
+    promise (checked on the first and last line)."""
+
+    exchange: str
+    base_id: str
+    quote_id: str
+    times: list[int]
+    lines: list[str]
+
+    def __post_init__(self) -> None:
+        times, lines = self.times, self.lines
+        if len(times) != len(lines):
+            raise ValueError("a candle block needs one time per line")
+        if not lines:
+            return
+        try:
+            data = "\n".join(lines).encode()
+        except TypeError:
+            raise ValueError(f"candle lines must be str: {lines[:3]!r}") from None
+        if (
+            set(map(type, times)) != {int}
+            or not all(map(int.__lt__, times, times[1:]))
+            or any(map(MINUTE_MS.__rmod__, times))
+            or data.translate(None, _BLOCK_CHARS)
+            or data.count(b"\t") != 5 * len(lines)
+            or data.count(b"\n") != len(lines) - 1
+            or b"\t\t" in data.translate(_NEWLINE_AS_TAB)  # an empty field
+            or data.startswith(b"\t")
+            or data.endswith(b"\t")
+            or not lines[0].startswith(f"{times[0]}\t")
+            or not lines[-1].startswith(f"{times[-1]}\t")
+        ):
+            raise ValueError(f"not a block of exact candles: {lines[:3]!r}")
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @classmethod
+    def from_candles(cls, exchange: str, base_id: str, quote_id: str, candles: list[Candle]) -> CandleBlock:
+        """The candles of this market by time (of equal times the last kept); ValueError if a candle
+        belongs to another market or is not exact decimal text (checked in bulk by the block)."""
+        latest: dict[int, Candle] = {}
+        for c in candles:
+            if c.base_id != base_id or c.quote_id != quote_id or c.exchange != exchange:
+                raise ValueError(f"a {exchange} {base_id}/{quote_id} block cannot hold {c!r}")
+            latest[c.time] = c
+        try:
+            times = sorted(latest)
+            lines = [
+                f"{t:d}\t" + "\t".join((c.open, c.high, c.low, c.close, c.volume))
+                for t, c in ((t, latest[t]) for t in times)
+            ]
+        except (TypeError, ValueError):
+            raise ValueError(f"candles need int times and str values: {candles[:3]!r}") from None
+        return cls(exchange, base_id, quote_id, times, lines)
+
+    def candles(self) -> list[Candle]:
+        """The block as Candle values (for comparison and tests; the hot path never needs them)."""
+        market = (self.exchange, self.base_id, self.quote_id)
+        result = []
+        for line in self.lines:
+            time_ms, open_, high, low, close, volume = line.split("\t")
+            result.append(Candle(*market, int(time_ms), open_, high, low, close, volume))
+        return result

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
-from common.candle import Candle, Market
+from common.candle import Candle, CandleBlock, Market
 from common.settings import Settings
 from common.timeutil import MINUTE_MS
 
@@ -235,6 +235,11 @@ class ExchangeAdapter:
     def parse_candles(self, task: FetchTask, body: str) -> list[Candle]:
         """Final 1-minute candles of the task's range, exact decimals; ValueError if malformed."""
         raise NotImplementedError
+
+    def parse_candle_block(self, task: FetchTask, body: str) -> CandleBlock:
+        """`parse_candles` in bulk, for the backfill's hot path: the same candles as one block."""
+        candles = self.parse_candles(task, body)
+        return CandleBlock.from_candles(self.name, task.base_id, task.quote_id, candles)
 
     # -- limits
     def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:

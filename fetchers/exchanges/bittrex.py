@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from common.candle import Candle, Market, check_ohlcv
+from common.candle import Candle, CandleBlock, Market, check_ohlcv
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ensure_utc, ms_to_datetime
 from fetchers.exchanges.base import (
@@ -152,6 +152,10 @@ class BittrexAdapter(ExchangeAdapter):
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"malformed candle {row!r}: {exc!r}") from None
         return candles
+
+    def parse_candle_block(self, task: FetchTask, body: str) -> CandleBlock:
+        """`parse_candles` as one block (a day at most per request: the value-by-value path)."""
+        return super().parse_candle_block(task, body)
 
     # -- limits
     def classify_error(self, status: int, headers: Mapping[str, str], body: str) -> ExchangeError:

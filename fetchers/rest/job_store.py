@@ -39,6 +39,22 @@ redis.call('HINCRBY', KEYS[1], 'candles', tonumber(ARGV[3]))
 return 1
 """
 
+_COMPLETE_DONE = """
+local completed = 0
+local candles = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HDEL', KEYS[2], ARGV[i]) == 1 then
+    completed = completed + 1
+    candles = candles + tonumber(ARGV[i + 1])
+  end
+end
+if completed > 0 then
+  redis.call('HINCRBY', KEYS[1], 'done', completed)
+  redis.call('HINCRBY', KEYS[1], 'candles', candles)
+end
+return completed
+"""
+
 _REQUEUE_ORPHANS = """
 local entries = redis.call('HGETALL', KEYS[2])
 local moved = 0
@@ -148,6 +164,7 @@ class JobStore:
         self.scope = scope
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
+        self._complete_done = client.register_script(_COMPLETE_DONE)
         self._requeue = client.register_script(_REQUEUE_ORPHANS)
         self.owner_token = uuid.uuid4().hex
 
@@ -306,6 +323,15 @@ class JobStore:
             args=[claim.token, "failed" if failed else "done", candles],
         )
         return bool(done)
+
+    async def complete_done(self, job_id: str, written: list[tuple[Claim, int]]) -> int:
+        """`complete` for many requests whose candles one transaction committed, in one round trip.
+        Returns how many were still ours."""
+        if not written:
+            return 0
+        meta, _, inflight = self._keys(job_id)
+        args = [value for claim, candles in written for value in (claim.token, candles)]
+        return int(await self._complete_done(keys=[meta, inflight], args=args))
 
     async def requeue_orphans(self, job_id: str, idle_worker: str = "") -> int:
         """Return in-flight requests of dead workers to the front of the queue; with `idle_worker`,

@@ -36,10 +36,11 @@ def plan_job(
     return heapq.merge(*per_market, key=lambda t: (t.start_ms, t.symbol))
 
 
-def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, int]:
+def validate_range(start: datetime, end: datetime, now: datetime | None) -> tuple[int, int]:
     """[start, end) in ms; both bounds must be on a whole minute (candles are per minute, so any
     other bound would silently widen or narrow the range). The end is clamped to the current minute
-    of `now`, the exchange's present (a simulator running fast is ahead of this machine's clock)."""
+    of `now`, the exchange's present (a simulator running fast is ahead of this machine's clock);
+    `now=None` checks only what needs no exchange, so bad input is told before any service is asked."""
     start_ms, end_ms = datetime_to_ms(start), datetime_to_ms(end)
     for name, value, ms in (("--start", start, start_ms), ("--end", end, end_ms)):
         if ms % MINUTE_MS or value.microsecond:
@@ -47,9 +48,11 @@ def validate_range(start: datetime, end: datetime, now: datetime) -> tuple[int, 
                 f"{name} ({value.isoformat()}) is not on a whole minute; candles are per minute, "
                 f"use e.g. {ms_to_datetime(floor_minute_ms(ms)).isoformat()}"
             )
-    now_ms = floor_minute_ms(datetime_to_ms(now))
     if end_ms <= start_ms:
         raise BackfillRequestError(f"--end ({end.isoformat()}) must be after --start ({start.isoformat()})")
+    if now is None:
+        return start_ms, end_ms
+    now_ms = floor_minute_ms(datetime_to_ms(now))
     if start_ms >= now_ms:
         raise BackfillRequestError(
             f"the range starts in the future ({start.isoformat()}; the exchange's clock says "

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from common.candle import Candle
+from common.candle import CandleBlock
 from common.coverage import CoverageRange, record_coverage
-from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candles
+from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candle_blocks
 from common.settings import Settings
 from fetchers.rest.outages import with_database_retry
 
@@ -27,18 +27,19 @@ BATCH_SECONDS = 0.5
 
 @dataclass
 class _Batch:
-    candles: list[Candle] = field(default_factory=list)
+    blocks: list[CandleBlock] = field(default_factory=list)
     owners: list[tuple[object, int]] = field(default_factory=list)
+    rows: int = 0
 
 
-OnCommitted = Callable[[object, int], Awaitable[None]]
+OnCommitted = Callable[[list[tuple[object, int]]], Awaitable[None]]
 CoverageOf = Callable[[object], CoverageRange | None]
 
 
 class CandleWriter:
-    """`add(owner, candles)` buffers; after each commit `on_committed(owner, count)` is awaited.
-    With `coverage_of`, the range each owner covers goes into `ohlcvs_coverage` in the transaction
-    that holds its candles."""
+    """`add(owner, block)` buffers; after each commit `on_committed([(owner, count), ...])` is
+    awaited with every owner the transaction covered. With `coverage_of`, the range each owner
+    covers goes into `ohlcvs_coverage` in the transaction that holds its candles."""
 
     def __init__(
         self,
@@ -73,22 +74,23 @@ class CandleWriter:
                 pass
             self._conn = None
 
-    def _write_sync(self, candles: list[Candle], covered: list[CoverageRange]) -> None:
+    def _write_sync(self, blocks: list[CandleBlock], covered: list[CoverageRange]) -> None:
         def attempt() -> None:
             conn = self._connection()
             with conn:  # commit, or roll back on error; the connection stays open
-                upsert_candles(conn, candles)
+                upsert_candle_blocks(conn, blocks)
                 record_coverage(conn, covered)
 
         with_database_retry(self.settings, attempt, self._drop_connection)
 
-    async def add(self, owner: object, candles: list[Candle]) -> None:
+    async def add(self, owner: object, block: CandleBlock) -> None:
         """Buffer one request's candles; flushes when the batch is full. Applies backpressure:
         while a flush is running, a full batch waits for it instead of growing without bound."""
         batch = self._batch
-        batch.candles.extend(candles)
-        batch.owners.append((owner, len(candles)))
-        if len(batch.candles) >= self.batch_rows:
+        batch.blocks.append(block)
+        batch.owners.append((owner, len(block)))
+        batch.rows += len(block)
+        if batch.rows >= self.batch_rows:
             await self.flush()
         elif self._timer is None or self._timer.done():
             self._timer = asyncio.create_task(self._flush_later())
@@ -113,9 +115,8 @@ class CandleWriter:
         if self.coverage_of is not None:
             covered = [c for c in (self.coverage_of(owner) for owner, _ in batch.owners) if c is not None]
         async with self._db_lock:
-            await asyncio.to_thread(self._write_sync, batch.candles, covered)
-        for owner, count in batch.owners:
-            await self.on_committed(owner, count)
+            await asyncio.to_thread(self._write_sync, batch.blocks, covered)
+        await self.on_committed(batch.owners)
 
     async def record_error(self, record: FetchErrorRecord) -> None:
         def attempt() -> None:

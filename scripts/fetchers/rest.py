@@ -30,9 +30,10 @@ import redis.asyncio as aioredis
 from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, Settings, load_settings_or_exit
-from common.timeutil import datetime_to_ms, ms_to_datetime, parse_utc
-from fetchers.rest.engine import BackfillEngine
+from common.timeutil import MINUTE_MS, datetime_to_ms, ms_to_datetime, parse_utc
+from fetchers.rest.engine import BackfillEngine, run
 from fetchers.rest.exchange_clock import ExchangeClockUnavailable
+from fetchers.rest.history import first_available_minutes
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
 from fetchers.rest.jobs import (
     BackfillRequestError,
@@ -75,7 +76,7 @@ def split_symbols(value: str | None) -> list[str] | None:
 def run_async(coro):
     """Run a coroutine; bad input becomes exit code 2, service failures one line and exit code 1."""
     try:
-        return asyncio.run(coro)
+        return run(coro)
     except BackfillRequestError as error:
         fail(str(error), EXIT_USAGE)
     except (DatabaseError, MarketsUnavailable, ExchangeClockUnavailable) as error:
@@ -200,6 +201,30 @@ def span(start_ms: int, end_ms: int) -> str:
     return f"{ms_to_datetime(start_ms):%Y-%m-%d %H:%M} .. {ms_to_datetime(end_ms):%Y-%m-%d %H:%M}"
 
 
+def warn_outside_history(settings: Settings, job: JobInfo) -> None:
+    """Fewer candles than minutes: say where the exchange's history starts when the job asked for
+    minutes before it (naming the first available minute), and say so when nothing was found."""
+    try:
+        firsts = run(first_available_minutes(settings, job.exchange, job.symbols))
+    except Exception as error:  # noqa: BLE001 - advice only: the job's outcome stands
+        click.echo(f"note: could not ask where the exchange's history starts: {error}", err=True)
+        firsts = {}
+    late = {symbol: first for symbol, first in firsts.items() if first is not None and first > job.start_ms}
+    for symbol, first in late.items():
+        click.echo(
+            f"warning: {job.exchange} {symbol}: the exchange's history starts at "
+            f"{ms_to_datetime(first):%Y-%m-%d %H:%M} UTC (first available minute); nothing before it "
+            f"was stored for {span(job.start_ms, job.end_ms)} UTC",
+            err=True,
+        )
+    if job.candles == 0 and not late:
+        click.echo(
+            f"warning: the exchange has no candles for these markets in {span(job.start_ms, job.end_ms)} UTC "
+            "(before their listing, or outside the history it serves)",
+            err=True,
+        )
+
+
 def report(settings: Settings, job: JobInfo) -> int:
     """Print the job's outcome; returns the exit code (1 if any request failed for good)."""
     click.echo(
@@ -207,12 +232,12 @@ def report(settings: Settings, job: JobInfo) -> int:
         f"{len(job.symbols)} market(s): {job.done:,} requests done, {job.failed:,} failed, "
         f"{job.candles:,} candles written{', aggregates refreshed' if job.refreshed else ''}"
     )
-    if job.finished and job.done and job.candles == 0:
-        click.echo(
-            f"warning: the exchange has no candles for these markets in {span(job.start_ms, job.end_ms)} UTC "
-            "(before their listing, or outside the history it serves)",
-            err=True,
-        )
+    if (
+        job.finished
+        and job.done
+        and job.candles < len(job.symbols) * (job.end_ms - job.start_ms) // MINUTE_MS
+    ):
+        warn_outside_history(settings, job)
     if not job.failed:
         return 0
     tasks = run_async(failed_tasks(settings, job.id))
@@ -245,8 +270,9 @@ def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, 
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
     start_at, end_at = parse_time(start, "--start"), parse_time(end, "--end")
-    now = run_async(exchange_now(settings, exchange))
     try:
+        validate_range(start_at, end_at, None)  # bad input first, before any service is asked
+        now = run_async(exchange_now(settings, exchange))
         validate_range(start_at, end_at, now)
     except BackfillRequestError as error:
         fail(str(error), EXIT_USAGE)

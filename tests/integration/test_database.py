@@ -11,7 +11,7 @@ from decimal import Decimal
 import psycopg2
 import pytest
 
-from common.candle import Candle, Market
+from common.candle import Candle, CandleBlock, Market
 from common.db import (
     AGGREGATE_LEVELS,
     DatabaseError,
@@ -21,6 +21,7 @@ from common.db import (
     load_markets,
     record_fetch_error,
     refresh_aggregates,
+    upsert_candle_blocks,
     upsert_candles,
     upsert_markets,
 )
@@ -664,3 +665,28 @@ def test_values_that_are_not_exact_decimal_text_are_rejected(db_conn, bad):
     values.update(bad)
     with pytest.raises(ValueError):
         upsert_candles(db_conn, [Candle("bitfinex", "BTC", "USD", **values)])
+
+
+def test_candle_blocks_store_like_candles_and_a_later_overlapping_block_wins(db_conn):
+    """The backfill's bulk path writes what `upsert_candles` writes; when two blocks of one market
+    overlap in one batch (a request taken over and fetched again), the later block's values win."""
+    eth = Market("bitfinex", "ETH", "USD", "tETHUSD")
+    upsert_markets(db_conn, [BTC_USD, eth])
+    first = [candle(m, "1.10", "2", "0.5", "1.5", "10") for m in range(3)]
+    again = [candle(m, "1.20", "2", "0.5", "1.5", "0.00000001") for m in range(2, 4)]
+    other = [candle(m, "3e-8", "3e-8", "3e-8", "3e-8", "0", market=eth) for m in range(2)]
+
+    def as_block(candles: list[Candle]) -> CandleBlock:
+        c = candles[0]
+        return CandleBlock.from_candles(c.exchange, c.base_id, c.quote_id, candles)
+
+    written = upsert_candle_blocks(db_conn, [as_block(first), as_block(other), as_block(again)])
+    db_conn.commit()
+    stored = fetch_ohlcvs(db_conn)
+    db_conn.cursor().execute("TRUNCATE ohlcvs")
+    upsert_candles(db_conn, first + other + again)
+    db_conn.commit()
+    assert written == 6
+    assert stored == fetch_ohlcvs(db_conn)
+    assert [row[1] for row in stored[:4]] == ["1.10", "1.10", "1.20", "1.20"]
+    assert stored[-1][1:] == ("0.00000003", "0.00000003", "0.00000003", "0.00000003", "0")

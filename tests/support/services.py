@@ -77,24 +77,25 @@ class PostgresServer:
         kwargs = postgres_account_kwargs()
         if kwargs:
             os.chown(self.workdir, kwargs["user"], kwargs["group"])
-        subprocess.run(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                self.user,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--locale=C",
-            ],
-            check=True,
-            capture_output=True,
-            **kwargs,
-        )
+        if not (data / "PG_VERSION").exists():  # else a restart after halt(): same cluster
+            subprocess.run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    self.user,
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--locale=C",
+                ],
+                check=True,
+                capture_output=True,
+                **kwargs,
+            )
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir} "
             "-c max_connections=200 -c shared_buffers=256MB"
@@ -126,6 +127,15 @@ class PostgresServer:
 
     def connect(self, dbname: str):
         return psycopg2.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=dbname)
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut) but keep its files; a `start()`
+        afterwards is a restart of the same cluster."""
+        subprocess.run(
+            [str(postgres_bindir() / "pg_ctl"), "-D", str(self.workdir / "data"), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            **postgres_account_kwargs(),
+        )
 
     def freeze_template(self, name: str) -> None:
         """Make `name` a template nobody connects to: TimescaleDB's job scheduler for a database keeps

@@ -45,6 +45,7 @@ def test_every_adapter_has_the_same_methods_in_the_same_order():
         "parse_server_time",
         "candles_request",
         "parse_candles",
+        "parse_candle_block",
         "classify_error",
         "used_weight",
         "rate_limit",
