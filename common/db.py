@@ -20,6 +20,7 @@ import psycopg2.errors
 import psycopg2.extras
 from psycopg2.extensions import connection as PgConnection
 
+from common import ohlcvs_versions
 from common.candle import Candle, CandleBlock, Market, only_number_chars
 from common.settings import Settings, get_settings
 
@@ -427,6 +428,7 @@ def refresh_aggregates(
     try:
         conn.autocommit = True
         with conn.cursor() as cur:
+            changed_from = start
             if has_timescaledb(conn):
                 at = now or datetime.now(UTC)
                 for level, width in AGGREGATE_LEVELS.items():
@@ -434,7 +436,17 @@ def refresh_aggregates(
                     if window is not None:
                         cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
             else:
+                cur.execute("BEGIN")  # the open buckets it will rebuild, read under the refresh's own lock
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('refresh_ohlcv_aggregates'))")
+                cur.execute("SELECT min(open_from) FROM ohlcv_aggregate_levels")
+                open_from = cur.fetchone()[0]
                 cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()))", (start, end, now))
+                cur.execute("COMMIT")
+                if start is not None and open_from is not None:
+                    changed_from = min(start, open_from)
+        ohlcvs_versions.summaries_refreshed(
+            settings, None if changed_from is None else int(changed_from.timestamp() * 1000)
+        )
     except psycopg2.Error as error:
         what = "lost the connection to PostgreSQL" if conn.closed else "failed"
         raise DatabaseError(f"refreshing the aggregates {what}: {error_line(error)}") from None

@@ -337,3 +337,45 @@ def bars_body_values(
         first = interval.bucket_start(start_ms) if start_ms is not None else _EARLIEST_MS
         values.update(source_start=ms_to_datetime(max(first, _EARLIEST_MS)), origin=BUCKET_ORIGIN)
     return values
+
+
+_CHUNK = (
+    "SELECT coalesce(array_agg((date_part('epoch', t) * 1000)::bigint ORDER BY t), '{{}}'), "
+    "coalesce(array_agg(format('{template}', {time}, open, high, low, close, volume) ORDER BY t), '{{}}') "
+    "FROM ({rows}) AS s"
+)
+
+
+@cache
+def bars_chunk_query(interval_name: str, as_ms: bool) -> BodyQuery:
+    """SQL answering (bar open times in ms, each bar's JSON object), both ascending, for the same
+    bars and the same text as `bars_body_query`: the web's history cache keeps them apart so it can
+    slice any window out of a block."""
+    interval = INTERVALS[interval_name]
+    quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
+    if interval.rollup_sql is None:
+        rows = _DIRECT_ROWS.format(time=f'"{interval.time_column}"', relation=f'"{interval.relation}"')
+    else:
+        rows = _ROLLUP_ROWS.format(expr=interval.rollup_sql, relation=f'"{interval.relation}"')
+    named = _CHUNK.format(template=_BAR_OBJECT.format(time=quote), time=time_sql, rows=rows)
+    return _numbered(named)
+
+
+def _numbered(named: str) -> BodyQuery:
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return BodyQuery(_NAMED.sub(number, named), tuple(names))
+
+
+MARKET_EXTENT_QUERY = (
+    "SELECT (SELECT (date_part('epoch', time) * 1000)::bigint FROM ohlcvs "
+    "WHERE exchange = $1 AND base_id = $2 AND quote_id = $3 ORDER BY time LIMIT 1), "
+    "(SELECT (date_part('epoch', time) * 1000)::bigint FROM ohlcvs "
+    "WHERE exchange = $1 AND base_id = $2 AND quote_id = $3 ORDER BY time DESC LIMIT 1)"
+)
+"""(first, newest) minute open time in ms of one market's `ohlcvs` rows; NULLs when it has none."""

@@ -45,3 +45,14 @@ def rate_budget_key(exchange: str) -> str:
 def backfill_key(*parts: str) -> str:
     """Durable backfill job state (internal): `cfr:backfill:<parts>`."""
     return "cfr:backfill:" + ":".join(parts)
+
+
+OHLCVS_VERSION_SUMMARIES = "ohlcvs_version_summaries"
+"""List: one entry per aggregate refresh, `version:from_ms` newest first (internal; see
+`common.ohlcvs_versions`)."""
+
+
+def ohlcvs_version_key(exchange: str, base_id: str, quote_id: str, delimiter: str | None = None) -> str:
+    """List: one entry per committed write to a market's `ohlcvs` rows, `version:from_ms` newest first;
+    the web's history cache drops what it holds from `from_ms` on (internal)."""
+    return _join("ohlcvs_version", exchange, base_id, quote_id, delimiter=delimiter)

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     web_ws_heartbeat_seconds: float = Field(default=15.0, gt=0)
     web_ws_queue_size: int = Field(default=256, ge=1)
     web_health_stale_seconds: float = Field(default=60.0, gt=0)
+    web_cache_mb: int = Field(default=256, ge=0)  # rendered closed history per web process; 0 = off
+    web_cache_ttl_seconds: float = Field(default=60.0, gt=0)  # bounds writes made outside the platform
 
     # Exchange endpoints (defaults: the real exchanges; point them at `python -m simulator` offline)
     bitfinex_rest_url: str = "https://api-pub.bitfinex.com"

@@ -26,6 +26,7 @@ from web.bars import (
     parse_live_bar,
 )
 from web.database import AsyncPool, ConnectionPool
+from web.history_cache import HistoryCache, body_from_database
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +71,12 @@ async def ohlcvs_body(
     limit: int,
     empty_ts: bool,
     as_ms: bool,
+    cache: HistoryCache | None = None,
 ) -> tuple[int, bytes]:
     """(number of bars, JSON body) of GET /api/ohlcvs: the newest `limit` bars in [start, end],
     ascending. When no live minute falls in the window and no gap is to be filled - every page of
-    history - PostgreSQL writes the body itself in one prepared query; otherwise the bars are read,
+    history - PostgreSQL writes the body itself in one prepared query, or the `cache` of rendered
+    closed history serves what it holds; otherwise the bars are read,
     merged and filled here (`read_ohlcvs`) and encoded."""
     live = [
         b
@@ -81,11 +84,9 @@ async def ohlcvs_body(
         if (start_ms is None or b[0] >= start_ms) and (end_ms is None or b[0] <= end_ms)
     ]
     if not live and not empty_ts:
-        query = reads.bars_body_query(interval.name, as_ms)
-        values = reads.bars_body_values(
-            market.exchange, market.base_id, market.quote_id, interval, start_ms, end_ms, limit
-        )
-        count, text = await fast.fetchrow(query.text, *query.arguments(values))
+        if cache is not None:
+            return await cache.body(market, interval, start_ms, end_ms, limit, as_ms)
+        count, text = await body_from_database(fast, market, interval, start_ms, end_ms, limit, as_ms)
         return count, ("[" + text + "]").encode()
     bars = await read_ohlcvs(pool, live, market, interval, start_ms, end_ms, limit, empty_ts)
     return len(bars), encode_bars(bars, as_ms)

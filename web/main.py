@@ -19,6 +19,7 @@ from common.settings import Settings, get_settings
 from web.api.errors import install_error_handlers
 from web.api.routes import analytics, coverage, health, ohlcvs, status, symbols, ws
 from web.database import AsyncPool, ConnectionPool
+from web.history_cache import HistoryCache
 from web.live import LiveHub
 from web.views import mount_pages
 
@@ -38,6 +39,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
         hub = LiveHub(lambda: _redis(settings), client, pool, settings.redis_key_delimiter)
         app.state.pool, app.state.fast_pool, app.state.redis, app.state.hub = pool, fast_pool, client, hub
+        app.state.history_cache = (
+            HistoryCache(
+                client,
+                fast_pool,
+                settings.redis_key_delimiter,
+                settings.web_cache_mb * 1024 * 1024,
+                settings.web_cache_ttl_seconds,
+            )
+            if settings.web_cache_mb > 0
+            else None
+        )
         tasks = [
             asyncio.create_task(hub.run(), name="live-bar-listener"),
             asyncio.create_task(hub.heartbeats(settings.web_ws_heartbeat_seconds), name="ws-heartbeats"),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from common.candle import CandleBlock
 from common.coverage import CoverageRange, record_coverage
 from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candle_blocks
+from common.ohlcvs_versions import markets_written, oldest_by_market
 from common.settings import Settings
 from fetchers.rest.outages import with_database_retry
 
@@ -82,6 +83,10 @@ class CandleWriter:
                 record_coverage(conn, covered)
 
         with_database_retry(self.settings, attempt, self._drop_connection)
+        markets_written(
+            self.settings,
+            oldest_by_market((b.exchange, b.base_id, b.quote_id, b.times[0]) for b in blocks if b.times),
+        )
 
     async def add(self, owner: object, block: CandleBlock) -> None:
         """Buffer one request's candles; flushes when the batch is full. Applies backpressure:

@@ -44,6 +44,7 @@ from common.db import (
     insert_missing_copy_text,
     refresh_aggregates,
 )
+from common.ohlcvs_versions import markets_written, oldest_by_market
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
@@ -141,6 +142,15 @@ def bar_values(time_ms: int, raw: bytes) -> bytes:
     if not same_minute or not all(type(v) is str for v in values):
         raise ValueError(f"not a stored bar of minute {time_ms}: {raw[:200]!r}")
     return "\t".join(values).encode()
+
+
+def written_rows(
+    stored: Iterable[tuple[str, list[bytes]]], delimiter: str
+) -> Iterable[tuple[str, str, str, int]]:
+    """(exchange, base_id, quote_id, time_ms) of the bars a batch stored (`Batch.delete`)."""
+    for key, pairs in stored:
+        if pairs:
+            yield *split_sub_key(key, delimiter), min(int(t) for t in pairs[::2])
 
 
 def check_batch(batch: Batch) -> None:
@@ -307,6 +317,8 @@ class Updater:
             if not conn.closed:
                 conn.rollback()
             raise
+        if inserted:
+            markets_written(self.settings, oldest_by_market(written_rows(batch.delete, self.delimiter)))
         self._delete_stored(batch.delete)
         return inserted
 

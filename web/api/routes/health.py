@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import asdict
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -41,7 +42,9 @@ def component_state(values: dict, clock_field: str, now_ms: int, stale_ms: float
 
 
 @router.get("/health", summary="Platform health (503 when degraded)")
-async def health(settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: HubDep) -> JSONResponse:
+async def health(
+    request: Request, settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: HubDep
+) -> JSONResponse:
     """Database and Redis reachability, each fetcher's last-message age, the updater's backlog.
     A fetcher or updater that never reported is `absent` (not an error: it may not be deployed);
     one silent for longer than WEB_HEALTH_STALE_SECONDS is `stale` and makes the answer 503."""
@@ -71,6 +74,9 @@ async def health(settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: Hub
     except (RedisError, OSError) as error:
         report["redis"] = {"state": "down", "error": str(error)}
     report["web"] = {"websocket_subscriptions": hub.subscriber_count, "live_listener": hub.listening.is_set()}
+    cache = request.app.state.history_cache
+    if cache is not None:
+        report["web"]["history_cache"] = {"bytes": cache.bytes, "blocks": cache.blocks, **asdict(cache.stats)}
     parts = [report["database"], report["redis"], *report.get("fetchers", {}).values()]
     parts.append(report.get("updater", {}))
     degraded = any(part.get("state") in ("down", "stale") for part in parts)

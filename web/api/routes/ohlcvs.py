@@ -118,6 +118,7 @@ async def get_ohlcvs(
         limit,
         query.empty_ts,
         query.results_mls,
+        request.app.state.history_cache,
     )
     if not count and not await pool.run(lambda conn: reads.market_exists(conn, exchange, base_id, quote_id)):
         raise BadRequest(
