@@ -31,13 +31,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.backfill import settings_env
-from benchmarks.measure import Result, cpu_seconds, machine, postgres_cpu_seconds, report
+from benchmarks.measure import Result, cpu_seconds, machine, memory_mb, postgres_cpu_seconds, report
 from common.candle import Market
 from common.db import connection, refresh_aggregates, upsert_markets
 from common.redis_keys import ws_send_key
@@ -365,6 +366,25 @@ def prepare(pg: PostgresServer, rd: RedisServer) -> Settings:
 OHLCVS = "/api/ohlcvs?exchange=binance&base_id=BTC&quote_id=USDT&limit=500&interval="
 
 
+def health(base: str) -> dict:
+    """GET /api/health, whatever its status (no fetcher runs here, which may make it 503)."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/health") as reply:
+            return json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return json.loads(error.read())
+
+
+def warm_cache(base: str, interval: str, step_ms: int) -> int:
+    """One pass over the year, a page per block, so every closed block of `interval` is cached."""
+    lowest, span = ohlcvs_span(step_ms)
+    ends = range(lowest, lowest + span + 1, 1000 * step_ms)
+    for end in ends:
+        with urllib.request.urlopen(f"{base}{OHLCVS}{interval}&end={end}") as reply:
+            reply.read()
+    return len(ends)
+
+
 def ohlcvs_span(step_ms: int) -> tuple[int, int]:
     """Where a request's `end` is drawn from: uniform over the year after its first 500 bars."""
     lowest = START_MS + 500 * step_ms
@@ -395,11 +415,13 @@ def main() -> None:
         assert len(json.loads(body)) == 500
         server.terminate()
         server.wait()
-        server, base = start_server(settings, len(body), log_path)
+        # Cold: the cache off (WEB_CACHE_MB=0), every page rendered by PostgreSQL; the ceilings and
+        # the websocket part run on this server too.
+        server, base = start_server(settings.model_copy(update={"web_cache_mb": 0}), len(body), log_path)
 
         scenarios = [
-            ("GET /api/ohlcvs 1m, 500 bars", OHLCVS + "1m", ohlcvs_span(60_000)),
-            ("GET /api/ohlcvs 1h, 500 bars", OHLCVS + "1h", ohlcvs_span(3_600_000)),
+            ("GET /api/ohlcvs 1m, 500 bars, no cache", OHLCVS + "1m", ohlcvs_span(60_000)),
+            ("GET /api/ohlcvs 1h, 500 bars, no cache", OHLCVS + "1h", ohlcvs_span(3_600_000)),
             (f"ceiling: pre-encoded {len(body):,} bytes, no DB", "/bench/bytes", (0, 0)),
             ("ceiling: FastAPI default list of 500 dicts", "/bench/dicts", (0, 0)),
         ]
@@ -410,6 +432,24 @@ def main() -> None:
         set_affinity(server.pid, os.sched_getaffinity(0))
         counts = [int(n) for n in args.subscribers.split(",")]
         ws = [ws_row(base, rd.client(), settings, n, args.ws_seconds, server.pid) for n in counts]
+        cold_rss = memory_mb(server.pid)[0]
+        server.terminate()
+        server.wait()
+
+        # Warm: the cache on (the default settings), filled by one pass over the year, then the same
+        # random windows; blocks live WEB_CACHE_TTL_SECONDS (60), longer than warm-up + measure.
+        server, base = start_server(settings, len(body), log_path)
+        pids = server.pid, pg.port
+        if CORES[0] is not None:
+            set_affinity(server.pid, {CORES[0]})
+        for interval, step_ms in (("1m", 60_000), ("1h", 3_600_000)):
+            began = time.perf_counter()
+            warmed = warm_cache(base, interval, step_ms)
+            print(f"cache warm-up {interval}: {warmed} requests in {time.perf_counter() - began:.1f} s")
+            name = f"GET /api/ohlcvs {interval}, 500 bars, cache warm"
+            http.append(http_row(name, base, OHLCVS + interval, ohlcvs_span(step_ms), args.seconds, pids))
+        cache = health(base)["web"]["history_cache"]
+        cache["rss_mb"], cache["cold_rss_mb"] = memory_mb(server.pid)[0], cold_rss
     finally:
         if server is not None:
             server.terminate()
@@ -445,27 +485,43 @@ def main() -> None:
     print("CPU ms each = per request (measured window) or per delivered bar: app and PostgreSQL (postmaster")
     print("and backends) from /proc, wrk from its rusage. On 2 cores, 2,000 req/s leaves 1.0 ms of CPU per")
     print("request for the three together.")
-    report("web", results(http, ws))
+    print(
+        f"\nCache after the warm runs: {cache['bytes'] / 2**20:.1f} MB of rendered bars in {cache['blocks']} "
+        f"blocks (hits {cache['hits']:,}, misses {cache['misses']:,}); app RSS {cache['rss_mb']:.0f} MB "
+        f"against {cache['cold_rss_mb']:.0f} MB for the server without the cache."
+    )
+    report("web", results(http, ws, cache))
 
 
 HTTP_TARGET = ">= 2,000 req/s, p99 < 50 ms"
 
 
-def results(http: list[dict], ws: list[dict]) -> list[Result]:
-    """The summary rows `make bench` gathers: the two REST scenarios (with the run's ceilings) and
-    the largest websocket crowd."""
+def results(http: list[dict], ws: list[dict], cache: dict | None = None) -> list[Result]:
+    """The summary rows `make bench` gathers: the REST scenarios, cold and from the cache (with the
+    run's ceilings), the cache's memory, and the largest websocket crowd."""
     ceilings = [row for row in http if row["name"].startswith("ceiling")]
     out = []
     for row in http:
         if not row["name"].startswith("GET"):
             continue
         interval = row["name"].split()[2].rstrip(",")
-        measure = f"web: `/api/ohlcvs` {interval}, 500 bars"
+        measure = f"web: `/api/ohlcvs` {interval}, 500 bars, {row['name'].rsplit(', ', 1)[-1]}"
         if ceilings:
             pre_encoded, dicts = ceilings[0]["rps"], ceilings[-1]["rps"]
             measure += f" (ceilings: pre-encoded {pre_encoded:,.0f}; list of dicts {dicts:,.0f} req/s)"
         met = row["rps"] >= 2000 and row["p99"] < 50 and not row["failures"]
         out.append(Result(measure, f"{row['rps']:,.0f} req/s, p99 {row['p99']:.0f} ms", HTTP_TARGET, met))
+    if cache is not None:
+        mb = cache["bytes"] / 2**20
+        out.append(
+            Result(
+                "web: history cache after the warm runs (1m and 1h, a year)",
+                f"{mb:.0f} MB in {cache['blocks']} blocks; app RSS {cache['rss_mb']:.0f} MB "
+                f"({cache['cold_rss_mb']:.0f} MB without)",
+                "<= WEB_CACHE_MB (256)",
+                mb <= 256,
+            )
+        )
     if ws:
         row = max(ws, key=lambda r: r["requested"])
         met = row["subscribers"] >= 5000 and row["p99"] < 100

@@ -67,6 +67,9 @@ policies' `start_offset` of the level the interval reads (scripts/database/init/
 since a policy run rewrites those buckets without a version bump; two minutes for 1m."""
 
 
+HEADS = "return {redis.call('LINDEX', KEYS[1], 0), redis.call('LINDEX', KEYS[2], 0)}"
+
+
 def block_bounds(interval: Interval, time_ms: int) -> tuple[int, int]:
     """[start, end) of the block holding the bar that opens at `time_ms`."""
     if interval.width_ms == 0:
@@ -172,6 +175,7 @@ class HistoryCache:
         self, client: aioredis.Redis, fast: AsyncPool, delimiter: str, budget_bytes: int, ttl_seconds: float
     ):
         self._client = client
+        self._heads = client.register_script(HEADS)  # one command: ~40 us less than a pipeline of two
         self._fast = fast
         self._delimiter = delimiter
         self.budget_bytes = budget_bytes
@@ -306,10 +310,7 @@ class HistoryCache:
     async def _sync(self, market: MarketKey) -> MarketState:
         """Read the market's and the summaries' versions and drop what changed since last seen."""
         market_key = ohlcvs_version_key(market.exchange, market.base_id, market.quote_id, self._delimiter)
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.lindex(market_key, 0)
-            pipe.lindex(OHLCVS_VERSION_SUMMARIES, 0)
-            market_head, summaries_head = await pipe.execute()
+        market_head, summaries_head = await self._heads(keys=[market_key, OHLCVS_VERSION_SUMMARIES])
         state = self._markets.get(market)
         if state is None:
             state = self._markets[market] = MarketState()
