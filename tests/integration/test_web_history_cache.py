@@ -5,6 +5,7 @@ cache, one without (`WEB_CACHE_MB=0`)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from contextlib import ExitStack
 from urllib.parse import urlencode
@@ -12,6 +13,7 @@ from urllib.request import urlopen
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from common.candle import Market
 from common.db import connection, refresh_aggregates, upsert_markets
@@ -20,6 +22,7 @@ from common.redis_keys import ws_health_key
 from common.timeutil import ms_to_datetime
 from fetchers.ws.updater import Updater
 from tests.support.backfill import day_aligned_range, run_job
+from tests.support.services import free_port
 from tests.support.web import (
     BASE_MS,
     http_get,
@@ -29,6 +32,9 @@ from tests.support.web import (
     running_web,
     seed_known_data,
 )
+from web.candles import MarketKey
+from web.database import AsyncPool
+from web.history_cache import HistoryCache, body_from_database
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +178,27 @@ def test_a_write_outside_the_platform_shows_in_every_summary_after_a_refresh(set
                 params = {"interval": interval, "results_mls": mls, **case}
                 assert raw(cached, **params) == raw(plain, **params), params
     assert cache_stats(cached)["dropped"] > warm["dropped"]
+
+
+def test_without_redis_the_cache_is_bypassed_never_trusted(settings):
+    seed_known_data(settings, [MARKET], MINUTES)
+    interval = INTERVALS["1m"]
+    key = MarketKey(MARKET.exchange, MARKET.base_id, MARKET.quote_id)
+    end_ms = BASE_MS + DENSE_FROM * MIN - 1
+
+    async def go() -> tuple[bytes, str, HistoryCache]:
+        fast = AsyncPool(settings, 2)
+        await fast.open()
+        gone = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=1)
+        cache = HistoryCache(gone, fast, settings.redis_key_delimiter, 2**20, 60)
+        try:
+            _, body = await cache.body(key, interval, None, end_ms, 500, True)
+            _, text = await body_from_database(fast, key, interval, None, end_ms, 500, True)
+            return body, text, cache
+        finally:
+            await gone.aclose()
+            await fast.close()
+
+    body, text, cache = asyncio.run(go())
+    assert body == ("[" + text + "]").encode() and body.count(b'"time"') == 500
+    assert cache.stats.bypassed == 1 and cache.blocks == 0 and cache.stats.misses == 0
