@@ -8,6 +8,7 @@ without waiting for the broker to redeliver the lost task (an hour by default).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import redis.asyncio as aioredis
@@ -56,7 +57,11 @@ async def _repair(exchange: str) -> dict:
         "exchange": exchange,
         "missing_minutes": plan.missing_minutes if plan is not None else None,
         "job": submission.job.id if submission.job is not None else None,
+        "new": submission.new,
+        "until_ms": plan.until_ms if plan is not None else None,
+        "oldest_gap_ms": min((r[0] for g in plan.gaps.values() for r in g), default=None) if plan else None,
     }
+    log.info("repair run planned: %s", json.dumps(result))
     if submission.job is None:
         return result
     broker = aioredis.from_url(settings.redis_url)
@@ -72,7 +77,9 @@ async def _repair(exchange: str) -> dict:
         await broker.aclose()
     if engine.yielded:
         log.info("repair job %s: gave the worker to a backfill waiting in %s; goes on later", job.id, queue)
-    return {**result, "done": job.done, "left": job.left, "yielded": engine.yielded}
+    result = {**result, "done": job.done, "failed": job.failed, "left": job.left, "yielded": engine.yielded}
+    log.info("repair run ended: %s", json.dumps(result))
+    return result
 
 
 @app.task(name="celery_app.celery_tasks.repair_gaps")
