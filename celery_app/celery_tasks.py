@@ -64,6 +64,9 @@ async def _repair(exchange: str) -> dict:
     log.info("repair run planned: %s", json.dumps(result))
     if submission.job is None:
         return result
+    if submission.job.state == JobState.RUNNING:
+        log.info("repair job %s: already being drained; this run leaves it to its worker", submission.job.id)
+        return {**result, "busy": True}
     broker = aioredis.from_url(settings.redis_url)
     queue = REST_QUEUES[exchange]
 
@@ -85,8 +88,10 @@ async def _repair(exchange: str) -> dict:
 @app.task(name="celery_app.celery_tasks.repair_gaps")
 def repair_gaps(exchange: str) -> dict:
     """Plan the exchange's missing minutes and drain its repair job at low priority (or carry on
-    with the unfinished one). The worker is handed back as soon as a message waits in the queue:
-    user backfills never wait behind a repair, and the repair goes on at the next run."""
+    with the unfinished one; a run that finds it being drained leaves it to that worker, so a long
+    repair never takes more than one worker process). The worker is handed back as soon as a
+    message waits in the queue: user backfills never wait behind a repair, and the repair goes on
+    at the next run."""
     setup_logging("celery_worker")
     return asyncio.run(_repair(exchange))
 

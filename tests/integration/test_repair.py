@@ -150,3 +150,34 @@ def test_a_user_backfill_keeps_at_least_90_percent_of_the_budget_while_a_repair_
     assert user_sent >= user_total
     assert user_sent >= 0.9 * (user_sent + repair_sent), (user_sent, repair_sent)
     assert simulator.stats()[exchange]["over_limit"] == 0
+
+
+def test_a_repair_run_leaves_a_repair_being_drained_to_its_worker(platform_settings, simulator):
+    """Beat runs come every interval; a repair that lasts longer must not take one more worker
+    process per run: a run that finds the repair job drained by a live worker returns at once."""
+    from celery_app.celery_tasks import repair_gaps
+
+    exchange = "binance"
+    asyncio.run(refresh_markets(platform_settings, exchange))
+    old, _ = day_aligned_range(simulator, days_back=20, days=1)
+    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
+    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
+    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+    submission = asyncio.run(submit_repair(platform_settings, exchange))
+    assert submission.new and submission.job.total > 10
+
+    async def scenario():
+        draining = BackfillEngine(
+            platform_settings, submission.job.id, EngineOptions.from_settings(platform_settings)
+        )
+        task = asyncio.create_task(draining.run())
+        while draining.requests_sent < 2:
+            await asyncio.sleep(0.02)
+        result = await asyncio.to_thread(repair_gaps, exchange)
+        job = await task
+        return result, job, draining.requests_sent
+
+    result, job, sent_by_first = asyncio.run(scenario())
+    assert result["job"] == submission.job.id and result.get("busy") is True, result
+    assert job.finished and job.failed == 0
+    assert sent_by_first == job.total, "the draining worker sent every request: the run joined none"
