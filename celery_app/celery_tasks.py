@@ -8,6 +8,7 @@ without waiting for the broker to redeliver the lost task (an hour by default).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import redis.asyncio as aioredis
@@ -56,9 +57,16 @@ async def _repair(exchange: str) -> dict:
         "exchange": exchange,
         "missing_minutes": plan.missing_minutes if plan is not None else None,
         "job": submission.job.id if submission.job is not None else None,
+        "new": submission.new,
+        "until_ms": plan.until_ms if plan is not None else None,
+        "oldest_gap_ms": min((r[0] for g in plan.gaps.values() for r in g), default=None) if plan else None,
     }
+    log.info("repair run planned: %s", json.dumps(result))
     if submission.job is None:
         return result
+    if submission.job.state == JobState.RUNNING:
+        log.info("repair job %s: already being drained; this run leaves it to its worker", submission.job.id)
+        return {**result, "busy": True}
     broker = aioredis.from_url(settings.redis_url)
     queue = REST_QUEUES[exchange]
 
@@ -72,14 +80,18 @@ async def _repair(exchange: str) -> dict:
         await broker.aclose()
     if engine.yielded:
         log.info("repair job %s: gave the worker to a backfill waiting in %s; goes on later", job.id, queue)
-    return {**result, "done": job.done, "left": job.left, "yielded": engine.yielded}
+    result = {**result, "done": job.done, "failed": job.failed, "left": job.left, "yielded": engine.yielded}
+    log.info("repair run ended: %s", json.dumps(result))
+    return result
 
 
 @app.task(name="celery_app.celery_tasks.repair_gaps")
 def repair_gaps(exchange: str) -> dict:
     """Plan the exchange's missing minutes and drain its repair job at low priority (or carry on
-    with the unfinished one). The worker is handed back as soon as a message waits in the queue:
-    user backfills never wait behind a repair, and the repair goes on at the next run."""
+    with the unfinished one; a run that finds it being drained leaves it to that worker, so a long
+    repair never takes more than one worker process). The worker is handed back as soon as a
+    message waits in the queue: user backfills never wait behind a repair, and the repair goes on
+    at the next run."""
     setup_logging("celery_worker")
     return asyncio.run(_repair(exchange))
 

@@ -29,7 +29,7 @@ from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
 from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
 from fetchers.rest.outages import redis_client, with_database_retry
-from fetchers.rest.rate_limiter import SharedRateLimiter
+from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_RATE_LIMIT_WAITS = 20
 ORPHAN_POLL_SECONDS = 1.0
+YIELD_POLL_SECONDS = 0.25
 
 T = TypeVar("T")
 
@@ -209,9 +210,23 @@ class BackfillEngine:
             self.refresh_seconds,
         )
 
+    async def _should_yield(self, limiter: SharedRateLimiter) -> bool:
+        """Whether `yield_when` says stop, asked before claiming a request — and again and again
+        while a low-priority engine waits for user backfills to leave the budget free, so a repair
+        never sits on its worker while a backfill waits for one."""
+        if self.yield_when is None:
+            return False
+        while True:
+            if await self.yield_when():
+                return True
+            busy = await limiter.busy_seconds() if limiter.priority == LOW else 0.0
+            if busy <= 0:
+                return False
+            await asyncio.sleep(min(busy, YIELD_POLL_SECONDS))
+
     async def _drain(self, store, adapter, limiter, http, writer) -> None:
         while True:
-            if self.yielded or (self.yield_when is not None and await self.yield_when()):
+            if self.yielded or await self._should_yield(limiter):
                 self.yielded = True
                 return
             claim = await store.claim(self.job_id, self.worker_id)

@@ -173,6 +173,10 @@ class SharedRateLimiter:
                 LEARNED_WINDOWS,
             )
 
+    async def busy_seconds(self) -> float:
+        """How long user backfills keep the budget busy: what a low-priority request waits now."""
+        return int(await self._blocked_for(keys=[self._busy_key])) / 1_000_000
+
     async def blocked_seconds(self) -> float:
         return int(await self._blocked_for(keys=[self._blocked_key])) / 1_000_000
 

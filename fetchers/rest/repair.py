@@ -83,7 +83,9 @@ async def known_exchange_now_ms(exchange: str, client: aioredis.Redis) -> int:
 
 async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redis) -> int:
     """The exchange's own clock (asked at low priority in the shared budget); what the live feed
-    has seen when the exchange cannot tell."""
+    has seen when the exchange cannot tell — or when user backfills are using the budget: a
+    low-priority request would wait for them, and the repair task would sit on its worker meanwhile
+    (unable to hand it to a queued backfill before it has planned)."""
     limiter = SharedRateLimiter(
         client,
         exchange,
@@ -91,6 +93,8 @@ async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redi
         priority=LOW,
         yield_seconds=settings.repair_yield_seconds,
     )
+    if await limiter.busy_seconds() > 0:
+        return await known_exchange_now_ms(exchange, client)
     try:
         return await exchange_now_ms(settings, exchange, limiter)
     except ExchangeClockUnavailable as error:

@@ -45,6 +45,7 @@ from fetchers.rest.jobs import (
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
 from fetchers.rest.outages import redis_client
 from fetchers.rest.progress import ProgressMeter, ProgressStream
+from fetchers.rest.rate_limiter import LOW
 from fetchers.rest.repair import submit_repair
 from scripts.cli import EXIT_FAILED, EXIT_USAGE, fail
 
@@ -346,8 +347,9 @@ def cancel(job_id: str) -> None:
 @click.option("--exchange", help="only this exchange")
 @click.option("--job", "job_id", help="only this job")
 def status(exchange: str | None, job_id: str | None) -> None:
-    """List backfill jobs (of this database) and how far they got. `interrupted` means requests are
-    left but every worker that took part is gone: run `resume`."""
+    """List backfill jobs (of this database) and how far they got. `kind` tells a user's backfill from
+    the automatic repair (a low-priority job). `interrupted` means requests are left but every worker
+    that took part is gone: run `resume` (an interrupted repair is carried on by the next repair run)."""
     settings = load_settings_or_exit()
     names = EXCHANGES
     if exchange:
@@ -357,11 +359,12 @@ def status(exchange: str | None, job_id: str | None) -> None:
     if not jobs:
         click.echo("no backfill jobs")
         return
-    header = ("job", "exchange", "range (UTC)", "requests", "left", "failed", "candles", "state")
+    header = ("job", "exchange", "kind", "range (UTC)", "requests", "left", "failed", "candles", "state")
     rows = [
         (
             job.id,
             job.exchange,
+            job_kind(job),
             span(job.start_ms, job.end_ms),
             f"{job.done + job.failed:,}/{job.total:,}",
             f"{job.left:,}",
@@ -372,13 +375,18 @@ def status(exchange: str | None, job_id: str | None) -> None:
         for job in sorted(jobs, key=lambda j: j.created_ms)
     ]
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    right = {3, 4, 5, 6}
+    right = {4, 5, 6, 7}
     for row in (header, *rows):
         cells = [
             cell.rjust(w) if i in right else cell.ljust(w)
             for i, (cell, w) in enumerate(zip(row, widths, strict=True))
         ]
         click.echo("  ".join(cells).rstrip())
+
+
+def job_kind(job: JobInfo) -> str:
+    """`repair` for the automatic repair's jobs (the only low-priority ones), else `backfill`."""
+    return "repair" if job.priority == LOW else "backfill"
 
 
 def enqueue_repair(exchange: str) -> None:

@@ -460,6 +460,13 @@ def test_repair_fills_the_gap_between_two_backfills_then_finds_nothing(platform_
     again = run_cli("repair", "--exchange", exchange, "--since", iso(start_ms), "--local")
     assert again.returncode == 0 and f"{exchange}: nothing to repair" in again.stdout, again.stderr
 
+    status = run_cli("status", "--exchange", exchange)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["job", "exchange", "kind"]
+    kinds = [line.split()[2] for line in lines[1:]]
+    assert kinds == ["backfill", "backfill", "repair"], status.stdout  # oldest first
+
 
 @pytest.mark.parametrize(
     "args, fragment",

@@ -150,3 +150,79 @@ def test_a_user_backfill_keeps_at_least_90_percent_of_the_budget_while_a_repair_
     assert user_sent >= user_total
     assert user_sent >= 0.9 * (user_sent + repair_sent), (user_sent, repair_sent)
     assert simulator.stats()[exchange]["over_limit"] == 0
+
+
+def test_a_repair_run_leaves_a_repair_being_drained_to_its_worker(platform_settings, simulator):
+    """Beat runs come every interval; a repair that lasts longer must not take one more worker
+    process per run: a run that finds the repair job drained by a live worker returns at once."""
+    from celery_app.celery_tasks import repair_gaps
+
+    exchange = "binance"
+    asyncio.run(refresh_markets(platform_settings, exchange))
+    old, _ = day_aligned_range(simulator, days_back=20, days=1)
+    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
+    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
+    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+    submission = asyncio.run(submit_repair(platform_settings, exchange))
+    assert submission.new and submission.job.total > 10
+
+    async def scenario():
+        draining = BackfillEngine(
+            platform_settings, submission.job.id, EngineOptions.from_settings(platform_settings)
+        )
+        task = asyncio.create_task(draining.run())
+        while draining.requests_sent < 2:
+            await asyncio.sleep(0.02)
+        result = await asyncio.to_thread(repair_gaps, exchange)
+        job = await task
+        return result, job, draining.requests_sent
+
+    result, job, sent_by_first = asyncio.run(scenario())
+    assert result["job"] == submission.job.id and result.get("busy") is True, result
+    assert job.finished and job.failed == 0
+    assert sent_by_first == job.total, "the draining worker sent every request: the run joined none"
+
+
+def test_the_repair_plans_with_the_live_feeds_clock_while_backfills_use_the_budget(
+    platform_settings, simulator
+):
+    """Asking the exchange's clock at low priority would wait behind user backfills with the
+    repair's worker held; while they use the budget the repair takes the live feed's clock."""
+    import redis.asyncio as aioredis
+
+    from common.redis_keys import ws_health_key
+    from fetchers.rest.rate_limiter import HIGH, SharedRateLimiter
+    from fetchers.rest.repair import repair_now_ms
+
+    exchange = "binance"
+    feed_seen = simulator.clock()["current_minute_ms"] + 7 * 1440 * MINUTE_MS  # unmistakable
+
+    async def scenario() -> tuple[int, int, tuple[int, int, int], int]:
+        client = aioredis.from_url(platform_settings.redis_url)
+        try:
+            await client.hset(ws_health_key(exchange), "exchange_time_ms", feed_seen)
+            user = SharedRateLimiter(
+                client,
+                exchange,
+                get_adapter(exchange).rate_limit(platform_settings),
+                priority=HIGH,
+                yield_seconds=platform_settings.repair_yield_seconds,
+            )
+            await user.acquire()  # a user backfill's request: the budget is busy
+            sent = simulator.stats()[exchange]["rest_requests"]
+            busy_now = await repair_now_ms(platform_settings, exchange, client)
+            sent_busy = simulator.stats()[exchange]["rest_requests"] - sent
+            await asyncio.sleep(await user.busy_seconds())
+            await client.hdel(ws_health_key(exchange), "exchange_time_ms")
+            before = simulator.clock()["now_ms"]
+            free_now = await repair_now_ms(platform_settings, exchange, client)
+            after = simulator.clock()["now_ms"]
+            sent_free = simulator.stats()[exchange]["rest_requests"] - sent - sent_busy
+            return busy_now, sent_busy, (before, free_now, after), sent_free
+        finally:
+            await client.aclose()
+
+    busy_now, sent_busy, (before, free_now, after), sent_free = asyncio.run(scenario())
+    assert (busy_now, sent_busy) == (feed_seen + MINUTE_MS, 0)
+    assert sent_free == 1  # the budget free: the exchange's own clock
+    assert before - MINUTE_MS <= free_now <= after + MINUTE_MS

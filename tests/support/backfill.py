@@ -97,6 +97,7 @@ class ProxiedRequest:
     path: str
     status: int
     headers: dict[str, str]
+    query: str = ""
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -154,7 +155,9 @@ class RecordingProxy:
             body = await reply.read()
             headers = {k.lower(): v for k, v in reply.headers.items() if k.lower() in self.FORWARDED_HEADERS}
             status = reply.status
-        self.log.append(ProxiedRequest(arrived, time.time(), request.path, status, headers))
+        self.log.append(
+            ProxiedRequest(arrived, time.time(), request.path, status, headers, request.query_string)
+        )
         return web.Response(body=body, status=status, headers=headers)
 
 
