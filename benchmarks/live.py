@@ -402,6 +402,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--updater-only", action="store_true", help="only the updater's figures (skips the fetcher runs)"
+    )
     args = parser.parse_args()
     if args.serve:
         port, markets, frames, rate = args.serve
@@ -428,50 +431,51 @@ def main() -> None:
         conn.commit()
         conn.close()
 
-        rss = []
-        runs = []
-        fetch_cpu = []
-        for _ in range(2):
+        rss: list[float] = []
+        if not args.updater_only:
+            runs = []
+            fetch_cpu = []
+            for _ in range(2):
+                source = FrameSource(markets, frames)
+                before = cpu.read()
+                runs.append(asyncio.run(run_fetcher(settings_for(pg, rd, source.url), frames)))
+                fetch_cpu.append(Cpu.per_unit(before, cpu.read(), frames))
+                source.close()
+                rss.append(memory_mb(os.getpid())[0])
+            best = max(runs, key=lambda run: run.rate)
+            mine, redis_us, _ = fetch_cpu[runs.index(best)]
             source = FrameSource(markets, frames)
-            before = cpu.read()
-            runs.append(asyncio.run(run_fetcher(settings_for(pg, rd, source.url), frames)))
-            fetch_cpu.append(Cpu.per_unit(before, cpu.read(), frames))
+            parse_rate = asyncio.run(parse_alone(source.url, frames))
             source.close()
-            rss.append(memory_mb(os.getpid())[0])
-        best = max(runs, key=lambda run: run.rate)
-        mine, redis_us, _ = fetch_cpu[runs.index(best)]
-        source = FrameSource(markets, frames)
-        parse_rate = asyncio.run(parse_alone(source.url, frames))
-        source.close()
-        burst = max(1, round(best.bars_per_flush))
-        redis_rate = asyncio.run(redis_alone(settings, markets, frames // 3, burst))
-        results.append(
-            Result(
-                f"fetcher messages/s, unpaced (ceilings: parse alone {parse_rate:,.0f}; "
-                f"Redis alone {redis_rate:,.0f} bars/s in bursts of {burst})",
-                f"{best.rate:,.0f}",
-                ">= 30,000",
-                best.rate >= 30_000,
+            burst = max(1, round(best.bars_per_flush))
+            redis_rate = asyncio.run(redis_alone(settings, markets, frames // 3, burst))
+            results.append(
+                Result(
+                    f"fetcher messages/s, unpaced (ceilings: parse alone {parse_rate:,.0f}; "
+                    f"Redis alone {redis_rate:,.0f} bars/s in bursts of {burst})",
+                    f"{best.rate:,.0f}",
+                    ">= 30,000",
+                    best.rate >= 30_000,
+                )
             )
-        )
-        results.append(
-            Result("fetcher CPU per message: fetcher process / Redis", f"{mine:.1f} / {redis_us:.1f} us")
-        )
+            results.append(
+                Result("fetcher CPU per message: fetcher process / Redis", f"{mine:.1f} / {redis_us:.1f} us")
+            )
 
-        latencies: list[float] = []
-        paced = 2000 * latency_seconds
-        source = FrameSource(markets, paced, 2000.0)
-        asyncio.run(run_fetcher(settings_for(pg, rd, source.url), paced, latencies))
-        source.close()
-        p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
-        results.append(
-            Result(
-                "frame -> PUBLISH p50 / p99 at 2,000 msg/s (frame receipt to Redis reply)",
-                f"{p50:.2f} / {p99:.2f} ms",
-                "p99 < 10 ms",
-                p99 < 10,
+            latencies: list[float] = []
+            paced = 2000 * latency_seconds
+            source = FrameSource(markets, paced, 2000.0)
+            asyncio.run(run_fetcher(settings_for(pg, rd, source.url), paced, latencies))
+            source.close()
+            p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+            results.append(
+                Result(
+                    "frame -> PUBLISH p50 / p99 at 2,000 msg/s (frame receipt to Redis reply)",
+                    f"{p50:.2f} / {p99:.2f} ms",
+                    "p99 < 10 ms",
+                    p99 < 10,
+                )
             )
-        )
 
         redis.Redis.from_url(settings.redis_url).flushall()
         updater = updater_rows(settings, cpu, markets, 40 if args.quick else 100)
@@ -499,14 +503,15 @@ def main() -> None:
                 f"{mine:.1f} / {redis_us:.1f} / {pg_us:.1f} us",
             )
         )
-        results.append(
-            Result(
-                "fetcher RSS after run 1 / run 2",
-                f"{rss[0]:.0f} / {rss[1]:.0f} MB",
-                "flat",
-                rss[1] <= rss[0] * 1.1,
+        if rss:
+            results.append(
+                Result(
+                    "fetcher RSS after run 1 / run 2",
+                    f"{rss[0]:.0f} / {rss[1]:.0f} MB",
+                    "flat",
+                    rss[1] <= rss[0] * 1.1,
+                )
             )
-        )
     finally:
         rd.stop()
         pg.stop()

@@ -44,7 +44,7 @@ from common.db import (
     insert_missing_copy_text,
     refresh_aggregates,
 )
-from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_UPDATER_HEALTH, ws_health_key
+from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.ws.coverage import COVERAGE_KIND
@@ -78,6 +78,17 @@ for k = 2, #KEYS do
   end
   a = a + 1 + 2 * n
   if redis.call('HLEN', key) == 0 then redis.call('SREM', KEYS[1], key) end
+end
+return 1
+"""
+
+# KEYS: ws_sub_list, ws_sub_rejected, the sub key; ARGV: field, stored value, the rejection record.
+# The bar moves to the dead-letter list only if it still holds the value that was refused.
+REJECT_STORED = """
+if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  if redis.call('HLEN', KEYS[3]) == 0 then redis.call('SREM', KEYS[1], KEYS[3]) end
 end
 return 1
 """
@@ -143,10 +154,11 @@ def bar_values(time_ms: int, raw: bytes) -> bytes:
     return "\t".join(values).encode()
 
 
-def check_batch(batch: Batch) -> None:
-    """Every value is number text and every bar has five (one pass over the whole batch)."""
-    joined = b"\n".join(batch.values)
-    count = len(batch.values)
+def bad_values(values: list[bytes]) -> list[int]:
+    """Indexes of the bars whose five values are not all decimal number text (one pass over the
+    whole batch when every bar is good, the common case)."""
+    joined = b"\n".join(values)
+    count = len(values)
     if (
         not joined.translate(None, NUMBER_CHARS + b"\t\n")
         and joined.count(b"\t") == 4 * count
@@ -156,11 +168,20 @@ def check_batch(batch: Batch) -> None:
         and not joined.startswith(b"\t")
         and not joined.endswith(b"\t")
     ):
-        return
-    for values in batch.values:
-        parts = values.split(b"\t")
+        return []
+    bad = []
+    for i, one in enumerate(values):
+        parts = one.split(b"\t")
         if len(parts) != 5 or not all(p and not p.translate(None, NUMBER_CHARS) for p in parts):
-            raise ValueError(f"prices and volumes must be decimal number text, got {values!r}")
+            bad.append(i)
+    return bad
+
+
+def check_batch(batch: Batch) -> None:
+    """Every value is number text and every bar has five: the last guard before COPY."""
+    bad = bad_values(batch.values)
+    if bad:
+        raise ValueError(f"prices and volumes must be decimal number text, got {batch.values[bad[0]]!r}")
 
 
 def split_coverage(records: list[str]) -> tuple[list[str], list[CoverageRange]]:
@@ -213,6 +234,7 @@ class Updater:
         self.redis = client
         self.delimiter = settings.redis_key_delimiter
         self._delete = client.register_script(DELETE_STORED)
+        self._move_aside = client.register_script(REJECT_STORED)
         self._local = threading.local()
         self._conns: list[PgConnection] = []
         self._conns_lock = threading.Lock()
@@ -276,7 +298,10 @@ class Updater:
                 if not fields:
                     batch.delete.append((key, []))
                     continue
-                bars = {int(t): raw for t, raw in fields.items()}
+                try:
+                    bars = {int(t): raw for t, raw in fields.items()}
+                except ValueError:
+                    bars = self._minute_fields(key, fields)
                 closed = closed_times(bars, clocks.get(exchange, 0))
                 if not closed:
                     continue
@@ -284,17 +309,74 @@ class Updater:
                 pairs: list[bytes] = []
                 for t in closed:
                     raw = bars[t]
-                    values = bar_values(t, raw)
+                    try:
+                        values = bar_values(t, raw)
+                    except ValueError as exc:
+                        self._reject(key, b"%d" % t, raw, str(exc))
+                        continue
                     batch.values.append(values)
                     batch.lines.append(b"%d%s%s\n" % (t, market, values))
                     pairs += (b"%d" % t, raw)
+                if not pairs:
+                    continue
                 batch.delete.append((key, pairs))
                 if batch.oldest_ms is None or closed[0] < batch.oldest_ms:
                     batch.oldest_ms = closed[0]
                 if len(batch.lines) >= ROWS_PER_BATCH:
-                    yield batch, seen
+                    yield self._without_bad_values(batch), seen
                     batch, seen = Batch(), 0
-        yield batch, seen
+        yield self._without_bad_values(batch), seen
+
+    def _minute_fields(self, key: str, fields: Mapping[bytes, bytes]) -> dict[int, bytes]:
+        """The fields named by a minute (ms); any other field is moved aside."""
+        bars: dict[int, bytes] = {}
+        for name, raw in fields.items():
+            try:
+                bars[int(name)] = raw
+            except ValueError:
+                self._reject(key, name, raw, "the field is not a minute's time in ms")
+        return bars
+
+    def _without_bad_values(self, batch: Batch) -> Batch:
+        """The batch less the bars whose values are not decimal number text (moved aside)."""
+        bad = set(bad_values(batch.values))
+        if not bad:
+            return batch
+        kept = Batch(oldest_ms=batch.oldest_ms)
+        i = 0
+        for key, pairs in batch.delete:
+            keep: list[bytes] = []
+            for j in range(0, len(pairs), 2):
+                if i in bad:
+                    reason = "prices and volumes must be decimal number text"
+                    self._reject(key, pairs[j], pairs[j + 1], reason)
+                else:
+                    keep += pairs[j : j + 2]
+                    kept.lines.append(batch.lines[i])
+                    kept.values.append(batch.values[i])
+                i += 1
+            if keep or not pairs:
+                kept.delete.append((key, keep))
+        return kept
+
+    def _reject(self, key: str, name: bytes, raw: bytes, reason: str) -> None:
+        """Move a stored bar that cannot be read to `ws_sub_rejected` (if it still holds the value
+        read), so one bad value never blocks the bars behind it; logged with its key and text."""
+        text = raw.decode(errors="backslashreplace")
+        minute = name.decode(errors="backslashreplace")
+        log.error(
+            "moved an unreadable bar to %s: %s field %s: %s: %r", WS_SUB_REJECTED, key, minute, reason, text
+        )
+        record = json.dumps(
+            {
+                "key": key,
+                "field": minute,
+                "raw": text,
+                "reason": reason,
+                "rejected_ms": int(time.time() * 1000),
+            }
+        )
+        self._move_aside(keys=[WS_SUB_LIST, WS_SUB_REJECTED, key], args=[name, raw, record])
 
     def _write(self, batch: Batch) -> int:
         """Commit one batch, then delete what it stored from Redis."""
