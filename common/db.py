@@ -440,3 +440,19 @@ def refresh_aggregates(
         raise DatabaseError(f"refreshing the aggregates {what}: {error_line(error)}") from None
     finally:
         conn.close()
+
+
+def refresh_market_aggregates(
+    conn: PgConnection, start: datetime, end: datetime, markets: Sequence[tuple[str, str, str]]
+) -> None:
+    """Plain PostgreSQL: rebuild every level over [start, end) for these (exchange, base, quote)
+    markets only, in the caller's transaction (the caller commits). The open-bucket marks stay as
+    they are: a `refresh_aggregates` after it keeps them."""
+    if not markets or end <= start:
+        return
+    exchanges, base_ids, quote_ids = (list(column) for column in zip(*markets, strict=True))
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT refresh_ohlcv_market_range(%s, %s, %s, %s, %s)",
+            (start, end, exchanges, base_ids, quote_ids),
+        )

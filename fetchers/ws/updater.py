@@ -11,8 +11,10 @@ Every `updater_flush_seconds`:
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
    Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
    once every batch is committed, store the records of step 1 (coverage never runs ahead of its bars);
-5. on plain PostgreSQL, refresh the aggregates over the 5-minute buckets that have closed.
-Steps 3-4 run on `WRITERS` threads, each with its own connection, while the main thread reads the
+5. on plain PostgreSQL, each batch's writer then refreshes that batch's markets over the 5-minute
+   buckets that have closed, and once all are in, one refresh covers what earlier flushes left and
+   each level's open buckets.
+Steps 3-5 run on `WRITERS` threads, each with its own connection, while the main thread reads the
 next batch (the database and Redis work in other processes, so all of it overlaps on several cores).
 A database outage leaves everything in Redis; the next flush tries again.
 """
@@ -43,6 +45,7 @@ from common.db import (
     has_timescaledb,
     insert_missing_copy_text,
     refresh_aggregates,
+    refresh_market_aggregates,
 )
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
@@ -127,6 +130,8 @@ class Batch:
     delete: list[tuple[str, list[bytes]]] = field(default_factory=list)
     """(sub key, [field, stored value, ...]); an empty list for a key whose hash is empty."""
     oldest_ms: int | None = None
+    markets: list[tuple[str, str, str]] = field(default_factory=list)
+    """(exchange, base, quote) of the bars in the batch, for refreshing their aggregates."""
 
 
 def split_sub_key(key: str, delimiter: str) -> tuple[str, str, str]:
@@ -320,6 +325,7 @@ class Updater:
                 if not pairs:
                     continue
                 batch.delete.append((key, pairs))
+                batch.markets.append((exchange, base_id, quote_id))
                 if batch.oldest_ms is None or closed[0] < batch.oldest_ms:
                     batch.oldest_ms = closed[0]
                 if len(batch.lines) >= ROWS_PER_BATCH:
@@ -342,7 +348,7 @@ class Updater:
         bad = set(bad_values(batch.values))
         if not bad:
             return batch
-        kept = Batch(oldest_ms=batch.oldest_ms)
+        kept = Batch(oldest_ms=batch.oldest_ms, markets=batch.markets)
         i = 0
         for key, pairs in batch.delete:
             keep: list[bytes] = []
@@ -378,8 +384,10 @@ class Updater:
         )
         self._move_aside(keys=[WS_SUB_LIST, WS_SUB_REJECTED, key], args=[name, raw, record])
 
-    def _write(self, batch: Batch) -> int:
-        """Commit one batch, then delete what it stored from Redis."""
+    def _write(self, batch: Batch, refresh_until_ms: int | None) -> int:
+        """Commit one batch, then delete what it stored from Redis; then (plain PostgreSQL) refresh
+        its markets' aggregates over its minutes before `refresh_until_ms`, while the other writer
+        inserts the next batch."""
         check_batch(batch)
         conn = self._db()
         try:
@@ -390,6 +398,19 @@ class Updater:
                 conn.rollback()
             raise
         self._delete_stored(batch.delete)
+        if (
+            refresh_until_ms is not None
+            and batch.oldest_ms is not None
+            and batch.oldest_ms < refresh_until_ms
+        ):
+            try:
+                start, end = ms_to_datetime(batch.oldest_ms), ms_to_datetime(refresh_until_ms)
+                refresh_market_aggregates(conn, start, end, batch.markets)
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
         return inserted
 
     def _store_records(self, records: list[str]) -> int:
@@ -415,9 +436,13 @@ class Updater:
         # all in Redis (and closed by the clock read next) when it is read.
         records = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
         clocks = self.exchange_clocks()
+        newest_clock = max(clocks.values(), default=0)
+        closed_until = newest_clock - newest_clock % SMALLEST_BUCKET_MS
         outage_count = 0
         rows = inserted = backlog = 0
         oldest: int | None = None
+        prior: tuple[int, int] | None = None
+        prior_read = False
         pending: deque[Future[int]] = deque()
         if self._writers is None:  # kept across flushes: each thread keeps its connection
             self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="updater-db")
@@ -427,9 +452,12 @@ class Updater:
                 backlog += seen
                 if not batch.lines and not batch.delete:
                     continue
+                if batch.lines and not prior_read:  # before this flush writes a row
+                    prior, prior_read = self._prior_unrefreshed(), True
                 if len(pending) >= WRITERS:
                     inserted += pending.popleft().result()
-                pending.append(writers.submit(self._write, batch))
+                refresh_until = None if self._timescale else closed_until
+                pending.append(writers.submit(self._write, batch, refresh_until))
                 rows += len(batch.lines)
                 if batch.oldest_ms is not None:
                     oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
@@ -439,8 +467,8 @@ class Updater:
                 outage_count = self._store_records(records)
         except BaseException:
             if oldest is not None:  # some batches may be committed: their minutes need a refresh too
-                dirty = self._dirty_from_ms
-                self._dirty_from_ms = oldest if dirty is None else min(dirty, oldest)
+                dirty = [t for t in (self._dirty_from_ms, prior and prior[0]) if t is not None]
+                self._dirty_from_ms = min([oldest, *dirty])
             raise
         finally:
             while pending:  # something failed: the batches already read still go in
@@ -450,7 +478,7 @@ class Updater:
                     pass
         self.rows_flushed_total += rows
         if oldest is not None:
-            self._refresh_aggregates(oldest, clocks)
+            self._refresh_aggregates(oldest, prior, closed_until, newest_clock)
         return FlushResult(rows, inserted, outage_count, backlog - rows)
 
     def _delete_stored(self, stored: list[tuple[str, list[bytes]]]) -> None:
@@ -462,40 +490,55 @@ class Updater:
                 args += pairs
             self._delete(keys=[WS_SUB_LIST, *(key for key, _ in chunk)], args=args)
 
-    def _refresh_aggregates(self, oldest_ms: int, clocks: Mapping[str, int]) -> None:
-        """Plain PostgreSQL: rebuild the levels over the 5-minute buckets that closed since last
-        time (each level is built from the one below, so wider buckets follow). TimescaleDB's
+    def _prior_unrefreshed(self) -> tuple[int, int] | None:
+        """[start, end) in ms of the rows written before this flush that no refresh may have covered:
+        from where the last flush's refresh stopped or, on this process's first, from the bucket
+        before the newest 5-minute one built (an updater killed between its commit and its refresh,
+        or a bar closed late), every row with none built; up to the newest row. None when there is
+        no such row, and on TimescaleDB."""
+        conn = self._db()
+        if self._timescale:
+            return None
+        with conn.cursor() as cur:
+            cur.execute("SELECT (extract(epoch FROM max(time)) * 1000)::bigint FROM ohlcvs")
+            newest = cur.fetchone()[0]
+            start = self._dirty_from_ms
+            if newest is not None and start is None:
+                cur.execute(
+                    "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_5min) "
+                    "- %s * interval '1 millisecond', (SELECT min(time) FROM ohlcvs))) * 1000)::bigint",
+                    (SMALLEST_BUCKET_MS,),
+                )
+                start = cur.fetchone()[0]
+        conn.commit()
+        if newest is None or start is None:
+            return None
+        return start, newest + MINUTE_MS
+
+    def _refresh_aggregates(
+        self, oldest_ms: int, prior: tuple[int, int] | None, closed_until: int, newest_clock: int
+    ) -> None:
+        """Plain PostgreSQL: each batch refreshed its own markets up to `closed_until` (the
+        5-minute buckets the exchange's clock closed) right after its commit; what is left is the
+        rows of earlier flushes in [prior) for every market, then each level's open buckets and
+        their marks (each level is built from the one below, so wider buckets follow). TimescaleDB's
         real-time aggregation needs nothing."""
         if self._timescale:
             return
-        if self._dirty_from_ms is None:
-            start = self._unrefreshed_from_ms(oldest_ms)
-        else:
-            start = min(self._dirty_from_ms, oldest_ms)
-        newest_clock = max(clocks.values(), default=0)
-        closed_until = newest_clock - newest_clock % SMALLEST_BUCKET_MS
-        if closed_until <= start - start % SMALLEST_BUCKET_MS:
-            self._dirty_from_ms = start  # its bucket is still open: refresh once it closes
+        first = oldest_ms if prior is None else min(oldest_ms, prior[0])
+        if closed_until <= first - first % SMALLEST_BUCKET_MS:
+            self._dirty_from_ms = first  # its bucket is still open: refresh once it closes
             return
+        start, end = (
+            (closed_until, closed_until) if prior is None else (prior[0], min(prior[1], closed_until))
+        )
         refresh_aggregates(  # open buckets are judged by the exchange's clock, not this machine's
-            self.settings, ms_to_datetime(start), ms_to_datetime(closed_until), ms_to_datetime(newest_clock)
+            self.settings,
+            ms_to_datetime(start),
+            ms_to_datetime(max(start, end)),
+            ms_to_datetime(newest_clock),
         )
         self._dirty_from_ms = closed_until
-
-    def _unrefreshed_from_ms(self, oldest_ms: int) -> int:
-        """Where this process's first refresh starts: an updater killed between its commit and its
-        refresh left rows after the newest 5-minute bucket built (or in the one before it, a bar
-        closed late) that no refresh has covered; with no bucket built yet, every row."""
-        conn = self._db()
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_5min) "
-                "- %s * interval '1 millisecond', (SELECT min(time) FROM ohlcvs))) * 1000)::bigint",
-                (SMALLEST_BUCKET_MS,),
-            )
-            built = cur.fetchone()[0]
-        conn.commit()
-        return oldest_ms if built is None else min(oldest_ms, built)
 
     def write_health(self, backlog: int) -> None:
         self.redis.hset(

@@ -93,7 +93,14 @@ def shown(conn, name: str, since: datetime) -> dict:
         return {tuple(row[:3]): tuple(row[3:]) for row in cur.fetchall()}
 
 
-def test_every_level_shows_each_closed_bucket_within_one_bucket_length(settings, redis_server):
+@pytest.mark.parametrize("rows_per_batch", [None, 100], ids=["one batch", "a batch per market"])
+def test_every_level_shows_each_closed_bucket_within_one_bucket_length(
+    settings, redis_server, monkeypatch, rows_per_batch
+):
+    import fetchers.ws.updater as updater_module
+
+    if rows_per_batch:  # each batch's markets are refreshed by its writer while the next is written
+        monkeypatch.setattr(updater_module, "ROWS_PER_BATCH", rows_per_batch)
     with connection(settings) as conn:
         upsert_markets(conn, MARKETS)
     updater = Updater(settings, redis_server.client())
@@ -123,8 +130,9 @@ class Killed(BaseException):
     """Stands for `kill -9`: the process ends right there, nothing after it runs."""
 
 
+@pytest.mark.parametrize("refresh", ["refresh_market_aggregates", "refresh_aggregates"])
 def test_an_updater_killed_between_its_commit_and_its_refresh_leaves_no_bucket_stale(
-    settings, redis_server, monkeypatch
+    settings, redis_server, monkeypatch, refresh
 ):
     import fetchers.ws.updater as updater_module
 
@@ -139,7 +147,7 @@ def test_an_updater_killed_between_its_commit_and_its_refresh_leaves_no_bucket_s
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(updater_module, "refresh_aggregates", killed)
+    monkeypatch.setattr(updater_module, refresh, killed)  # its batch's refresh, or the one after
     with pytest.raises(Killed):
         first.flush()  # committed 13:26 .. 13:29, then died before refreshing
     first.close()
