@@ -415,8 +415,11 @@ def refresh_aggregates(
     start: datetime | None,
     end: datetime | None,
     now: datetime | None = None,
+    upper: tuple[datetime, datetime] | None = None,
 ) -> None:
-    """Bring every aggregate level up to date over the buckets touched by [start, end) (None = all).
+    """Bring every aggregate level up to date over the buckets touched by [start, end) (None = all)
+    and, on plain PostgreSQL, the levels above the first over `upper` (whose first level
+    `refresh_first_level` rebuilt).
 
     TimescaleDB: each continuous aggregate is refreshed over `bucket_window` (closed buckets only;
     the refresh is a procedure that must run outside a transaction block, so this uses its own
@@ -434,7 +437,10 @@ def refresh_aggregates(
                     if window is not None:
                         cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
             else:
-                cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()))", (start, end, now))
+                cur.execute(
+                    "SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()), %s, %s)",
+                    (start, end, now, *(upper or (None, None))),
+                )
     except psycopg2.Error as error:
         what = "lost the connection to PostgreSQL" if conn.closed else "failed"
         raise DatabaseError(f"refreshing the aggregates {what}: {error_line(error)}") from None
@@ -442,17 +448,17 @@ def refresh_aggregates(
         conn.close()
 
 
-def refresh_market_aggregates(
+def refresh_first_level(
     conn: PgConnection, start: datetime, end: datetime, markets: Sequence[tuple[str, str, str]]
 ) -> None:
-    """Plain PostgreSQL: rebuild every level over [start, end) for these (exchange, base, quote)
-    markets only, in the caller's transaction (the caller commits). The open-bucket marks stay as
-    they are: a `refresh_aggregates` after it keeps them."""
+    """Plain PostgreSQL: rebuild the first level (5 minutes) over [start, end) for these (exchange,
+    base, quote) markets only, in the caller's transaction (the caller commits). The levels above
+    it are left to a `refresh_aggregates(..., upper=...)` after it over the same range."""
     if not markets or end <= start:
         return
     exchanges, base_ids, quote_ids = (list(column) for column in zip(*markets, strict=True))
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT refresh_ohlcv_market_range(%s, %s, %s, %s, %s)",
+            "SELECT refresh_ohlcv_first_level(%s, %s, %s, %s, %s)",
             (start, end, exchanges, base_ids, quote_ids),
         )

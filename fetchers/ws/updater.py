@@ -11,9 +11,9 @@ Every `updater_flush_seconds`:
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
    Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
    once every batch is committed, store the records of step 1 (coverage never runs ahead of its bars);
-5. on plain PostgreSQL, each batch's writer then refreshes that batch's markets over the 5-minute
-   buckets that have closed, and once all are in, one refresh covers what earlier flushes left and
-   each level's open buckets.
+5. on plain PostgreSQL, each batch's writer then rebuilds that batch's markets' 5-minute buckets
+   that have closed (the level proportional to the rows), and once all are in, one refresh builds
+   the levels above, what earlier flushes left and each level's open buckets.
 Steps 3-5 run on `WRITERS` threads, each with its own connection, while the main thread reads the
 next batch (the database and Redis work in other processes, so all of it overlaps on several cores).
 A database outage leaves everything in Redis; the next flush tries again.
@@ -45,7 +45,7 @@ from common.db import (
     has_timescaledb,
     insert_missing_copy_text,
     refresh_aggregates,
-    refresh_market_aggregates,
+    refresh_first_level,
 )
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
@@ -385,9 +385,9 @@ class Updater:
         self._move_aside(keys=[WS_SUB_LIST, WS_SUB_REJECTED, key], args=[name, raw, record])
 
     def _write(self, batch: Batch, refresh_until_ms: int | None) -> int:
-        """Commit one batch, then delete what it stored from Redis; then (plain PostgreSQL) refresh
-        its markets' aggregates over its minutes before `refresh_until_ms`, while the other writer
-        inserts the next batch."""
+        """Commit one batch, then delete what it stored from Redis; then (plain PostgreSQL) rebuild
+        its markets' 5-minute buckets over its minutes before `refresh_until_ms`, while the other
+        writer inserts the next batch (the levels above follow once every batch is in)."""
         check_batch(batch)
         conn = self._db()
         try:
@@ -405,7 +405,7 @@ class Updater:
         ):
             try:
                 start, end = ms_to_datetime(batch.oldest_ms), ms_to_datetime(refresh_until_ms)
-                refresh_market_aggregates(conn, start, end, batch.markets)
+                refresh_first_level(conn, start, end, batch.markets)
                 conn.commit()
             except BaseException:
                 if not conn.closed:
@@ -518,9 +518,10 @@ class Updater:
     def _refresh_aggregates(
         self, oldest_ms: int, prior: tuple[int, int] | None, closed_until: int, newest_clock: int
     ) -> None:
-        """Plain PostgreSQL: each batch refreshed its own markets up to `closed_until` (the
-        5-minute buckets the exchange's clock closed) right after its commit; what is left is the
-        rows of earlier flushes in [prior) for every market, then each level's open buckets and
+        """Plain PostgreSQL: each batch rebuilt its own markets' 5-minute buckets up to
+        `closed_until` (the buckets the exchange's clock closed) right after its commit; what is
+        left, in one call: every level over the rows of earlier flushes in [prior), the levels above
+        the first over this flush's [oldest_ms, closed_until), then each level's open buckets and
         their marks (each level is built from the one below, so wider buckets follow). TimescaleDB's
         real-time aggregation needs nothing."""
         if self._timescale:
@@ -537,6 +538,7 @@ class Updater:
             ms_to_datetime(start),
             ms_to_datetime(max(start, end)),
             ms_to_datetime(newest_clock),
+            (ms_to_datetime(oldest_ms), ms_to_datetime(max(oldest_ms, closed_until))),
         )
         self._dirty_from_ms = closed_until
 

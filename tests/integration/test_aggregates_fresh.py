@@ -130,7 +130,7 @@ class Killed(BaseException):
     """Stands for `kill -9`: the process ends right there, nothing after it runs."""
 
 
-@pytest.mark.parametrize("refresh", ["refresh_market_aggregates", "refresh_aggregates"])
+@pytest.mark.parametrize("refresh", ["refresh_first_level", "refresh_aggregates"])
 def test_an_updater_killed_between_its_commit_and_its_refresh_leaves_no_bucket_stale(
     settings, redis_server, monkeypatch, refresh
 ):

@@ -47,7 +47,10 @@ $$;
 -- open = first open, high = max, low = min, close = last close, volume = sum hold at every level.
 -- First and last are the smallest and largest [epoch, value] numeric arrays (exact, no sort per
 -- bucket): about half the cost of array_agg(... ORDER BY ...) on PostgreSQL 15.
-CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregate_range(range_start timestamptz, range_end timestamptz)
+-- From level first_ordinal up (1 = every level).
+DROP FUNCTION IF EXISTS refresh_ohlcv_aggregate_range(timestamptz, timestamptz);
+CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregate_range(range_start timestamptz, range_end timestamptz,
+                                                         first_ordinal integer DEFAULT 1)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -59,7 +62,7 @@ DECLARE
     rows_done integer := 0;
     n         integer;
 BEGIN
-    FOR level IN SELECT * FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
+    FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal >= first_ordinal ORDER BY ordinal LOOP
         lo := date_bin(level.width, range_start, origin);
         hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
         source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
@@ -83,12 +86,15 @@ BEGIN
 END
 $$;
 
--- refresh_ohlcv_aggregate_range for the given markets only (parallel arrays): the updater refreshes
--- each batch's markets as soon as that batch commits, while its next batch is being written. It
--- leaves the open-bucket marks alone (refresh_ohlcv_aggregates, run after, keeps them) and shares its
--- lock with other market refreshes, not with a whole refresh.
-CREATE OR REPLACE FUNCTION refresh_ohlcv_market_range(range_start timestamptz, range_end timestamptz,
-                                                      exchanges text[], base_ids text[], quote_ids text[])
+-- The first level (5 minutes, from ohlcvs) over [range_start, range_end) for the given markets only
+-- (parallel arrays): the updater rebuilds each batch's markets as soon as that batch commits, while
+-- its next batch is being written; the level holds the one row per five 1-minute rows, so the
+-- levels above it are then cheap to rebuild for all markets at once (refresh_ohlcv_aggregates'
+-- upper range, which also keeps the open-bucket marks). It shares its lock with other such calls,
+-- not with a whole refresh.
+DROP FUNCTION IF EXISTS refresh_ohlcv_market_range(timestamptz, timestamptz, text[], text[], text[]);
+CREATE OR REPLACE FUNCTION refresh_ohlcv_first_level(range_start timestamptz, range_end timestamptz,
+                                                     exchanges text[], base_ids text[], quote_ids text[])
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -104,7 +110,7 @@ BEGIN
         RETURN 0;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(hashtext('refresh_ohlcv_aggregates'));
-    FOR level IN SELECT * FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
+    FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal = 1 LOOP
         lo := date_bin(level.width, range_start, origin);
         hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
         source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
@@ -172,12 +178,16 @@ BEGIN
 END
 $$;
 
--- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row), then every level's
--- buckets that were open at the previous refresh (rows may have been written into them since), and
--- remember which materialised buckets are still open at as_of (a bucket is closed one minute after
--- its end, like TimescaleDB's policies' end_offset).
+-- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row), then the levels
+-- above the first over [upper_start, upper_end) (whose first level refresh_ohlcv_first_level has
+-- rebuilt), then every level's buckets that were open at the previous refresh (rows may have been
+-- written into them since), and remember which materialised buckets are still open at as_of (a
+-- bucket is closed one minute after its end, like TimescaleDB's policies' end_offset).
+DROP FUNCTION IF EXISTS refresh_ohlcv_aggregates(timestamptz, timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregates(range_start timestamptz, range_end timestamptz,
-                                                    as_of timestamptz DEFAULT now())
+                                                    as_of timestamptz DEFAULT now(),
+                                                    upper_start timestamptz DEFAULT NULL,
+                                                    upper_end timestamptz DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -199,6 +209,9 @@ BEGIN
     END IF;
     IF range_start IS NOT NULL AND range_end IS NOT NULL AND range_end > range_start THEN
         rows_done := rows_done + refresh_ohlcv_aggregate_range(range_start, range_end);
+    END IF;
+    IF upper_start IS NOT NULL AND upper_end IS NOT NULL AND upper_end > upper_start THEN
+        rows_done := rows_done + refresh_ohlcv_aggregate_range(upper_start, upper_end, 2);
     END IF;
     IF EXISTS (SELECT 1 FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL) THEN
         SELECT greatest(as_of, max(time) + INTERVAL '1 minute') INTO pending_end FROM ohlcvs;
