@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -159,9 +160,19 @@ def bar_values(time_ms: int, raw: bytes) -> bytes:
     return "\t".join(values).encode()
 
 
-def bad_values(values: list[bytes]) -> list[int]:
-    """Indexes of the bars whose five values are not all decimal number text (one pass over the
-    whole batch when every bar is good, the common case)."""
+DECIMAL_VALUES = re.compile(
+    rb"(?:[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?:\t[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+    rb"(?:[eE][-+]?[0-9]+)?){4}"
+)
+"""Five decimal numbers, tab-separated, as PostgreSQL's numeric reads them."""
+
+
+def bad_values(values: list[bytes], strict: bool = False) -> list[int]:
+    """Indexes of the bars whose five values are not all made of number characters (one pass over
+    the whole batch when every bar is good, the common case) or, `strict`, not all decimal numbers
+    (`1.2.3` is made of number characters: only PostgreSQL's refusal of a batch pays for this)."""
+    if strict:
+        return [i for i, one in enumerate(values) if not DECIMAL_VALUES.fullmatch(one)]
     joined = b"\n".join(values)
     count = len(values)
     if (
@@ -343,9 +354,9 @@ class Updater:
                 self._reject(key, name, raw, "the field is not a minute's time in ms")
         return bars
 
-    def _without_bad_values(self, batch: Batch) -> Batch:
+    def _without_bad_values(self, batch: Batch, strict: bool = False) -> Batch:
         """The batch less the bars whose values are not decimal number text (moved aside)."""
-        bad = set(bad_values(batch.values))
+        bad = set(bad_values(batch.values, strict))
         if not bad:
             return batch
         kept = Batch(oldest_ms=batch.oldest_ms, markets=batch.markets)
@@ -384,19 +395,21 @@ class Updater:
         )
         self._move_aside(keys=[WS_SUB_LIST, WS_SUB_REJECTED, key], args=[name, raw, record])
 
-    def _write(self, batch: Batch, refresh_until_ms: int | None) -> int:
+    def _write(self, batch: Batch, refresh_until_ms: int | None) -> tuple[int, int]:
         """Commit one batch, then delete what it stored from Redis; then (plain PostgreSQL) rebuild
         its markets' 5-minute buckets over its minutes before `refresh_until_ms`, while the other
-        writer inserts the next batch (the levels above follow once every batch is in)."""
+        writer inserts the next batch (the levels above follow once every batch is in). Returns
+        the bars stored and the rows that were new."""
         check_batch(batch)
         conn = self._db()
         try:
-            inserted = insert_missing_copy_text(conn, io.BytesIO(b"".join(batch.lines))) if batch.lines else 0
-            conn.commit()
-        except BaseException:
-            if not conn.closed:
-                conn.rollback()
-            raise
+            inserted = self._insert(conn, batch)
+        except psycopg2.DataError:  # a value made of number characters that is no number
+            readable = self._without_bad_values(batch, strict=True)
+            if len(readable.lines) == len(batch.lines):
+                raise
+            batch = readable
+            inserted = self._insert(conn, batch)
         self._delete_stored(batch.delete)
         if (
             refresh_until_ms is not None
@@ -411,6 +424,17 @@ class Updater:
                 if not conn.closed:
                     conn.rollback()
                 raise
+        return len(batch.lines), inserted
+
+    @staticmethod
+    def _insert(conn: PgConnection, batch: Batch) -> int:
+        try:
+            inserted = insert_missing_copy_text(conn, io.BytesIO(b"".join(batch.lines))) if batch.lines else 0
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
         return inserted
 
     def _store_records(self, records: list[str]) -> int:
@@ -443,7 +467,7 @@ class Updater:
         oldest: int | None = None
         prior: tuple[int, int] | None = None
         prior_read = False
-        pending: deque[Future[int]] = deque()
+        pending: deque[Future[tuple[int, int]]] = deque()
         if self._writers is None:  # kept across flushes: each thread keeps its connection
             self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="updater-db")
         writers = self._writers
@@ -455,14 +479,15 @@ class Updater:
                 if batch.lines and not prior_read:  # before this flush writes a row
                     prior, prior_read = self._prior_unrefreshed(), True
                 if len(pending) >= WRITERS:
-                    inserted += pending.popleft().result()
+                    stored, new = pending.popleft().result()
+                    rows, inserted = rows + stored, inserted + new
                 refresh_until = None if self._timescale else closed_until
                 pending.append(writers.submit(self._write, batch, refresh_until))
-                rows += len(batch.lines)
                 if batch.oldest_ms is not None:
                     oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
             while pending:
-                inserted += pending.popleft().result()
+                stored, new = pending.popleft().result()
+                rows, inserted = rows + stored, inserted + new
             if records:  # only now: every bar a coverage record vouches for is committed
                 outage_count = self._store_records(records)
         except BaseException:

@@ -162,7 +162,7 @@ def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(setting
 def test_an_unreadable_bar_is_moved_aside_and_the_good_ones_behind_it_are_stored(
     settings, redis_server, monkeypatch, caplog
 ):
-    markets = [Market("binance", f"P{i}", "USDT", f"P{i}USDT") for i in range(4)]
+    markets = [Market("binance", f"P{i}", "USDT", f"P{i}USDT") for i in range(6)]
     with connection(settings) as conn:
         upsert_markets(conn, markets)
     client = redis_server.client()
@@ -179,6 +179,11 @@ def test_an_unreadable_bar_is_moved_aside_and_the_good_ones_behind_it_are_stored
         ("P1", str(T0)): "not a bar",
         ("P2", str(T0 + 2 * MINUTE_MS)): f'{{"time":{T0 + 2 * MINUTE_MS},"open":1}}',
         ("P3", "yesterday"): bar_json(WsCandle("P3USDT", T0, "1", "2", "0.5", "1", "3")),
+        # made of number characters, refused only by PostgreSQL
+        ("P4", str(T0)): bar_json(WsCandle("P4USDT", T0, "1", "2", "0.5", "1.2.3", "3")),
+        ("P5", str(T0 + 2 * MINUTE_MS)): bar_json(
+            WsCandle("P5USDT", T0 + 2 * MINUTE_MS, "-", "2", "1", "1", "3")
+        ),
     }
     for (base, name), text in bad.items():
         client.hset(ws_sub_key("binance", base, "USDT"), name, text)
@@ -188,7 +193,7 @@ def test_an_unreadable_bar_is_moved_aside_and_the_good_ones_behind_it_are_stored
     with caplog.at_level("ERROR", logger="fetchers.ws.updater"):
         result = Updater(settings, client).flush()
 
-    assert result.rows == 4 * 3 - 3  # P3's minutes are all good; its bad field is no minute
+    assert result.rows == 6 * 3 - 5  # P3's minutes are all good; its bad field is no minute
     with connection(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT base_id, (extract(epoch from time) * 1000)::bigint, close::text FROM ohlcvs")
         stored = {(b, int(t)): c for b, t, c in cur.fetchall()}
