@@ -63,6 +63,8 @@ WRITERS = 2
 (indexes, the foreign-key check, ON CONFLICT) is most of a flush, and two backends use two cores."""
 OUTAGES_PER_FLUSH = 50_000
 SMALLEST_BUCKET_MS = 5 * MINUTE_MS
+SECOND_LEVEL_MS = 15 * MINUTE_MS
+"""Bucket width of `ohlcvs_summary_15min`, the first level the per-batch refresh leaves alone."""
 CLOSED_MARK = b'"closed":true'
 BAR_JSON = b'{"time":%s,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
 """The sink's bar JSON (`fetchers.ws.sink.bar_json`), as bytes: a stored bar of exactly this shape is
@@ -518,9 +520,10 @@ class Updater:
     def _prior_unrefreshed(self) -> tuple[int, int] | None:
         """[start, end) in ms of the rows written before this flush that no refresh may have covered:
         from where the last flush's refresh stopped or, on this process's first, from the bucket
-        before the newest 5-minute one built (an updater killed between its commit and its refresh,
-        or a bar closed late), every row with none built; up to the newest row. None when there is
-        no such row, and on TimescaleDB."""
+        before the newest 15-minute one built (an updater killed between its commit and its refresh,
+        or a bar closed late; the second level, as writers build the first ahead of the levels above
+        it, which one transaction builds together), every row with none built; up to the newest
+        row. None when there is no such row, and on TimescaleDB."""
         conn = self._db()
         if self._timescale:
             return None
@@ -530,9 +533,9 @@ class Updater:
             start = self._dirty_from_ms
             if newest is not None and start is None:
                 cur.execute(
-                    "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_5min) "
+                    "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_15min) "
                     "- %s * interval '1 millisecond', (SELECT min(time) FROM ohlcvs))) * 1000)::bigint",
-                    (SMALLEST_BUCKET_MS,),
+                    (SECOND_LEVEL_MS,),
                 )
                 start = cur.fetchone()[0]
         conn.commit()
