@@ -314,20 +314,35 @@ def bench_bar(market: MarketKeys, minute: int) -> WsCandle:
 @dataclass
 class UpdaterRun:
     rate: float
-    rate_without_refresh: float
-    """Rows per second of the flush less its aggregate refresh: what it does on TimescaleDB, whose
-    real-time aggregation needs no refresh from the updater."""
-    refresh_share: float
-    """Share of the flush's wall time spent refreshing the plain-PostgreSQL aggregates."""
+    """Rows per second of one flush of the whole backlog, committed (and refreshed, if asked)."""
     cpu_us: list[float]
     """CPU per row (this process, Redis, PostgreSQL) in microseconds."""
-    copy_rate: float
 
 
-def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int) -> UpdaterRun:
-    """The updater flushing markets x minutes closed bars from `ws_sub_` hashes into `ohlcvs`,
-    and a raw COPY of the same rows."""
+class WritesOnly(Updater):
+    """The updater less its plain-PostgreSQL aggregate refreshes: what a flush does on TimescaleDB,
+    whose real-time aggregation needs no refresh from the updater."""
+
+    def _write(self, batch, refresh_until_ms):
+        return super()._write(batch, None)
+
+    def _refresh_aggregates(self, *args) -> None:
+        pass
+
+
+def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int, refresh: bool) -> UpdaterRun:
+    """The updater flushing markets x minutes closed bars from `ws_sub_` hashes into an empty
+    `ohlcvs` (and, with `refresh`, its aggregates on plain PostgreSQL)."""
     keys = [MarketKeys.build("binance", s[:-4], "USDT", s, ";;") for s in symbols(markets)]
+    conn = connect(settings)
+    with conn.cursor() as cur:
+        cur.execute("SELECT name FROM ohlcv_aggregate_levels")
+        levels = [name for (name,) in cur.fetchall()]
+        cur.execute("TRUNCATE ohlcvs, " + ", ".join(levels))  # names from the schema's own table
+        cur.execute("UPDATE ohlcv_aggregate_levels SET open_from = NULL")
+    conn.commit()
+    conn.close()
+    redis.Redis.from_url(settings.redis_url).flushall()
 
     async def fill() -> None:
         client = redis_client(settings.redis_url)
@@ -341,17 +356,7 @@ def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int) -> Up
 
     asyncio.run(fill())
     client = redis.Redis.from_url(settings.redis_url)
-    updater = Updater(settings, client)
-    refresh = updater._refresh_aggregates
-    refresh_seconds = 0.0
-
-    def timed_refresh(*args) -> None:
-        nonlocal refresh_seconds
-        began = time.perf_counter()
-        refresh(*args)
-        refresh_seconds += time.perf_counter() - began
-
-    updater._refresh_aggregates = timed_refresh
+    updater = (Updater if refresh else WritesOnly)(settings, client)
     before = cpu.read()
     started = time.perf_counter()
     result = updater.flush()
@@ -359,7 +364,12 @@ def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int) -> Up
     cpu_us = Cpu.per_unit(before, cpu.read(), result.rows)
     updater.stop()
     assert result.rows == markets * minutes, result
+    return UpdaterRun(result.rows / elapsed, cpu_us)
 
+
+def copy_rows(settings: Settings, markets: int, minutes: int) -> float:
+    """Rows per second of a raw COPY of the updater's rows into a table like `ohlcvs`: its ceiling."""
+    keys = [MarketKeys.build("binance", s[:-4], "USDT", s, ";;") for s in symbols(markets)]
     conn = connect(settings)
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE copy_ceiling (LIKE ohlcvs)")
@@ -384,13 +394,7 @@ def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int) -> Up
         conn.commit()
         copy_rate = markets * minutes / (time.perf_counter() - started)
     conn.close()
-    return UpdaterRun(
-        result.rows / elapsed,
-        result.rows / (elapsed - refresh_seconds),
-        refresh_seconds / elapsed,
-        cpu_us,
-        copy_rate,
-    )
+    return copy_rate
 
 
 def percentile(values: Sequence[float], share: float) -> float:
@@ -402,6 +406,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--updater-only", action="store_true", help="only the updater's figures (skips the fetcher runs)"
+    )
     args = parser.parse_args()
     if args.serve:
         port, markets, frames, rate = args.serve
@@ -428,85 +435,87 @@ def main() -> None:
         conn.commit()
         conn.close()
 
-        rss = []
-        runs = []
-        fetch_cpu = []
-        for _ in range(2):
+        rss: list[float] = []
+        if not args.updater_only:
+            runs = []
+            fetch_cpu = []
+            for _ in range(2):
+                source = FrameSource(markets, frames)
+                before = cpu.read()
+                runs.append(asyncio.run(run_fetcher(settings_for(pg, rd, source.url), frames)))
+                fetch_cpu.append(Cpu.per_unit(before, cpu.read(), frames))
+                source.close()
+                rss.append(memory_mb(os.getpid())[0])
+            best = max(runs, key=lambda run: run.rate)
+            mine, redis_us, _ = fetch_cpu[runs.index(best)]
             source = FrameSource(markets, frames)
-            before = cpu.read()
-            runs.append(asyncio.run(run_fetcher(settings_for(pg, rd, source.url), frames)))
-            fetch_cpu.append(Cpu.per_unit(before, cpu.read(), frames))
+            parse_rate = asyncio.run(parse_alone(source.url, frames))
             source.close()
-            rss.append(memory_mb(os.getpid())[0])
-        best = max(runs, key=lambda run: run.rate)
-        mine, redis_us, _ = fetch_cpu[runs.index(best)]
-        source = FrameSource(markets, frames)
-        parse_rate = asyncio.run(parse_alone(source.url, frames))
-        source.close()
-        burst = max(1, round(best.bars_per_flush))
-        redis_rate = asyncio.run(redis_alone(settings, markets, frames // 3, burst))
-        results.append(
-            Result(
-                f"fetcher messages/s, unpaced (ceilings: parse alone {parse_rate:,.0f}; "
-                f"Redis alone {redis_rate:,.0f} bars/s in bursts of {burst})",
-                f"{best.rate:,.0f}",
-                ">= 30,000",
-                best.rate >= 30_000,
+            burst = max(1, round(best.bars_per_flush))
+            redis_rate = asyncio.run(redis_alone(settings, markets, frames // 3, burst))
+            results.append(
+                Result(
+                    f"fetcher messages/s, unpaced (ceilings: parse alone {parse_rate:,.0f}; "
+                    f"Redis alone {redis_rate:,.0f} bars/s in bursts of {burst})",
+                    f"{best.rate:,.0f}",
+                    ">= 30,000",
+                    best.rate >= 30_000,
+                )
             )
-        )
-        results.append(
-            Result("fetcher CPU per message: fetcher process / Redis", f"{mine:.1f} / {redis_us:.1f} us")
-        )
+            results.append(
+                Result("fetcher CPU per message: fetcher process / Redis", f"{mine:.1f} / {redis_us:.1f} us")
+            )
 
-        latencies: list[float] = []
-        paced = 2000 * latency_seconds
-        source = FrameSource(markets, paced, 2000.0)
-        asyncio.run(run_fetcher(settings_for(pg, rd, source.url), paced, latencies))
-        source.close()
-        p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
-        results.append(
-            Result(
-                "frame -> PUBLISH p50 / p99 at 2,000 msg/s (frame receipt to Redis reply)",
-                f"{p50:.2f} / {p99:.2f} ms",
-                "p99 < 10 ms",
-                p99 < 10,
+            latencies: list[float] = []
+            paced = 2000 * latency_seconds
+            source = FrameSource(markets, paced, 2000.0)
+            asyncio.run(run_fetcher(settings_for(pg, rd, source.url), paced, latencies))
+            source.close()
+            p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+            results.append(
+                Result(
+                    "frame -> PUBLISH p50 / p99 at 2,000 msg/s (frame receipt to Redis reply)",
+                    f"{p50:.2f} / {p99:.2f} ms",
+                    "p99 < 10 ms",
+                    p99 < 10,
+                )
             )
-        )
 
-        redis.Redis.from_url(settings.redis_url).flushall()
-        updater = updater_rows(settings, cpu, markets, 40 if args.quick else 100)
+        minutes = 40 if args.quick else 100
+        with_refresh = updater_rows(settings, cpu, markets, minutes, refresh=True)
+        writes_only = updater_rows(settings, cpu, markets, minutes, refresh=False)
+        copy_rate = copy_rows(settings, markets, minutes)
         results.append(
             Result(
-                f"updater rows/s, plain PostgreSQL (ceiling: raw COPY {updater.copy_rate:,.0f}; "
-                f"{updater.refresh_share:.0%} of the time refreshing its aggregates)",
-                f"{updater.rate:,.0f}",
+                f"updater rows/s, plain PostgreSQL with aggregates (ceiling: raw COPY {copy_rate:,.0f})",
+                f"{with_refresh.rate:,.0f}",
                 ">= 50,000",
-                updater.rate >= 50_000,
+                with_refresh.rate >= 50_000,
             )
         )
         results.append(
             Result(
-                "updater rows/s into ohlcvs alone (the flush less the refresh, as on TimescaleDB)",
-                f"{updater.rate_without_refresh:,.0f}",
-                ">= 50,000",
-                updater.rate_without_refresh >= 50_000,
+                "updater rows/s into ohlcvs alone (no aggregate refresh, as on TimescaleDB)",
+                f"{writes_only.rate:,.0f}",
             )
         )
-        mine, redis_us, pg_us = updater.cpu_us
-        results.append(
-            Result(
-                "updater CPU per row: updater / Redis / PostgreSQL",
-                f"{mine:.1f} / {redis_us:.1f} / {pg_us:.1f} us",
+        for label, run in (("refreshed", with_refresh), ("alone", writes_only)):
+            mine, redis_us, pg_us = run.cpu_us
+            results.append(
+                Result(
+                    f"updater CPU per row ({label}): updater / Redis / PostgreSQL",
+                    f"{mine:.1f} / {redis_us:.1f} / {pg_us:.1f} us",
+                )
             )
-        )
-        results.append(
-            Result(
-                "fetcher RSS after run 1 / run 2",
-                f"{rss[0]:.0f} / {rss[1]:.0f} MB",
-                "flat",
-                rss[1] <= rss[0] * 1.1,
+        if rss:
+            results.append(
+                Result(
+                    "fetcher RSS after run 1 / run 2",
+                    f"{rss[0]:.0f} / {rss[1]:.0f} MB",
+                    "flat",
+                    rss[1] <= rss[0] * 1.1,
+                )
             )
-        )
     finally:
         rd.stop()
         pg.stop()

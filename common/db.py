@@ -416,8 +416,11 @@ def refresh_aggregates(
     start: datetime | None,
     end: datetime | None,
     now: datetime | None = None,
+    upper: tuple[datetime, datetime] | None = None,
 ) -> None:
-    """Bring every aggregate level up to date over the buckets touched by [start, end) (None = all).
+    """Bring every aggregate level up to date over the buckets touched by [start, end) (None = all)
+    and, on plain PostgreSQL, the levels above the first over `upper` (whose first level
+    `refresh_first_level` rebuilt).
 
     TimescaleDB: each continuous aggregate is refreshed over `bucket_window` (closed buckets only;
     the refresh is a procedure that must run outside a transaction block, so this uses its own
@@ -440,7 +443,10 @@ def refresh_aggregates(
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('refresh_ohlcv_aggregates'))")
                 cur.execute("SELECT min(open_from) FROM ohlcv_aggregate_levels")
                 open_from = cur.fetchone()[0]
-                cur.execute("SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()))", (start, end, now))
+                cur.execute(
+                    "SELECT refresh_ohlcv_aggregates(%s, %s, coalesce(%s, now()), %s, %s)",
+                    (start, end, now, *(upper or (None, None))),
+                )
                 cur.execute("COMMIT")
                 if start is not None and open_from is not None:
                     changed_from = min(start, open_from)
@@ -452,3 +458,19 @@ def refresh_aggregates(
         raise DatabaseError(f"refreshing the aggregates {what}: {error_line(error)}") from None
     finally:
         conn.close()
+
+
+def refresh_first_level(
+    conn: PgConnection, start: datetime, end: datetime, markets: Sequence[tuple[str, str, str]]
+) -> None:
+    """Plain PostgreSQL: rebuild the first level (5 minutes) over [start, end) for these (exchange,
+    base, quote) markets only, in the caller's transaction (the caller commits). The levels above
+    it are left to a `refresh_aggregates(..., upper=...)` after it over the same range."""
+    if not markets or end <= start:
+        return
+    exchanges, base_ids, quote_ids = (list(column) for column in zip(*markets, strict=True))
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT refresh_ohlcv_first_level(%s, %s, %s, %s, %s)",
+            (start, end, exchanges, base_ids, quote_ids),
+        )

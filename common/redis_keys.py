@@ -9,6 +9,9 @@ WS_UPDATER_HEALTH = "ws_updater_health"
 WS_OUTAGES = "ws_outages"
 """List of outage and coverage records (JSON) from the fetchers, moved into `ohlcvs_outages` and
 `ohlcvs_coverage` by the updater."""
+WS_SUB_REJECTED = "ws_sub_rejected"
+"""List of stored bars the updater could not read (JSON: key, field, raw text, reason), moved aside
+so they do not block the bars behind them (internal; for operators, see docs/operations.md)."""
 
 
 def _join(*parts: str, delimiter: str | None = None) -> str:

@@ -11,8 +11,10 @@ Every `updater_flush_seconds`:
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
    Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
    once every batch is committed, store the records of step 1 (coverage never runs ahead of its bars);
-5. on plain PostgreSQL, refresh the aggregates over the 5-minute buckets that have closed.
-Steps 3-4 run on `WRITERS` threads, each with its own connection, while the main thread reads the
+5. on plain PostgreSQL, each batch's writer then rebuilds that batch's markets' 5-minute buckets
+   that have closed (the level proportional to the rows), and once all are in, one refresh builds
+   the levels above, what earlier flushes left and each level's open buckets.
+Steps 3-5 run on `WRITERS` threads, each with its own connection, while the main thread reads the
 next batch (the database and Redis work in other processes, so all of it overlaps on several cores).
 A database outage leaves everything in Redis; the next flush tries again.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -43,9 +46,10 @@ from common.db import (
     has_timescaledb,
     insert_missing_copy_text,
     refresh_aggregates,
+    refresh_first_level,
 )
 from common.ohlcvs_versions import markets_written, oldest_by_market
-from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_UPDATER_HEALTH, ws_health_key
+from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, WS_UPDATER_HEALTH, ws_health_key
 from common.settings import EXCHANGES, Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.ws.coverage import COVERAGE_KIND
@@ -60,6 +64,8 @@ WRITERS = 2
 (indexes, the foreign-key check, ON CONFLICT) is most of a flush, and two backends use two cores."""
 OUTAGES_PER_FLUSH = 50_000
 SMALLEST_BUCKET_MS = 5 * MINUTE_MS
+SECOND_LEVEL_MS = 15 * MINUTE_MS
+"""Bucket width of `ohlcvs_summary_15min`, the first level the per-batch refresh leaves alone."""
 CLOSED_MARK = b'"closed":true'
 BAR_JSON = b'{"time":%s,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
 """The sink's bar JSON (`fetchers.ws.sink.bar_json`), as bytes: a stored bar of exactly this shape is
@@ -79,6 +85,17 @@ for k = 2, #KEYS do
   end
   a = a + 1 + 2 * n
   if redis.call('HLEN', key) == 0 then redis.call('SREM', KEYS[1], key) end
+end
+return 1
+"""
+
+# KEYS: ws_sub_list, ws_sub_rejected, the sub key; ARGV: field, stored value, the rejection record.
+# The bar moves to the dead-letter list only if it still holds the value that was refused.
+REJECT_STORED = """
+if redis.call('HGET', KEYS[3], ARGV[1]) == ARGV[2] then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  if redis.call('HLEN', KEYS[3]) == 0 then redis.call('SREM', KEYS[1], KEYS[3]) end
 end
 return 1
 """
@@ -117,6 +134,8 @@ class Batch:
     delete: list[tuple[str, list[bytes]]] = field(default_factory=list)
     """(sub key, [field, stored value, ...]); an empty list for a key whose hash is empty."""
     oldest_ms: int | None = None
+    markets: list[tuple[str, str, str]] = field(default_factory=list)
+    """(exchange, base, quote) of the bars in the batch, for refreshing their aggregates."""
 
 
 def split_sub_key(key: str, delimiter: str) -> tuple[str, str, str]:
@@ -153,10 +172,21 @@ def written_rows(
             yield *split_sub_key(key, delimiter), min(int(t) for t in pairs[::2])
 
 
-def check_batch(batch: Batch) -> None:
-    """Every value is number text and every bar has five (one pass over the whole batch)."""
-    joined = b"\n".join(batch.values)
-    count = len(batch.values)
+DECIMAL_VALUES = re.compile(
+    rb"(?:[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)(?:\t[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+    rb"(?:[eE][-+]?[0-9]+)?){4}"
+)
+"""Five decimal numbers, tab-separated, as PostgreSQL's numeric reads them."""
+
+
+def bad_values(values: list[bytes], strict: bool = False) -> list[int]:
+    """Indexes of the bars whose five values are not all made of number characters (one pass over
+    the whole batch when every bar is good, the common case) or, `strict`, not all decimal numbers
+    (`1.2.3` is made of number characters: only PostgreSQL's refusal of a batch pays for this)."""
+    if strict:
+        return [i for i, one in enumerate(values) if not DECIMAL_VALUES.fullmatch(one)]
+    joined = b"\n".join(values)
+    count = len(values)
     if (
         not joined.translate(None, NUMBER_CHARS + b"\t\n")
         and joined.count(b"\t") == 4 * count
@@ -166,11 +196,20 @@ def check_batch(batch: Batch) -> None:
         and not joined.startswith(b"\t")
         and not joined.endswith(b"\t")
     ):
-        return
-    for values in batch.values:
-        parts = values.split(b"\t")
+        return []
+    bad = []
+    for i, one in enumerate(values):
+        parts = one.split(b"\t")
         if len(parts) != 5 or not all(p and not p.translate(None, NUMBER_CHARS) for p in parts):
-            raise ValueError(f"prices and volumes must be decimal number text, got {values!r}")
+            bad.append(i)
+    return bad
+
+
+def check_batch(batch: Batch) -> None:
+    """Every value is number text and every bar has five: the last guard before COPY."""
+    bad = bad_values(batch.values)
+    if bad:
+        raise ValueError(f"prices and volumes must be decimal number text, got {batch.values[bad[0]]!r}")
 
 
 def split_coverage(records: list[str]) -> tuple[list[str], list[CoverageRange]]:
@@ -223,6 +262,7 @@ class Updater:
         self.redis = client
         self.delimiter = settings.redis_key_delimiter
         self._delete = client.register_script(DELETE_STORED)
+        self._move_aside = client.register_script(REJECT_STORED)
         self._local = threading.local()
         self._conns: list[PgConnection] = []
         self._conns_lock = threading.Lock()
@@ -286,7 +326,10 @@ class Updater:
                 if not fields:
                     batch.delete.append((key, []))
                     continue
-                bars = {int(t): raw for t, raw in fields.items()}
+                try:
+                    bars = {int(t): raw for t, raw in fields.items()}
+                except ValueError:
+                    bars = self._minute_fields(key, fields)
                 closed = closed_times(bars, clocks.get(exchange, 0))
                 if not closed:
                     continue
@@ -294,22 +337,111 @@ class Updater:
                 pairs: list[bytes] = []
                 for t in closed:
                     raw = bars[t]
-                    values = bar_values(t, raw)
+                    try:
+                        values = bar_values(t, raw)
+                    except ValueError as exc:
+                        self._reject(key, b"%d" % t, raw, str(exc))
+                        continue
                     batch.values.append(values)
                     batch.lines.append(b"%d%s%s\n" % (t, market, values))
                     pairs += (b"%d" % t, raw)
+                if not pairs:
+                    continue
                 batch.delete.append((key, pairs))
+                batch.markets.append((exchange, base_id, quote_id))
                 if batch.oldest_ms is None or closed[0] < batch.oldest_ms:
                     batch.oldest_ms = closed[0]
                 if len(batch.lines) >= ROWS_PER_BATCH:
-                    yield batch, seen
+                    yield self._without_bad_values(batch), seen
                     batch, seen = Batch(), 0
-        yield batch, seen
+        yield self._without_bad_values(batch), seen
 
-    def _write(self, batch: Batch) -> int:
-        """Commit one batch, then delete what it stored from Redis."""
+    def _minute_fields(self, key: str, fields: Mapping[bytes, bytes]) -> dict[int, bytes]:
+        """The fields named by a minute (ms); any other field is moved aside."""
+        bars: dict[int, bytes] = {}
+        for name, raw in fields.items():
+            try:
+                bars[int(name)] = raw
+            except ValueError:
+                self._reject(key, name, raw, "the field is not a minute's time in ms")
+        return bars
+
+    def _without_bad_values(self, batch: Batch, strict: bool = False) -> Batch:
+        """The batch less the bars whose values are not decimal number text (moved aside)."""
+        bad = set(bad_values(batch.values, strict))
+        if not bad:
+            return batch
+        kept = Batch(oldest_ms=batch.oldest_ms, markets=batch.markets)
+        i = 0
+        for key, pairs in batch.delete:
+            keep: list[bytes] = []
+            for j in range(0, len(pairs), 2):
+                if i in bad:
+                    reason = "prices and volumes must be decimal number text"
+                    self._reject(key, pairs[j], pairs[j + 1], reason)
+                else:
+                    keep += pairs[j : j + 2]
+                    kept.lines.append(batch.lines[i])
+                    kept.values.append(batch.values[i])
+                i += 1
+            if keep or not pairs:
+                kept.delete.append((key, keep))
+        return kept
+
+    def _reject(self, key: str, name: bytes, raw: bytes, reason: str) -> None:
+        """Move a stored bar that cannot be read to `ws_sub_rejected` (if it still holds the value
+        read), so one bad value never blocks the bars behind it; logged with its key and text."""
+        text = raw.decode(errors="backslashreplace")
+        minute = name.decode(errors="backslashreplace")
+        log.error(
+            "moved an unreadable bar to %s: %s field %s: %s: %r", WS_SUB_REJECTED, key, minute, reason, text
+        )
+        record = json.dumps(
+            {
+                "key": key,
+                "field": minute,
+                "raw": text,
+                "reason": reason,
+                "rejected_ms": int(time.time() * 1000),
+            }
+        )
+        self._move_aside(keys=[WS_SUB_LIST, WS_SUB_REJECTED, key], args=[name, raw, record])
+
+    def _write(self, batch: Batch, refresh_until_ms: int | None) -> tuple[int, int]:
+        """Commit one batch, then delete what it stored from Redis; then (plain PostgreSQL) rebuild
+        its markets' 5-minute buckets over its minutes before `refresh_until_ms`, while the other
+        writer inserts the next batch (the levels above follow once every batch is in). Returns
+        the bars stored and the rows that were new."""
         check_batch(batch)
         conn = self._db()
+        try:
+            inserted = self._insert(conn, batch)
+        except psycopg2.DataError:  # a value made of number characters that is no number
+            readable = self._without_bad_values(batch, strict=True)
+            if len(readable.lines) == len(batch.lines):
+                raise
+            batch = readable
+            inserted = self._insert(conn, batch)
+        if inserted:
+            markets_written(self.settings, oldest_by_market(written_rows(batch.delete, self.delimiter)))
+        self._delete_stored(batch.delete)
+        if (
+            refresh_until_ms is not None
+            and batch.oldest_ms is not None
+            and batch.oldest_ms < refresh_until_ms
+        ):
+            try:
+                start, end = ms_to_datetime(batch.oldest_ms), ms_to_datetime(refresh_until_ms)
+                refresh_first_level(conn, start, end, batch.markets)
+                conn.commit()
+            except BaseException:
+                if not conn.closed:
+                    conn.rollback()
+                raise
+        return len(batch.lines), inserted
+
+    @staticmethod
+    def _insert(conn: PgConnection, batch: Batch) -> int:
         try:
             inserted = insert_missing_copy_text(conn, io.BytesIO(b"".join(batch.lines))) if batch.lines else 0
             conn.commit()
@@ -317,9 +449,6 @@ class Updater:
             if not conn.closed:
                 conn.rollback()
             raise
-        if inserted:
-            markets_written(self.settings, oldest_by_market(written_rows(batch.delete, self.delimiter)))
-        self._delete_stored(batch.delete)
         return inserted
 
     def _store_records(self, records: list[str]) -> int:
@@ -345,10 +474,14 @@ class Updater:
         # all in Redis (and closed by the clock read next) when it is read.
         records = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
         clocks = self.exchange_clocks()
+        newest_clock = max(clocks.values(), default=0)
+        closed_until = newest_clock - newest_clock % SMALLEST_BUCKET_MS
         outage_count = 0
         rows = inserted = backlog = 0
         oldest: int | None = None
-        pending: deque[Future[int]] = deque()
+        prior: tuple[int, int] | None = None
+        prior_read = False
+        pending: deque[Future[tuple[int, int]]] = deque()
         if self._writers is None:  # kept across flushes: each thread keeps its connection
             self._writers = ThreadPoolExecutor(WRITERS, thread_name_prefix="updater-db")
         writers = self._writers
@@ -357,20 +490,24 @@ class Updater:
                 backlog += seen
                 if not batch.lines and not batch.delete:
                     continue
+                if batch.lines and not prior_read:  # before this flush writes a row
+                    prior, prior_read = self._prior_unrefreshed(), True
                 if len(pending) >= WRITERS:
-                    inserted += pending.popleft().result()
-                pending.append(writers.submit(self._write, batch))
-                rows += len(batch.lines)
+                    stored, new = pending.popleft().result()
+                    rows, inserted = rows + stored, inserted + new
+                refresh_until = None if self._timescale else closed_until
+                pending.append(writers.submit(self._write, batch, refresh_until))
                 if batch.oldest_ms is not None:
                     oldest = batch.oldest_ms if oldest is None else min(oldest, batch.oldest_ms)
             while pending:
-                inserted += pending.popleft().result()
+                stored, new = pending.popleft().result()
+                rows, inserted = rows + stored, inserted + new
             if records:  # only now: every bar a coverage record vouches for is committed
                 outage_count = self._store_records(records)
         except BaseException:
             if oldest is not None:  # some batches may be committed: their minutes need a refresh too
-                dirty = self._dirty_from_ms
-                self._dirty_from_ms = oldest if dirty is None else min(dirty, oldest)
+                dirty = [t for t in (self._dirty_from_ms, prior and prior[0]) if t is not None]
+                self._dirty_from_ms = min([oldest, *dirty])
             raise
         finally:
             while pending:  # something failed: the batches already read still go in
@@ -380,7 +517,7 @@ class Updater:
                     pass
         self.rows_flushed_total += rows
         if oldest is not None:
-            self._refresh_aggregates(oldest, clocks)
+            self._refresh_aggregates(oldest, prior, closed_until, newest_clock)
         return FlushResult(rows, inserted, outage_count, backlog - rows)
 
     def _delete_stored(self, stored: list[tuple[str, list[bytes]]]) -> None:
@@ -392,40 +529,58 @@ class Updater:
                 args += pairs
             self._delete(keys=[WS_SUB_LIST, *(key for key, _ in chunk)], args=args)
 
-    def _refresh_aggregates(self, oldest_ms: int, clocks: Mapping[str, int]) -> None:
-        """Plain PostgreSQL: rebuild the levels over the 5-minute buckets that closed since last
-        time (each level is built from the one below, so wider buckets follow). TimescaleDB's
+    def _prior_unrefreshed(self) -> tuple[int, int] | None:
+        """[start, end) in ms of the rows written before this flush that no refresh may have covered:
+        from where the last flush's refresh stopped or, on this process's first, from the bucket
+        before the newest 15-minute one built (an updater killed between its commit and its refresh,
+        or a bar closed late; the second level, as writers build the first ahead of the levels above
+        it, which one transaction builds together), every row with none built; up to the newest
+        row. None when there is no such row, and on TimescaleDB."""
+        conn = self._db()
+        if self._timescale:
+            return None
+        with conn.cursor() as cur:
+            cur.execute("SELECT (extract(epoch FROM max(time)) * 1000)::bigint FROM ohlcvs")
+            newest = cur.fetchone()[0]
+            start = self._dirty_from_ms
+            if newest is not None and start is None:
+                cur.execute(
+                    "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_15min) "
+                    "- %s * interval '1 millisecond', (SELECT min(time) FROM ohlcvs))) * 1000)::bigint",
+                    (SECOND_LEVEL_MS,),
+                )
+                start = cur.fetchone()[0]
+        conn.commit()
+        if newest is None or start is None:
+            return None
+        return start, newest + MINUTE_MS
+
+    def _refresh_aggregates(
+        self, oldest_ms: int, prior: tuple[int, int] | None, closed_until: int, newest_clock: int
+    ) -> None:
+        """Plain PostgreSQL: each batch rebuilt its own markets' 5-minute buckets up to
+        `closed_until` (the buckets the exchange's clock closed) right after its commit; what is
+        left, in one call: every level over the rows of earlier flushes in [prior), the levels above
+        the first over this flush's [oldest_ms, closed_until), then each level's open buckets and
+        their marks (each level is built from the one below, so wider buckets follow). TimescaleDB's
         real-time aggregation needs nothing."""
         if self._timescale:
             return
-        if self._dirty_from_ms is None:
-            start = self._unrefreshed_from_ms(oldest_ms)
-        else:
-            start = min(self._dirty_from_ms, oldest_ms)
-        newest_clock = max(clocks.values(), default=0)
-        closed_until = newest_clock - newest_clock % SMALLEST_BUCKET_MS
-        if closed_until <= start - start % SMALLEST_BUCKET_MS:
-            self._dirty_from_ms = start  # its bucket is still open: refresh once it closes
+        first = oldest_ms if prior is None else min(oldest_ms, prior[0])
+        if closed_until <= first - first % SMALLEST_BUCKET_MS:
+            self._dirty_from_ms = first  # its bucket is still open: refresh once it closes
             return
+        start, end = (
+            (closed_until, closed_until) if prior is None else (prior[0], min(prior[1], closed_until))
+        )
         refresh_aggregates(  # open buckets are judged by the exchange's clock, not this machine's
-            self.settings, ms_to_datetime(start), ms_to_datetime(closed_until), ms_to_datetime(newest_clock)
+            self.settings,
+            ms_to_datetime(start),
+            ms_to_datetime(max(start, end)),
+            ms_to_datetime(newest_clock),
+            (ms_to_datetime(oldest_ms), ms_to_datetime(max(oldest_ms, closed_until))),
         )
         self._dirty_from_ms = closed_until
-
-    def _unrefreshed_from_ms(self, oldest_ms: int) -> int:
-        """Where this process's first refresh starts: an updater killed between its commit and its
-        refresh left rows after the newest 5-minute bucket built (or in the one before it, a bar
-        closed late) that no refresh has covered; with no bucket built yet, every row."""
-        conn = self._db()
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT (extract(epoch FROM coalesce((SELECT max(bucket) FROM ohlcvs_summary_5min) "
-                "- %s * interval '1 millisecond', (SELECT min(time) FROM ohlcvs))) * 1000)::bigint",
-                (SMALLEST_BUCKET_MS,),
-            )
-            built = cur.fetchone()[0]
-        conn.commit()
-        return oldest_ms if built is None else min(oldest_ms, built)
 
     def write_health(self, backlog: int) -> None:
         self.redis.hset(

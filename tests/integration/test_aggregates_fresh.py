@@ -93,7 +93,14 @@ def shown(conn, name: str, since: datetime) -> dict:
         return {tuple(row[:3]): tuple(row[3:]) for row in cur.fetchall()}
 
 
-def test_every_level_shows_each_closed_bucket_within_one_bucket_length(settings, redis_server):
+@pytest.mark.parametrize("rows_per_batch", [None, 100], ids=["one batch", "a batch per market"])
+def test_every_level_shows_each_closed_bucket_within_one_bucket_length(
+    settings, redis_server, monkeypatch, rows_per_batch
+):
+    import fetchers.ws.updater as updater_module
+
+    if rows_per_batch:  # each batch's markets are refreshed by its writer while the next is written
+        monkeypatch.setattr(updater_module, "ROWS_PER_BATCH", rows_per_batch)
     with connection(settings) as conn:
         upsert_markets(conn, MARKETS)
     updater = Updater(settings, redis_server.client())
@@ -123,8 +130,9 @@ class Killed(BaseException):
     """Stands for `kill -9`: the process ends right there, nothing after it runs."""
 
 
+@pytest.mark.parametrize("refresh", ["refresh_first_level", "refresh_aggregates"])
 def test_an_updater_killed_between_its_commit_and_its_refresh_leaves_no_bucket_stale(
-    settings, redis_server, monkeypatch
+    settings, redis_server, monkeypatch, refresh
 ):
     import fetchers.ws.updater as updater_module
 
@@ -134,22 +142,57 @@ def test_an_updater_killed_between_its_commit_and_its_refresh_leaves_no_bucket_s
     asyncio.run(push(settings, 0, 10))  # 13:17 .. 13:26; 13:26 is still open
     first = Updater(settings, client)
     first.flush()
-    asyncio.run(push(settings, 10, 4))  # up to 13:30: the 13:25 bucket's bars close, 13:30 opens
+    asyncio.run(push(settings, 10, 40))  # up to 14:06: a backlog of many buckets, 14:06 still open
 
     def killed(*args, **kwargs):
         raise Killed
 
-    monkeypatch.setattr(updater_module, "refresh_aggregates", killed)
+    monkeypatch.setattr(updater_module, refresh, killed)  # its batch's refresh, or the one after
     with pytest.raises(Killed):
-        first.flush()  # committed 13:26 .. 13:29, then died before refreshing
+        first.flush()  # committed 13:26 .. 14:05, then died before (all of) its refresh
     first.close()
     monkeypatch.undo()
 
-    asyncio.run(push(settings, 14, 20))  # the supervisor's new updater carries on from 13:30
+    asyncio.run(push(settings, 50, 20))  # the supervisor's new updater carries on from 14:07
     second = Updater(settings, client)
     second.flush()
     second.close()
-    clock = ms_to_datetime(datetime_to_ms(START) + 32 * MINUTE_MS)  # bars up to 13:48 are in
+    clock = ms_to_datetime(datetime_to_ms(START) + 68 * MINUTE_MS)  # bars up to 14:24 are in
+    with connection(settings) as conn:
+        expected = expected_levels(conn)
+        for name, width in AGGREGATE_LEVELS.items():
+            due = {k: v for k, v in expected[name].items() if k[2] + width <= clock}
+            actual = shown(conn, name, START - width)
+            assert {k: actual.get(k) for k in due} == due, name
+
+
+def test_an_updater_killed_in_its_first_flush_between_its_batches_and_the_refresh_after_them(
+    settings, redis_server, monkeypatch
+):
+    """No refresh has ever finished (no open-bucket marks): the next updater still rebuilds the
+    levels above the 5-minute buckets the killed one's writers had built."""
+    import fetchers.ws.updater as updater_module
+
+    with connection(settings) as conn:
+        upsert_markets(conn, MARKETS)
+    client = redis_server.client()
+    asyncio.run(push(settings, 0, 60))  # 13:17 .. 14:16, a backlog of many buckets
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    first = Updater(settings, client)
+    monkeypatch.setattr(updater_module, "refresh_aggregates", killed)
+    with pytest.raises(Killed):
+        first.flush()
+    first.close()
+    monkeypatch.undo()
+
+    asyncio.run(push(settings, 60, 20))
+    second = Updater(settings, client)
+    second.flush()
+    second.close()
+    clock = ms_to_datetime(datetime_to_ms(START) + 78 * MINUTE_MS)
     with connection(settings) as conn:
         expected = expected_levels(conn)
         for name, width in AGGREGATE_LEVELS.items():

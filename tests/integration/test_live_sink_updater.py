@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+import psycopg2
 import pytest
 
 from common.candle import Market
 from common.coverage import WS, read_coverage
 from common.db import connection, upsert_markets
-from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_send_key, ws_sub_key
+from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_health_key, ws_send_key, ws_sub_key
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
@@ -140,9 +141,10 @@ def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(setting
 
     asyncio.run(fill())
     client.hset(ws_health_key("binance"), "exchange_time_ms", T0 + 10 * MINUTE_MS)
-    client.hset(ws_sub_key("binance", "C5", "USDT"), str(T0), "not a bar")  # refused: the batch fails
+    overflow = bar_json(WsCandle("C5USDT", T0, "1", "2", "0.5", "1e1000000", "3"))  # PostgreSQL refuses it
+    client.hset(ws_sub_key("binance", "C5", "USDT"), str(T0), overflow)
     monkeypatch.setattr(updater_module, "ROWS_PER_BATCH", 6)  # two markets' bars per batch
-    with pytest.raises(ValueError, match="not a stored bar"):
+    with pytest.raises(psycopg2.Error, match="overflow"):
         Updater(settings, client).flush()
     with connection(settings) as conn, conn.cursor() as cur:
         cur.execute("SELECT base_id, count(*) FROM ohlcvs GROUP BY 1 ORDER BY 1")
@@ -155,6 +157,64 @@ def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(setting
     result = Updater(settings, client).flush()
     assert (result.rows, result.inserted) == (5, 0)  # C4/C5 are not markets of the database: skipped
     assert client.smembers(WS_SUB_LIST) == set()
+
+
+def test_an_unreadable_bar_is_moved_aside_and_the_good_ones_behind_it_are_stored(
+    settings, redis_server, monkeypatch, caplog
+):
+    markets = [Market("binance", f"P{i}", "USDT", f"P{i}USDT") for i in range(6)]
+    with connection(settings) as conn:
+        upsert_markets(conn, markets)
+    client = redis_server.client()
+    for m in markets:
+        key = ws_sub_key("binance", m.base_id, "USDT")
+        for minute in range(3):
+            good = WsCandle(m.symbol, T0 + minute * MINUTE_MS, "1", "2", "0.5", f"1.{minute}", "3")
+            client.hset(key, str(T0 + minute * MINUTE_MS), bar_json(good))
+        client.sadd(WS_SUB_LIST, key)
+    bad = {  # (market, field): stored text
+        ("P0", str(T0 + MINUTE_MS)): bar_json(
+            WsCandle("P0USDT", T0 + MINUTE_MS, "1", "2", "0.5", "NaN!", "3")
+        ),
+        ("P1", str(T0)): "not a bar",
+        ("P2", str(T0 + 2 * MINUTE_MS)): f'{{"time":{T0 + 2 * MINUTE_MS},"open":1}}',
+        ("P3", "yesterday"): bar_json(WsCandle("P3USDT", T0, "1", "2", "0.5", "1", "3")),
+        # made of number characters, refused only by PostgreSQL
+        ("P4", str(T0)): bar_json(WsCandle("P4USDT", T0, "1", "2", "0.5", "1.2.3", "3")),
+        ("P5", str(T0 + 2 * MINUTE_MS)): bar_json(
+            WsCandle("P5USDT", T0 + 2 * MINUTE_MS, "-", "2", "1", "1", "3")
+        ),
+    }
+    for (base, name), text in bad.items():
+        client.hset(ws_sub_key("binance", base, "USDT"), name, text)
+    client.hset(ws_health_key("binance"), "exchange_time_ms", T0 + 10 * MINUTE_MS)
+    monkeypatch.setattr(updater_module, "ROWS_PER_BATCH", 4)  # bad bars in several batches
+
+    with caplog.at_level("ERROR", logger="fetchers.ws.updater"):
+        result = Updater(settings, client).flush()
+
+    assert result.rows == 6 * 3 - 5  # P3's minutes are all good; its bad field is no minute
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT base_id, (extract(epoch from time) * 1000)::bigint, close::text FROM ohlcvs")
+        stored = {(b, int(t)): c for b, t, c in cur.fetchall()}
+    expected = {
+        (m.base_id, T0 + minute * MINUTE_MS): f"1.{minute}"
+        for m in markets
+        for minute in range(3)
+        if (m.base_id, str(T0 + minute * MINUTE_MS)) not in bad
+    }
+    assert stored == expected
+    rejected = [json.loads(r) for r in client.lrange(WS_SUB_REJECTED, 0, -1)]
+    assert {(r["key"], r["field"], r["raw"]) for r in rejected} == {
+        (ws_sub_key("binance", base, "USDT"), name, text) for (base, name), text in bad.items()
+    }
+    assert all(r["reason"] for r in rejected)
+    assert client.smembers(WS_SUB_LIST) == set()  # nothing left behind to block the next flush
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for (base, name), text in bad.items():
+        assert f"{ws_sub_key('binance', base, 'USDT')} field {name}:" in logged and repr(text) in logged
+
+    assert Updater(settings, client).flush().rows == 0  # the next flush does not trip over them
 
 
 def test_a_database_outage_leaves_bars_and_outages_in_redis_until_it_is_back(settings, redis_server, market):

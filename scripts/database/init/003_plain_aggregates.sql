@@ -45,7 +45,12 @@ $$;
 
 -- Each level is built from the level below it (1m -> 5m -> 15m -> ... -> 7D): the buckets nest, so
 -- open = first open, high = max, low = min, close = last close, volume = sum hold at every level.
-CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregate_range(range_start timestamptz, range_end timestamptz)
+-- First and last are the smallest and largest [epoch, value] numeric arrays (exact, no sort per
+-- bucket): about half the cost of array_agg(... ORDER BY ...) on PostgreSQL 15.
+-- From level first_ordinal up (1 = every level).
+DROP FUNCTION IF EXISTS refresh_ohlcv_aggregate_range(timestamptz, timestamptz);
+CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregate_range(range_start timestamptz, range_end timestamptz,
+                                                         first_ordinal integer DEFAULT 1)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -57,7 +62,7 @@ DECLARE
     rows_done integer := 0;
     n         integer;
 BEGIN
-    FOR level IN SELECT * FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
+    FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal >= first_ordinal ORDER BY ordinal LOOP
         lo := date_bin(level.width, range_start, origin);
         hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
         source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
@@ -65,13 +70,66 @@ BEGIN
         EXECUTE format(
             'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
             'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
-            '(array_agg(open ORDER BY %3$I))[1], max(high), min(low), '
-            '(array_agg(close ORDER BY %3$I DESC))[1], sum(volume) '
+            '(min(ARRAY[extract(epoch FROM %3$I), open]))[2], max(high), min(low), '
+            '(max(ARRAY[extract(epoch FROM %3$I), close]))[2], sum(volume) '
             'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
             'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
             'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
             level.name, level.source, source_time)
         USING lo, hi, level.width, origin;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rows_done := rows_done + n;
+        range_start := lo;
+        range_end := hi;
+    END LOOP;
+    RETURN rows_done;
+END
+$$;
+
+-- The first level (5 minutes, from ohlcvs) over [range_start, range_end) for the given markets only
+-- (parallel arrays): the updater rebuilds each batch's markets as soon as that batch commits, while
+-- its next batch is being written; the level holds the one row per five 1-minute rows, so the
+-- levels above it are then cheap to rebuild for all markets at once (refresh_ohlcv_aggregates'
+-- upper range, which also keeps the open-bucket marks). It shares its lock with other such calls,
+-- not with a whole refresh.
+DROP FUNCTION IF EXISTS refresh_ohlcv_market_range(timestamptz, timestamptz, text[], text[], text[]);
+CREATE OR REPLACE FUNCTION refresh_ohlcv_first_level(range_start timestamptz, range_end timestamptz,
+                                                     exchanges text[], base_ids text[], quote_ids text[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    origin      CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
+    level       record;
+    lo          timestamptz;
+    hi          timestamptz;
+    source_time text;
+    rows_done   integer := 0;
+    n           integer;
+BEGIN
+    IF range_end <= range_start THEN
+        RETURN 0;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(hashtext('refresh_ohlcv_aggregates'));
+    FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal = 1 LOOP
+        lo := date_bin(level.width, range_start, origin);
+        hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
+        source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
+        EXECUTE format(
+            'DELETE FROM %I WHERE bucket >= $1 AND bucket < $2 AND (exchange, base_id, quote_id) IN '
+            '(SELECT * FROM unnest($3::text[], $4::text[], $5::text[]))', level.name)
+        USING lo, hi, exchanges, base_ids, quote_ids;
+        EXECUTE format(
+            'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
+            'SELECT date_bin($3, s.%3$I, $4) AS b, s.exchange, s.base_id, s.quote_id, '
+            '(min(ARRAY[extract(epoch FROM s.%3$I), s.open]))[2], max(s.high), min(s.low), '
+            '(max(ARRAY[extract(epoch FROM s.%3$I), s.close]))[2], sum(s.volume) '
+            'FROM %2$I s JOIN unnest($5::text[], $6::text[], $7::text[]) AS m (e, b, q) '
+            'ON s.exchange = m.e AND s.base_id = m.b AND s.quote_id = m.q '
+            'WHERE s.%3$I >= $1 AND s.%3$I < $2 GROUP BY 1, s.exchange, s.base_id, s.quote_id '
+            'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
+            'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
+            level.name, level.source, source_time)
+        USING lo, hi, level.width, origin, exchanges, base_ids, quote_ids;
         GET DIAGNOSTICS n = ROW_COUNT;
         rows_done := rows_done + n;
         range_start := lo;
@@ -106,8 +164,8 @@ BEGIN
         EXECUTE format(
             'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
             'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
-            '(array_agg(open ORDER BY %3$I))[1], max(high), min(low), '
-            '(array_agg(close ORDER BY %3$I DESC))[1], sum(volume) '
+            '(min(ARRAY[extract(epoch FROM %3$I), open]))[2], max(high), min(low), '
+            '(max(ARRAY[extract(epoch FROM %3$I), close]))[2], sum(volume) '
             'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
             'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
             'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
@@ -120,12 +178,16 @@ BEGIN
 END
 $$;
 
--- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row), then every level's
--- buckets that were open at the previous refresh (rows may have been written into them since), and
--- remember which materialised buckets are still open at as_of (a bucket is closed one minute after
--- its end, like TimescaleDB's policies' end_offset).
+-- Rebuild [range_start, range_end) (NULL = from the oldest / to the newest row), then the levels
+-- above the first over [upper_start, upper_end) (whose first level refresh_ohlcv_first_level has
+-- rebuilt), then every level's buckets that were open at the previous refresh (rows may have been
+-- written into them since), and remember which materialised buckets are still open at as_of (a
+-- bucket is closed one minute after its end, like TimescaleDB's policies' end_offset).
+DROP FUNCTION IF EXISTS refresh_ohlcv_aggregates(timestamptz, timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregates(range_start timestamptz, range_end timestamptz,
-                                                    as_of timestamptz DEFAULT now())
+                                                    as_of timestamptz DEFAULT now(),
+                                                    upper_start timestamptz DEFAULT NULL,
+                                                    upper_end timestamptz DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -147,6 +209,9 @@ BEGIN
     END IF;
     IF range_start IS NOT NULL AND range_end IS NOT NULL AND range_end > range_start THEN
         rows_done := rows_done + refresh_ohlcv_aggregate_range(range_start, range_end);
+    END IF;
+    IF upper_start IS NOT NULL AND upper_end IS NOT NULL AND upper_end > upper_start THEN
+        rows_done := rows_done + refresh_ohlcv_aggregate_range(upper_start, upper_end, 2);
     END IF;
     IF EXISTS (SELECT 1 FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL) THEN
         SELECT greatest(as_of, max(time) + INTERVAL '1 minute') INTO pending_end FROM ohlcvs;
