@@ -25,7 +25,7 @@ from common.db import FetchErrorRecord, refresh_aggregates
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
-from fetchers.exchanges.base import ErrorKind, ExchangeError, FetchTask
+from fetchers.exchanges.base import ErrorKind, ExchangeError
 from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
 from fetchers.rest.outages import redis_client, with_database_retry
@@ -229,10 +229,13 @@ class BackfillEngine:
             if self.yielded or await self._should_yield(limiter):
                 self.yielded = True
                 return
-            claim = await store.claim(self.job_id, self.worker_id)
+            # With no exchange clock to ask first, nothing is awaited between the claim and the send:
+            # the claim's own script asks the limiter too (one round trip for both).
+            gate = limiter if self._clock is None else None
+            claim = await store.claim(self.job_id, self.worker_id, gate, adapter.candles_request_weight)
             if claim is None:
                 return
-            outcome = await self._fetch(adapter, limiter, http, claim.task)
+            outcome = await self._fetch(adapter, limiter, http, claim)
             if outcome.error is None:
                 await writer.add(claim, outcome.candles)
                 continue
@@ -255,16 +258,21 @@ class BackfillEngine:
             )
             await store.complete(self.job_id, claim, 0, failed=True)
 
-    async def _fetch(self, adapter, limiter, http, task: FetchTask) -> FetchOutcome:
+    async def _fetch(self, adapter, limiter, http, claim: Claim) -> FetchOutcome:
         """One request with retries: rate-limit signals pause the exchange (shared by every worker),
         transient errors back off with jitter, a malformed body counts as transient."""
+        task = claim.task
+        gate_wait_us = claim.gate_wait_us  # the limiter's answer for the first attempt, if asked
         attempt = 0
         waits = 0
         while True:
             now_ms = await self._clock.now_ms(http) if self._clock else int(time.time() * 1000)
             request = adapter.candles_request(task, now_ms)
             url = request.url(self.settings.rest_url(adapter.name))
-            await limiter.acquire(request.weight)
+            if request.weight != adapter.candles_request_weight:
+                gate_wait_us = None  # asked for another weight: ask again for this one
+            await limiter.acquire(request.weight, gate_wait_us)
+            gate_wait_us = None
             self.requests_sent += 1
             exception_class = ""
             used = None

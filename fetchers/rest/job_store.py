@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from common.redis_keys import backfill_key
 from fetchers.exchanges.base import FetchTask
+from fetchers.rest.rate_limiter import GATE_LUA, SharedRateLimiter
 
 HEARTBEAT_TTL_SECONDS = 6
 REFRESH_LEASE_SECONDS = 900
@@ -30,6 +31,16 @@ if not raw then return false end
 redis.call('HSET', KEYS[2], raw, ARGV[1])
 return raw
 """
+
+_CLAIM_AND_GATE = (
+    GATE_LUA
+    + """
+local raw = redis.call('LPOP', KEYS[1])
+if not raw then return false end
+redis.call('HSET', KEYS[2], raw, ARGV[1])
+return {raw, gate({KEYS[3], KEYS[4], KEYS[5], KEYS[6]}, {ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]})}
+"""
+)
 
 _COMPLETE = """
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
@@ -77,6 +88,8 @@ class Claim:
 
     task: FetchTask
     token: bytes
+    gate_wait_us: int | None = None
+    """With `claim(..., gate=)`: the rate limiter's first answer for this request (see `acquire`)."""
 
 
 class JobState:
@@ -163,6 +176,7 @@ class JobStore:
         self.client = client
         self.scope = scope
         self._claim = client.register_script(_CLAIM)
+        self._claim_and_gate = client.register_script(_CLAIM_AND_GATE)
         self._complete = client.register_script(_COMPLETE)
         self._complete_done = client.register_script(_COMPLETE_DONE)
         self._requeue = client.register_script(_REQUEUE_ORPHANS)
@@ -307,12 +321,25 @@ class JobStore:
     async def retire(self, worker_id: str) -> None:
         await self.client.delete(backfill_key("worker", worker_id))
 
-    async def claim(self, job_id: str, worker_id: str) -> Claim | None:
+    async def claim(
+        self, job_id: str, worker_id: str, gate: SharedRateLimiter | None = None, weight: int = 1
+    ) -> Claim | None:
+        """Take the next queued request, or None. With `gate`, the same script also asks that rate
+        limiter for a request of `weight` (a pause check, or a reserved slot) only if a request was
+        taken: one round trip where there were two; pass `claim.gate_wait_us` to `acquire`."""
         _, pending, inflight = self._keys(job_id)
-        raw = await self._claim(keys=[pending, inflight], args=[worker_id])
+        if gate is None:
+            raw = await self._claim(keys=[pending, inflight], args=[worker_id])
+            wait_us = None
+        else:
+            gate_keys, gate_args = gate.gate_call(weight)
+            answer = await self._claim_and_gate(
+                keys=[pending, inflight, *gate_keys], args=[worker_id, *gate_args]
+            )
+            raw, wait_us = (None, None) if answer is None else (answer[0], int(answer[1]))
         if raw is None:
             return None
-        return Claim(FetchTask.from_dict(json.loads(raw)), raw)
+        return Claim(FetchTask.from_dict(json.loads(raw)), raw, wait_us)
 
     async def complete(self, job_id: str, claim: Claim, candles: int, failed: bool = False) -> bool:
         """Mark a claimed request finished (after its candles are committed, or its failure

@@ -9,6 +9,7 @@ batch is an idempotent upsert committed once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import psycopg2
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,6 +34,13 @@ BACKOFF_CAP_SECONDS = 1.0
 T = TypeVar("T")
 
 
+@functools.cache
+def _driver_info() -> DriverInfo:
+    """Looked up once: without it every new pooled connection reads the package metadata to name the
+    library to Redis (about 2 ms of CPU each, a backfill opens one per concurrent request loop)."""
+    return DriverInfo()
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client whose commands reconnect and retry through an outage of up to `rest_outage_seconds`."""
     retries = int(settings.rest_outage_seconds / BACKOFF_CAP_SECONDS) + 1
@@ -39,6 +48,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
         settings.redis_url,
         retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_SECONDS, base=BACKOFF_BASE_SECONDS), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        driver_info=_driver_info(),
     )
 
 

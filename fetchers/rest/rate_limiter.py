@@ -37,33 +37,47 @@ log = logging.getLogger(__name__)
 
 LEARNED_WINDOWS = 10
 
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if ARGV[3] == 'low' then
-  local busy = tonumber(redis.call('GET', KEYS[4]) or '0')
-  if busy > now then return now - busy end
-end
-local interval = tonumber(ARGV[1])
-local learned = tonumber(redis.call('GET', KEYS[3]) or '0')
-if learned > interval then interval = learned end
-local weight = tonumber(ARGV[2])
-local start = now
-local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
-if blocked > start then start = blocked end
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat > start then start = tat end
-local next_tat = start + interval * weight
-redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 60000)
-if ARGV[3] == 'high' then
-  local busy_until = next_tat + tonumber(ARGV[4])
-  if busy_until > tonumber(redis.call('GET', KEYS[4]) or '0') then
-    local ttl = math.ceil((busy_until - now) / 1000) + 1000
-    redis.call('SET', KEYS[4], string.format('%d', busy_until), 'PX', ttl)
+GATE_LUA = """
+local function gate(k, a)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if a[1] == 'unlimited' then
+    local current = tonumber(redis.call('GET', k[2]) or '0')
+    if current > now then return current - now end
+    return 0
   end
+  if a[4] == 'low' then
+    local busy = tonumber(redis.call('GET', k[4]) or '0')
+    if busy > now then return now - busy end
+  end
+  local interval = tonumber(a[2])
+  local learned = tonumber(redis.call('GET', k[3]) or '0')
+  if learned > interval then interval = learned end
+  local weight = tonumber(a[3])
+  local start = now
+  local blocked = tonumber(redis.call('GET', k[2]) or '0')
+  if blocked > start then start = blocked end
+  local tat = tonumber(redis.call('GET', k[1]) or '0')
+  if tat > start then start = tat end
+  local next_tat = start + interval * weight
+  redis.call('SET', k[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 60000)
+  if a[4] == 'high' then
+    local busy_until = next_tat + tonumber(a[5])
+    if busy_until > tonumber(redis.call('GET', k[4]) or '0') then
+      local ttl = math.ceil((busy_until - now) / 1000) + 1000
+      redis.call('SET', k[4], string.format('%d', busy_until), 'PX', ttl)
+    end
+  end
+  return start - now
 end
-return start - now
 """
+"""The Lua function `gate(keys, args)` behind `acquire`'s first ask, for scripts that do more in the
+same round trip (the job store's claim): with the limit off it only reads the pause (microseconds
+left, 0 if none); with it on it reserves the slot (microseconds until it, negative when a
+low-priority request must wait for user backfills and reserved nothing). `keys` and `args` come from
+`SharedRateLimiter.gate_call`."""
+
+_GATE = GATE_LUA + "return gate(KEYS, ARGV)\n"
 
 _BLOCK = """
 local t = redis.call('TIME')
@@ -120,22 +134,29 @@ class SharedRateLimiter:
         self._tat_key = f"{base}:tat"
         self._blocked_key = f"{base}:blocked"
         self._learned_key = f"{base}:learned-interval"
-        self._reserve = client.register_script(_RESERVE)
+        self._gate = client.register_script(_GATE)
         self._block = client.register_script(_BLOCK)
         self._blocked_for = client.register_script(_BLOCKED_FOR)
 
-    async def acquire(self, weight: int = 1) -> float:
+    def gate_call(self, weight: int = 1) -> tuple[list[str], list[str | int]]:
+        """The keys and args of `GATE_LUA`'s `gate` for one request of `weight`."""
+        mode = "unlimited" if self.unlimited else "paced"
+        return (
+            [self._tat_key, self._blocked_key, self._learned_key, self._busy_key],
+            [mode, self.limit.interval_us(), weight, self.priority, self.yield_us],
+        )
+
+    async def acquire(self, weight: int = 1, first_wait_us: int | None = None) -> float:
         """Wait until this request may be sent: its slot has come and no pause is on. Returns the
-        seconds waited. Call it right before sending; nothing awaited in between."""
+        seconds waited. Call it right before sending; nothing awaited in between. `first_wait_us`:
+        what a `gate` run in the same script as the request's claim answered (saves a round trip)."""
         waited = 0.0
         while True:
-            if self.unlimited:
-                wait_us = await self._blocked_for(keys=[self._blocked_key])
+            if first_wait_us is None:
+                keys, args = self.gate_call(weight)
+                wait_us = await self._gate(keys=keys, args=args)
             else:
-                wait_us = await self._reserve(
-                    keys=[self._tat_key, self._blocked_key, self._learned_key, self._busy_key],
-                    args=[self.limit.interval_us(), weight, self.priority, self.yield_us],
-                )
+                wait_us, first_wait_us = first_wait_us, None
             wait = int(wait_us) / 1_000_000
             if wait < 0:  # low priority, and user backfills are using the budget: nothing reserved
                 await asyncio.sleep(-wait)

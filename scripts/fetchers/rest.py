@@ -21,38 +21,27 @@ from __future__ import annotations
 import asyncio
 import sys
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
-import psycopg2
-import redis
-import redis.asyncio as aioredis
 
-from common.db import DatabaseError
 from common.logging_setup import setup_logging
 from common.settings import EXCHANGES, Settings, load_settings_or_exit
 from common.timeutil import MINUTE_MS, datetime_to_ms, ms_to_datetime, parse_utc
-from fetchers.rest.engine import BackfillEngine, run
-from fetchers.rest.exchange_clock import ExchangeClockUnavailable
-from fetchers.rest.history import first_available_minutes
-from fetchers.rest.job_store import JobInfo, JobStore, job_scope
-from fetchers.rest.jobs import (
-    BackfillRequestError,
-    check_exchange,
-    create_job,
-    exchange_now,
-    validate_range,
-)
-from fetchers.rest.markets import MarketsUnavailable, refresh_markets
-from fetchers.rest.outages import redis_client
-from fetchers.rest.progress import ProgressMeter, ProgressStream
-from fetchers.rest.rate_limiter import LOW
-from fetchers.rest.repair import submit_repair
 from scripts.cli import EXIT_FAILED, EXIT_USAGE, fail
+
+if TYPE_CHECKING:
+    from fetchers.rest.job_store import JobInfo
+
+# The engine, Redis, PostgreSQL and HTTP clients are imported where a command needs them, so that
+# `--help` and bad input cost no more than click and the settings (see benchmarks/backfill.py).
 
 POLL_SECONDS = 0.5
 
 
 def exchange_or_exit(name: str) -> str:
+    from fetchers.rest.jobs import BackfillRequestError, check_exchange
+
     try:
         return check_exchange(name)
     except BackfillRequestError as error:
@@ -76,6 +65,15 @@ def split_symbols(value: str | None) -> list[str] | None:
 
 def run_async(coro):
     """Run a coroutine; bad input becomes exit code 2, service failures one line and exit code 1."""
+    import psycopg2
+    import redis
+
+    from common.db import DatabaseError
+    from fetchers.rest.engine import run
+    from fetchers.rest.exchange_clock import ExchangeClockUnavailable
+    from fetchers.rest.jobs import BackfillRequestError
+    from fetchers.rest.markets import MarketsUnavailable
+
     try:
         return run(coro)
     except BackfillRequestError as error:
@@ -128,6 +126,10 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
     """Show progress until the job is finished and its aggregates are refreshed. On a terminal one
     line redrawn in place (log lines go above it); otherwise a line every few seconds, and the
     finished line once."""
+    from fetchers.rest.job_store import JobStore
+    from fetchers.rest.outages import redis_client
+    from fetchers.rest.progress import ProgressMeter, ProgressStream
+
     client = redis_client(settings)
     store = JobStore(client)
     meter = ProgressMeter(settings.rest_rate_window_seconds)
@@ -170,6 +172,11 @@ async def list_jobs(
     settings: Settings, exchanges: tuple[str, ...], job_id: str | None = None
 ) -> list[JobInfo]:
     """Jobs of these exchanges that write to this database, oldest first (or the one job)."""
+    import redis.asyncio as aioredis
+
+    from fetchers.rest.job_store import JobStore, job_scope
+    from fetchers.rest.jobs import BackfillRequestError
+
     client = aioredis.from_url(settings.redis_url)
     try:
         store = JobStore(client, job_scope(settings))
@@ -184,6 +191,10 @@ async def list_jobs(
 
 
 async def failed_tasks(settings: Settings, job_id: str):
+    import redis.asyncio as aioredis
+
+    from fetchers.rest.job_store import JobStore
+
     client = aioredis.from_url(settings.redis_url)
     try:
         return await JobStore(client).failed_tasks(job_id)
@@ -192,6 +203,8 @@ async def failed_tasks(settings: Settings, job_id: str):
 
 
 async def run_local(settings: Settings, job_id: str) -> JobInfo:
+    from fetchers.rest.engine import BackfillEngine
+
     engine = BackfillEngine(settings, job_id)
     task = asyncio.create_task(engine.run())
     await watch(settings, job_id, task)
@@ -205,6 +218,9 @@ def span(start_ms: int, end_ms: int) -> str:
 def warn_outside_history(settings: Settings, job: JobInfo) -> None:
     """Fewer candles than minutes: say where the exchange's history starts when the job asked for
     minutes before it (naming the first available minute), and say so when nothing was found."""
+    from fetchers.rest.engine import run
+    from fetchers.rest.history import first_available_minutes
+
     try:
         firsts = run(first_available_minutes(settings, job.exchange, job.symbols))
     except Exception as error:  # noqa: BLE001 - advice only: the job's outcome stands
@@ -267,6 +283,8 @@ def cli() -> None:
 def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, local: bool) -> None:
     """Fetch candles for [start, end). Exit 1 if any request failed for good (the incomplete
     markets and ranges are listed)."""
+    from fetchers.rest.jobs import BackfillRequestError, create_job, exchange_now, validate_range
+
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)
@@ -333,6 +351,10 @@ def cancel(job_id: str) -> None:
     (job,) = run_async(list_jobs(settings, EXCHANGES, job_id))
 
     async def go() -> int:
+        import redis.asyncio as aioredis
+
+        from fetchers.rest.job_store import JobStore
+
         client = aioredis.from_url(settings.redis_url)
         try:
             return await JobStore(client).cancel(job.id)
@@ -386,6 +408,8 @@ def status(exchange: str | None, job_id: str | None) -> None:
 
 def job_kind(job: JobInfo) -> str:
     """`repair` for the automatic repair's jobs (the only low-priority ones), else `backfill`."""
+    from fetchers.rest.rate_limiter import LOW
+
     return "repair" if job.priority == LOW else "backfill"
 
 
@@ -406,6 +430,8 @@ def repair(exchange: str | None, since: str | None, wait: bool, local: bool) -> 
     uninterrupted live feed, recorded outages, failed requests) and backfill them at low priority:
     the repair uses only the rate budget user backfills leave free. The beat task does the same
     every REPAIR_INTERVAL_SECONDS. Exit 1 if a repair request failed for good."""
+    from fetchers.rest.repair import submit_repair
+
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
     names = (exchange_or_exit(exchange),) if exchange else EXCHANGES
@@ -443,6 +469,8 @@ def repair(exchange: str | None, since: str | None, wait: bool, local: bool) -> 
 @click.option("--exchange", required=True, help=f"one of {', '.join(EXCHANGES)}")
 def markets(exchange: str) -> None:
     """Refresh symbol_exchange from the exchange's market list."""
+    from fetchers.rest.markets import refresh_markets
+
     settings = load_settings_or_exit()
     setup_logging("rest_fetch", console_level="WARNING")
     exchange = exchange_or_exit(exchange)

@@ -97,6 +97,28 @@ def test_bad_input_is_one_line_and_exit_code_2(args, fragment, platform_settings
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("command", ["fetch", "resume", "status", "cancel", "repair", "markets"])
+def test_help_imports_no_client_library(command):
+    """`--help` loads click and the settings only: the HTTP, Redis, PostgreSQL and Celery clients
+    (most of a start-up's CPU) are imported by the commands that use them."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "scripts.fetchers.rest", command, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "Usage:" in result.stdout, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert imported & {"asyncio", "click"}  # the import log is there to read
+    heavy = {
+        name
+        for name in imported
+        if name.split(".")[0] in {"aiohttp", "uvloop", "psycopg2", "celery", "redis"}
+    }
+    assert heavy == set()
+
+
 @pytest.mark.parametrize(
     "start, end, fragment",
     [

@@ -8,7 +8,9 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from fetchers.exchanges.base import RateLimit
+from common.redis_keys import rate_budget_key
+from fetchers.exchanges.base import FetchTask, RateLimit
+from fetchers.rest.job_store import JobStore
 from fetchers.rest.rate_limiter import HIGH, LOW, SharedRateLimiter
 
 pytestmark = pytest.mark.integration
@@ -165,3 +167,41 @@ def test_low_priority_uses_only_the_budget_high_priority_leaves_free(redis_serve
     assert during.count("high") == 120
     assert during.count("high") >= 0.9 * len(during), during.count("low")
     assert after == ["low"] * 20  # with the backfill over, the repair has the budget again
+
+
+def test_a_claim_asks_the_limiter_in_the_same_round_trip(redis_server):
+    """`JobStore.claim(..., gate=limiter)`: one script claims the request and asks the limiter, so a
+    pause is seen, a paced slot is reserved only when a request was taken, and a backfill request
+    costs one Redis command before it is sent instead of two."""
+
+    async def scenario():
+        client = aioredis.Redis(port=redis_server.port, password=redis_server.password)
+        await client.flushall()
+        store = JobStore(client)
+        tasks = [
+            FetchTask("binance", "BTCUSDT", "BTC", "USDT", i * 60_000, (i + 1) * 60_000) for i in range(3)
+        ]
+        job = await store.create("binance", 0, 3 * 60_000, ["BTCUSDT"], tasks)
+        unlimited = SharedRateLimiter(client, "binance", RateLimit(1, 60.0), unlimited=True)
+        paced = SharedRateLimiter(client, "binance", RateLimit(capacity=2, window_seconds=60.0))
+
+        free = await store.claim(job.id, "w", unlimited)
+        await unlimited.block_for(30.0, "429")
+        await client.config_resetstat()
+        paused = await store.claim(job.id, "w", unlimited)
+        stats = await client.info("commandstats")
+        commands = int(stats["cmdstat_evalsha"]["calls"])  # (the commands the script ran count too)
+        slot = await store.claim(job.id, "w", paced, weight=1)
+        tat_after_slot = await client.get(f"{rate_budget_key('binance')}:tat")
+        empty = await store.claim(job.id, "w", paced, weight=1)
+        tat_after_empty = await client.get(f"{rate_budget_key('binance')}:tat")
+        await client.aclose()
+        return free, commands, paused, slot, empty, tat_after_slot, tat_after_empty
+
+    free, commands, paused, slot, empty, tat_after_slot, tat_after_empty = asyncio.run(scenario())
+    assert free.task.start_ms == 0 and free.gate_wait_us == 0
+    assert commands == 1
+    assert 29_000_000 < paused.gate_wait_us <= 30_000_000  # the pause, as `acquire` would see it
+    assert slot.task.start_ms == 2 * 60_000 and slot.gate_wait_us > 29_000_000  # at the pause end
+    assert empty is None
+    assert tat_after_slot is not None and tat_after_empty == tat_after_slot  # nothing reserved for no request
