@@ -302,22 +302,9 @@ class BodyQuery:
 def bars_body_query(interval_name: str, as_ms: bool) -> BodyQuery:
     """SQL answering (number of bars, the bars as comma-separated JSON objects, ascending) for the
     newest `limit` bars of `interval_name` in [start, end]; the same bars as `read_bars`."""
-    interval = INTERVALS[interval_name]
     quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
-    if interval.rollup_sql is None:
-        rows = _DIRECT_ROWS.format(time=f'"{interval.time_column}"', relation=f'"{interval.relation}"')
-    else:
-        rows = _ROLLUP_ROWS.format(expr=interval.rollup_sql, relation=f'"{interval.relation}"')
     template = _BAR_OBJECT.format(time=quote)
-    named = _BODY.format(template=template, time=time_sql, rows=rows)
-    names: list[str] = []
-
-    def number(match: re.Match) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
-
-    return BodyQuery(_NAMED.sub(number, named), tuple(names))
+    return _numbered(_BODY.format(template=template, time=time_sql, rows=_rows_sql(INTERVALS[interval_name])))
 
 
 def bars_body_values(
@@ -351,17 +338,22 @@ def bars_chunk_query(interval_name: str, as_ms: bool) -> BodyQuery:
     """SQL answering (bar open times in ms, each bar's JSON object), both ascending, for the same
     bars and the same text as `bars_body_query`: the web's history cache keeps them apart so it can
     slice any window out of a block."""
-    interval = INTERVALS[interval_name]
     quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
+    template = _BAR_OBJECT.format(time=quote)
+    return _numbered(
+        _CHUNK.format(template=template, time=time_sql, rows=_rows_sql(INTERVALS[interval_name]))
+    )
+
+
+def _rows_sql(interval: Interval) -> str:
+    """The rows of one page of `interval` (newest first), from its table or rolled up from below."""
     if interval.rollup_sql is None:
-        rows = _DIRECT_ROWS.format(time=f'"{interval.time_column}"', relation=f'"{interval.relation}"')
-    else:
-        rows = _ROLLUP_ROWS.format(expr=interval.rollup_sql, relation=f'"{interval.relation}"')
-    named = _CHUNK.format(template=_BAR_OBJECT.format(time=quote), time=time_sql, rows=rows)
-    return _numbered(named)
+        return _DIRECT_ROWS.format(time=f'"{interval.time_column}"', relation=f'"{interval.relation}"')
+    return _ROLLUP_ROWS.format(expr=interval.rollup_sql, relation=f'"{interval.relation}"')
 
 
 def _numbered(named: str) -> BodyQuery:
+    """`named` with its `%(name)s` parameters numbered `$1`... in order of first use, for asyncpg."""
     names: list[str] = []
 
     def number(match: re.Match) -> str:

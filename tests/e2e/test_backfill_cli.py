@@ -142,15 +142,20 @@ def test_input_is_checked_before_looking_for_a_worker(start, end, fragment, plat
     assert fragment in result.stderr
 
 
-def test_bad_range_is_exit_2_even_when_the_exchange_is_unreachable(settings):
-    """Input checks come before any service: the exchange's clock is not asked for a range that
-    can never be valid."""
+def unreachable_binance() -> tuple[str, dict[str, str]]:
+    """A Binance REST URL nothing listens on, and the environment that points the CLI at it."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed once the block ends
-    env = {**os.environ, "BINANCE_REST_URL": url, "REST_MAX_RETRIES": "0"}
+    return url, {**os.environ, "BINANCE_REST_URL": url, "REST_MAX_RETRIES": "0"}
+
+
+def test_bad_range_is_exit_2_even_when_the_exchange_is_unreachable(settings):
+    """Input checks come before any service: the exchange's clock is not asked for a range that
+    can never be valid."""
+    _, env = unreachable_binance()
     result = run_cli(
         "fetch", "--exchange", "binance", "--start", "2021-01-02", "--end", "2021-01-01", "--local", env=env
     )
@@ -160,12 +165,7 @@ def test_bad_range_is_exit_2_even_when_the_exchange_is_unreachable(settings):
 
 def test_an_exchange_that_cannot_tell_its_time_is_one_line_and_exit_1(settings):
     """The range is cut at the exchange's present, so an unreachable exchange stops the fetch at once."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"  # closed once the block ends
-    env = {**os.environ, "BINANCE_REST_URL": url, "REST_MAX_RETRIES": "0"}
+    url, env = unreachable_binance()
     result = run_cli(
         "fetch", "--exchange", "binance", "--start", "2021-01-01", "--end", "2021-01-02", "--local", env=env
     )
