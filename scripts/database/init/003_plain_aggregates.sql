@@ -98,44 +98,37 @@ CREATE OR REPLACE FUNCTION refresh_ohlcv_first_level(range_start timestamptz, ra
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    origin      CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
-    level       record;
-    lo          timestamptz;
-    hi          timestamptz;
-    source_time text;
-    rows_done   integer := 0;
-    n           integer;
+    origin    CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
+    level     record;
+    lo        timestamptz;
+    hi        timestamptz;
+    n         integer;
 BEGIN
     IF range_end <= range_start THEN
         RETURN 0;
     END IF;
     PERFORM pg_advisory_xact_lock_shared(hashtext('refresh_ohlcv_aggregates'));
-    FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal = 1 LOOP
-        lo := date_bin(level.width, range_start, origin);
-        hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
-        source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
-        EXECUTE format(
-            'DELETE FROM %I WHERE bucket >= $1 AND bucket < $2 AND (exchange, base_id, quote_id) IN '
-            '(SELECT * FROM unnest($3::text[], $4::text[], $5::text[]))', level.name)
-        USING lo, hi, exchanges, base_ids, quote_ids;
-        EXECUTE format(
-            'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
-            'SELECT date_bin($3, s.%3$I, $4) AS b, s.exchange, s.base_id, s.quote_id, '
-            '(min(ARRAY[extract(epoch FROM s.%3$I), s.open]))[2], max(s.high), min(s.low), '
-            '(max(ARRAY[extract(epoch FROM s.%3$I), s.close]))[2], sum(s.volume) '
-            'FROM %2$I s JOIN unnest($5::text[], $6::text[], $7::text[]) AS m (e, b, q) '
-            'ON s.exchange = m.e AND s.base_id = m.b AND s.quote_id = m.q '
-            'WHERE s.%3$I >= $1 AND s.%3$I < $2 GROUP BY 1, s.exchange, s.base_id, s.quote_id '
-            'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
-            'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
-            level.name, level.source, source_time)
-        USING lo, hi, level.width, origin, exchanges, base_ids, quote_ids;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        rows_done := rows_done + n;
-        range_start := lo;
-        range_end := hi;
-    END LOOP;
-    RETURN rows_done;
+    SELECT * INTO STRICT level FROM ohlcv_aggregate_levels WHERE ordinal = 1;
+    lo := date_bin(level.width, range_start, origin);
+    hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
+    EXECUTE format(
+        'DELETE FROM %I WHERE bucket >= $1 AND bucket < $2 AND (exchange, base_id, quote_id) IN '
+        '(SELECT * FROM unnest($3::text[], $4::text[], $5::text[]))', level.name)
+    USING lo, hi, exchanges, base_ids, quote_ids;
+    EXECUTE format(
+        'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
+        'SELECT date_bin($3, s.time, $4) AS b, s.exchange, s.base_id, s.quote_id, '
+        '(min(ARRAY[extract(epoch FROM s.time), s.open]))[2], max(s.high), min(s.low), '
+        '(max(ARRAY[extract(epoch FROM s.time), s.close]))[2], sum(s.volume) '
+        'FROM ohlcvs s JOIN unnest($5::text[], $6::text[], $7::text[]) AS m (e, b, q) '
+        'ON s.exchange = m.e AND s.base_id = m.b AND s.quote_id = m.q '
+        'WHERE s.time >= $1 AND s.time < $2 GROUP BY 1, s.exchange, s.base_id, s.quote_id '
+        'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
+        'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
+        level.name)
+    USING lo, hi, level.width, origin, exchanges, base_ids, quote_ids;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
 END
 $$;
 
