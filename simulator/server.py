@@ -21,6 +21,7 @@ its port, and performs the fault actions it lists. `SERVERS` is the whole list.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import errno
 import threading
 from collections.abc import Callable
@@ -112,12 +113,19 @@ class Simulator:
             raise ValueError(f"{exchange} has no action {action!r}")
         await server.action(action, args)
 
+    async def _stamp_simulated_date(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every reply's `Date` header is the simulated clock, as a real exchange's is its own clock
+        (clients read the exchange's present from it)."""
+        response.headers["Date"] = email.utils.formatdate(self.clock.now_ms() / 1000, usegmt=True)
+
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         """Bind every port (raising `PortInUseError` naming the port if one is taken) and go live."""
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-compute")
         apps = {name: web.Application() for name in PORT_NAMES}
+        for app in apps.values():
+            app.on_response_prepare.append(self._stamp_simulated_date)
         for server in self.servers:
             server.add_routes(apps[server.port])
         host = self.config.host

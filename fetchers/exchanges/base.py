@@ -15,6 +15,7 @@ tested with real payloads alone. All three adapters define the same methods in t
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -218,9 +219,9 @@ class ExchangeAdapter:
     def server_time_request(self) -> RestRequest:
         raise NotImplementedError
 
-    def parse_server_time(self, body: str) -> int:
-        """The exchange's present in epoch ms (or the newest minute it has, which is never later);
-        ValueError if the body says nothing usable."""
+    def parse_server_time(self, headers: Mapping[str, str], body: str) -> int:
+        """The exchange's present in epoch ms, from the reply's body or headers (never later than the
+        exchange's present); ValueError if the reply says nothing usable."""
         raise NotImplementedError
 
     # -- history over REST
@@ -342,15 +343,36 @@ def classify_by_status(
     return ExchangeError(ErrorKind.FATAL, None, code, message, status)
 
 
+def header_value(headers: Mapping[str, str], wanted: str) -> str | None:
+    """A header's value whatever the case of its name (HTTP names are case-insensitive)."""
+    wanted = wanted.lower()
+    return next((value for name, value in headers.items() if name.lower() == wanted), None)
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """The Retry-After header in seconds (the numeric form the exchanges send), if present."""
-    for name, value in headers.items():
-        if name.lower() == "retry-after":
-            try:
-                return max(float(value), 0.0)
-            except ValueError:
-                return None
-    return None
+    value = header_value(headers, "retry-after")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None
+
+
+def http_date_ms(headers: Mapping[str, str]) -> int:
+    """The HTTP `Date` header (RFC 9110: the server's clock when it made the reply, whole seconds) in
+    epoch ms; ValueError if it is missing or unreadable."""
+    value = header_value(headers, "date")
+    if not value:
+        raise ValueError("no Date header in the reply")
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"unreadable Date header {value[:100]!r}") from None
+    if when.tzinfo is None:
+        raise ValueError(f"Date header without a zone {value[:100]!r}")
+    return int(when.timestamp()) * 1000
 
 
 def server_time_field(body: str) -> int:

@@ -92,7 +92,7 @@ class BinanceAdapter(ExchangeAdapter):
     def server_time_request(self) -> RestRequest:
         return RestRequest("/api/v3/time", (), TIME_WEIGHT)
 
-    def parse_server_time(self, body: str) -> int:
+    def parse_server_time(self, headers: Mapping[str, str], body: str) -> int:
         return server_time_field(body)
 
     # -- history over REST

@@ -39,6 +39,7 @@ from fetchers.exchanges.base import (
     WsSession,
     classify_by_status,
     error_body,
+    http_date_ms,
     retry_after_seconds,
     ws_json,
 )
@@ -48,7 +49,7 @@ RATE_LIMIT_CODE = 11010
 RETRYABLE_CODES = {10000, 11000, 20060}  # unknown error, not ready, maintenance
 PAPER_TRADING_PREFIX = "TEST"
 CANDLE_KEY_PREFIX = "trade:1m:"
-CLOCK_SYMBOL = "tBTCUSD"  # trades every minute, so its newest candle is the minute in progress
+PLATFORM_STATUS_PATH = "/v2/platform/status"
 WS_CHANNELS_PER_CONNECTION = 25
 WS_CONNECTIONS_PER_MINUTE = 20
 WS_SUBSCRIBE_FRAMES_PER_SECOND = 25.0
@@ -104,24 +105,14 @@ class BitfinexAdapter(ExchangeAdapter):
 
     # -- the exchange's clock
     def server_time_request(self) -> RestRequest:
-        """Bitfinex has no time endpoint: the newest candle of its most traded market stands in."""
-        return RestRequest(
-            f"/v2/candles/{CANDLE_KEY_PREFIX}{CLOCK_SYMBOL}/last", (), self.candles_request_weight
-        )
+        """Bitfinex has no time endpoint; its platform status is the lightest reply, and every reply
+        carries the server's clock in its `Date` header."""
+        return RestRequest(PLATFORM_STATUS_PATH)
 
-    def parse_server_time(self, body: str) -> int:
-        """The open time of the newest candle, i.e. the minute in progress (or, after a quiet spell,
-        an earlier one): never later than the exchange's present, so ranges cut there hold no bar still
-        changing."""
-        row = _decimal_json(body)
-        if not isinstance(row, list) or not row:
-            raise ValueError(f"no newest candle to read the time from: {body[:200]}")
-        if row[0] == "error":
-            raise ValueError(f"error body: {body[:200]}")
-        try:
-            return int(row[0])
-        except (TypeError, ValueError):
-            raise ValueError(f"malformed candle {body[:200]}") from None
+    def parse_server_time(self, headers: Mapping[str, str], body: str) -> int:
+        """The reply's `Date` (whole seconds, so never later than the exchange's present). Unlike a
+        newest candle it does not depend on any market having traded this minute."""
+        return http_date_ms(headers)
 
     # -- history over REST
     def candles_request(self, task: FetchTask, now_ms: int) -> RestRequest:

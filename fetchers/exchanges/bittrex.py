@@ -112,7 +112,7 @@ class BittrexAdapter(ExchangeAdapter):
     def server_time_request(self) -> RestRequest:
         return RestRequest("/v3/ping")
 
-    def parse_server_time(self, body: str) -> int:
+    def parse_server_time(self, headers: Mapping[str, str], body: str) -> int:
         return server_time_field(body)
 
     # -- history over REST

@@ -38,7 +38,8 @@ async def exchange_now_ms(
     limiter: SharedRateLimiter | None = None,
     http: aiohttp.ClientSession | None = None,
 ) -> int:
-    """The exchange's present in epoch ms (Bitfinex: the open time of its newest minute). Paced by
+    """The exchange's present in epoch ms (to the second where the exchange says it in a `Date`
+    header). Paced by
     `limiter` when given; transient errors are retried (`rest_max_retries`) and rate-limit replies
     waited out as the backfill does; raises ExchangeClockUnavailable with a one-line reason."""
     adapter = get_adapter(exchange)
@@ -61,7 +62,7 @@ async def exchange_now_ms(
             else:
                 if status == 200:
                     try:
-                        return adapter.parse_server_time(body)
+                        return adapter.parse_server_time(headers, body)
                     except ValueError as exc:  # a cut-off body is transient, as for candles
                         error = ExchangeError(ErrorKind.RETRY, None, None, str(exc), status)
                 else:

@@ -141,42 +141,57 @@ def test_server_time_requests_use_each_exchanges_real_paths():
         for name, adapter in ADAPTERS.items()
     }
     assert urls == {
-        "bitfinex": "https://bitfinex.example/v2/candles/trade:1m:tBTCUSD/last",
+        "bitfinex": "https://bitfinex.example/v2/platform/status",
         "binance": "https://binance.example/api/v3/time",
         "bittrex": "https://bittrex.example/v3/ping",
     }
     assert all(adapter.server_time_request().weight == 1 for adapter in ADAPTERS.values())
 
 
-@pytest.mark.parametrize(
-    "exchange, payload, expected",
-    [
-        ("binance", '{"serverTime":1499827319559}', 1_499_827_319_559),
-        ("bittrex", '{"serverTime":1594596023162}', 1_594_596_023_162),
-        # the newest candle (OCHL numbers, maybe more fields appended): its open time
-        ("bitfinex", "[1700000160000,37070.5,37069,37072,37066,2.00188773]", 1_700_000_160_000),
-        ("bitfinex", "[1700000160000,37070.5,37069,37072,37066,2.00188773,17]", 1_700_000_160_000),
-    ],
-)
-def test_server_time_is_read_from_the_exchanges_own_reply(exchange, payload, expected):
-    assert get_adapter(exchange).parse_server_time(payload) == expected
+BITFINEX_STATUS_HEADERS = {"Content-Type": "application/json; charset=utf-8", "Connection": "keep-alive"}
 
 
 @pytest.mark.parametrize(
-    "exchange, payload",
+    "exchange, headers, payload, expected",
     [
-        ("binance", '{"code":-1003,"msg":"Too many requests."}'),
-        ("binance", '{"serverTime":"1499827319559"}'),
-        ("bittrex", '{"serverTime":1.5e12}'),
-        ("bittrex", "<html>502 Bad Gateway</html>"),
-        ("bitfinex", "[]"),  # no candle: the market has not traded yet
-        ("bitfinex", '["error",10020,"time_interval: invalid"]'),
-        ("bitfinex", "[[1700000160000,37070.5,37069,37072,37066,2.0]]"),
+        (
+            "binance",
+            {"Date": "Wed, 12 Jul 2017 02:41:59 GMT"},
+            '{"serverTime":1499827319559}',
+            1_499_827_319_559,
+        ),
+        ("bittrex", {}, '{"serverTime":1594596023162}', 1_594_596_023_162),
+        # Bitfinex: the reply's Date header, whatever the body says and whatever case the name has
+        (
+            "bitfinex",
+            {**BITFINEX_STATUS_HEADERS, "Date": "Tue, 14 Nov 2023 22:16:59 GMT"},
+            "[1]",
+            1_700_000_219_000,
+        ),
+        ("bitfinex", {"date": "Tue, 14 Nov 2023 22:16:59 GMT"}, "[0]", 1_700_000_219_000),
+        ("bitfinex", {"DATE": "Tue, 14 Nov 2023 23:16:59 +0100"}, "", 1_700_000_219_000),
     ],
 )
-def test_server_time_without_a_time_raises_value_error(exchange, payload):
+def test_server_time_is_read_from_the_exchanges_own_reply(exchange, headers, payload, expected):
+    assert get_adapter(exchange).parse_server_time(headers, payload) == expected
+
+
+@pytest.mark.parametrize(
+    "exchange, headers, payload",
+    [
+        ("binance", {"Date": "Wed, 12 Jul 2017 02:41:59 GMT"}, '{"code":-1003,"msg":"Too many requests."}'),
+        ("binance", {}, '{"serverTime":"1499827319559"}'),
+        ("bittrex", {}, '{"serverTime":1.5e12}'),
+        ("bittrex", {}, "<html>502 Bad Gateway</html>"),
+        ("bitfinex", BITFINEX_STATUS_HEADERS, "[1]"),  # no Date header
+        ("bitfinex", {"Date": "yesterday"}, "[1]"),
+        ("bitfinex", {"Date": "Tue, 14 Nov 2023 22:16:59 -0000"}, "[1]"),  # -0000: zone unknown
+        ("bitfinex", {"Date": ""}, "[1]"),
+    ],
+)
+def test_server_time_without_a_time_raises_value_error(exchange, headers, payload):
     with pytest.raises(ValueError):
-        get_adapter(exchange).parse_server_time(payload)
+        get_adapter(exchange).parse_server_time(headers, payload)
 
 
 # ------------------------------------------------------------------------------------- planning
