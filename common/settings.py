@@ -1,4 +1,4 @@
-"""Every knob of the platform, read once from the environment and `.env`.
+"""Every knob of the platform, read once from the environment and the project's `.env`.
 
 One place for configuration: modules ask `get_settings()` instead of reading `os.environ`.
 `load_settings_or_exit()` is what commands call at start-up: a bad value stops the program
@@ -25,19 +25,22 @@ class Settings(BaseSettings):
     """Platform settings. Environment variable names are the field names in upper case."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=PROJECT_ROOT / ".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
 
     # PostgreSQL / TimescaleDB
     postgres_host: str = "127.0.0.1"
-    postgres_port: int = Field(default=5432, ge=1, le=65535)
+    postgres_port: int = Field(default=15432, ge=1, le=65535)
+    """The platform's own PostgreSQL (`make up`, Docker's published port): not 5432, which a machine's
+    own PostgreSQL usually holds. Set 5432 to use a server of your own there."""
     postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     postgres_db: str = "coin_for_rich"
 
     # Redis (broker, latest bars, shared rate budgets)
     redis_host: str = "127.0.0.1"
-    redis_port: int = Field(default=6379, ge=1, le=65535)
+    redis_port: int = Field(default=16379, ge=1, le=65535)
+    """The platform's own Redis, likewise clear of the usual 6379."""
     redis_password: SecretStr = SecretStr("")
     redis_db: int = Field(default=0, ge=0, le=15)
     redis_key_delimiter: str = Field(default=";;", min_length=1)
@@ -104,6 +107,13 @@ class Settings(BaseSettings):
     # Logging
     log_dir: Path = PROJECT_ROOT / "logs"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("local_data_dir", "log_dir")
+    @classmethod
+    def _under_project_root(cls, value: Path) -> Path:
+        """A relative folder is the project's (`local_data` = `<project>/local_data`), wherever the
+        command runs from and whatever a server's own working directory is."""
+        return value if value.is_absolute() else PROJECT_ROOT / value
 
     @field_validator("log_level", mode="before")
     @classmethod

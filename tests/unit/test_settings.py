@@ -29,7 +29,8 @@ def test_example_env_values_are_valid_defaults():
             key, value = line.split("=", 1)
             values[key.lower()] = value
     settings = Settings(_env_file=None, **values)
-    assert settings.postgres_port == 5432 and settings.redis_key_delimiter == ";;"
+    assert settings.postgres_port == 15432 and settings.redis_port == 16379
+    assert settings.redis_key_delimiter == ";;"
     assert settings.rest_url("binance") == "https://api.binance.com"
 
 
@@ -60,3 +61,12 @@ def test_urls_quote_passwords():
     from sqlalchemy.engine import make_url
 
     assert make_url(settings.database_url).password == "a b@c"
+
+
+@pytest.mark.parametrize("field", ["local_data_dir", "log_dir"])
+def test_relative_folders_are_the_projects_wherever_the_command_runs(field, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert getattr(Settings(_env_file=None, **{field: "somewhere/data"}), field) == (
+        PROJECT_ROOT / "somewhere" / "data"
+    )
+    assert getattr(Settings(_env_file=None, **{field: str(tmp_path)}), field) == tmp_path
