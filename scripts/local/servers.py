@@ -2,14 +2,20 @@
 
 Data lives under `local_data/` and survives restarts; logs go to `logs/`. Both listen on 127.0.0.1
 at the ports the settings name. PostgreSQL refuses to run as root, so as root it runs as the
-`postgres` system account (which then owns its data folder).
+`postgres` system account (which then owns its data folder); when that account cannot reach
+`local_data/` (a private home folder), the cluster lives under `FALLBACK_ROOT` instead. Where
+TimescaleDB is installed for the server, it is preloaded, so `init` takes the TimescaleDB path.
+A server that does not start says why in one line, read from its log.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +29,12 @@ import redis
 from common.settings import Settings
 
 T = TypeVar("T")
+
+FALLBACK_ROOT = Path("/var/lib/coin-for-rich")
+"""Where, as root, PostgreSQL's data goes when the `postgres` account cannot reach LOCAL_DATA_DIR."""
+READY_SECONDS = 30.0
+"""How long a started server has to accept connections."""
+TIMESCALEDB_OPTIONS = "-c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
 
 
 class LocalServiceError(RuntimeError):
@@ -42,6 +54,64 @@ def postgres_bindir() -> Path:
         if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
             return directory
     raise LocalServiceError("PostgreSQL server binaries (initdb, pg_ctl) not found; run `make deps`")
+
+
+def timescaledb_installed(bindir: Path | None = None) -> bool:
+    """Whether TimescaleDB is installed for the server these binaries run (control file and library)."""
+    pg_config = (bindir or postgres_bindir()) / "pg_config"
+    if not pg_config.exists():
+        return False
+    out = subprocess.run([str(pg_config), "--pkglibdir", "--sharedir"], capture_output=True, text=True)
+    dirs = out.stdout.split()
+    if out.returncode != 0 or len(dirs) != 2:
+        return False
+    libdir, sharedir = map(Path, dirs)
+    return (sharedir / "extension" / "timescaledb.control").exists() and (libdir / "timescaledb.so").exists()
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on host:port (a bind there fails with EADDRINUSE)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
+ROOT_CAUSES = ("could not bind", "could not create lock file", "could not create server tcp listening socket")
+"""Log lines that name the cause; the servers' final FATAL line only says they gave up."""
+
+
+def reason_from_log(lines: list[str]) -> str | None:
+    """The line of a server log that says why it stopped: a failed bind or lock first (PostgreSQL
+    follows those with a vaguer FATAL), else the last FATAL/PANIC/error line; without its timestamp."""
+    wanted = [line for line in lines if any(cause in line.lower() for cause in ROOT_CAUSES)]
+    wanted = wanted or [line for line in lines if any(w in line for w in ("FATAL", "PANIC", "# ", "ERROR"))]
+    if not wanted:
+        return None
+    line = wanted[-1].strip()
+    for marker in ("FATAL:", "PANIC:", "LOG:", "ERROR:", "# "):
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
+    return line
+
+
+def _new_log_lines(path: Path, offset: int) -> list[str]:
+    try:
+        with open(path, errors="replace") as log:
+            log.seek(offset)
+            return log.read().splitlines()
+    except OSError:
+        return []
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def postgres_account_kwargs() -> dict:
@@ -76,14 +146,34 @@ def _run(args: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def _postgres_account_can(test_flag: str, path: Path) -> bool:
+    """`test <flag> path` as the postgres account (always true when not root)."""
+    kwargs = postgres_account_kwargs()
+    return not kwargs or subprocess.run(["test", test_flag, str(path)], check=False, **kwargs).returncode == 0
+
+
+def postgres_root(data_root: Path) -> Path:
+    """`<data_root>/postgres`, unless (as root) the postgres account cannot enter `data_root` (a
+    private home folder): then a folder of this data root's own under `FALLBACK_ROOT`, the same on
+    every call, so `up`, `status` and `down` find the same cluster."""
+    preferred = data_root / "postgres"
+    if not postgres_account_kwargs() or preferred.exists() and _postgres_account_can("-w", preferred):
+        return preferred
+    if data_root.exists() and _postgres_account_can("-x", data_root):
+        return preferred
+    digest = hashlib.sha256(str(data_root).encode()).hexdigest()[:10]
+    return FALLBACK_ROOT / f"{data_root.name}-{digest}" / "postgres"
+
+
 class LocalPostgres:
     """A PostgreSQL cluster in `<data_root>/postgres`, started and stopped with pg_ctl."""
 
     def __init__(self, settings: Settings, data_root: Path):
         self.settings = settings
-        self.root = data_root / "postgres"
+        self.root = postgres_root(data_root.resolve())
         self.data = self.root / "data"
         self.log_file = self.root / "server.log"  # the postgres account writes it: keep it in its folder
+        self.timescaledb = timescaledb_installed()
 
     def running(self) -> bool:
         if not (self.data / "PG_VERSION").exists():
@@ -101,12 +191,10 @@ class LocalPostgres:
         kwargs = postgres_account_kwargs()
         if kwargs:
             os.chown(self.root, kwargs["user"], kwargs["group"])
-            reachable = subprocess.run(["test", "-w", str(self.root)], check=False, **kwargs)
-            if reachable.returncode != 0:
+            if not _postgres_account_can("-w", self.root):
                 raise LocalServiceError(
-                    f"started as root, PostgreSQL runs as the postgres account, which cannot reach "
-                    f"{self.root} (a parent folder is private): set LOCAL_DATA_DIR to a folder it can "
-                    "reach, e.g. /var/lib/coin-for-rich"
+                    f"started as root, PostgreSQL runs as the postgres account, which cannot write to "
+                    f"{self.root}: set LOCAL_DATA_DIR to a folder it can reach"
                 )
             self.log_file.touch()
             os.chown(self.log_file, kwargs["user"], kwargs["group"])
@@ -136,13 +224,22 @@ class LocalPostgres:
             f"-p {self.settings.postgres_port} -c listen_addresses={self.settings.postgres_host} "
             f"-c unix_socket_directories={self.root}"
         )
+        if self.timescaledb:
+            options += " " + TIMESCALEDB_OPTIONS
         pg_ctl = str(postgres_bindir() / "pg_ctl")
-        _run(
-            [pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.log_file), "-w", "start"],
-            f"PostgreSQL on port {self.settings.postgres_port} (see {self.log_file})",
-            **kwargs,
-        )
-        wait_until(self._accepts, 30, "PostgreSQL")
+        what = f"PostgreSQL on port {self.settings.postgres_port}"
+        offset = _size(self.log_file)
+        try:
+            _run(
+                [pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.log_file), "-w", "start"],
+                what,
+                **kwargs,
+            )
+        except LocalServiceError as error:
+            reason = reason_from_log(_new_log_lines(self.log_file, offset))
+            detail = f"{what} did not start: {reason}" if reason else str(error)
+            raise LocalServiceError(f"{detail} (see {self.log_file})") from None
+        wait_until(self._accepts, READY_SECONDS, "PostgreSQL")
 
     def _accepts(self) -> bool:
         psycopg2.connect(
@@ -200,8 +297,14 @@ class LocalRedis:
         password = self.settings.redis_password.get_secret_value()
         if password:
             args += ["--requirepass", password]
-        _run(args, f"redis-server on port {self.settings.redis_port} (see {self.log_file})")
-        wait_until(self._client().ping, 30, "Redis")
+        what = f"redis-server on port {self.settings.redis_port}"
+        offset = _size(self.log_file)
+        _run(args, f"{what} (see {self.log_file})")
+        try:
+            wait_until(self._client().ping, READY_SECONDS, "Redis")
+        except LocalServiceError as error:
+            reason = reason_from_log(_new_log_lines(self.log_file, offset)) or error
+            raise LocalServiceError(f"{what} did not start: {reason} (see {self.log_file})") from None
 
     def stop(self) -> None:
         if not self.running():

@@ -4,7 +4,10 @@
     python -m scripts.local.stack status
     python -m scripts.local.stack down
 
-`up` starts PostgreSQL and Redis from this machine's binaries (data under `local_data/`), runs
+`up` first checks that every port it is about to listen on is free (PostgreSQL 15432 and Redis 16379
+by default, clear of a machine's own 5432 and 6379; the web app and Flower; the simulator's) and,
+if one is taken, stops before starting anything with one line naming the setting to change. It then
+starts PostgreSQL and Redis from this machine's binaries (data under `local_data/`), runs
 `scripts.platform init`, then every process of the `Procfile` under supervisord, which restarts
 any process that dies and writes its output to `logs/supervisor/<name>.log`. `--demo` first starts
 the exchange simulator (real clock, its fixed ports), points every process at it
@@ -28,7 +31,8 @@ import click
 
 from common.settings import PROJECT_ROOT, Settings, load_settings_or_exit
 from scripts.cli import fail
-from scripts.local.servers import LocalPostgres, LocalRedis, LocalServiceError, wait_until
+from scripts.local.servers import LocalPostgres, LocalRedis, LocalServiceError, port_in_use, wait_until
+from simulator.config import DEFAULT_PORTS as SIMULATOR_PORTS
 
 PROCFILE = PROJECT_ROOT / "Procfile"
 SIMULATOR_COMMAND = "python -m simulator --speed 1"
@@ -60,6 +64,52 @@ class Supervisor:
 class Process:
     name: str
     command: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A port `up` will listen on, and the setting that moves it (None: fixed)."""
+
+    what: str
+    host: str
+    port: int
+    setting: str | None
+
+
+def planned_listeners(settings: Settings, demo: bool, postgres_up: bool, redis_up: bool) -> list[Listener]:
+    """The ports `up` is about to open (not those of our own servers already running)."""
+    listeners = [
+        Listener("the web app", settings.web_host, settings.web_port, "WEB_PORT"),
+        Listener("Flower", settings.web_host, settings.flower_port, "FLOWER_PORT"),
+    ]
+    if not postgres_up:
+        listeners.append(
+            Listener("PostgreSQL", settings.postgres_host, settings.postgres_port, "POSTGRES_PORT")
+        )
+    if not redis_up:
+        listeners.append(Listener("Redis", settings.redis_host, settings.redis_port, "REDIS_PORT"))
+    if demo:
+        listeners += [
+            Listener(f"the simulator ({name})", "127.0.0.1", port, None)
+            for name, port in SIMULATOR_PORTS.items()
+        ]
+    return listeners
+
+
+def port_conflicts(listeners: list[Listener]) -> str | None:
+    """One line naming every taken port and what to change, or None when all are free."""
+    taken = [listener for listener in listeners if port_in_use(listener.host, listener.port)]
+    if not taken:
+        return None
+    parts = []
+    for listener in taken:
+        fix = (
+            f"set {listener.setting} in .env to a free port"
+            if listener.setting
+            else "stop the program using it"
+        )
+        parts.append(f"port {listener.port} for {listener.what} is taken by another program: {fix}")
+    return "; ".join(parts) + " (nothing was started)"
 
 
 def parse_procfile(text: str, settings: Settings) -> list[Process]:
@@ -154,13 +204,18 @@ def up(demo: bool) -> None:
     log_dir = settings.log_dir
     (log_dir / "supervisor").mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
+    postgres, local_redis = LocalPostgres(settings, data), LocalRedis(settings, data, log_dir)
+    conflicts = port_conflicts(planned_listeners(settings, demo, postgres.running(), local_redis.running()))
+    if conflicts:
+        fail(conflicts)
     try:
-        LocalPostgres(settings, data).start()
-        LocalRedis(settings, data, log_dir).start()
+        postgres.start()
+        local_redis.start()
     except LocalServiceError as error:
         fail(str(error))
     click.echo(
-        f"PostgreSQL on {settings.postgres_host}:{settings.postgres_port}, "
+        f"PostgreSQL{' with TimescaleDB' if postgres.timescaledb else ''} on "
+        f"{settings.postgres_host}:{settings.postgres_port} (data in {postgres.root}), "
         f"Redis on {settings.redis_host}:{settings.redis_port} (data in {data})"
     )
     processes = parse_procfile(PROCFILE.read_text(), settings)
@@ -235,12 +290,18 @@ def status() -> None:
     supervisor = Supervisor(settings.local_data_dir)
     pg = LocalPostgres(settings, settings.local_data_dir)
     rd = LocalRedis(settings, settings.local_data_dir, settings.log_dir)
-    click.echo(f"{'postgres':16}{'RUNNING' if pg.running() else 'STOPPED'}")
-    click.echo(f"{'redis':16}{'RUNNING' if rd.running() else 'STOPPED'}")
+    flavour = "TimescaleDB" if pg.timescaledb else "plain PostgreSQL"
+    click.echo(
+        f"{'postgres':16}{'RUNNING' if pg.running() else 'STOPPED':10}"
+        f"{settings.postgres_host}:{settings.postgres_port} ({flavour}, data in {pg.root})"
+    )
+    redis_state = "RUNNING" if rd.running() else "STOPPED"
+    click.echo(f"{'redis':16}{redis_state:10}{settings.redis_host}:{settings.redis_port}")
     if not supervisor.running():
         click.echo("processes: not running (make up starts them)")
         return
     click.echo(supervisor.ctl("status").stdout.rstrip())
+    click.echo(f"chart: http://{settings.web_host}:{settings.web_port}/view/wschart")
 
 
 @cli.command()
@@ -257,7 +318,7 @@ def down() -> None:
         LocalPostgres(settings, settings.local_data_dir).stop()
     except LocalServiceError as error:
         fail(str(error))
-    click.echo("PostgreSQL and Redis stopped (data kept in local_data/)")
+    click.echo(f"PostgreSQL and Redis stopped (data kept in {settings.local_data_dir})")
 
 
 if __name__ == "__main__":

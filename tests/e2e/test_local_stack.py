@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ import redis
 
 from common.redis_keys import ws_send_key
 from common.settings import PROJECT_ROOT
+from scripts.local.servers import postgres_root
 from tests.support.services import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -32,10 +35,13 @@ PLATFORM_PROCESSES = {
 }  # fmt: skip
 
 
-def stack(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def stack(
+    env: dict[str, str], *args: str, timeout: float = 300, cwd: Path = PROJECT_ROOT
+) -> subprocess.CompletedProcess:
+    env = {**env, "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "scripts.local.stack", *args],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 
@@ -48,7 +54,9 @@ def get_json(url: str) -> tuple[int, object]:
 
 
 def running_pids(data: Path) -> list[int]:
-    """Processes whose command line names this test's data folder (supervisord, postgres, redis)."""
+    """Processes whose command line names this test's data folder or its PostgreSQL folder
+    (supervisord, postgres, redis)."""
+    names = {str(data).encode(), str(postgres_root(data)).encode()}
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -56,39 +64,61 @@ def running_pids(data: Path) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes()
             except OSError:
                 continue
-            if str(data).encode() in cmdline:
+            if any(name in cmdline for name in names):
                 pids.append(int(proc.name))
     return pids
 
 
 @pytest.fixture
 def data_dir():
-    """Outside pytest's private temp root: as root, PostgreSQL runs as `postgres` and must reach it."""
-    path = Path(tempfile.mkdtemp(prefix="cfr-stack-"))
-    path.chmod(0o755)
-    yield path
+    """A folder of the project's `local_data/`, named relative as in `.example_env` (as root, where
+    the postgres account cannot reach the project, PostgreSQL's data goes to the fallback folder)."""
+    relative = Path("local_data") / f"e2e-stack-{uuid.uuid4().hex[:8]}"
+    path = PROJECT_ROOT / relative
+    yield relative
+    fallback = postgres_root(path)
     shutil.rmtree(path, ignore_errors=True)
+    if not fallback.is_relative_to(path):
+        shutil.rmtree(fallback.parent, ignore_errors=True)
+
+
+def example_env() -> dict[str, str]:
+    """The settings of `cp .example_env .env`, as a new user starts."""
+    values = {}
+    for line in (PROJECT_ROOT / ".example_env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split("=", 1)
+            values[name] = value
+    return values
+
+
+def user_env(**overrides: str) -> dict[str, str]:
+    """The environment of a user who copied .example_env and set the passwords (as Docker needs),
+    with the test's own ports and folders on top."""
+    env = {
+        **os.environ,
+        **example_env(),
+        "POSTGRES_PASSWORD": "demo-secret",
+        "REDIS_PASSWORD": "demo-redis-secret",
+    }
+    env.update(overrides)
+    return env
 
 
 @pytest.fixture
 def demo_env(tmp_path, data_dir):
-    env = {
-        **os.environ,
-        "LOCAL_DATA_DIR": str(data_dir),
-        "LOG_DIR": str(tmp_path / "logs"),
-        "POSTGRES_PORT": str(free_port()),
-        "POSTGRES_PASSWORD": "demo-secret",
-        "POSTGRES_DB": "coin_demo",
-        "REDIS_PORT": str(free_port()),
-        "REDIS_PASSWORD": "demo-redis-secret",
-        "WEB_PORT": str(free_port()),
-        "FLOWER_PORT": str(free_port()),
-    }
-    for name in ("SIMULATOR_HOST", "POSTGRES_HOST", "REDIS_HOST", "WEB_HOST", "POSTGRES_USER", "REDIS_DB"):
-        env.pop(name, None)
+    env = user_env(
+        LOCAL_DATA_DIR=str(data_dir),
+        LOG_DIR=str(tmp_path / "logs"),
+        POSTGRES_PORT=str(free_port()),
+        POSTGRES_DB="coin_demo",
+        REDIS_PORT=str(free_port()),
+        WEB_PORT=str(free_port()),
+        FLOWER_PORT=str(free_port()),
+    )
     yield env
     stack(env, "down", timeout=120)
-    for pid in running_pids(data_dir):
+    for pid in running_pids(PROJECT_ROOT / data_dir):
         try:
             os.kill(pid, 9)
         except ProcessLookupError:
@@ -96,7 +126,7 @@ def demo_env(tmp_path, data_dir):
 
 
 def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path, data_dir):
-    started = stack(demo_env, "up", "--demo")
+    started = stack(demo_env, "up", "--demo", cwd=tmp_path)  # relative paths are the project's anyway
     assert started.returncode == 0, started.stdout + started.stderr
     assert "9 of 9 processes running" in started.stdout, started.stdout + started.stderr
     web = f"http://127.0.0.1:{demo_env['WEB_PORT']}"
@@ -134,6 +164,36 @@ def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path,
 
     stopped = stack(demo_env, "down", timeout=120)
     assert stopped.returncode == 0, stopped.stderr
-    assert running_pids(data_dir) == []
+    assert running_pids(PROJECT_ROOT / data_dir) == []
     after = stack(demo_env, "status")
     assert "postgres        STOPPED" in after.stdout and "processes: not running" in after.stdout
+
+
+def test_a_taken_port_stops_up_before_anything_starts(tmp_path):
+    """A machine's own PostgreSQL or web server on the port: one line naming the setting, and
+    nothing started (no half-running platform to clean up)."""
+    data = Path(tempfile.mkdtemp(prefix="cfr-stack-"))
+    with socket.socket() as postgres_squatter, socket.socket() as web_squatter:
+        for squatter in (postgres_squatter, web_squatter):
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+        pg_port, web_port = postgres_squatter.getsockname()[1], web_squatter.getsockname()[1]
+        env = user_env(
+            LOCAL_DATA_DIR=str(data),
+            LOG_DIR=str(tmp_path / "logs"),
+            POSTGRES_PORT=str(pg_port),
+            REDIS_PORT=str(free_port()),
+            WEB_PORT=str(web_port),
+            FLOWER_PORT=str(free_port()),
+        )
+        try:
+            started = stack(env, "up", timeout=60)
+        finally:
+            shutil.rmtree(data, ignore_errors=True)
+    assert started.returncode == 1
+    line = started.stderr.strip()
+    assert "\n" not in line and line.startswith("error: ")
+    assert f"port {pg_port} for PostgreSQL is taken" in line and "set POSTGRES_PORT in .env" in line
+    assert f"port {web_port} for the web app is taken" in line and "set WEB_PORT in .env" in line
+    assert "nothing was started" in line
+    assert not (data / "postgres").exists() and not (data / "supervisord.conf").exists()
