@@ -34,6 +34,15 @@ SERVICE_ENV = (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test carries the marker of its folder (unit, integration, e2e), so `make test-unit`
+    and friends never leave a file out for a forgotten `pytestmark`."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in {"unit", "integration", "e2e"} and item.get_closest_marker(kind) is None:
+            item.add_marker(getattr(pytest.mark, kind))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def log_dir(tmp_path_factory) -> Iterator[str]:
     """Every process the tests start logs under a temp dir, never into the repository's logs/."""
