@@ -28,6 +28,10 @@ window.cfrChart = {
   barCount: () => candles.data().length,
   lastBar: () => { const d = candles.data(); return d.length ? d[d.length - 1] : null; },
   coverage: () => state.coverage,
+  visibleRange: () => chart.timeScale().getVisibleRange(),
+  priceRange: () => chart.priceScale("right").getVisibleRange(),
+  seriesData: () => candles.data(),
+  averageData: () => average.data(),
 };
 
 const el = (id) => document.getElementById(id);
