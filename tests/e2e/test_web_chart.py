@@ -1,8 +1,8 @@
 """/view/wschart in headless Chromium (Debian's, driven by Playwright) against a running server.
 
-History comes from a REST backfill of the simulator. The live websocket fetcher is not part of this
-test: the live bar is written to Redis by `imitate_live_pipeline_bar`, exactly as the live pipeline's
-contract says the fetcher writes it, with values from the simulator's ground truth.
+History comes from a REST backfill of the simulator, or for the gap test from rows written straight
+into `ohlcvs`. The live websocket fetcher is not part of these tests: a live bar is written to Redis
+by `imitate_live_pipeline_bar`, exactly as the live pipeline's contract says the fetcher writes it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 from urllib.request import urlopen
@@ -17,7 +18,8 @@ from urllib.request import urlopen
 import pytest
 from playwright.sync_api import sync_playwright
 
-from common.candle import Market
+from common.candle import Candle, Market
+from common.db import connection, refresh_aggregates, upsert_candles, upsert_markets
 from tests.conftest import service_env
 from tests.support.backfill import day_aligned_range, run_job
 from tests.support.services import free_port, stop_process, wait_for
@@ -36,6 +38,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 BTC = Market("binance", "BTC", "USDT", "BTCUSDT")
+BTCUSD = Market("bitfinex", "BTC", "USD", "tBTCUSD")
+MINUTE = 60
+HOUR = 3600
+DAY = 86_400
 
 # Pixels of the candle colours (#26a69a up, #ef5350 down) on the chart's canvases.
 COUNT_CANDLE_PIXELS = """() => {
@@ -136,6 +142,113 @@ def test_chart_draws_history_switches_period_and_ticks_live(
             assert counts["geodr"] == len(http_get(f"{base}/api/analytics/geodr", limit=-1)[1])
             assert counts["top"] == len(http_get(f"{base}/api/analytics/top20qvlm")[1])
             page.screenshot(path=str(tmp_path / "analytics.png"))
+            assert errors == [], errors
+        finally:
+            browser.close()
+
+
+def minute_candles(market: Market, start: int, count: int, price: int, skip=range(0)) -> list[Candle]:
+    """`count` 1-minute candles from `start` (epoch seconds) around `price`, minutes in `skip` left
+    out (as Bitfinex sends no candle for a minute without trades)."""
+    candles = []
+    for i in range(count):
+        if i in skip:
+            continue
+        open_ = Decimal(price) + Decimal(i % 7) / 10
+        close = open_ + Decimal(i % 3 - 1) / 10
+        values = (open_, max(open_, close) + 1, min(open_, close) - 1, close, Decimal("0.5"))
+        candles.append(Candle(*market_key(market), (start + i * MINUTE) * 1000, *map(str, values)))
+    return candles
+
+
+def market_key(market: Market) -> tuple[str, str, str]:
+    return market.exchange, market.base_id, market.quote_id
+
+
+def test_1d_period_shows_only_its_day_after_a_year_long_gap(settings, redis_server, tmp_path):
+    # The new day ends an hour before the current UTC midnight and the live bar comes half an hour
+    # later: all of it closed and in the past, on whatever date this runs.
+    new_end = int(time.time()) // DAY * DAY - HOUR
+    new_start, old_start = new_end - DAY, new_end - 366 * DAY
+    skipped = range(720, 725)  # one whole 5-minute bar missing at midday: a short gap
+    with connection(settings) as conn:
+        upsert_markets(conn, [BTCUSD])
+        upsert_candles(conn, minute_candles(BTCUSD, old_start, 1440, 100))
+        upsert_candles(conn, minute_candles(BTCUSD, new_start, 1440, 50_000, skipped))
+    refresh_aggregates(settings, None, None)
+    step = 5 * MINUTE
+    newest = new_end - step
+
+    env = {**service_env(settings), "LOG_DIR": str(tmp_path)}
+    with web_process(env, tmp_path / "web.log") as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(f"{base}/view/wschart?exchange=bitfinex&base=BTC&quote=USD&period=1D")
+            page.wait_for_function(
+                "() => window.cfrChart && window.cfrChart.barCount() > 0"
+                " && document.getElementById('status').textContent.includes('live')",
+                timeout=30_000,
+            )
+            # the first page of 500 reaches back into the old day: 287 new bars, 213 old ones
+            assert page.evaluate("() => window.cfrChart.barCount()") == 500
+            series = page.evaluate("() => window.cfrChart.seriesData()")
+            average = page.evaluate("() => window.cfrChart.averageData()")
+            visible = page.evaluate("() => window.cfrChart.visibleRange()")
+            prices = page.evaluate("() => window.cfrChart.priceRange()")
+            ma_length = page.evaluate("() => MA_LENGTH")
+
+            bars = [p["time"] for p in series if "close" in p]
+            new_bars = [t for t in bars if t >= new_start]
+            last_old = max(t for t in bars if t < new_start)
+            assert new_bars[0] == new_start and bars[-1] == newest
+
+            # the view is the period: the last day, not the old bars before the gap
+            assert abs(visible["from"] - (newest - DAY)) <= step, visible
+            assert visible["to"] == newest, visible
+            # the price scale follows that day only, far above the old price of ~100
+            assert prices["from"] > 40_000, prices
+
+            # the year between the bars is a gap: whitespace points, a few of them, not one per bar
+            gap = [p for p in series if last_old < p["time"] < new_start]
+            assert 0 < len(gap) <= 100 and all("close" not in p for p in gap)
+            # the missing bar at midday is one whitespace point
+            midday = new_start + skipped.start * MINUTE
+            assert [p for p in series if p["time"] == midday] == [{"time": midday}]
+
+            # the moving average restarts after the gap: no old price in it
+            after = [p for p in average if p["time"] >= new_start and "value" in p]
+            assert after[0]["time"] == new_bars[ma_length - 1], (after[0], new_bars[:ma_length])
+            assert all(p["value"] > 40_000 for p in after), min(p["value"] for p in after)
+
+            # a live bar half an hour after the newest: whitespace for the 6 bars missing between
+            live_ms = (new_end + 30 * MINUTE) * 1000
+            bar = {"time": live_ms, "open": "50100", "high": "50200", "low": "50000", "close": "50150"}
+            client = redis_server.client()
+            wait_for(
+                lambda: (
+                    imitate_live_pipeline_bar(client, settings, BTCUSD, {**bar, "volume": "1"})
+                    or page.evaluate(f"() => window.cfrChart.lastBar().time === {live_ms // 1000}")
+                ),
+                30,
+                "the live bar is drawn",
+                every=1.0,
+            )
+            series = page.evaluate("() => window.cfrChart.seriesData()")
+            assert [p for p in series if p["time"] > newest] == [
+                *({"time": newest + k * step} for k in range(1, 7)),
+                {**series[-1], "time": live_ms // 1000},
+            ]
+            assert series[-1]["close"] == 50150 and page.evaluate("() => window.cfrChart.barCount()") == 501
+            assert page.evaluate("() => window.cfrChart.visibleRange().to") == live_ms // 1000
+
+            # scrolling back loads the rest of the old day, before the same gap
+            page.evaluate("() => window.cfrChart.scrollBack()")
+            page.wait_for_function("() => window.cfrChart.barCount() === 576", timeout=30_000)
+            series = page.evaluate("() => window.cfrChart.seriesData()")
+            assert series[0]["time"] == old_start and len(series) == 576 + len(gap) + 1 + 6
             assert errors == [], errors
         finally:
             browser.close()

@@ -15,9 +15,15 @@ const PERIODS = {
 };
 const PAGE = 500;
 const MA_LENGTH = 20;
+// The time scale places bars by index, so a gap between bars needs whitespace points to show:
+// one per missing bar up to MAX_FILLED_BARS, else LONG_GAP_POINTS evenly spaced ones.
+const MAX_FILLED_BARS = 300;
+const LONG_GAP_POINTS = 30;
+// Seconds per unit of an interval name; a calendar month counts as its longest, 31 days.
+const UNIT_SECONDS = { m: 60, h: 3600, D: 86400, M: 31 * 86400 };
 
 const state = {
-  market: null, period: "1D", bars: [], loadingOlder: false, exhausted: false,
+  market: null, period: "1D", bars: [], points: [], loadingOlder: false, exhausted: false,
   socket: null, liveUpdates: 0, generation: 0, precision: 2, coverage: null,
 };
 const STRIP = { complete: "rgba(38,166,154,0.7)", missing: "#ef5350", repairing: "#f5a623", unknown: "#2a2e39" };
@@ -25,9 +31,13 @@ const COVERAGE_REFRESH_MS = 30000;
 window.cfrChart = {
   state,
   scrollBack: () => chart.timeScale().setVisibleLogicalRange({ from: 0, to: 60 }),
-  barCount: () => candles.data().length,
+  barCount: () => candles.data().length,  // series.data() leaves whitespace out
   lastBar: () => { const d = candles.data(); return d.length ? d[d.length - 1] : null; },
   coverage: () => state.coverage,
+  visibleRange: () => chart.timeScale().getVisibleRange(),
+  priceRange: () => chart.priceScale("right").getVisibleRange(),
+  seriesData: () => state.points,
+  averageData: () => average.data(),
 };
 
 const el = (id) => document.getElementById(id);
@@ -60,11 +70,60 @@ function averageSeries(points) {
   return out;
 }
 
+function intervalSeconds(name) {
+  const [, count, unit] = name.match(/^(\d+)([mhDM])$/);
+  return Number(count) * UNIT_SECONDS[unit];
+}
+const barSeconds = () => intervalSeconds(PERIODS[state.period].interval);
+const isGap = (time, next) => next - time > barSeconds();
+
+// Times of the whitespace points standing for the bars missing between `time` and `next`.
+function gapTimes(time, next) {
+  const width = barSeconds(), missing = Math.ceil((next - time) / width) - 1;
+  if (missing <= MAX_FILLED_BARS) return Array.from({ length: missing }, (_, k) => time + (k + 1) * width);
+  const spacing = (next - time) / (LONG_GAP_POINTS + 1);
+  return Array.from({ length: LONG_GAP_POINTS }, (_, k) => Math.round(time + (k + 1) * spacing));
+}
+
+// The bars split where a gap falls between two of them.
+function runs(bars) {
+  const out = [];
+  bars.forEach((bar, i) => {
+    if (i === 0 || isGap(bars[i - 1].time, bar.time)) out.push([]);
+    out[out.length - 1].push(bar);
+  });
+  return out;
+}
+
+// The candles' data: the bars, with whitespace across every gap.
+function seriesPoints(bars) {
+  const out = [];
+  bars.forEach((bar, i) => {
+    const previous = bars[i - 1];
+    if (previous && isGap(previous.time, bar.time)) gapTimes(previous.time, bar.time).forEach((time) => out.push({ time }));
+    out.push(bar);
+  });
+  return out;
+}
+
+// The moving average of each run on its own, so it restarts after a gap. A line series joins its
+// points across whitespace, so each run's last point is transparent: the segment from it is too.
+function averagePoints(bars) {
+  return runs(bars).flatMap((run, i, all) => {
+    const points = averageSeries(run);
+    if (i < all.length - 1 && points.length) points[points.length - 1].color = "transparent";
+    return points;
+  });
+}
+
+// state.points: the candles' data as set, whitespace included (series.data() leaves it out).
+// The volume and the average need no whitespace: the candles' points span the time scale.
 function drawAll() {
-  const points = state.bars;
-  candles.setData(points);
-  volume.setData(points.map(volumePoint));
-  average.setData(averageSeries(points));
+  const bars = state.bars;
+  state.points = seriesPoints(bars);
+  candles.setData(state.points);
+  volume.setData(bars.map(volumePoint));
+  average.setData(averagePoints(bars));
 }
 
 async function fetchBars(params) {
@@ -84,6 +143,16 @@ function setPrecision(bars) {
   }
 }
 
+// The initial view: the period up to the newest bar. Set by index (the time scale's own unit), so
+// older bars on the first page stay out of view and out of the price autoscale.
+function showPeriod() {
+  const points = state.points;
+  if (!points.length) return;
+  const last = points.length - 1;
+  const start = points[last].time - PERIODS[state.period].span / 1000;
+  chart.timeScale().setVisibleLogicalRange({ from: points.findIndex((p) => p.time >= start), to: last });
+}
+
 async function loadHistory() {
   const generation = ++state.generation;
   state.bars = []; state.exhausted = false; drawAll();
@@ -95,11 +164,7 @@ async function loadHistory() {
     state.bars = bars.map(toPoint);
     state.exhausted = bars.length < PAGE;
     drawAll();
-    if (state.bars.length) {
-      const last = state.bars[state.bars.length - 1].time;
-      const from = Math.max(state.bars[0].time, last - PERIODS[state.period].span / 1000);
-      chart.timeScale().setVisibleRange({ from, to: last });
-    }
+    showPeriod();
     setStatus(`${state.bars.length} bars · ${PERIODS[state.period].interval} · live`);
     state.coverage = null;
     loadCoverage();
@@ -120,9 +185,10 @@ async function loadOlder() {
     state.exhausted = bars.length < PAGE;
     if (bars.length) {
       state.bars = bars.map(toPoint).concat(state.bars);
-      const range = chart.timeScale().getVisibleLogicalRange();
+      const range = chart.timeScale().getVisibleLogicalRange(), before = state.points.length;
       drawAll();
-      if (range) chart.timeScale().setVisibleLogicalRange({ from: range.from + bars.length, to: range.to + bars.length });
+      const added = state.points.length - before;  // the bars and any whitespace before the old first bar
+      if (range) chart.timeScale().setVisibleLogicalRange({ from: range.from + added, to: range.to + added });
       loadCoverage();
     }
   } catch (error) {
@@ -155,8 +221,8 @@ function drawCoverage() {
   const cov = state.coverage, bars = state.bars, scale = chart.timeScale();
   if (!cov || !bars.length) return;
   const plot = scale.width();  // the candles' area, without the price scale
-  const step = PERIODS[state.period].interval === "1m" ? 60 : (bars.length > 1 ? bars[1].time - bars[0].time : 60);
-  const half = (bars.length > 1 ? (scale.timeToCoordinate(bars[1].time) - scale.timeToCoordinate(bars[0].time)) : 6) / 2;
+  const step = barSeconds();
+  const half = (scale.logicalToCoordinate(1) - scale.logicalToCoordinate(0)) / 2;  // by index: whitespace may lie between bars
   for (let i = 0; i < bars.length; i += 1) {
     const x = scale.timeToCoordinate(bars[i].time);
     if (x === null || x < -half || x > plot + half) continue;
@@ -184,16 +250,31 @@ async function loadCoverage() {
 setInterval(loadCoverage, COVERAGE_REFRESH_MS);
 window.addEventListener("resize", drawCoverage);
 
+// A live bar after a gap needs whitespace before it and ends a run of the average: draw it all
+// again, following the newest bar if it was in view, as update() does.
+function redrawAfterGap() {
+  const scale = chart.timeScale(), range = scale.getVisibleLogicalRange(), before = state.points.length;
+  drawAll();
+  const added = state.points.length - before;
+  if (range && range.to >= before - 1) scale.setVisibleLogicalRange({ from: range.from + added, to: range.to + added });
+  else if (range) scale.setVisibleLogicalRange(range);
+}
+
 function applyLive(bar) {
   const point = toPoint(bar);
   const bars = state.bars;
   const last = bars[bars.length - 1];
   if (last && point.time < last.time) return;
-  if (last && point.time === last.time) bars[bars.length - 1] = point; else bars.push(point);
-  candles.update(point);
-  volume.update(volumePoint(point));
-  const ma = averageSeries(bars.slice(-MA_LENGTH));
-  if (ma.length) average.update(ma[ma.length - 1]);
+  const same = last && point.time === last.time;
+  if (same) bars[bars.length - 1] = point; else bars.push(point);
+  if (last && isGap(last.time, point.time)) redrawAfterGap();
+  else {
+    if (same) state.points[state.points.length - 1] = point; else state.points.push(point);
+    candles.update(point);
+    volume.update(volumePoint(point));
+    const tail = runs(bars.slice(-MA_LENGTH)).pop();
+    if (tail.length === MA_LENGTH) average.update(averageSeries(tail)[0]);
+  }
   state.liveUpdates += 1;
 }
 
