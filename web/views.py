@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 PAGES = WEB_DIR / "pages"
+STATIC = WEB_DIR / "static"
 VENDOR = {"lightweight-charts": PROJECT_ROOT / "node_modules" / "lightweight-charts" / "dist"}
 
 router = APIRouter(include_in_schema=False)
@@ -31,6 +32,11 @@ def _page(name: str) -> FileResponse:
 @router.get("/")
 async def root() -> RedirectResponse:
     return RedirectResponse("/view/wschart")
+
+
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon")
 
 
 @router.get("/view/wschart")
@@ -50,7 +56,7 @@ async def status() -> FileResponse:
 
 def mount_pages(app: FastAPI) -> None:
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     for name, directory in VENDOR.items():
         if not directory.is_dir():
             log.warning("%s is missing: run `make deps` (npm ci) so the pages can load %s", directory, name)
