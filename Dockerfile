@@ -1,6 +1,6 @@
 # coin-for-rich: one image for every process of the platform (fetchers, updater, workers, web).
-# Stage 1 installs the pinned front-end libraries from package-lock.json, so the chart pages
-# work without internet; stage 2 is the Python runtime.
+# Stage 1 installs the pinned front-end libraries from package-lock.json, so the pages
+# and /api/docs work without internet; stage 2 is the Python runtime.
 
 FROM node:20-bookworm-slim AS assets
 WORKDIR /build

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="coin-for-rich",
         summary="1-minute OHLCV candles from Bitfinex, Binance and Bittrex: history and live bars",
         openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        docs_url=None,  # web.views serves /api/docs with Swagger UI from node_modules, not a CDN
         redoc_url=None,
         lifespan=lifespan,
     )
