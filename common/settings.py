@@ -1,4 +1,5 @@
-"""Every knob of the platform, read once from the environment and the project's `.env`.
+"""Every knob of the platform, read once from the environment, the project's `.env` and a `.env` in
+the working folder (which wins).
 
 One place for configuration: modules ask `get_settings()` instead of reading `os.environ`.
 `load_settings_or_exit()` is what commands call at start-up: a bad value stops the program
@@ -25,7 +26,10 @@ class Settings(BaseSettings):
     """Platform settings. Environment variable names are the field names in upper case."""
 
     model_config = SettingsConfigDict(
-        env_file=PROJECT_ROOT / ".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=(PROJECT_ROOT / ".env", ".env"),  # the project's, then the working folder's on top
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
     )
 
     # PostgreSQL / TimescaleDB
