@@ -298,6 +298,8 @@ class LocalRedis:
         if password:
             args += ["--requirepass", password]
         what = f"redis-server on port {self.settings.redis_port}"
+        if port_in_use(self.settings.redis_host, self.settings.redis_port):  # the daemon would say so late
+            raise LocalServiceError(f"{what} did not start: the port is taken by another program")
         offset = _size(self.log_file)
         _run(args, f"{what} (see {self.log_file})")
         try:
