@@ -82,4 +82,3 @@ def test_redis_that_cannot_start_says_why_in_one_line(shared_dir):
     message = str(raised.value)
     assert "\n" not in message
     assert f"redis-server on port {port} did not start: the port is taken" in message
-
