@@ -9,6 +9,7 @@ exchange's final word) overwrites. Prices travel as the exchange's exact text (c
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -411,6 +412,24 @@ def error_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or error.__class__.__name__
 
 
+CONCURRENT_REFRESH_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+"""Seconds to wait before each new try when TimescaleDB's own refresh policy holds a level."""
+
+
+def refresh_continuous_aggregate(cur, level: str, window: tuple[datetime, datetime]) -> None:
+    """One level's refresh. TimescaleDB refuses a refresh while another one of the same aggregate
+    runs (its policy job starts as soon as init creates it); that one does the same work, so wait
+    for it and try again rather than fail."""
+    for wait in (*CONCURRENT_REFRESH_WAITS, None):
+        try:
+            cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
+            return
+        except psycopg2.Error as error:
+            if wait is None or "concurrent refresh" not in (error.pgerror or ""):
+                raise
+        time.sleep(wait)
+
+
 def refresh_aggregates(
     settings: Settings | None,
     start: datetime | None,
@@ -437,7 +456,7 @@ def refresh_aggregates(
                 for level, width in AGGREGATE_LEVELS.items():
                     window = bucket_window(width, start, end, at)
                     if window is not None:
-                        cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
+                        refresh_continuous_aggregate(cur, level, window)
             else:
                 cur.execute("BEGIN")  # the open buckets it will rebuild, read under the refresh's own lock
                 cur.execute("SELECT pg_advisory_xact_lock(hashtext('refresh_ohlcv_aggregates'))")
