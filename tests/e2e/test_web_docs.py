@@ -10,22 +10,12 @@ import re
 from urllib.request import urlopen
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from tests.conftest import service_env
-from tests.support.web import running_web, web_process
+from tests.support.web import chromium_page, running_web
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 OPERATIONS = ["/api/ohlcvs", "/api/symbol-exchange", "/api/health", "/api/coverage"]
 PAGES = ["/view/wschart", "/view/analytics/general", "/view/status"]
 
@@ -44,42 +34,35 @@ def fetch(url: str) -> tuple[int, str, bytes]:
 
 def test_api_docs_list_the_operations_with_no_internet(settings, tmp_path):
     env = {**service_env(settings), "LOG_DIR": str(tmp_path)}
-    with web_process(env, tmp_path / "web.log") as base, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            requests: list[str] = []
-            errors: list[str] = []
-            page.on("request", lambda request: requests.append(request.url))
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            # no internet: whatever is not the app is refused at once
-            page.route(
-                "**/*",
-                lambda route: (
-                    route.continue_()
-                    if route.request.url.startswith(base + "/")
-                    else route.abort("internetdisconnected")
-                ),
-            )
-            page.goto(f"{base}/api/docs")
+    with chromium_page(env, tmp_path / "web.log") as (base, page, errors):
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        # no internet: whatever is not the app is refused at once
+        page.route(
+            "**/*",
+            lambda route: (
+                route.continue_()
+                if route.request.url.startswith(base + "/")
+                else route.abort("internetdisconnected")
+            ),
+        )
+        page.goto(f"{base}/api/docs")
 
-            page.wait_for_selector(".opblock", timeout=30_000)
-            shown = page.eval_on_selector_all(
-                ".opblock .opblock-summary-path", "els => els.map(e => e.getAttribute('data-path'))"
-            )
-            for path in OPERATIONS:
-                assert path in shown, (path, shown)
-            assert page.title() == "coin-for-rich - Swagger UI"
-            # the icon decodes (a query string: with routing on, Chromium fails a bare /favicon.ico)
-            assert page.evaluate(LOAD_IMAGE, f"{base}/favicon.ico?drawn") == [16, 16]
-            page.screenshot(path=str(tmp_path / "docs.png"))
+        page.wait_for_selector(".opblock", timeout=30_000)
+        shown = page.eval_on_selector_all(
+            ".opblock .opblock-summary-path", "els => els.map(e => e.getAttribute('data-path'))"
+        )
+        for path in OPERATIONS:
+            assert path in shown, (path, shown)
+        assert page.title() == "coin-for-rich - Swagger UI"
+        # the icon decodes (a query string: with routing on, Chromium fails a bare /favicon.ico)
+        assert page.evaluate(LOAD_IMAGE, f"{base}/favicon.ico?drawn") == [16, 16]
+        page.screenshot(path=str(tmp_path / "docs.png"))
 
-            outside = [u for u in requests if not u.startswith((base + "/", "data:", "blob:"))]
-            assert outside == [], outside
-            assert f"{base}/api/openapi.json" in requests
-            assert errors == [], errors
-        finally:
-            browser.close()
+        outside = [u for u in requests if not u.startswith((base + "/", "data:", "blob:"))]
+        assert outside == [], outside
+        assert f"{base}/api/openapi.json" in requests
+        assert errors == [], errors
 
         html = fetch(f"{base}/api/docs")[2].decode()
         urls = re.findall(r"""https?://[^\s"'<>)]+""", html)

@@ -34,6 +34,16 @@ from common.timeutil import datetime_to_ms, ms_to_datetime
 from tests.support.services import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium, driven by Playwright (as root it needs --no-sandbox)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @contextmanager
@@ -85,6 +95,23 @@ def web_process(env: dict[str, str], log_path: Path) -> Iterator[str]:
         yield base
     finally:
         stop_process(proc)
+
+
+@contextmanager
+def chromium_page(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, Any, list[str]]]:
+    """`web_process(env)` and a headless Chromium page on a 1280x800 viewport; yields the base URL,
+    the page and the list its JavaScript errors are collected in."""
+    from playwright.sync_api import sync_playwright
+
+    with web_process(env, log_path) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield base, page, errors
+        finally:
+            browser.close()
 
 
 def http_get(url: str, **params: Any) -> tuple[int, Any]:
