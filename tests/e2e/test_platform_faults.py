@@ -27,10 +27,11 @@ from common.db import AGGREGATE_LEVELS, BUCKET_ORIGIN, connection, load_markets
 from common.settings import EXCHANGES
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from scripts.platform import READY_LINE
-from tests.e2e.test_web_chart import CHROMIUM, CHROMIUM_ARGS, COUNT_CANDLE_PIXELS
+from tests.e2e.test_web_chart import COUNT_CANDLE_PIXELS
 from tests.support.live import FAST_HEARTBEATS, LiveStack, mismatches, outages, wait_for
 from tests.support.services import RedisServer, free_port, stop_process
 from tests.support.simulator import simulator_process
+from tests.support.web import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.e2e
 
