@@ -22,6 +22,7 @@ import psycopg2.extras
 from psycopg2.extensions import connection as PgConnection
 
 from common import ohlcvs_versions
+from common.backoff import backoff_seconds
 from common.candle import Candle, CandleBlock, Market, only_number_chars
 from common.settings import Settings, get_settings
 
@@ -412,22 +413,24 @@ def error_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or error.__class__.__name__
 
 
-CONCURRENT_REFRESH_WAITS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-"""Seconds to wait before each new try when TimescaleDB's own refresh policy holds a level."""
+CONCURRENT_REFRESH_TRIES = 8
+CONCURRENT_REFRESH_WAIT_SECONDS = (0.2, 15.0)
+"""Backoff base and cap between tries while TimescaleDB's own refresh policy holds a level."""
 
 
 def refresh_continuous_aggregate(cur, level: str, window: tuple[datetime, datetime]) -> None:
     """One level's refresh. TimescaleDB refuses a refresh while another one of the same aggregate
     runs (its policy job starts as soon as init creates it); that one does the same work, so wait
     for it and try again rather than fail."""
-    for wait in (*CONCURRENT_REFRESH_WAITS, None):
+    for attempt in range(CONCURRENT_REFRESH_TRIES):
         try:
             cur.execute("CALL refresh_continuous_aggregate(%s, %s, %s)", (level, *window))
             return
         except psycopg2.Error as error:
-            if wait is None or "concurrent refresh" not in (error.pgerror or ""):
+            last = attempt == CONCURRENT_REFRESH_TRIES - 1
+            if last or "concurrent refresh" not in (error.pgerror or ""):
                 raise
-        time.sleep(wait)
+        time.sleep(backoff_seconds(attempt, *CONCURRENT_REFRESH_WAIT_SECONDS))
 
 
 def refresh_aggregates(
