@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.integration
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
 BTC_USD = Market("bitfinex", "BTC", "USD", "tBTCUSD")
+REFRESHERS = 4
 
 
 def candle(minute: int, open_: str, high: str, low: str, close: str, volume: str, market=BTC_USD) -> Candle:
@@ -373,6 +375,34 @@ def test_backfill_over_several_weeks_keeps_every_level_equal_to_ohlcvs(settings,
         cur.execute("SELECT bucket FROM ohlcvs_summary_7day WHERE exchange = 'bitfinex' ORDER BY bucket")
         weeks = [row[0] for row in cur.fetchall()]
     assert [w.date().isoformat() for w in weeks] == ["2021-03-01", "2021-03-08", "2021-03-15", "2021-03-22"]
+
+
+def test_refreshes_at_the_same_time_all_succeed_and_every_level_equals_ohlcvs(settings, db_conn):
+    """init, a backfill's end and (on TimescaleDB) the refresh policy's own job can refresh the same
+    levels at once: none of them may fail for it, and the levels end equal to ohlcvs."""
+    start, end = datetime(2021, 3, 4, 13, 17, tzinfo=UTC), datetime(2021, 3, 11, 9, 41, tzinfo=UTC)
+    minutes = int((end - start) / timedelta(minutes=1))
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    upsert_candles(db_conn, minute_candles(BTC_USD, start, minutes, seed=3))
+    upsert_candles(db_conn, minute_candles(ETH_BTC, start, minutes, seed=4))
+    db_conn.commit()
+    ready = threading.Barrier(REFRESHERS)
+    errors: list[BaseException] = []
+
+    def refresh() -> None:
+        ready.wait()
+        try:
+            refresh_aggregates(settings, start, end, now=end + timedelta(hours=1))
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=refresh) for _ in range(REFRESHERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert_every_level_matches_ohlcvs(db_conn)
 
 
 def test_rows_written_into_open_buckets_show_after_the_next_refresh(settings, db_conn):
