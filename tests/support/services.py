@@ -26,7 +26,13 @@ import psycopg2.errors
 import redis
 from psycopg2 import sql
 
-from scripts.local.servers import LocalServiceError, postgres_account_kwargs, postgres_bindir, wait_until
+from scripts.local.servers import (
+    TIMESCALEDB_OPTIONS,
+    LocalServiceError,
+    postgres_account_kwargs,
+    postgres_bindir,
+    wait_until,
+)
 
 TIMESCALEDB_ENV = "CFR_TEST_TIMESCALEDB"
 T = TypeVar("T")
@@ -103,7 +109,7 @@ class PostgresServer:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         if self.timescaledb:
-            options += " -c shared_preload_libraries=timescaledb -c timescaledb.telemetry_level=off"
+            options += " " + TIMESCALEDB_OPTIONS
         else:  # plain even where TimescaleDB is installed (init would refuse it unpreloaded)
             options += " -c coin_for_rich.use_timescaledb=off"
         subprocess.run(
