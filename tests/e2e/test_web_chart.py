@@ -22,7 +22,7 @@ from common.db import connection, refresh_aggregates, upsert_candles, upsert_mar
 from tests.conftest import service_env
 from tests.support.backfill import day_aligned_range, run_job
 from tests.support.services import free_port, stop_process, wait_for
-from tests.support.web import chromium_page, http_get, imitate_live_pipeline_bar
+from tests.support.web import chromium_page, http_get, imitate_live_pipeline_bar, market_key
 
 pytestmark = pytest.mark.e2e
 
@@ -140,10 +140,6 @@ def minute_candles(market: Market, start: int, count: int, price: int, skip=rang
         values = (open_, max(open_, close) + 1, min(open_, close) - 1, close, Decimal("0.5"))
         candles.append(Candle(*market_key(market), (start + i * MINUTE) * 1000, *map(str, values)))
     return candles
-
-
-def market_key(market: Market) -> tuple[str, str, str]:
-    return market.exchange, market.base_id, market.quote_id
 
 
 def test_1d_period_shows_only_its_day_after_a_year_long_gap(settings, redis_server, tmp_path):

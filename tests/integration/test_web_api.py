@@ -23,6 +23,7 @@ from tests.support.web import (
     imitate_live_pipeline_bar,
     imitate_waiting_minute,
     known_candle,
+    market_key,
     minute_dict,
     running_web,
     seed_known_data,
@@ -300,10 +301,6 @@ def recent(settings):
         upsert_candles(conn, [stored_form(c) for c in candles])
     refresh_aggregates(settings, None, None)
     return candles
-
-
-def market_key(market: Market) -> tuple[str, str, str]:
-    return market.exchange, market.base_id, market.quote_id
 
 
 def test_returns_tables_with_cutoffs_and_limits(api, recent):

@@ -134,6 +134,11 @@ ETH = Market("bitfinex", "ETH", "BTC", "tETHBTC")
 BASE_MS = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
+def market_key(market: Market) -> tuple[str, str, str]:
+    """The (exchange, base_id, quote_id) a Candle starts with."""
+    return market.exchange, market.base_id, market.quote_id
+
+
 def known_candle(market: Market, index: int) -> Candle:
     """Minute `index` after BASE_MS: distinct, exact decimal text with trailing zeros kept."""
     base = Decimal(100 + index % 37) + Decimal(index) / Decimal(1000)
