@@ -74,7 +74,9 @@ function intervalSeconds(name) {
   const [, count, unit] = name.match(/^(\d+)([mhDM])$/);
   return Number(count) * UNIT_SECONDS[unit];
 }
-const barSeconds = () => intervalSeconds(PERIODS[state.period].interval);
+// Each period's bar width, worked out once (gap checks run for every bar of every redraw).
+const BAR_SECONDS = Object.fromEntries(Object.entries(PERIODS).map(([name, p]) => [name, intervalSeconds(p.interval)]));
+const barSeconds = () => BAR_SECONDS[state.period];
 const isGap = (time, next) => next - time > barSeconds();
 
 // Times of the whitespace points standing for the bars missing between `time` and `next`.
