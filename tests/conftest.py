@@ -84,14 +84,14 @@ def template_database(postgres_server: PostgresServer, timescaledb: bool) -> str
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {TEMPLATE_DB}")
     admin.close()
-    in_use = apply_schema(_settings_for(postgres_server, None, TEMPLATE_DB), plain=not timescaledb)
+    in_use = apply_schema(settings_for(postgres_server, None, TEMPLATE_DB), plain=not timescaledb)
     if in_use != timescaledb:
         raise RuntimeError(f"{TIMESCALEDB_ENV}=1 but the schema came out plain: is TimescaleDB installed?")
     postgres_server.freeze_template(TEMPLATE_DB)
     return TEMPLATE_DB
 
 
-def _settings_for(pg: PostgresServer, rd: RedisServer | None, dbname: str, **extra) -> Settings:
+def settings_for(pg: PostgresServer, rd: RedisServer | None, dbname: str, **extra) -> Settings:
     values = dict(
         postgres_host="127.0.0.1",
         postgres_port=pg.port,
@@ -137,7 +137,7 @@ def settings(
     """Settings for the test's own database and the throwaway Redis, also exported to the
     environment (and `get_settings()`) so code under test and its subprocesses use them."""
     redis_server.client().flushall()
-    current = _settings_for(postgres_server, redis_server, database)
+    current = settings_for(postgres_server, redis_server, database)
     for key, value in service_env(current).items():
         monkeypatch.setenv(key, value)
     settings_module.get_settings.cache_clear()

@@ -20,12 +20,15 @@ import enum
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote, urlencode
 
 from common.candle import Candle, CandleBlock, Market
 from common.settings import Settings
 from common.timeutil import MINUTE_MS
+
+if TYPE_CHECKING:
+    from fetchers.exchanges.evidence import WsEvidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,13 +127,15 @@ class WsLimits:
 
     `max_subscriptions` per connection; at most `connections_per_window` new connections per
     `connect_window_seconds`; subscribe frames at most `subscribe_frames_per_second` per connection;
-    a connection with no frame at all for `silence_seconds` is dead (2x the heartbeat interval)."""
+    the exchange beats every `heartbeat_seconds` on an idle channel or socket; a connection with no
+    frame at all for `silence_seconds` is dead (2x the heartbeat interval)."""
 
     transport: Literal["websocket", "signalr"]
     max_subscriptions: int
     connections_per_window: int
     connect_window_seconds: float
     subscribe_frames_per_second: float
+    heartbeat_seconds: float
     silence_seconds: float
 
 
@@ -138,7 +143,8 @@ class WsLimits:
 class WsCandle:
     """A live bar as the exchange sent it: open time in ms, prices and volume as exact decimal text.
     `closed` only when the exchange itself says the bar is final (Binance `x`); `snapshot` for
-    history replayed on subscribe (Bitfinex), as opposed to an update pushed as it happened."""
+    history replayed on subscribe (Bitfinex), as opposed to an update pushed as it happened.
+    `sequence` and `server_ms` are the exchange's own evidence of what was sent (see `WsEvidence`)."""
 
     symbol: str
     time: int
@@ -149,11 +155,21 @@ class WsCandle:
     volume: str
     closed: bool = False
     snapshot: bool = False
+    sequence: int | None = None
+    """The message's number: per stream for Bittrex, per socket for Bitfinex (SEQ_ALL; on the last
+    bar of a frame only, as a frame has one number)."""
+    server_ms: int | None = None
+    """The exchange's clock when it sent the message (Binance `E`, Bitfinex TIMESTAMP)."""
 
 
 @dataclass(frozen=True, slots=True)
 class WsHeartbeat:
-    """The connection is alive (a heartbeat, keep-alive, pong or acknowledgement)."""
+    """The connection is alive (a heartbeat, keep-alive, pong or acknowledgement). A Bitfinex
+    channel heartbeat names its market and carries its frame's sequence number and server time."""
+
+    symbol: str | None = None
+    sequence: int | None = None
+    server_ms: int | None = None
 
 
 class WsAction(enum.Enum):
@@ -265,13 +281,15 @@ class ExchangeAdapter:
     def ws_limits(self, settings: Settings) -> WsLimits:
         """The published limits; the heartbeat setting `<exchange>_ws_heartbeat_seconds` sets the
         silence allowed (twice the interval)."""
+        heartbeat = float(getattr(settings, f"{self.name}_ws_heartbeat_seconds"))
         return WsLimits(
             transport=self.ws_transport,
             max_subscriptions=self.ws_max_subscriptions,
             connections_per_window=self.ws_connections_per_minute,
             connect_window_seconds=settings.ws_connect_window_seconds,
             subscribe_frames_per_second=self.ws_subscribe_frames_per_second,
-            silence_seconds=2 * float(getattr(settings, f"{self.name}_ws_heartbeat_seconds")),
+            heartbeat_seconds=heartbeat,
+            silence_seconds=2 * heartbeat,
         )
 
     def plan_ws_connections(self, markets: Sequence[Market], limits: WsLimits) -> list[tuple[Market, ...]]:
@@ -288,6 +306,10 @@ class ExchangeAdapter:
 
     def parse_ws_frame(self, text: str, session: WsSession) -> list[WsEvent]:
         """Events in one text frame, in order; ValueError when the frame is malformed."""
+        raise NotImplementedError
+
+    def ws_evidence(self, symbols: Sequence[str], limits: WsLimits) -> WsEvidence:
+        """The rule that proves live minutes complete, for one connection's markets."""
         raise NotImplementedError
 
     def matches_symbol(self, market: Market, wanted: str) -> bool:

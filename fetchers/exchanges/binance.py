@@ -36,6 +36,7 @@ from fetchers.exchanges.base import (
     WsEvent,
     WsHeartbeat,
     WsInfo,
+    WsLimits,
     WsSession,
     classify_by_status,
     error_body,
@@ -44,6 +45,7 @@ from fetchers.exchanges.base import (
     ws_batches,
     ws_json,
 )
+from fetchers.exchanges.evidence import WsEvidence, ceil_minute_ms
 
 EXCHANGE_INFO_WEIGHT = 20
 TIME_WEIGHT = 1
@@ -212,11 +214,26 @@ class BinanceAdapter(ExchangeAdapter):
         if kind == "kline":
             try:
                 k = event["k"]
-                candle = WsCandle(k["s"], k["t"], k["o"], k["h"], k["l"], k["c"], k["v"], k["x"] is True)
+                candle = WsCandle(
+                    k["s"],
+                    k["t"],
+                    k["o"],
+                    k["h"],
+                    k["l"],
+                    k["c"],
+                    k["v"],
+                    k["x"] is True,
+                    server_ms=event["E"],
+                )
             except (KeyError, TypeError):
                 raise ValueError(f"malformed kline: {text[:200]}") from None
-            if type(candle.time) is not int or not all(
-                type(v) is str for v in (candle.open, candle.high, candle.low, candle.close, candle.volume)
+            if (
+                type(candle.time) is not int
+                or type(candle.server_ms) is not int
+                or not all(
+                    type(v) is str
+                    for v in (candle.open, candle.high, candle.low, candle.close, candle.volume)
+                )
             ):
                 raise ValueError(f"malformed kline: {text[:200]}")
             return [candle]
@@ -228,3 +245,28 @@ class BinanceAdapter(ExchangeAdapter):
         if "result" in event:
             return [WsHeartbeat()]
         return [WsInfo(WsAction.NONE, None, f"event {kind!r}")]
+
+    def ws_evidence(self, symbols: Sequence[str], limits: WsLimits) -> WsEvidence:
+        return BinanceEvidence(symbols, limits)
+
+
+class BinanceEvidence(WsEvidence):
+    """A minute is proven by its closing update (`"x": true`) on a connection whole since before
+    the minute began: the market's run starts at the first minute after its first frame was sent
+    (`E`). A close that arrives after a missing one ends the run at the missing minute."""
+
+    def observe(self, event: WsEvent, received: float) -> None:
+        if type(event) is not WsCandle or event.symbol not in self.markets:
+            return
+        proof = self.markets[event.symbol]
+        if proof.since_ms is None:
+            assert event.server_ms is not None
+            self.start_run(event.symbol, ceil_minute_ms(event.server_ms))
+            proof = self.markets[event.symbol]
+        assert proof.since_ms is not None
+        if not event.closed or event.time < proof.since_ms:
+            return
+        if event.time > proof.until_ms:
+            self.end_run(event.symbol, self.why(f"closing update missing before {event.time}"))
+            self.start_run(event.symbol, event.time)
+        self.prove(event.symbol, event.time + MINUTE_MS)

@@ -6,14 +6,16 @@ candles are `[MTS, OPEN, CLOSE, HIGH, LOW, VOLUME]` (OCHL) as JSON numbers, newe
 rate limit is HTTP 429 with code 11010 followed by a ~60 s block.
 
 Websocket (`/ws/2`): objects are events (`info`, `subscribed`, `error`, ...), arrays are channel
-data `[chanId, payload, ...]` (trailing fields such as SEQ_ALL numbers are ignored); the channel id
-is only meaningful on its own socket; a payload is a snapshot (list of candles), one candle, or
-`"hb"` (every 15 s on an idle channel). Info 20051 = reconnect, 20060 = maintenance (silence),
+data `[chanId, payload, SEQ, MTS]` (the conf flags SEQ_ALL and TIMESTAMP, sent first on every socket,
+append the socket's message number and the server's clock); the channel id is only meaningful on
+its own socket; a payload is a snapshot (list of candles), one candle, or `"hb"` (every 15 s on an
+idle channel). Info 20051 = reconnect, 20060 = maintenance (silence),
 20061 = maintenance over (resubscribe). At most 25 channels per connection, 20 connections a minute.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,6 +38,7 @@ from fetchers.exchanges.base import (
     WsEvent,
     WsHeartbeat,
     WsInfo,
+    WsLimits,
     WsSession,
     classify_by_status,
     error_body,
@@ -43,6 +46,7 @@ from fetchers.exchanges.base import (
     retry_after_seconds,
     ws_json,
 )
+from fetchers.exchanges.evidence import WsEvidence, ceil_minute_ms
 
 PAIRS_CONF = "pub:list:pair:exchange"
 RATE_LIMIT_CODE = 11010
@@ -54,6 +58,11 @@ WS_CHANNELS_PER_CONNECTION = 25
 WS_CONNECTIONS_PER_MINUTE = 20
 WS_SUBSCRIBE_FRAMES_PER_SECOND = 25.0
 INFO_ACTIONS = {20051: WsAction.RECONNECT, 20060: WsAction.PAUSE, 20061: WsAction.RESUBSCRIBE}
+CONF_SEQ_ALL = 65_536
+CONF_TIMESTAMP = 32_768
+HEARTBEAT_ALLOWANCE = 1.5
+"""A channel's frames may lie this many heartbeat intervals apart before it counts as silent
+(the interval is 15 s give or take a few ms; the rest absorbs delays on the way)."""
 
 
 def split_pair(pair: str) -> tuple[str, str]:
@@ -207,7 +216,9 @@ class BitfinexAdapter(ExchangeAdapter):
         return settings.ws_url(self.name)
 
     def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
-        return [
+        """The conf flags first: every channel frame then carries the evidence `BitfinexEvidence`
+        reads."""
+        return [json.dumps({"event": "conf", "flags": CONF_SEQ_ALL | CONF_TIMESTAMP})] + [
             json.dumps({"event": "subscribe", "channel": "candles", "key": CANDLE_KEY_PREFIX + m.symbol})
             for m in markets
         ]
@@ -227,9 +238,12 @@ class BitfinexAdapter(ExchangeAdapter):
         if not isinstance(data, list) or len(data) < 2 or type(data[0]) is not int:
             raise ValueError(f"unexpected frame: {text[:200]}")
         payload = data[1]
-        if payload == "hb":
-            return [WsHeartbeat()]
+        sequence, server_ms = (data[2], data[3]) if len(data) == 4 else (None, None)
+        if type(sequence) is not int or type(server_ms) is not int:
+            sequence = server_ms = None
         symbol = session.channels.get(data[0])
+        if payload == "hb":
+            return [WsHeartbeat(symbol, sequence, server_ms)]
         if symbol is None:
             return [WsError(None, f"data for unknown channel {data[0]}")]
         if not isinstance(payload, list):
@@ -237,7 +251,10 @@ class BitfinexAdapter(ExchangeAdapter):
         snapshot = bool(payload) and isinstance(payload[0], list)
         rows = payload if snapshot else [payload] if payload else []
         candles = [_ws_candle(symbol, row, snapshot) for row in rows]
+        if not candles:
+            return [WsHeartbeat(symbol, sequence, server_ms)]
         candles.sort(key=lambda c: c.time)
+        candles[-1] = dataclasses.replace(candles[-1], sequence=sequence, server_ms=server_ms)
         return candles
 
     def _ws_event(self, data: dict[str, Any], session: WsSession) -> list[WsEvent]:
@@ -271,6 +288,9 @@ class BitfinexAdapter(ExchangeAdapter):
             return [WsHeartbeat()]
         return [WsInfo(WsAction.NONE, None, f"event {event!r}")]
 
+    def ws_evidence(self, symbols: Sequence[str], limits: WsLimits) -> WsEvidence:
+        return BitfinexEvidence(symbols, limits)
+
     def matches_symbol(self, market: Market, wanted: str) -> bool:
         """Bitfinex's own symbols carry a `t` prefix that users may leave out."""
         return super().matches_symbol(market, wanted) or market.symbol[1:].upper() == wanted
@@ -294,3 +314,49 @@ def _ws_candle(symbol: str, row: Any, snapshot: bool) -> WsCandle:
         else:
             raise ValueError(f"malformed candle {row!r}")
     return WsCandle(symbol, mts, *values, snapshot=snapshot)
+
+
+class BitfinexEvidence(WsEvidence):
+    """Every channel frame carries the socket's next number (SEQ_ALL) and the server's clock
+    (TIMESTAMP), and an idle channel beats every heartbeat interval. While the numbers are
+    contiguous and a channel's frames come at most `HEARTBEAT_ALLOWANCE` intervals apart, every
+    frame the server sent for that channel arrived, so every minute between its first frame and
+    the server time of its newest one is complete, trades or none. A number jump ends every run of
+    the socket; a silent channel ends its own. Runs start at the minute after a channel's first
+    frame (its snapshot, or the first after a break). Without the numbers nothing is proven."""
+
+    def __init__(self, symbols: Sequence[str], limits: WsLimits) -> None:
+        super().__init__(symbols, limits)
+        self.allowed_silence = HEARTBEAT_ALLOWANCE * limits.heartbeat_seconds
+        self.sequence: int | None = None
+        self.heard: dict[str, float] = {}
+        """Per channel's market: when its newest frame was received (`time.perf_counter()`)."""
+
+    def restart(self, reason: str) -> None:
+        super().restart(reason)
+        self.sequence = None
+        self.heard.clear()
+
+    def observe(self, event: WsEvent, received: float) -> None:
+        if type(event) is WsCandle or type(event) is WsHeartbeat:
+            number, server_ms, symbol = event.sequence, event.server_ms, event.symbol
+        else:
+            return
+        if number is None or server_ms is None:
+            return
+        last, self.sequence = self.sequence, number
+        if last is not None and number != last + 1:
+            reason = self.why(f"sequence jumped from {last} to {number}")
+            for market in self.markets:
+                self.end_run(market, reason)
+            self.heard.clear()
+        if symbol is None or symbol not in self.markets:
+            return
+        heard = self.heard.get(symbol)
+        self.heard[symbol] = received
+        if heard is not None and received - heard <= self.allowed_silence:
+            self.prove(symbol, server_ms - server_ms % MINUTE_MS)
+            return
+        if heard is not None:
+            self.end_run(symbol, self.why(f"channel silent for {received - heard:.1f}s"))
+        self.start_run(symbol, ceil_minute_ms(server_ms))

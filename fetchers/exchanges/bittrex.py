@@ -24,7 +24,7 @@ from typing import Any
 
 from common.candle import Candle, CandleBlock, Market, check_ohlcv
 from common.settings import Settings
-from common.timeutil import datetime_to_ms, ensure_utc, ms_to_datetime
+from common.timeutil import MINUTE_MS, datetime_to_ms, ensure_utc, ms_to_datetime
 from fetchers.exchanges.base import (
     ExchangeAdapter,
     ExchangeError,
@@ -37,6 +37,7 @@ from fetchers.exchanges.base import (
     WsEvent,
     WsHeartbeat,
     WsInfo,
+    WsLimits,
     WsSession,
     chunk_range,
     classify_by_status,
@@ -47,6 +48,7 @@ from fetchers.exchanges.base import (
     ws_batches,
     ws_json,
 )
+from fetchers.exchanges.evidence import WsEvidence
 
 DAY_MS = 86_400_000
 ONLINE_STATUS = "ONLINE"
@@ -227,6 +229,9 @@ class BittrexAdapter(ExchangeAdapter):
                 events.append(WsInfo(WsAction.NONE, None, f"push {method!r}"))
         return events
 
+    def ws_evidence(self, symbols: Sequence[str], limits: WsLimits) -> WsEvidence:
+        return BittrexEvidence(symbols, limits)
+
 
 def _ws_candle(argument: Any) -> WsCandle:
     try:
@@ -235,6 +240,40 @@ def _ws_candle(argument: Any) -> WsCandle:
         values = [delta["open"], delta["high"], delta["low"], delta["close"], delta.get("volume", "0")]
         if not all(type(v) is str for v in values):
             raise ValueError("prices must be decimal strings")
-        return WsCandle(payload["marketSymbol"], iso_minute_ms(delta["startsAt"]), *values)
+        sequence = payload["sequence"]
+        if type(sequence) is not int:
+            raise ValueError("sequence must be an integer")
+        return WsCandle(payload["marketSymbol"], iso_minute_ms(delta["startsAt"]), *values, sequence=sequence)
     except (KeyError, TypeError, ValueError, zlib.error) as exc:
         raise ValueError(f"malformed candle push: {exc!r}") from None
+
+
+class BittrexEvidence(WsEvidence):
+    """Every message of a candle stream carries the next number of its `sequence`, and a minute
+    always gets one (its start-of-interval placeholder). So with the numbers contiguous from a
+    message of minute A to one of minute B, every update of the minutes after A and before B
+    arrived. A jump ends the market's run; the next run starts after the minute of the message
+    that showed it. The numbers start over on each socket."""
+
+    def __init__(self, symbols: Sequence[str], limits: WsLimits) -> None:
+        super().__init__(symbols, limits)
+        self.sequences: dict[str, int] = {}
+
+    def restart(self, reason: str) -> None:
+        super().restart(reason)
+        self.sequences.clear()
+
+    def observe(self, event: WsEvent, received: float) -> None:
+        if type(event) is not WsCandle or event.sequence is None or event.symbol not in self.markets:
+            return
+        symbol, number = event.symbol, event.sequence
+        last = self.sequences.get(symbol)
+        if last is not None and number <= last:
+            return
+        self.sequences[symbol] = number
+        if last is not None and number == last + 1:
+            self.prove(symbol, event.time)
+            return
+        if last is not None:
+            self.end_run(symbol, self.why(f"sequence jumped from {last} to {number}"))
+        self.start_run(symbol, event.time + MINUTE_MS)

@@ -2,15 +2,15 @@
 
 The loop owns everything about its socket: the per-connection protocol session (so channel ids are
 keyed by connection), the watchdog (armed at connect: a socket that never sends a frame is noticed
-too), the paced subscribe task (referenced and cancelled with the socket), and the outage it causes:
-from the newest bar it had seen when it went down to the time data flows again, for its markets.
-A frame that cannot be parsed is logged, counted and dropped; it never costs a reconnect.
+too), the paced subscribe task (referenced and cancelled with the socket), and the evidence of
+which minutes its markets received in full (`WsEvidence`, fed every event; a reconnect, a
+maintenance pause or a resubscription ends every market's run of proof). A frame that cannot be
+parsed is logged, counted and dropped; it never costs a reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from common.candle import OHLCV_TEXT
-from common.timeutil import MINUTE_MS, floor_minute_ms
-from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsInfo, WsSession
+from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsHeartbeat, WsInfo, WsSession
 from fetchers.ws import signalr
 from fetchers.ws.sink import MarketKeys
 
@@ -94,22 +93,6 @@ class Watchdog:
         return None
 
 
-def outage_records(markets: list[MarketKeys], start_ms: int, end_ms: int, reason: str) -> list[str]:
-    return [
-        json.dumps(
-            {
-                "exchange": m.exchange,
-                "base_id": m.base_id,
-                "quote_id": m.quote_id,
-                "start_ms": start_ms,
-                "end_ms": end_ms,
-                "reason": reason,
-            }
-        )
-        for m in markets
-    ]
-
-
 class LiveConnection:
     def __init__(self, engine: StreamEngine, number: int, markets: list[MarketKeys]) -> None:
         self.engine = engine
@@ -117,16 +100,11 @@ class LiveConnection:
         self.markets: dict[str, MarketKeys] = {m.symbol: m for m in markets}
         self.up = False
         self.paused = False
-        self.newest_ms: int | None = None
-        self.gap_start_ms: int | None = None
-        self.gap_reason = ""
-        self.first_live_ms: int | None = None
         self.subscribed = False
         self.reconnects = 0
         self.bad_frames = 0
         self.errors = 0
-        self.seen: set[str] = set()
-        """Markets with a bar since the socket (re)subscribed: coverage vouches only for them."""
+        self.evidence = engine.adapter.ws_evidence(list(self.markets), engine.limits)
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: WsSession | None = None
         self._subscriber: asyncio.Task[None] | None = None
@@ -157,7 +135,7 @@ class LiveConnection:
             finally:
                 await self._close()
             self.reconnects += 1
-            self.mark_gap(f"connection lost: {reason}")
+            self.evidence.restart(f"connection lost: {reason}")
             delay = self.engine.backoff(attempt) if delay is None else delay
             log.warning("%s: %s; reconnecting in %.1fs", self.name, reason, delay)
             attempt += 1
@@ -169,7 +147,6 @@ class LiveConnection:
         async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):  # unlike wait_for, never loses a cancel
             self._ws = await engine.open_socket()
         self._session = WsSession()
-        self.seen = set()
         self.subscribed = False
         self.paused = False
         self._subscriber = asyncio.create_task(self._subscribe(list(self.markets.values())))
@@ -239,7 +216,7 @@ class LiveConnection:
             self._bad_frame(str(exc))
             return False
         got_data = False
-        newest_live = 0
+        evidence = self.evidence
         for event in events:
             if type(event) is WsCandle:
                 market = self.markets.get(event.symbol)
@@ -247,16 +224,15 @@ class LiveConnection:
                     continue  # a market we no longer follow
                 if not plain_decimals(event):
                     self._bad_frame(f"not a plain decimal in {event!r}")
+                    evidence.market_lost(event.symbol, "a bar with a value that is not a plain decimal")
                     continue
                 engine.sink.add(market, event, received)
-                self.seen.add(event.symbol)
-                if self.newest_ms is None or event.time > self.newest_ms:
-                    self.newest_ms = event.time
+                evidence.observe(event, received)
                 if event.time > engine.clock_ms:
                     engine.clock_ms = event.time
-                if not event.snapshot and event.time > newest_live:
-                    newest_live = event.time
                 got_data = True
+            elif type(event) is WsHeartbeat:
+                evidence.observe(event, received)
             elif type(event) is WsInfo:
                 self._info(event)
             elif type(event) is WsError:
@@ -264,8 +240,6 @@ class LiveConnection:
                 log.warning(
                     "%s: exchange error %s: %s (%s)", self.name, event.code, event.message, event.symbol
                 )
-        if newest_live and self.gap_start_ms is not None and self.subscribed and not self.paused:
-            self._maybe_close_gap(newest_live)
         return got_data
 
     def _info(self, info: WsInfo) -> None:
@@ -276,9 +250,10 @@ class LiveConnection:
             raise ConnectionLost(f"server asked to reconnect ({info.code or info.message})")
         if info.action is WsAction.PAUSE:
             self.paused = True
-            self.mark_gap(f"maintenance ({info.code})")
+            self.evidence.restart(f"maintenance ({info.code})")
         elif info.action is WsAction.RESUBSCRIBE:
             self.paused = False
+            self.evidence.restart(f"resubscribed after maintenance ({info.code})")
             self._resubscribe()
 
     def _resubscribe(self) -> None:
@@ -286,7 +261,6 @@ class LiveConnection:
         markets = [self.engine.market_objects[s] for s in self.markets]
         frames = self.engine.adapter.unsubscribe_frames(markets, self._session)
         self._session.channels.clear()
-        self.seen = set()
         if self._subscriber is not None:
             self._subscriber.cancel()
         self.subscribed = False
@@ -300,63 +274,12 @@ class LiveConnection:
         await self._subscribe(list(self.markets.values()))
 
     def _bad_frame(self, why: str) -> None:
-        """Drop the frame; it may have carried a bar update, so the minutes around now are suspect."""
+        """Drop the frame. It may have carried bar updates: the evidence shows which minutes of
+        which markets that touched (a sequence jump, a missing close) and keeps them uncovered."""
         self.bad_frames += 1
         self.engine.bad_frames += 1
+        self.evidence.frame_lost(why)
         log.warning("%s: dropped a bad frame: %s", self.name, why[:300])
-        around = floor_minute_ms(self.newest_ms or self.engine.clock_ms)
-        if around:
-            self.engine.sink.add_outages(
-                outage_records(
-                    list(self.markets.values()),
-                    around - MINUTE_MS,
-                    around + 2 * MINUTE_MS,
-                    "bad frame dropped",
-                )
-            )
-
-    # ---- outages
-
-    def mark_gap(self, reason: str) -> None:
-        """Data stops being complete from the newest bar this connection had seen."""
-        self.first_live_ms = None
-        if self.gap_start_ms is not None:
-            return
-        clock = self.engine.clock_ms
-        # a quiet connection's own newest bar may be old: every market of it had nothing newer to
-        # say, so the gap starts at the exchange's clock (less a minute for other sockets' lag)
-        start = (
-            max(self.newest_ms or 0, clock - MINUTE_MS if clock else 0) or self.engine.previous_progress_ms
-        )
-        if not start:
-            return  # nothing was ever received: there is no known gap
-        self.gap_start_ms = floor_minute_ms(start)
-        self.gap_reason = reason
-
-    def _maybe_close_gap(self, live_ms: int) -> None:
-        """Data is whole again once, after subscribing, a live update of a minute newer than the
-        first live one arrives: that minute began while every market was subscribed, and bars are
-        cumulative, so every later minute is complete. (Candle times are all we know of the
-        exchange's clock; replayed history and updates in flight cannot prove that alone.)"""
-        if self.first_live_ms is None:
-            self.first_live_ms = live_ms
-            return
-        if live_ms <= self.first_live_ms:
-            return
-        assert self.gap_start_ms is not None
-        end = max(floor_minute_ms(live_ms), self.gap_start_ms) + MINUTE_MS
-        records = outage_records(list(self.markets.values()), self.gap_start_ms, end, self.gap_reason)
-        log.warning(
-            "%s: outage of %d markets recorded from %d to %d (%s)",
-            self.name,
-            len(records),
-            self.gap_start_ms,
-            end,
-            self.gap_reason,
-        )
-        self.engine.sink.add_outages(records)
-        self.gap_start_ms = None
-        self.first_live_ms = None
 
     # ---- market changes while running
 
@@ -364,6 +287,7 @@ class LiveConnection:
         gone = [self.engine.market_objects[s] for s in symbols if s in self.markets]
         for symbol in symbols:
             self.markets.pop(symbol, None)
+        self.evidence.remove(symbols)
         if gone and self._ws is not None and self._session is not None and not self._ws.closed:
             for frame in self.engine.adapter.unsubscribe_frames(gone, self._session):
                 await self._ws.send_str(frame)

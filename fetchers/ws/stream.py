@@ -172,8 +172,9 @@ class StreamEngine:
         for group in self.adapter.plan_ws_connections(markets, self.limits):
             conn = LiveConnection(self, len(self.connections), [self._keys(m) for m in group])
             if self.previous_progress_ms:  # a bar of the minute before may have died in memory too
-                conn.gap_start_ms = floor_minute_ms(self.previous_progress_ms) - MINUTE_MS
-                conn.gap_reason = "fetcher stopped"
+                conn.evidence.outage_since(
+                    floor_minute_ms(self.previous_progress_ms) - MINUTE_MS, "fetcher stopped"
+                )
             self.connections.append(conn)
             self._spawn(conn.run(), conn)
 
@@ -241,7 +242,7 @@ class StreamEngine:
                 "updated_ms": int(time.time() * 1000),
                 "bad_frames": self.bad_frames,
                 "markets": sum(len(c.markets) for c in self.connections),
-                "open_outages": sum(c.gap_start_ms is not None for c in self.connections),
+                "open_outages": sum(c.evidence.open_outages() for c in self.connections),
             }
             try:
                 await self._write_health(key, label, mine)

@@ -188,7 +188,8 @@ def test_faults_are_survived_and_every_outage_is_recorded(settings, logdir):
             assert any("20051" in r for r in reasons["bitfinex"]), reasons["bitfinex"]
             assert any("maintenance" in r for r in reasons["bitfinex"]), reasons["bitfinex"]
             assert any("serverShutdown" in r for r in reasons["binance"]), reasons["binance"]
-            assert "bad frame dropped" in reasons["binance"], reasons["binance"]
+            # a mangled frame costs no reconnect; only a close it took is an outage (checked above:
+            # the minutes equal the truth or lie inside an outage, and coverage holds no wrong one)
             assert int(stack.health("binance")["bad_frames"]) >= 1
             for exchange in EXCHANGES:
                 assert stack.procs[exchange].poll() is None, stack.output(exchange)[-3000:]

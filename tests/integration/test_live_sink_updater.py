@@ -20,8 +20,7 @@ from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_healt
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
-from fetchers.ws.connection import outage_records
-from fetchers.ws.coverage import coverage_record
+from fetchers.ws.coverage import coverage_record, outage_record
 from fetchers.ws.sink import MarketKeys, RedisSink, bar_json, redis_client, sub_json
 from fetchers.ws.updater import Updater
 
@@ -219,8 +218,8 @@ def test_an_unreadable_bar_is_moved_aside_and_the_good_ones_behind_it_are_stored
 
 def test_a_database_outage_leaves_bars_and_outages_in_redis_until_it_is_back(settings, redis_server, market):
     client = redis_server.client()
-    keys = [MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")]
-    outage = outage_records(keys, T0, T0 + 2 * MINUTE_MS, "connection lost: test")
+    keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")
+    outage = [outage_record(keys, T0, T0 + 2 * MINUTE_MS, "connection lost: test")]
     store(settings, [bar(0, "37051"), bar(1, "37052")], outage)
     down = Updater(settings.model_copy(update={"postgres_port": 1}), client)
     with pytest.raises(Exception, match="cannot connect"):
@@ -242,7 +241,7 @@ def test_coverage_records_are_stored_with_their_bars_and_leave_the_list(settings
     client = redis_server.client()
     keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")
     covered = [coverage_record(keys, T0, T0 + 2 * MINUTE_MS)]
-    outage = outage_records([keys], T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")
+    outage = [outage_record(keys, T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")]
     store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")], covered + outage)
     result = Updater(settings, client).flush()
     assert result.rows == 3 and result.outages == 1

@@ -221,14 +221,21 @@ def db_bars(
 
 
 def mismatches(
-    settings: Settings, sim: SimHandle, exchange: str, markets: Iterable[Any], start_ms: int, end_ms: int
+    settings: Settings,
+    sim: SimHandle,
+    exchange: str,
+    markets: Iterable[Any],
+    start_ms: int,
+    end_ms: int,
+    repaired: bool = False,
 ) -> list[str]:
-    """Every difference between `ohlcvs` and the truth in [start_ms, end_ms), outside recorded
-    outages: missing minutes, extra minutes, different values."""
+    """Every difference between `ohlcvs` and the truth in [start_ms, end_ms): missing minutes, extra
+    minutes, different values. Before the repair, minutes inside recorded outages are excused (the
+    live feed said it could not vouch for them); once the repair has run (`repaired`), none is."""
     stored: dict[tuple[str, str], dict[int, tuple]] = {}
     for (base, quote, t), values in db_bars(settings, exchange, start_ms, end_ms).items():
         stored.setdefault((base, quote), {})[t] = values
-    known_outages = outages(settings, exchange)
+    known_outages = {} if repaired else outages(settings, exchange)
     markets = list(markets)
     with ThreadPoolExecutor(8) as pool:
         rows = pool.map(lambda m: sim.truth(exchange, m.symbol, start_ms, end_ms), markets)

@@ -54,11 +54,20 @@ def test_bitfinex_snapshot_then_update_keep_the_exact_number_text():
             snapshot=True,
         ),
     ]
-    update = "[343351,[1574698320000,7379.785503,7384.1,7388.3,7379.785503,1.98829482],127]"  # SEQ_ALL
+    # SEQ_ALL and TIMESTAMP: the socket's message number, then the server's clock
+    update = "[343351,[1574698320000,7379.785503,7384.1,7388.3,7379.785503,1.98829482],127,1574698331234]"
     assert BFX.parse_ws_frame(update, session) == [
-        WsCandle("tBTCUSD", 1574698320000, "7379.785503", "7388.3", "7379.785503", "7384.1", "1.98829482")
+        WsCandle(
+            "tBTCUSD", 1574698320000, "7379.785503", "7388.3", "7379.785503", "7384.1", "1.98829482",
+            sequence=127, server_ms=1574698331234,
+        )
+    ]  # fmt: skip
+    assert BFX.parse_ws_frame('[343351,"hb",128,1574698346234]', session) == [
+        WsHeartbeat("tBTCUSD", 128, 1574698346234)
     ]
-    assert BFX.parse_ws_frame('[343351,"hb"]', session) == [WsHeartbeat()]
+    assert BFX.parse_ws_frame('[343351,"hb"]', session) == [WsHeartbeat("tBTCUSD")]
+    snapshot_with_evidence = BFX.parse_ws_frame(snapshot[:-1] + ",1,1574698330000]", session)
+    assert [(c.sequence, c.server_ms) for c in snapshot_with_evidence] == [(None, None), (1, 1574698330000)]
 
 
 def test_bitfinex_channel_ids_belong_to_their_connection():
@@ -130,7 +139,8 @@ def test_bitfinex_subscribe_and_unsubscribe_frames():
     market = Market("bitfinex", "AAVE", "USD", "tAAVE:USD")
     session = WsSession()
     assert [json.loads(f) for f in BFX.subscribe_frames([market], session)] == [
-        {"event": "subscribe", "channel": "candles", "key": "trade:1m:tAAVE:USD"}
+        {"event": "conf", "flags": 65536 + 32768},  # SEQ_ALL + TIMESTAMP: the evidence of every frame
+        {"event": "subscribe", "channel": "candles", "key": "trade:1m:tAAVE:USD"},
     ]
     subscribed(session, 5, "tAAVE:USD")
     assert [json.loads(f) for f in BFX.unsubscribe_frames([market], session)] == [
@@ -169,7 +179,7 @@ KLINE = {
 def test_binance_combined_and_raw_klines():
     expected = WsCandle(
         "BTCUSDT", 1700000040000, "37050.01000000", "37065.00000000", "37049.00000000", "37062.50000000",
-        "12.34567000", closed=True,
+        "12.34567000", closed=True, server_ms=1700000102093,
     )  # fmt: skip
     combined = json.dumps({"stream": "btcusdt@kline_1m", "data": KLINE})
     assert BN.parse_ws_frame(combined, WsSession()) == [expected]
@@ -226,6 +236,7 @@ def test_bittrex_candle_push_is_decoded_exactly():
             "32407.59900000",
             "32407.59900000",
             "0",
+            sequence=23946,
         )
     ]
 
