@@ -93,6 +93,8 @@ def faults_help() -> str:
         + "\n".join(lines)
         + "\nREST faults apply to every REST endpoint of the exchange; exchanges: "
         + ", ".join(EXCHANGES)
+        + "\nGET /control/dropped?exchange=X lists, per market, the minutes whose candle updates a "
+        "websocket fault withheld or mangled"
     )
 
 
