@@ -7,11 +7,12 @@ REST endpoint of the exchange (not to the Bittrex SignalR endpoints); at most on
 request, checked in the order of `SETTABLE`.
 
 The open connections the actions reach are in `Stats.connections` (simulator/stats.py); each
-action is performed by the server that lists it in its `actions` (simulator/state.py). Actions given
-at start-up (`--fault`) are performed once the servers listen.
+action is performed by the server that lists it in its `actions` (simulator/state.py).
 
-The `lose_ws_*` actions lose frames as a lossy network path would: the exchange's sequence numbers
-count them as sent, so a client that checks its sequence sees the gap. `Withheld` records which
+The `lose_ws_*` actions (`LOSSES`) lose frames as a lossy network path would: the exchange's
+sequence numbers count them as sent, so a client that checks its sequence sees the gap. Given at
+start-up they take the first frames sent; the other actions act on open sockets and are ignored
+there, as there are none yet. `Withheld` records which
 market-minutes a fault kept from some socket (served as `GET /control/dropped`), so tests can hold a
 client's claimed coverage against what it was really sent.
 """
