@@ -93,6 +93,8 @@ def faults_help() -> str:
         + "\n".join(lines)
         + "\nREST faults apply to every REST endpoint of the exchange; exchanges: "
         + ", ".join(EXCHANGES)
+        + "\nGET /control/dropped?exchange=X lists, per market, the minutes whose candle updates a "
+        "websocket fault withheld or mangled"
     )
 
 
@@ -170,8 +172,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     return SimConfig(**values)
 
 
-async def serve(config: SimConfig, as_json: bool) -> None:
-    sim = Simulator(config)
+async def serve(sim: Simulator, as_json: bool) -> None:
+    config = sim.config
     await sim.start()
     # handlers first: a supervisor may send SIGTERM as soon as it has read the line below
     stop = asyncio.Event()
@@ -202,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = config_from_args(args)
+        sim = Simulator(config_from_args(args))
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(config, args.json))
+        asyncio.run(serve(sim, args.json))
     except PortInUseError as exc:
         print(f"{parser.prog}: error: {exc.strerror}", file=sys.stderr)
         return EXIT_PORT_IN_USE

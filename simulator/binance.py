@@ -10,6 +10,8 @@ SUBSCRIBE / UNSUBSCRIBE / LIST_SUBSCRIPTIONS / SET_PROPERTY / GET_PROPERTY, unkn
 accepted silently, server ping frames, the 5 messages/s incoming limit (disconnect) and 1024 streams
 per connection. Kline data is produced for `<symbol>@kline_1m`; other valid streams stay silent.
 Served REST intervals: 1m, 3m, 5m, 15m, 30m, 1h (others answer -1120).
+Kline events carry no sequence number: a client learns that it saw a minute whole only from its
+closing update (`"x": true`), which `lose_ws_closes` withholds.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def mandatory(param: str) -> web.Response:
 
 class BinanceServer:
     port = EXCHANGE
-    actions = ("drop_ws", "server_shutdown")
+    actions = ("drop_ws", "server_shutdown", "lose_ws_frames", "lose_ws_closes")
 
     def __init__(self, sim: SimState) -> None:
         self.sim = sim
@@ -346,6 +348,8 @@ class BinanceServer:
         elif name == "server_shutdown":
             for conn in self.sim.stats.connections.of(EXCHANGE):
                 conn.server_shutdown()
+        elif name in ("lose_ws_frames", "lose_ws_closes"):
+            self.sim.faults.lose(EXCHANGE, name, args[name])
         else:
             raise ValueError(f"binance has no action {name!r}")
 
@@ -520,10 +524,13 @@ class BinanceConnection(WsConnection):
         if event.kind == "update" and (not event.changed or event.candle.trades == 0):
             return
         faults = self.sim.faults[EXCHANGE]
-        if faults.ws_stall:
+        if faults.ws_stall or (event.final and faults.lose_close()) or faults.lose_frame():
+            self.sim.stats[EXCHANGE].ws_frames_withheld += 1
+            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms)
             return
         payload = binance_kline_event(event.market.symbol, event.candle, event.final, event.sim_ms)
         text = dumps({"stream": stream, "data": payload} if self.combined else payload)
         if faults.malformed():
+            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms)
             text = MALFORMED_FRAME
         self.writer.send(text)

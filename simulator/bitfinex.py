@@ -13,6 +13,8 @@ The websocket sends the info event first, `subscribed` (every field of the reque
 after `bitfinex_heartbeat_seconds` without data, and honours ping, conf (SEQ_ALL, TIMESTAMP) and
 unsubscribe; error events echo the request's fields too. Served timeframes: 1m, 5m, 15m, 30m, 1h
 over REST, 1m over the websocket; the others answer 10020 / 10300.
+SEQ_ALL numbers every array frame the socket would have sent, heartbeats and frames withheld by
+`ws_stall` or `lose_ws_frames` included, so a client checking them sees every loss as a gap.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Decimal
 from typing import TYPE_CHECKING, Any
@@ -124,7 +127,7 @@ def _one_significant(value: Decimal) -> Decimal:
 
 class BitfinexServer:
     port = EXCHANGE
-    actions = ("drop_ws", "ws_info")
+    actions = ("drop_ws", "ws_info", "lose_ws_frames")
 
     def __init__(self, sim: SimState) -> None:
         self.sim = sim
@@ -309,6 +312,9 @@ class BitfinexServer:
         if name == "drop_ws":
             drop_connections(self.sim, EXCHANGE)
             return
+        if name == "lose_ws_frames":
+            self.sim.faults.lose(EXCHANGE, name, args[name])
+            return
         conns = self.sim.stats.connections.of(EXCHANGE)
         if name == "ws_info":
             code = int(args["ws_info"])
@@ -385,21 +391,37 @@ class BitfinexConnection(WsConnection):
     def send_event(self, event: dict[str, Any]) -> None:
         self.writer.send(dumps(event))
 
-    def send_channel(self, channel: Channel, payload: str, data: bool = True) -> None:
+    def send_channel(
+        self, channel: Channel, payload: str, candles: Sequence[SimCandle] | None = None
+    ) -> None:
+        """Send one array frame: candle data (`candles`, what `payload` carries) or, with None, a
+        heartbeat. A frame a fault withholds (`ws_stall`, `lose_ws_frames`) or mangles still takes
+        its SEQ_ALL number, as on a lossy path, so the client sees the gap; and it counts as sent
+        for the channel's heartbeat timer, so a stall withholds one heartbeat per period, not one
+        per timer tick."""
         faults = self.sim.faults[EXCHANGE]
-        if faults.ws_stall:
-            return
         self.seq += 1
+        channel.last_sent = time.monotonic()
+        if faults.ws_stall or (candles is not None and faults.lose_frame()):
+            self.sim.stats[EXCHANGE].ws_frames_withheld += 1
+            if candles:
+                self._record_withheld(channel, candles)
+            return
         text = f"[{channel.chan_id},{payload}"
         if self.flags & FLAG_SEQ_ALL:
             text += f",{self.seq}"
         if self.flags & FLAG_TIMESTAMP:
             text += f",{self.sim.clock.now_ms()}"
         text += "]"
-        if data and faults.malformed():
+        if candles is not None and faults.malformed():
+            self._record_withheld(channel, candles)
             text = MALFORMED_FRAME
-        channel.last_sent = time.monotonic()
         self.writer.send(text)
+
+    def _record_withheld(self, channel: Channel, candles: Sequence[SimCandle]) -> None:
+        withheld = self.sim.faults.withheld
+        for candle in candles:
+            withheld.add(EXCHANGE, channel.market.symbol, candle.time_ms)
 
     async def _heartbeats(self) -> None:
         period = self.sim.config.bitfinex_heartbeat_seconds
@@ -408,7 +430,7 @@ class BitfinexConnection(WsConnection):
             now = time.monotonic()
             for channel in list(self.channels.values()):
                 if channel.pending is None and now - channel.last_sent >= period:
-                    self.send_channel(channel, '"hb"', data=False)
+                    self.send_channel(channel, '"hb"')
 
     # ---- receiving
 
@@ -489,7 +511,7 @@ class BitfinexConnection(WsConnection):
         if self.channels.get(channel.chan_id) is not channel:
             return
         if not self.server.in_maintenance():
-            self.send_channel(channel, bitfinex_candles(list(reversed(candles))))
+            self.send_channel(channel, bitfinex_candles(list(reversed(candles))), candles)
         pending, channel.pending = channel.pending or [], None
         for event in pending:
             self._on_event(channel, event)
@@ -515,4 +537,4 @@ class BitfinexConnection(WsConnection):
             return
         if self.server.in_maintenance():
             return
-        self.send_channel(channel, bitfinex_candle(event.candle))
+        self.send_channel(channel, bitfinex_candle(event.candle), (event.candle,))

@@ -39,8 +39,9 @@ Wire promises (docs/exchanges.md, the Bittrex SignalR websocket):
   "M":"heartbeat","A":[]}]}` every `bittrex_heartbeat_seconds` to sockets subscribed to `heartbeat`.
 
 Faults (simulator/faults.py): `ws_stall` stops candle pushes, heartbeats and keep-alives (replies to
-invocations still go out); `ws_malformed_rate` cuts frames that carry candle data short; `drop_ws`
-aborts every socket (its one action). The REST faults do not touch the SignalR endpoints.
+invocations still go out); `ws_malformed_rate` cuts frames that carry candle data short;
+`lose_ws_frames` N loses the next N frames that carry candle data (their sequence numbers stay
+used); `drop_ws` aborts every socket. The REST faults do not touch the SignalR endpoints.
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class CandleStream:
 
 class BittrexSignalRServer:
     port = EXCHANGE
-    actions = ("drop_ws",)
+    actions = ("drop_ws", "lose_ws_frames")
 
     def __init__(self, sim: SimState) -> None:
         self.sim = sim
@@ -251,9 +252,12 @@ class BittrexSignalRServer:
         return json_response('{"Response":"pong"}')
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
-        if name != "drop_ws":
+        if name == "drop_ws":
+            drop_connections(self.sim, EXCHANGE)
+        elif name == "lose_ws_frames":
+            self.sim.faults.lose(EXCHANGE, name, args[name])
+        else:
             raise ValueError(f"bittrex has no action {name!r}")
-        drop_connections(self.sim, EXCHANGE)
 
     async def abort(self, request: web.Request) -> web.Response:
         checked = self._connection_id(request)
@@ -347,6 +351,8 @@ class BittrexSignalRServer:
         sequence = max(self.sequences.get(stream.name, 0) + 1, event.sim_ms // MINUTE_MS + 1)
         self.sequences[stream.name] = sequence
         if self.sim.faults[EXCHANGE].ws_stall:
+            self.sim.stats[EXCHANGE].ws_frames_withheld += len(stream.connections)
+            self.sim.faults.withheld.add(EXCHANGE, stream.market.symbol, event.minute_ms)
             return
         payload = {
             "sequence": sequence,
@@ -357,7 +363,7 @@ class BittrexSignalRServer:
         }
         entry = dumps({"H": PUSH_HUB, "M": "candle", "A": [encode_payload(payload)]})
         for conn in list(stream.connections):
-            conn.push(entry, data=True)
+            conn.push(entry, event)
 
 
 HEARTBEAT_ENTRY = dumps({"H": PUSH_HUB, "M": "heartbeat", "A": []})
@@ -376,7 +382,7 @@ class SignalRConnection(WsConnection):
         self.messages = 0
         self._cursor_prefix = f"d-{secrets.token_hex(4).upper()}-B"
         self._pending: list[str] = []
-        self._pending_data = False
+        self._pending_candles: list[CandleEvent] = []
         self._flush_scheduled = False
 
     def close_soon(self) -> None:
@@ -413,36 +419,59 @@ class SignalRConnection(WsConnection):
         self.messages += 1
         return f"{self._cursor_prefix},0|{_base36(self.messages)},0|{_base36(self.messages + 1)},1"
 
-    def push(self, entry: str, data: bool = False) -> None:
-        """Queue one `M` entry; everything queued in the same loop iteration leaves in one frame."""
+    def push(self, entry: str, candle: CandleEvent | None = None) -> None:
+        """Queue one `M` entry (`candle`: the event a candle entry carries); everything queued in
+        the same loop iteration leaves in one frame."""
         self._pending.append(entry)
-        self._pending_data = self._pending_data or data
+        if candle is not None:
+            self._pending_candles.append(candle)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
-        entries, data = self._pending, self._pending_data
-        self._pending, self._pending_data, self._flush_scheduled = [], False, False
+        """Send the queued entries as one frame. A frame with candle data may be lost
+        (`lose_ws_frames`: its message id and the candles' sequence numbers stay used) or cut short
+        (`ws_malformed_rate`); either way every candle entry in it is recorded as withheld."""
+        entries, candles = self._pending, self._pending_candles
+        self._pending, self._pending_candles, self._flush_scheduled = [], [], False
         if not entries:
             return
         text = f'{{"C":"{self._cursor()}","M":[{",".join(entries)}]}}'
-        if data and self.sim.faults[EXCHANGE].malformed():
-            text = text[: len(text) // 2]
+        if candles:
+            faults = self.sim.faults[EXCHANGE]
+            if faults.lose_frame():
+                self.sim.stats[EXCHANGE].ws_frames_withheld += 1
+                self._record_withheld(candles)
+                return
+            if faults.malformed():
+                self._record_withheld(candles)
+                text = text[: len(text) // 2]
         self.writer.send(text)
+
+    def _record_withheld(self, candles: list[CandleEvent]) -> None:
+        withheld = self.sim.faults.withheld
+        for event in candles:
+            withheld.add(EXCHANGE, event.market.symbol, event.minute_ms)
 
     async def _keepalives(self) -> None:
         period = self.sim.config.bittrex_keepalive_seconds
         while True:
             await asyncio.sleep(period)
-            if not self.sim.faults[EXCHANGE].ws_stall:
+            if self.sim.faults[EXCHANGE].ws_stall:
+                self.sim.stats[EXCHANGE].ws_frames_withheld += 1
+            else:
                 self.writer.send("{}")
 
     async def _heartbeats(self) -> None:
         period = self.sim.config.bittrex_heartbeat_seconds
         while True:
             await asyncio.sleep(period)
-            if "heartbeat" in self.streams and not self.sim.faults[EXCHANGE].ws_stall:
+            if "heartbeat" not in self.streams:
+                continue
+            if self.sim.faults[EXCHANGE].ws_stall:
+                self.sim.stats[EXCHANGE].ws_frames_withheld += 1
+            else:
                 self.push(HEARTBEAT_ENTRY)
 
     # ---- subscriptions

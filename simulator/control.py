@@ -11,6 +11,11 @@
   `POST /control/stats/reset`
 - `GET  /control/faults`; `POST /control/faults {"exchange": "binance"|"all", <fault fields>, <actions>}`;
   `POST /control/faults/reset {"exchange": ...}` (body optional). Fields and actions: simulator/faults.py.
+- `GET  /control/dropped?exchange=` -> `{"exchange": "binance", "dropped": {"BTCUSDT": [minute_ms, ...]}}`:
+  per market (listing symbol), the minutes (open time, ascending) whose candle updates a fault
+  (`ws_stall`, `ws_malformed_rate`, `lose_ws_frames`, `lose_ws_closes`) withheld or mangled on some
+  socket since the simulator started; what a client may not claim as seen whole. Frames lost with a
+  socket `drop_ws` aborted are not listed (the client knows). See `Withheld` in simulator/faults.py.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from aiohttp import web
 
 from common.timeutil import datetime_to_ms, parse_utc
 from simulator.core import EXCHANGES, MINUTE_MS, SimMarket
-from simulator.faults import ACTIONS, FaultError
+from simulator.faults import FaultError, requested_actions
 from simulator.http import json_response
 from simulator.wire import dumps
 
@@ -77,6 +82,7 @@ class ControlServer:
         app.router.add_get("/control/faults", self.faults)
         app.router.add_post("/control/faults", self.set_faults)
         app.router.add_post("/control/faults/reset", self.reset_faults)
+        app.router.add_get("/control/dropped", self.dropped)
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
         raise ValueError(f"the control port has no action {name!r}")
@@ -189,13 +195,12 @@ class ControlServer:
             exchanges = self._exchanges(body)
             for exchange in exchanges:
                 self.sim.faults.apply(exchange, body)
-            for action in ACTIONS:
-                if action in body and body[action] not in (None, False):
-                    targets = [e for e in exchanges if self.sim.supports_action(e, action)]
-                    if len(exchanges) == 1 and not targets:
-                        raise ValueError(f"{exchanges[0]} has no action {action!r}")
-                    for exchange in targets:
-                        await self.sim.fault_action(exchange, action, body)
+            for action in requested_actions(body):
+                targets = [e for e in exchanges if self.sim.supports_action(e, action)]
+                if len(exchanges) == 1 and not targets:
+                    raise ValueError(f"{exchanges[0]} has no action {action!r}")
+                for exchange in targets:
+                    await self.sim.fault_action(exchange, action, body)
         except (ValueError, FaultError, KeyError) as exc:
             return _bad(str(exc))
         return _json(self.sim.faults.as_dict())
@@ -209,3 +214,9 @@ class ControlServer:
         for exchange in exchanges:
             self.sim.faults.reset(exchange)
         return _json(self.sim.faults.as_dict())
+
+    async def dropped(self, request: web.Request) -> web.Response:
+        exchange = request.query.get("exchange", "")
+        if exchange not in EXCHANGES:
+            return _bad("exchange must be one of " + ", ".join(EXCHANGES))
+        return _json({"exchange": exchange, "dropped": self.sim.faults.withheld.of(exchange)})

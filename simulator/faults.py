@@ -8,6 +8,13 @@ request, checked in the order of `SETTABLE`.
 
 The open connections the actions reach are in `Stats.connections` (simulator/stats.py); each
 action is performed by the server that lists it in its `actions` (simulator/state.py).
+
+The `lose_ws_*` actions (`LOSSES`) lose frames as a lossy network path would: the exchange's
+sequence numbers count them as sent, so a client that checks its sequence sees the gap. Given at
+start-up they take the first frames sent; the other actions act on open sockets and are ignored
+there, as there are none yet. `Withheld` records which
+market-minutes a fault kept from some socket (served as `GET /control/dropped`), so tests can hold a
+client's claimed coverage against what it was really sent.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ DESCRIPTIONS: dict[str, str] = {
     "(20051 then closes them; 20060 pauses data and sends 20061 after maintenance_seconds)",
     "maintenance_seconds": "with ws_info 20060: how long the maintenance lasts (real seconds)",
     "server_shutdown": "action, Binance only, true: send the serverShutdown event to every socket",
+    "lose_ws_frames": "action, N >= 1: the next N websocket candle-data frames of the exchange (any "
+    "socket) are not sent; sequence numbers count them as sent",
+    "lose_ws_closes": "action, Binance only, N >= 1: the next N closing kline updates (x: true) are not sent",
 }
 """Every fault and action name with its meaning."""
 
@@ -48,8 +58,14 @@ SETTABLE = (
     "ws_stall",
     "ws_malformed_rate",
 )
-ACTIONS = ("drop_ws", "ws_info", "server_shutdown")
+LOSSES = ("lose_ws_frames", "lose_ws_closes")
+ACTIONS = ("drop_ws", "ws_info", "server_shutdown", *LOSSES)
 ACTION_ARGUMENTS = ("maintenance_seconds",)
+
+
+def requested_actions(settings: dict[str, Any]) -> list[str]:
+    """The actions `settings` asks for (`false` or `null` asks for none), in `ACTIONS` order."""
+    return [name for name in ACTIONS if settings.get(name) not in (None, False)]
 
 
 @dataclass
@@ -61,6 +77,8 @@ class ExchangeFaults:
     storm_until: float = 0.0
     ws_stall: bool = False
     ws_malformed_rate: float = 0.0
+    frames_to_lose: int = 0
+    closes_to_lose: int = 0
     rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
 
     def http_5xx(self) -> bool:
@@ -81,6 +99,20 @@ class ExchangeFaults:
     def malformed(self) -> bool:
         return self.ws_malformed_rate > 0 and self.rng.random() < self.ws_malformed_rate
 
+    def lose_frame(self) -> bool:
+        """Whether `lose_ws_frames` takes this candle-data frame (using up one of its N)."""
+        if self.frames_to_lose <= 0:
+            return False
+        self.frames_to_lose -= 1
+        return True
+
+    def lose_close(self) -> bool:
+        """Whether `lose_ws_closes` takes this closing update (using up one of its N)."""
+        if self.closes_to_lose <= 0:
+            return False
+        self.closes_to_lose -= 1
+        return True
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "http_5xx_rate": self.http_5xx_rate,
@@ -90,6 +122,8 @@ class ExchangeFaults:
             "storm_seconds_left": round(max(0.0, self.storm_until - time.time()), 3),
             "ws_stall": self.ws_stall,
             "ws_malformed_rate": self.ws_malformed_rate,
+            "lose_ws_frames_left": self.frames_to_lose,
+            "lose_ws_closes_left": self.closes_to_lose,
         }
 
 
@@ -97,17 +131,51 @@ class FaultError(ValueError):
     """A fault request that cannot be applied (unknown field, bad value)."""
 
 
+def loss_count(name: str, value: Any) -> int:
+    """The N of a `lose_ws_*` action: a whole number >= 1 (JSON `true` is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FaultError(f"{name} must be a whole number >= 1")
+    return value
+
+
+class Withheld:
+    """Per exchange and market, the simulated minutes (open time, ms) whose candle updates a fault
+    withheld or mangled on at least one socket (`ws_stall`, `ws_malformed_rate`, `lose_ws_frames`,
+    `lose_ws_closes`): the minutes a client may claim as covered although it was not sent all of
+    them. Heartbeats and keep-alives carry no minute and are not recorded. Frames lost with a socket
+    that `drop_ws` aborted are not recorded either: the client knows it lost its socket.
+
+    Only the fault paths call `add`, so serving without faults costs nothing. The record is kept
+    for the simulator's lifetime (resetting faults does not clear it).
+    """
+
+    def __init__(self) -> None:
+        self._minutes: dict[str, dict[str, set[int]]] = {name: {} for name in EXCHANGES}
+
+    def add(self, exchange: str, symbol: str, minute_ms: int) -> None:
+        self._minutes[exchange].setdefault(symbol, set()).add(minute_ms)
+
+    def of(self, exchange: str) -> dict[str, list[int]]:
+        """`{symbol: [minute_ms, ...ascending]}` for `exchange`, symbols in order."""
+        return {symbol: sorted(minutes) for symbol, minutes in sorted(self._minutes[exchange].items())}
+
+
 class Faults:
     def __init__(self, seed: int = 0) -> None:
         self.by_exchange = {name: ExchangeFaults(rng=random.Random(f"{seed}|{name}")) for name in EXCHANGES}
+        self.withheld = Withheld()
 
     def __getitem__(self, exchange: str) -> ExchangeFaults:
         return self.by_exchange[exchange]
 
     def apply(self, exchange: str, settings: dict[str, Any]) -> None:
-        """Set the settable fields of `settings` (actions are handled by the servers)."""
+        """Set the settable fields of `settings`. Actions are performed by the servers; the value of
+        a `lose_ws_*` action is checked here, so a bad one is refused before anything happens."""
         faults = self.by_exchange[exchange]
         for name, value in settings.items():
+            if name in LOSSES:
+                loss_count(name, value)
+                continue
             if name in ACTIONS or name in ACTION_ARGUMENTS or name == "exchange":
                 continue
             if name not in SETTABLE:
@@ -127,6 +195,17 @@ class Faults:
             if not 0.0 <= value <= 1.0:
                 raise FaultError(f"{name} must be between 0 and 1")
             setattr(faults, name, float(value))
+
+    def lose(self, exchange: str, name: str, value: Any) -> None:
+        """Perform a `lose_ws_*` action: N more frames (or closing updates) of `exchange` to lose."""
+        count = loss_count(name, value)
+        faults = self.by_exchange[exchange]
+        if name == "lose_ws_frames":
+            faults.frames_to_lose += count
+        elif name == "lose_ws_closes":
+            faults.closes_to_lose += count
+        else:
+            raise FaultError(f"{name!r} is not a loss; known: {', '.join(LOSSES)}")
 
     def reset(self, exchange: str | None = None) -> None:
         for name, faults in self.by_exchange.items():

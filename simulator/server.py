@@ -37,7 +37,7 @@ from simulator.bittrex_signalr import BittrexSignalRServer
 from simulator.config import PORT_NAMES, SimConfig, exchange_urls, platform_env
 from simulator.control import ControlServer
 from simulator.core import EXCHANGES, CandleModel, MarketCatalog, SimClock, SimMarket
-from simulator.faults import Faults
+from simulator.faults import LOSSES, Faults, requested_actions
 from simulator.history import DAY_MS, History, floor_to
 from simulator.live import LiveFeed
 from simulator.state import ExchangeServer
@@ -87,11 +87,23 @@ class Simulator:
             self.faults.apply(exchange, settings)
         self.stats = Stats()
         self.servers: list[ExchangeServer] = [make(self) for make in SERVERS]
+        self._lose_from_start()
         self.urls: dict[str, Any] = {}
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._feed_task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+
+    def _lose_from_start(self) -> None:
+        """The `lose_ws_*` actions of `config.faults` (`--fault binance:lose_ws_closes=1`) take the
+        first frames sent. The other actions act on open sockets, of which there are none yet."""
+        for exchange, settings in self.config.faults.items():
+            for action in requested_actions(settings):
+                if action not in LOSSES:
+                    continue
+                if not self.supports_action(exchange, action):
+                    raise ValueError(f"{exchange} has no action {action!r}")
+                self.faults.lose(exchange, action, settings[action])
 
     # ------------------------------------------------------------------------ shared helpers
 

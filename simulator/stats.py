@@ -4,6 +4,11 @@
 WS connection-rate refusals, channel/stream caps, Binance's incoming-message disconnects); replies
 forced by an injected fault (429 storms, 5xx) are counted separately.
 
+`ws_frames_withheld` counts websocket frames a fault kept back (`ws_stall`, `lose_ws_frames`,
+`lose_ws_closes`), heartbeats and keep-alives included: what a socket would have sent. A Bittrex
+candle message withheld by a stall counts once per socket it was due on (it would have been batched
+into some frame there). Pings are not frames and are not counted.
+
 `ws_connections_open` is not a counter: it is the number of the exchange's connections in
 `Stats.connections`, the registry every websocket server adds its connections to (through
 `simulator.http.serving_connection`: `token = connections.add(exchange, conn)` where `conn` has
@@ -35,6 +40,7 @@ class ExchangeStats:
     ws_connections_opened: int = 0
     ws_connections_refused: int = 0
     ws_frames_sent: int = 0
+    ws_frames_withheld: int = 0
     ws_frames_received: int = 0
     ws_subscribe_errors: int = 0
     ws_dropped_by_fault: int = 0

@@ -87,6 +87,8 @@ def test_sigterm_stops_it_cleanly() -> None:
         ["--fault", "kraken:http_5xx_rate=1"],
         ["--fault", "binance:lightning=1"],
         ["--fault", "binance:http_5xx_rate=2"],
+        ["--fault", "binance:lose_ws_frames=0"],
+        ["--fault", "bitfinex:lose_ws_closes=1"],
         ["--start", "yesterday-ish"],
     ],
 )

@@ -449,10 +449,37 @@ def test_a_stall_silences_everything_then_pushes_resume_with_a_sequence_gap() ->
             return during, before, after, len(client.keepalives) - keepalives
 
     with running_simulator() as sim:
-        during, before, after, keepalives_after = run(scenario(sim, busy_market(sim)))
+        market = busy_market(sim)
+        during, before, after, keepalives_after = run(scenario(sim, market))
+        dropped = sim.dropped("bittrex")
     assert during == 0
     assert after > before + 1, "messages lost to the stall still used sequence numbers"
     assert keepalives_after >= 1
+    assert set(dropped) == {market} and dropped[market], "the minutes the stall withheld are listed"
+
+
+def test_a_lost_frame_leaves_a_sequence_gap_and_its_minutes_are_listed() -> None:
+    async def scenario(handle: SimHandle, market: str) -> list[dict[str, Any]]:
+        async with SignalRClient(ws_url(handle)) as client:
+            await client.invoke("Subscribe", [f"candle_{market}_MINUTE_1"])
+            seen = [await client.next_push("candle"), await client.next_push("candle")]
+            await asyncio.to_thread(handle.lose_frames, "bittrex", 1)
+            seen += await collect(client, "candle", 0.8)
+            return [push.args[0] for push in seen]
+
+    with running_simulator() as sim:
+        market = busy_market(sim)
+        payloads = run(scenario(sim, market))
+        dropped = sim.dropped("bittrex")
+        withheld = sim.stats()["bittrex"]["ws_frames_withheld"]
+    sequences = [p["sequence"] for p in payloads]
+    gaps = [(a, b) for a, b in pairwise(sequences) if b != a + 1]
+    assert len(gaps) == 1 and gaps[0][1] > gaps[0][0] + 1, sequences
+    (before, after), lost_messages = gaps[0], gaps[0][1] - gaps[0][0] - 1
+    minute_of = {p["sequence"]: starts_at_ms(p["delta"]["startsAt"]) for p in payloads}
+    assert set(dropped) == {market} and 1 <= len(dropped[market]) <= lost_messages
+    assert all(minute_of[before] <= m <= minute_of[after] for m in dropped[market])
+    assert withheld == 1, "one frame lost, however many candle messages it carried"
 
 
 def test_malformed_rate_cuts_candle_frames_short() -> None:

@@ -882,3 +882,39 @@ def test_bittrex_rate_limit_429_until_the_window_resets() -> None:
         assert (reply.status, reply.json()) == (429, {"code": "TOO_MANY_REQUESTS"})
         stats = sim.stats()["bittrex"]
         assert stats["over_limit"] == stats["http_429"] == 11 - first
+
+
+def post_json(url: str, body: dict[str, Any]) -> Reply:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return Reply(
+                response.status, response.headers, response.read().decode(), time.monotonic() - started
+            )
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, exc.headers, exc.read().decode(), time.monotonic() - started)
+
+
+def test_loss_actions_are_checked_and_dropped_answers_per_exchange() -> None:
+    with fault_sim() as sim:
+        faults_url = f"{sim.control}/control/faults"
+        refused = [
+            post_json(faults_url, {"exchange": "bitfinex", "lose_ws_closes": 1}),
+            post_json(faults_url, {"exchange": "binance", "lose_ws_frames": 0}),
+            post_json(faults_url, {"exchange": "bittrex", "lose_ws_frames": True}),
+        ]
+        assert [r.status for r in refused] == [400, 400, 400]
+        assert refused[0].json() == {"error": "bitfinex has no action 'lose_ws_closes'"}
+        assert refused[1].json() == {"error": "lose_ws_frames must be a whole number >= 1"}
+        accepted = post_json(faults_url, {"exchange": "all", "lose_ws_frames": 2, "lose_ws_closes": 1})
+        assert accepted.status == 200
+        left = {e: (f["lose_ws_frames_left"], f["lose_ws_closes_left"]) for e, f in accepted.json().items()}
+        assert left == {"bitfinex": (2, 0), "binance": (2, 1), "bittrex": (2, 0)}, "closes: Binance only"
+        sim.reset_faults()
+        assert get(faults_url).json()["binance"]["lose_ws_closes_left"] == 0
+        dropped = get(f"{sim.control}/control/dropped?exchange=binance")
+        assert (dropped.status, dropped.json()) == (200, {"exchange": "binance", "dropped": {}})
+        for query in ("?exchange=kraken", ""):
+            unknown = get(f"{sim.control}/control/dropped{query}")
+            assert unknown.status == 400 and "exchange must be one of" in unknown.json()["error"]

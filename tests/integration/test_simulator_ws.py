@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import aiohttp
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.integration
 
 MINUTE = 60_000
 FIXED8 = re.compile(r"^\d+\.\d{8}$")
+SEQ_ALL_AND_TIMESTAMP = 65536 + 32768
+STALL_SECONDS = 2.5
 T = TypeVar("T")
 
 
@@ -317,6 +320,72 @@ def test_bitfinex_maintenance_and_restart_info_codes(sim: SimHandle) -> None:
     run(scenario)
 
 
+def seq_gaps(seqs: list[int]) -> list[tuple[int, int]]:
+    """(before, after) wherever a sequence does not go up by exactly one."""
+    return [(a, b) for a, b in pairwise(seqs) if b != a + 1]
+
+
+async def bfx_numbered_channel(ws: aiohttp.ClientWebSocketResponse, pair: str, more: int = 0) -> list[Any]:
+    """Set SEQ_ALL and TIMESTAMP (the sequence is then second to last), subscribe to `pair` and
+    return the channel's snapshot frame and the `more` frames after it."""
+    await recv_json(ws)
+    await ws.send_json({"event": "conf", "flags": SEQ_ALL_AND_TIMESTAMP})
+    assert (await recv_json(ws))["status"] == "OK"
+    await ws.send_json(subscribe_msg(pair))
+    await recv_until(ws, lambda f: isinstance(f, dict) and f.get("event") == "subscribed")
+    frames = [await recv_json(ws)]
+    while len(frames) <= more:
+        frames.append(await recv_json(ws))
+    return frames
+
+
+def test_bitfinex_seq_all_jumps_by_every_frame_a_stall_withheld_heartbeats_once_per_period() -> None:
+    with running_simulator(speed=1.0, updates_per_minute=1) as sim:
+        period = sim.simulator.config.bitfinex_heartbeat_seconds
+
+        async def scenario(session: aiohttp.ClientSession) -> list[Any]:
+            async with session.ws_connect(bfx_url(sim)) as ws:
+                frames = await bfx_numbered_channel(ws, "BTCUSD")
+                await off_loop(lambda: sim.set_faults("bitfinex", ws_stall=True))
+                await asyncio.sleep(STALL_SECONDS)
+                await off_loop(lambda: sim.reset_faults("bitfinex"))
+                while not seq_gaps([f[-2] for f in frames]):
+                    frames.append(await recv_json(ws, 3.0))
+                return frames
+
+        frames = run(scenario)
+        withheld = sim.stats()["bitfinex"]["ws_frames_withheld"]
+    ((before, after),) = seq_gaps([f[-2] for f in frames])
+    assert after - before - 1 == withheld, "the next frame's number counts every frame withheld"
+    assert 2 <= withheld <= STALL_SECONDS / period + 2, (
+        f"{withheld} withheld: one heartbeat per period (and at most one minute's data), "
+        "not one per heartbeat-timer tick"
+    )
+    assert all(isinstance(f[-1], int) and f[-1] > 1e12 for f in frames), "the timestamp stays last"
+
+
+def test_bitfinex_lose_ws_frames_makes_seq_all_jump_by_n_and_lists_the_minutes(sim: SimHandle) -> None:
+    lost = 3
+
+    async def scenario(session: aiohttp.ClientSession) -> list[Any]:
+        async with session.ws_connect(bfx_url(sim)) as ws:
+            frames = await bfx_numbered_channel(ws, "BTCUSD", more=2)
+            await off_loop(lambda: sim.lose_frames("bitfinex", lost))
+            while not (gaps := seq_gaps([f[-2] for f in frames])) or frames[-1][-2] < gaps[0][1] + 2:
+                frames.append(await recv_json(ws))
+            return frames
+
+    frames = run(scenario)
+    dropped = sim.dropped("bitfinex")
+    ((before, after),) = seq_gaps([f[-2] for f in frames])
+    assert after - before == lost + 1, "the frames lost still took their numbers"
+    minute_of = {f[-2]: f[1][0] for f in frames if isinstance(f[1], list) and isinstance(f[1][0], int)}
+    received = set(minute_of.values())
+    assert set(dropped) == {"BTCUSD"} and len(dropped["BTCUSD"]) == lost
+    assert all(minute_of[before] < m < minute_of[after] for m in dropped["BTCUSD"])
+    assert not dropped["BTCUSD"] & received
+
+
 # -------------------------------------------------------------------------------------- binance
 
 
@@ -564,3 +633,27 @@ def test_drop_ws_fault_aborts_every_connection(sim: SimHandle) -> None:
     run(scenario)
     stats = sim.stats()
     assert stats["bitfinex"]["ws_dropped_by_fault"] == 1 and stats["binance"]["ws_dropped_by_fault"] == 1
+
+
+def test_binance_lose_ws_closes_withholds_a_minutes_closing_update_and_lists_it() -> None:
+    with running_simulator(speed=120.0, updates_per_minute=4) as sim:
+
+        async def scenario(session: aiohttp.ClientSession) -> list[Any]:
+            async with session.ws_connect(bn_url(sim, "/ws/btcusdt@kline_1m")) as ws:
+                events = [await recv_json(ws)]
+                await off_loop(lambda: sim.lose_closes(1))
+                while sum(1 for e in events if e["k"]["x"]) < 3:
+                    events.append(await recv_json(ws))
+                return events
+
+        events = run(scenario)
+        dropped = sim.dropped("binance")
+        withheld = sim.stats()["binance"]["ws_frames_withheld"]
+    assert set(dropped) == {"BTCUSDT"}
+    (minute,) = dropped["BTCUSDT"]
+    closed = {e["k"]["t"] for e in events if e["k"]["x"]}
+    in_progress = {e["k"]["t"] for e in events if not e["k"]["x"]}
+    assert minute in in_progress, "the minute was streamed while it ran"
+    assert minute not in closed, "its closing update never came"
+    assert minute + MINUTE in closed, "the next minute's did"
+    assert withheld == 1

@@ -83,6 +83,19 @@ class SimHandle:
     def reset_faults(self, exchange: str = "all") -> None:
         _http_json(f"{self.control}/control/faults/reset", {"exchange": exchange})
 
+    def lose_frames(self, exchange: str, count: int) -> None:
+        """The next `count` candle-data frames of `exchange` (any socket) are lost on the way."""
+        self.set_faults(exchange, lose_ws_frames=count)
+
+    def lose_closes(self, count: int) -> None:
+        """The next `count` closing Binance kline updates (`"x": true`) are lost on the way."""
+        self.set_faults("binance", lose_ws_closes=count)
+
+    def dropped(self, exchange: str) -> dict[str, set[int]]:
+        """Per market, the minutes (ms) whose candle updates a fault withheld or mangled on some socket."""
+        reply = _http_json(f"{self.control}/control/dropped?" + urlencode({"exchange": exchange}))
+        return {symbol: set(minutes) for symbol, minutes in reply["dropped"].items()}
+
 
 @contextmanager
 def running_simulator(**overrides: Any) -> Iterator[SimHandle]:

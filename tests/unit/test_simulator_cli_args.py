@@ -6,6 +6,7 @@ import pytest
 
 from simulator.__main__ import build_parser, config_from_args
 from simulator.config import DEFAULT_PORTS, SimConfig
+from simulator.server import Simulator
 
 pytestmark = pytest.mark.unit
 
@@ -27,3 +28,9 @@ def test_faults_from_flags_include_the_new_rest_faults() -> None:
     assert built.faults == {"binance": {"http_reset_rate": 0.25}, "bittrex": {"http_truncate_rate": 1}}
     with pytest.raises(ValueError, match="between 0 and 1"):
         config("--fault", "binance:http_reset_rate=1.5")
+
+
+def test_a_loss_from_the_command_line_is_armed_before_the_first_frame() -> None:
+    built = config("--markets", "3", "--fault", "binance:lose_ws_closes=2")
+    assert built.faults == {"binance": {"lose_ws_closes": 2}}
+    assert Simulator(built).faults["binance"].closes_to_lose == 2
