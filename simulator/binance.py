@@ -365,7 +365,8 @@ class BinanceConnection(WsConnection):
         self.combined = combined
         self.streams: dict[str, Subscription | None] = {}
         self.incoming: collections.deque[float] = collections.deque()
-        self.last_pong = time.monotonic()
+        self.unanswered_since: float | None = None
+        """When the oldest ping still without a pong went out (None: every ping was answered)."""
         self.opened = time.monotonic()
 
     def server_shutdown(self) -> None:
@@ -408,7 +409,7 @@ class BinanceConnection(WsConnection):
             elif msg.type == WSMsgType.PING:
                 await self.ws.pong(msg.data)
             elif msg.type == WSMsgType.PONG:
-                self.last_pong = time.monotonic()
+                self.unanswered_since = None
             elif msg.type == WSMsgType.ERROR:
                 break
 
@@ -434,7 +435,8 @@ class BinanceConnection(WsConnection):
                 return
             if self.sim.faults[EXCHANGE].ws_stall:
                 continue
-            if now - self.last_pong > cfg.binance_pong_timeout_seconds:
+            waited = now - self.unanswered_since if self.unanswered_since is not None else 0.0
+            if waited > cfg.binance_pong_timeout_seconds:
                 self.sim.stats[EXCHANGE].ws_closed_for_violation += 1
                 await self.ws.close(code=1008, message=b"pong timeout")
                 return
@@ -442,6 +444,8 @@ class BinanceConnection(WsConnection):
                 await self.ws.ping(str(self.sim.clock.now_ms()).encode())
             except (ConnectionError, RuntimeError):
                 return
+            if self.unanswered_since is None:
+                self.unanswered_since = now
 
     # ---- control messages
 
@@ -526,11 +530,11 @@ class BinanceConnection(WsConnection):
         faults = self.sim.faults[EXCHANGE]
         if faults.ws_stall or (event.final and faults.lose_close()) or faults.lose_frame():
             self.sim.stats[EXCHANGE].ws_frames_withheld += 1
-            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms)
+            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms, event.final)
             return
         payload = binance_kline_event(event.market.symbol, event.candle, event.final, event.sim_ms)
         text = dumps({"stream": stream, "data": payload} if self.combined else payload)
         if faults.malformed():
-            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms)
+            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms, event.final)
             text = MALFORMED_FRAME
         self.writer.send(text)

@@ -14,8 +14,10 @@
 - `GET  /control/dropped?exchange=` -> `{"exchange": "binance", "dropped": {"BTCUSDT": [minute_ms, ...]}}`:
   per market (listing symbol), the minutes (open time, ascending) whose candle updates a fault
   (`ws_stall`, `ws_malformed_rate`, `lose_ws_frames`, `lose_ws_closes`) withheld or mangled on some
-  socket since the simulator started; what a client may not claim as seen whole. Frames lost with a
-  socket `drop_ws` aborted are not listed (the client knows). See `Withheld` in simulator/faults.py.
+  socket since the simulator started; what a client may not claim as seen whole. `"closes"`, in the
+  same shape, lists the minutes whose closing update was withheld (Binance `x`: the client that got
+  the close got the whole bar). Frames lost with a socket `drop_ws` aborted are not listed (the
+  client knows). See `Withheld` in simulator/faults.py.
 """
 
 from __future__ import annotations
@@ -219,4 +221,7 @@ class ControlServer:
         exchange = request.query.get("exchange", "")
         if exchange not in EXCHANGES:
             return _bad("exchange must be one of " + ", ".join(EXCHANGES))
-        return _json({"exchange": exchange, "dropped": self.sim.faults.withheld.of(exchange)})
+        withheld = self.sim.faults.withheld
+        return _json(
+            {"exchange": exchange, "dropped": withheld.of(exchange), "closes": withheld.closes_of(exchange)}
+        )

@@ -145,19 +145,34 @@ class Withheld:
     them. Heartbeats and keep-alives carry no minute and are not recorded. Frames lost with a socket
     that `drop_ws` aborted are not recorded either: the client knows it lost its socket.
 
+    Where the exchange marks a bar's last update (Binance `"x": true`, which carries the whole bar),
+    the minutes whose closing update was withheld are also kept apart (`closes_of`): a client that
+    received the close got the minute in full, whatever updates before it were lost.
+
     Only the fault paths call `add`, so serving without faults costs nothing. The record is kept
     for the simulator's lifetime (resetting faults does not clear it).
     """
 
     def __init__(self) -> None:
         self._minutes: dict[str, dict[str, set[int]]] = {name: {} for name in EXCHANGES}
+        self._closes: dict[str, dict[str, set[int]]] = {name: {} for name in EXCHANGES}
 
-    def add(self, exchange: str, symbol: str, minute_ms: int) -> None:
+    def add(self, exchange: str, symbol: str, minute_ms: int, closing: bool = False) -> None:
         self._minutes[exchange].setdefault(symbol, set()).add(minute_ms)
+        if closing:
+            self._closes[exchange].setdefault(symbol, set()).add(minute_ms)
 
     def of(self, exchange: str) -> dict[str, list[int]]:
         """`{symbol: [minute_ms, ...ascending]}` for `exchange`, symbols in order."""
-        return {symbol: sorted(minutes) for symbol, minutes in sorted(self._minutes[exchange].items())}
+        return _sorted(self._minutes[exchange])
+
+    def closes_of(self, exchange: str) -> dict[str, list[int]]:
+        """The same, for the minutes whose closing update was withheld."""
+        return _sorted(self._closes[exchange])
+
+
+def _sorted(minutes: dict[str, set[int]]) -> dict[str, list[int]]:
+    return {symbol: sorted(times) for symbol, times in sorted(minutes.items())}
 
 
 class Faults:

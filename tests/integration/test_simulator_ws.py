@@ -648,8 +648,9 @@ def test_binance_lose_ws_closes_withholds_a_minutes_closing_update_and_lists_it(
 
         events = run(scenario)
         dropped = sim.dropped("binance")
+        closes = sim.dropped("binance", closes=True)
         withheld = sim.stats()["binance"]["ws_frames_withheld"]
-    assert set(dropped) == {"BTCUSDT"}
+    assert set(dropped) == {"BTCUSDT"} and closes == dropped
     (minute,) = dropped["BTCUSDT"]
     closed = {e["k"]["t"] for e in events if e["k"]["x"]}
     in_progress = {e["k"]["t"] for e in events if not e["k"]["x"]}

@@ -91,10 +91,11 @@ class SimHandle:
         """The next `count` closing Binance kline updates (`"x": true`) are lost on the way."""
         self.set_faults("binance", lose_ws_closes=count)
 
-    def dropped(self, exchange: str) -> dict[str, set[int]]:
-        """Per market, the minutes (ms) whose candle updates a fault withheld or mangled on some socket."""
+    def dropped(self, exchange: str, closes: bool = False) -> dict[str, set[int]]:
+        """Per market, the minutes (ms) whose candle updates a fault withheld or mangled on some
+        socket (`closes`: only those whose closing update it took, for an exchange that marks it)."""
         reply = _http_json(f"{self.control}/control/dropped?" + urlencode({"exchange": exchange}))
-        return {symbol: set(minutes) for symbol, minutes in reply["dropped"].items()}
+        return {symbol: set(minutes) for symbol, minutes in reply["closes" if closes else "dropped"].items()}
 
 
 @contextmanager
