@@ -1,4 +1,4 @@
-"""Live coverage only from the exchange's own evidence, end to end: the simulator at 60x, the three
+"""Live coverage only from the exchange's own evidence, end to end: the simulator at 120x, the three
 websocket fetchers and the updater as processes, one fault per test, then the repair.
 
 Each test checks the promise for its rule:
@@ -41,6 +41,7 @@ from tests.support.simulator import SimHandle, running_simulator
 
 pytestmark = pytest.mark.e2e
 
+SPEED = 120.0
 STALL_SECONDS = 3.0
 """Shorter than the fetchers' silence limit in these tests (2 x 4 s): no reconnect notices it."""
 
@@ -59,19 +60,25 @@ class Platform:
     def clock(self, exchange: str) -> int:
         return self.stack.exchange_clock(exchange)
 
-    def minutes_pass(self, exchange: str, minutes: int) -> None:
-        self.stack.wait_clock_past(exchange, self.clock(exchange) + minutes * MINUTE_MS)
+    def minutes_pass(self, exchanges: list[str], minutes: int) -> None:
+        targets = {exchange: self.clock(exchange) + minutes * MINUTE_MS for exchange in exchanges}
+        for exchange, target in targets.items():
+            self.stack.wait_clock_past(exchange, target)
 
-    def window(self, exchange: str, fault: Callable[[], None], minutes_after: int = 4) -> tuple[int, int]:
+    def window(self, exchanges: list[str], fault: Callable[[], None]) -> tuple[int, int]:
         """Apply `fault` a minute into a fresh window; returns the window's closed, flushed span."""
-        self.stack.wait_connected(exchange)
-        start = self.clock(exchange) - self.clock(exchange) % MINUTE_MS + MINUTE_MS
-        self.stack.wait_clock_past(exchange, start + MINUTE_MS)
+        for exchange in exchanges:
+            self.stack.wait_connected(exchange)
+        now = max(self.clock(exchange) for exchange in exchanges)
+        start = now - now % MINUTE_MS + MINUTE_MS
+        for exchange in exchanges:
+            self.stack.wait_clock_past(exchange, start + MINUTE_MS)
         fault()
-        self.minutes_pass(exchange, minutes_after)
-        self.stack.wait_connected(exchange)
-        self.minutes_pass(exchange, 1)
-        return start, self.stack.wait_flushed([exchange])
+        self.minutes_pass(exchanges, 4)
+        for exchange in exchanges:
+            self.stack.wait_connected(exchange)
+        self.minutes_pass(exchanges, 1)
+        return start, self.stack.wait_flushed(exchanges)
 
     def check(self, exchange: str, start: int, end: int, withheld: bool = True) -> None:
         settings, sim, markets = self.stack.settings, self.sim, self.markets[exchange]
@@ -111,7 +118,7 @@ def platform(postgres_server, redis_server, template_database) -> Iterator[Platf
     database = f"cfr_evidence_{os.getpid()}"
     postgres_server.clone_database(database, template_database)
     redis_server.client().flushall()
-    with running_simulator(speed=60.0, markets=6, ws_connections_window_seconds=3.0) as sim:
+    with running_simulator(speed=SPEED, markets=6, ws_connections_window_seconds=3.0) as sim:
         overrides = {**sim.settings_overrides(), **simulator_limits(sim), "repair_settle_minutes": 1}
         settings = settings_for(postgres_server, redis_server, database, **overrides)
         refresh_all_markets(settings)
@@ -129,34 +136,33 @@ def platform(postgres_server, redis_server, template_database) -> Iterator[Platf
             postgres_server.drop_database(database)
 
 
-@pytest.mark.parametrize("exchange", EXCHANGES)
-def test_a_stall_shorter_than_the_silence_limit_is_an_outage_not_coverage(platform, exchange):
-    reconnects = int(platform.stack.health(exchange)["reconnects"])
+def test_a_stall_shorter_than_the_silence_limit_is_an_outage_not_coverage(platform):
+    """All three exchanges stall at once (the exchanges do not share a socket, so each is its own case)."""
+    reconnects = {ex: int(platform.stack.health(ex)["reconnects"]) for ex in EXCHANGES}
 
     def stall() -> None:
-        platform.sim.set_faults(exchange, ws_stall=True)
+        platform.sim.set_faults("all", ws_stall=True)
         time.sleep(STALL_SECONDS)  # how long the fault lasts, not a timed assertion
-        platform.sim.set_faults(exchange, ws_stall=False)
+        platform.sim.set_faults("all", ws_stall=False)
 
-    start, end = platform.window(exchange, stall)
-    assert int(platform.stack.health(exchange)["reconnects"]) == reconnects, (
-        "the stall was noticed by silence"
-    )
-    platform.check(exchange, start, end)
+    start, end = platform.window(EXCHANGES, stall)
+    for exchange in EXCHANGES:
+        assert int(platform.stack.health(exchange)["reconnects"]) == reconnects[exchange], exchange
+        platform.check(exchange, start, end)
 
 
 def test_one_dropped_frame_is_a_sequence_jump_of_its_socket(platform):
-    start, end = platform.window("bitfinex", lambda: platform.sim.set_faults("bitfinex", lose_ws_frames=1))
+    start, end = platform.window(["bitfinex"], lambda: platform.sim.set_faults("bitfinex", lose_ws_frames=1))
     platform.check("bitfinex", start, end)
 
 
 def test_a_lost_closing_update_leaves_its_minute_uncovered(platform):
-    start, end = platform.window("binance", lambda: platform.sim.set_faults("binance", lose_ws_closes=1))
+    start, end = platform.window(["binance"], lambda: platform.sim.set_faults("binance", lose_ws_closes=1))
     platform.check("binance", start, end)
 
 
 def test_a_sequence_jump_is_an_outage_of_its_market(platform):
-    start, end = platform.window("bittrex", lambda: platform.sim.set_faults("bittrex", lose_ws_frames=3))
+    start, end = platform.window(["bittrex"], lambda: platform.sim.set_faults("bittrex", lose_ws_frames=3))
     platform.check("bittrex", start, end)
 
 
@@ -168,14 +174,14 @@ def test_unreadable_frames_cost_no_reconnect_and_no_coverage(platform):
         time.sleep(0.5)  # how long the fault lasts
         platform.sim.set_faults("bittrex", ws_malformed_rate=0.0)
 
-    start, end = platform.window("bittrex", mangle)
+    start, end = platform.window(["bittrex"], mangle)
     assert int(platform.stack.health("bittrex")["reconnects"]) == reconnects
     platform.check("bittrex", start, end)
 
 
 def test_a_reconnect_is_an_outage_of_every_market_of_the_connection(platform):
     before = {key: len(gaps) for key, gaps in outages(platform.stack.settings, "binance").items()}
-    start, end = platform.window("binance", lambda: platform.sim.set_faults("binance", drop_ws=True))
+    start, end = platform.window(["binance"], lambda: platform.sim.set_faults("binance", drop_ws=True))
     after = outages(platform.stack.settings, "binance")
     for market in platform.markets["binance"]:
         key = (market.base_id, market.quote_id)
