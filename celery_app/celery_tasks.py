@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 
 import redis.asyncio as aioredis
 from celery.signals import worker_ready
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 async def _repair(exchange: str) -> dict:
     settings = get_settings()
-    submission = await submit_repair(settings, exchange)
+    worker_id = uuid.uuid4().hex[:8]
+    submission = await submit_repair(settings, exchange, worker_id=worker_id)
     plan = submission.plan
     result = {
         "exchange": exchange,
@@ -64,7 +66,7 @@ async def _repair(exchange: str) -> dict:
     log.info("repair run planned: %s", json.dumps(result))
     if submission.job is None:
         return result
-    if submission.job.state == JobState.RUNNING:
+    if not submission.joined:
         log.info("repair job %s: already being drained; this run leaves it to its worker", submission.job.id)
         return {**result, "busy": True}
     broker = aioredis.from_url(settings.redis_url)
@@ -74,7 +76,9 @@ async def _repair(exchange: str) -> dict:
         return await broker.llen(queue) > 0
 
     try:
-        engine = BackfillEngine(settings, submission.job.id, yield_when=user_jobs_waiting)
+        engine = BackfillEngine(
+            settings, submission.job.id, worker_id=worker_id, yield_when=user_jobs_waiting
+        )
         job = await engine.run()
     finally:
         await broker.aclose()
