@@ -152,15 +152,22 @@ async def current_repair(client: aioredis.Redis, settings: Settings, exchange: s
     return job if job.resumable else None
 
 
+async def repairing_ranges_by_market(
+    client: aioredis.Redis, settings: Settings, exchange: str
+) -> dict[MarketKey, list[Range]]:
+    """What the exchange's unfinished repair job is fetching, per market (empty when none is)."""
+    if await current_repair(client, settings, exchange) is None:
+        return {}
+    raw = await client.hget(repair_key(exchange, job_scope(settings)), "ranges")
+    ranges = json.loads(raw) if raw else {}
+    return {tuple(name.split("/", 1)): merge(tuple(r) for r in spans) for name, spans in ranges.items()}
+
+
 async def repairing_ranges(
     client: aioredis.Redis, settings: Settings, exchange: str, base_id: str, quote_id: str
 ) -> list[Range]:
     """What the exchange's unfinished repair job is fetching for one market."""
-    if await current_repair(client, settings, exchange) is None:
-        return []
-    raw = await client.hget(repair_key(exchange, job_scope(settings)), "ranges")
-    ranges = json.loads(raw) if raw else {}
-    return merge(tuple(r) for r in ranges.get(f"{base_id}/{quote_id}", []))
+    return (await repairing_ranges_by_market(client, settings, exchange)).get((base_id, quote_id), [])
 
 
 @dataclass(frozen=True, slots=True)
