@@ -2,7 +2,8 @@
 
 A worker that starts looks for interrupted jobs of the queues it consumes (every worker that took
 part is gone) and drains them, so a job whose worker was killed carries on without `resume` and
-without waiting for the broker to redeliver the lost task (an hour by default).
+without waiting for the broker to redeliver the lost task (an hour by default). The beat that
+starts runs the repair of every exchange at once rather than one `REPAIR_INTERVAL_SECONDS` later.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 
 import redis.asyncio as aioredis
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_ready
 
 from celery_app.celery_config import REST_QUEUES
 from celery_app.celery_main import app
@@ -51,7 +53,8 @@ log = logging.getLogger(__name__)
 
 async def _repair(exchange: str) -> dict:
     settings = get_settings()
-    submission = await submit_repair(settings, exchange)
+    worker_id = uuid.uuid4().hex[:8]
+    submission = await submit_repair(settings, exchange, worker_id=worker_id)
     plan = submission.plan
     result = {
         "exchange": exchange,
@@ -64,7 +67,7 @@ async def _repair(exchange: str) -> dict:
     log.info("repair run planned: %s", json.dumps(result))
     if submission.job is None:
         return result
-    if submission.job.state == JobState.RUNNING:
+    if not submission.joined:
         log.info("repair job %s: already being drained; this run leaves it to its worker", submission.job.id)
         return {**result, "busy": True}
     broker = aioredis.from_url(settings.redis_url)
@@ -74,7 +77,9 @@ async def _repair(exchange: str) -> dict:
         return await broker.llen(queue) > 0
 
     try:
-        engine = BackfillEngine(settings, submission.job.id, yield_when=user_jobs_waiting)
+        engine = BackfillEngine(
+            settings, submission.job.id, worker_id=worker_id, yield_when=user_jobs_waiting
+        )
         job = await engine.run()
     finally:
         await broker.aclose()
@@ -127,3 +132,18 @@ def _take_over_on_start(sender, **_) -> None:
             take_over_interrupted_jobs.apply_async(
                 args=(exchange,), queue=queue, countdown=HEARTBEAT_TTL_SECONDS + 1
             )
+
+
+@beat_init.connect
+def _repair_at_start(sender, **_) -> None:
+    """The first repair runs when the platform starts: a fresh database, or one that was down for a
+    while, shows its gaps as missing with no repair under way for a whole interval otherwise.
+
+    The beat, not the workers: there is one beat per platform (Procfile, compose and `make up` run
+    one), while workers come several at a time and each would send its own run. The beat's repair
+    entries are made due, so its first tick sends them through the schedule itself (their queue and
+    expiry), once per exchange even when the stored schedule had them overdue already; the next run
+    follows one interval later."""
+    for entry in sender.scheduler.schedule.values():
+        if entry.task == repair_gaps.name:
+            entry.last_run_at = entry.default_now() - entry.schedule.run_every

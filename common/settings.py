@@ -87,7 +87,7 @@ class Settings(BaseSettings):
 
     # Self-healing history: the automatic repair of gaps (beat task and `rest repair`)
     repair_interval_seconds: float = Field(default=300.0, gt=0)
-    """How often the beat task plans and queues the repair of every exchange's gaps."""
+    """How often the beat task plans and queues the repair of every exchange's gaps (first: as it starts)."""
     repair_settle_minutes: int = Field(default=3, ge=0)
     """The newest minutes are left to the live feed: repair plans up to the exchange's now less this."""
     repair_max_requests: int = Field(default=2000, ge=1)

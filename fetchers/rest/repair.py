@@ -4,8 +4,11 @@
 the pure planner (`fetchers.rest.gaps`) for the gaps; `submit_repair` stores them as an ordinary
 backfill job marked low priority — the same durable queue, engine, writer and shared rate budget
 as a user's backfill, except that it only uses the budget user backfills leave free. One repair job
-per exchange at a time: while one is unfinished, a new run plans nothing and returns it. The ranges
-it repairs are kept beside its id in Redis, so the coverage API can show them as being repaired.
+per exchange at a time: while one is unfinished, a new run plans nothing and returns it. Runs of one
+exchange submit one after the other (a lock in Redis), so two runs that start together — the beat's
+run at start-up beside an overdue one, or several workers taking queued runs at once — never plan
+two jobs, and the run that will drain the job joins it before the next run looks. The ranges it
+repairs are kept beside its id in Redis, so the coverage API can show them as being repaired.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from psycopg2.extensions import connection as PgConnection
+from redis.exceptions import LockError
 
 from common.candle import Market
 from common.coverage import (
@@ -37,15 +41,24 @@ from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import FetchTask
 from fetchers.rest.exchange_clock import ExchangeClockUnavailable, exchange_now_ms
 from fetchers.rest.gaps import MarketEvidence, missing_minutes, plan_gaps, plan_repair_tasks
-from fetchers.rest.job_store import JobInfo, JobStore, job_scope
+from fetchers.rest.job_store import JobInfo, JobState, JobStore, job_scope
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
 
 log = logging.getLogger(__name__)
+
+SUBMIT_LOCK_SECONDS = 120
+"""How long one run may hold the exchange's submission lock (planning reads every market and asks
+the exchange's clock: seconds); a run that died holding it blocks the others no longer than this."""
 
 
 def repair_key(exchange: str, scope: str) -> str:
     """Hash of the exchange's current repair job: `job` (its id) and `ranges` (what it repairs)."""
     return backfill_key("repair", exchange, scope)
+
+
+def submit_lock_key(exchange: str, scope: str) -> str:
+    """Lock held while a run looks for the exchange's repair job and, finding none, plans one."""
+    return backfill_key("repair-submit", exchange, scope)
 
 
 def load_evidence(
@@ -139,15 +152,22 @@ async def current_repair(client: aioredis.Redis, settings: Settings, exchange: s
     return job if job.resumable else None
 
 
+async def repairing_ranges_by_market(
+    client: aioredis.Redis, settings: Settings, exchange: str
+) -> dict[MarketKey, list[Range]]:
+    """What the exchange's unfinished repair job is fetching, per market (empty when none is)."""
+    if await current_repair(client, settings, exchange) is None:
+        return {}
+    raw = await client.hget(repair_key(exchange, job_scope(settings)), "ranges")
+    ranges = json.loads(raw) if raw else {}
+    return {tuple(name.split("/", 1)): merge(tuple(r) for r in spans) for name, spans in ranges.items()}
+
+
 async def repairing_ranges(
     client: aioredis.Redis, settings: Settings, exchange: str, base_id: str, quote_id: str
 ) -> list[Range]:
     """What the exchange's unfinished repair job is fetching for one market."""
-    if await current_repair(client, settings, exchange) is None:
-        return []
-    raw = await client.hget(repair_key(exchange, job_scope(settings)), "ranges")
-    ranges = json.loads(raw) if raw else {}
-    return merge(tuple(r) for r in ranges.get(f"{base_id}/{quote_id}", []))
+    return (await repairing_ranges_by_market(client, settings, exchange)).get((base_id, quote_id), [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,39 +176,71 @@ class RepairSubmission:
     plan: RepairPlan | None
     new: bool
     """False when an unfinished repair job was found and returned instead of planning a new one."""
+    joined: bool = False
+    """The job is this run's to drain: `worker_id` joined it (a new job, or one no live worker drains)."""
 
 
-async def submit_repair(settings: Settings, exchange: str, since_ms: int = 0) -> RepairSubmission:
-    """Plan the exchange's gaps and store them as a low-priority job (None when nothing is missing)."""
+async def submit_repair(
+    settings: Settings, exchange: str, since_ms: int = 0, worker_id: str | None = None
+) -> RepairSubmission:
+    """Plan the exchange's gaps and store them as a low-priority job (None when nothing is missing).
+    With `worker_id` (the engine's that will drain it), the run also joins the job it returns unless
+    a live worker drains it already, under the same lock: a run that starts meanwhile sees the job
+    running and leaves it, so one repair never takes two worker processes."""
     client = aioredis.from_url(settings.redis_url)
+    lock = client.lock(submit_lock_key(exchange, job_scope(settings)), timeout=SUBMIT_LOCK_SECONDS, sleep=0.1)
     try:
-        running = await current_repair(client, settings, exchange)
-        if running is not None:
-            return RepairSubmission(running, None, False)
-        now_ms = await repair_now_ms(settings, exchange, client)
-        plan = plan_repair(settings, exchange, now_ms, since_ms)
-        if not plan.tasks:
-            return RepairSubmission(None, plan, True)
-        adapter = get_adapter(exchange)
-        limit = adapter.rate_limit(settings)
-        per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
-        symbols = sorted({t.symbol for t in plan.tasks})
-        job = await JobStore(client, job_scope(settings)).create(
-            exchange,
-            min(t.start_ms for t in plan.tasks),
-            max(t.end_ms for t in plan.tasks),
-            symbols,
-            plan.tasks,
-            limit_per_minute=per_minute,
-            priority=LOW,
-        )
-        ranges: dict[str, list[Range]] = {}
-        for task in plan.tasks:
-            ranges.setdefault(f"{task.base_id}/{task.quote_id}", []).append((task.start_ms, task.end_ms))
-        await client.hset(
-            repair_key(exchange, job_scope(settings)),
-            mapping={"job": job.id, "ranges": json.dumps({k: merge(v) for k, v in ranges.items()})},
-        )
-        return RepairSubmission(job, plan, True)
+        await lock.acquire()
+        try:
+            return await _submit(client, settings, exchange, since_ms, worker_id)
+        finally:
+            try:
+                await lock.release()
+            except LockError:  # held past its timeout: another run may have it by now
+                log.warning("%s: the repair submission took over %d s", exchange, SUBMIT_LOCK_SECONDS)
     finally:
         await client.aclose()
+
+
+async def _join(client: aioredis.Redis, settings: Settings, job: JobInfo, worker_id: str | None) -> bool:
+    """Join `job` as `worker_id` (heartbeat and membership, as the engine does when it starts)."""
+    if worker_id is None:
+        return False
+    store = JobStore(client, job_scope(settings))
+    await store.heartbeat(worker_id)
+    await store.join(job.id, worker_id)
+    return True
+
+
+async def _submit(
+    client: aioredis.Redis, settings: Settings, exchange: str, since_ms: int, worker_id: str | None
+) -> RepairSubmission:
+    running = await current_repair(client, settings, exchange)
+    if running is not None:
+        joined = running.state != JobState.RUNNING and await _join(client, settings, running, worker_id)
+        return RepairSubmission(running, None, False, joined)
+    now_ms = await repair_now_ms(settings, exchange, client)
+    plan = plan_repair(settings, exchange, now_ms, since_ms)
+    if not plan.tasks:
+        return RepairSubmission(None, plan, True)
+    adapter = get_adapter(exchange)
+    limit = adapter.rate_limit(settings)
+    per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
+    symbols = sorted({t.symbol for t in plan.tasks})
+    job = await JobStore(client, job_scope(settings)).create(
+        exchange,
+        min(t.start_ms for t in plan.tasks),
+        max(t.end_ms for t in plan.tasks),
+        symbols,
+        plan.tasks,
+        limit_per_minute=per_minute,
+        priority=LOW,
+    )
+    ranges: dict[str, list[Range]] = {}
+    for task in plan.tasks:
+        ranges.setdefault(f"{task.base_id}/{task.quote_id}", []).append((task.start_ms, task.end_ms))
+    await client.hset(
+        repair_key(exchange, job_scope(settings)),
+        mapping={"job": job.id, "ranges": json.dumps({k: merge(v) for k, v in ranges.items()})},
+    )
+    return RepairSubmission(job, plan, True, await _join(client, settings, job, worker_id))

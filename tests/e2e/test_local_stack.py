@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from common.redis_keys import ws_send_key
-from common.settings import PROJECT_ROOT
+from common.settings import EXCHANGES, PROJECT_ROOT
 from scripts.local.servers import postgres_root
 from tests.support.services import free_port, wait_for
 
@@ -158,6 +158,20 @@ def test_make_demo_runs_the_whole_platform_and_down_stops_it(demo_env, tmp_path,
         return code == 200 and report["fetchers"]["binance"]["state"] == "ok" and report
 
     wait_for(healthy, 120, "/api/health reporting every part ok")
+
+    # the first repair runs as the platform starts, not REPAIR_INTERVAL_SECONDS (300 s) later: the
+    # beat sent one run per exchange, and the worker planned one
+    logs = tmp_path / "logs"
+    assert demo_env["REPAIR_INTERVAL_SECONDS"] == "300"
+    wait_for(
+        lambda: all(
+            f"Sending due task repair-gaps-{exchange}" in (logs / "supervisor" / "beat.log").read_text()
+            for exchange in EXCHANGES
+        ),
+        60,
+        "the beat sending a repair run of every exchange",
+    )
+    wait_for(lambda: "repair run planned" in (logs / "celery_worker.log").read_text(), 60, "a repair run")
 
     with urllib.request.urlopen(f"{web}/view/wschart", timeout=10) as page:
         assert page.status == 200 and b"lightweight-charts" in page.read()

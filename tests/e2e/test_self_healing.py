@@ -5,8 +5,10 @@ beat's repair makes `ohlcvs` equal the ground truth again and coverage shows no 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shelve
 import shutil
 import signal
 import subprocess
@@ -14,18 +16,21 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
+import redis
 
 from common.db import connection, load_markets
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.rest.gaps import missing_ranges
 from fetchers.rest.repair import load_evidence
-from tests.conftest import simulator_limits
+from tests.conftest import service_env, simulator_limits
 from tests.support.backfill import RecordingProxy, day_aligned_range, stored_candles, truth_candles
 from tests.support.live import LiveStack, coverage_mismatches, refresh_all_markets, wait_for
+from tests.support.services import stop_process
 from tests.support.simulator import running_simulator
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +38,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 EXCHANGES = ["binance", "bitfinex", "bittrex"]
 REPAIR_INTERVAL_SECONDS = 4
+REPAIR_TASK = "celery_app.celery_tasks.repair_gaps"
 
 
 @pytest.fixture
@@ -168,6 +174,59 @@ def test_dropped_connections_and_a_stopped_fetcher_heal_without_user_action(sett
                     proc.kill()
                     proc.wait()
             stack.stop_all()
+
+
+def queued_repairs(settings) -> dict[str, list[list]]:
+    """Per exchange queue, the arguments of the `repair_gaps` messages waiting in it (the broker is
+    the platform's Redis: one list per queue, kombu's JSON envelope with the task in its headers)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        queued = {}
+        for exchange in EXCHANGES:
+            headers = [json.loads(raw)["headers"] for raw in client.lrange(f"{exchange}_rest", 0, -1)]
+            queued[exchange] = [
+                list(ast.literal_eval(h["argsrepr"])) for h in headers if h["task"] == REPAIR_TASK
+            ]
+        return queued
+    finally:
+        client.close()
+
+
+def test_the_beat_sends_the_first_repair_of_every_exchange_as_it_starts(settings, tmp_path):
+    """Right after the platform starts its gaps show as missing; the repair must not wait one
+    REPAIR_INTERVAL_SECONDS (here an hour) for its first run. The beat started as the Procfile and
+    compose start it sends one run per exchange at once, to the exchange's queue; started again
+    after the platform was down for longer than an interval (its stored schedule has the repair
+    overdue), it does so again, once."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "REDIS_"))},
+        **service_env(settings),
+        "REPAIR_INTERVAL_SECONDS": "3600",
+        "LOG_DIR": str(tmp_path),
+    }
+    expected = {exchange: [[exchange]] for exchange in EXCHANGES}
+    for start in range(2):
+        with open(tmp_path / "beat.out", "ab") as log:
+            beat = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "celery_app.celery_main", "beat",
+                 "-s", str(tmp_path / "beat-schedule"), "--loglevel", "INFO"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_for(
+                lambda: all(queued_repairs(settings).values()),
+                30,
+                f"start {start + 1}: a repair run queued for every exchange",
+            )
+        finally:
+            stop_process(beat)
+        queued = queued_repairs(settings)  # all the beat sent, once it has stopped
+        assert queued == expected, (queued, (tmp_path / "beat.out").read_text()[-2000:])
+        with redis.Redis.from_url(settings.redis_url) as client:
+            client.delete(*(f"{exchange}_rest" for exchange in EXCHANGES))
+        with shelve.open(str(tmp_path / "beat-schedule"), writeback=True) as schedule:
+            for entry in schedule["entries"].values():  # two hours down
+                entry.last_run_at -= timedelta(hours=2)
 
 
 def cli(env: dict, *args: str) -> subprocess.Popen:

@@ -116,6 +116,16 @@ def test_chart_draws_history_switches_period_and_ticks_live(
         page.wait_for_function("() => window.cfrStatus.coverage !== null", timeout=15_000)
         summary = {c["exchange"]: c for c in page.evaluate("() => window.cfrStatus.coverage")}
         assert summary["binance"]["missing_minutes"] == 0 and "binance" in page.inner_text("#coverage")
+        # three distinct counts, each under its own label, explained under the table
+        headers = page.locator("#coverage th").all_inner_texts()
+        assert headers == ["Exchange", "Before first bar", "Missing", "Being repaired", "Repair"], headers
+        binance = page.locator("#coverage tr", has_text="binance").locator("td").all_inner_texts()
+        assert [cell.split(" min")[0] for cell in binance[1:4]] == [
+            f"{summary['binance'][key]:,}"
+            for key in ("before_first_bar_minutes", "awaiting_repair_minutes", "repairing_minutes")
+        ], binance
+        legend = page.inner_text("#coverage-legend")
+        assert all(f"{label}:" in legend for label in ("Before first bar", "Missing", "Being repaired"))
         assert "binance" in page.inner_text("#fetchers") and "ok" in page.inner_text("#stores")
         page.screenshot(path=str(tmp_path / "status.png"))
 

@@ -183,6 +183,38 @@ def test_a_repair_run_leaves_a_repair_being_drained_to_its_worker(platform_setti
     assert sent_by_first == job.total, "the draining worker sent every request: the run joined none"
 
 
+def test_repair_runs_that_start_together_plan_one_job_and_one_of_them_drains_it(platform_settings, simulator):
+    """The beat's run at start-up can meet an overdue one, and several worker processes can take
+    queued runs at once: runs of one exchange submit one after the other, so they share one job,
+    and only the run that planned it joins it (the other sees it being drained and leaves it)."""
+    exchange = "binance"
+    asyncio.run(refresh_markets(platform_settings, exchange))
+    old, _ = day_aligned_range(simulator, days_back=20, days=1)
+    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
+    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
+    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+
+    async def together():
+        runs = [submit_repair(platform_settings, exchange, worker_id=w) for w in ("first", "second")]
+        return await asyncio.gather(*runs)
+
+    submissions = asyncio.run(together())
+    assert len({s.job.id for s in submissions}) == 1, submissions
+    assert sorted(s.new for s in submissions) == [False, True]
+    assert [s.joined for s in submissions] == [s.new for s in submissions]
+
+    import redis.asyncio as aioredis
+
+    async def repair_jobs():
+        client = aioredis.from_url(platform_settings.redis_url)
+        try:
+            return await JobStore(client, job_scope(platform_settings)).jobs(exchange)
+        finally:
+            await client.aclose()
+
+    assert [j.id for j in asyncio.run(repair_jobs()) if j.priority == "low"] == [submissions[0].job.id]
+
+
 def test_the_repair_plans_with_the_live_feeds_clock_while_backfills_use_the_budget(
     platform_settings, simulator
 ):

@@ -7,7 +7,15 @@ import pytest
 from common.candle import Market
 from common.intervals import clip, intersect, merge, subtract, total
 from fetchers.exchanges import get_adapter
-from fetchers.rest.gaps import MarketEvidence, missing_minutes, missing_ranges, plan_gaps, plan_repair_tasks
+from fetchers.rest.gaps import (
+    MarketEvidence,
+    before_first_bar_ranges,
+    missing_minutes,
+    missing_ranges,
+    plan_gaps,
+    plan_repair_tasks,
+)
+from web.coverage_summary import summarise
 
 pytestmark = pytest.mark.unit
 
@@ -85,6 +93,40 @@ def test_since_and_until_clip_the_search_to_whole_minutes():
 
 def test_a_market_without_rows_or_evidence_has_nothing_to_repair():
     assert missing_ranges(MarketEvidence(), 0, at(100)) == []
+
+
+def test_before_the_first_bar_is_what_nothing_vouches_for_and_the_repair_leaves_alone():
+    evidence = MarketEvidence(
+        bounds=span(100, 110), rest=[span(20, 30), span(100, 110)], outages=[span(50, 60)]
+    )
+    # covered (a backfill found no trades) and missing (an outage: the repair fetches it) are not
+    # counted; neither is anything from the first bar on
+    assert before_first_bar_ranges(evidence, at(0), at(200)) == [span(0, 20), span(30, 50), span(60, 100)]
+    assert before_first_bar_ranges(evidence, at(100), at(200)) == []
+    assert before_first_bar_ranges(evidence, at(0), at(40)) == [span(0, 20), span(30, 40)]
+    # a market without rows: every minute nothing vouches for, up to the end
+    quiet = MarketEvidence(ws=[span(150, 200)])
+    assert before_first_bar_ranges(quiet, at(100), at(200)) == [span(100, 150)]
+
+
+def test_the_summary_counts_each_unvouched_minute_once_in_one_of_three_kinds():
+    evidence = {
+        # history from minute 0: 10 missing minutes, the repair job fetches 4 of them
+        ("BTC", "USD"): MarketEvidence(bounds=span(0, 100), rest=[span(0, 90)]),
+        # first bar at minute 60: 50 minutes before it (10 covered), 40 missing, none being repaired
+        ("ETH", "USD"): MarketEvidence(bounds=span(60, 100), rest=[span(20, 30)]),
+        # complete from its first bar on
+        ("XRP", "USD"): MarketEvidence(bounds=span(0, 100), rest=[span(0, 100)]),
+    }
+    repairing = {("BTC", "USD"): [span(85, 94)], ("ETH", "USD"): [span(0, 10)]}
+    counts = summarise("bitfinex", evidence, at(100), repairing)
+    assert (counts.history_start, counts.end, counts.markets_known) == (at(0), at(100), 3)
+    assert (counts.before_first_bar_minutes, counts.markets_before_first_bar) == (50, 1)
+    assert (counts.missing_minutes, counts.markets_with_gaps) == (50, 2)
+    assert (counts.repairing_minutes, counts.markets_repairing) == (4, 1)
+    assert (counts.awaiting_repair_minutes, counts.markets_awaiting_repair) == (46, 2)
+    nothing = summarise("bittrex", {}, at(100), {})
+    assert nothing.history_start is None and nothing.before_first_bar_minutes == 0
 
 
 def test_plan_gaps_leaves_out_complete_markets_and_counts_minutes():

@@ -1,5 +1,6 @@
-// Status: /api/health (fetchers, updater, stores), /api/status/backfills and the missing minutes per
-// exchange (/api/coverage/summary, every 30 s: it looks at every market), refreshed every 5 s.
+// Status: /api/health (fetchers, updater, stores), /api/status/backfills and, per exchange, the minutes
+// before first bars, missing and being repaired (/api/coverage/summary, every 30 s: it looks at every
+// market), refreshed every 5 s.
 "use strict";
 
 const el = (id) => document.getElementById(id);
@@ -10,11 +11,21 @@ const when = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0,
 let coverage = null;
 let coverageFetched = 0;
 
+const count = (n) => Number(n ?? 0).toLocaleString("en-US");
+const markets = (n) => `<div class="legend">${count(n)} market${n === 1 ? "" : "s"}</div>`;
+
+// Three distinct counts per exchange (see the legend under the table): before the markets' first bars,
+// missing and awaiting a repair run, and being repaired; `missing_minutes` is the last two together.
 function renderCoverage() {
   if (!coverage) return;
-  el("coverage").innerHTML = "<tr><th>Exchange</th><th class='num'>Missing minutes</th><th class='num'>Markets with gaps</th><th>Repair</th></tr>" +
-    coverage.map((c) => `<tr>${cell(c.exchange)}<td class="num ${c.missing_minutes ? "down" : "ok"}">${c.missing_minutes}</td>` +
-      `<td class="num">${c.markets_with_gaps} / ${c.markets_known}</td>${cell(c.repair_job ? `${c.repair_job}: ${c.repair_left} request(s) left` : "idle")}</tr>`).join("");
+  el("coverage").innerHTML = "<tr><th>Exchange</th><th class='num'>Before first bar</th><th class='num'>Missing</th>" +
+    "<th class='num'>Being repaired</th><th>Repair</th></tr>" +
+    coverage.map((c) => `<tr><td>${c.exchange}<div class="legend">${count(c.markets_known)} market${c.markets_known === 1 ? "" : "s"}` +
+      `${c.history_start ? `, bars since ${when(c.history_start).slice(0, 16)}` : ""}</div></td>` +
+      `<td class="num absent">${count(c.before_first_bar_minutes)} min${markets(c.markets_before_first_bar)}</td>` +
+      `<td class="num ${c.awaiting_repair_minutes ? "down" : "ok"}">${count(c.awaiting_repair_minutes)} min${markets(c.markets_awaiting_repair)}</td>` +
+      `<td class="num ${c.repairing_minutes ? "repairing" : ""}">${count(c.repairing_minutes)} min${markets(c.markets_repairing)}</td>` +
+      `${cell(c.repair_job ? `${c.repair_job}: ${c.repair_left} request(s) left` : "idle")}</tr>`).join("");
 }
 
 function render(health, jobs) {

@@ -1,8 +1,10 @@
 """GET /api/coverage: which minutes of a market are known complete, missing, or being repaired;
-GET /api/coverage/summary: the missing minutes of every exchange (for the status page)."""
+GET /api/coverage/summary: per exchange, the minutes before markets' first bars, missing, and being
+repaired (for the status page)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -11,11 +13,18 @@ from common import reads
 from common.intervals import clip, intersect
 from common.settings import EXCHANGES, ExchangeName
 from common.timeutil import MINUTE_MS, floor_minute_ms
-from fetchers.rest.gaps import covered_ranges, missing_minutes, missing_ranges, plan_gaps
-from fetchers.rest.repair import current_repair, known_exchange_now_ms, load_evidence, repairing_ranges
+from fetchers.rest.gaps import covered_ranges, missing_ranges
+from fetchers.rest.repair import (
+    current_repair,
+    known_exchange_now_ms,
+    load_evidence,
+    repairing_ranges,
+    repairing_ranges_by_market,
+)
 from web.api.deps import PoolDep, RedisDep, SettingsDep
 from web.api.errors import BadRequest
 from web.api.routes.ohlcvs import MAX_MS, MarketId
+from web.coverage_summary import summarise
 
 router = APIRouter(prefix="/coverage", tags=["coverage"])
 
@@ -74,22 +83,25 @@ async def coverage(
     }
 
 
-@router.get("/summary", summary="Missing minutes per exchange")
+@router.get("/summary", summary="Minutes before first bars, missing and being repaired, per exchange")
 async def summary(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> list[dict]:
-    """Per exchange: the minutes missing from its markets' history (as `GET /api/coverage` counts
-    them), how many markets have any, and the repair job under way, if one is."""
+    """Per exchange, up to its present less REPAIR_SETTLE_MINUTES, minutes and markets in three
+    distinct counts: `before_first_bar_minutes` (before a market's first bar, from the exchange's
+    oldest bar `history_start` on, that nothing vouches for: not backfilled, or not traded yet; the
+    repair leaves them alone), `awaiting_repair_minutes` (missing, not in the repair job under way)
+    and `repairing_minutes` (missing, in that job). `missing_minutes` is the last two together, as
+    `GET /api/coverage` counts missing minutes; `repair_job`, `repair_left` the job under way."""
     result = []
     for exchange in EXCHANGES:
         evidence = await pool.run(lambda conn, ex=exchange: load_evidence(conn, ex))
         now = await known_exchange_now_ms(exchange, redis)
-        gaps = plan_gaps(evidence, 0, floor_minute_ms(now) - settings.repair_settle_minutes * MINUTE_MS)
+        end = floor_minute_ms(now) - settings.repair_settle_minutes * MINUTE_MS
+        repairing = await repairing_ranges_by_market(redis, settings, exchange)
         job = await current_repair(redis, settings, exchange)
+        counts = summarise(exchange, evidence, end, repairing)
         result.append(
             {
-                "exchange": exchange,
-                "missing_minutes": missing_minutes(gaps),
-                "markets_with_gaps": len(gaps),
-                "markets_known": len(evidence),
+                **asdict(counts),
                 "repair_job": job.id if job is not None else None,
                 "repair_left": job.left if job is not None else 0,
             }
