@@ -29,7 +29,7 @@ from fetchers.rest.gaps import missing_ranges
 from fetchers.rest.repair import load_evidence
 from tests.conftest import service_env, simulator_limits
 from tests.support.backfill import RecordingProxy, day_aligned_range, stored_candles, truth_candles
-from tests.support.live import LiveStack, coverage_mismatches, refresh_all_markets, wait_for
+from tests.support.live import LiveStack, coverage_mismatches, mismatches, refresh_all_markets, wait_for
 from tests.support.services import stop_process
 from tests.support.simulator import running_simulator
 
@@ -104,7 +104,7 @@ def test_dropped_connections_and_a_stopped_fetcher_heal_without_user_action(sett
         stack = LiveStack(live_settings, sim, logdir)
         workers = []
         try:
-            stack.start_all(EXCHANGES)
+            start = stack.start_all(EXCHANGES)
             queues = ",".join(f"{ex}_rest" for ex in EXCHANGES)
             workers.append(
                 celery(stack, logdir, "worker", "-Q", queues, "--concurrency", "1", "--loglevel", "INFO")
@@ -158,6 +158,9 @@ def test_dropped_connections_and_a_stopped_fetcher_heal_without_user_action(sett
                 lies, covered = coverage_mismatches(settings, sim, exchange, markets)
                 assert lies == [], lies[:5]
                 assert covered > 0
+                # once repaired, every closed minute equals the truth, those in outages included
+                problems = mismatches(settings, sim, exchange, markets, start, end, repaired=True)
+                assert problems == [], f"{len(problems)} differences, e.g. {problems[:5]}"
             with connection(settings) as conn, conn.cursor() as cur:
                 cur.execute("SELECT count(*) FROM ohlcvs_outages WHERE exchange = 'binance'")
                 assert cur.fetchone()[0] > 0  # the drops were recorded
