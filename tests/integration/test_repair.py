@@ -152,17 +152,22 @@ def test_a_user_backfill_keeps_at_least_90_percent_of_the_budget_while_a_repair_
     assert simulator.stats()[exchange]["over_limit"] == 0
 
 
+def two_hours_apart(platform_settings, simulator, exchange: str) -> None:
+    """BTCUSDT backfilled for an hour 20 days ago and an hour 2 days ago: a repair has days to fill."""
+    asyncio.run(refresh_markets(platform_settings, exchange))
+    old, _ = day_aligned_range(simulator, days_back=20, days=1)
+    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
+    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
+    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+
+
 def test_a_repair_run_leaves_a_repair_being_drained_to_its_worker(platform_settings, simulator):
     """Beat runs come every interval; a repair that lasts longer must not take one more worker
     process per run: a run that finds the repair job drained by a live worker returns at once."""
     from celery_app.celery_tasks import repair_gaps
 
     exchange = "binance"
-    asyncio.run(refresh_markets(platform_settings, exchange))
-    old, _ = day_aligned_range(simulator, days_back=20, days=1)
-    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
-    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
-    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+    two_hours_apart(platform_settings, simulator, exchange)
     submission = asyncio.run(submit_repair(platform_settings, exchange))
     assert submission.new and submission.job.total > 10
 
@@ -188,11 +193,7 @@ def test_repair_runs_that_start_together_plan_one_job_and_one_of_them_drains_it(
     queued runs at once: runs of one exchange submit one after the other, so they share one job,
     and only the run that planned it joins it (the other sees it being drained and leaves it)."""
     exchange = "binance"
-    asyncio.run(refresh_markets(platform_settings, exchange))
-    old, _ = day_aligned_range(simulator, days_back=20, days=1)
-    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
-    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
-    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+    two_hours_apart(platform_settings, simulator, exchange)
 
     async def together():
         runs = [submit_repair(platform_settings, exchange, worker_id=w) for w in ("first", "second")]
