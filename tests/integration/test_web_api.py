@@ -377,6 +377,24 @@ def test_health_reports_fetchers_and_updater(api, settings, redis_server):
     assert body["fetchers"]["bitfinex"]["state"] == "stale"
 
 
+def test_a_stale_updater_makes_health_503(api, settings, redis_server):
+    """README: `/api/health` answers 503 when the updater is down - silent (no flush) for longer
+    than WEB_HEALTH_STALE_SECONDS - even with every other part well."""
+    client = redis_server.client()
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for exchange in ("bitfinex", "binance", "bittrex"):
+        client.hset(f"ws_health_{exchange}", mapping={"last_message_ms": now_ms})
+    silent_ms = int(settings.web_health_stale_seconds * 1000) + 60_000
+    client.hset("ws_updater_health", mapping={"last_flush_ms": now_ms - silent_ms, "backlog": 0})
+    status, body = http_get(f"{api}/health")
+    assert (status, body["status"], body["updater"]["state"]) == (503, "degraded", "stale"), body
+    assert {f["state"] for f in body["fetchers"].values()} == {"ok"}
+
+    client.hset("ws_updater_health", "last_flush_ms", int(datetime.now(UTC).timestamp() * 1000))
+    status, body = http_get(f"{api}/health")
+    assert (status, body["status"], body["updater"]["state"]) == (200, "ok", "ok"), body
+
+
 def test_starts_with_both_stores_down_answers_503_and_recovers(settings, postgres_server, template_database):
     redis_port = free_port()
     later_db = f"cfr_later_{free_port()}"
