@@ -127,6 +127,25 @@ def test_empty_ts_fills_minutes_without_trades_at_the_previous_close(api, seeded
     assert [bar["time"] for bar in plain] == [BASE_MS + m * MIN for m in (5, 6, 9, 10)]
 
 
+@pytest.mark.parametrize("interval", ["1m", "5m", "1h", "3h"])
+def test_end_holds_a_live_minute_exactly_as_a_stored_one(api, settings, redis_server, interval):
+    """`end` is inclusive (docs/api.md): the bar opening at `end` is returned, whether the minute in
+    it is still live in Redis or stored. BTC and ETH hold the same values; minute 362 (in the bars
+    opening at minutes 360 and 362) is live for BTC and stored for ETH, so every answer must match."""
+    live_ms = BASE_MS + 362 * MIN
+    imitate_live_pipeline_bar(redis_server.client(), settings, BTC, minute_dict(known_candle(BTC, 362)))
+    with connection(settings) as conn:
+        upsert_candles(conn, [stored_form(known_candle(ETH, 362))])
+    refresh_aggregates(settings, None, None)
+    bar_open = INTERVALS[interval].bucket_start(live_ms)
+
+    for end in (bar_open, live_ms, bar_open - 1):
+        status, live = ohlcvs(api, BTC, interval=interval, end=end, limit=2)
+        assert status == 200
+        assert live == ohlcvs(api, ETH, interval=interval, end=end, limit=2)[1], f"end={end}"
+        assert (live[-1]["time"] == bar_open) == (end >= bar_open), f"end={end}: {live}"
+
+
 def test_results_mls_false_gives_iso_times(api):
     status, body = ohlcvs(api, interval="1h", limit=1, results_mls="false")
     assert status == 200
