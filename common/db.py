@@ -264,18 +264,57 @@ JOIN symbol_exchange s USING (exchange, base_id, quote_id)
 ON CONFLICT (exchange, base_id, quote_id, time) DO NOTHING
 """
 
+# Minutes already stored that a live bar now gives other values: a row a successful REST request
+# covers is the exchange's final word (the request recorded its coverage in the transaction that
+# wrote its candles) and stays; any other row is an earlier state of the same live bar and takes the
+# newer values. The rows are locked first (waiting for a REST write of them under way), and only a
+# statement later - with a snapshot that sees every REST coverage committed until the locks were
+# held - updated; a REST write after that waits for this transaction and overwrites.
+_SAME_MINUTE = (
+    "o.exchange = i.exchange AND o.base_id = i.base_id AND o.quote_id = i.quote_id "
+    "AND o.time = timestamptz 'epoch' + i.time_ms * interval '1 millisecond'"
+)
+_OTHER_VALUES = (
+    "(o.open::text, o.high::text, o.low::text, o.close::text, o.volume::text) IS DISTINCT FROM "
+    "(i.open::text, i.high::text, i.low::text, i.close::text, i.volume::text)"
+)
+_LOCK_CHANGED_ROWS = (
+    f"SELECT count(*) FROM (SELECT 1 FROM ohlcvs o JOIN ohlcvs_incoming i ON {_SAME_MINUTE} "
+    f"WHERE {_OTHER_VALUES} FOR UPDATE OF o) AS locked"
+)
+_UPDATE_LIVE_ROWS = f"""
+UPDATE ohlcvs o SET open = i.open, high = i.high, low = i.low, close = i.close, volume = i.volume
+FROM ohlcvs_incoming i
+WHERE {_SAME_MINUTE} AND {_OTHER_VALUES}
+  AND NOT EXISTS (
+      SELECT 1 FROM ohlcvs_coverage c
+      WHERE c.exchange = o.exchange AND c.base_id = o.base_id AND c.quote_id = o.quote_id
+        AND c.source = 'rest' AND c.start_time <= o.time AND o.time < c.end_time)
+"""
+
+
+def _insert_live_staged(cur, staged: int) -> int:
+    """Write the `staged` live bars in `ohlcvs_incoming`: new minutes inserted, newer values of
+    minutes stored from earlier live bars updated (see above). Returns rows inserted or changed."""
+    cur.execute(_INSERT_MISSING_FROM_INCOMING)
+    written = cur.rowcount
+    if written < staged:  # minutes already stored (or of markets not in symbol_exchange)
+        cur.execute(_LOCK_CHANGED_ROWS)
+        cur.execute(_UPDATE_LIVE_ROWS)
+        written += cur.rowcount
+    cur.execute("TRUNCATE ohlcvs_incoming")
+    return written
+
 
 def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
-    """Live bars: fill minutes that have no row yet, never change an existing row (REST data is the
+    """Live bars: fill minutes that have no row yet, and give a minute stored from an earlier live
+    bar the newer values; never change a row a successful REST request covers (REST data is the
     exchange's final word). Same candle form and checks as `upsert_candles`; bars of markets missing
-    from `symbol_exchange` are skipped. Returns rows inserted. Runs in the caller's transaction."""
+    from `symbol_exchange` are skipped. Returns rows inserted or changed. Runs in the caller's
+    transaction."""
     with conn.cursor() as cur:
-        if not _stage_candles(cur, candles):
-            return 0
-        cur.execute(_INSERT_MISSING_FROM_INCOMING)
-        written = cur.rowcount
-        cur.execute("TRUNCATE ohlcvs_incoming")
-    return written
+        staged = _stage_candles(cur, candles)
+        return _insert_live_staged(cur, staged) if staged else 0
 
 
 def insert_missing_copy_text(conn: PgConnection, rows: io.BufferedIOBase | io.TextIOBase) -> int:
@@ -290,10 +329,7 @@ def insert_missing_copy_text(conn: PgConnection, rows: io.BufferedIOBase | io.Te
             "FROM STDIN",
             rows,
         )
-        cur.execute(_INSERT_MISSING_FROM_INCOMING)
-        written = cur.rowcount
-        cur.execute("TRUNCATE ohlcvs_incoming")
-    return written
+        return _insert_live_staged(cur, cur.rowcount)
 
 
 def copy_text(value: str) -> str:

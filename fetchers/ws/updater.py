@@ -6,10 +6,11 @@ Every `updater_flush_seconds`:
    closes it, and every bar a coverage record vouches for is already in Redis;
 2. read the `ws_sub_…` hashes named in `ws_sub_list`, many per round trip, and pick the closed
    bars (`closed_times`), straight into COPY text (no object per bar);
-3. insert them, a batch of about `ROWS_PER_BATCH` per transaction, with "fill missing only" (a live
-   bar never overwrites a row); commit;
+3. insert them, a batch of about `ROWS_PER_BATCH` per transaction: missing minutes filled, and a
+   minute stored from an earlier state of the bar updated (never a row a REST request wrote); commit;
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
-   Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
+   Lua compare-and-delete per batch: a bar updated in between is stored by the next flush), so
+   `kill -9` at any instant loses nothing and doubles nothing;
    once every batch is committed, store the records of step 1 (coverage never runs ahead of its bars);
 5. on plain PostgreSQL, each batch's writer then rebuilds that batch's markets' 5-minute buckets
    that have closed (the level proportional to the rows), and once all are in, one refresh builds
@@ -411,7 +412,7 @@ class Updater:
         """Commit one batch, then delete what it stored from Redis; then (plain PostgreSQL) rebuild
         its markets' 5-minute buckets over its minutes before `refresh_until_ms`, while the other
         writer inserts the next batch (the levels above follow once every batch is in). Returns
-        the bars stored and the rows that were new."""
+        the bars stored and the rows that were new or changed."""
         check_batch(batch)
         conn = self._db()
         try:

@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from common.candle import Market
-from common.coverage import WS, read_coverage
+from common.coverage import REST, WS, CoverageRange, read_coverage, record_coverage
 from common.db import connection, upsert_markets
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_health_key, ws_send_key, ws_sub_key
 from common.timeutil import MINUTE_MS
@@ -101,6 +101,9 @@ def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_ser
             "(to_timestamp(%s / 1000.0), 'binance', 'BTC', 'USDT', 1, 2, 0.5, 1.5, 9)",
             (T0 + MINUTE_MS,),
         )
+        record_coverage(
+            conn, [CoverageRange("binance", "BTC", "USDT", T0 + MINUTE_MS, T0 + 2 * MINUTE_MS, REST)]
+        )
     store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")])
     updater = Updater(settings, client)
     result = updater.flush()
@@ -119,6 +122,34 @@ def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_ser
 
     store(settings, [bar(6, "37056")])  # a hash emptied by the updater comes back into the list
     assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}
+
+
+def test_a_bar_updated_between_the_read_and_the_delete_stays_and_its_new_values_are_stored(
+    settings, redis_server, market
+):
+    """The updater deletes a bar from Redis only if it still holds what was read and stored
+    (compare-and-delete): an update the fetcher writes in between stays, and the next flush stores
+    its newer values over the earlier ones (no REST request covers the minute)."""
+    client = redis_server.client()
+    store(settings, [bar(0, "37051"), bar(1, "37052")])  # minute 1 arrived: minute 0 is closed
+    updater = Updater(settings, client)
+    delete_stored = updater._delete_stored
+
+    def update_then_delete(stored):
+        store(settings, [bar(0, "37058.5")])  # a late trade of minute 0, after the updater's read
+        delete_stored(stored)
+
+    updater._delete_stored = update_then_delete
+    assert updater.flush().rows == 1
+    del updater._delete_stored
+    sub = ws_sub_key("binance", "BTC", "USDT")
+    waiting = client.hget(sub, str(T0))
+    assert waiting is not None and json.loads(waiting)["close"] == "37058.5", "the update stays in Redis"
+
+    store(settings, [bar(2, "37053")])
+    updater.flush()
+    assert rows(settings)[T0] == ("37050.01000000", "37065.0", "37049.00", "37058.5", "1.50")
+    assert set(client.hkeys(sub)) == {str(T0 + 2 * MINUTE_MS).encode()}
 
 
 def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(settings, redis_server, monkeypatch):
