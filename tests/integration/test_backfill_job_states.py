@@ -31,7 +31,7 @@ from tests.support.services import PostgresServer, RedisServer, free_port, wait_
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_SECONDS = 2
+OUTAGE_SECONDS = 1
 
 
 def states(settings, exchange: str) -> dict[str, str]:
