@@ -41,12 +41,22 @@ def _driver_info() -> DriverInfo:
     return DriverInfo()
 
 
+def retries_within(seconds: float, backoff: ExponentialBackoff) -> int:
+    """How many retries it takes for `backoff`'s waits to add up to `seconds` (the first waits are
+    shorter than the cap, so `seconds / cap` retries would give up early)."""
+    retries, waited = 0, 0.0
+    while waited < seconds:
+        retries += 1
+        waited += backoff.compute(retries)
+    return retries
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
     """A client whose commands reconnect and retry through an outage of up to `rest_outage_seconds`."""
-    retries = int(settings.rest_outage_seconds / BACKOFF_CAP_SECONDS) + 1
+    backoff = ExponentialBackoff(cap=BACKOFF_CAP_SECONDS, base=BACKOFF_BASE_SECONDS)
     return aioredis.from_url(
         settings.redis_url,
-        retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_SECONDS, base=BACKOFF_BASE_SECONDS), retries),
+        retry=Retry(backoff, retries_within(settings.rest_outage_seconds, backoff)),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         driver_info=_driver_info(),
     )
