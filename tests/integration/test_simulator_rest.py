@@ -914,7 +914,7 @@ def test_loss_actions_are_checked_and_dropped_answers_per_exchange() -> None:
         sim.reset_faults()
         assert get(faults_url).json()["binance"]["lose_ws_closes_left"] == 0
         dropped = get(f"{sim.control}/control/dropped?exchange=binance")
-        assert (dropped.status, dropped.json()) == (200, {"exchange": "binance", "dropped": {}})
+        assert (dropped.status, dropped.json()) == (200, {"exchange": "binance", "dropped": {}, "closes": {}})
         for query in ("?exchange=kraken", ""):
             unknown = get(f"{sim.control}/control/dropped{query}")
             assert unknown.status == 400 and "exchange must be one of" in unknown.json()["error"]
