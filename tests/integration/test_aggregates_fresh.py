@@ -4,7 +4,8 @@ them; with TimescaleDB real-time aggregation shows them).
 
 Eight simulated days of live bars for two markets pass through the real Redis sink and the real
 updater, three hours per step (the exchange's clock is the newest bar, as the fetchers report it);
-after every flush each level is compared with the same figures recomputed from `ohlcvs`.
+after every flush each level is compared with the same figures recomputed from the 1-minute bars
+(which `ohlcvs` is checked to hold).
 """
 
 from __future__ import annotations
@@ -64,12 +65,32 @@ async def push(settings, first_minute: int, minutes: int) -> None:
         await client.aclose()
 
 
-def expected_levels(conn) -> dict[str, dict]:
+def stored_rows(conn) -> list[tuple]:
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT base_id, quote_id, time, open, high, low, close, volume FROM ohlcvs ORDER BY time"
+            "SELECT base_id, quote_id, time, open, high, low, close, volume FROM ohlcvs "
+            "ORDER BY time, base_id, quote_id"
         )
-        rows = cur.fetchall()
+        return cur.fetchall()
+
+
+def generated_rows(minutes: int) -> list[tuple]:
+    """The rows `live_bar` makes of the first `minutes` minutes, as `stored_rows` reads them."""
+    rows = []
+    for minute in range(minutes):
+        for market in sorted(MARKETS, key=lambda m: (m.base_id, m.quote_id)):
+            bar = live_bar(market, minute)
+            values = (bar.open, bar.high, bar.low, bar.close, bar.volume)
+            rows.append((market.base_id, market.quote_id, ms_to_datetime(bar.time), *map(Decimal, values)))
+    return rows
+
+
+def expected_levels(conn) -> dict[str, dict]:
+    return levels_of(stored_rows(conn))
+
+
+def levels_of(rows: list[tuple]) -> dict[str, dict]:
+    """Every level's buckets recomputed from 1-minute rows in time order."""
     levels: dict[str, dict] = {}
     for name, width in AGGREGATE_LEVELS.items():
         groups: dict = {}
@@ -106,13 +127,14 @@ def test_every_level_shows_each_closed_bucket_within_one_bucket_length(
         upsert_markets(conn, MARKETS)
     updater = Updater(settings, redis_server.client())
     checked = dict.fromkeys(AGGREGATE_LEVELS, 0)
+    generated = generated_rows(DAYS * 1440)
+    expected = levels_of(generated)  # a due bucket's minutes are all pushed: the same as from ohlcvs
     try:
         for first in range(0, DAYS * 1440, STEP_MINUTES):
             asyncio.run(push(settings, first, STEP_MINUTES))
             updater.flush()
             clock = ms_to_datetime(datetime_to_ms(START) + (first + STEP_MINUTES - 1) * MINUTE_MS)
             with connection(settings) as conn:
-                expected = expected_levels(conn)
                 for name, width in AGGREGATE_LEVELS.items():
                     due = {k: v for k, v in expected[name].items() if k[2] + width <= clock - width}
                     actual = shown(conn, name, START - width)
@@ -122,6 +144,10 @@ def test_every_level_shows_each_closed_bucket_within_one_bucket_length(
                         f"{late[0][2] + width} shows {actual.get(late[0])}, expected {due[late[0]]}"
                     )
                     checked[name] += len(due) > 0
+        with connection(settings) as conn:  # the minutes the levels were held to are those stored
+            stored = stored_rows(conn)
+        closed = len(stored)
+        assert stored == generated[:closed] and closed >= len(generated) - 2 * len(MARKETS), closed
     finally:
         updater.close()
     assert all(checked.values()), checked  # every level, 7 days included, had closed buckets to check
