@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+from common.exchanges import EXCHANGES
 from common.reads import INTERVALS
-from common.settings import EXCHANGES
 from web.candles import MarketKey
 from web.live import Subscription
 

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from common.candle import Market
 from common.db import connection, load_markets
-from common.settings import EXCHANGES, Settings
+from common.exchanges import EXCHANGES
+from common.settings import Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol

@@ -48,9 +48,10 @@ from common.db import (
     refresh_aggregates,
     refresh_first_level,
 )
+from common.exchanges import EXCHANGES
 from common.ohlcvs_versions import markets_written, oldest_by_market
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, WS_UPDATER_HEALTH, ws_health_key
-from common.settings import EXCHANGES, Settings
+from common.settings import Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.ws.coverage import COVERAGE_KIND
 

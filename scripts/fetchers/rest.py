@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from common.exchanges import EXCHANGES
 from common.logging_setup import setup_logging
-from common.settings import EXCHANGES, Settings, load_settings_or_exit
+from common.settings import Settings, load_settings_or_exit
 from common.timeutil import MINUTE_MS, datetime_to_ms, ms_to_datetime, parse_utc
 from scripts.cli import EXIT_FAILED, EXIT_USAGE, fail
 

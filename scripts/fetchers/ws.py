@@ -19,8 +19,9 @@ import psycopg2
 import redis
 
 from common.db import DatabaseError
+from common.exchanges import EXCHANGES
 from common.logging_setup import setup_logging
-from common.settings import EXCHANGES, load_settings_or_exit
+from common.settings import load_settings_or_exit
 from fetchers.exchanges.base import UnknownSymbolError
 from fetchers.ws.sink import redis_client
 from fetchers.ws.stream import Shard, StreamEngine

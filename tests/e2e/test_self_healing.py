@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from common.db import connection, load_markets
+from common.exchanges import EXCHANGES
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.rest.gaps import missing_ranges
 from fetchers.rest.repair import load_evidence
@@ -36,7 +37,6 @@ from tests.support.simulator import running_simulator
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-EXCHANGES = ["binance", "bitfinex", "bittrex"]
 REPAIR_INTERVAL_SECONDS = 4
 REPAIR_TASK = "celery_app.celery_tasks.repair_gaps"
 

@@ -20,8 +20,9 @@ from typing import Any
 import redis
 
 from common.db import connection
+from common.exchanges import EXCHANGES
 from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
-from common.settings import EXCHANGES, Settings
+from common.settings import Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms
 from fetchers.rest.markets import refresh_markets
 from tests.conftest import service_env

@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from common import reads
+from common.exchanges import EXCHANGES, ExchangeName
 from common.intervals import clip, intersect
-from common.settings import EXCHANGES, ExchangeName
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.rest.gaps import covered_ranges, missing_ranges
 from fetchers.rest.repair import (

@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import QueryParams
 
 from common import reads
+from common.exchanges import ExchangeName
 from common.reads import INTERVALS
-from common.settings import ExchangeName
 from web.api.deps import AsyncPoolDep, HubDep, PoolDep, SettingsDep
 from web.api.errors import BadRequest
 from web.candles import MarketKey, ohlcvs_body
