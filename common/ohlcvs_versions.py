@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
-from functools import cache
 
 import redis
 
+from common.redis_clients import sync_client
 from common.redis_keys import OHLCVS_VERSION_SUMMARIES, ohlcvs_version_key
 from common.settings import Settings, get_settings
 
@@ -76,15 +76,21 @@ def oldest_by_market(rows: Iterable[tuple[str, str, str, int]]) -> dict[Market, 
     return oldest
 
 
-@cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+_clients: dict[str, redis.Redis] = {}
+"""One client per Redis URL for the life of the process (writers bump after every commit)."""
+
+
+def _client(settings: Settings) -> redis.Redis:
+    client = _clients.get(settings.redis_url)
+    if client is None:
+        client = _clients[settings.redis_url] = sync_client(settings)
+    return client
 
 
 def _bump_quietly(settings: Settings | None, oldest_by_key: Mapping[str, int], what: str) -> None:
     settings = settings or get_settings()
     try:
-        bump(_client(settings.redis_url), oldest_by_key)
+        bump(_client(settings), oldest_by_key)
     except (redis.RedisError, OSError) as error:
         log.warning("could not bump the %s version (web caches expire by TTL instead): %s", what, error)
 

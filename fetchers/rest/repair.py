@@ -34,6 +34,7 @@ from common.coverage import (
 )
 from common.db import connection, load_markets
 from common.intervals import Range, merge
+from common.redis_clients import async_client
 from common.redis_keys import backfill_key, ws_health_key
 from common.settings import Settings
 from common.timeutil import MINUTE_MS, floor_minute_ms
@@ -187,7 +188,7 @@ async def submit_repair(
     With `worker_id` (the engine's that will drain it), the run also joins the job it returns unless
     a live worker drains it already, under the same lock: a run that starts meanwhile sees the job
     running and leaves it, so one repair never takes two worker processes."""
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     lock = client.lock(submit_lock_key(exchange, job_scope(settings)), timeout=SUBMIT_LOCK_SECONDS, sleep=0.1)
     try:
         await lock.acquire()

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
 
@@ -70,28 +69,6 @@ if newest > 0 then
 end
 return n
 """
-
-
-class HiredisPackConnection(aioredis.Connection):
-    """Packs commands with hiredis (C) instead of redis-py's pure-Python packer: a burst of bars is
-    one EVALSHA with thousands of arguments, and packing them was a tenth of a fetcher's CPU."""
-
-    def pack_command(self, *args):
-        if isinstance(args[0], str):
-            args = (*args[0].encode().split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as error:
-            raise redis.exceptions.DataError(str(error)) from None
-
-
-def redis_client(url: str, **options) -> aioredis.Redis:
-    """The fetcher's Redis client (`redis.asyncio.from_url` options), packing with hiredis."""
-    return aioredis.Redis(
-        connection_pool=aioredis.ConnectionPool.from_url(
-            url, connection_class=HiredisPackConnection, **options
-        )
-    )
 
 
 @dataclass(frozen=True, slots=True)

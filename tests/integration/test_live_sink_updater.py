@@ -16,12 +16,13 @@ import pytest
 from common.candle import Market
 from common.coverage import WS, CoverageRange, read_coverage
 from common.db import connection, upsert_markets
+from common.redis_clients import async_client
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_health_key, ws_send_key, ws_sub_key
 from common.redis_records import LiveBar, OutageRecord, decode_bar, encode_bar, encode_waiting_bar
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
-from fetchers.ws.sink import MarketKeys, RedisSink, redis_client
+from fetchers.ws.sink import MarketKeys, RedisSink
 from fetchers.ws.updater import Updater
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def bar_json(candle: WsCandle) -> str:
 
 def store(settings, bars: list[WsCandle], records: list = ()) -> None:
     async def run() -> None:
-        client = redis_client(settings.redis_url)  # the fetcher's own client (commands packed by hiredis)
+        client = async_client(settings, pack_with_hiredis=True)  # the fetcher's own client
         sink = RedisSink(client, "binance", "shard0/1", lambda attempt: 0.01)
         keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", settings.redis_key_delimiter)
         for candle in bars:
@@ -140,7 +141,7 @@ def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(setting
     client = redis_server.client()
 
     async def fill() -> None:
-        sink_client = redis_client(settings.redis_url)
+        sink_client = async_client(settings, pack_with_hiredis=True)
         sink = RedisSink(sink_client, "binance", "shard0/1", lambda attempt: 0.01)
         for m in markets:
             keys = MarketKeys.build("binance", m.base_id, "USDT", m.symbol, settings.redis_key_delimiter)
