@@ -23,7 +23,7 @@ REST = "rest"
 WS = "ws"
 SOURCES = (REST, WS)
 
-MarketKey = tuple[str, str]
+PairKey = tuple[str, str]
 """(base_id, quote_id) of a market of one exchange."""
 
 
@@ -104,7 +104,7 @@ def read_coverage(
     quote_id: str | None = None,
     start_ms: int | None = None,
     end_ms: int | None = None,
-) -> dict[MarketKey, dict[str, list[Range]]]:
+) -> dict[PairKey, dict[str, list[Range]]]:
     """Covered ranges per market and source (overlapping [start_ms, end_ms) when given)."""
     query = (
         "SELECT base_id, quote_id, source, start_time, end_time FROM ohlcvs_coverage "
@@ -114,7 +114,7 @@ def read_coverage(
         " AND (%(end)s::bigint IS NULL OR start_time < timestamptz 'epoch' + %(end)s * interval '1 ms')"
         " ORDER BY base_id, quote_id, source, start_time"
     )
-    found: dict[MarketKey, dict[str, list[Range]]] = defaultdict(lambda: {s: [] for s in SOURCES})
+    found: dict[PairKey, dict[str, list[Range]]] = defaultdict(lambda: {s: [] for s in SOURCES})
     with conn.cursor() as cur:
         cur.execute(
             query,
@@ -131,7 +131,7 @@ def read_outages(
     base_id: str | None = None,
     quote_id: str | None = None,
     since_ms: int = 0,
-) -> dict[MarketKey, list[Range]]:
+) -> dict[PairKey, list[Range]]:
     """Spans the live pipeline recorded as possibly incomplete (`ohlcvs_outages`)."""
     return _ranges_by_market(
         conn,
@@ -148,7 +148,7 @@ def read_failed_requests(
     base_id: str | None = None,
     quote_id: str | None = None,
     since_ms: int = 0,
-) -> dict[MarketKey, list[Range]]:
+) -> dict[PairKey, list[Range]]:
     """Ranges of REST requests that failed for good (`ohlcvs_errors`), per market."""
     return _ranges_by_market(
         conn,
@@ -161,9 +161,9 @@ def read_failed_requests(
     )
 
 
-def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[MarketKey, list[Range]]:
+def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[PairKey, list[Range]]:
     """Rows of (base_id, quote_id, start, end) as millisecond ranges per market."""
-    found: dict[MarketKey, list[Range]] = defaultdict(list)
+    found: dict[PairKey, list[Range]] = defaultdict(list)
     with conn.cursor() as cur:
         cur.execute(query, params)
         for base, quote, start, end in cur.fetchall():
@@ -173,10 +173,10 @@ def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[Mark
 
 def read_history_bounds(
     conn: PgConnection, exchange: str, base_id: str | None = None, quote_id: str | None = None
-) -> dict[MarketKey, Range]:
+) -> dict[PairKey, Range]:
     """Per market of `symbol_exchange` that has rows: (first bar time, last bar time + 1 minute).
     Two index probes per market on the primary key, never a scan of `ohlcvs`."""
-    found: dict[MarketKey, Range] = {}
+    found: dict[PairKey, Range] = {}
     with conn.cursor() as cur:
         cur.execute(
             "SELECT s.base_id, s.quote_id,"

@@ -8,12 +8,12 @@ database and the live bar; a minute the database already has always wins.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from psycopg2.extensions import connection as PgConnection
 
 from common import reads
+from common.candle import MarketKey
 from common.reads import Bar, Interval
 from common.redis_keys import ws_send_key, ws_sub_key
 from web.bars import (
@@ -29,25 +29,12 @@ from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache, body_from_database
 
 
-@dataclass(frozen=True, slots=True)
-class MarketKey:
-    exchange: str
-    base_id: str
-    quote_id: str
-
-    def send_key(self, delimiter: str) -> str:
-        return ws_send_key(self.exchange, self.base_id, self.quote_id, delimiter=delimiter)
-
-    def sub_key(self, delimiter: str) -> str:
-        return ws_sub_key(self.exchange, self.base_id, self.quote_id, delimiter=delimiter)
-
-
 async def live_minutes(client: aioredis.Redis, market: MarketKey, delimiter: str) -> list[Bar]:
     """Minutes waiting in Redis (`ws_sub_` hash) plus the latest bar (`ws_send_` hash), ascending;
     malformed entries are skipped."""
     async with client.pipeline(transaction=False) as pipe:
-        pipe.hvals(market.sub_key(delimiter))
-        pipe.hgetall(market.send_key(delimiter))
+        pipe.hvals(ws_sub_key(*market, delimiter=delimiter))
+        pipe.hgetall(ws_send_key(*market, delimiter=delimiter))
         waiting, latest = await pipe.execute()
     bars = {}
     for raw in waiting:

@@ -27,20 +27,17 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common import reads
+from common.candle import MarketKey
 from common.ohlcvs_versions import EARLIEST_MS, KEEP_ENTRIES, parse_entry
 from common.reads import BUCKET_ORIGIN_MS, Interval
 from common.redis_keys import OHLCVS_VERSION_SUMMARIES, ohlcvs_version_key
 from common.timeutil import datetime_to_ms, ms_to_datetime
 from web.database import AsyncPool
-
-if TYPE_CHECKING:
-    from web.candles import MarketKey
 
 LATEST_MS = 253_402_300_799_999
 BLOCK_BARS = 1000
@@ -309,7 +306,7 @@ class HistoryCache:
 
     async def _sync(self, market: MarketKey) -> MarketState:
         """Read the market's and the summaries' versions and drop what changed since last seen."""
-        market_key = ohlcvs_version_key(market.exchange, market.base_id, market.quote_id, self._delimiter)
+        market_key = ohlcvs_version_key(*market, delimiter=self._delimiter)
         market_head, summaries_head = await self._heads(keys=[market_key, OHLCVS_VERSION_SUMMARIES])
         state = self._markets.get(market)
         if state is None:

@@ -22,9 +22,11 @@ from redis.exceptions import RedisError
 
 from common import reads
 from common.backoff import backoff_seconds
+from common.candle import MarketKey
 from common.reads import Bar, Interval
+from common.redis_keys import ws_send_key
 from web.bars import bar_dict, combine, parse_live_bar
-from web.candles import MarketKey, live_bucket, live_minutes
+from web.candles import live_bucket, live_minutes
 from web.database import ConnectionPool, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class LiveHub:
         self.delivered = 0
 
     def channel(self, market: MarketKey) -> str:
-        return market.send_key(self._delimiter)
+        return ws_send_key(*market, delimiter=self._delimiter)
 
     @property
     def subscriber_count(self) -> int:

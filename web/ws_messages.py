@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 
+from common.candle import MarketKey
 from common.exchanges import EXCHANGES
 from common.reads import INTERVALS
-from web.candles import MarketKey
 from web.live import Subscription
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,40}")

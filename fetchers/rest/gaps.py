@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from common.candle import Market
-from common.coverage import MarketKey
+from common.coverage import PairKey
 from common.intervals import Range, clip, merge, subtract, total
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask
@@ -70,27 +70,27 @@ def before_first_bar_ranges(evidence: MarketEvidence, since_ms: int, until_ms: i
 
 
 def plan_gaps(
-    evidence: Mapping[MarketKey, MarketEvidence], since_ms: int, until_ms: int
-) -> dict[MarketKey, list[Range]]:
+    evidence: Mapping[PairKey, MarketEvidence], since_ms: int, until_ms: int
+) -> dict[PairKey, list[Range]]:
     """Missing ranges per market (markets with none are left out)."""
     gaps = {key: missing_ranges(ev, since_ms, until_ms) for key, ev in evidence.items()}
     return {key: ranges for key, ranges in sorted(gaps.items()) if ranges}
 
 
-def missing_minutes(gaps: Mapping[MarketKey, list[Range]]) -> int:
+def missing_minutes(gaps: Mapping[PairKey, list[Range]]) -> int:
     return sum(total(ranges) for ranges in gaps.values()) // MINUTE_MS
 
 
 def plan_repair_tasks(
     adapter: ExchangeAdapter,
-    markets: Mapping[MarketKey, Market],
-    gaps: Mapping[MarketKey, list[Range]],
+    markets: Mapping[PairKey, Market],
+    gaps: Mapping[PairKey, list[Range]],
     max_requests: int,
 ) -> list[FetchTask]:
     """The requests that fill `gaps`, newest gaps first across markets (a recent hole matters most
     to live users), at most `max_requests` (the next run plans the rest)."""
 
-    def requests(key: MarketKey) -> Iterator[FetchTask]:
+    def requests(key: PairKey) -> Iterator[FetchTask]:
         market = markets[key]
         for start, end in reversed(gaps[key]):
             tasks = list(adapter.plan_fetch_tasks(market, start, end))

@@ -26,7 +26,7 @@ from common.candle import Market
 from common.coverage import (
     REST,
     WS,
-    MarketKey,
+    PairKey,
     read_coverage,
     read_failed_requests,
     read_history_bounds,
@@ -68,7 +68,7 @@ def load_evidence(
     base_id: str | None = None,
     quote_id: str | None = None,
     since_ms: int = 0,
-) -> dict[MarketKey, MarketEvidence]:
+) -> dict[PairKey, MarketEvidence]:
     """What the database knows about the completeness of one market or of every market of `exchange`."""
     bounds = read_history_bounds(conn, exchange, base_id, quote_id)
     coverage = read_coverage(conn, exchange, base_id, quote_id, since_ms)
@@ -121,7 +121,7 @@ class RepairPlan:
     exchange: str
     since_ms: int
     until_ms: int
-    gaps: dict[MarketKey, list[Range]]
+    gaps: dict[PairKey, list[Range]]
     tasks: list[FetchTask]
 
     @property
@@ -134,7 +134,7 @@ def plan_repair(settings: Settings, exchange: str, now_ms: int, since_ms: int = 
     requests (at most `repair_max_requests`) that fill them, newest first."""
     until_ms = floor_minute_ms(now_ms) - settings.repair_settle_minutes * MINUTE_MS
     with connection(settings) as conn:
-        markets: dict[MarketKey, Market] = {(m.base_id, m.quote_id): m for m in load_markets(conn, exchange)}
+        markets: dict[PairKey, Market] = {(m.base_id, m.quote_id): m for m in load_markets(conn, exchange)}
         evidence = load_evidence(conn, exchange, since_ms=since_ms)
     gaps = plan_gaps(evidence, since_ms, until_ms)
     tasks = plan_repair_tasks(get_adapter(exchange), markets, gaps, settings.repair_max_requests)
@@ -155,7 +155,7 @@ async def current_repair(client: aioredis.Redis, settings: Settings, exchange: s
 
 async def repairing_ranges_by_market(
     client: aioredis.Redis, settings: Settings, exchange: str
-) -> dict[MarketKey, list[Range]]:
+) -> dict[PairKey, list[Range]]:
     """What the exchange's unfinished repair job is fetching, per market (empty when none is)."""
     if await current_repair(client, settings, exchange) is None:
         return {}

@@ -36,7 +36,7 @@ import psycopg2.extras
 import redis
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import NUMBER_CHARS
+from common.candle import NUMBER_CHARS, MarketKey
 from common.coverage import CoverageRange, record_coverage
 from common.db import (
     DatabaseError,
@@ -134,13 +134,13 @@ class Batch:
     delete: list[tuple[str, list[bytes]]] = field(default_factory=list)
     """(sub key, [field, stored value, ...]); an empty list for a key whose hash is empty."""
     oldest_ms: int | None = None
-    markets: list[tuple[str, str, str]] = field(default_factory=list)
+    markets: list[MarketKey] = field(default_factory=list)
     """(exchange, base, quote) of the bars in the batch, for refreshing their aggregates."""
 
 
-def split_sub_key(key: str, delimiter: str) -> tuple[str, str, str]:
+def split_sub_key(key: str, delimiter: str) -> MarketKey:
     exchange, base_id, quote_id = key[len("ws_sub_") :].split(delimiter)
-    return exchange, base_id, quote_id
+    return MarketKey(exchange, base_id, quote_id)
 
 
 def written_rows(
@@ -319,7 +319,7 @@ class Updater:
                 if not pairs:
                     continue
                 batch.delete.append((key, pairs))
-                batch.markets.append((exchange, base_id, quote_id))
+                batch.markets.append(MarketKey(exchange, base_id, quote_id))
                 if batch.oldest_ms is None or closed[0] < batch.oldest_ms:
                     batch.oldest_ms = closed[0]
                 if len(batch.lines) >= ROWS_PER_BATCH:

@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from common.candle import Market
+from common.candle import Market, MarketKey
 from common.db import connection, refresh_aggregates, upsert_markets
 from common.reads import INTERVALS
 from common.redis_keys import ws_health_key
@@ -32,7 +32,6 @@ from tests.support.web import (
     running_web,
     seed_known_data,
 )
-from web.candles import MarketKey
 from web.database import AsyncPool
 from web.history_cache import HistoryCache, body_from_database
 

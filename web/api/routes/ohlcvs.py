@@ -11,11 +11,12 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import QueryParams
 
 from common import reads
+from common.candle import MarketKey
 from common.exchanges import ExchangeName
 from common.reads import INTERVALS
 from web.api.deps import AsyncPoolDep, HubDep, PoolDep, SettingsDep
 from web.api.errors import BadRequest
-from web.candles import MarketKey, ohlcvs_body
+from web.candles import ohlcvs_body
 
 router = APIRouter(tags=["ohlcvs"])
 
