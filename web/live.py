@@ -149,9 +149,7 @@ class LiveHub:
         seen = self._known.get(market)
         if seen is not None and time.monotonic() - seen < KNOWN_MARKET_SECONDS:
             return True
-        known = await self._pool.run(
-            lambda conn: reads.market_exists(conn, market.exchange, market.base_id, market.quote_id)
-        )
+        known = await self._pool.run(lambda conn: reads.market_exists(conn, market))
         if known:
             self._known[market] = time.monotonic()
         return known
