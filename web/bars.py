@@ -1,6 +1,6 @@
 """Pure bar arithmetic and encoding shared by the REST and websocket APIs.
 
-Bars are `common.reads.Bar` tuples `(time_ms, open, high, low, close, volume)` with decimals as the
+Bars are `web.reads.Bar` tuples `(time_ms, open, high, low, close, volume)` with decimals as the
 exchange's exact text. Comparing and summing go through `Decimal` (never float); highs, lows,
 opens and closes keep their original text, volumes are summed exactly.
 """
@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 from decimal import Context, Decimal
 
 from common.candle import DECIMAL_TEXT
-from common.reads import Bar, Interval
 from common.redis_records import BAR_JSON, LiveBar, decode_bar, decode_latest_hash
 from common.timeutil import isoformat_z, ms_to_datetime
+from web.reads import Bar, Interval
 
 _EXACT = Context(prec=200)
 

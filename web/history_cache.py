@@ -31,13 +31,13 @@ from datetime import UTC, datetime
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common import reads
 from common.candle import MarketKey
 from common.ohlcvs_versions import EARLIEST_MS, KEEP_ENTRIES, parse_entry
-from common.reads import BUCKET_ORIGIN_MS, BarQuery, Interval
 from common.redis_keys import OHLCVS_VERSION_SUMMARIES, ohlcvs_version_key
 from common.timeutil import datetime_to_ms, ms_to_datetime
+from web import reads
 from web.database import AsyncPool
+from web.reads import BUCKET_ORIGIN_MS, BarQuery, Interval
 
 LATEST_MS = 253_402_300_799_999
 BLOCK_BARS = 1000

@@ -7,8 +7,8 @@ import re
 
 from common.candle import MarketKey
 from common.exchanges import EXCHANGES
-from common.reads import INTERVALS
 from web.live import Subscription
+from web.reads import INTERVALS
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,40}")
 EXAMPLE = (

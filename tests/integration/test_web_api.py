@@ -10,7 +10,6 @@ import pytest
 
 from common.candle import Candle, Market, MarketKey
 from common.db import connection, refresh_aggregates, upsert_candles, upsert_markets
-from common.reads import INTERVALS, BarQuery, bars_body_query, bars_body_values, read_bars
 from common.timeutil import isoformat_z, ms_to_datetime
 from tests.support.services import RedisServer, free_port
 from tests.support.web import (
@@ -32,6 +31,7 @@ from tests.support.web import (
 )
 from web.bars import encode_bars
 from web.database import AsyncPool
+from web.reads import INTERVALS, BarQuery, bars_body_query, bars_body_values, read_bars
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 
 from common.candle import Market, MarketKey
 from common.db import connection, refresh_aggregates, upsert_markets
-from common.reads import INTERVALS, BarQuery
 from common.redis_keys import ws_health_key
 from common.timeutil import ms_to_datetime
 from fetchers.ws.updater import Updater
@@ -34,6 +33,7 @@ from tests.support.web import (
 )
 from web.database import AsyncPool
 from web.history_cache import HistoryCache, body_from_database
+from web.reads import INTERVALS, BarQuery
 
 pytestmark = pytest.mark.integration
 

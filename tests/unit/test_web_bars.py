@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from common.candle import MarketKey
-from common.reads import INTERVALS, BarQuery, Fold, bars_body_query, bars_body_values
 from web.bars import combine, encode_bars, fill_empty, merge_minutes, parse_latest_hash, parse_live_bar
 from web.candles import combine_stored_and_fresh
+from web.reads import INTERVALS, BarQuery, Fold, bars_body_query, bars_body_values
 from web.ws_messages import BadMessage, parse_request
 
 pytestmark = pytest.mark.unit

@@ -9,7 +9,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from common import reads
 from common.candle import MarketKey
 from common.exchanges import EXCHANGES, ExchangeName
 from common.intervals import clip, intersect
@@ -22,6 +21,7 @@ from fetchers.rest.repair import (
     repairing_ranges,
     repairing_ranges_by_market,
 )
+from web import reads
 from web.api.deps import PoolDep, RedisDep, SettingsDep
 from web.api.errors import BadRequest, unknown_market
 from web.api.routes.ohlcvs import MAX_MS, MarketId

@@ -10,13 +10,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import QueryParams
 
-from common import reads
 from common.candle import MarketKey
 from common.exchanges import ExchangeName
-from common.reads import INTERVALS, BarQuery
+from web import reads
 from web.api.deps import AsyncPoolDep, HubDep, PoolDep, SettingsDep
 from web.api.errors import BadRequest, unknown_market
 from web.candles import ohlcvs_body
+from web.reads import INTERVALS, BarQuery
 
 router = APIRouter(tags=["ohlcvs"])
 
