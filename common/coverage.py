@@ -5,6 +5,7 @@ calls it in the transaction that holds the request's candles, the updater in the
 live bars — so coverage is never claimed for rows that are not committed. Writers of the same
 market are serialised by a transaction-scoped advisory lock (taken in a fixed order, so two writers
 never wait on each other in a cycle); ranges of one market and source stay merged.
+`load_evidence` reads everything the completeness rules (`common.completeness`) judge by.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from psycopg2.extensions import connection as PgConnection
 
+from common.completeness import MarketEvidence
 from common.intervals import Range, merge
 from common.timeutil import datetime_to_ms
 
@@ -192,3 +194,28 @@ def read_history_bounds(
             if first is not None:
                 found[(base, quote)] = (datetime_to_ms(first), datetime_to_ms(last) + 60_000)
     return found
+
+
+def load_evidence(
+    conn: PgConnection,
+    exchange: str,
+    base_id: str | None = None,
+    quote_id: str | None = None,
+    since_ms: int = 0,
+) -> dict[PairKey, MarketEvidence]:
+    """What the database knows about the completeness of one market or of every market of `exchange`."""
+    bounds = read_history_bounds(conn, exchange, base_id, quote_id)
+    coverage = read_coverage(conn, exchange, base_id, quote_id, since_ms)
+    outages = read_outages(conn, exchange, base_id, quote_id, since_ms)
+    failed = read_failed_requests(conn, exchange, base_id, quote_id, since_ms)
+    keys = set(bounds) | set(coverage) | set(outages) | set(failed)
+    return {
+        key: MarketEvidence(
+            bounds=bounds.get(key),
+            rest=coverage.get(key, {}).get(REST, []),
+            ws=coverage.get(key, {}).get(WS, []),
+            outages=outages.get(key, []),
+            failed=failed.get(key, []),
+        )
+        for key in keys
+    }

@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.completeness import MarketEvidence, before_first_bar_ranges, missing_ranges
 from common.coverage import PairKey
 from common.intervals import Range, intersect, total
 from common.timeutil import MINUTE_MS
-from fetchers.rest.gaps import MarketEvidence, before_first_bar_ranges, missing_ranges
 
 
 @dataclass(frozen=True, slots=True)

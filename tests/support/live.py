@@ -283,8 +283,8 @@ def coverage_mismatches(
     """Every difference between `ohlcvs` and the truth inside the minutes `ohlcvs_coverage` vouches
     for (websocket coverage less outages and failed requests, plus REST coverage), and how many
     market-minutes that is."""
+    from common.completeness import MarketEvidence, covered_ranges
     from common.coverage import REST, WS, read_coverage, read_failed_requests, read_outages
-    from fetchers.rest.gaps import MarketEvidence, covered_ranges
 
     with connection(settings) as conn:
         coverage = read_coverage(conn, exchange)

@@ -10,14 +10,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from common.candle import MarketKey
+from common.completeness import covered_ranges, missing_ranges
+from common.coverage import load_evidence
 from common.exchanges import EXCHANGES, ExchangeName
 from common.intervals import clip, intersect
 from common.timeutil import MINUTE_MS, floor_minute_ms
-from fetchers.rest.gaps import covered_ranges, missing_ranges
 from fetchers.rest.repair import (
     current_repair,
     known_exchange_now_ms,
-    load_evidence,
     repairing_ranges,
     repairing_ranges_by_market,
 )
