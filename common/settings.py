@@ -139,20 +139,6 @@ class Settings(BaseSettings):
         return simulator_urls(self.simulator_host, SIMULATOR_PORTS)
 
     @property
-    def database_url(self) -> str:
-        """SQLAlchemy URL; the password is URL-quoted so any characters work."""
-        from sqlalchemy.engine import URL
-
-        return URL.create(
-            "postgresql+psycopg2",
-            username=self.postgres_user,
-            password=self.postgres_password.get_secret_value() or None,
-            host=self.postgres_host,
-            port=self.postgres_port,
-            database=self.postgres_db,
-        ).render_as_string(hide_password=False)
-
-    @property
     def redis_url(self) -> str:
         from urllib.parse import quote
 
