@@ -1,7 +1,7 @@
 """What every exchange adapter provides, and the small records that cross its boundary.
 
 An adapter is pure: it builds requests, parses bodies and classifies errors, but never does I/O, so
-the engines (`fetchers/rest`, later `fetchers/ws`) are exchange-agnostic and the protocol code is
+the engines (`fetchers/rest`, `fetchers/ws`) are exchange-agnostic and the protocol code is
 tested with real payloads alone. Every adapter has these methods, in this order (the base class
 holds the defaults most exchanges share; an adapter overrides one only where its exchange differs):
 

@@ -104,9 +104,10 @@ return 1
 
 
 def closed_times(bars: Mapping[int, str | bytes], exchange_clock_ms: int) -> list[int]:
-    """Open times of the closed bars of one market (DESIGN.md): every bar older than the newest one
-    (a newer bar arrived), and the newest when the exchange said so or when the exchange's own clock
-    is two intervals past it. Never the local clock. Bars are the stored JSON, as text or bytes."""
+    """Open times of the closed bars of one market (docs/architecture.md, "Closure and the updater"):
+    every bar older than the newest one (a newer bar arrived), and the newest when the exchange said
+    so or when the exchange's own clock is two intervals past it. Never the local clock. Bars are the
+    stored JSON, as text or bytes."""
     if not bars:
         return []
     newest = max(bars)
