@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.intervals import Range, clip, merge, subtract
+from common.ranges import Range, clip, merge, subtract
 from common.timeutil import floor_minute_ms
 
 

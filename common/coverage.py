@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from psycopg2.extensions import connection as PgConnection
 
 from common.completeness import MarketEvidence
-from common.intervals import Range, merge
+from common.ranges import Range, merge
 from common.timeutil import datetime_to_ms
 
 REST = "rest"

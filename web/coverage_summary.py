@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from common.completeness import MarketEvidence, before_first_bar_ranges, missing_ranges
 from common.coverage import PairKey
-from common.intervals import Range, intersect, total
+from common.ranges import Range, intersect, total
 from common.timeutil import MINUTE_MS
 
 

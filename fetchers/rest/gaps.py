@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from common.candle import Market
 from common.completeness import MarketEvidence, missing_ranges
 from common.coverage import PairKey
-from common.intervals import Range, total
+from common.ranges import Range, total
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask
 

@@ -26,7 +26,7 @@ from redis.exceptions import LockError
 from common.candle import Market
 from common.coverage import PairKey, load_evidence
 from common.db import connection, load_markets
-from common.intervals import Range, merge
+from common.ranges import Range, merge
 from common.redis_clients import async_client
 from common.redis_keys import backfill_key, ws_health_key
 from common.settings import Settings

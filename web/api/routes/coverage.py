@@ -13,7 +13,7 @@ from common.candle import MarketKey
 from common.completeness import covered_ranges, missing_ranges
 from common.coverage import load_evidence
 from common.exchanges import EXCHANGES, ExchangeName
-from common.intervals import clip, intersect
+from common.ranges import clip, intersect
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.rest.repair import (
     current_repair,
