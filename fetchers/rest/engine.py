@@ -29,8 +29,8 @@ from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError
 from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
-from fetchers.rest.outages import with_database_retry
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
+from fetchers.rest.service_retry import with_database_retry
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)

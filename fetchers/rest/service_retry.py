@@ -1,4 +1,5 @@
-"""Riding out short outages of Redis and PostgreSQL (a restart, a failover) during a backfill.
+"""Riding out short outages of the services a backfill uses, Redis and PostgreSQL (a restart, a
+failover); not the data outages of the live feed (`ohlcvs_outages`).
 
 Both are retried with the same capped exponential backoff for at most `rest_outage_seconds` (Redis
 by its client: `common.redis_clients.async_client(ride_out_outages=True)`, PostgreSQL here); past
