@@ -21,6 +21,11 @@ DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-
 no spaces. PostgreSQL's numeric input reads every such text exactly."""
 
 
+Bar = tuple[int, str, str, str, str, str]
+"""One market's bar without the market: (open time in ms, open, high, low, close, volume), the
+values as exact decimal text. What the web serves and what crosses Redis (`common.redis_records`)."""
+
+
 class MarketKey(NamedTuple):
     """A market as `ohlcvs` rows and Redis keys name it: the key of everything stored per market."""
 

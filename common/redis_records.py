@@ -1,12 +1,13 @@
 """What crosses Redis between the platform's processes, typed, with one encoder and one decoder each.
 
-- The live bar (`LiveBar`): a fetcher writes it as the `ws_send_*` hash (fields time, open, high,
-  low, close, volume: public) and PUBLISHes it as compact JSON on the channel of that name (public);
-  the same JSON, with `"closed":true` when the exchange said the bar is final, waits in the
-  `ws_sub_*` hash for the updater. The web reads all three. Prices and volumes are the exchange's
-  decimal text, checked before they are stored, so the JSON is written without an encoder. The
-  fetcher's sink builds this JSON in its Lua script (fewer arguments to send); the tests hold the
-  script to `encode_bar`.
+- The live bar (`common.candle.Bar`: open time in ms, then open, high, low, close, volume): a
+  fetcher writes it as the `ws_send_*` hash (fields time, open, high, low, close, volume: public)
+  and PUBLISHes it as compact JSON on the channel of that name (public); the same JSON, with
+  `"closed":true` when the exchange said the bar is final, waits in the `ws_sub_*` hash for the
+  updater. The web reads all three. Prices and volumes are the exchange's decimal text, checked
+  before they are stored, so the JSON is written without an encoder. The fetcher's sink builds this
+  JSON in its Lua script (fewer arguments to send); the tests hold the script to `encode_bar` and
+  `encode_waiting_bar`.
 - The outage and coverage records the fetchers queue on `ws_outages` for the updater
   (`OutageRecord`, and `common.coverage.CoverageRange` of source `ws`), and the record of a stored
   bar the updater could not read, moved aside to `ws_sub_rejected` (`RejectedBar`, for operators).
@@ -18,10 +19,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from common.candle import Bar
 from common.coverage import WS, CoverageRange
 
 BAR_FIELDS = ("open", "high", "low", "close", "volume")
-BAR_JSON = '{"time":%s,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
+BAR_JSON = '{"time":%d,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
 """The public bar JSON: `BAR_JSON % (time_ms, open, high, low, close, volume)`."""
 CLOSED_MARK = '"closed":true'
 WAITING_CLOSED_JSON = BAR_JSON[:-1] + "," + CLOSED_MARK + "}"
@@ -32,58 +34,37 @@ _CLOSED_BYTES = WAITING_CLOSED_JSON.encode()
 _CLOSED_MARK_BYTES = CLOSED_MARK.encode()
 
 
-@dataclass(frozen=True, slots=True)
-class LiveBar:
-    """A 1-minute bar as it crosses Redis: its open time (epoch ms), prices and volume as the
-    exchange's decimal text, and whether the exchange said it is final."""
-
-    time: int
-    open: str
-    high: str
-    low: str
-    close: str
-    volume: str
-    closed: bool = False
-
-    @property
-    def values(self) -> tuple[str, str, str, str, str]:
-        return (self.open, self.high, self.low, self.close, self.volume)
-
-
-def encode_bar(bar: LiveBar) -> str:
+def encode_bar(bar: Bar) -> str:
     """The public JSON (the `ws_send_*` channel's message)."""
-    return BAR_JSON % (bar.time, *bar.values)
+    return BAR_JSON % bar
 
 
-def encode_waiting_bar(bar: LiveBar) -> str:
+def encode_waiting_bar(bar: Bar, closed: bool) -> str:
     """What waits in `ws_sub_*`: the public JSON, plus `"closed":true` when the exchange said so."""
-    return (WAITING_CLOSED_JSON if bar.closed else BAR_JSON) % (bar.time, *bar.values)
+    return (WAITING_CLOSED_JSON if closed else BAR_JSON) % bar
 
 
-def decode_bar(raw: bytes | str) -> LiveBar:
+def decode_bar(raw: bytes | str) -> Bar:
     """A bar from its JSON (published or waiting; any key order or spacing): an integer time and
-    five strings, else ValueError. Whether the strings are decimal numbers is the reader's check."""
+    five strings, else ValueError. Whether the strings are decimal numbers is the reader's check
+    (`said_closed` reads the closed mark)."""
     try:
         data = json.loads(raw)
-        time_ms = data["time"]
-        values = tuple(data[name] for name in BAR_FIELDS)
-        closed = data.get("closed", False) is True
-    except (ValueError, TypeError, KeyError, AttributeError):
+        bar = (data["time"], *(data[name] for name in BAR_FIELDS))
+    except (ValueError, TypeError, KeyError):
         raise ValueError(f"not a bar: {raw[:200]!r}") from None
-    if type(time_ms) is not int or not all(type(v) is str for v in values):
+    if type(bar[0]) is not int or not all(type(v) is str for v in bar[1:]):
         raise ValueError(f"not a bar of an integer time and five strings: {raw[:200]!r}")
-    return LiveBar(time_ms, *values, closed=closed)
+    return bar
 
 
-def decode_latest_hash(fields: Mapping[bytes, bytes]) -> LiveBar:
+def decode_latest_hash(fields: Mapping[bytes, bytes]) -> Bar:
     """The bar of a `ws_send_*` hash (field -> text as Redis returns it); ValueError if it is absent
     or malformed."""
     try:
-        time_ms = int(fields[b"time"])
-        values = tuple(fields[name.encode()].decode() for name in BAR_FIELDS)
+        return (int(fields[b"time"]), *(fields[name.encode()].decode() for name in BAR_FIELDS))
     except (KeyError, ValueError, UnicodeDecodeError):
         raise ValueError(f"not a latest-bar hash: {dict(fields)!r:.200}") from None
-    return LiveBar(time_ms, *values)
 
 
 def said_closed(raw: bytes | str) -> bool:
@@ -99,12 +80,12 @@ def waiting_bar_values(time_ms: int, raw: bytes) -> bytes:
     if len(parts) in (23, 25):
         shape = _BAR_BYTES if len(parts) == 23 else _CLOSED_BYTES
         values = (parts[5], parts[9], parts[13], parts[17], parts[21])
-        if raw == shape % (b"%d" % time_ms, *values):
+        if raw == shape % (time_ms, *values):
             return b"\t".join(values)
     bar = decode_bar(raw)
-    if bar.time != time_ms:
+    if bar[0] != time_ms:
         raise ValueError(f"not a bar of minute {time_ms}: {raw[:200]!r}")
-    return "\t".join(bar.values).encode()
+    return "\t".join(bar[1:]).encode()
 
 
 @dataclass(frozen=True, slots=True)

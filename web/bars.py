@@ -1,6 +1,6 @@
 """Pure bar arithmetic and encoding shared by the REST and websocket APIs.
 
-Bars are `web.reads.Bar` tuples `(time_ms, open, high, low, close, volume)` with decimals as the
+Bars are `common.candle.Bar` tuples `(time_ms, open, high, low, close, volume)` with decimals as the
 exchange's exact text. Comparing and summing go through `Decimal` (never float); highs, lows,
 opens and closes keep their original text, volumes are summed exactly.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from decimal import Context, Decimal
 
-from common.candle import DECIMAL_TEXT
-from common.redis_records import BAR_JSON, LiveBar, decode_bar, decode_latest_hash
+from common.candle import DECIMAL_TEXT, Bar
+from common.redis_records import BAR_JSON, decode_bar, decode_latest_hash
 from common.timeutil import isoformat_z, ms_to_datetime
-from web.reads import Bar, Interval
+from web.reads import Interval
 
 _EXACT = Context(prec=200)
 
@@ -48,9 +48,9 @@ def combine(bars: Sequence[Bar], time_ms: int) -> Bar:
     )
 
 
-def _plain_bar(bar: LiveBar) -> Bar | None:
-    plain = _plain_decimals(bar.values)
-    return None if plain is None else (bar.time, *plain)
+def _plain_bar(bar: Bar) -> Bar | None:
+    plain = _plain_decimals(bar[1:])
+    return None if plain is None else (bar[0], *plain)
 
 
 def parse_live_bar(raw: bytes | str) -> Bar | None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import MarketKey
+from common.candle import Bar, MarketKey
 from common.redis_keys import ws_send_key, ws_sub_key
 from web import reads
 from web.bars import (
@@ -26,7 +26,7 @@ from web.bars import (
 )
 from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache, body_from_database
-from web.reads import Bar, BarQuery
+from web.reads import BarQuery
 
 
 async def live_minutes(client: aioredis.Redis, market: MarketKey, delimiter: str) -> list[Bar]:

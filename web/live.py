@@ -21,13 +21,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common.backoff import backoff_seconds
-from common.candle import MarketKey
+from common.candle import Bar, MarketKey
 from common.redis_keys import ws_send_key
 from web import reads
 from web.bars import bar_dict, combine, parse_live_bar
 from web.candles import live_bucket, live_minutes
 from web.database import ConnectionPool, DatabaseUnavailable
-from web.reads import Bar, Interval
+from web.reads import Interval
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,9 @@ from functools import cache
 from psycopg2 import sql
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import MarketKey
+from common.candle import Bar, MarketKey
 from common.db import BUCKET_ORIGIN
 from common.timeutil import datetime_to_ms, ms_to_datetime
-
-Bar = tuple[int, str, str, str, str, str]
-"""(open time in ms, open, high, low, close, volume) - decimals as exact text."""
 
 BUCKET_ORIGIN_MS = datetime_to_ms(BUCKET_ORIGIN)
 

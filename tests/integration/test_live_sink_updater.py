@@ -13,12 +13,12 @@ import json
 import psycopg2
 import pytest
 
-from common.candle import Market
+from common.candle import Bar, Market
 from common.coverage import WS, CoverageRange, read_coverage
 from common.db import connection, upsert_markets
 from common.redis_clients import async_client
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_health_key, ws_send_key, ws_sub_key
-from common.redis_records import LiveBar, OutageRecord, decode_bar, encode_bar, encode_waiting_bar
+from common.redis_records import OutageRecord, decode_bar, encode_bar, encode_waiting_bar
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
@@ -37,10 +37,8 @@ def bar(minute: int, close: str, closed: bool = False) -> WsCandle:
     )
 
 
-def live(candle: WsCandle) -> LiveBar:
-    return LiveBar(
-        candle.time, candle.open, candle.high, candle.low, candle.close, candle.volume, candle.closed
-    )
+def live(candle: WsCandle) -> Bar:
+    return (candle.time, candle.open, candle.high, candle.low, candle.close, candle.volume)
 
 
 def bar_json(candle: WsCandle) -> str:
@@ -95,8 +93,10 @@ def test_a_burst_sets_the_latest_bar_publishes_it_and_queues_it(settings, redis_
     assert published[0]["data"].decode() == encode_bar(live(bar(1, "37060.5")))
     assert decode_bar(published[0]["data"]) == live(bar(1, "37060.5"))
     sub = ws_sub_key("binance", "BTC", "USDT")
-    assert client.hget(sub, str(T0)).decode() == encode_waiting_bar(live(bar(0, "37055.0", closed=True)))
-    assert client.hget(sub, str(T0 + MINUTE_MS)).decode() == encode_waiting_bar(live(bar(1, "37060.5")))
+    assert client.hget(sub, str(T0)).decode() == encode_waiting_bar(live(bar(0, "37055.0")), closed=True)
+    assert client.hget(sub, str(T0 + MINUTE_MS)).decode() == encode_waiting_bar(
+        live(bar(1, "37060.5")), closed=False
+    )
     queued = {int(k): json.loads(v) for k, v in client.hgetall(ws_sub_key("binance", "BTC", "USDT")).items()}
     assert queued[T0 + MINUTE_MS] == latest and queued[T0]["closed"] is True
     assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}

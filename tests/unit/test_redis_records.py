@@ -8,7 +8,6 @@ import pytest
 
 from common.coverage import REST, WS, CoverageRange
 from common.redis_records import (
-    LiveBar,
     OutageRecord,
     RejectedBar,
     decode_bar,
@@ -17,6 +16,7 @@ from common.redis_records import (
     encode_bar,
     encode_record,
     encode_waiting_bar,
+    said_closed,
 )
 
 pytestmark = pytest.mark.unit
@@ -25,17 +25,17 @@ T0 = 1_700_000_040_000
 
 
 def test_bars_are_compact_json_of_decimal_strings():
-    bar = LiveBar(T0, "37050.01000000", "37065.0", "1e-8", "37060.5", "0")
+    bar = (T0, "37050.01000000", "37065.0", "1e-8", "37060.5", "0")
     assert encode_bar(bar) == (
         '{"time":1700000040000,"open":"37050.01000000","high":"37065.0","low":"1e-8",'
         '"close":"37060.5","volume":"0"}'
     )
-    assert encode_waiting_bar(bar) == encode_bar(bar)
-    closed = LiveBar(T0, *bar.values, closed=True)
-    assert encode_waiting_bar(closed) == encode_bar(bar)[:-1] + ',"closed":true}'
-    assert encode_bar(closed) == encode_bar(bar), "the public bar carries no closed mark"
-    assert decode_bar(encode_waiting_bar(closed)) == closed
-    reordered = {"volume": "0", "close": "37060.5", "low": "1e-8", "high": "37065.0", "open": bar.open}
+    assert encode_waiting_bar(bar, closed=False) == encode_bar(bar)
+    closed = encode_waiting_bar(bar, closed=True)
+    assert closed == encode_bar(bar)[:-1] + ',"closed":true}'
+    assert said_closed(closed) and said_closed(closed.encode()) and not said_closed(encode_bar(bar))
+    assert decode_bar(closed) == decode_bar(encode_bar(bar).encode()) == bar
+    reordered = {"volume": "0", "close": "37060.5", "low": "1e-8", "high": "37065.0", "open": bar[1]}
     assert decode_bar(json.dumps({**reordered, "time": T0})) == bar  # any key order or spacing
 
 
@@ -57,7 +57,7 @@ def test_a_bar_is_an_integer_time_and_five_strings(raw):
 
 def test_the_latest_bar_hash():
     fields = {b"time": b"1700000040000", b"open": b"1", b"high": b"2", b"low": b"0.5", b"close": b"1.5"}
-    assert decode_latest_hash({**fields, b"volume": b"3"}) == LiveBar(T0, "1", "2", "0.5", "1.5", "3")
+    assert decode_latest_hash({**fields, b"volume": b"3"}) == (T0, "1", "2", "0.5", "1.5", "3")
     with pytest.raises(ValueError):
         decode_latest_hash(fields)
 
