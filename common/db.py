@@ -264,18 +264,48 @@ JOIN symbol_exchange s USING (exchange, base_id, quote_id)
 ON CONFLICT (exchange, base_id, quote_id, time) DO NOTHING
 """
 
+LATE_CHANGE_REASON = "live bar changed after its minute was stored"
+
+# Minutes already stored that a live bar now gives other values (a late update of a closed bar,
+# e.g. Bitfinex re-sending the previous candle): a live bar never overwrites a row, so the stored
+# row may be stale. Unless a successful REST request covers it (the exchange's final word), the
+# minute becomes an outage: never counted complete, and the repair fetches it over REST.
+_RECORD_LATE_CHANGES = """
+INSERT INTO ohlcvs_outages (exchange, base_id, quote_id, start_time, end_time, reason)
+SELECT DISTINCT o.exchange, o.base_id, o.quote_id, o.time, o.time + interval '1 minute', %(reason)s
+FROM ohlcvs_incoming i
+JOIN ohlcvs o ON o.exchange = i.exchange AND o.base_id = i.base_id AND o.quote_id = i.quote_id
+             AND o.time = timestamptz 'epoch' + i.time_ms * interval '1 millisecond'
+WHERE (o.open::text, o.high::text, o.low::text, o.close::text, o.volume::text) IS DISTINCT FROM
+      (i.open::text, i.high::text, i.low::text, i.close::text, i.volume::text)
+  AND NOT EXISTS (
+      SELECT 1 FROM ohlcvs_coverage c
+      WHERE c.exchange = o.exchange AND c.base_id = o.base_id AND c.quote_id = o.quote_id
+        AND c.source = 'rest' AND c.start_time <= o.time AND o.time < c.end_time)
+ON CONFLICT DO NOTHING
+"""
+
+
+def _insert_live_staged(cur, staged: int) -> int:
+    """Write the `staged` live bars in `ohlcvs_incoming`: new minutes inserted, stored ones left as
+    they are, and a stored minute the bar now gives other values recorded as an outage (above).
+    Returns rows inserted."""
+    cur.execute(_INSERT_MISSING_FROM_INCOMING)
+    written = cur.rowcount
+    if written < staged:  # minutes already stored (or of markets not in symbol_exchange)
+        cur.execute(_RECORD_LATE_CHANGES, {"reason": LATE_CHANGE_REASON})
+    cur.execute("TRUNCATE ohlcvs_incoming")
+    return written
+
 
 def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
     """Live bars: fill minutes that have no row yet, never change an existing row (REST data is the
-    exchange's final word). Same candle form and checks as `upsert_candles`; bars of markets missing
-    from `symbol_exchange` are skipped. Returns rows inserted. Runs in the caller's transaction."""
+    exchange's final word); a stored minute the bar gives other values becomes an outage for the
+    repair. Same candle form and checks as `upsert_candles`; bars of markets missing from
+    `symbol_exchange` are skipped. Returns rows inserted. Runs in the caller's transaction."""
     with conn.cursor() as cur:
-        if not _stage_candles(cur, candles):
-            return 0
-        cur.execute(_INSERT_MISSING_FROM_INCOMING)
-        written = cur.rowcount
-        cur.execute("TRUNCATE ohlcvs_incoming")
-    return written
+        staged = _stage_candles(cur, candles)
+        return _insert_live_staged(cur, staged) if staged else 0
 
 
 def insert_missing_copy_text(conn: PgConnection, rows: io.BufferedIOBase | io.TextIOBase) -> int:
@@ -290,10 +320,7 @@ def insert_missing_copy_text(conn: PgConnection, rows: io.BufferedIOBase | io.Te
             "FROM STDIN",
             rows,
         )
-        cur.execute(_INSERT_MISSING_FROM_INCOMING)
-        written = cur.rowcount
-        cur.execute("TRUNCATE ohlcvs_incoming")
-    return written
+        return _insert_live_staged(cur, cur.rowcount)
 
 
 def copy_text(value: str) -> str:

@@ -52,6 +52,16 @@ class HiredisPackConnection(aioredis.Connection):
             raise redis.exceptions.DataError(str(error)) from None
 
 
+def retries_within(seconds: float, backoff: ExponentialBackoff) -> int:
+    """How many retries it takes for `backoff`'s waits to add up to `seconds` (the first waits are
+    shorter than the cap, so `seconds / cap` retries would give up early)."""
+    retries, waited = 0, 0.0
+    while waited < seconds:
+        retries += 1
+        waited += backoff.compute(retries)
+    return retries
+
+
 def sync_client(settings: Settings, reply_timeout: float | None = REPLY_TIMEOUT_SECONDS) -> redis.Redis:
     """A blocking client (the updater, the writers' version bumps, local server control)."""
     return redis.Redis.from_url(
@@ -72,10 +82,9 @@ def async_client(
         driver_info=_driver_info(),
     )
     if ride_out_outages:
-        retries = int(settings.rest_outage_seconds / OUTAGE_BACKOFF_CAP_SECONDS) + 1
         backoff = ExponentialBackoff(cap=OUTAGE_BACKOFF_CAP_SECONDS, base=OUTAGE_BACKOFF_BASE_SECONDS)
         options.update(
-            retry=Retry(backoff, retries),
+            retry=Retry(backoff, retries_within(settings.rest_outage_seconds, backoff)),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         )
     if pack_with_hiredis:

@@ -56,15 +56,19 @@ async def ohlcvs_body(
     as_ms: bool,
     cache: HistoryCache | None = None,
 ) -> tuple[int, bytes]:
-    """(number of bars, JSON body) of GET /api/ohlcvs: the bars `query` asks for, ascending. When no
-    live minute falls in the window and no gap is to be filled - every page of history - PostgreSQL
-    writes the body itself in one prepared query, or the `cache` of rendered closed history serves
-    what it holds; otherwise the bars are read, merged and filled here (`read_ohlcvs`) and encoded."""
-    start_ms, end_ms = query.start_ms, query.end_ms
+    """(number of bars, JSON body) of GET /api/ohlcvs: the bars `query` asks for (the newest `limit`
+    whose open time is in [start, end]), ascending. When no live minute falls in one of those bars
+    and no gap is to be filled - every page of history - PostgreSQL writes the body itself in one
+    prepared query, or the `cache` of rendered closed history serves what it holds; otherwise the
+    bars are read, merged and filled here (`read_ohlcvs`) and encoded."""
+    start_ms, end_ms, interval = query.start_ms, query.end_ms, query.interval
+    # A live minute counts by the open time of the bar holding it, as stored minutes do: the bar
+    # opening at `end` holds minutes after `end`.
     live = [
         b
         for b in await recent_minutes(query.market)
-        if (start_ms is None or b[0] >= start_ms) and (end_ms is None or b[0] <= end_ms)
+        if (start_ms is None or interval.bucket_start(b[0]) >= start_ms)
+        and (end_ms is None or interval.bucket_start(b[0]) <= end_ms)
     ]
     if not live and not empty_ts:
         if cache is not None:

@@ -227,8 +227,11 @@ class BitfinexAdapter(ExchangeAdapter):
         symbol = session.channels.get(data[0])
         if payload == "hb":
             return [WsHeartbeat(symbol, sequence, server_ms)]
-        if symbol is None:
-            return [WsError(None, f"data for unknown channel {data[0]}")]
+        if symbol is None:  # its number still counts: the socket's sequence must not seem to jump
+            return [
+                WsError(None, f"data for unknown channel {data[0]}"),
+                WsHeartbeat(None, sequence, server_ms),
+            ]
         if not isinstance(payload, list):
             raise ValueError(f"unexpected channel payload: {text[:200]}")
         snapshot = bool(payload) and isinstance(payload[0], list)

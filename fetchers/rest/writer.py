@@ -40,7 +40,8 @@ CoverageOf = Callable[[object], CoverageRange | None]
 class CandleWriter:
     """`add(owner, block)` buffers; after each commit `on_committed([(owner, count), ...])` is
     awaited with every owner the transaction covered. With `coverage_of`, the range each owner
-    covers goes into `ohlcvs_coverage` in the transaction that holds its candles."""
+    covers goes into `ohlcvs_coverage` in the transaction that holds its candles. A write that
+    failed for good in the background (the batch's timer) is raised by the next `add` or `flush`."""
 
     def __init__(
         self,
@@ -61,6 +62,7 @@ class CandleWriter:
         self._conn = None
         self._timer: asyncio.Task | None = None
         self._writes: set[asyncio.Future] = set()
+        self._failure: Exception | None = None
 
     def _connection(self):
         if self._conn is None or self._conn.closed:
@@ -91,6 +93,7 @@ class CandleWriter:
     async def add(self, owner: object, block: CandleBlock) -> None:
         """Buffer one request's candles; flushes when the batch is full. Applies backpressure:
         while a flush is running, a full batch waits for it instead of growing without bound."""
+        self._raise_failure()
         batch = self._batch
         batch.blocks.append(block)
         batch.owners.append((owner, len(block)))
@@ -102,18 +105,33 @@ class CandleWriter:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.batch_seconds)
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as error:  # noqa: BLE001 - nobody awaits this task: the next add or flush raises it
+            self._failure = self._failure or error
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     async def flush(self) -> None:
+        self._raise_failure()
         async with self._flush_lock:
             batch, self._batch = self._batch, _Batch()
             if not batch.owners:
                 return
             write = asyncio.ensure_future(self._write_batch(batch))
             self._writes.add(write)
-            write.add_done_callback(self._writes.discard)
+            write.add_done_callback(self._write_done)
             # Shielded: a cancelled caller must not abandon a write its thread is still doing.
             await asyncio.shield(write)
+
+    def _write_done(self, write: asyncio.Future) -> None:
+        """A write that failed for good fails the writer: the next `add` or `flush` raises its error
+        (a cancelled flush leaves its shielded write running, with nobody to hear how it ended)."""
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            self._failure = self._failure or write.exception()
 
     async def _write_batch(self, batch: _Batch) -> None:
         covered = []
@@ -138,8 +156,10 @@ class CandleWriter:
     async def close(self) -> None:
         if self._timer is not None and not self._timer.done():
             self._timer.cancel()
-        await self.flush()
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-        if self._conn is not None:
-            self._conn.close()
+        try:
+            await self.flush()
+        finally:
+            if self._writes:
+                await asyncio.gather(*self._writes, return_exceptions=True)
+            if self._conn is not None:
+                self._conn.close()

@@ -7,7 +7,8 @@ Every `updater_flush_seconds`:
 2. read the `ws_sub_…` hashes named in `ws_sub_list`, many per round trip, and pick the closed
    bars (`closed_times`), straight into COPY text (no object per bar);
 3. insert them, a batch of about `ROWS_PER_BATCH` per transaction, with "fill missing only" (a live
-   bar never overwrites a row); commit;
+   bar never overwrites a row; one that changed after its minute was stored makes that minute an
+   outage, so the repair fetches the exchange's final word); commit;
 4. only then delete exactly what that batch stored, and only if it did not change meanwhile (one
    Lua compare-and-delete per batch), so `kill -9` at any instant loses nothing and doubles nothing;
    once every batch is committed, store the records of step 1 (coverage never runs ahead of its bars);

@@ -206,7 +206,14 @@ async def run_local(settings: Settings, job_id: str) -> JobInfo:
 
     engine = BackfillEngine(settings, job_id)
     task = asyncio.create_task(engine.run())
-    await watch(settings, job_id, task)
+    try:
+        await watch(settings, job_id, task)
+    except BaseException:
+        # Redis gone past REST_OUTAGE_SECONDS stops the progress line first: stop the engine too
+        # and take its error (the same outage), or it would end as a traceback at exit.
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
     return await task
 
 

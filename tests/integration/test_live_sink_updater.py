@@ -14,12 +14,12 @@ import psycopg2
 import pytest
 
 from common.candle import Bar, Market
-from common.coverage import WS, CoverageRange, read_coverage
-from common.db import connection, upsert_markets
+from common.coverage import REST, WS, CoverageRange, read_coverage, record_coverage
+from common.db import LATE_CHANGE_REASON, connection, upsert_markets
 from common.redis_clients import async_client
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_health_key, ws_send_key, ws_sub_key
 from common.redis_records import OutageRecord, decode_bar, encode_bar, encode_waiting_bar
-from common.timeutil import MINUTE_MS
+from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
 from fetchers.ws.sink import MarketKeys, RedisSink
@@ -114,6 +114,9 @@ def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_ser
             "(to_timestamp(%s / 1000.0), 'binance', 'BTC', 'USDT', 1, 2, 0.5, 1.5, 9)",
             (T0 + MINUTE_MS,),
         )
+        record_coverage(
+            conn, [CoverageRange("binance", "BTC", "USDT", T0 + MINUTE_MS, T0 + 2 * MINUTE_MS, REST)]
+        )
     store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")])
     updater = Updater(settings, client)
     result = updater.flush()
@@ -132,6 +135,48 @@ def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_ser
 
     store(settings, [bar(6, "37056")])  # a hash emptied by the updater comes back into the list
     assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}
+
+
+def test_a_bar_updated_between_the_read_and_the_delete_stays_and_its_minute_becomes_an_outage(
+    settings, redis_server, market
+):
+    """The updater deletes a bar from Redis only if it still holds what was read and stored
+    (compare-and-delete): an update the fetcher writes in between stays for the next flush. A live bar
+    never overwrites a row, so that flush leaves the stored minute as it is and records it as an
+    outage: the minute is never counted complete, and the repair fetches it over REST."""
+    client = redis_server.client()
+    store(settings, [bar(0, "37051"), bar(1, "37052")])  # minute 1 arrived: minute 0 is closed
+    updater = Updater(settings, client)
+    delete_stored = updater._delete_stored
+
+    def update_then_delete(stored):
+        store(settings, [bar(0, "37058.5")])  # a late trade of minute 0, after the updater's read
+        delete_stored(stored)
+
+    updater._delete_stored = update_then_delete
+    assert updater.flush().rows == 1
+    del updater._delete_stored
+    sub = ws_sub_key("binance", "BTC", "USDT")
+    waiting = client.hget(sub, str(T0))
+    assert waiting is not None and json.loads(waiting)["close"] == "37058.5", "the update stays in Redis"
+
+    store(settings, [bar(2, "37053")])
+    updater.flush()
+    assert rows(settings)[T0][3] == "37051", "a live bar never overwrites a row"
+    assert set(client.hkeys(sub)) == {str(T0 + 2 * MINUTE_MS).encode()}
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT start_time, end_time, reason FROM ohlcvs_outages")
+        assert cur.fetchall() == [(ms_to_datetime(T0), ms_to_datetime(T0 + MINUTE_MS), LATE_CHANGE_REASON)]
+
+    # a minute a REST request covers is the exchange's final word: a late live bar changes nothing
+    with connection(settings) as conn:
+        covered = CoverageRange("binance", "BTC", "USDT", T0 + MINUTE_MS, T0 + 2 * MINUTE_MS, REST)
+        record_coverage(conn, [covered])
+    store(settings, [bar(1, "99999"), bar(3, "37054")])
+    updater.flush()
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM ohlcvs_outages")
+        assert cur.fetchone()[0] == 1
 
 
 def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(settings, redis_server, monkeypatch):

@@ -8,8 +8,9 @@ import asyncio
 
 import pytest
 
+from common.candle import Market
 from common.coverage import REST, read_coverage
-from common.db import connection
+from common.db import connection, upsert_markets
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.rest.engine import BackfillEngine, EngineOptions
@@ -94,6 +95,37 @@ def test_gaps_outages_and_failed_requests_are_repaired_exactly(platform_settings
     assert asyncio.run(submit_repair(platform_settings, exchange)).job is None
 
 
+@pytest.mark.parametrize("settle_minutes", [None, 10])
+def test_the_newest_settle_minutes_are_left_to_the_live_feed(platform_settings, simulator, settle_minutes):
+    """README: the repair plans up to the exchange's own present less `REPAIR_SETTLE_MINUTES` (3 by
+    default): a gap reaching the present is planned up to there, and none of the newest minutes."""
+    settings = platform_settings
+    if settle_minutes is not None:
+        settings = settings.model_copy(update={"repair_settle_minutes": settle_minutes})
+    settle_ms = settings.repair_settle_minutes * MINUTE_MS
+    exchange = "binance"
+    btc = ("BTC", "USDT")
+    clock_ms = simulator.clock()["current_minute_ms"]
+    with connection(settings) as conn, conn.cursor() as cur:
+        # Not from the exchange: a request of ours would keep the budget busy and the repair would
+        # plan with this machine's clock instead of asking the exchange (see the test below).
+        upsert_markets(conn, [Market(exchange, *btc, "BTCUSDT")])
+        cur.execute(  # the live feed was lost an hour ago and is not back yet
+            "INSERT INTO ohlcvs_outages (exchange, base_id, quote_id, start_time, end_time, reason) "
+            "VALUES (%s, %s, %s, %s, %s, 'connection lost: test')",
+            (exchange, *btc, ms_to_datetime(clock_ms - HOUR), ms_to_datetime(clock_ms + 24 * HOUR)),
+        )
+
+    before = simulator.clock()["current_minute_ms"]
+    submission = asyncio.run(submit_repair(settings, exchange))
+    after = simulator.clock()["current_minute_ms"]
+
+    until = submission.plan.until_ms
+    assert before - settle_ms <= until <= after - settle_ms, "the exchange's present less the settle time"
+    assert submission.plan.gaps == {btc: [(clock_ms - HOUR, until)]}
+    assert max(t.end_ms for t in submission.plan.tasks) == submission.job.end_ms == until
+
+
 def test_a_user_backfill_keeps_at_least_90_percent_of_the_budget_while_a_repair_runs(
     platform_settings, simulator
 ):
@@ -152,17 +184,22 @@ def test_a_user_backfill_keeps_at_least_90_percent_of_the_budget_while_a_repair_
     assert simulator.stats()[exchange]["over_limit"] == 0
 
 
+def two_hours_apart(platform_settings, simulator, exchange: str) -> None:
+    """BTCUSDT backfilled for an hour 20 days ago and an hour 2 days ago: a repair has days to fill."""
+    asyncio.run(refresh_markets(platform_settings, exchange))
+    old, _ = day_aligned_range(simulator, days_back=20, days=1)
+    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
+    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
+    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+
+
 def test_a_repair_run_leaves_a_repair_being_drained_to_its_worker(platform_settings, simulator):
     """Beat runs come every interval; a repair that lasts longer must not take one more worker
     process per run: a run that finds the repair job drained by a live worker returns at once."""
     from celery_app.celery_tasks import repair_gaps
 
     exchange = "binance"
-    asyncio.run(refresh_markets(platform_settings, exchange))
-    old, _ = day_aligned_range(simulator, days_back=20, days=1)
-    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
-    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
-    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+    two_hours_apart(platform_settings, simulator, exchange)
     submission = asyncio.run(submit_repair(platform_settings, exchange))
     assert submission.new and submission.job.total > 10
 
@@ -188,11 +225,7 @@ def test_repair_runs_that_start_together_plan_one_job_and_one_of_them_drains_it(
     queued runs at once: runs of one exchange submit one after the other, so they share one job,
     and only the run that planned it joins it (the other sees it being drained and leaves it)."""
     exchange = "binance"
-    asyncio.run(refresh_markets(platform_settings, exchange))
-    old, _ = day_aligned_range(simulator, days_back=20, days=1)
-    recent, _ = day_aligned_range(simulator, days_back=2, days=1)
-    run_job(platform_settings, exchange, old, old + HOUR, ["BTCUSDT"])
-    run_job(platform_settings, exchange, recent, recent + HOUR, ["BTCUSDT"])
+    two_hours_apart(platform_settings, simulator, exchange)
 
     async def together():
         runs = [submit_repair(platform_settings, exchange, worker_id=w) for w in ("first", "second")]

@@ -128,6 +128,25 @@ def test_empty_ts_fills_minutes_without_trades_at_the_previous_close(api, seeded
     assert [bar["time"] for bar in plain] == [BASE_MS + m * MIN for m in (5, 6, 9, 10)]
 
 
+@pytest.mark.parametrize("interval", ["1m", "5m", "1h", "3h"])
+def test_end_holds_a_live_minute_exactly_as_a_stored_one(api, settings, redis_server, interval):
+    """`end` is inclusive (docs/api.md): the bar opening at `end` is returned, whether the minute in
+    it is still live in Redis or stored. BTC and ETH hold the same values; minute 362 (in the bars
+    opening at minutes 360 and 362) is live for BTC and stored for ETH, so every answer must match."""
+    live_ms = BASE_MS + 362 * MIN
+    imitate_live_pipeline_bar(redis_server.client(), settings, BTC, minute_dict(known_candle(BTC, 362)))
+    with connection(settings) as conn:
+        upsert_candles(conn, [stored_form(known_candle(ETH, 362))])
+    refresh_aggregates(settings, None, None)
+    bar_open = INTERVALS[interval].bucket_start(live_ms)
+
+    for end in (bar_open, live_ms, bar_open - 1):
+        status, live = ohlcvs(api, BTC, interval=interval, end=end, limit=2)
+        assert status == 200
+        assert live == ohlcvs(api, ETH, interval=interval, end=end, limit=2)[1], f"end={end}"
+        assert (live[-1]["time"] == bar_open) == (end >= bar_open), f"end={end}: {live}"
+
+
 def test_results_mls_false_gives_iso_times(api):
     status, body = ohlcvs(api, interval="1h", limit=1, results_mls="false")
     assert status == 200
@@ -376,6 +395,24 @@ def test_health_reports_fetchers_and_updater(api, settings, redis_server):
     status, body = http_get(f"{api}/health")
     assert status == 503 and body["status"] == "degraded"
     assert body["fetchers"]["bitfinex"]["state"] == "stale"
+
+
+def test_a_stale_updater_makes_health_503(api, settings, redis_server):
+    """README: `/api/health` answers 503 when the updater is down - silent (no flush) for longer
+    than WEB_HEALTH_STALE_SECONDS - even with every other part well."""
+    client = redis_server.client()
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    for exchange in ("bitfinex", "binance", "bittrex"):
+        client.hset(f"ws_health_{exchange}", mapping={"last_message_ms": now_ms})
+    silent_ms = int(settings.web_health_stale_seconds * 1000) + 60_000
+    client.hset("ws_updater_health", mapping={"last_flush_ms": now_ms - silent_ms, "backlog": 0})
+    status, body = http_get(f"{api}/health")
+    assert (status, body["status"], body["updater"]["state"]) == (503, "degraded", "stale"), body
+    assert {f["state"] for f in body["fetchers"].values()} == {"ok"}
+
+    client.hset("ws_updater_health", "last_flush_ms", int(datetime.now(UTC).timestamp() * 1000))
+    status, body = http_get(f"{api}/health")
+    assert (status, body["status"], body["updater"]["state"]) == (200, "ok", "ok"), body
 
 
 def test_starts_with_both_stores_down_answers_503_and_recovers(settings, postgres_server, template_database):

@@ -39,21 +39,30 @@ def api(settings):
             (ms_to_datetime(BASE_MS + 3 * HOUR_MS), ms_to_datetime(BASE_MS + 3 * HOUR_MS + 10 * MIN)),
         )
 
-    async def repair_under_way() -> None:
-        client = aioredis.from_url(settings.redis_url)
-        store = JobStore(client, job_scope(settings))
-        gap = (BASE_MS + 3 * HOUR_MS, BASE_MS + 3 * HOUR_MS + 10 * MIN)
-        task = FetchTask("binance", "BTCUSDT", "BTC", "USDT", *gap)
-        job = await store.create("binance", *gap, ["BTCUSDT"], [task], priority="low")
-        ranges = {"BTC/USDT": [[BASE_MS + 3 * HOUR_MS, BASE_MS + 3 * HOUR_MS + 10 * MIN]]}
-        await client.hset(
-            repair_key("binance", job_scope(settings)), mapping={"job": job.id, "ranges": json.dumps(ranges)}
-        )
-        await client.aclose()
-
-    asyncio.run(repair_under_way())
+    asyncio.run(
+        repair_under_way(settings, {"BTC/USDT": [[BASE_MS + 3 * HOUR_MS, BASE_MS + 3 * HOUR_MS + 10 * MIN]]})
+    )
     with running_web(settings) as base:
         yield base + "/api"
+
+
+async def repair_under_way(settings, ranges: dict[str, list[list[int]]]) -> None:
+    """A low-priority Binance repair job fetching `ranges` ("BASE/QUOTE" -> [[start_ms, end_ms]]),
+    registered as the exchange's current repair, as `submit_repair` leaves it."""
+    client = aioredis.from_url(settings.redis_url)
+    store = JobStore(client, job_scope(settings))
+    tasks = [
+        FetchTask("binance", name.replace("/", ""), *name.split("/"), start, end)
+        for name, spans in ranges.items()
+        for start, end in spans
+    ]
+    symbols = sorted({task.symbol for task in tasks})
+    first, last = min(t.start_ms for t in tasks), max(t.end_ms for t in tasks)
+    job = await store.create("binance", first, last, symbols, tasks, priority="low")
+    await client.hset(
+        repair_key("binance", job_scope(settings)), mapping={"job": job.id, "ranges": json.dumps(ranges)}
+    )
+    await client.aclose()
 
 
 def get(api, **params):
@@ -128,22 +137,8 @@ def three_kinds(settings):
                 (base, ms_to_datetime(start), ms_to_datetime(end)),
             )
 
-    async def repair_under_way() -> None:
-        client = aioredis.from_url(settings.redis_url)
-        store = JobStore(client, job_scope(settings))
-        ranges = {"BTC/USDT": [[h(1), h(1, 5)], [h(3), h(3, 10)]], "ETH/USDT": [[h(5), h(6)]]}
-        tasks = [
-            FetchTask("binance", name.replace("/", ""), *name.split("/"), start, end)
-            for name, spans in ranges.items()
-            for start, end in spans
-        ]
-        job = await store.create("binance", h(1), h(6), ["BTCUSDT", "ETHUSDT"], tasks, priority="low")
-        await client.hset(
-            repair_key("binance", job_scope(settings)), mapping={"job": job.id, "ranges": json.dumps(ranges)}
-        )
-        await client.aclose()
-
-    asyncio.run(repair_under_way())
+    ranges = {"BTC/USDT": [[h(1), h(1, 5)], [h(3), h(3, 10)]], "ETH/USDT": [[h(5), h(6)]]}
+    asyncio.run(repair_under_way(settings, ranges))
     with running_web(settings) as base:
         yield base + "/api"
 

@@ -81,8 +81,8 @@ def test_bitfinex_channel_ids_belong_to_their_connection():
     frame = "[17,[1574698320000,1,2,3,0.5,4]]"
     assert BFX.parse_ws_frame(frame, first)[0].symbol == "tBTCUSD"
     assert BFX.parse_ws_frame(frame, second)[0].symbol == "tETHUSD"
-    [unknown] = BFX.parse_ws_frame("[99,[1574698320000,1,2,3,0.5,4]]", first)
-    assert isinstance(unknown, WsError)
+    unknown, counted = BFX.parse_ws_frame("[99,[1574698320000,1,2,3,0.5,4],7,1574698330000]", first)
+    assert isinstance(unknown, WsError) and counted == WsHeartbeat(None, 7, 1574698330000)
 
 
 @pytest.mark.parametrize(

@@ -305,6 +305,16 @@ def test_bitfinex_a_channel_silent_past_its_heartbeat_ends_its_own_run():
     assert outages == {("tETHUSD", 2, 7)}
 
 
+def test_bitfinex_a_frame_of_a_channel_no_longer_followed_still_counts_in_the_sequence():
+    socket = bitfinex({1: "tBTCUSD"})
+    for m in range(0, 3):
+        socket.candle(1, m, m + 0.5)
+    socket.candle(99, 3, 3.5)  # e.g. a channel unsubscribed a moment ago
+    for m in range(3, 6):
+        socket.candle(1, m, m + 0.5)
+    assert socket.feed.take() == ({("tBTCUSD", 1, 5)}, set())
+
+
 def test_bitfinex_without_sequence_numbers_nothing_is_proven():
     feed = Feed("bitfinex", ["tBTCUSD"])
     bitfinex_subscribed(feed, 1, "tBTCUSD")
