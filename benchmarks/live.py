@@ -44,13 +44,14 @@ import redis
 from benchmarks.measure import Result, cpu_seconds, machine, memory_mb, postgres_cpu_seconds, report
 from common.candle import Market
 from common.db import connect, upsert_markets
+from common.redis_clients import async_client
 from common.redis_keys import ws_health_key
 from common.schema import apply_schema
 from common.settings import Settings
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsCandle, WsSession
 from fetchers.exchanges.binance import BinanceAdapter
-from fetchers.ws.sink import MarketKeys, RedisSink, redis_client
+from fetchers.ws.sink import MarketKeys, RedisSink
 from fetchers.ws.stream import StreamEngine
 from fetchers.ws.updater import Updater
 from tests.support.services import PostgresServer, RedisServer, free_port
@@ -217,7 +218,7 @@ class FetcherRun:
 
 async def run_fetcher(settings: Settings, frames: int, latencies: list[float] | None = None) -> FetcherRun:
     """The real engine (websocket client -> adapter -> Redis sink) over `frames` frames."""
-    client = redis_client(settings.redis_url)
+    client = async_client(settings, pack_with_hiredis=True)
     engine = StreamEngine(settings, "binance", client)
     engine.sink.latencies = latencies
     flushes = 0
@@ -269,7 +270,7 @@ async def parse_alone(url: str, frames: int) -> float:
 async def redis_alone(settings: Settings, markets: int, bars: int, burst: int) -> float:
     """Bars per second through the sink's own client, script and pipeline, in bursts of the size the
     fetcher flushed, with the bars built up front (no socket, no parsing)."""
-    client = redis_client(settings.redis_url)
+    client = async_client(settings, pack_with_hiredis=True)
     sink = RedisSink(client, "binance", "bench", lambda attempt: 0.01)
     keys = [MarketKeys.build("binance", s[:-4], "USDT", s, ";;") for s in symbols(markets)]
     candles = [
@@ -345,7 +346,7 @@ def updater_rows(settings: Settings, cpu: Cpu, markets: int, minutes: int, refre
     redis.Redis.from_url(settings.redis_url).flushall()
 
     async def fill() -> None:
-        client = redis_client(settings.redis_url)
+        client = async_client(settings, pack_with_hiredis=True)
         sink = RedisSink(client, "binance", "bench", lambda attempt: 0.01)
         for minute in range(minutes):
             for market in keys:

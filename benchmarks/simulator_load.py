@@ -38,11 +38,11 @@ from typing import Any
 import aiohttp
 
 from benchmarks.measure import Result, cpu_seconds, http_json, machine, memory_mb, report
+from common.exchanges import EXCHANGES
 from fetchers.ws.signalr import CONNECTION_DATA
 from tests.support.simulator import simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
-EXCHANGES = ("bitfinex", "binance", "bittrex")
 BITFINEX_CHANNELS_PER_CONNECTION = 25
 BINANCE_STREAMS_PER_CONNECTION = 1024
 BITTREX_STREAMS_PER_CONNECTION = 250

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kombu import Queue
 
-from common.settings import EXCHANGES, get_settings
+from common.exchanges import EXCHANGES
+from common.settings import get_settings
 
 REST_QUEUES: dict[str, str] = {exchange: f"{exchange}_rest" for exchange in EXCHANGES}
 

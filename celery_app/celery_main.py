@@ -1,7 +1,8 @@
-"""The Celery app. Start workers per exchange queue or for all of them:
+"""The Celery app. Start workers per exchange queue or for all of them (without -Q a worker takes
+every queue of `celery_config.task_queues`: one per exchange of `common.exchanges`):
 
 celery -A celery_app.celery_main worker -Q bitfinex_rest --concurrency 1
-celery -A celery_app.celery_main worker -Q bitfinex_rest,binance_rest,bittrex_rest
+celery -A celery_app.celery_main worker
 """
 
 from __future__ import annotations

@@ -13,12 +13,12 @@ import json
 import logging
 import uuid
 
-import redis.asyncio as aioredis
 from celery.signals import beat_init, worker_ready
 
 from celery_app.celery_config import REST_QUEUES
 from celery_app.celery_main import app
 from common.logging_setup import setup_logging
+from common.redis_clients import async_client
 from common.settings import get_settings
 from fetchers.rest.engine import BackfillEngine, run
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState, JobStore, job_scope
@@ -70,7 +70,7 @@ async def _repair(exchange: str) -> dict:
     if not submission.joined:
         log.info("repair job %s: already being drained; this run leaves it to its worker", submission.job.id)
         return {**result, "busy": True}
-    broker = aioredis.from_url(settings.redis_url)
+    broker = async_client(settings)
     queue = REST_QUEUES[exchange]
 
     async def user_jobs_waiting() -> bool:
@@ -103,7 +103,7 @@ def repair_gaps(exchange: str) -> dict:
 
 async def _interrupted_jobs(exchange: str) -> list[str]:
     settings = get_settings()
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         jobs = await JobStore(client, job_scope(settings)).jobs(exchange)
         # an interrupted repair (it gave its worker to a backfill) is carried on by the next beat run

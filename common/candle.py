@@ -1,4 +1,4 @@
-"""The typed records that cross module boundaries: markets and 1-minute candles.
+"""The typed records that cross module boundaries: markets (and their key) and 1-minute candles.
 
 Prices and volumes are the exchange's own decimal text, carried unchanged from the wire into COPY:
 a value is stored exactly as the exchange sent it, and no Decimal or float is built on the way
@@ -12,12 +12,26 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from common.timeutil import MINUTE_MS
 
 DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 """A finite decimal number as exchanges write it (JSON number or decimal string); no NaN/Infinity,
 no spaces. PostgreSQL's numeric input reads every such text exactly."""
+
+
+Bar = tuple[int, str, str, str, str, str]
+"""One market's bar without the market: (open time in ms, open, high, low, close, volume), the
+values as exact decimal text. What the web serves and what crosses Redis (`common.redis_records`)."""
+
+
+class MarketKey(NamedTuple):
+    """A market as `ohlcvs` rows and Redis keys name it: the key of everything stored per market."""
+
+    exchange: str
+    base_id: str
+    quote_id: str
 
 
 @dataclass(frozen=True, slots=True)

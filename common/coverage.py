@@ -5,6 +5,7 @@ calls it in the transaction that holds the request's candles, the updater in the
 live bars — so coverage is never claimed for rows that are not committed. Writers of the same
 market are serialised by a transaction-scoped advisory lock (taken in a fixed order, so two writers
 never wait on each other in a cycle); ranges of one market and source stay merged.
+`load_evidence` reads everything the completeness rules (`common.completeness`) judge by.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ from dataclasses import dataclass
 
 from psycopg2.extensions import connection as PgConnection
 
-from common.intervals import Range, merge
+from common.completeness import MarketEvidence
+from common.ranges import Range, merge
 from common.timeutil import datetime_to_ms
 
 REST = "rest"
 WS = "ws"
 SOURCES = (REST, WS)
 
-MarketKey = tuple[str, str]
+PairKey = tuple[str, str]
 """(base_id, quote_id) of a market of one exchange."""
 
 
@@ -104,7 +106,7 @@ def read_coverage(
     quote_id: str | None = None,
     start_ms: int | None = None,
     end_ms: int | None = None,
-) -> dict[MarketKey, dict[str, list[Range]]]:
+) -> dict[PairKey, dict[str, list[Range]]]:
     """Covered ranges per market and source (overlapping [start_ms, end_ms) when given)."""
     query = (
         "SELECT base_id, quote_id, source, start_time, end_time FROM ohlcvs_coverage "
@@ -114,7 +116,7 @@ def read_coverage(
         " AND (%(end)s::bigint IS NULL OR start_time < timestamptz 'epoch' + %(end)s * interval '1 ms')"
         " ORDER BY base_id, quote_id, source, start_time"
     )
-    found: dict[MarketKey, dict[str, list[Range]]] = defaultdict(lambda: {s: [] for s in SOURCES})
+    found: dict[PairKey, dict[str, list[Range]]] = defaultdict(lambda: {s: [] for s in SOURCES})
     with conn.cursor() as cur:
         cur.execute(
             query,
@@ -131,7 +133,7 @@ def read_outages(
     base_id: str | None = None,
     quote_id: str | None = None,
     since_ms: int = 0,
-) -> dict[MarketKey, list[Range]]:
+) -> dict[PairKey, list[Range]]:
     """Spans the live pipeline recorded as possibly incomplete (`ohlcvs_outages`)."""
     return _ranges_by_market(
         conn,
@@ -148,7 +150,7 @@ def read_failed_requests(
     base_id: str | None = None,
     quote_id: str | None = None,
     since_ms: int = 0,
-) -> dict[MarketKey, list[Range]]:
+) -> dict[PairKey, list[Range]]:
     """Ranges of REST requests that failed for good (`ohlcvs_errors`), per market."""
     return _ranges_by_market(
         conn,
@@ -161,9 +163,9 @@ def read_failed_requests(
     )
 
 
-def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[MarketKey, list[Range]]:
+def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[PairKey, list[Range]]:
     """Rows of (base_id, quote_id, start, end) as millisecond ranges per market."""
-    found: dict[MarketKey, list[Range]] = defaultdict(list)
+    found: dict[PairKey, list[Range]] = defaultdict(list)
     with conn.cursor() as cur:
         cur.execute(query, params)
         for base, quote, start, end in cur.fetchall():
@@ -173,10 +175,10 @@ def _ranges_by_market(conn: PgConnection, query: str, params: dict) -> dict[Mark
 
 def read_history_bounds(
     conn: PgConnection, exchange: str, base_id: str | None = None, quote_id: str | None = None
-) -> dict[MarketKey, Range]:
+) -> dict[PairKey, Range]:
     """Per market of `symbol_exchange` that has rows: (first bar time, last bar time + 1 minute).
     Two index probes per market on the primary key, never a scan of `ohlcvs`."""
-    found: dict[MarketKey, Range] = {}
+    found: dict[PairKey, Range] = {}
     with conn.cursor() as cur:
         cur.execute(
             "SELECT s.base_id, s.quote_id,"
@@ -192,3 +194,28 @@ def read_history_bounds(
             if first is not None:
                 found[(base, quote)] = (datetime_to_ms(first), datetime_to_ms(last) + 60_000)
     return found
+
+
+def load_evidence(
+    conn: PgConnection,
+    exchange: str,
+    base_id: str | None = None,
+    quote_id: str | None = None,
+    since_ms: int = 0,
+) -> dict[PairKey, MarketEvidence]:
+    """What the database knows about the completeness of one market or of every market of `exchange`."""
+    bounds = read_history_bounds(conn, exchange, base_id, quote_id)
+    coverage = read_coverage(conn, exchange, base_id, quote_id, since_ms)
+    outages = read_outages(conn, exchange, base_id, quote_id, since_ms)
+    failed = read_failed_requests(conn, exchange, base_id, quote_id, since_ms)
+    keys = set(bounds) | set(coverage) | set(outages) | set(failed)
+    return {
+        key: MarketEvidence(
+            bounds=bounds.get(key),
+            rest=coverage.get(key, {}).get(REST, []),
+            ws=coverage.get(key, {}).get(WS, []),
+            outages=outages.get(key, []),
+            failed=failed.get(key, []),
+        )
+        for key in keys
+    }

@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
-from functools import cache
 
 import redis
 
+from common.candle import MarketKey
+from common.redis_clients import sync_client
 from common.redis_keys import OHLCVS_VERSION_SUMMARIES, ohlcvs_version_key
 from common.settings import Settings, get_settings
 
@@ -42,8 +43,6 @@ end
 return #KEYS
 """
 
-Market = tuple[str, str, str]
-
 
 def parse_entry(raw: bytes | str | None) -> tuple[int, int] | None:
     """`(version, from_ms)` of one list entry; None for a missing or malformed one."""
@@ -66,30 +65,36 @@ def bump(client: redis.Redis, oldest_by_key: Mapping[str, int]) -> None:
     client.eval(BUMP, len(keys), *keys, start, KEEP_ENTRIES, *(oldest_by_key[k] for k in keys))
 
 
-def oldest_by_market(rows: Iterable[tuple[str, str, str, int]]) -> dict[Market, int]:
+def oldest_by_market(rows: Iterable[tuple[str, str, str, int]]) -> dict[MarketKey, int]:
     """The oldest bar time written per market, from `(exchange, base_id, quote_id, time_ms)` rows."""
-    oldest: dict[Market, int] = {}
+    oldest: dict[MarketKey, int] = {}
     for exchange, base_id, quote_id, time_ms in rows:
-        market = (exchange, base_id, quote_id)
+        market = MarketKey(exchange, base_id, quote_id)
         if time_ms < oldest.get(market, time_ms + 1):
             oldest[market] = time_ms
     return oldest
 
 
-@cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+_clients: dict[str, redis.Redis] = {}
+"""One client per Redis URL for the life of the process (writers bump after every commit)."""
+
+
+def _client(settings: Settings) -> redis.Redis:
+    client = _clients.get(settings.redis_url)
+    if client is None:
+        client = _clients[settings.redis_url] = sync_client(settings)
+    return client
 
 
 def _bump_quietly(settings: Settings | None, oldest_by_key: Mapping[str, int], what: str) -> None:
     settings = settings or get_settings()
     try:
-        bump(_client(settings.redis_url), oldest_by_key)
+        bump(_client(settings), oldest_by_key)
     except (redis.RedisError, OSError) as error:
         log.warning("could not bump the %s version (web caches expire by TTL instead): %s", what, error)
 
 
-def markets_written(settings: Settings | None, oldest: Mapping[Market, int]) -> None:
+def markets_written(settings: Settings | None, oldest: Mapping[MarketKey, int]) -> None:
     """After a commit that wrote these markets' `ohlcvs` rows (market -> oldest bar time, ms)."""
     delimiter = (settings or get_settings()).redis_key_delimiter
     keys = {ohlcvs_version_key(*market, delimiter=delimiter): ms for market, ms in oldest.items()}

@@ -16,10 +16,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from common.exchanges import EXCHANGES as EXCHANGES  # declared there; re-exported for older importers
+from common.exchanges import SIMULATOR_PORTS, simulator_urls
+from common.exchanges import ExchangeName as ExchangeName
 
-EXCHANGES: tuple[str, ...] = ("bitfinex", "binance", "bittrex")
-ExchangeName = Literal["bitfinex", "binance", "bittrex"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Settings(BaseSettings):
@@ -135,23 +136,7 @@ class Settings(BaseSettings):
         return str(getattr(self, f"{exchange}_ws_url")).rstrip("/")
 
     def _simulator_urls(self) -> dict:
-        from simulator.config import DEFAULT_PORTS, exchange_urls
-
-        return exchange_urls(self.simulator_host, DEFAULT_PORTS)
-
-    @property
-    def database_url(self) -> str:
-        """SQLAlchemy URL; the password is URL-quoted so any characters work."""
-        from sqlalchemy.engine import URL
-
-        return URL.create(
-            "postgresql+psycopg2",
-            username=self.postgres_user,
-            password=self.postgres_password.get_secret_value() or None,
-            host=self.postgres_host,
-            port=self.postgres_port,
-            database=self.postgres_db,
-        ).render_as_string(hide_password=False)
+        return simulator_urls(self.simulator_host, SIMULATOR_PORTS)
 
     @property
     def redis_url(self) -> str:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 MINUTE_MS = 60_000
-MINUTE = timedelta(minutes=1)
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def ms_to_datetime(ms: int) -> datetime:
@@ -41,10 +36,6 @@ def parse_utc(text: str) -> datetime:
         return ensure_utc(datetime.fromisoformat(cleaned))
     except ValueError:
         raise ValueError(f"not an ISO-8601 date/time: {text!r} (example: 2021-01-01T00:00:00)") from None
-
-
-def floor_minute(value: datetime) -> datetime:
-    return ensure_utc(value).replace(second=0, microsecond=0)
 
 
 def floor_minute_ms(ms: int) -> int:

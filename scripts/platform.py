@@ -17,9 +17,10 @@ import time
 import click
 
 from common.db import DatabaseError, connect
+from common.exchanges import EXCHANGES
 from common.logging_setup import setup_logging
 from common.schema import init_database
-from common.settings import EXCHANGES, Settings, load_settings_or_exit
+from common.settings import Settings, load_settings_or_exit
 from fetchers.rest.markets import MarketsUnavailable, refresh_markets
 
 READY_LINE = "Initialization complete"

@@ -1,12 +1,12 @@
 """`python -m simulator`: run the exchange simulator until Ctrl-C.
 
 Prints the base URLs and the `.env` lines that point the platform at it. It listens on fixed ports
-(`DEFAULT_PORTS`, so the `.env` lines stay valid across restarts); `--ports` changes them (0 = any
-free port). Every `SimConfig` knob is a flag (`--rate-window-seconds 5`, ...); faults active from
-the start are `--fault EXCHANGE:NAME=VALUE` (repeatable; `--help` lists every name). `--json` prints
-one machine-readable line `{"urls": ..., "env": [...], "pid": ...}` instead, for programs that start
-it as a subprocess. A bad flag exits with status 2 and one line on stderr; a port already in use
-exits with status 3 and one line naming it.
+(`common.exchanges.SIMULATOR_PORTS`, so the `.env` lines stay valid across restarts); `--ports`
+changes them (0 = any free port). Every `SimConfig` knob is a flag (`--rate-window-seconds 5`,
+...); faults active from the start are `--fault EXCHANGE:NAME=VALUE` (repeatable; `--help` lists
+every name). `--json` prints one machine-readable line `{"urls": ..., "env": [...], "pid": ...}`
+instead, for programs that start it as a subprocess. A bad flag exits with status 2 and one line on
+stderr; a port already in use exits with status 3 and one line naming it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import signal
 import sys
 from typing import Any, NoReturn
 
+from common.exchanges import EXCHANGES, SIMULATOR_PORTS
 from common.timeutil import datetime_to_ms, parse_utc
-from simulator.config import DEFAULT_PORTS, PORT_NAMES, SimConfig
-from simulator.core import EXCHANGES
+from simulator.config import PORT_NAMES, SimConfig
 from simulator.faults import DESCRIPTIONS
 from simulator.server import PortInUseError, Simulator
 
@@ -119,9 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ports",
         type=_ports,
-        default=dict(DEFAULT_PORTS),
+        default=dict(SIMULATOR_PORTS),
         help="BITFINEX,BINANCE,BITTREX,CONTROL ports, 0 = any free port (default: "
-        + ",".join(str(DEFAULT_PORTS[name]) for name in PORT_NAMES)
+        + ",".join(str(SIMULATOR_PORTS[name]) for name in PORT_NAMES)
         + ")",
     )
     parser.add_argument(

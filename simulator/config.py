@@ -11,25 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.core import EXCHANGES
+from common.exchanges import EXCHANGES, SIMULATOR_PORTS
 from simulator.faults import Faults
 
-PORT_NAMES: tuple[str, ...] = (*EXCHANGES, "control")
-DEFAULT_PORTS: dict[str, int] = {"bitfinex": 18401, "binance": 18402, "bittrex": 18403, "control": 18404}
-"""The ports `python -m simulator` listens on unless `--ports` says otherwise, so the `.env` lines it
-prints stay valid across restarts. Library use (`SimConfig().ports` empty) takes free ports."""
-
-
-def exchange_urls(host: str, ports: dict[str, int]) -> dict[str, Any]:
-    """Where each exchange's REST and websocket APIs (and the control port) answer on `host`."""
-    shown = f"[{host}]" if ":" in host else host
-    base = {name: f"http://{shown}:{ports[name]}" for name in PORT_NAMES}
-    return {
-        "bitfinex": {"rest": base["bitfinex"], "ws": f"ws://{shown}:{ports['bitfinex']}/ws/2"},
-        "binance": {"rest": base["binance"], "ws": f"ws://{shown}:{ports['binance']}"},
-        "bittrex": {"rest": base["bittrex"], "ws": f"{base['bittrex']}/signalr"},
-        "control": base["control"],
-    }
+PORT_NAMES: tuple[str, ...] = tuple(SIMULATOR_PORTS)
+"""Every port of the simulator: one per exchange, then the control port (`common.exchanges`)."""
 
 
 def platform_env(urls: dict[str, Any]) -> dict[str, str]:

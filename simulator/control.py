@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from common.exchanges import EXCHANGES
 from common.timeutil import datetime_to_ms, parse_utc
-from simulator.core import EXCHANGES, MINUTE_MS, SimMarket
+from simulator.core import MINUTE_MS, SimMarket
 from simulator.faults import FaultError, requested_actions
 from simulator.http import json_response
 from simulator.wire import dumps

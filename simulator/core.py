@@ -37,7 +37,6 @@ from typing import Any
 from common.timeutil import MINUTE_MS, floor_minute_ms
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-EXCHANGES: tuple[str, ...] = ("bitfinex", "binance", "bittrex")
 
 BITFINEX_STATUS = "listed"
 """Bitfinex lists no status: every listed pair is tradable."""

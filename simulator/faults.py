@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from simulator.core import EXCHANGES
+from common.exchanges import EXCHANGES
 
 MALFORMED_FRAME = '{"event":"info","code":'
 """A truncated JSON frame: what a client sees when a frame is cut short."""

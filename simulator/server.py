@@ -30,13 +30,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from common.exchanges import EXCHANGES, simulator_urls
 from simulator.binance import BinanceServer
 from simulator.bitfinex import BitfinexServer
 from simulator.bittrex_rest import BittrexRestServer
 from simulator.bittrex_signalr import BittrexSignalRServer
-from simulator.config import PORT_NAMES, SimConfig, exchange_urls, platform_env
+from simulator.config import PORT_NAMES, SimConfig, platform_env
 from simulator.control import ControlServer
-from simulator.core import EXCHANGES, CandleModel, MarketCatalog, SimClock, SimMarket
+from simulator.core import CandleModel, MarketCatalog, SimClock, SimMarket
 from simulator.faults import LOSSES, Faults, requested_actions
 from simulator.history import DAY_MS, History, floor_to
 from simulator.live import LiveFeed
@@ -164,7 +165,7 @@ class Simulator:
         except BaseException:
             await self._cleanup_runners()
             raise
-        self.urls = exchange_urls(host, self.ports)
+        self.urls = simulator_urls(host, self.ports)
         self._feed_task = asyncio.get_running_loop().create_task(self.feed.run(), name="sim-live-feed")
 
     async def _cleanup_runners(self) -> None:

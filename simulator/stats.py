@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from simulator.core import EXCHANGES
+from common.exchanges import EXCHANGES
 
 
 @dataclass

@@ -1,19 +1,19 @@
 """Pure bar arithmetic and encoding shared by the REST and websocket APIs.
 
-Bars are `common.reads.Bar` tuples `(time_ms, open, high, low, close, volume)` with decimals as the
+Bars are `common.candle.Bar` tuples `(time_ms, open, high, low, close, volume)` with decimals as the
 exchange's exact text. Comparing and summing go through `Decimal` (never float); highs, lows,
 opens and closes keep their original text, volumes are summed exactly.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from decimal import Context, Decimal
 
-from common.candle import DECIMAL_TEXT
-from common.reads import Bar, Interval
+from common.candle import DECIMAL_TEXT, Bar
+from common.redis_records import BAR_JSON, decode_bar, decode_latest_hash
 from common.timeutil import isoformat_z, ms_to_datetime
+from web.reads import Interval
 
 _EXACT = Context(prec=200)
 
@@ -48,30 +48,26 @@ def combine(bars: Sequence[Bar], time_ms: int) -> Bar:
     )
 
 
+def _plain_bar(bar: Bar) -> Bar | None:
+    plain = _plain_decimals(bar[1:])
+    return None if plain is None else (bar[0], *plain)
+
+
 def parse_live_bar(raw: bytes | str) -> Bar | None:
-    """A bar as the live pipeline writes it (`{"time": ms, "open": "..", ...}`), or None when it
-    is not one (every decimal must be plain decimal text, so it can go out unquoted-safe)."""
+    """A bar as the live pipeline publishes it or keeps it waiting (`common.redis_records`), or None
+    when it is not one (every decimal must be plain decimal text, so it can go out unquoted-safe)."""
     try:
-        data = json.loads(raw)
-        time_ms = data["time"]
-        fields = tuple(data[k] for k in ("open", "high", "low", "close", "volume"))
-    except (ValueError, TypeError, KeyError):
+        return _plain_bar(decode_bar(raw))
+    except ValueError:
         return None
-    if not isinstance(time_ms, int) or isinstance(time_ms, bool):
-        return None
-    plain = _plain_decimals(fields)
-    return None if plain is None else (time_ms, *plain)
 
 
 def parse_latest_hash(fields: dict[bytes, bytes]) -> Bar | None:
     """The `ws_send_` hash (field -> text) as a bar, or None when it is absent or malformed."""
     try:
-        time_ms = int(fields[b"time"])
-        values = tuple(fields[k].decode() for k in (b"open", b"high", b"low", b"close", b"volume"))
-    except (KeyError, ValueError, UnicodeDecodeError):
+        return _plain_bar(decode_latest_hash(fields))
+    except ValueError:
         return None
-    plain = _plain_decimals(values)
-    return None if plain is None else (time_ms, *plain)
 
 
 def merge_minutes(stored: list[Bar], live: Iterable[Bar], limit: int) -> list[Bar]:
@@ -127,7 +123,6 @@ def fill_empty(bars: list[Bar], interval: Interval, limit: int) -> list[Bar]:
     return out[-limit:]
 
 
-_BAR_MS = '{"time":%d,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
 _BAR_ISO = '{"time":"%s","open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
 
 
@@ -135,7 +130,7 @@ def encode_bars(bars: Sequence[Bar], as_ms: bool) -> bytes:
     """A JSON array of `{"time","open","high","low","close","volume"}` objects, built directly:
     the decimals are already validated decimal text, so no general-purpose encoder is needed."""
     if as_ms:
-        body = ",".join([_BAR_MS % bar for bar in bars])
+        body = ",".join([BAR_JSON % bar for bar in bars])
     else:
         body = ",".join([_BAR_ISO % (isoformat_z(ms_to_datetime(bar[0])), *bar[1:]) for bar in bars])
     return ("[" + body + "]").encode()

@@ -8,14 +8,13 @@ database and the live bar; a minute the database already has always wins.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from psycopg2.extensions import connection as PgConnection
 
-from common import reads
-from common.reads import Bar, Interval
+from common.candle import Bar, MarketKey
 from common.redis_keys import ws_send_key, ws_sub_key
+from web import reads
 from web.bars import (
     combine,
     encode_bars,
@@ -27,27 +26,15 @@ from web.bars import (
 )
 from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache, body_from_database
-
-
-@dataclass(frozen=True, slots=True)
-class MarketKey:
-    exchange: str
-    base_id: str
-    quote_id: str
-
-    def send_key(self, delimiter: str) -> str:
-        return ws_send_key(self.exchange, self.base_id, self.quote_id, delimiter=delimiter)
-
-    def sub_key(self, delimiter: str) -> str:
-        return ws_sub_key(self.exchange, self.base_id, self.quote_id, delimiter=delimiter)
+from web.reads import BarQuery
 
 
 async def live_minutes(client: aioredis.Redis, market: MarketKey, delimiter: str) -> list[Bar]:
     """Minutes waiting in Redis (`ws_sub_` hash) plus the latest bar (`ws_send_` hash), ascending;
     malformed entries are skipped."""
     async with client.pipeline(transaction=False) as pipe:
-        pipe.hvals(market.sub_key(delimiter))
-        pipe.hgetall(market.send_key(delimiter))
+        pipe.hvals(ws_sub_key(*market, delimiter=delimiter))
+        pipe.hgetall(ws_send_key(*market, delimiter=delimiter))
         waiting, latest = await pipe.execute()
     bars = {}
     for raw in waiting:
@@ -64,82 +51,61 @@ async def ohlcvs_body(
     fast: AsyncPool,
     pool: ConnectionPool,
     recent_minutes: Callable[[MarketKey], Awaitable[list[Bar]]],
-    market: MarketKey,
-    interval: Interval,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int,
+    query: BarQuery,
     empty_ts: bool,
     as_ms: bool,
     cache: HistoryCache | None = None,
 ) -> tuple[int, bytes]:
-    """(number of bars, JSON body) of GET /api/ohlcvs: the newest `limit` bars whose open time is in
-    [start, end], ascending. When no live minute falls in one of those bars and no gap is to be
-    filled - every page of history - PostgreSQL writes the body itself in one prepared query, or the
-    `cache` of rendered closed history serves what it holds; otherwise the bars are read,
-    merged and filled here (`read_ohlcvs`) and encoded."""
+    """(number of bars, JSON body) of GET /api/ohlcvs: the bars `query` asks for (the newest `limit`
+    whose open time is in [start, end]), ascending. When no live minute falls in one of those bars
+    and no gap is to be filled - every page of history - PostgreSQL writes the body itself in one
+    prepared query, or the `cache` of rendered closed history serves what it holds; otherwise the
+    bars are read, merged and filled here (`read_ohlcvs`) and encoded."""
+    start_ms, end_ms, interval = query.start_ms, query.end_ms, query.interval
     # A live minute counts by the open time of the bar holding it, as stored minutes do: the bar
     # opening at `end` holds minutes after `end`.
     live = [
         b
-        for b in await recent_minutes(market)
+        for b in await recent_minutes(query.market)
         if (start_ms is None or interval.bucket_start(b[0]) >= start_ms)
         and (end_ms is None or interval.bucket_start(b[0]) <= end_ms)
     ]
     if not live and not empty_ts:
         if cache is not None:
-            return await cache.body(market, interval, start_ms, end_ms, limit, as_ms)
-        count, text = await body_from_database(fast, market, interval, start_ms, end_ms, limit, as_ms)
+            return await cache.body(query, as_ms)
+        count, text = await body_from_database(fast, query, as_ms)
         return count, ("[" + text + "]").encode()
-    bars = await read_ohlcvs(pool, live, market, interval, start_ms, end_ms, limit, empty_ts)
+    bars = await read_ohlcvs(pool, live, query, empty_ts)
     return len(bars), encode_bars(bars, as_ms)
 
 
-async def read_ohlcvs(
-    pool: ConnectionPool,
-    live: list[Bar],
-    market: MarketKey,
-    interval: Interval,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int,
-    empty_ts: bool,
-) -> list[Bar]:
-    """The bars of GET /api/ohlcvs (ascending, the newest `limit` in [start, end]) from stored
-    bars and the `live` minutes in Redis that fall in the window."""
+async def read_ohlcvs(pool: ConnectionPool, live: list[Bar], query: BarQuery, empty_ts: bool) -> list[Bar]:
+    """The bars of GET /api/ohlcvs (ascending, what `query` asks for) from stored bars and the
+    `live` minutes in Redis that fall in the window."""
 
     def work(conn: PgConnection) -> list[Bar]:
-        bars = reads.read_bars(
-            conn, market.exchange, market.base_id, market.quote_id, interval, start_ms, end_ms, limit
-        )
-        if live and interval.name == "1m":
-            bars = merge_minutes(bars, live, limit)
+        bars = reads.read_bars(conn, query)
+        if live and query.interval.name == "1m":
+            bars = merge_minutes(bars, live, query.limit)
         elif live:
-            bars = _merge_buckets(conn, market, interval, bars, live, start_ms, limit)
+            bars = _merge_buckets(conn, query, bars, live)
         return bars
 
     bars = await pool.run(work)
-    return fill_empty(bars, interval, limit) if empty_ts else bars
+    return fill_empty(bars, query.interval, query.limit) if empty_ts else bars
 
 
-def _merge_buckets(
-    conn: PgConnection,
-    market: MarketKey,
-    interval: Interval,
-    bars: list[Bar],
-    live: list[Bar],
-    start_ms: int | None,
-    limit: int,
-) -> list[Bar]:
+def _merge_buckets(conn: PgConnection, query: BarQuery, bars: list[Bar], live: list[Bar]) -> list[Bar]:
     """Rebuild every interval bar that live minutes fall in from stored minutes plus those."""
+    interval = query.interval
     by_time = {bar[0]: bar for bar in bars}
     for bucket_ms, minutes in group_minutes(live, interval).items():
-        if start_ms is not None and bucket_ms < start_ms:
+        if query.start_ms is not None and bucket_ms < query.start_ms:
             continue
-        bar = live_bucket(conn, market, bucket_ms, interval.next_start(bucket_ms), minutes)
+        bar = live_bucket(conn, query.market, bucket_ms, interval.next_start(bucket_ms), minutes)
         if bar is not None:
             by_time[bucket_ms] = bar
-    return [by_time[t] for t in sorted(by_time)][-limit:]
+    return [by_time[t] for t in sorted(by_time)][-query.limit :]
 
 
 def live_bucket(
@@ -147,11 +113,9 @@ def live_bucket(
 ) -> Bar | None:
     """The bar opening at `bucket_ms` from the stored minutes in [bucket_ms, end_ms) and the live
     `minutes` the database does not have yet; None when there are neither."""
-    stored = reads.minutes_stored(
-        conn, market.exchange, market.base_id, market.quote_id, [b[0] for b in minutes]
-    )
+    stored = reads.minutes_stored(conn, market, [b[0] for b in minutes])
     fresh = [b for b in minutes if b[0] not in stored]
-    folded = reads.fold_minutes(conn, market.exchange, market.base_id, market.quote_id, bucket_ms, end_ms)
+    folded = reads.fold_minutes(conn, market, bucket_ms, end_ms)
     return combine_stored_and_fresh(bucket_ms, folded, fresh)
 
 

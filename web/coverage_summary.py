@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.coverage import MarketKey
-from common.intervals import Range, intersect, total
+from common.completeness import MarketEvidence, before_first_bar_ranges, missing_ranges
+from common.coverage import PairKey
+from common.ranges import Range, intersect, total
 from common.timeutil import MINUTE_MS
-from fetchers.rest.gaps import MarketEvidence, before_first_bar_ranges, missing_ranges
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +46,17 @@ class ExchangeCoverage:
 
 def summarise(
     exchange: str,
-    evidence: Mapping[MarketKey, MarketEvidence],
+    evidence: Mapping[PairKey, MarketEvidence],
     end_ms: int,
-    repairing: Mapping[MarketKey, list[Range]],
+    repairing: Mapping[PairKey, list[Range]],
 ) -> ExchangeCoverage:
     """Count the three kinds of unvouched minutes of every market of `evidence` before `end_ms`;
     `repairing` holds the ranges of the exchange's repair job under way, per market."""
     starts = [ev.bounds[0] for ev in evidence.values() if ev.bounds is not None]
     history_start = min(starts) if starts else None
-    before: dict[MarketKey, int] = {}
-    missing: dict[MarketKey, int] = {}
-    fixing: dict[MarketKey, int] = {}
+    before: dict[PairKey, int] = {}
+    missing: dict[PairKey, int] = {}
+    fixing: dict[PairKey, int] = {}
     for key, ev in evidence.items():
         gaps = missing_ranges(ev, 0, end_ms)
         missing[key] = total(gaps)
@@ -64,10 +64,10 @@ def summarise(
         if history_start is not None:
             before[key] = total(before_first_bar_ranges(ev, history_start, end_ms))
 
-    def minutes(counts: Mapping[MarketKey, int]) -> int:
+    def minutes(counts: Mapping[PairKey, int]) -> int:
         return sum(counts.values()) // MINUTE_MS
 
-    def markets(counts: Mapping[MarketKey, int]) -> int:
+    def markets(counts: Mapping[PairKey, int]) -> int:
         return sum(1 for value in counts.values() if value)
 
     waiting = {key: missing[key] - fixing[key] for key in missing}

@@ -1,6 +1,6 @@
 """The web app's PostgreSQL pools.
 
-`ConnectionPool` (psycopg2, queries on worker threads) serves every read of `common.reads`;
+`ConnectionPool` (psycopg2, queries on worker threads) serves every read of `web.reads`;
 `AsyncPool` (asyncpg, on the event loop) serves only the hot path, the body of GET /api/ohlcvs,
 where a thread hop per request cost more than the query's own client work. Both open connections
 lazily (the app starts with the database down) and drop a connection that failed, so they recover

@@ -25,22 +25,19 @@ import time
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common import reads
+from common.candle import MarketKey
 from common.ohlcvs_versions import EARLIEST_MS, KEEP_ENTRIES, parse_entry
-from common.reads import BUCKET_ORIGIN_MS, Interval
 from common.redis_keys import OHLCVS_VERSION_SUMMARIES, ohlcvs_version_key
 from common.timeutil import datetime_to_ms, ms_to_datetime
+from web import reads
 from web.database import AsyncPool
-
-if TYPE_CHECKING:
-    from web.candles import MarketKey
+from web.reads import BUCKET_ORIGIN_MS, BarQuery, Interval
 
 LATEST_MS = 253_402_300_799_999
 BLOCK_BARS = 1000
@@ -151,22 +148,11 @@ def changed_from(entries: list[bytes], seen: int | None) -> tuple[int | None, in
     return newest, EARLIEST_MS
 
 
-async def body_from_database(
-    fast: AsyncPool,
-    market: MarketKey,
-    interval: Interval,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int,
-    as_ms: bool,
-) -> tuple[int, str]:
-    """(number of bars, comma-joined bar objects) of the newest `limit` bars in [start, end],
-    written by PostgreSQL in one prepared query (the uncached path)."""
-    query = reads.bars_body_query(interval.name, as_ms)
-    values = reads.bars_body_values(
-        market.exchange, market.base_id, market.quote_id, interval, start_ms, end_ms, limit
-    )
-    count, text = await fast.fetchrow(query.text, *query.arguments(values))
+async def body_from_database(fast: AsyncPool, query: BarQuery, as_ms: bool) -> tuple[int, str]:
+    """(number of bars, comma-joined bar objects) of the bars `query` asks for, written by
+    PostgreSQL in one prepared query (the uncached path)."""
+    sql = reads.bars_body_query(query.interval.name, as_ms)
+    count, text = await fast.fetchrow(sql.text, *sql.arguments(reads.bars_body_values(query)))
     return count, text
 
 
@@ -192,31 +178,21 @@ class HistoryCache:
     def blocks(self) -> int:
         return len(self._blocks)
 
-    async def body(
-        self,
-        market: MarketKey,
-        interval: Interval,
-        start_ms: int | None,
-        end_ms: int | None,
-        limit: int,
-        as_ms: bool,
-    ) -> tuple[int, bytes]:
+    async def body(self, query: BarQuery, as_ms: bool) -> tuple[int, bytes]:
         """(number of bars, JSON array) exactly as the uncached query gives them."""
+        market, interval = query.market, query.interval
+        start_ms, end_ms, limit = query.start_ms, query.end_ms, query.limit
         try:
             state = await self._sync(market)
         except (RedisError, OSError):
             self.stats.bypassed += 1
-            count, text = await body_from_database(
-                self._fast, market, interval, start_ms, end_ms, limit, as_ms
-            )
+            count, text = await body_from_database(self._fast, query, as_ms)
             return count, ("[" + text + "]").encode()
         generation = (self._summaries_generation, state.generation)
         now = time.monotonic()
         extent = state.extent
         if extent is None or now - state.extent_made > self.ttl_seconds:
-            row = await self._fast.fetchrow(
-                reads.MARKET_EXTENT_QUERY, market.exchange, market.base_id, market.quote_id
-            )
+            row = await self._fast.fetchrow(reads.MARKET_EXTENT_QUERY, *market)
             extent = (row[0], row[1])
             if generation == (self._summaries_generation, state.generation):
                 state.extent, state.extent_made = extent, now
@@ -230,15 +206,8 @@ class HistoryCache:
             fresh_from = min(fresh_from, interval.bucket_start(hi))
         need, tail = limit, ""
         if newest is None or hi >= fresh_from:
-            count, tail = await body_from_database(
-                self._fast,
-                market,
-                interval,
-                max(lo, fresh_from) if newest is not None else start_ms,
-                end_ms,
-                limit,
-                as_ms,
-            )
+            fresh = replace(query, start_ms=max(lo, fresh_from) if newest is not None else start_ms)
+            count, tail = await body_from_database(self._fast, fresh, as_ms)
             if count >= limit or lo >= fresh_from or newest is None:
                 return count, ("[" + tail + "]").encode()
             need, hi = limit - count, fresh_from - 1
@@ -247,7 +216,8 @@ class HistoryCache:
         cursor = hi
         while need > 0 and cursor >= floor:
             block_start, block_end = block_bounds(interval, cursor)
-            block = await self._block(market, interval, as_ms, block_start, block_end, generation, now)
+            wanted = BarQuery(market, interval, block_start, block_end - 1, block_bars(interval))
+            block = await self._block(wanted, as_ms, generation, now)
             text, count = block.window(lo, hi, need)
             if count:
                 pieces.append(text)
@@ -258,34 +228,18 @@ class HistoryCache:
             pieces.append(tail.encode())
         return limit - need, b"[" + b",".join(pieces) + b"]"
 
-    async def _block(
-        self,
-        market: MarketKey,
-        interval: Interval,
-        as_ms: bool,
-        start_ms: int,
-        end_ms: int,
-        generation: tuple[int, int],
-        now: float,
-    ) -> Block:
-        key = (market, interval.name, as_ms, start_ms)
+    async def _block(self, query: BarQuery, as_ms: bool, generation: tuple[int, int], now: float) -> Block:
+        """The block `query` spans (every bar of it), cached or read."""
+        market, start_ms, end_ms = query.market, query.start_ms, query.end_ms + 1
+        key = (market, query.interval.name, as_ms, start_ms)
         block = self._blocks.get(key)
         if block is not None and now - block.made <= self.ttl_seconds:
             self._blocks.move_to_end(key)
             self.stats.hits += 1
             return block
         self.stats.misses += 1
-        query = reads.bars_chunk_query(interval.name, as_ms)
-        values = reads.bars_body_values(
-            market.exchange,
-            market.base_id,
-            market.quote_id,
-            interval,
-            start_ms,
-            end_ms - 1,
-            block_bars(interval),
-        )
-        times, objects = await self._fast.fetchrow(query.text, *query.arguments(values))
+        sql = reads.bars_chunk_query(query.interval.name, as_ms)
+        times, objects = await self._fast.fetchrow(sql.text, *sql.arguments(reads.bars_body_values(query)))
         offsets = array("q", [0])
         for text in objects:
             offsets.append(offsets[-1] + len(text) + 1)
@@ -309,7 +263,7 @@ class HistoryCache:
 
     async def _sync(self, market: MarketKey) -> MarketState:
         """Read the market's and the summaries' versions and drop what changed since last seen."""
-        market_key = ohlcvs_version_key(market.exchange, market.base_id, market.quote_id, self._delimiter)
+        market_key = ohlcvs_version_key(*market, delimiter=self._delimiter)
         market_head, summaries_head = await self._heads(keys=[market_key, OHLCVS_VERSION_SUMMARIES])
         state = self._markets.get(market)
         if state is None:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from common import reads
 from common.backoff import backoff_seconds
-from common.reads import Bar, Interval
+from common.candle import Bar, MarketKey
+from common.redis_keys import ws_send_key
+from web import reads
 from web.bars import bar_dict, combine, parse_live_bar
-from web.candles import MarketKey, live_bucket, live_minutes
+from web.candles import live_bucket, live_minutes
 from web.database import ConnectionPool, DatabaseUnavailable
+from web.reads import Interval
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,7 @@ class LiveHub:
         self.delivered = 0
 
     def channel(self, market: MarketKey) -> str:
-        return market.send_key(self._delimiter)
+        return ws_send_key(*market, delimiter=self._delimiter)
 
     @property
     def subscriber_count(self) -> int:
@@ -147,9 +149,7 @@ class LiveHub:
         seen = self._known.get(market)
         if seen is not None and time.monotonic() - seen < KNOWN_MARKET_SECONDS:
             return True
-        known = await self._pool.run(
-            lambda conn: reads.market_exists(conn, market.exchange, market.base_id, market.quote_id)
-        )
+        known = await self._pool.run(lambda conn: reads.market_exists(conn, market))
         if known:
             self._known[market] = time.monotonic()
         return known

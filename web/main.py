@@ -12,9 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from common.redis_clients import async_client, listener_client
 from common.settings import Settings, get_settings
 from web.api.errors import install_error_handlers
 from web.api.routes import analytics, coverage, health, ohlcvs, status, symbols, ws
@@ -22,10 +22,6 @@ from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache
 from web.live import LiveHub
 from web.views import mount_pages
-
-
-def _redis(settings: Settings) -> aioredis.Redis:
-    return aioredis.from_url(settings.redis_url, socket_connect_timeout=3, health_check_interval=15)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,8 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = ConnectionPool(settings, settings.web_db_pool_size)
         fast_pool = AsyncPool(settings, settings.web_db_pool_size)
         await fast_pool.open()
-        client = aioredis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
-        hub = LiveHub(lambda: _redis(settings), client, pool, settings.redis_key_delimiter)
+        client = async_client(settings)
+        hub = LiveHub(lambda: listener_client(settings), client, pool, settings.redis_key_delimiter)
         app.state.pool, app.state.fast_pool, app.state.redis, app.state.hub = pool, fast_pool, client, hub
         app.state.history_cache = (
             HistoryCache(

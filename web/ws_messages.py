@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 
-from common.reads import INTERVALS
-from common.settings import EXCHANGES
-from web.candles import MarketKey
+from common.candle import MarketKey
+from common.exchanges import EXCHANGES
 from web.live import Subscription
+from web.reads import INTERVALS
 
 _ID = re.compile(r"[A-Za-z0-9._-]{1,40}")
 EXAMPLE = (

@@ -1,8 +1,9 @@
 """What every exchange adapter provides, and the small records that cross its boundary.
 
 An adapter is pure: it builds requests, parses bodies and classifies errors, but never does I/O, so
-the engines (`fetchers/rest`, later `fetchers/ws`) are exchange-agnostic and the protocol code is
-tested with real payloads alone. All three adapters define the same methods in the same order:
+the engines (`fetchers/rest`, `fetchers/ws`) are exchange-agnostic and the protocol code is
+tested with real payloads alone. Every adapter has these methods, in this order (the base class
+holds the defaults most exchanges share; an adapter overrides one only where its exchange differs):
 
     markets_requests -> parse_markets            which markets exist
     server_time_request -> parse_server_time     the exchange's present (its clock, not ours)
@@ -213,7 +214,8 @@ class WsSession:
 
 
 class ExchangeAdapter:
-    """The common shape; each exchange module subclasses it and fills in every method."""
+    """The common shape; each exchange module subclasses it, fills in every method that raises
+    NotImplementedError and overrides a default only where its exchange differs."""
 
     name: ClassVar[str]
     max_candles_per_request: ClassVar[int]
@@ -266,8 +268,13 @@ class ExchangeAdapter:
         """The exchange's own count of weight used by this IP, when it reports one."""
         return None
 
+    rest_budget_setting: ClassVar[str] = "{name}_rest_requests_per_minute"
+    """The setting that holds the exchange's REST budget per `rest_rate_window_seconds`."""
+
     def rate_limit(self, settings: Settings) -> RateLimit:
-        raise NotImplementedError
+        """The REST budget (`rest_budget_setting`), keeping room for the heaviest request."""
+        capacity = int(getattr(settings, self.rest_budget_setting.format(name=self.name)))
+        return RateLimit(capacity, settings.rest_rate_window_seconds, self.max_request_weight)
 
     # -- live bars over the websocket
     ws_transport: ClassVar[Literal["websocket", "signalr"]] = "websocket"
@@ -276,7 +283,8 @@ class ExchangeAdapter:
     ws_subscribe_frames_per_second: ClassVar[float]
 
     def ws_url(self, settings: Settings) -> str:
-        raise NotImplementedError
+        """Where the websocket API answers: the setting `<exchange>_ws_url` (or the simulator's)."""
+        return settings.ws_url(self.name)
 
     def ws_limits(self, settings: Settings) -> WsLimits:
         """The published limits; the heartbeat setting `<exchange>_ws_heartbeat_seconds` sets the

@@ -28,7 +28,6 @@ from fetchers.exchanges.base import (
     ExchangeAdapter,
     ExchangeError,
     FetchTask,
-    RateLimit,
     RestRequest,
     WsAction,
     WsCandle,
@@ -67,6 +66,7 @@ class BinanceAdapter(ExchangeAdapter):
     max_candles_per_request = 1000
     candles_request_weight = KLINES_WEIGHT
     max_request_weight = EXCHANGE_INFO_WEIGHT
+    rest_budget_setting = "binance_rest_weight_per_minute"
     ws_max_subscriptions = WS_STREAMS_PER_CONNECTION
     ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
     ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
@@ -175,13 +175,6 @@ class BinanceAdapter(ExchangeAdapter):
                 except ValueError:
                     return None
         return None
-
-    def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(
-            settings.binance_rest_weight_per_minute,
-            settings.rest_rate_window_seconds,
-            self.max_request_weight,
-        )
 
     # -- live bars over the websocket
     def ws_url(self, settings: Settings) -> str:

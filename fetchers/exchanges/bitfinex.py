@@ -23,14 +23,12 @@ from typing import Any
 import orjson
 
 from common.candle import Candle, CandleBlock, Market, check_ohlcv, only_number_chars
-from common.settings import Settings
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import (
     ErrorKind,
     ExchangeAdapter,
     ExchangeError,
     FetchTask,
-    RateLimit,
     RestRequest,
     WsAction,
     WsCandle,
@@ -90,8 +88,6 @@ def _decimal_json(body: str) -> Any:
 class BitfinexAdapter(ExchangeAdapter):
     name = "bitfinex"
     max_candles_per_request = 10_000
-    candles_request_weight = 1
-    max_request_weight = 1
     ws_max_subscriptions = WS_CHANNELS_PER_CONNECTION
     ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
     ws_subscribe_frames_per_second = WS_SUBSCRIBE_FRAMES_PER_SECOND
@@ -201,20 +197,7 @@ class BitfinexAdapter(ExchangeAdapter):
             return ExchangeError(ErrorKind.FATAL, None, code_text, message, status)  # e.g. 500 + 10020
         return classify_by_status(status, headers, code_text, message)
 
-    def used_weight(self, headers: Mapping[str, str]) -> int | None:
-        return None
-
-    def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(
-            settings.bitfinex_rest_requests_per_minute,
-            settings.rest_rate_window_seconds,
-            self.max_request_weight,
-        )
-
     # -- live bars over the websocket
-    def ws_url(self, settings: Settings) -> str:
-        return settings.ws_url(self.name)
-
     def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
         """The conf flags first: every channel frame then carries the evidence `BitfinexEvidence`
         reads."""

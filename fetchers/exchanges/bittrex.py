@@ -23,13 +23,11 @@ from datetime import datetime
 from typing import Any
 
 from common.candle import Candle, CandleBlock, Market, check_ohlcv
-from common.settings import Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms, ensure_utc, ms_to_datetime
 from fetchers.exchanges.base import (
     ExchangeAdapter,
     ExchangeError,
     FetchTask,
-    RateLimit,
     RestRequest,
     WsAction,
     WsCandle,
@@ -82,8 +80,6 @@ def day_start_ms(time_ms: int) -> int:
 class BittrexAdapter(ExchangeAdapter):
     name = "bittrex"
     max_candles_per_request = 1440
-    candles_request_weight = 1
-    max_request_weight = 1
     ws_transport = "signalr"
     ws_max_subscriptions = WS_STREAMS_PER_CONNECTION
     ws_connections_per_minute = WS_CONNECTIONS_PER_MINUTE
@@ -168,20 +164,7 @@ class BittrexAdapter(ExchangeAdapter):
             message = " ".join(str(part) for part in (code, data.get("detail"), data.get("data")) if part)
         return classify_by_status(status, headers, code, message)
 
-    def used_weight(self, headers: Mapping[str, str]) -> int | None:
-        return None
-
-    def rate_limit(self, settings: Settings) -> RateLimit:
-        return RateLimit(
-            settings.bittrex_rest_requests_per_minute,
-            settings.rest_rate_window_seconds,
-            self.max_request_weight,
-        )
-
     # -- live bars over the websocket
-    def ws_url(self, settings: Settings) -> str:
-        return settings.ws_url(self.name)
-
     def subscribe_frames(self, markets: Sequence[Market], session: WsSession) -> list[str]:
         return self._invocations("Subscribe", [HEARTBEAT_STREAM], markets, session)
 

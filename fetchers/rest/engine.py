@@ -22,14 +22,15 @@ from common.backoff import backoff_seconds
 from common.candle import CandleBlock
 from common.coverage import REST, CoverageRange
 from common.db import FetchErrorRecord, refresh_aggregates
+from common.redis_clients import async_client
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError
 from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
-from fetchers.rest.outages import redis_client, with_database_retry
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
+from fetchers.rest.service_retry import with_database_retry
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class BackfillEngine:
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
-        client = redis_client(self.settings)
+        client = async_client(self.settings, ride_out_outages=True)
         store = JobStore(client)
         heartbeat: asyncio.Task | None = None
         try:

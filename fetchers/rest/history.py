@@ -13,11 +13,11 @@ import time
 import aiohttp
 
 from common.db import connect, load_markets
+from common.redis_clients import async_client
 from common.settings import Settings
 from common.timeutil import floor_minute_ms
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import task_for
-from fetchers.rest.outages import redis_client
 from fetchers.rest.rate_limiter import SharedRateLimiter
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ async def first_available_minutes(
         markets = {market.symbol: market for market in load_markets(conn, exchange)}
     finally:
         conn.close()
-    client = redis_client(settings)
+    client = async_client(settings, ride_out_outages=True)
     limiter = SharedRateLimiter(client, exchange, adapter.rate_limit(settings))
     found: dict[str, int | None] = {}
     timeout = aiohttp.ClientTimeout(total=settings.rest_timeout_seconds)

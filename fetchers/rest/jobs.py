@@ -10,11 +10,11 @@ import heapq
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
-import redis.asyncio as aioredis
-
 from common.candle import Market
 from common.db import connection, load_markets
-from common.settings import EXCHANGES, Settings
+from common.exchanges import EXCHANGES
+from common.redis_clients import async_client
+from common.settings import Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms, floor_minute_ms, ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol
@@ -87,7 +87,7 @@ def choose_markets(known: Sequence[Market], symbols: Sequence[str] | None) -> li
 
 async def exchange_now(settings: Settings, exchange: str) -> datetime:
     """The exchange's present (its clock, not this machine's), paced by the exchange's shared budget."""
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         limiter = SharedRateLimiter(client, exchange, get_adapter(exchange).rate_limit(settings))
         return ms_to_datetime(await exchange_now_ms(settings, exchange, limiter))
@@ -121,7 +121,7 @@ async def create_job(
     tasks = plan_job(adapter, markets, start_ms, end_ms)
     limit = adapter.rate_limit(settings)
     per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         return await JobStore(client, job_scope(settings)).create(
             exchange, start_ms, end_ms, [m.symbol for m in markets], tasks, limit_per_minute=per_minute

@@ -9,10 +9,10 @@ import logging
 from dataclasses import dataclass
 
 import aiohttp
-import redis.asyncio as aioredis
 
 from common.candle import Market
 from common.db import connection, upsert_markets
+from common.redis_clients import async_client
 from common.settings import Settings
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ExchangeAdapter
@@ -62,7 +62,7 @@ async def fetch_markets(
 
 async def refresh_markets(settings: Settings, exchange: str) -> MarketsRefresh:
     adapter = get_adapter(exchange)
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         limiter = SharedRateLimiter(client, exchange, adapter.rate_limit(settings))
         markets = await fetch_markets(settings, adapter, limiter)

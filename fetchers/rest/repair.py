@@ -1,14 +1,16 @@
 """The automatic repair: find each market's missing minutes and queue a low-priority backfill of them.
 
-`plan_repair` reads the evidence (first and last bar, coverage, outages, failed requests) and asks
-the pure planner (`fetchers.rest.gaps`) for the gaps; `submit_repair` stores them as an ordinary
-backfill job marked low priority — the same durable queue, engine, writer and shared rate budget
-as a user's backfill, except that it only uses the budget user backfills leave free. One repair job
-per exchange at a time: while one is unfinished, a new run plans nothing and returns it. Runs of one
-exchange submit one after the other (a lock in Redis), so two runs that start together — the beat's
-run at start-up beside an overdue one, or several workers taking queued runs at once — never plan
-two jobs, and the run that will drain the job joins it before the next run looks. The ranges it
-repairs are kept beside its id in Redis, so the coverage API can show them as being repaired.
+`plan_repair` reads the evidence (first and last bar, coverage, outages, failed requests:
+`common.coverage.load_evidence`) and asks the pure planner (`fetchers.rest.gaps`) for the gaps;
+`submit_repair` stores them as an ordinary backfill job marked low priority — the same durable
+queue, engine, writer and shared rate budget as a user's backfill, except that it only uses the
+budget user backfills leave free. One repair job per exchange at a time: while one is unfinished, a
+new run plans nothing and returns it. Runs of one exchange submit one after the other (a lock in
+Redis), so two runs that start together — the beat's run at start-up beside an overdue one, or
+several workers taking queued runs at once — never plan two jobs, and the run that will drain the
+job joins it before the next run looks. The ranges it repairs are kept beside its id in Redis, so
+the coverage API can show them as being repaired (`current_repair`, `repairing_ranges`: the web
+reads the repair's state here, where it is written).
 """
 
 from __future__ import annotations
@@ -19,28 +21,20 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from psycopg2.extensions import connection as PgConnection
 from redis.exceptions import LockError
 
 from common.candle import Market
-from common.coverage import (
-    REST,
-    WS,
-    MarketKey,
-    read_coverage,
-    read_failed_requests,
-    read_history_bounds,
-    read_outages,
-)
+from common.coverage import PairKey, load_evidence
 from common.db import connection, load_markets
-from common.intervals import Range, merge
+from common.ranges import Range, merge
+from common.redis_clients import async_client
 from common.redis_keys import backfill_key, ws_health_key
 from common.settings import Settings
 from common.timeutil import MINUTE_MS, floor_minute_ms
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import FetchTask
 from fetchers.rest.exchange_clock import ExchangeClockUnavailable, exchange_now_ms
-from fetchers.rest.gaps import MarketEvidence, missing_minutes, plan_gaps, plan_repair_tasks
+from fetchers.rest.gaps import missing_minutes, plan_gaps, plan_repair_tasks
 from fetchers.rest.job_store import JobInfo, JobState, JobStore, job_scope
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
 
@@ -59,31 +53,6 @@ def repair_key(exchange: str, scope: str) -> str:
 def submit_lock_key(exchange: str, scope: str) -> str:
     """Lock held while a run looks for the exchange's repair job and, finding none, plans one."""
     return backfill_key("repair-submit", exchange, scope)
-
-
-def load_evidence(
-    conn: PgConnection,
-    exchange: str,
-    base_id: str | None = None,
-    quote_id: str | None = None,
-    since_ms: int = 0,
-) -> dict[MarketKey, MarketEvidence]:
-    """What the database knows about the completeness of one market or of every market of `exchange`."""
-    bounds = read_history_bounds(conn, exchange, base_id, quote_id)
-    coverage = read_coverage(conn, exchange, base_id, quote_id, since_ms)
-    outages = read_outages(conn, exchange, base_id, quote_id, since_ms)
-    failed = read_failed_requests(conn, exchange, base_id, quote_id, since_ms)
-    keys = set(bounds) | set(coverage) | set(outages) | set(failed)
-    return {
-        key: MarketEvidence(
-            bounds=bounds.get(key),
-            rest=coverage.get(key, {}).get(REST, []),
-            ws=coverage.get(key, {}).get(WS, []),
-            outages=outages.get(key, []),
-            failed=failed.get(key, []),
-        )
-        for key in keys
-    }
 
 
 async def known_exchange_now_ms(exchange: str, client: aioredis.Redis) -> int:
@@ -120,7 +89,7 @@ class RepairPlan:
     exchange: str
     since_ms: int
     until_ms: int
-    gaps: dict[MarketKey, list[Range]]
+    gaps: dict[PairKey, list[Range]]
     tasks: list[FetchTask]
 
     @property
@@ -133,7 +102,7 @@ def plan_repair(settings: Settings, exchange: str, now_ms: int, since_ms: int = 
     requests (at most `repair_max_requests`) that fill them, newest first."""
     until_ms = floor_minute_ms(now_ms) - settings.repair_settle_minutes * MINUTE_MS
     with connection(settings) as conn:
-        markets: dict[MarketKey, Market] = {(m.base_id, m.quote_id): m for m in load_markets(conn, exchange)}
+        markets: dict[PairKey, Market] = {(m.base_id, m.quote_id): m for m in load_markets(conn, exchange)}
         evidence = load_evidence(conn, exchange, since_ms=since_ms)
     gaps = plan_gaps(evidence, since_ms, until_ms)
     tasks = plan_repair_tasks(get_adapter(exchange), markets, gaps, settings.repair_max_requests)
@@ -154,7 +123,7 @@ async def current_repair(client: aioredis.Redis, settings: Settings, exchange: s
 
 async def repairing_ranges_by_market(
     client: aioredis.Redis, settings: Settings, exchange: str
-) -> dict[MarketKey, list[Range]]:
+) -> dict[PairKey, list[Range]]:
     """What the exchange's unfinished repair job is fetching, per market (empty when none is)."""
     if await current_repair(client, settings, exchange) is None:
         return {}
@@ -187,7 +156,7 @@ async def submit_repair(
     With `worker_id` (the engine's that will drain it), the run also joins the job it returns unless
     a live worker drains it already, under the same lock: a run that starts meanwhile sees the job
     running and leaves it, so one repair never takes two worker processes."""
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     lock = client.lock(submit_lock_key(exchange, job_scope(settings)), timeout=SUBMIT_LOCK_SECONDS, sleep=0.1)
     try:
         await lock.acquire()

@@ -18,7 +18,7 @@ from common.coverage import CoverageRange, record_coverage
 from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candle_blocks
 from common.ohlcvs_versions import markets_written, oldest_by_market
 from common.settings import Settings
-from fetchers.rest.outages import with_database_retry
+from fetchers.rest.service_retry import with_database_retry
 
 log = logging.getLogger(__name__)
 

@@ -12,65 +12,42 @@ claimed for bars not yet in the database.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from common.coverage import WS, CoverageRange
+from common.redis_records import OutageRecord
 from common.timeutil import MINUTE_MS, floor_minute_ms
 
 if TYPE_CHECKING:
     from fetchers.ws.connection import LiveConnection
-    from fetchers.ws.sink import MarketKeys
     from fetchers.ws.stream import StreamEngine
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-COVERAGE_KIND = "coverage"
 
 
-def coverage_record(market: MarketKeys, start_ms: int, end_ms: int) -> str:
-    return json.dumps(
-        {
-            "kind": COVERAGE_KIND,
-            "exchange": market.exchange,
-            "base_id": market.base_id,
-            "quote_id": market.quote_id,
-            "start_ms": start_ms,
-            "end_ms": end_ms,
-        }
-    )
-
-
-def outage_record(market: MarketKeys, start_ms: int, end_ms: int, reason: str) -> str:
-    return json.dumps(
-        {
-            "exchange": market.exchange,
-            "base_id": market.base_id,
-            "quote_id": market.quote_id,
-            "start_ms": start_ms,
-            "end_ms": end_ms,
-            "reason": reason,
-        }
-    )
-
-
-def take_records(connections: Sequence[LiveConnection], clock_ms: int) -> list[str]:
+def take_records(connections: Sequence[LiveConnection], clock_ms: int) -> list[OutageRecord | CoverageRange]:
     """Every connection's new outages, then its new coverage before the minute before `clock_ms`."""
     until_ms = floor_minute_ms(clock_ms) - MINUTE_MS
-    records: list[str] = []
+    records: list[OutageRecord | CoverageRange] = []
     for conn in connections:
         proven, outages = conn.evidence.take(until_ms)
         for reason, count in Counter(span.reason for span in outages).items():
             log.warning("%s: outage of %d markets recorded: %s", conn.name, count, reason)
         for span in outages:
-            if (market := conn.markets.get(span.symbol)) is not None:
-                records.append(outage_record(market, span.start_ms, span.end_ms, span.reason))
+            if (m := conn.markets.get(span.symbol)) is not None:
+                records.append(
+                    OutageRecord(m.exchange, m.base_id, m.quote_id, span.start_ms, span.end_ms, span.reason)
+                )
         for span in proven:
-            if (market := conn.markets.get(span.symbol)) is not None:
-                records.append(coverage_record(market, span.start_ms, span.end_ms))
+            if (m := conn.markets.get(span.symbol)) is not None:
+                records.append(
+                    CoverageRange(m.exchange, m.base_id, m.quote_id, span.start_ms, span.end_ms, WS)
+                )
     return records
 
 
@@ -81,4 +58,4 @@ async def track_coverage(engine: StreamEngine) -> None:
         if engine.clock_ms:
             records = take_records(engine.connections, engine.clock_ms)
             if records:
-                engine.sink.add_outages(records)
+                engine.sink.add_records(records)

@@ -4,7 +4,7 @@
   of the same bar as compact JSON on the channel of that name;
 - `ws_sub_…`: the bar for the updater (field = open time in ms), and the key in `ws_sub_list`;
 - the fetcher's progress (newest bar time) and the exchange clock in its health hash;
-- outage records for the updater to store.
+- outage and coverage records for the updater to store (`common.redis_records`).
 
 Bars wait in memory, newest update per (market, minute) wins, until Redis took them: while Redis is
 down (or restarting) nothing is dropped, and the batch is retried with capped jittered backoff.
@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from common.coverage import CoverageRange
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, ws_health_key, ws_progress_key, ws_send_key, ws_sub_key
+from common.redis_records import OutageRecord, encode_record
 from fetchers.exchanges.base import WsCandle
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,10 @@ MAX_BARS_PER_SCRIPT = 2000
 # KEYS: ws_sub_list, progress hash, health hash, then (send key, sub key) per bar.
 # ARGV: progress field, newest bar time, then (time, open, high, low, close, volume, closed 1/0)
 # per bar. The JSON is built here, not in the fetcher: fewer and shorter arguments to send, and the
-# fetcher's CPU is what limits its rate. A sub key needs SADD only when its field is new (HSET
-# returns 1): the updater removes a key from the set in the same script that empties its hash.
+# fetcher's CPU is what limits its rate. It is `common.redis_records.encode_bar` (PUBLISH) and
+# `encode_waiting_bar` (`ws_sub_`) written in Lua; the tests hold the script to them. A sub key
+# needs SADD only when its field is new (HSET returns 1): the updater removes a key from the set in
+# the same script that empties its hash.
 STORE_BARS = """
 local n = (#KEYS - 3) / 2
 for i = 1, n do
@@ -68,28 +71,6 @@ return n
 """
 
 
-class HiredisPackConnection(aioredis.Connection):
-    """Packs commands with hiredis (C) instead of redis-py's pure-Python packer: a burst of bars is
-    one EVALSHA with thousands of arguments, and packing them was a tenth of a fetcher's CPU."""
-
-    def pack_command(self, *args):
-        if isinstance(args[0], str):
-            args = (*args[0].encode().split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as error:
-            raise redis.exceptions.DataError(str(error)) from None
-
-
-def redis_client(url: str, **options) -> aioredis.Redis:
-    """The fetcher's Redis client (`redis.asyncio.from_url` options), packing with hiredis."""
-    return aioredis.Redis(
-        connection_pool=aioredis.ConnectionPool.from_url(
-            url, connection_class=HiredisPackConnection, **options
-        )
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class MarketKeys:
     """A subscribed market and its Redis key names, built once."""
@@ -113,20 +94,6 @@ class MarketKeys:
         )
 
 
-def bar_json(candle: WsCandle) -> str:
-    """The public bar JSON (values already checked to be plain decimal text, so no escaping). The
-    sink's script builds the same text in Redis; this is its reference form."""
-    return (
-        f'{{"time":{candle.time},"open":"{candle.open}","high":"{candle.high}","low":"{candle.low}",'
-        f'"close":"{candle.close}","volume":"{candle.volume}"}}'
-    )
-
-
-def sub_json(public: str, closed: bool) -> str:
-    """What waits in `ws_sub_`: the public JSON, plus `"closed":true` when the exchange said so."""
-    return public[:-1] + ',"closed":true}' if closed else public
-
-
 class RedisSink:
     def __init__(
         self,
@@ -142,7 +109,7 @@ class RedisSink:
         self.health_key = ws_health_key(exchange)
         self.progress_key = ws_progress_key(exchange)
         self._bars: dict[tuple[str, int], tuple[MarketKeys, WsCandle, float]] = {}
-        self._outages: list[str] = []
+        self._records: list[OutageRecord | CoverageRange] = []
         self._wake = asyncio.Event()
         self._sha: str | None = None
         self._stopping = False
@@ -162,8 +129,9 @@ class RedisSink:
             self.newest_ms = candle.time
         self._wake.set()
 
-    def add_outages(self, records: list[str]) -> None:
-        self._outages.extend(records)
+    def add_records(self, records: list[OutageRecord | CoverageRange]) -> None:
+        """Outage and coverage records, queued on `ws_outages` behind the bars added before them."""
+        self._records.extend(records)
         self._wake.set()
 
     @property
@@ -205,15 +173,15 @@ class RedisSink:
 
     async def flush(self) -> int:
         bars, self._bars = self._bars, {}
-        outages, self._outages = self._outages, []
-        if not bars and not outages:
+        records, self._records = self._records, []
+        if not bars and not records:
             return 0
         try:
-            await self._store(list(bars.values()), outages)
+            await self._store(list(bars.values()), records)
         except BaseException:
             bars.update(self._bars)  # updates that arrived meanwhile are newer
             self._bars = bars
-            self._outages[:0] = outages
+            self._records[:0] = records
             raise
         done = time.perf_counter()
         if self.latencies is not None:
@@ -221,7 +189,9 @@ class RedisSink:
         self.bars_stored += len(bars)
         return len(bars)
 
-    async def _store(self, bars: list[tuple[MarketKeys, WsCandle, float]], outages: list[str]) -> None:
+    async def _store(
+        self, bars: list[tuple[MarketKeys, WsCandle, float]], records: list[OutageRecord | CoverageRange]
+    ) -> None:
         if self._sha is None:
             self._sha = await self.client.script_load(STORE_BARS)
         pipe = self.client.pipeline(transaction=False)
@@ -241,10 +211,10 @@ class RedisSink:
                     "1" if candle.closed else "0",
                 )
             pipe.evalsha(self._sha, len(keys), *keys, *args)
-        if outages:
-            pipe.rpush(WS_OUTAGES, *outages)
+        if records:
+            pipe.rpush(WS_OUTAGES, *map(encode_record, records))
         try:
             await pipe.execute()
         except redis.exceptions.NoScriptError:
             self._sha = None  # Redis restarted and forgot the script: load it and try again
-            await self._store(bars, outages)
+            await self._store(bars, records)

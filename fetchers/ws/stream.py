@@ -107,7 +107,7 @@ class StreamEngine:
         self,
         settings: Settings,
         exchange: str,
-        redis_client: aioredis.Redis,
+        client: aioredis.Redis,
         symbols: Sequence[str] | None = None,
         shard: Shard = Shard(0, 1),
     ) -> None:
@@ -116,11 +116,11 @@ class StreamEngine:
         self.adapter = get_adapter(exchange)
         self.limits = self.adapter.ws_limits(settings)
         self.url = self.adapter.ws_url(settings)
-        self.redis = redis_client
+        self.redis = client
         self.symbols = list(symbols) if symbols else None
         self.shard = shard
         self.pacer = ConnectPacer(self.limits.connections_per_window, self.limits.connect_window_seconds)
-        self.sink = RedisSink(redis_client, exchange, shard.label, self.backoff)
+        self.sink = RedisSink(client, exchange, shard.label, self.backoff)
         self.connections: list[LiveConnection] = []
         self.market_objects: dict[str, Market] = {}
         self.clock_ms = 0

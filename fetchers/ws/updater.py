@@ -23,7 +23,6 @@ A database outage leaves everything in Redis; the next flush tries again.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import threading
@@ -38,8 +37,8 @@ import psycopg2.extras
 import redis
 from psycopg2.extensions import connection as PgConnection
 
-from common.candle import NUMBER_CHARS
-from common.coverage import WS, CoverageRange, record_coverage
+from common.candle import NUMBER_CHARS, MarketKey
+from common.coverage import CoverageRange, record_coverage
 from common.db import (
     DatabaseError,
     connect,
@@ -49,11 +48,19 @@ from common.db import (
     refresh_aggregates,
     refresh_first_level,
 )
+from common.exchanges import EXCHANGES
 from common.ohlcvs_versions import markets_written, oldest_by_market
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, WS_UPDATER_HEALTH, ws_health_key
-from common.settings import EXCHANGES, Settings
+from common.redis_records import (
+    OutageRecord,
+    RejectedBar,
+    decode_record,
+    encode_record,
+    said_closed,
+    waiting_bar_values,
+)
+from common.settings import Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
-from fetchers.ws.coverage import COVERAGE_KIND
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +74,6 @@ OUTAGES_PER_FLUSH = 50_000
 SMALLEST_BUCKET_MS = 5 * MINUTE_MS
 SECOND_LEVEL_MS = 15 * MINUTE_MS
 """Bucket width of `ohlcvs_summary_15min`, the first level the per-batch refresh leaves alone."""
-CLOSED_MARK = b'"closed":true'
-BAR_JSON = b'{"time":%s,"open":"%s","high":"%s","low":"%s","close":"%s","volume":"%s"}'
-"""The sink's bar JSON (`fetchers.ws.sink.bar_json`), as bytes: a stored bar of exactly this shape is
-read by splitting on quotes; anything else goes through the JSON parser."""
-BAR_JSON_CLOSED = BAR_JSON[:-1] + b',"closed":true}'
 
 # KEYS: ws_sub_list, then sub keys; ARGV: per key the number of fields n, then n (field, stored
 # value) pairs. A field goes only if it still holds the value that was stored in the database.
@@ -103,16 +105,15 @@ return 1
 
 
 def closed_times(bars: Mapping[int, str | bytes], exchange_clock_ms: int) -> list[int]:
-    """Open times of the closed bars of one market (DESIGN.md): every bar older than the newest one
-    (a newer bar arrived), and the newest when the exchange said so or when the exchange's own clock
-    is two intervals past it. Never the local clock. Bars are the stored JSON, as text or bytes."""
+    """Open times of the closed bars of one market (docs/architecture.md, "Closure and the updater"):
+    every bar older than the newest one (a newer bar arrived), and the newest when the exchange said
+    so or when the exchange's own clock is two intervals past it. Never the local clock. Bars are the
+    stored JSON, as text or bytes."""
     if not bars:
         return []
     newest = max(bars)
     closed = sorted(t for t in bars if t != newest)
-    raw = bars[newest]
-    said = (CLOSED_MARK in raw) if isinstance(raw, bytes) else ('"closed":true' in raw)
-    if said or exchange_clock_ms >= newest + CLOSE_AFTER_INTERVALS * MINUTE_MS:
+    if said_closed(bars[newest]) or exchange_clock_ms >= newest + CLOSE_AFTER_INTERVALS * MINUTE_MS:
         closed.append(newest)
     return closed
 
@@ -135,33 +136,13 @@ class Batch:
     delete: list[tuple[str, list[bytes]]] = field(default_factory=list)
     """(sub key, [field, stored value, ...]); an empty list for a key whose hash is empty."""
     oldest_ms: int | None = None
-    markets: list[tuple[str, str, str]] = field(default_factory=list)
+    markets: list[MarketKey] = field(default_factory=list)
     """(exchange, base, quote) of the bars in the batch, for refreshing their aggregates."""
 
 
-def split_sub_key(key: str, delimiter: str) -> tuple[str, str, str]:
+def split_sub_key(key: str, delimiter: str) -> MarketKey:
     exchange, base_id, quote_id = key[len("ws_sub_") :].split(delimiter)
-    return exchange, base_id, quote_id
-
-
-def bar_values(time_ms: int, raw: bytes) -> bytes:
-    """A stored bar's five values (open, high, low, close, volume), tab-joined, as the exchange sent
-    them; ValueError if the bar is not an object of decimal strings for minute `time_ms`."""
-    parts = raw.split(b'"')
-    if len(parts) in (23, 25):
-        shape = BAR_JSON if len(parts) == 23 else BAR_JSON_CLOSED
-        values = (parts[5], parts[9], parts[13], parts[17], parts[21])
-        if raw == shape % (b"%d" % time_ms, *values):
-            return b"\t".join(values)
-    try:
-        bar = json.loads(raw)
-        values = tuple(bar[name] for name in ("open", "high", "low", "close", "volume"))
-        same_minute = int(bar["time"]) == time_ms
-    except (ValueError, TypeError, KeyError):
-        raise ValueError(f"not a stored bar: {raw[:200]!r}") from None
-    if not same_minute or not all(type(v) is str for v in values):
-        raise ValueError(f"not a stored bar of minute {time_ms}: {raw[:200]!r}")
-    return "\t".join(values).encode()
+    return MarketKey(exchange, base_id, quote_id)
 
 
 def written_rows(
@@ -213,37 +194,28 @@ def check_batch(batch: Batch) -> None:
         raise ValueError(f"prices and volumes must be decimal number text, got {batch.values[bad[0]]!r}")
 
 
-def split_coverage(records: list[str]) -> tuple[list[str], list[CoverageRange]]:
-    """The fetchers' queued records: outages, and the coverage records among them."""
-    outages: list[str] = []
+def split_coverage(records: Iterable[bytes | str]) -> tuple[list[OutageRecord], list[CoverageRange]]:
+    """The fetchers' queued records (`ws_outages`): the outages, and the coverage among them."""
+    outages: list[OutageRecord] = []
     covered: list[CoverageRange] = []
-    for text in records:
-        r = json.loads(text)
-        if r.get("kind") == COVERAGE_KIND:
-            covered.append(
-                CoverageRange(
-                    r["exchange"], r["base_id"], r["quote_id"], int(r["start_ms"]), int(r["end_ms"]), WS
-                )
-            )
-        else:
-            outages.append(text)
+    for raw in records:
+        record = decode_record(raw)
+        (covered if isinstance(record, CoverageRange) else outages).append(record)
     return outages, covered
 
 
-def insert_outages(conn: PgConnection, records: Iterable[str]) -> int:
-    rows = []
-    for text in records:
-        r = json.loads(text)
-        rows.append(
-            (
-                r["exchange"],
-                r["base_id"],
-                r["quote_id"],
-                ms_to_datetime(r["start_ms"]),
-                ms_to_datetime(r["end_ms"]),
-                r["reason"][:500],
-            )
+def insert_outages(conn: PgConnection, records: Iterable[OutageRecord]) -> int:
+    rows = [
+        (
+            r.exchange,
+            r.base_id,
+            r.quote_id,
+            ms_to_datetime(r.start_ms),
+            ms_to_datetime(r.end_ms),
+            r.reason[:500],
         )
+        for r in records
+    ]
     if not rows:
         return 0
     with conn.cursor() as cur:
@@ -339,7 +311,7 @@ class Updater:
                 for t in closed:
                     raw = bars[t]
                     try:
-                        values = bar_values(t, raw)
+                        values = waiting_bar_values(t, raw)
                     except ValueError as exc:
                         self._reject(key, b"%d" % t, raw, str(exc))
                         continue
@@ -349,7 +321,7 @@ class Updater:
                 if not pairs:
                     continue
                 batch.delete.append((key, pairs))
-                batch.markets.append((exchange, base_id, quote_id))
+                batch.markets.append(MarketKey(exchange, base_id, quote_id))
                 if batch.oldest_ms is None or closed[0] < batch.oldest_ms:
                     batch.oldest_ms = closed[0]
                 if len(batch.lines) >= ROWS_PER_BATCH:
@@ -397,15 +369,7 @@ class Updater:
         log.error(
             "moved an unreadable bar to %s: %s field %s: %s: %r", WS_SUB_REJECTED, key, minute, reason, text
         )
-        record = json.dumps(
-            {
-                "key": key,
-                "field": minute,
-                "raw": text,
-                "reason": reason,
-                "rejected_ms": int(time.time() * 1000),
-            }
-        )
+        record = encode_record(RejectedBar(key, minute, text, reason, int(time.time() * 1000)))
         self._move_aside(keys=[WS_SUB_LIST, WS_SUB_REJECTED, key], args=[name, raw, record])
 
     def _write(self, batch: Batch, refresh_until_ms: int | None) -> tuple[int, int]:
@@ -452,7 +416,7 @@ class Updater:
             raise
         return inserted
 
-    def _store_records(self, records: list[str]) -> int:
+    def _store_records(self, records: list[bytes]) -> int:
         """Commit the outage and coverage records the fetchers queued, then trim them from Redis;
         returns how many outages they held."""
         gaps, covered = split_coverage(records)
@@ -473,7 +437,7 @@ class Updater:
         one, so a failure part-way leaves the rest in Redis for the next flush."""
         # The records first: a coverage record was queued after the bars it covers, so they are
         # all in Redis (and closed by the clock read next) when it is read.
-        records = [o.decode() for o in self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)]
+        records = self.redis.lrange(WS_OUTAGES, 0, OUTAGES_PER_FLUSH - 1)
         clocks = self.exchange_clocks()
         newest_clock = max(clocks.values(), default=0)
         closed_until = newest_clock - newest_clock % SMALLEST_BUCKET_MS

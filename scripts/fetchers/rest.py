@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from common.exchanges import EXCHANGES
 from common.logging_setup import setup_logging
-from common.settings import EXCHANGES, Settings, load_settings_or_exit
+from common.settings import Settings, load_settings_or_exit
 from common.timeutil import MINUTE_MS, datetime_to_ms, ms_to_datetime, parse_utc
 from scripts.cli import EXIT_FAILED, EXIT_USAGE, fail
 
@@ -126,11 +127,11 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
     """Show progress until the job is finished and its aggregates are refreshed. On a terminal one
     line redrawn in place (log lines go above it); otherwise a line every few seconds, and the
     finished line once."""
+    from common.redis_clients import async_client
     from fetchers.rest.job_store import JobStore
-    from fetchers.rest.outages import redis_client
     from fetchers.rest.progress import ProgressMeter, ProgressStream
 
-    client = redis_client(settings)
+    client = async_client(settings, ride_out_outages=True)
     store = JobStore(client)
     meter = ProgressMeter(settings.rest_rate_window_seconds)
     stream = ProgressStream(sys.stderr)
@@ -172,12 +173,11 @@ async def list_jobs(
     settings: Settings, exchanges: tuple[str, ...], job_id: str | None = None
 ) -> list[JobInfo]:
     """Jobs of these exchanges that write to this database, oldest first (or the one job)."""
-    import redis.asyncio as aioredis
-
+    from common.redis_clients import async_client
     from fetchers.rest.job_store import JobStore, job_scope
     from fetchers.rest.jobs import BackfillRequestError
 
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         store = JobStore(client, job_scope(settings))
         if job_id is not None:
@@ -191,11 +191,10 @@ async def list_jobs(
 
 
 async def failed_tasks(settings: Settings, job_id: str):
-    import redis.asyncio as aioredis
-
+    from common.redis_clients import async_client
     from fetchers.rest.job_store import JobStore
 
-    client = aioredis.from_url(settings.redis_url)
+    client = async_client(settings)
     try:
         return await JobStore(client).failed_tasks(job_id)
     finally:
@@ -358,11 +357,10 @@ def cancel(job_id: str) -> None:
     (job,) = run_async(list_jobs(settings, EXCHANGES, job_id))
 
     async def go() -> int:
-        import redis.asyncio as aioredis
-
+        from common.redis_clients import async_client
         from fetchers.rest.job_store import JobStore
 
-        client = aioredis.from_url(settings.redis_url)
+        client = async_client(settings)
         try:
             return await JobStore(client).cancel(job.id)
         finally:

@@ -19,10 +19,11 @@ import psycopg2
 import redis
 
 from common.db import DatabaseError
+from common.exchanges import EXCHANGES
 from common.logging_setup import setup_logging
-from common.settings import EXCHANGES, load_settings_or_exit
+from common.redis_clients import async_client, sync_client
+from common.settings import load_settings_or_exit
 from fetchers.exchanges.base import UnknownSymbolError
-from fetchers.ws.sink import redis_client
 from fetchers.ws.stream import Shard, StreamEngine
 from fetchers.ws.updater import Updater
 from scripts.cli import EXIT_USAGE, fail
@@ -56,7 +57,7 @@ def fetch(exchange: str, symbols: str | None, shard: str) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        client = redis_client(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+        client = async_client(settings, pack_with_hiredis=True)
         try:
             await StreamEngine(settings, exchange, client, wanted, chosen_shard).run(stop)
         finally:
@@ -90,7 +91,7 @@ def update() -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    client = sync_client(settings)
     updater = Updater(settings, client)
     log.info("updater started: flushing every %gs", settings.updater_flush_seconds)
     try:

@@ -26,6 +26,7 @@ from typing import TypeVar
 import psycopg2
 import redis
 
+from common.redis_clients import sync_client
 from common.settings import Settings
 
 T = TypeVar("T")
@@ -270,10 +271,7 @@ class LocalRedis:
         self.log_file = log_dir / "redis.log"
 
     def _client(self) -> redis.Redis:
-        password = self.settings.redis_password.get_secret_value() or None
-        return redis.Redis(
-            host=self.settings.redis_host, port=self.settings.redis_port, password=password, socket_timeout=2
-        )
+        return sync_client(self.settings, reply_timeout=2)
 
     def running(self) -> bool:
         if not self.pidfile.exists():

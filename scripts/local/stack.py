@@ -29,14 +29,14 @@ from pathlib import Path
 
 import click
 
+from common.exchanges import EXCHANGE_SPECS, SIMULATOR_PORTS
 from common.settings import PROJECT_ROOT, Settings, load_settings_or_exit
 from scripts.cli import fail
 from scripts.local.servers import LocalPostgres, LocalRedis, LocalServiceError, port_in_use, wait_until
-from simulator.config import DEFAULT_PORTS as SIMULATOR_PORTS
 
 PROCFILE = PROJECT_ROOT / "Procfile"
 SIMULATOR_COMMAND = "python -m simulator --speed 1"
-DEMO_MARKETS = {"bitfinex": "BTC/USD,ETH/USD", "binance": "BTC/USDT,ETH/USDT", "bittrex": "BTC/USD,ETH/USD"}
+DEMO_MARKETS = {spec.name: spec.demo_symbols for spec in EXCHANGE_SPECS}
 DEMO_CHART = "view/wschart?exchange=binance&base=BTC&quote=USDT&period=1D"
 
 

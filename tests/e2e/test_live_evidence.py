@@ -25,7 +25,7 @@ import pytest
 from common.candle import Market
 from common.coverage import WS, read_coverage
 from common.db import connection, load_markets
-from common.settings import EXCHANGES
+from common.exchanges import EXCHANGES
 from common.timeutil import MINUTE_MS
 from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.repair import submit_repair

@@ -21,8 +21,8 @@ from pydantic import SecretStr
 
 from common.candle import Market
 from common.db import connection, load_markets
+from common.exchanges import EXCHANGES
 from common.redis_keys import ws_send_key
-from common.settings import EXCHANGES
 from common.timeutil import MINUTE_MS
 from tests.support.live import (
     FAST_HEARTBEATS,

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from common.exchanges import EXCHANGES
 from common.redis_keys import ws_send_key
-from common.settings import EXCHANGES, PROJECT_ROOT
+from common.settings import PROJECT_ROOT
 from scripts.local.servers import postgres_root
 from tests.support.services import free_port, wait_for
 

@@ -24,7 +24,7 @@ from playwright.sync_api import sync_playwright
 from pydantic import SecretStr
 
 from common.db import AGGREGATE_LEVELS, BUCKET_ORIGIN, connection, load_markets
-from common.settings import EXCHANGES
+from common.exchanges import EXCHANGES
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from scripts.platform import READY_LINE
 from tests.e2e.test_web_chart import COUNT_CANDLE_PIXELS

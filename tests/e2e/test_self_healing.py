@@ -23,10 +23,11 @@ from urllib.parse import parse_qs
 import pytest
 import redis
 
+from common.completeness import missing_ranges
+from common.coverage import load_evidence
 from common.db import connection, load_markets
+from common.exchanges import EXCHANGES
 from common.timeutil import MINUTE_MS, ms_to_datetime
-from fetchers.rest.gaps import missing_ranges
-from fetchers.rest.repair import load_evidence
 from tests.conftest import service_env, simulator_limits
 from tests.support.backfill import RecordingProxy, day_aligned_range, stored_candles, truth_candles
 from tests.support.live import LiveStack, coverage_mismatches, mismatches, refresh_all_markets, wait_for
@@ -36,7 +37,6 @@ from tests.support.simulator import running_simulator
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-EXCHANGES = ["binance", "bitfinex", "bittrex"]
 REPAIR_INTERVAL_SECONDS = 4
 REPAIR_TASK = "celery_app.celery_tasks.repair_gaps"
 

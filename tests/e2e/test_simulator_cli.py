@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from common.exchanges import SIMULATOR_PORTS
 from common.settings import PROJECT_ROOT
-from simulator.config import DEFAULT_PORTS
 from simulator.faults import ACTION_ARGUMENTS, ACTIONS, SETTABLE
 from tests.support.simulator import simulator_process
 
@@ -123,7 +123,7 @@ def test_help_lists_every_fault_name_with_its_meaning_and_the_default_ports() ->
     assert result.returncode == 0
     for name in (*SETTABLE, *ACTIONS, *ACTION_ARGUMENTS):
         assert re.search(rf"^ +{name} +\S.{{20,}}$", result.stdout, re.M), f"{name} is not explained"
-    shown = ",".join(str(DEFAULT_PORTS[name]) for name in ("bitfinex", "binance", "bittrex", "control"))
+    shown = ",".join(str(SIMULATOR_PORTS[name]) for name in ("bitfinex", "binance", "bittrex", "control"))
     assert f"(default: {shown})" in " ".join(result.stdout.split())
 
 

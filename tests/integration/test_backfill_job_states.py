@@ -16,6 +16,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from common.redis_clients import async_client
 from common.schema import init_database
 from common.settings import PROJECT_ROOT
 from common.timeutil import ms_to_datetime
@@ -23,7 +24,6 @@ from fetchers.rest import engine as engine_module
 from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState
 from fetchers.rest.jobs import create_job
-from fetchers.rest.outages import redis_client
 from scripts.fetchers.rest import list_jobs
 from tests.conftest import service_env
 from tests.support.backfill import day_aligned_range
@@ -140,7 +140,7 @@ def test_a_redis_command_reconnects_for_rest_outage_seconds_before_it_fails(sett
     gone = settings.model_copy(update={"redis_port": free_port(), "rest_outage_seconds": OUTAGE_SECONDS})
 
     async def failing_command() -> float:
-        client = redis_client(gone)
+        client = async_client(gone, ride_out_outages=True)
         began = time.monotonic()
         try:
             with pytest.raises(redis.exceptions.ConnectionError):

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from common import settings as settings_module
+from common.exchanges import EXCHANGES
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.rest.exchange_clock import ExchangeClock, ExchangeClockUnavailable, exchange_now_ms
 from fetchers.rest.jobs import BackfillRequestError, create_job
@@ -19,7 +20,6 @@ from tests.support.simulator import running_simulator
 
 pytestmark = pytest.mark.integration
 
-EXCHANGES = ("bitfinex", "binance", "bittrex")
 SYMBOLS = {
     "bitfinex": ["tBTCUSD", "tETHUSD"],
     "binance": ["BTCUSDT", "ETHBTC"],

@@ -13,15 +13,16 @@ import json
 import psycopg2
 import pytest
 
-from common.candle import Market
+from common.candle import Bar, Market
 from common.coverage import REST, WS, CoverageRange, read_coverage, record_coverage
 from common.db import LATE_CHANGE_REASON, connection, upsert_markets
+from common.redis_clients import async_client
 from common.redis_keys import WS_OUTAGES, WS_SUB_LIST, WS_SUB_REJECTED, ws_health_key, ws_send_key, ws_sub_key
+from common.redis_records import OutageRecord, decode_bar, encode_bar, encode_waiting_bar
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
-from fetchers.ws.coverage import coverage_record, outage_record
-from fetchers.ws.sink import MarketKeys, RedisSink, bar_json, redis_client, sub_json
+from fetchers.ws.sink import MarketKeys, RedisSink
 from fetchers.ws.updater import Updater
 
 pytestmark = pytest.mark.integration
@@ -36,14 +37,22 @@ def bar(minute: int, close: str, closed: bool = False) -> WsCandle:
     )
 
 
-def store(settings, bars: list[WsCandle], outages: list[str] = ()) -> None:
+def live(candle: WsCandle) -> Bar:
+    return (candle.time, candle.open, candle.high, candle.low, candle.close, candle.volume)
+
+
+def bar_json(candle: WsCandle) -> str:
+    return encode_bar(live(candle))
+
+
+def store(settings, bars: list[WsCandle], records: list = ()) -> None:
     async def run() -> None:
-        client = redis_client(settings.redis_url)  # the fetcher's own client (commands packed by hiredis)
+        client = async_client(settings, pack_with_hiredis=True)  # the fetcher's own client
         sink = RedisSink(client, "binance", "shard0/1", lambda attempt: 0.01)
         keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", settings.redis_key_delimiter)
         for candle in bars:
             sink.add(keys, candle, 0.0)
-        sink.add_outages(list(outages))
+        sink.add_records(list(records))
         await sink.flush()
         await client.aclose()
 
@@ -80,9 +89,14 @@ def test_a_burst_sets_the_latest_bar_publishes_it_and_queues_it(settings, redis_
     }
     published = [pubsub.get_message(timeout=1) for _ in range(2)]
     assert [json.loads(m["data"]) for m in published if m] == [latest]  # the older bar is not published
-    assert published[0]["data"].decode() == bar_json(bar(1, "37060.5"))  # compact, as documented
+    # the sink's script writes exactly what common.redis_records encodes (compact, as documented)
+    assert published[0]["data"].decode() == encode_bar(live(bar(1, "37060.5")))
+    assert decode_bar(published[0]["data"]) == live(bar(1, "37060.5"))
     sub = ws_sub_key("binance", "BTC", "USDT")
-    assert client.hget(sub, str(T0)).decode() == sub_json(bar_json(bar(0, "37055.0")), closed=True)
+    assert client.hget(sub, str(T0)).decode() == encode_waiting_bar(live(bar(0, "37055.0")), closed=True)
+    assert client.hget(sub, str(T0 + MINUTE_MS)).decode() == encode_waiting_bar(
+        live(bar(1, "37060.5")), closed=False
+    )
     queued = {int(k): json.loads(v) for k, v in client.hgetall(ws_sub_key("binance", "BTC", "USDT")).items()}
     assert queued[T0 + MINUTE_MS] == latest and queued[T0]["closed"] is True
     assert client.smembers(WS_SUB_LIST) == {ws_sub_key("binance", "BTC", "USDT").encode()}
@@ -172,7 +186,7 @@ def test_batches_commit_one_by_one_and_a_failure_part_way_keeps_the_rest(setting
     client = redis_server.client()
 
     async def fill() -> None:
-        sink_client = redis_client(settings.redis_url)
+        sink_client = async_client(settings, pack_with_hiredis=True)
         sink = RedisSink(sink_client, "binance", "shard0/1", lambda attempt: 0.01)
         for m in markets:
             keys = MarketKeys.build("binance", m.base_id, "USDT", m.symbol, settings.redis_key_delimiter)
@@ -263,8 +277,7 @@ def test_an_unreadable_bar_is_moved_aside_and_the_good_ones_behind_it_are_stored
 
 def test_a_database_outage_leaves_bars_and_outages_in_redis_until_it_is_back(settings, redis_server, market):
     client = redis_server.client()
-    keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")
-    outage = [outage_record(keys, T0, T0 + 2 * MINUTE_MS, "connection lost: test")]
+    outage = [OutageRecord("binance", "BTC", "USDT", T0, T0 + 2 * MINUTE_MS, "connection lost: test")]
     store(settings, [bar(0, "37051"), bar(1, "37052")], outage)
     down = Updater(settings.model_copy(update={"postgres_port": 1}), client)
     with pytest.raises(Exception, match="cannot connect"):
@@ -284,9 +297,8 @@ def test_coverage_records_are_stored_with_their_bars_and_leave_the_list(settings
     """A connection's coverage travels behind its bars; the updater stores both in one transaction
     (the outage beside it too) and drains the list."""
     client = redis_server.client()
-    keys = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")
-    covered = [coverage_record(keys, T0, T0 + 2 * MINUTE_MS)]
-    outage = [outage_record(keys, T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")]
+    covered = [CoverageRange("binance", "BTC", "USDT", T0, T0 + 2 * MINUTE_MS, WS)]
+    outage = [OutageRecord("binance", "BTC", "USDT", T0 + 5 * MINUTE_MS, T0 + 6 * MINUTE_MS, "test")]
     store(settings, [bar(0, "37051"), bar(1, "37052"), bar(2, "37053"), bar(3, "37054")], covered + outage)
     result = Updater(settings, client).flush()
     assert result.rows == 3 and result.outages == 1

@@ -22,7 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from fetchers.ws.signalr import CONNECTION_DATA, Push, SignalRClient
+from fetchers.ws.signalr import CONNECTION_DATA
+from tests.support.signalr_client import Push, SignalRClient
 from tests.support.simulator import SimHandle, running_simulator, simulator_process
 
 pytestmark = pytest.mark.integration

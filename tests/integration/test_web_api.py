@@ -8,9 +8,8 @@ from decimal import Decimal
 
 import pytest
 
-from common.candle import Candle, Market
+from common.candle import Candle, Market, MarketKey
 from common.db import connection, refresh_aggregates, upsert_candles, upsert_markets
-from common.reads import INTERVALS, bars_body_query, bars_body_values, read_bars
 from common.timeutil import isoformat_z, ms_to_datetime
 from tests.support.services import RedisServer, free_port
 from tests.support.web import (
@@ -32,12 +31,14 @@ from tests.support.web import (
 )
 from web.bars import encode_bars
 from web.database import AsyncPool
+from web.reads import INTERVALS, BarQuery, bars_body_query, bars_body_values, read_bars
 
 pytestmark = pytest.mark.integration
 
 MISSING = {7, 8, 100, 101, 102}
 MINUTES = [i for i in range(6 * 60) if i not in MISSING]  # six hours with a few minutes without trades
 MIN = 60_000
+MARKET_KEY = MarketKey("binance", "BTC", "USDT")
 
 
 @pytest.fixture
@@ -217,7 +218,7 @@ def test_the_body_postgresql_writes_equals_the_bars_read_and_encoded(settings, s
             query = bars_body_query(interval, as_ms)
             out = []
             for start, end, limit in windows:
-                values = bars_body_values("binance", "BTC", "USDT", INTERVALS[interval], start, end, limit)
+                values = bars_body_values(BarQuery(MARKET_KEY, INTERVALS[interval], start, end, limit))
                 count, text = await pool.fetchrow(query.text, *query.arguments(values))
                 out.append((count, "[" + text + "]"))
             return out
@@ -228,7 +229,7 @@ def test_the_body_postgresql_writes_equals_the_bars_read_and_encoded(settings, s
         with connection(settings) as conn:
             expected = []
             for start, end, limit in windows:
-                bars = read_bars(conn, "binance", "BTC", "USDT", INTERVALS[interval], start, end, limit)
+                bars = read_bars(conn, BarQuery(MARKET_KEY, INTERVALS[interval], start, end, limit))
                 expected.append((len(bars), encode_bars(bars, as_ms).decode()))
         assert asyncio.run(bodies(as_ms)) == expected
         assert any(count for count, _ in expected), "bars were compared, not only empty pages"

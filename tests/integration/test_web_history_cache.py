@@ -15,9 +15,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from common.candle import Market
+from common.candle import Market, MarketKey
 from common.db import connection, refresh_aggregates, upsert_markets
-from common.reads import INTERVALS
 from common.redis_keys import ws_health_key
 from common.timeutil import ms_to_datetime
 from fetchers.ws.updater import Updater
@@ -32,9 +31,9 @@ from tests.support.web import (
     running_web,
     seed_known_data,
 )
-from web.candles import MarketKey
 from web.database import AsyncPool
 from web.history_cache import HistoryCache, body_from_database
+from web.reads import INTERVALS, BarQuery
 
 pytestmark = pytest.mark.integration
 
@@ -192,8 +191,9 @@ def test_without_redis_the_cache_is_bypassed_never_trusted(settings):
         gone = aioredis.from_url(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=1)
         cache = HistoryCache(gone, fast, settings.redis_key_delimiter, 2**20, 60)
         try:
-            _, body = await cache.body(key, interval, None, end_ms, 500, True)
-            _, text = await body_from_database(fast, key, interval, None, end_ms, 500, True)
+            query = BarQuery(key, interval, None, end_ms, 500)
+            _, body = await cache.body(query, True)
+            _, text = await body_from_database(fast, query, True)
             return body, text, cache
         finally:
             await gone.aclose()

@@ -20,8 +20,9 @@ from typing import Any
 import redis
 
 from common.db import connection
+from common.exchanges import EXCHANGES
 from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
-from common.settings import EXCHANGES, Settings
+from common.settings import Settings
 from common.timeutil import MINUTE_MS, datetime_to_ms
 from fetchers.rest.markets import refresh_markets
 from tests.conftest import service_env
@@ -282,8 +283,8 @@ def coverage_mismatches(
     """Every difference between `ohlcvs` and the truth inside the minutes `ohlcvs_coverage` vouches
     for (websocket coverage less outages and failed requests, plus REST coverage), and how many
     market-minutes that is."""
+    from common.completeness import MarketEvidence, covered_ranges
     from common.coverage import REST, WS, read_coverage, read_failed_requests, read_outages
-    from fetchers.rest.gaps import MarketEvidence, covered_ranges
 
     with connection(settings) as conn:
         coverage = read_coverage(conn, exchange)

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 
 from common.candle import Market
-from common.intervals import clip, intersect, merge, subtract, total
+from common.completeness import MarketEvidence, before_first_bar_ranges, missing_ranges
+from common.ranges import clip, intersect, merge, subtract, total
 from fetchers.exchanges import get_adapter
-from fetchers.rest.gaps import (
-    MarketEvidence,
-    before_first_bar_ranges,
-    missing_minutes,
-    missing_ranges,
-    plan_gaps,
-    plan_repair_tasks,
-)
+from fetchers.rest.gaps import missing_minutes, plan_gaps, plan_repair_tasks
 from web.coverage_summary import summarise
 
 pytestmark = pytest.mark.unit

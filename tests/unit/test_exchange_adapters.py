@@ -3,6 +3,7 @@ served, and candle/error bodies in the documented wire formats."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from common.candle import Market
+from common.exchanges import EXCHANGES
 from common.settings import Settings
 from fetchers.exchanges import ADAPTERS, get_adapter
-from fetchers.exchanges.base import ErrorKind, FetchTask, UnknownSymbolError, resolve_symbol
+from fetchers.exchanges.base import ErrorKind, ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol
 from fetchers.exchanges.bitfinex import split_pair
 
 pytestmark = pytest.mark.unit
@@ -37,22 +39,27 @@ def ms(dt: datetime) -> int:
 # ---------------------------------------------------------------------------------------- shape
 
 
-def test_every_adapter_has_the_same_methods_in_the_same_order():
-    wanted = [
-        "markets_requests",
-        "parse_markets",
-        "server_time_request",
-        "parse_server_time",
-        "candles_request",
-        "parse_candles",
-        "parse_candle_block",
-        "classify_error",
-        "used_weight",
-        "rate_limit",
+def test_every_adapter_fills_in_what_the_base_leaves_open_in_the_base_order():
+    methods = [name for name, value in vars(ExchangeAdapter).items() if inspect.isfunction(value)]
+    left_open = [
+        name for name in methods if "NotImplementedError" in inspect.getsource(vars(ExchangeAdapter)[name])
     ]
+    assert {"parse_candles", "classify_error", "parse_ws_frame"} <= set(left_open)
     for adapter in ADAPTERS.values():
-        own = [name for name in type(adapter).__dict__ if name in wanted]
-        assert own == wanted, adapter.name
+        own = [name for name in type(adapter).__dict__ if name in methods]
+        assert own == [name for name in methods if name in own], adapter.name
+        assert set(left_open) <= set(own), adapter.name
+
+
+def test_every_exchange_of_the_registry_has_its_adapter_and_settings():
+    assert tuple(ADAPTERS) == EXCHANGES
+    for simulator_host in ("", "127.0.0.1"):
+        settings = Settings(simulator_host=simulator_host)
+        for name, adapter in ADAPTERS.items():  # each reads its exchange's settings by name
+            assert adapter.name == name
+            assert adapter.rate_limit(settings).capacity >= 1
+            assert adapter.ws_limits(settings).heartbeat_seconds > 0
+            assert adapter.ws_url(settings) and settings.rest_url(name)
 
 
 def test_unknown_exchange_is_named():

@@ -6,9 +6,9 @@ from array import array
 from datetime import UTC, datetime
 
 from common.ohlcvs_versions import EARLIEST_MS, parse_entry
-from common.reads import BUCKET_ORIGIN_MS, INTERVALS
 from common.timeutil import datetime_to_ms
 from web.history_cache import Block, block_bars, block_bounds, changed_from
+from web.reads import BUCKET_ORIGIN_MS, INTERVALS
 
 MIN = 60_000
 

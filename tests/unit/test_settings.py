@@ -55,12 +55,9 @@ def test_password_is_never_echoed():
     assert "(got" not in describe_validation_error(raised.value)
 
 
-def test_urls_quote_passwords():
-    settings = Settings(_env_file=None, redis_password="p@ss/w:rd", postgres_password="a b@c")
+def test_the_redis_url_quotes_the_password():
+    settings = Settings(_env_file=None, redis_password="p@ss/w:rd")
     assert settings.redis_url.startswith("redis://:p%40ss%2Fw%3Ard@")
-    from sqlalchemy.engine import make_url
-
-    assert make_url(settings.database_url).password == "a b@c"
 
 
 @pytest.mark.parametrize("field", ["local_data_dir", "log_dir"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from common.exchanges import EXCHANGES, SIMULATOR_PORTS, simulator_urls
 from simulator.__main__ import build_parser, config_from_args
-from simulator.config import DEFAULT_PORTS, SimConfig
-from simulator.server import Simulator
+from simulator.config import SimConfig
+from simulator.server import SERVERS, Simulator
 
 pytestmark = pytest.mark.unit
 
@@ -16,11 +17,21 @@ def config(*argv: str) -> SimConfig:
 
 
 def test_the_command_line_listens_on_fixed_ports_unless_told_otherwise() -> None:
-    assert config().ports == DEFAULT_PORTS
-    assert len(set(DEFAULT_PORTS.values())) == 4
+    assert config().ports == SIMULATOR_PORTS
+    assert len(set(SIMULATOR_PORTS.values())) == 4
     assert config("--ports", "9001,0,9003,9004").ports == {"bitfinex": 9001, "bittrex": 9003, "control": 9004}
     assert config("--ports", "0,0,0,0").ports == {}, "0 = any free port"
     assert SimConfig().ports == {}, "library use (and the tests) take free ports"
+
+
+def test_every_exchange_of_the_registry_has_its_simulator_twin() -> None:
+    assert tuple(SIMULATOR_PORTS) == (*EXCHANGES, "control")
+    assert {server.port for server in SERVERS} == set(SIMULATOR_PORTS)
+    urls = simulator_urls("127.0.0.1", SIMULATOR_PORTS)
+    assert urls["binance"] == {"rest": "http://127.0.0.1:18402", "ws": "ws://127.0.0.1:18402"}
+    assert urls["bittrex"] == {"rest": "http://127.0.0.1:18403", "ws": "http://127.0.0.1:18403/signalr"}
+    assert simulator_urls("::1", SIMULATOR_PORTS)["bitfinex"]["ws"] == "ws://[::1]:18401/ws/2"
+    assert urls["control"] == "http://127.0.0.1:18404"
 
 
 def test_faults_from_flags_include_the_new_rest_faults() -> None:

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from common.reads import INTERVALS, Fold, bars_body_query, bars_body_values
+from common.candle import MarketKey
 from web.bars import combine, encode_bars, fill_empty, merge_minutes, parse_latest_hash, parse_live_bar
 from web.candles import combine_stored_and_fresh
+from web.reads import INTERVALS, BarQuery, Fold, bars_body_query, bars_body_values
 from web.ws_messages import BadMessage, parse_request
 
 pytestmark = pytest.mark.unit
@@ -141,7 +142,8 @@ def test_body_query_numbers_each_named_parameter_once_and_binds_them_in_that_ord
     assert "%(" not in query.text
     used = sorted({int(n) for n in re.findall(r"\$(\d+)", query.text)})
     assert used == list(range(1, len(query.names) + 1))
-    values = bars_body_values("binance", "BTC", "USDT", INTERVALS[name], ms(2024, 1, 1), ms(2024, 2, 1), 7)
+    market = MarketKey("binance", "BTC", "USDT")
+    values = bars_body_values(BarQuery(market, INTERVALS[name], ms(2024, 1, 1), ms(2024, 2, 1), 7))
     assert set(query.names) <= set(values)
     bound = dict(zip(query.names, query.arguments(values), strict=True))
     assert bound["limit"] == 7 and bound["exchange"] == "binance"

@@ -9,14 +9,18 @@ import time
 import pytest
 
 from common.candle import Market
+from common.redis_records import (
+    encode_bar,
+    encode_waiting_bar,
+    waiting_bar_values,
+)
 from fetchers.exchanges.base import WsAction, WsCandle, WsError, WsHeartbeat, WsInfo, WsSession
 from fetchers.exchanges.binance import BinanceAdapter
 from fetchers.exchanges.bitfinex import BitfinexAdapter
 from fetchers.exchanges.bittrex import BittrexAdapter
 from fetchers.ws.connection import Watchdog, plain_decimals
-from fetchers.ws.sink import bar_json, sub_json
 from fetchers.ws.stream import Shard, select_markets
-from fetchers.ws.updater import Batch, bar_values, check_batch, closed_times
+from fetchers.ws.updater import Batch, check_batch, closed_times
 
 pytestmark = pytest.mark.unit
 
@@ -320,18 +324,19 @@ def test_closure_follows_the_exchange_clock_never_the_local_one():
 
 
 def test_stored_bars_are_read_exactly_in_the_sinks_shape_and_any_other_json():
-    candle = WsCandle("BTCUSDT", 180_000, "37050.01000000", "37065.0", "1e-8", "37060.5", "0", closed=True)
-    public = bar_json(candle)
-    assert bar_values(180_000, public.encode()) == b"37050.01000000\t37065.0\t1e-8\t37060.5\t0"
-    assert bar_values(180_000, sub_json(public, True).encode()) == bar_values(180_000, public.encode())
+    bar = (180_000, "37050.01000000", "37065.0", "1e-8", "37060.5", "0")
+    public = encode_bar(bar)
+    assert waiting_bar_values(180_000, public.encode()) == b"37050.01000000\t37065.0\t1e-8\t37060.5\t0"
+    waiting = encode_waiting_bar(bar, closed=True)
+    assert waiting_bar_values(180_000, waiting.encode()) == waiting_bar_values(180_000, public.encode())
     spaced = json.dumps(
         {"volume": "2", "time": 180_000, "open": "1", "high": "3", "low": "0.5", "close": "2"}
     )
-    assert bar_values(180_000, spaced.encode()) == b"1\t3\t0.5\t2\t2"  # written by another client
+    assert waiting_bar_values(180_000, spaced.encode()) == b"1\t3\t0.5\t2\t2"  # written by another client
     with pytest.raises(ValueError):
-        bar_values(240_000, public.encode())  # a bar must belong to its field's minute
+        waiting_bar_values(240_000, public.encode())  # a bar must belong to its field's minute
     with pytest.raises(ValueError):
-        bar_values(180_000, public.replace('"37065.0"', "37065.0").encode())  # numbers, not text
+        waiting_bar_values(180_000, public.replace('"37065.0"', "37065.0").encode())  # numbers, not text
 
 
 @pytest.mark.parametrize("value", [b"1\t2\t3\t4", b"1\t2\t3\t4\t", b"1\t2\t3\t4\tNaN", b"1\t2\t\t4\t5"])

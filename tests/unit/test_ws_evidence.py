@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from common.redis_records import encode_record
 from common.settings import Settings
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import WsSession
@@ -342,6 +343,6 @@ def test_the_coverage_task_keeps_proof_behind_the_clock_and_the_updater_tells_th
         "binance#0", feed.evidence, {"BTCUSDT": MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", ";;")}
     )
     records = take_records([conn], minute(5) + 30_000)  # the fetcher's newest bar: minute 5
-    outages, covered = split_coverage(records)
-    assert [json.loads(o)["start_ms"] for o in outages] == [minute(6)]
+    outages, covered = split_coverage(map(encode_record, records))  # as they cross Redis
+    assert [o.start_ms for o in outages] == [minute(6)]
     assert [(c.start_ms, c.end_ms, c.source) for c in covered] == [(minute(1), minute(4), "ws")]

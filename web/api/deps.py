@@ -28,7 +28,7 @@ async def async_pool(connection: HTTPConnection) -> AsyncPool:
     return connection.app.state.fast_pool
 
 
-async def redis_client(connection: HTTPConnection) -> aioredis.Redis:
+async def app_redis(connection: HTTPConnection) -> aioredis.Redis:
     return connection.app.state.redis
 
 
@@ -39,5 +39,5 @@ async def live_hub(connection: HTTPConnection) -> LiveHub:
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 PoolDep = Annotated[ConnectionPool, Depends(database_pool)]
 AsyncPoolDep = Annotated[AsyncPool, Depends(async_pool)]
-RedisDep = Annotated[aioredis.Redis, Depends(redis_client)]
+RedisDep = Annotated[aioredis.Redis, Depends(app_redis)]
 HubDep = Annotated[LiveHub, Depends(live_hub)]

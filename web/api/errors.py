@@ -8,6 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
+from common.candle import MarketKey
 from web.database import DatabaseUnavailable
 
 
@@ -18,6 +19,16 @@ class BadRequest(Exception):
         super().__init__(detail)
         self.detail = detail
         self.status_code = status_code
+
+
+def unknown_market(market: MarketKey) -> BadRequest:
+    """The 404 of a market `symbol_exchange` does not list."""
+    exchange, base_id, quote_id = market
+    return BadRequest(
+        f"unknown market {exchange} {base_id}/{quote_id}: "
+        f"see GET /api/symbol-exchange?exchange={exchange} for the markets",
+        404,
+    )
 
 
 def describe_validation(errors: list[dict]) -> str:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from common import reads
+from web import reads
 from web.api.deps import PoolDep
 from web.api.errors import BadRequest
 

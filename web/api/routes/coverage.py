@@ -9,20 +9,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from common import reads
-from common.intervals import clip, intersect
-from common.settings import EXCHANGES, ExchangeName
+from common.candle import MarketKey
+from common.completeness import covered_ranges, missing_ranges
+from common.coverage import load_evidence
+from common.exchanges import EXCHANGES, ExchangeName
+from common.ranges import clip, intersect
 from common.timeutil import MINUTE_MS, floor_minute_ms
-from fetchers.rest.gaps import covered_ranges, missing_ranges
 from fetchers.rest.repair import (
     current_repair,
     known_exchange_now_ms,
-    load_evidence,
     repairing_ranges,
     repairing_ranges_by_market,
 )
+from web import reads
 from web.api.deps import PoolDep, RedisDep, SettingsDep
-from web.api.errors import BadRequest
+from web.api.errors import BadRequest, unknown_market
 from web.api.routes.ohlcvs import MAX_MS, MarketId
 from web.coverage_summary import summarise
 
@@ -49,12 +50,9 @@ async def coverage(
     The newest REPAIR_SETTLE_MINUTES are left to the live feed and never reported missing."""
     if start is not None and end is not None and start >= end:
         raise BadRequest(f"start ({start}) must be before end ({end}): both ms, the range is [start, end)")
-    if not await pool.run(lambda conn: reads.market_exists(conn, exchange, base_id, quote_id)):
-        raise BadRequest(
-            f"unknown market {exchange} {base_id}/{quote_id}: "
-            f"see GET /api/symbol-exchange?exchange={exchange} for the markets",
-            404,
-        )
+    market = MarketKey(exchange, base_id, quote_id)
+    if not await pool.run(lambda conn: reads.market_exists(conn, market)):
+        raise unknown_market(market)
     evidence = (await pool.run(lambda conn: load_evidence(conn, exchange, base_id, quote_id))).get(
         (base_id, quote_id)
     )

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
-from common import reads
+from common.exchanges import EXCHANGES
 from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
-from common.settings import EXCHANGES
+from web import reads
 from web.api.deps import HubDep, PoolDep, RedisDep, SettingsDep
 from web.database import DatabaseUnavailable
 

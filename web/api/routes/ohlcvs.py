@@ -10,12 +10,13 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import QueryParams
 
-from common import reads
-from common.reads import INTERVALS
-from common.settings import ExchangeName
+from common.candle import MarketKey
+from common.exchanges import ExchangeName
+from web import reads
 from web.api.deps import AsyncPoolDep, HubDep, PoolDep, SettingsDep
-from web.api.errors import BadRequest
-from web.candles import MarketKey, ohlcvs_body
+from web.api.errors import BadRequest, unknown_market
+from web.candles import ohlcvs_body
+from web.reads import INTERVALS, BarQuery
 
 router = APIRouter(tags=["ohlcvs"])
 
@@ -94,36 +95,21 @@ async def get_ohlcvs(
     """The newest `limit` bars whose open time lies in [start, end], oldest first. Prices and
     volumes are the stored decimal text. Minutes still in Redis are merged in."""
     query = parse_query(OhlcvsQuery, request.query_params)
-    exchange, base_id, quote_id, start, end, limit = (
-        query.exchange,
-        query.base_id,
-        query.quote_id,
-        query.start,
-        query.end,
-        query.limit,
-    )
+    market = MarketKey(query.exchange, query.base_id, query.quote_id)
+    start, end, limit = query.start, query.end, query.limit
     if not 1 <= limit <= settings.web_ohlcvs_max_limit:
         raise BadRequest(f"limit: send a number from 1 to {settings.web_ohlcvs_max_limit} (got {limit})", 422)
     if start is not None and end is not None and start > end:
         raise BadRequest(f"start ({start}) is after end ({end}): send start <= end (both ms, inclusive)")
-    market = MarketKey(exchange, base_id, quote_id)
     count, body = await ohlcvs_body(
         fast,
         pool,
         hub.recent_minutes,
-        market,
-        INTERVALS[query.interval],
-        start,
-        end,
-        limit,
+        BarQuery(market, INTERVALS[query.interval], start, end, limit),
         query.empty_ts,
         query.results_mls,
         request.app.state.history_cache,
     )
-    if not count and not await pool.run(lambda conn: reads.market_exists(conn, exchange, base_id, quote_id)):
-        raise BadRequest(
-            f"unknown market {exchange} {base_id}/{quote_id}: "
-            f"see GET /api/symbol-exchange?exchange={exchange} for the markets",
-            404,
-        )
+    if not count and not await pool.run(lambda conn: reads.market_exists(conn, market)):
+        raise unknown_market(market)
     return Response(body, media_type="application/json")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from common.settings import EXCHANGES
+from common.exchanges import EXCHANGES
 from fetchers.rest.job_store import JobStore, job_scope
 from web.api.deps import RedisDep, SettingsDep
 

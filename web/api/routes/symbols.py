@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from common import reads
-from common.settings import ExchangeName
+from common.exchanges import ExchangeName
+from web import reads
 from web.api.deps import PoolDep
 
 router = APIRouter(tags=["markets"])

@@ -16,11 +16,9 @@ from functools import cache
 from psycopg2 import sql
 from psycopg2.extensions import connection as PgConnection
 
+from common.candle import Bar, MarketKey
 from common.db import BUCKET_ORIGIN
 from common.timeutil import datetime_to_ms, ms_to_datetime
-
-Bar = tuple[int, str, str, str, str, str]
-"""(open time in ms, open, high, low, close, volume) - decimals as exact text."""
 
 BUCKET_ORIGIN_MS = datetime_to_ms(BUCKET_ORIGIN)
 
@@ -72,6 +70,19 @@ INTERVALS: dict[str, Interval] = {
     )
 }
 
+
+@dataclass(frozen=True, slots=True)
+class BarQuery:
+    """One read of bars: the newest `limit` bars of `market` at `interval` whose open time is in
+    [start_ms, end_ms] (None: unbounded), answered oldest first. `dataclasses.replace` narrows it."""
+
+    market: MarketKey
+    interval: Interval
+    start_ms: int | None
+    end_ms: int | None
+    limit: int
+
+
 _BAR_COLUMNS = "open::text, high::text, low::text, close::text, volume::text"
 _MS = "(extract(epoch FROM {t}) * 1000)::bigint"
 
@@ -104,41 +115,25 @@ _EARLIEST_MS = -62_135_596_800_000  # 0001-01-01
 _LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999
 
 
-def read_bars(
-    conn: PgConnection,
-    exchange: str,
-    base_id: str,
-    quote_id: str,
-    interval: Interval,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int,
-) -> list[Bar]:
-    """The newest `limit` stored bars with open time in [start_ms, end_ms], ascending."""
-    start = ms_to_datetime(_EARLIEST_MS if start_ms is None else start_ms)
-    end = ms_to_datetime(_LATEST_MS if end_ms is None else end_ms)
-    params = dict(exchange=exchange, base_id=base_id, quote_id=quote_id, start=start, end=end, limit=limit)
+def read_bars(conn: PgConnection, query: BarQuery) -> list[Bar]:
+    """The stored bars `query` asks for, ascending."""
+    interval = query.interval
     if interval.rollup_sql is None:
-        query = sql.SQL(_DIRECT).format(
+        statement = sql.SQL(_DIRECT).format(
             time=sql.Identifier(interval.time_column), relation=sql.Identifier(interval.relation)
         )
     else:
-        # The source buckets of the first wanted bar start at its own (earlier or equal) open time.
-        first = interval.bucket_start(start_ms) if start_ms is not None else _EARLIEST_MS
-        params.update(source_start=ms_to_datetime(max(first, _EARLIEST_MS)), origin=BUCKET_ORIGIN)
-        query = sql.SQL(_ROLLUP).format(
+        statement = sql.SQL(_ROLLUP).format(
             expr=sql.SQL(interval.rollup_sql), relation=sql.Identifier(interval.relation)
         )
     with conn.cursor() as cur:
-        cur.execute(query, params)
+        cur.execute(statement, bars_body_values(query))
         rows = cur.fetchall()
     rows.reverse()
     return rows
 
 
-def minutes_stored(
-    conn: PgConnection, exchange: str, base_id: str, quote_id: str, times_ms: list[int]
-) -> set[int]:
+def minutes_stored(conn: PgConnection, market: MarketKey, times_ms: list[int]) -> set[int]:
     """Which of these minute open times already have a row in `ohlcvs`."""
     if not times_ms:
         return set()
@@ -146,7 +141,7 @@ def minutes_stored(
         cur.execute(
             "SELECT " + _MS.format(t="time") + " FROM ohlcvs WHERE exchange = %s AND base_id = %s "
             "AND quote_id = %s AND time = ANY(%s)",
-            (exchange, base_id, quote_id, [ms_to_datetime(t) for t in times_ms]),
+            (*market, [ms_to_datetime(t) for t in times_ms]),
         )
         return {row[0] for row in cur.fetchall()}
 
@@ -164,23 +159,18 @@ class Fold:
     volume: str
 
 
-def fold_minutes(
-    conn: PgConnection, exchange: str, base_id: str, quote_id: str, start_ms: int, end_ms: int
-) -> Fold | None:
+def fold_minutes(conn: PgConnection, market: MarketKey, start_ms: int, end_ms: int) -> Fold | None:
     """The stored minutes in [start_ms, end_ms) as one bar, or None when there are none."""
     with conn.cursor() as cur:
-        cur.execute(
-            _FOLD_MINUTES, (exchange, base_id, quote_id, ms_to_datetime(start_ms), ms_to_datetime(end_ms))
-        )
+        cur.execute(_FOLD_MINUTES, (*market, ms_to_datetime(start_ms), ms_to_datetime(end_ms)))
         row = cur.fetchone()
     return None if row is None or row[0] is None else Fold(*row)
 
 
-def market_exists(conn: PgConnection, exchange: str, base_id: str, quote_id: str) -> bool:
+def market_exists(conn: PgConnection, market: MarketKey) -> bool:
     with conn.cursor() as cur:
         cur.execute(
-            "SELECT 1 FROM symbol_exchange WHERE exchange = %s AND base_id = %s AND quote_id = %s",
-            (exchange, base_id, quote_id),
+            "SELECT 1 FROM symbol_exchange WHERE exchange = %s AND base_id = %s AND quote_id = %s", market
         )
         return cur.fetchone() is not None
 
@@ -307,21 +297,16 @@ def bars_body_query(interval_name: str, as_ms: bool) -> BodyQuery:
     return _numbered(_BODY.format(template=template, time=time_sql, rows=_rows_sql(INTERVALS[interval_name])))
 
 
-def bars_body_values(
-    exchange: str,
-    base_id: str,
-    quote_id: str,
-    interval: Interval,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int,
-) -> dict[str, object]:
-    """The parameters of `bars_body_query`, bounded exactly as `read_bars` bounds them."""
-    values: dict[str, object] = dict(exchange=exchange, base_id=base_id, quote_id=quote_id, limit=limit)
+def bars_body_values(query: BarQuery) -> dict[str, object]:
+    """The named parameters of `query` for `read_bars`, `bars_body_query` and `bars_chunk_query`."""
+    start_ms, end_ms = query.start_ms, query.end_ms
+    exchange, base_id, quote_id = query.market
+    values: dict[str, object] = dict(exchange=exchange, base_id=base_id, quote_id=quote_id, limit=query.limit)
     values["start"] = ms_to_datetime(_EARLIEST_MS if start_ms is None else start_ms)
     values["end"] = ms_to_datetime(_LATEST_MS if end_ms is None else end_ms)
-    if interval.rollup_sql is not None:
-        first = interval.bucket_start(start_ms) if start_ms is not None else _EARLIEST_MS
+    if query.interval.rollup_sql is not None:
+        # The source buckets of the first wanted bar start at its own (earlier or equal) open time.
+        first = query.interval.bucket_start(start_ms) if start_ms is not None else _EARLIEST_MS
         values.update(source_start=ms_to_datetime(max(first, _EARLIEST_MS)), origin=BUCKET_ORIGIN)
     return values
 
