@@ -82,7 +82,11 @@ class Platform:
 
     def check(self, exchange: str, start: int, end: int, withheld: bool = True) -> None:
         settings, sim, markets = self.stack.settings, self.sim, self.markets[exchange]
-        dropped = sim.dropped(exchange, closes=exchange in CLOSE_CARRIES_THE_BAR)
+        dropped = {
+            platform_symbol(exchange, listing): minutes
+            for listing, minutes in sim.dropped(exchange, closes=exchange in CLOSE_CARRIES_THE_BAR).items()
+        }
+        assert set(dropped) <= {m.symbol for m in markets}, f"withheld, yet not followed: {set(dropped)}"
         in_window = {s: {m for m in minutes if start <= m < end} for s, minutes in dropped.items()}
         assert any(in_window.values()) == withheld, f"withheld in the window: {in_window}"
         with connection(settings) as conn:
@@ -102,6 +106,12 @@ class Platform:
         repair(settings, exchange)
         problems = mismatches(settings, sim, exchange, markets, start, end, repaired=True)
         assert problems == [], f"{len(problems)} after the repair, e.g. {problems[:5]}"
+
+
+def platform_symbol(exchange: str, listing: str) -> str:
+    """The platform's symbol of a market the simulator's control port names by its listing symbol
+    (Bitfinex `BTCUSD` is the platform's `tBTCUSD`)."""
+    return f"t{listing}" if exchange == "bitfinex" else listing
 
 
 def repair(settings, exchange: str) -> None:
