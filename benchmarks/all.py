@@ -1,6 +1,6 @@
 """Every benchmark, one after the other, and one table of all their figures beside their targets.
 
-    python -m benchmarks.all                       # the reference run (about 15 minutes)
+    python -m benchmarks.all                       # the reference run (about 30 minutes)
     python -m benchmarks.all --quick               # a smoke run of each script (small sizes)
     python -m benchmarks.all --only web,backfill   # some of them
     python -m benchmarks.all --markdown docs/benchmarks.md
@@ -44,6 +44,7 @@ SCRIPTS = (
     Script("live", ("--quick",)),
     Script("web", ("--seconds", "2", "--ws-seconds", "2", "--subscribers", "200")),
     Script("backfill", ("--quick",)),
+    Script("soak", ("--quick",)),
 )
 
 

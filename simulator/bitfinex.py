@@ -346,6 +346,8 @@ class Channel:
     key: str
     market: SimMarket
     subscription: Subscription | None = None
+    since_ms: int = 0
+    """The minute in progress when the channel was subscribed: its client can claim none before."""
     last_sent: float = field(default_factory=time.monotonic)
     pending: list[CandleEvent] | None = field(default_factory=list)
 
@@ -419,9 +421,14 @@ class BitfinexConnection(WsConnection):
         self.writer.send(text)
 
     def _record_withheld(self, channel: Channel, candles: Sequence[SimCandle]) -> None:
+        """Record the minutes a fault kept from this channel. A snapshot's history before the
+        subscription is left out: sockets before this one were sent it, and this channel's client
+        can claim no minute before its first frame, so withholding it hides nothing it could vouch
+        for."""
         withheld = self.sim.faults.withheld
         for candle in candles:
-            withheld.add(EXCHANGE, channel.market.symbol, candle.time_ms)
+            if candle.time_ms >= channel.since_ms:
+                withheld.add(EXCHANGE, channel.market.symbol, candle.time_ms)
 
     async def _heartbeats(self) -> None:
         period = self.sim.config.bitfinex_heartbeat_seconds
@@ -491,7 +498,7 @@ class BitfinexConnection(WsConnection):
             self._error(request, 10305, "subscribe: limit")
             return
         chan_id = self.server.new_chan_id(set(self.channels))
-        channel = Channel(chan_id, key, market)
+        channel = Channel(chan_id, key, market, since_ms=self.sim.clock.current_minute_ms())
         self.channels[chan_id] = channel
         self.by_key[key] = chan_id
         channel.subscription = self.sim.feed.subscribe(

@@ -143,7 +143,9 @@ class Withheld:
     withheld or mangled on at least one socket (`ws_stall`, `ws_malformed_rate`, `lose_ws_frames`,
     `lose_ws_closes`): the minutes a client may claim as covered although it was not sent all of
     them. Heartbeats and keep-alives carry no minute and are not recorded. Frames lost with a socket
-    that `drop_ws` aborted are not recorded either: the client knows it lost its socket.
+    that `drop_ws` aborted are not recorded either: the client knows it lost its socket. Of a
+    withheld Bitfinex snapshot, only minutes from the channel's subscription on are: the history it
+    repeats went to earlier sockets, and the new channel's client can claim none of it.
 
     Where the exchange marks a bar's last update (Binance `"x": true`, which carries the whole bar),
     the minutes whose closing update was withheld are also kept apart (`closes_of`): a client that

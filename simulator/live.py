@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 EventKind = Literal["open", "update", "final"]
 
 MAX_FINALS_CAUGHT_UP = 5
-"""After a stall longer than this many minutes, older finals are dropped (the feed moves on)."""
+"""After a stall longer than this many minutes, older finals are dropped (the feed moves on, with a
+warning: clients that number messages see no gap, yet their last bar of those minutes is not final)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,15 @@ class LiveFeed:
                 self._emit(minute, "update", now, now)
             return
         if opened is not None:  # every minute from the one open so far up to this one has closed
-            for closed in range(max(opened, minute - MAX_FINALS_CAUGHT_UP * MINUTE_MS), minute, MINUTE_MS):
+            first = max(opened, minute - MAX_FINALS_CAUGHT_UP * MINUTE_MS)
+            if first > opened and self._subs:
+                log.warning(
+                    "live feed fell %d minutes behind: no final sent for minutes %d .. %d",
+                    (minute - opened) // MINUTE_MS,
+                    opened,
+                    first - MINUTE_MS,
+                )
+            for closed in range(first, minute, MINUTE_MS):
                 self._emit(closed, "final", closed + MINUTE_MS, closed + MINUTE_MS)
         self._open_minute = minute
         self._emit(minute, "open", minute, now)

@@ -62,6 +62,8 @@ class WsEvidence:
         self.markets: dict[str, MarketProof] = {symbol: MarketProof() for symbol in symbols}
         self._outages: list[MinuteSpan] = []
         self._suspect = ""
+        self.paused = False
+        """The exchange paused its data (maintenance): no run starts until the socket is resubscribed."""
 
     # ---- what the connection tells
 
@@ -71,8 +73,16 @@ class WsEvidence:
 
     def restart(self, reason: str) -> None:
         """The socket was (re)opened or resubscribed: every run ends, per-socket counters reset."""
+        self.paused = False
         for symbol in self.markets:
             self.end_run(symbol, reason)
+
+    def pause(self, reason: str) -> None:
+        """The exchange paused its data until it asks for a resubscription (Bitfinex maintenance):
+        every run ends and none starts before `restart`. The socket may keep beating with contiguous
+        numbers meanwhile, but beats during a pause prove nothing: the trades were never sent."""
+        self.restart(reason)
+        self.paused = True
 
     def frame_lost(self, why: str) -> None:
         """A frame could not be read. Where the exchange numbers its messages, the jump shows what
@@ -125,7 +135,10 @@ class WsEvidence:
         return f"{found} after a bad frame ({suspect[:120]})" if suspect else found
 
     def start_run(self, symbol: str, since_ms: int) -> None:
-        """Proof of `symbol` can start at minute `since_ms`; the open outage ends there."""
+        """Proof of `symbol` can start at minute `since_ms`; the open outage ends there (not while
+        the exchange's data is paused: the outage stays open)."""
+        if self.paused:
+            return
         proof = self.markets[symbol]
         if proof.open_from_ms is not None and since_ms > proof.open_from_ms:
             self._outages.append(MinuteSpan(symbol, proof.open_from_ms, since_ms, proof.reason))

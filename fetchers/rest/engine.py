@@ -160,7 +160,7 @@ class BackfillEngine:
                 finally:
                     await writer.close()
             job = await store.info(self.job_id)
-            if job.finished and not job.refreshed and await store.claim_refresh(self.job_id):
+            if job.finished and not job.refreshed and await store.claim_refresh(self.job_id, self.worker_id):
                 await self._refresh(store, job)
                 job = await store.info(self.job_id)
             return job

@@ -4,7 +4,8 @@ A job's planned requests sit in a pending list. A worker claims one atomically (
 in-flight hash, tagged with the worker's id) and completes it only after the database has
 committed its candles. Workers keep a heartbeat key alive; `requeue_orphans` (run by `resume` and
 by every worker at start) returns the in-flight requests of workers whose heartbeat has expired —
-a `kill -9` loses nothing, and requests of live workers are left alone.
+a `kill -9` loses nothing, and requests of live workers are left alone. The refresh of a finished
+job's aggregates is claimed the same way: it passes to another worker once its own is gone.
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ for i = 1, #entries, 2 do
   end
 end
 return moved
+"""
+
+
+_CLAIM_REFRESH = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. holder) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
 """
 
 
@@ -180,7 +189,7 @@ class JobStore:
         self._complete = client.register_script(_COMPLETE)
         self._complete_done = client.register_script(_COMPLETE_DONE)
         self._requeue = client.register_script(_REQUEUE_ORPHANS)
-        self.owner_token = uuid.uuid4().hex
+        self._claim_refresh = client.register_script(_CLAIM_REFRESH)
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str]:
@@ -368,12 +377,15 @@ class JobStore:
         args = [backfill_key("worker", ""), idle_worker or "\x00"]
         return int(await self._requeue(keys=[pending, inflight], args=args))
 
-    async def claim_refresh(self, job_id: str) -> bool:
-        """True for the single caller that should refresh the finished job's aggregates. The claim
-        is a lease: if that caller dies before `mark_refreshed`, a later `resume` takes it over."""
+    async def claim_refresh(self, job_id: str, worker_id: str) -> bool:
+        """True for the single worker that should refresh the finished job's aggregates. The claim
+        lasts while the worker's heartbeat does, like its requests: a worker killed mid-refresh
+        leaves it to the next engine that runs the job (and `REFRESH_LEASE_SECONDS` bounds a worker
+        that beats but never finishes)."""
         meta, _, _ = self._keys(job_id)
         lease = backfill_key("job", job_id, "refresh-lease")
-        if not await self.client.set(lease, self.owner_token, nx=True, ex=REFRESH_LEASE_SECONDS):
+        args = [worker_id, backfill_key("worker", ""), REFRESH_LEASE_SECONDS]
+        if not await self._claim_refresh(keys=[lease], args=args):
             return False
         if int(await self.client.hget(meta, "finished_ms") or 0) == 0:
             await self.client.hset(meta, "finished_ms", int(time.time() * 1000))

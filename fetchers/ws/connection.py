@@ -4,7 +4,8 @@ The loop owns everything about its socket: the per-connection protocol session (
 keyed by connection), the watchdog (armed at connect: a socket that never sends a frame is noticed
 too), the paced subscribe task (referenced and cancelled with the socket), and the evidence of
 which minutes its markets received in full (`WsEvidence`, fed every event; a reconnect, a
-maintenance pause or a resubscription ends every market's run of proof). A frame that cannot be
+maintenance pause or a resubscription ends every market's run of proof, and none starts while the
+exchange's data is paused). A frame that cannot be
 parsed is logged, counted and dropped; it never costs a reconnect.
 """
 
@@ -250,7 +251,7 @@ class LiveConnection:
             raise ConnectionLost(f"server asked to reconnect ({info.code or info.message})")
         if info.action is WsAction.PAUSE:
             self.paused = True
-            self.evidence.restart(f"maintenance ({info.code})")
+            self.evidence.pause(f"maintenance ({info.code})")
         elif info.action is WsAction.RESUBSCRIBE:
             self.paused = False
             self.evidence.restart(f"resubscribed after maintenance ({info.code})")

@@ -31,12 +31,12 @@ log = logging.getLogger(__name__)
 MAX_BARS_PER_SCRIPT = 2000
 
 # KEYS: ws_sub_list, progress hash, health hash, then (send key, sub key) per bar.
-# ARGV: progress field, newest bar time, then (time, open, high, low, close, volume, closed 1/0)
-# per bar. The JSON is built here, not in the fetcher: fewer and shorter arguments to send, and the
-# fetcher's CPU is what limits its rate. It is `common.redis_records.encode_bar` (PUBLISH) and
-# `encode_waiting_bar` (`ws_sub_`) written in Lua; the tests hold the script to them. A sub key
-# needs SADD only when its field is new (HSET returns 1): the updater removes a key from the set in
-# the same script that empties its hash.
+# ARGV: progress field, newest bar time (0: leave the clock; a flush in several scripts moves it in
+# its last, as the updater may read between them), then (time, open, high, low, close, volume,
+# closed 1/0) per bar. The JSON is built here, not in the fetcher: fewer and shorter arguments to
+# send, and the fetcher's CPU is what limits its rate. A sub key needs SADD only when its field is
+# new (HSET returns 1): the updater removes a key from the set in the same script that empties its
+# hash.
 STORE_BARS = """
 local n = (#KEYS - 3) / 2
 for i = 1, n do
@@ -195,10 +195,12 @@ class RedisSink:
         if self._sha is None:
             self._sha = await self.client.script_load(STORE_BARS)
         pipe = self.client.pipeline(transaction=False)
-        for start in range(0, max(len(bars), 1), MAX_BARS_PER_SCRIPT):
+        starts = range(0, max(len(bars), 1), MAX_BARS_PER_SCRIPT)
+        for start in starts:
             chunk = bars[start : start + MAX_BARS_PER_SCRIPT]
             keys = [WS_SUB_LIST, self.progress_key, self.health_key]
-            args: list[str | int] = [self.label, self.newest_ms if start == 0 else 0]
+            # the clock closes bars by time: it moves with the flush's last script, once all are in
+            args: list[str | int] = [self.label, self.newest_ms if start == starts[-1] else 0]
             for market, candle, _ in chunk:
                 keys += (market.send_key, market.sub_key)
                 args += (

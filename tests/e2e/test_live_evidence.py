@@ -82,7 +82,11 @@ class Platform:
 
     def check(self, exchange: str, start: int, end: int, withheld: bool = True) -> None:
         settings, sim, markets = self.stack.settings, self.sim, self.markets[exchange]
-        dropped = sim.dropped(exchange, closes=exchange in CLOSE_CARRIES_THE_BAR)
+        dropped = {
+            platform_symbol(exchange, listing): minutes
+            for listing, minutes in sim.dropped(exchange, closes=exchange in CLOSE_CARRIES_THE_BAR).items()
+        }
+        assert set(dropped) <= {m.symbol for m in markets}, f"withheld, yet not followed: {set(dropped)}"
         in_window = {s: {m for m in minutes if start <= m < end} for s, minutes in dropped.items()}
         assert any(in_window.values()) == withheld, f"withheld in the window: {in_window}"
         with connection(settings) as conn:
@@ -102,6 +106,12 @@ class Platform:
         repair(settings, exchange)
         problems = mismatches(settings, sim, exchange, markets, start, end, repaired=True)
         assert problems == [], f"{len(problems)} after the repair, e.g. {problems[:5]}"
+
+
+def platform_symbol(exchange: str, listing: str) -> str:
+    """The platform's symbol of a market the simulator's control port names by its listing symbol
+    (Bitfinex `BTCUSD` is the platform's `tBTCUSD`)."""
+    return f"t{listing}" if exchange == "bitfinex" else listing
 
 
 def repair(settings, exchange: str) -> None:
@@ -187,3 +197,34 @@ def test_a_reconnect_is_an_outage_of_every_market_of_the_connection(platform):
         key = (market.base_id, market.quote_id)
         assert len(after.get(key, [])) > before.get(key, 0), market.symbol
     platform.check("binance", start, end, withheld=False)
+
+
+MAINTENANCE_SECONDS = 4.0
+"""Eight simulated minutes at 120x: several whole minutes and channel heartbeats inside the pause."""
+
+
+def test_a_maintenance_pause_is_an_outage_though_the_channels_keep_beating(platform):
+    """Bitfinex 20060: data stops until 20061 while every channel keeps beating. Beats during a
+    pause prove nothing (the trades of those minutes were never sent), so the minutes wholly inside
+    the pause lie in an outage, never in ws coverage."""
+    paused: list[int] = []
+
+    def maintenance() -> None:
+        began = platform.sim.clock()["now_ms"]
+        platform.sim.set_faults("bitfinex", ws_info=20060, maintenance_seconds=MAINTENANCE_SECONDS)
+        time.sleep(MAINTENANCE_SECONDS + 0.5)  # how long the fault lasts
+        ended = began + int(MAINTENANCE_SECONDS * SPEED * 1000)  # 20061 comes no earlier
+        paused.extend(range(began - began % MINUTE_MS + MINUTE_MS, ended - ended % MINUTE_MS, MINUTE_MS))
+
+    start, end = platform.window(["bitfinex"], maintenance)
+    assert paused, "no whole minute inside the pause"
+    with connection(platform.stack.settings) as conn:
+        coverage = read_coverage(conn, "bitfinex")
+    found = outages(platform.stack.settings, "bitfinex")
+    for market in platform.markets["bitfinex"]:
+        key = (market.base_id, market.quote_id)
+        ws = coverage.get(key, {}).get(WS, [])
+        for minute in paused:
+            assert not [r for r in ws if r[0] <= minute < r[1]], (market.symbol, minute, ws)
+            assert any(g.start_ms <= minute < g.end_ms for g in found.get(key, [])), (market.symbol, minute)
+    platform.check("bitfinex", start, end, withheld=False)

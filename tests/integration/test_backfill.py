@@ -399,6 +399,28 @@ def test_a_dead_workers_requests_are_taken_over_while_a_live_ones_are_left_alone
     assert rows == truth and rows, "the dead worker's request was fetched by the live engine"
 
 
+def test_a_dead_workers_aggregate_refresh_is_taken_over_while_a_live_ones_is_left_alone(settings):
+    """A worker killed while it refreshes a finished job's aggregates leaves the job unrefreshed. Its
+    claim must end with its heartbeat, as its requests' do: else the job stays unfinished until the
+    claim times out, and the exchange's repair, which waits for its unfinished job, plans nothing."""
+    start_ms = 1_700_006_400_000  # a day boundary
+
+    async def scenario():
+        client = aioredis.from_url(settings.redis_url)
+        store = JobStore(client)
+        job = await store.create("binance", start_ms, start_ms + DAY_MS, ["BTCUSDT"], [])  # finished
+        await store.heartbeat("alive")
+        assert await store.claim_refresh(job.id, "alive")
+        assert not await store.claim_refresh(job.id, "other"), "a live worker's refresh is left alone"
+        await store.retire("alive")  # killed: its heartbeat is gone
+        result = await BackfillEngine(settings, job.id).run()
+        await client.aclose()
+        return result
+
+    job = asyncio.run(scenario())
+    assert job.complete, job
+
+
 def test_bittrex_today_through_recent_equals_ground_truth_without_the_minute_in_progress(settings):
     with running_simulator(speed=1.0) as sim:
         platform = settings.model_copy(

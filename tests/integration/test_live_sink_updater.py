@@ -22,7 +22,7 @@ from common.redis_records import OutageRecord, decode_bar, encode_bar, encode_wa
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.exchanges.base import WsCandle
 from fetchers.ws import updater as updater_module
-from fetchers.ws.sink import MarketKeys, RedisSink
+from fetchers.ws.sink import MAX_BARS_PER_SCRIPT, MarketKeys, RedisSink
 from fetchers.ws.updater import Updater
 
 pytestmark = pytest.mark.integration
@@ -104,6 +104,60 @@ def test_a_burst_sets_the_latest_bar_publishes_it_and_queues_it(settings, redis_
 
     store(settings, [bar(0, "1.0")])  # an older minute never moves the latest bar back
     assert client.hget(send, "time") == str(T0 + MINUTE_MS).encode()
+
+
+class SteppingPipeline:
+    """Runs a flush's commands one at a time and calls `look` after each: what another client (the
+    updater) may see between the scripts of one flush."""
+
+    def __init__(self, client, look) -> None:
+        self.client, self.look, self.calls = client, look, []
+
+    def evalsha(self, *args) -> None:
+        self.calls.append(("evalsha", args))
+
+    def rpush(self, *args) -> None:
+        self.calls.append(("rpush", args))
+
+    async def execute(self) -> None:
+        for name, args in self.calls:
+            await getattr(self.client, name)(*args)
+            await self.look()
+
+
+def test_a_flush_in_several_scripts_moves_the_clock_only_with_its_last_bar(settings):
+    """A flush of more bars than one script takes runs as several scripts, and the updater may read
+    between them. Its clock closes bars by time, so the clock must not move before every bar of the
+    flush is in Redis: else a market's earlier update is closed and stored, and the last one, which
+    follows in the same flush, can never replace it (a live bar only fills a missing minute) while
+    the evidence vouches for the minute."""
+    delimiter = settings.redis_key_delimiter
+    btc = MarketKeys.build("binance", "BTC", "USDT", "BTCUSDT", delimiter)
+    last = encode_waiting_bar(live(bar(0, "2.0")), closed=False)
+    early_closed: list[str] = []
+
+    async def run() -> None:
+        client = async_client(settings, pack_with_hiredis=True)
+        sink = RedisSink(client, "binance", "shard0/1", lambda attempt: 0.01)
+        sink.add(btc, bar(0, "1.0"), 0.0)  # an early update of minute 0 is in Redis
+        await sink.flush()
+        for i in range(MAX_BARS_PER_SCRIPT):  # then a burst: other markets two minutes on ...
+            other = MarketKeys.build("binance", f"C{i:04d}", "USDT", f"C{i:04d}USDT", delimiter)
+            sink.add(other, WsCandle(other.symbol, T0 + 2 * MINUTE_MS, "1", "1", "1", "1", "1"), 0.0)
+        sink.add(btc, bar(0, "2.0"), 0.0)  # ... and minute 0's last update, behind them
+
+        async def look() -> None:  # the updater's rule: the clock first, then the bars it closes
+            clock = int(await client.hget(ws_health_key("binance"), "exchange_time_ms") or 0)
+            bars = {int(t): v for t, v in (await client.hgetall(btc.sub_key)).items()}
+            if T0 in updater_module.closed_times(bars, clock) and bars[T0].decode() != last:
+                early_closed.append(bars[T0].decode())
+
+        client.pipeline = lambda transaction=False: SteppingPipeline(client, look)
+        await sink.flush()
+        await client.aclose()
+
+    asyncio.run(run())
+    assert early_closed == [], "the clock closed minute 0 before its last update was stored"
 
 
 def test_updater_moves_closed_bars_only_and_never_overwrites(settings, redis_server, market):

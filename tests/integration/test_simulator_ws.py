@@ -364,6 +364,28 @@ def test_bitfinex_seq_all_jumps_by_every_frame_a_stall_withheld_heartbeats_once_
     assert all(isinstance(f[-1], int) and f[-1] > 1e12 for f in frames), "the timestamp stays last"
 
 
+def test_bitfinex_a_snapshot_a_stall_withheld_lists_only_the_minutes_from_the_subscription_on() -> None:
+    """A snapshot repeats history that sockets before this one were sent; the new channel's client
+    can claim no minute before its first frame, so only the minute in progress counts as withheld."""
+    with running_simulator(speed=1.0) as sim:
+
+        async def scenario(session: aiohttp.ClientSession) -> int:
+            async with session.ws_connect(bfx_url(sim)) as ws:
+                await recv_json(ws)
+                await off_loop(lambda: sim.set_faults("bitfinex", ws_stall=True))
+                subscribed_at = (await off_loop(sim.clock))["current_minute_ms"]
+                await ws.send_json(subscribe_msg("BTCUSD"))
+                await recv_until(ws, lambda f: isinstance(f, dict) and f.get("event") == "subscribed")
+                await asyncio.sleep(0.5)  # the snapshot is sent meanwhile, and withheld
+                await off_loop(lambda: sim.reset_faults("bitfinex"))
+                return subscribed_at
+
+        subscribed_at = run(scenario)
+        assert sim.stats()["bitfinex"]["ws_frames_withheld"] >= 1, "the snapshot was withheld"
+        dropped = sim.dropped("bitfinex")
+    assert all(minute >= subscribed_at for minute in dropped.get("BTCUSD", [])), dropped
+
+
 def test_bitfinex_lose_ws_frames_makes_seq_all_jump_by_n_and_lists_the_minutes(sim: SimHandle) -> None:
     lost = 3
 

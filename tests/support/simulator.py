@@ -106,12 +106,16 @@ def running_simulator(**overrides: Any) -> Iterator[SimHandle]:
 
 
 @contextmanager
-def simulator_process(*args: str, python_args: Sequence[str] = ()) -> Iterator[SimHandle]:
+def simulator_process(
+    *args: str, python_args: Sequence[str] = (), log_path: Path | None = None
+) -> Iterator[SimHandle]:
     """`python -m simulator --json ARGS` as a child process, the way users run it (`python_args`
-    go before `-m`, e.g. a profiler). It listens on free ports unless ARGS hold `--ports`."""
+    go before `-m`, e.g. a profiler). It listens on free ports unless ARGS hold `--ports`. Its
+    stderr (warnings) goes to `log_path` when given, else to a temporary file."""
     if "--ports" not in args:
         args = ("--ports", "0,0,0,0", *args)
-    errors = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe nobody drains
+    # a file, not a pipe nobody drains
+    errors = open(log_path, "w+") if log_path else tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, *python_args, "-m", "simulator", "--json", *args],
         cwd=ROOT,

@@ -49,6 +49,18 @@ def test_a_stall_still_yields_every_final_once_in_order() -> None:
     assert [e.minute_ms for e in got if e.kind == "open"] == [START, START + 3 * MINUTE_MS]
 
 
+def test_a_stall_past_the_catch_up_says_which_minutes_got_no_final(caplog) -> None:
+    """Clients that number messages cannot see a final that was never sent: the feed says so."""
+    feed = _feed(updates=1)
+    got: list[CandleEvent] = []
+    feed.subscribe("bittrex", "BTC-USD", got.append)
+    feed.step(START)
+    feed.step(START + 8 * MINUTE_MS + 5)
+    finals = [e.minute_ms for e in got if e.final]
+    assert finals == [START + m * MINUTE_MS for m in range(3, 8)]
+    assert f"no final sent for minutes {START} .. {START + 2 * MINUTE_MS}" in caplog.text
+
+
 def test_unsubscribed_and_unknown_markets() -> None:
     feed = _feed()
     got: list[CandleEvent] = []

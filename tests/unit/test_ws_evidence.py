@@ -315,6 +315,23 @@ def test_bitfinex_a_frame_of_a_channel_no_longer_followed_still_counts_in_the_se
     assert socket.feed.take() == ({("tBTCUSD", 1, 5)}, set())
 
 
+def test_bitfinex_beats_during_a_maintenance_pause_prove_nothing():
+    """20060 pauses data until 20061 while the channels keep beating with contiguous numbers: the
+    trades of those minutes were never sent, so proof starts again only after the resubscription."""
+    socket = bitfinex({1: "tBTCUSD"})
+    for m in range(0, 3):
+        socket.candle(1, m, m + 0.5)
+    socket.feed.evidence.pause("maintenance (20060)")
+    for m in range(3, 7):
+        socket.send(1, '"hb"', m + 0.5)
+    socket.feed.evidence.restart("resubscribed after maintenance (20061)")
+    for m in range(7, 10):
+        socket.candle(1, m, m + 0.5)
+    proven, outages = socket.feed.take()
+    assert proven == {("tBTCUSD", 1, 2), ("tBTCUSD", 8, 9)}
+    assert outages == {("tBTCUSD", 2, 8)}
+
+
 def test_bitfinex_without_sequence_numbers_nothing_is_proven():
     feed = Feed("bitfinex", ["tBTCUSD"])
     bitfinex_subscribed(feed, 1, "tBTCUSD")
