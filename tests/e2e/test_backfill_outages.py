@@ -5,9 +5,6 @@ ends exactly equal to the exchange's ground truth, exit code 0."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from common.schema import init_database
-from common.timeutil import ms_to_datetime
 from fetchers.rest.job_store import JobStore
-from tests.conftest import service_env
-from tests.support.backfill import assert_matches_truth, day_aligned_range
+from tests.support.backfill import assert_matches_truth, local_fetch_of_four_markets
 from tests.support.services import PostgresServer, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -50,15 +45,8 @@ def test_a_postgres_restart_mid_job_is_ridden_out(platform_settings, simulator):
             update={"postgres_port": server.port, "postgres_db": "outage", "rest_outage_seconds": 60.0}
         )
         init_database(settings)
-        symbols = [m["symbol"] for m in simulator.markets("binance") if m["status"] == "TRADING"][:4]
-        start_ms, end_ms = day_aligned_range(simulator, days_back=8, days=6)
-        env = {**os.environ, **service_env(settings), "REST_OUTAGE_SECONDS": "60"}
-        iso = [ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M") for ms in (start_ms, end_ms)]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.fetchers.rest", "fetch", "--exchange", "binance",
-             "--start", iso[0], "--end", iso[1], "--symbols", ",".join(symbols), "--local"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        fetch = local_fetch_of_four_markets(settings, simulator, 60)
+        proc = fetch.proc
         try:
             wait_for(
                 lambda: (lambda d: d[1] and d[0] >= d[1] // 4)(job_done(settings)), 120, "a quarter done"
@@ -76,6 +64,6 @@ def test_a_postgres_restart_mid_job_is_ridden_out(platform_settings, simulator):
         assert "PostgreSQL unavailable" in err, "the outage happened while the job ran"
         done, total = job_done(settings)
         assert done == total
-        assert_matches_truth(settings, simulator, "binance", symbols, start_ms, end_ms)
+        assert_matches_truth(settings, simulator, "binance", fetch.symbols, fetch.start_ms, fetch.end_ms)
     finally:
         server.stop()

@@ -6,9 +6,7 @@ outage longer than `REST_OUTAGE_SECONDS` (and not before it)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -18,15 +16,13 @@ from pydantic import SecretStr
 
 from common.redis_clients import async_client
 from common.schema import init_database
-from common.settings import PROJECT_ROOT
 from common.timeutil import ms_to_datetime
 from fetchers.rest import engine as engine_module
 from fetchers.rest.engine import BackfillEngine
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState
 from fetchers.rest.jobs import create_job
 from scripts.fetchers.rest import list_jobs
-from tests.conftest import service_env
-from tests.support.backfill import day_aligned_range
+from tests.support.backfill import day_aligned_range, local_fetch_of_four_markets
 from tests.support.services import PostgresServer, RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -94,15 +90,8 @@ def test_an_outage_past_rest_outage_seconds_stops_the_run_with_exit_1_and_leaves
             update={"redis_port": server.port, "redis_password": SecretStr(server.password)}
         )
     try:
-        symbols = [m["symbol"] for m in simulator.markets("binance") if m["status"] == "TRADING"][:4]
-        start_ms, end_ms = day_aligned_range(simulator, days_back=8, days=6)
-        env = {**os.environ, **service_env(settings), "REST_OUTAGE_SECONDS": str(OUTAGE_SECONDS)}
-        iso = [ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M") for ms in (start_ms, end_ms)]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scripts.fetchers.rest", "fetch", "--exchange", "binance",
-             "--start", iso[0], "--end", iso[1], "--symbols", ",".join(symbols), "--local"],
-            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        fetch = local_fetch_of_four_markets(settings, simulator, OUTAGE_SECONDS)
+        proc = fetch.proc
         try:
             wait_for(lambda: _progress(settings)[0] > 0, 60, "the first requests done")
             server.halt()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -18,6 +22,7 @@ from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobInfo
 from fetchers.rest.jobs import create_job
+from tests.conftest import service_env
 
 DAY_MS = 86_400_000
 FIELDS = ("open", "high", "low", "close", "volume")
@@ -203,3 +208,27 @@ def requests_inside_pauses(
         for begin, end in found
         if begin + IN_FLIGHT_GRACE_SECONDS <= entry.arrived < end
     ]
+
+
+@dataclass
+class LocalFetch:
+    proc: subprocess.Popen
+    symbols: list[str]
+    start_ms: int
+    end_ms: int
+
+
+def local_fetch_of_four_markets(settings: Settings, simulator, outage_seconds: float) -> LocalFetch:
+    """`fetch --local` of six days of four Binance markets, as a user runs it, against `settings`'
+    services (text pipes for its output); for tests that take a service away mid-job."""
+    root = Path(__file__).resolve().parents[2]
+    symbols = [m["symbol"] for m in simulator.markets("binance") if m["status"] == "TRADING"][:4]
+    start_ms, end_ms = day_aligned_range(simulator, days_back=8, days=6)
+    env = {**os.environ, **service_env(settings), "REST_OUTAGE_SECONDS": str(outage_seconds)}
+    iso = [ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M") for ms in (start_ms, end_ms)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scripts.fetchers.rest", "fetch", "--exchange", "binance",
+         "--start", iso[0], "--end", iso[1], "--symbols", ",".join(symbols), "--local"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return LocalFetch(proc, symbols, start_ms, end_ms)
