@@ -32,7 +32,10 @@ def test_the_first_available_minute_is_the_exchanges_oldest_candle(
     platform_settings, simulator, exchange, symbol
 ):
     asyncio.run(refresh_markets(platform_settings, exchange))
-    found = asyncio.run(first_available_minutes(platform_settings, exchange, [symbol]))
+    # the probe gives up after REST_TIMEOUT_SECONDS (advice, never an error); a busy machine may need
+    # longer for the simulator to build a market's oldest day than the tests' usual 5 s
+    patient = platform_settings.model_copy(update={"rest_timeout_seconds": 30.0})
+    found = asyncio.run(first_available_minutes(patient, exchange, [symbol]))
     assert found == {symbol: first_truth(simulator, exchange, symbol)}
 
 
