@@ -94,8 +94,8 @@ def test_an_outage_past_rest_outage_seconds_stops_the_run_with_exit_1_and_leaves
         proc = fetch.proc
         try:
             wait_for(lambda: _progress(settings)[0] > 0, 60, "the first requests done")
+            halted = time.monotonic()  # the run may meet the outage before halt() returns
             server.halt()
-            halted = time.monotonic()
             try:
                 _, err = proc.communicate(timeout=OUTAGE_SECONDS + 30)
             except subprocess.TimeoutExpired:
