@@ -30,7 +30,8 @@ every second (the fetchers allow 4 s, so their silence limit is 8 s). It pushes 
 per market per real second (`--updates-per-second`, as the full-list live test does) so that two
 shared cores keep up. Whether they did is reported: reconnects for silence beyond those the long
 stalls explain, and the simulator's own warnings that its feed fell behind (minutes then got no
-final update, which clients that number messages cannot notice). Exit code 1 if a target is missed.
+final update; those count as lost frames, so the fetchers' evidence must not vouch for them). Exit
+code 1 if a target is missed.
 Figures go through `benchmarks.measure.report` (and so into `make bench`).
 """
 

@@ -528,6 +528,10 @@ class BinanceConnection(WsConnection):
         if event.kind == "update" and (not event.changed or event.candle.trades == 0):
             return
         faults = self.sim.faults[EXCHANGE]
+        if event.missed:
+            self.sim.stats[EXCHANGE].ws_frames_withheld += 1
+            self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms, True)
+            return
         if faults.ws_stall or (event.final and faults.lose_close()) or faults.lose_frame():
             self.sim.stats[EXCHANGE].ws_frames_withheld += 1
             self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms, event.final)

@@ -394,17 +394,17 @@ class BitfinexConnection(WsConnection):
         self.writer.send(dumps(event))
 
     def send_channel(
-        self, channel: Channel, payload: str, candles: Sequence[SimCandle] | None = None
+        self, channel: Channel, payload: str, candles: Sequence[SimCandle] | None = None, lost: bool = False
     ) -> None:
         """Send one array frame: candle data (`candles`, what `payload` carries) or, with None, a
-        heartbeat. A frame a fault withholds (`ws_stall`, `lose_ws_frames`) or mangles still takes
-        its SEQ_ALL number, as on a lossy path, so the client sees the gap; and it counts as sent
-        for the channel's heartbeat timer, so a stall withholds one heartbeat per period, not one
-        per timer tick."""
+        heartbeat. A frame a fault withholds (`ws_stall`, `lose_ws_frames`), the feed could not
+        send in time (`lost`) or mangles still takes its SEQ_ALL number, as on a lossy path, so the
+        client sees the gap; and it counts as sent for the channel's heartbeat timer, so a stall
+        withholds one heartbeat per period, not one per timer tick."""
         faults = self.sim.faults[EXCHANGE]
         self.seq += 1
         channel.last_sent = time.monotonic()
-        if faults.ws_stall or (candles is not None and faults.lose_frame()):
+        if lost or faults.ws_stall or (candles is not None and faults.lose_frame()):
             self.sim.stats[EXCHANGE].ws_frames_withheld += 1
             if candles:
                 self._record_withheld(channel, candles)
@@ -544,4 +544,4 @@ class BitfinexConnection(WsConnection):
             return
         if self.server.in_maintenance():
             return
-        self.send_channel(channel, bitfinex_candle(event.candle), (event.candle,))
+        self.send_channel(channel, bitfinex_candle(event.candle), (event.candle,), lost=event.missed)

@@ -350,7 +350,7 @@ class BittrexSignalRServer:
             return
         sequence = max(self.sequences.get(stream.name, 0) + 1, event.sim_ms // MINUTE_MS + 1)
         self.sequences[stream.name] = sequence
-        if self.sim.faults[EXCHANGE].ws_stall:
+        if event.missed or self.sim.faults[EXCHANGE].ws_stall:
             self.sim.stats[EXCHANGE].ws_frames_withheld += len(stream.connections)
             self.sim.faults.withheld.add(EXCHANGE, stream.market.symbol, event.minute_ms)
             return

@@ -20,12 +20,15 @@ market and simulated minute M:
   (`model.partial_candle` at that time); `event.changed` tells whether it differs from the previous
   event of this market, so a server that "pushes only on change" can skip it;
 - `kind == "final"` at M + 60 s (delivered just before the "open" of M+1): the closed bar, equal to
-  `CandleModel.final_candle` and to `/control/candles`.
+  `CandleModel.final_candle` and to `/control/candles`;
+- `kind == "missed"` instead of "final" when the feed fell more than `MAX_FINALS_CAUGHT_UP` minutes
+  behind: the closed bar, which the server must not send but count as a frame it sent and lost (its
+  sequence numbers used, the minute recorded as withheld), as an exchange's lossy path would.
 
 If the process falls behind, intermediate updates are skipped but every minute still gets exactly one
-"final" (in order) and one "open". Only markets with at least one subscriber cost anything; there is
-one task in total, not one per market. `subscribe` raises `KeyError` for a market the simulator does
-not list; the caller decides whether that is an error on its wire.
+"final" or "missed" (in order) and one "open". Only markets with at least one subscriber cost
+anything; there is one task in total, not one per market. `subscribe` raises `KeyError` for a
+market the simulator does not list; the caller decides whether that is an error on its wire.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ from simulator.core import CandleModel, SimCandle, SimClock, SimMarket
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["open", "update", "final"]
+EventKind = Literal["open", "update", "final", "missed"]
 
 MAX_FINALS_CAUGHT_UP = 5
-"""After a stall longer than this many minutes, older finals are dropped (the feed moves on, with a
-warning: clients that number messages see no gap, yet their last bar of those minutes is not final)."""
+"""After a stall longer than this many minutes, older finals are not sent but delivered as "missed"
+(the feed moves on, with a warning): servers count them as lost frames, so clients that number
+messages see the gap and no client can claim those minutes complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,10 @@ class CandleEvent:
     @property
     def final(self) -> bool:
         return self.kind == "final"
+
+    @property
+    def missed(self) -> bool:
+        return self.kind == "missed"
 
 
 Listener = Callable[[CandleEvent], None]
@@ -175,6 +183,8 @@ class LiveFeed:
                     opened,
                     first - MINUTE_MS,
                 )
+            for closed in range(opened, first, MINUTE_MS):
+                self._emit(closed, "missed", closed + MINUTE_MS, closed + MINUTE_MS)
             for closed in range(first, minute, MINUTE_MS):
                 self._emit(closed, "final", closed + MINUTE_MS, closed + MINUTE_MS)
         self._open_minute = minute
@@ -185,7 +195,7 @@ class LiveFeed:
             return
         for ident, subs in list(self._subs.items()):
             market = subs[0].market
-            if kind == "final":
+            if kind in ("final", "missed"):
                 candle = self.model.final_candle(market, minute)
             else:
                 candle = self.model.partial_candle(market, minute, upto)

@@ -93,6 +93,8 @@ class Simulator:
         self.ports: dict[str, int] = {}
         self._runners: list[web.AppRunner] = []
         self._feed_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the servers and the feed run on, once started."""
         self._executor: ThreadPoolExecutor | None = None
 
     def _lose_from_start(self) -> None:
@@ -166,7 +168,8 @@ class Simulator:
             await self._cleanup_runners()
             raise
         self.urls = simulator_urls(host, self.ports)
-        self._feed_task = asyncio.get_running_loop().create_task(self.feed.run(), name="sim-live-feed")
+        self.loop = asyncio.get_running_loop()
+        self._feed_task = self.loop.create_task(self.feed.run(), name="sim-live-feed")
 
     async def _cleanup_runners(self) -> None:
         for runner in reversed(self._runners):

@@ -483,6 +483,29 @@ def test_a_lost_frame_leaves_a_sequence_gap_and_its_minutes_are_listed() -> None
     assert withheld == 1, "one frame lost, however many candle messages it carried"
 
 
+def test_minutes_a_frozen_feed_could_not_send_leave_a_sequence_gap_and_are_listed() -> None:
+    """A machine too slow to send a minute's final in time must not look like a whole stream."""
+
+    async def scenario(handle: SimHandle, market: str) -> list[dict[str, Any]]:
+        async with SignalRClient(ws_url(handle)) as client:
+            await client.invoke("Subscribe", [f"candle_{market}_MINUTE_1"])
+            seen = [await client.next_push("candle")]
+            await asyncio.to_thread(handle.freeze, 1.5)  # 15 simulated minutes at 600x
+            seen += await collect(client, "candle", 2.5)
+            return [push.args[0] for push in seen]
+
+    with running_simulator() as sim:
+        market = busy_market(sim)
+        payloads = run(scenario(sim, market))
+        dropped = sim.dropped("bittrex")
+    sequences = [p["sequence"] for p in payloads]
+    gaps = [(a, b) for a, b in pairwise(sequences) if b != a + 1]
+    assert gaps, "the finals never sent used sequence numbers"
+    minute_of = {p["sequence"]: starts_at_ms(p["delta"]["startsAt"]) for p in payloads}
+    assert set(dropped) == {market} and len(dropped[market]) >= 5
+    assert all(any(minute_of[a] <= m <= minute_of[b] for a, b in gaps) for m in dropped[market])
+
+
 def test_malformed_rate_cuts_candle_frames_short() -> None:
     async def scenario(handle: SimHandle, market: str) -> SignalRClient:
         async with SignalRClient(ws_url(handle)) as client:

@@ -408,6 +408,29 @@ def test_bitfinex_lose_ws_frames_makes_seq_all_jump_by_n_and_lists_the_minutes(s
     assert not dropped["BTCUSD"] & received
 
 
+def test_bitfinex_minutes_a_frozen_feed_could_not_send_make_seq_all_jump_and_are_listed() -> None:
+    """A machine too slow to send a minute's final in time must not look like a whole stream."""
+    with running_simulator(speed=600.0, updates_per_minute=2) as sim:
+
+        async def scenario(session: aiohttp.ClientSession) -> list[Any]:
+            async with session.ws_connect(bfx_url(sim)) as ws:
+                frames = await bfx_numbered_channel(ws, "BTCUSD", more=1)
+                await off_loop(lambda: sim.freeze(1.5))  # 15 simulated minutes
+                deadline = time.monotonic() + 4
+                while time.monotonic() < deadline:
+                    frames.append(await recv_json(ws))
+                return frames
+
+        frames = run(scenario)
+        dropped = sim.dropped("bitfinex")
+    gaps = seq_gaps([f[-2] for f in frames])
+    assert gaps, "the finals never sent took their numbers"
+    minute_of = {f[-2]: f[1][0] for f in frames if isinstance(f[1], list) and isinstance(f[1][0], int)}
+    assert set(dropped) == {"BTCUSD"} and len(dropped["BTCUSD"]) >= 5
+    received = set(minute_of.values())
+    assert len(dropped["BTCUSD"] & received) <= 1, "only the minute open when the feed froze had updates"
+
+
 # -------------------------------------------------------------------------------------- binance
 
 

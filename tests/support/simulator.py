@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,6 +91,12 @@ class SimHandle:
     def lose_closes(self, count: int) -> None:
         """The next `count` closing Binance kline updates (`"x": true`) are lost on the way."""
         self.set_faults("binance", lose_ws_closes=count)
+
+    def freeze(self, seconds: float) -> None:
+        """Block the in-process simulator's event loop for `seconds` real seconds, from now: a
+        machine that did not keep up. Its live feed falls `seconds` x speed behind."""
+        assert self.simulator is not None and self.simulator.loop is not None, "not an in-process simulator"
+        self.simulator.loop.call_soon_threadsafe(time.sleep, seconds)
 
     def dropped(self, exchange: str, closes: bool = False) -> dict[str, set[int]]:
         """Per market, the minutes (ms) whose candle updates a fault withheld or mangled on some

@@ -50,7 +50,7 @@ def test_a_stall_still_yields_every_final_once_in_order() -> None:
 
 
 def test_a_stall_past_the_catch_up_says_which_minutes_got_no_final(caplog) -> None:
-    """Clients that number messages cannot see a final that was never sent: the feed says so."""
+    """A final never sent reaches the servers as "missed" (to count as lost), and the feed warns."""
     feed = _feed(updates=1)
     got: list[CandleEvent] = []
     feed.subscribe("bittrex", "BTC-USD", got.append)
@@ -59,6 +59,12 @@ def test_a_stall_past_the_catch_up_says_which_minutes_got_no_final(caplog) -> No
     finals = [e.minute_ms for e in got if e.final]
     assert finals == [START + m * MINUTE_MS for m in range(3, 8)]
     assert f"no final sent for minutes {START} .. {START + 2 * MINUTE_MS}" in caplog.text
+    missed = [e for e in got if e.missed]
+    assert [e.minute_ms for e in missed] == [START + m * MINUTE_MS for m in range(3)], "servers hear of them"
+    market = feed.market("bittrex", "BTC-USD")
+    assert all(e.candle == feed.model.final_candle(market, e.minute_ms) for e in missed)
+    kinds = [e.kind for e in got if e.kind in ("missed", "final")]
+    assert kinds == ["missed"] * 3 + ["final"] * 5, "in minute order"
 
 
 def test_unsubscribed_and_unknown_markets() -> None:
