@@ -413,7 +413,7 @@ class BitfinexConnection(WsConnection):
         if self.flags & FLAG_SEQ_ALL:
             text += f",{self.seq}"
         if self.flags & FLAG_TIMESTAMP:
-            text += f",{self.sim.clock.now_ms()}"
+            text += f",{self.sim.feed.stamp_ms(self.sim.clock.now_ms())}"
         text += "]"
         if candles is not None and faults.malformed():
             self._record_withheld(channel, candles)

@@ -145,6 +145,15 @@ class LiveFeed:
             del self._subs[ident]
             self._last.pop(ident, None)
 
+    def stamp_ms(self, now_ms: int) -> int:
+        """The time a server may stamp on a frame sent now: at most the end of the oldest minute
+        whose final the feed has not delivered yet. An exchange's clock never runs ahead of its own
+        data stream; a timer that fires before a late feed tick must not either, or a client would
+        take the stamp as proof that the minute's last update already came."""
+        if self._open_minute is None:
+            return now_ms
+        return min(now_ms, self._open_minute + MINUTE_MS - 1)
+
     # ---- the scheduler
 
     def tick_times(self, minute_ms: int) -> list[int]:

@@ -93,3 +93,16 @@ def test_a_failing_listener_does_not_stop_the_others() -> None:
     feed.step(START + MINUTE_MS)
     assert [e.kind for e in got] == ["open", "final", "open"]
     assert feed.subscriber_count() == 1, "the broken listener is unsubscribed"
+
+
+def test_frames_are_never_stamped_past_a_minute_whose_final_is_still_to_come() -> None:
+    """A heartbeat timer firing before a late feed tick must not stamp the next minute's time."""
+    feed = _feed(updates=1)
+    feed.subscribe("binance", "BTCUSDT", lambda event: None)
+    assert feed.stamp_ms(START + 5) == START + 5, "before the first tick nothing is owed"
+    feed.step(START)
+    assert feed.stamp_ms(START + 30_000) == START + 30_000
+    late = START + MINUTE_MS + 2_000
+    assert feed.stamp_ms(late) == START + MINUTE_MS - 1, "the final of START is not delivered yet"
+    feed.step(late)
+    assert feed.stamp_ms(late) == late
