@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     ws_backoff_max_seconds: float = Field(default=30.0, gt=0)
     ws_markets_refresh_seconds: float = Field(default=60.0, gt=0)
 
+    # Metrics (GET /metrics on the web; docs/operations.md "Metrics")
+    metrics_publish_seconds: float = Field(default=5.0, gt=0)
+    """How often each fetcher, the updater and every Celery worker process writes its metrics to Redis."""
+    metrics_snapshot_ttl_seconds: float = Field(default=30.0, gt=0)
+    """A process's metrics leave `/metrics` this long after its last write (it stopped or hangs)."""
+
     # Running without Docker (`make up` / `make demo`): PostgreSQL, Redis and supervisor state
     local_data_dir: Path = PROJECT_ROOT / "local_data"
 
