@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from common.exchanges import EXCHANGES
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 """This process's REST metrics (one registry per process: Celery forks a fresh copy into each child)."""
 
@@ -35,6 +37,7 @@ EXCHANGE_USED_WEIGHT = Gauge(
 )
 
 EXACT_STATUSES = frozenset({200, 418, 429})
+STATUS_LABELS = ("200", "429", "418", "5xx", "4xx", "error")
 
 
 def status_label(status: int | None) -> str:
@@ -49,3 +52,16 @@ def status_label(status: int | None) -> str:
 def count_request(exchange: str, status: int | None, weight: int) -> None:
     REQUESTS.labels(exchange, status_label(status)).inc()
     WEIGHT.labels(exchange).inc(weight)
+
+
+def _start_every_series() -> None:
+    """Every exchange's series exist from the start at zero, so a first 418 is an increase an alert
+    sees (a series born at 1 has no increase) and a worker that sent nothing yet still shows."""
+    for exchange in EXCHANGES:
+        for status in STATUS_LABELS:
+            REQUESTS.labels(exchange, status)
+        WEIGHT.labels(exchange)
+        PAUSE_SECONDS.labels(exchange)
+
+
+_start_every_series()
