@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     metrics_snapshot_ttl_seconds: float = Field(default=30.0, gt=0)
     """A process's metrics leave `/metrics` this long after its last write (it stopped or hangs)."""
 
+    # Docker Compose's monitoring profile (read by docker-compose.yml only)
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
+    prometheus_retention: str = "15d"
+    grafana_port: int = Field(default=3000, ge=1, le=65535)
+    grafana_admin_password: SecretStr = SecretStr("")
+    """Grafana's `admin` password; its container refuses to start without one."""
+
     # Running without Docker (`make up` / `make demo`): PostgreSQL, Redis and supervisor state
     local_data_dir: Path = PROJECT_ROOT / "local_data"
 

@@ -3,13 +3,27 @@ processes publish, and the gauges read at scrape time."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from common.metrics import METRICS_PROCESSES, SnapshotPublisher, metrics_process_key
+from common.metrics import (
+    METRICS_PROCESSES,
+    SnapshotPublisher,
+    metrics_process_key,
+    process_label,
+    publish_snapshot,
+)
+from common.redis_clients import async_client
 from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
+from common.settings import PROJECT_ROOT
+from fetchers.rest.metrics import REGISTRY as REST_METRICS
+from fetchers.ws.metrics import StreamCollector, registry_of, updater_registry
+from fetchers.ws.stream import StreamEngine
+from fetchers.ws.updater import Updater
 from tests.support.metrics import scrape
 from tests.support.services import wait_for
 from tests.support.web import BTC, ETH, http_get, running_web, seed_known_data
@@ -101,3 +115,31 @@ def test_scrape_time_gauges_come_from_health_jobs_and_coverage(web, settings):
         assert found.total("cfr_missing_minutes", exchange=row["exchange"]) == row["missing_minutes"]
         assert found.total("cfr_repair_requests_left", exchange=row["exchange"]) == row["repair_left"]
     assert found.total("cfr_missing_minutes", exchange="binance") > 0, "the seeded hour has no coverage"
+
+
+def test_every_metric_the_alerts_and_the_dashboard_use_is_exposed(web, settings):
+    """The processes' real registries (a fetcher's engine, the updater, the REST metrics), published
+    as those processes do, plus the web's: every name deploy/ queries is in the scrape."""
+    client = redis_client(settings)
+    engine = StreamEngine(settings, "binance", async_client(settings))
+    registries = {
+        "fetch-binance": registry_of(StreamCollector(engine)),
+        "updater": updater_registry(Updater(settings, client)),
+        "worker": REST_METRICS,
+    }
+    for role, registry in registries.items():
+        publish_snapshot(client, process_label(role), role, registry, settings.metrics_snapshot_ttl_seconds)
+    now_ms = int(time.time() * 1000)
+    client.hset(ws_health_key("binance"), mapping={"last_message_ms": now_ms})
+    client.hset(WS_UPDATER_HEALTH, mapping={"last_flush_ms": now_ms})
+    deploy = PROJECT_ROOT / "deploy"
+    panels = json.loads((deploy / "grafana" / "dashboards" / "coin-for-rich.json").read_text())["panels"]
+    queries = (deploy / "prometheus" / "alerts.yml").read_text()
+    queries += " ".join(t["expr"] for p in panels for t in p.get("targets", []))
+    used = set(re.findall(r"\bcfr_[a-z0-9_]+", queries))
+    http_get(f"{web}/api/health")  # the request histogram has series once a request was timed
+
+    exposed = {sample.name for sample in scrape(web).samples}
+
+    assert len(used) > 15
+    assert used - exposed == set()
