@@ -24,7 +24,7 @@ from web.api.routes import analytics, coverage, health, ohlcvs, status, symbols,
 from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache
 from web.live import LiveHub
-from web.metrics import RequestMetrics
+from web.metrics import RequestMetrics, StateGauges
 from web.views import mount_pages
 
 
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await app.state.metrics_state.close()
             await client.aclose()
             await fast_pool.close()
             pool.close()
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.state.metrics_state = StateGauges(settings.metrics_state_seconds)
     app.add_middleware(RequestMetrics, registry=app.state.metrics_registry)
     install_error_handlers(app)
     for module in (ohlcvs, symbols, analytics, health, status, ws, coverage):

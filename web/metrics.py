@@ -7,9 +7,10 @@ One answer holds three parts:
 - every live fetcher's, updater's and Celery worker process's last snapshot (`common.metrics`),
   labelled with its `process`;
 - gauges read at scrape time from state the platform keeps anyway: each fetcher's and the
-  updater's health hash (seconds since the last message, since the last flush), the REST rate
-  budgets (limit, pause left), backfill and repair jobs by state, and the coverage counts the
-  status page shows (missing minutes, repair progress: `exchange_summaries`).
+  updater's health hash (seconds since the last message, since the last flush) and the REST rate
+  budgets (limit, pause left); and, at most METRICS_STATE_SECONDS old (`StateGauges`), backfill and
+  repair jobs by state and the coverage counts the status page shows (missing minutes, repair
+  progress: `exchange_summaries`).
 
 A part whose service is down is left out and `cfr_scrape_source_up` says which: the scrape still
 answers, so the alerts on what it does hold keep working.
@@ -17,6 +18,7 @@ answers, so the alerts on what it does hold keep working.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Iterator
 
@@ -265,26 +267,69 @@ def web_families(registry: CollectorRegistry, subscribers: int) -> list[Metric]:
     ]
 
 
+class StateGauges:
+    """Jobs by state and the coverage counts, read at most every `max_age` seconds and served from
+    the last reading in between: they take a pass over every market's coverage and every job, tens
+    of milliseconds and growing with the history, while a scrape must stay fast. A scrape that finds
+    the reading older than `max_age` starts the next one in the background and answers with the
+    last (only the first scrape waits); `cfr_scrape_state_age_seconds` says how old it is."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self.families: list[Metric] = []
+        self.read_at: float | None = None
+        self.up = {"redis": 1, "database": 1}
+        self.task: asyncio.Task[None] | None = None
+
+    async def current(self, settings: Settings, pool, redis: aioredis.Redis) -> list[Metric]:
+        stale = self.read_at is None or time.monotonic() - self.read_at > self.max_age
+        if stale and self.task is None:
+            self.task = asyncio.create_task(self._read(settings, pool, redis), name="metrics-state")
+        if self.read_at is None and self.task is not None:
+            await asyncio.shield(self.task)
+        age = 0.0 if self.read_at is None else time.monotonic() - self.read_at
+        return [
+            *self.families,
+            _gauge("cfr_scrape_state_age_seconds", "Age of the jobs and coverage figures.", [], [([], age)]),
+        ]
+
+    async def _read(self, settings: Settings, pool, redis: aioredis.Redis) -> None:
+        up = {"redis": 1, "database": 1}
+        families: list[Metric] = []
+        try:
+            families = await job_families(redis, settings)
+            families += await coverage_families(settings, pool, redis)
+        except DatabaseUnavailable:
+            up["database"] = 0
+        except (RedisError, OSError):
+            up["redis"] = 0
+        finally:
+            self.families = families if all(up.values()) else []
+            self.up = up
+            self.read_at = time.monotonic()
+            self.task = None
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
 @router.get("/metrics", summary="Prometheus metrics of every process", include_in_schema=False)
 async def metrics(
     request: Request, settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: HubDep
 ) -> Response:
     """The Prometheus text format; `cfr_scrape_source_up{source}` says which parts could be read."""
     families = web_families(request.app.state.metrics_registry, hub.subscriber_count)
-    up = {"redis": 1, "database": 1}
+    up = {"redis": 1}
     try:
         families += await process_families(redis)
         families += await health_families(redis, settings)
-        families += await job_families(redis, settings)
     except (RedisError, OSError):
         up["redis"] = 0
-    if up["redis"]:
-        try:
-            families += await coverage_families(settings, pool, redis)
-        except DatabaseUnavailable:
-            up["database"] = 0
-        except (RedisError, OSError):
-            up["redis"] = 0
+    state: StateGauges = request.app.state.metrics_state
+    families += await state.current(settings, pool, redis)
+    up = {"redis": min(up["redis"], state.up["redis"]), "database": state.up["database"]}
     families.append(
         _gauge(
             "cfr_scrape_source_up",

@@ -31,7 +31,7 @@ from tests.support.web import web_process
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-PUBLISH_SECONDS = "0.5"
+FAST_METRICS = {"METRICS_PUBLISH_SECONDS": "0.5", "METRICS_STATE_SECONDS": "0.5"}
 STORM_SECONDS = 8
 """Long enough to outlast `resume` finding the worker and the worker taking the job."""
 
@@ -78,7 +78,7 @@ def test_one_scrape_sees_every_process_and_injected_faults_move_their_counters(s
     with running_simulator(speed=60.0, markets=4, ws_connections_window_seconds=3.0) as sim:
         live_settings = settings.model_copy(update=sim.settings_overrides())
         refresh_all_markets(live_settings, EXCHANGES)
-        stack = LiveStack(live_settings, sim, logdir, extra_env={"METRICS_PUBLISH_SECONDS": PUBLISH_SECONDS})
+        stack = LiveStack(live_settings, sim, logdir, extra_env=FAST_METRICS)
         celery = None
         try:
             stack.start_all(EXCHANGES)
@@ -164,7 +164,14 @@ def test_one_scrape_sees_every_process_and_injected_faults_move_their_counters(s
                         now,
                     )
                 )
-                assert scrape(web).total("cfr_jobs", exchange="binance", kind="backfill", state="queued") == 1
+                wait_for(
+                    lambda: (
+                        scrape(web).total("cfr_jobs", exchange="binance", kind="backfill", state="queued")
+                        == 1
+                    ),
+                    10,
+                    "the job queued",
+                )
                 assert scrape(web).total("cfr_rest_requests_total", status="429") == 0
                 sim.set_faults("binance", storm_seconds=STORM_SECONDS)
                 result = resume_on_worker(stack, job.id)
@@ -187,7 +194,13 @@ def test_one_scrape_sees_every_process_and_injected_faults_move_their_counters(s
                 final = scrape(web)
                 assert final.total("cfr_rest_pause_seconds_total", exchange="binance") > 0
                 assert final.total("cfr_rest_request_weight_total", exchange="binance") > 0
-                assert final.total("cfr_jobs", exchange="binance", kind="backfill", state="done") == 1
+                wait_for(
+                    lambda: (
+                        scrape(web).total("cfr_jobs", exchange="binance", kind="backfill", state="done") == 1
+                    ),
+                    10,
+                    "the job done",
+                )
                 assert final.types["cfr_rest_requests"] == "counter"
         finally:
             if celery is not None:

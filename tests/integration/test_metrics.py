@@ -115,6 +115,7 @@ def test_scrape_time_gauges_come_from_health_jobs_and_coverage(web, settings):
         assert found.total("cfr_missing_minutes", exchange=row["exchange"]) == row["missing_minutes"]
         assert found.total("cfr_repair_requests_left", exchange=row["exchange"]) == row["repair_left"]
     assert found.total("cfr_missing_minutes", exchange="binance") > 0, "the seeded hour has no coverage"
+    assert 0 <= found.total("cfr_scrape_state_age_seconds") < settings.metrics_state_seconds
 
 
 def test_every_metric_the_alerts_and_the_dashboard_use_is_exposed(web, settings):
