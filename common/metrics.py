@@ -162,7 +162,10 @@ class SnapshotPublisher:
 
     def _run(self) -> None:
         while True:
-            self.publish()
+            try:
+                self.publish()
+            except Exception:  # noqa: BLE001 - a collector raced its process (a dict resized): next time
+                log.warning("metrics snapshot of %s failed", self.process, exc_info=True)
             if self._stop.wait(self.settings.metrics_publish_seconds):
                 return
 

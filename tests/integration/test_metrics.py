@@ -9,6 +9,8 @@ import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from common.metrics import (
     METRICS_PROCESSES,
@@ -16,6 +18,7 @@ from common.metrics import (
     metrics_process_key,
     process_label,
     publish_snapshot,
+    read_snapshots,
 )
 from common.redis_clients import async_client
 from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
@@ -144,3 +147,38 @@ def test_every_metric_the_alerts_and_the_dashboard_use_is_exposed(web, settings)
 
     assert len(used) > 15
     assert used - exposed == set()
+
+
+class FirstCollectionFails(Collector):
+    """A collector whose first collection races its process, as reading a dict the event loop
+    resizes can."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def collect(self):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        yield GaugeMetricFamily("cfr_test_collections", "collections so far", value=self.calls)
+
+
+def test_a_failed_collection_does_not_stop_the_publisher(settings):
+    registry = CollectorRegistry()
+    registry.register(FirstCollectionFails())
+    fast = settings.model_copy(update={"metrics_publish_seconds": 0.1})
+    publisher = SnapshotPublisher(fast, "tester", registry).start()
+    client = redis_client(settings)
+    try:
+        found = wait_for(
+            lambda: [
+                f for f in read_snapshots(client, int(time.time() * 1000)) if f.name == "cfr_test_collections"
+            ],
+            10,
+            "a snapshot after the failed one",
+        )
+    finally:
+        publisher.stop()
+    (family,) = found
+    assert family.samples[0].value >= 2
+    assert family.samples[0].labels == {"process": publisher.process}
