@@ -11,7 +11,7 @@ worker (three pool processes) and beat (repair every `--repair-interval` s), and
 the platform has run `--warm-seconds` (websocket coverage, outages and repair jobs pile up as they
 would), the web's `/metrics` is scraped `--scrapes` times, one a second, as Prometheus would: each
 scrape's wall time from request to last byte, on a fresh connection; the jobs and coverage figures
-are read in the background every METRICS_STATE_SECONDS (15), so some scrapes share the machine with
+are read in the background every METRICS_STATE_SECONDS (30), so some scrapes share the machine with
 that reading. Beside it, what one reading of the coverage counts costs (`GET /api/coverage/summary`
 reads the same), the size of an answer and the processes it holds. Target: a scrape in under 50 ms
 (the median; p95 and the slowest beside it).

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     """How often each fetcher, the updater and every Celery worker process writes its metrics to Redis."""
     metrics_snapshot_ttl_seconds: float = Field(default=30.0, gt=0)
     """A process's metrics leave `/metrics` this long after its last write (it stopped or hangs)."""
-    metrics_state_seconds: float = Field(default=15.0, gt=0)
+    metrics_state_seconds: float = Field(default=30.0, gt=0)
     """The jobs and coverage figures of `/metrics` are read again at most this often (a pass over
     every market's coverage); a scrape in between answers with the last reading."""
 
