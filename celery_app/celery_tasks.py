@@ -13,18 +13,36 @@ import json
 import logging
 import uuid
 
-from celery.signals import beat_init, worker_ready
+from celery.signals import beat_init, worker_process_init, worker_process_shutdown, worker_ready
 
 from celery_app.celery_config import REST_QUEUES
 from celery_app.celery_main import app
 from common.logging_setup import setup_logging
+from common.metrics import SnapshotPublisher
 from common.redis_clients import async_client
 from common.settings import get_settings
 from fetchers.rest.engine import BackfillEngine, run
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, JobState, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets as refresh_markets_async
+from fetchers.rest.metrics import REGISTRY as REST_METRICS
 from fetchers.rest.rate_limiter import LOW
 from fetchers.rest.repair import submit_repair
+
+_metrics: SnapshotPublisher | None = None
+
+
+@worker_process_init.connect
+def _publish_metrics(**_) -> None:
+    """Each pool process sends the requests of its tasks, so each publishes its own REST metrics
+    (`common.metrics`); a thread started before the fork would not survive it."""
+    global _metrics
+    _metrics = SnapshotPublisher(get_settings(), "worker", REST_METRICS).start()
+
+
+@worker_process_shutdown.connect
+def _final_metrics(**_) -> None:
+    if _metrics is not None:
+        _metrics.stop()
 
 
 @app.task(name="celery_app.celery_tasks.drain_backfill_job")

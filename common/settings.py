@@ -106,6 +106,22 @@ class Settings(BaseSettings):
     ws_backoff_max_seconds: float = Field(default=30.0, gt=0)
     ws_markets_refresh_seconds: float = Field(default=60.0, gt=0)
 
+    # Metrics (GET /metrics on the web; docs/operations.md "Metrics")
+    metrics_publish_seconds: float = Field(default=5.0, gt=0)
+    """How often each fetcher, the updater and every Celery worker process writes its metrics to Redis."""
+    metrics_snapshot_ttl_seconds: float = Field(default=30.0, gt=0)
+    """A process's metrics leave `/metrics` this long after its last write (it stopped or hangs)."""
+    metrics_state_seconds: float = Field(default=30.0, gt=0)
+    """The jobs and coverage figures of `/metrics` are read again at most this often (a pass over
+    every market's coverage); a scrape in between answers with the last reading."""
+
+    # Docker Compose's monitoring profile (read by docker-compose.yml only)
+    prometheus_port: int = Field(default=9090, ge=1, le=65535)
+    prometheus_retention: str = "15d"
+    grafana_port: int = Field(default=3000, ge=1, le=65535)
+    grafana_admin_password: SecretStr = SecretStr("")
+    """Grafana's `admin` password; its container refuses to start without one."""
+
     # Running without Docker (`make up` / `make demo`): PostgreSQL, Redis and supervisor state
     local_data_dir: Path = PROJECT_ROOT / "local_data"
 

@@ -1,9 +1,10 @@
 """The web app: REST and websocket API under /api, pages under /view.
 
-`create_app(settings)` builds an app; its lifespan opens the database pool, the Redis client and
-the one live-bar listener and keeps them on `app.state`. Nothing connects at import time or at
-start-up: the app starts with PostgreSQL or Redis down, answers /api/health with 503, and recovers
-when they return. Run it with `uvicorn web.main:app` (`python -m web` binds WEB_HOST:WEB_PORT).
+`create_app(settings)` builds an app (with `GET /metrics`, see `web.metrics`); its lifespan opens
+the database pool, the Redis client and the one live-bar listener and keeps them on `app.state`.
+Nothing connects at import time or at start-up: the app starts with PostgreSQL or Redis down,
+answers /api/health with 503, and recovers when they return. Run it with `uvicorn web.main:app`
+(`python -m web` binds WEB_HOST:WEB_PORT).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from common.redis_clients import async_client, listener_client
 from common.settings import Settings, get_settings
+from web import metrics
 from web.api.errors import install_error_handlers
 from web.api.routes import analytics, coverage, health, ohlcvs, status, symbols, ws
 from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache
 from web.live import LiveHub
+from web.metrics import RequestMetrics, StateGauges
 from web.views import mount_pages
 
 
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await app.state.metrics_state.close()
             await client.aclose()
             await fast_pool.close()
             pool.close()
@@ -69,9 +74,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.state.metrics_state = StateGauges(settings.metrics_state_seconds)
+    app.add_middleware(RequestMetrics, registry=app.state.metrics_registry)
     install_error_handlers(app)
     for module in (ohlcvs, symbols, analytics, health, status, ws, coverage):
         app.include_router(module.router, prefix="/api")
+    app.include_router(metrics.router)
     mount_pages(app)
     return app
 

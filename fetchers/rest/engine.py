@@ -29,6 +29,7 @@ from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError
 from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
+from fetchers.rest.metrics import EXCHANGE_USED_WEIGHT, count_request
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
 from fetchers.rest.service_retry import with_database_retry
 from fetchers.rest.writer import CandleWriter
@@ -282,12 +283,16 @@ class BackfillEngine:
                     status, headers = response.status, dict(response.headers)
                     body = await response.text()
             except (TimeoutError, aiohttp.ClientError) as exc:
+                count_request(adapter.name, None, request.weight)
                 exception_class = type(exc).__name__
                 error = ExchangeError(
                     ErrorKind.RETRY, None, None, f"{exception_class}: {exc}".rstrip(": "), None
                 )
             else:
+                count_request(adapter.name, status, request.weight)
                 used = adapter.used_weight(headers)
+                if used is not None:
+                    EXCHANGE_USED_WEIGHT.labels(adapter.name).set(used)
                 if used is not None and status == 200:
                     await limiter.note_used_weight(used)
                 if status == 200:

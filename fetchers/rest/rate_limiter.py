@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 
 from common.redis_keys import rate_budget_key
 from fetchers.exchanges.base import RateLimit
+from fetchers.rest.metrics import PAUSE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class SharedRateLimiter:
         slots reserved before it are void."""
         extended = await self._block(keys=[self._blocked_key, self._tat_key], args=[int(seconds * 1_000_000)])
         if extended:
+            PAUSE_SECONDS.labels(self.exchange).inc(seconds)
             log.warning("%s: all requests paused for %.1fs: %s", self.exchange, seconds, reason)
 
     async def learn_refusal(self, used: int) -> None:

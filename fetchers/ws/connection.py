@@ -136,6 +136,7 @@ class LiveConnection:
             finally:
                 await self._close()
             self.reconnects += 1
+            self.engine.reconnects += 1
             self.evidence.restart(f"connection lost: {reason}")
             delay = self.engine.backoff(attempt) if delay is None else delay
             log.warning("%s: %s; reconnecting in %.1fs", self.name, reason, delay)

@@ -58,4 +58,5 @@ async def track_coverage(engine: StreamEngine) -> None:
         if engine.clock_ms:
             records = take_records(engine.connections, engine.clock_ms)
             if records:
+                engine.outages_recorded += sum(type(r) is OutageRecord for r in records)
                 engine.sink.add_records(records)

@@ -128,6 +128,9 @@ class StreamEngine:
         self.previous_progress_ms = 0
         self.frames = 0
         self.bad_frames = 0
+        self.reconnects = 0
+        self.outages_recorded = 0
+        """Per-process totals for the metrics (connections come and go with market changes)."""
         self.last_frame = 0.0
         """`time.perf_counter()` of the newest frame (0: none yet); see `last_frame_ms`."""
         self.stopping = False

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import psycopg2
 import psycopg2.extras
 import redis
+from prometheus_client import Histogram
 from psycopg2.extensions import connection as PgConnection
 
 from common.candle import NUMBER_CHARS, MarketKey
@@ -243,6 +244,11 @@ class Updater:
         self._writers: ThreadPoolExecutor | None = None
         self._dirty_from_ms: int | None = None
         self.rows_flushed_total = 0
+        self.flushes_ok = 0
+        self.flushes_failed = 0
+        self.last_backlog = 0
+        self.flush_seconds: Histogram | None = None
+        """Set by `fetchers.ws.metrics.updater_registry` when the process publishes metrics."""
 
     def _db(self) -> PgConnection:
         """This thread's connection (each writer thread has its own)."""
@@ -565,6 +571,10 @@ class Updater:
             try:
                 result = self.flush()
                 self.write_health(result.backlog)
+                self.flushes_ok += 1
+                self.last_backlog = result.backlog
+                if self.flush_seconds is not None:
+                    self.flush_seconds.observe(time.monotonic() - started)
                 if result.rows or result.outages:
                     log.info(
                         "flushed %d closed bars (%d new rows), %d outage records; %d bars wait",
@@ -574,9 +584,11 @@ class Updater:
                         result.backlog,
                     )
             except (DatabaseError, psycopg2.Error) as exc:
+                self.flushes_failed += 1
                 log.warning("database unavailable, bars wait in Redis: %s", str(exc).strip().splitlines()[0])
                 self.close()
             except redis.exceptions.RedisError as exc:
+                self.flushes_failed += 1
                 log.warning("Redis unavailable: %s", exc)
             remaining = period - (time.monotonic() - started)
             deadline = time.monotonic() + max(remaining, 0)

@@ -21,9 +21,11 @@ import redis
 from common.db import DatabaseError
 from common.exchanges import EXCHANGES
 from common.logging_setup import setup_logging
+from common.metrics import SnapshotPublisher
 from common.redis_clients import async_client, sync_client
 from common.settings import load_settings_or_exit
 from fetchers.exchanges.base import UnknownSymbolError
+from fetchers.ws.metrics import StreamCollector, registry_of, updater_registry
 from fetchers.ws.stream import Shard, StreamEngine
 from fetchers.ws.updater import Updater
 from scripts.cli import EXIT_USAGE, fail
@@ -58,9 +60,13 @@ def fetch(exchange: str, symbols: str | None, shard: str) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         client = async_client(settings, pack_with_hiredis=True)
+        engine = StreamEngine(settings, exchange, client, wanted, chosen_shard)
+        metrics = SnapshotPublisher(settings, f"fetch-{exchange}", registry_of(StreamCollector(engine)))
+        metrics.start()
         try:
-            await StreamEngine(settings, exchange, client, wanted, chosen_shard).run(stop)
+            await engine.run(stop)
         finally:
+            await asyncio.to_thread(metrics.stop)
             await client.aclose()
 
     try:
@@ -93,11 +99,13 @@ def update() -> None:
     signal.signal(signal.SIGTERM, request_stop)
     client = sync_client(settings)
     updater = Updater(settings, client)
+    metrics = SnapshotPublisher(settings, "updater", updater_registry(updater)).start()
     log.info("updater started: flushing every %gs", settings.updater_flush_seconds)
     try:
         updater.run(lambda: stopping)
     finally:
         updater.stop()
+        metrics.stop()
         client.close()
     log.info("updater stopped")
 

@@ -1,13 +1,17 @@
-"""The deployment files say only what is true: docker-compose.yml, Dockerfile and Procfile.
+"""The deployment files say only what is true: docker-compose.yml, Dockerfile, Procfile and the
+monitoring files under deploy/ (Prometheus configuration and alert rules, Grafana provisioning and
+dashboard).
 
 No Docker engine runs here, so the compose file is checked the way an engine would read it: it
-parses, `docker-compose config -q` accepts it with and without the `demo` profile, every variable
+parses, `docker-compose config -q` accepts it with and without the `demo` and `monitoring`
+profiles, every variable
 it uses is documented in `.example_env`, every command names a module or program that exists and
 accepts its arguments, every build and volume path exists, and ports stay on 127.0.0.1 by default.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -23,10 +27,13 @@ from scripts.local.stack import parse_procfile
 pytestmark = pytest.mark.integration
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
+MONITORING = {"prometheus", "grafana"}
 EXPECTED_SERVICES = {
     "psql", "redis", "init", "fetch-bitfinex", "fetch-binance", "fetch-bittrex",
-    "updater", "worker", "beat", "flower", "web", "simulator",
+    "updater", "worker", "beat", "flower", "web", "simulator", *MONITORING,
 }  # fmt: skip
+APP_SERVICES = EXPECTED_SERVICES - MONITORING
+DEPLOY = PROJECT_ROOT / "deploy"
 VARIABLE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -82,6 +89,10 @@ def test_every_service_is_there_with_the_names_users_know():
     assert services["web"]["container_name"] == "coin-app"
     assert services["simulator"]["profiles"] == ["demo"]
     assert re.fullmatch(r"timescale/timescaledb:[0-9.]+-pg16", services["psql"]["image"])
+    assert re.fullmatch(r"prom/prometheus:v[0-9]+\.[0-9]+\.[0-9]+", services["prometheus"]["image"])
+    assert re.fullmatch(r"grafana/grafana:[0-9]+\.[0-9]+\.[0-9]+", services["grafana"]["image"])
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
 
 
 def test_variables_are_documented_in_example_env():
@@ -102,7 +113,7 @@ def test_processes_wait_for_healthy_services_and_init():
         "psql": {"condition": "service_healthy"},
         "redis": {"condition": "service_healthy"},
     }
-    for name in EXPECTED_SERVICES - {"psql", "redis", "init", "simulator"}:
+    for name in APP_SERVICES - {"psql", "redis", "init", "simulator"}:
         assert services[name]["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
     for name in ("psql", "redis", "web"):
         assert "healthcheck" in services[name], name
@@ -124,7 +135,7 @@ def test_build_and_volume_paths_exist():
                 assert (PROJECT_ROOT / Path(host).parts[0]).is_dir(), (name, volume)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_SERVICES - {"psql", "redis"}))
+@pytest.mark.parametrize("name", sorted(APP_SERVICES - {"psql", "redis"}))
 def test_every_command_exists_and_accepts_its_arguments(name):
     command = compose()["services"][name]["command"]
     if command == ["python", "-m", "web"]:  # takes no arguments: it serves the app the settings name
@@ -140,14 +151,14 @@ def test_every_command_exists_and_accepts_its_arguments(name):
 def test_procfile_runs_the_same_processes_as_compose():
     processes = parse_procfile((PROJECT_ROOT / "Procfile").read_text(), Settings())
     services = compose()["services"]
-    assert {p.name for p in processes} == EXPECTED_SERVICES - {"psql", "redis", "init", "simulator"}
+    assert {p.name for p in processes} == APP_SERVICES - {"psql", "redis", "init", "simulator"}
     for process in processes:
         assert without_addresses(services[process.name]["command"]) == without_addresses(
             process.command.split()
         ), process.name
 
 
-@pytest.mark.parametrize("profile", [None, "demo"])
+@pytest.mark.parametrize("profile", [None, "demo", "monitoring"])
 def test_docker_compose_accepts_the_file(tmp_path, profile):
     binary = shutil.which("docker-compose")
     assert binary, "docker-compose is installed by `make deps` (scripts/local/install_system_deps.sh)"
@@ -167,3 +178,133 @@ def test_docker_compose_refuses_to_start_without_passwords(tmp_path):
     )  # fmt: skip
     assert result.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in result.stderr or "set REDIS_PASSWORD in .env" in result.stderr
+
+
+# ------------------------------------------------------------------------------- monitoring profile
+
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "coin-for-rich.json"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "coin-for-rich.yml"
+REQUIRED_ALERTS = {"FetcherSilent", "UpdaterBehind", "RestBanned", "MissingMinutesGrowing", "RepairStuck"}
+DURATION = re.compile(r"([0-9]+(ms|s|m|h|d|w|y))+")
+
+
+def alert_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel.get("targets", [])]
+
+
+def balanced(text: str) -> bool:
+    depth = {"(": 0, "{": 0, "[": 0}
+    closing = {")": "(", "}": "{", "]": "["}
+    for char in re.sub(r'"[^"]*"', '""', text):
+        if char in depth:
+            depth[char] += 1
+        elif char in closing:
+            depth[closing[char]] -= 1
+            if depth[closing[char]] < 0:
+                return False
+    return not any(depth.values())
+
+
+def test_monitoring_files_are_mounted_where_their_services_read_them():
+    services = compose()["services"]
+    mounts = {
+        name: dict(volume.split(":")[:2] for volume in services[name]["volumes"]) for name in MONITORING
+    }
+    assert mounts["prometheus"]["./deploy/prometheus"] == "/etc/prometheus"
+    assert mounts["grafana"]["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts["grafana"]["./deploy/grafana/dashboards"] == "/var/lib/grafana/dashboards"
+    for name, volumes in mounts.items():
+        for host in volumes:
+            if host.startswith("."):
+                assert (PROJECT_ROOT / host).is_dir(), (name, host)
+    command = services["prometheus"]["command"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    providers = yaml.safe_load(DASHBOARD_PROVIDERS.read_text())["providers"]
+    assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards"]
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"/var/lib/grafana/dashboards/{DASHBOARD.name}"
+
+
+def test_grafana_takes_its_password_from_env_and_refuses_to_start_without_one():
+    grafana = compose()["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    script = grafana["entrypoint"][-1]
+    assert 'test -n "$$GF_SECURITY_ADMIN_PASSWORD"' in script and script.endswith("exec /run.sh")
+    assert "GRAFANA_ADMIN_PASSWORD=\n" in (PROJECT_ROOT / ".example_env").read_text(), "no password committed"
+
+
+def test_prometheus_scrapes_the_web_and_loads_the_rules():
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert [(PROMETHEUS_CONFIG.parent / path).resolve() for path in config["rule_files"]] == [
+        ALERTS.resolve()
+    ]
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["web:8000"]}]
+    assert "8000" in compose()["services"]["web"]["environment"]["WEB_PORT"]
+    assert DURATION.fullmatch(config["global"]["scrape_interval"])
+
+
+def test_alert_rules_cover_what_operators_must_hear_about():
+    rules = alert_rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names))
+    assert REQUIRED_ALERTS <= set(names)
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert balanced(rule["expr"]), rule["alert"]
+        assert "for" not in rule or DURATION.fullmatch(rule["for"]), rule["alert"]
+        assert re.search(r"\bcfr_[a-z0-9_]+", rule["expr"]), rule["alert"]
+    by_name = {rule["alert"]: rule for rule in rules}
+    assert 'status="418"' in by_name["RestBanned"]["expr"]
+    assert "cfr_ws_seconds_since_last_message" in by_name["FetcherSilent"]["expr"]
+
+
+def test_the_dashboard_loads_and_queries_the_provisioned_prometheus():
+    dashboard = json.loads(DASHBOARD.read_text())
+    (source,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["type"] == "prometheus"
+    assert dashboard["uid"] and dashboard["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    graphs = [panel for panel in dashboard["panels"] if panel["type"] != "row"]
+    assert len(graphs) >= 12
+    for panel in graphs:
+        assert panel["datasource"] == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
+        assert (
+            set(panel["gridPos"]) == {"h", "w", "x", "y"}
+            and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        )
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source["uid"]
+            assert balanced(target["expr"]) and "cfr_" in target["expr"], target["expr"]
+
+
+def test_promtool_accepts_the_config_the_rules_and_the_dashboard_queries(tmp_path):
+    """With promtool on PATH (Debian's `prometheus` package has it) the files are checked as
+    Prometheus reads them; the dashboard's queries as recording rules, which must parse the same."""
+    promtool = shutil.which("promtool")
+    recording = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query{i}", "expr": expr} for i, expr in enumerate(dashboard_queries())
+    ]}]}  # fmt: skip
+    queries = tmp_path / "dashboard_rules.yml"
+    queries.write_text(yaml.safe_dump(recording))
+    assert yaml.safe_load(queries.read_text()) == recording
+    if promtool is None:
+        assert all(balanced(rule["expr"]) for rule in recording["groups"][0]["rules"])
+        return
+    for args in (["check", "config", str(PROMETHEUS_CONFIG)], ["check", "rules", str(ALERTS), str(queries)]):
+        result = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
