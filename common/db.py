@@ -268,8 +268,8 @@ LATE_CHANGE_REASON = "live bar changed after its minute was stored"
 
 # Minutes already stored that a live bar now gives other values (a late update of a closed bar,
 # e.g. Bitfinex re-sending the previous candle): a live bar never overwrites a row, so the stored
-# row may be stale. Unless a successful REST request covers it (the exchange's final word), the
-# minute becomes an outage: never counted complete, and the repair fetches it over REST.
+# row may be stale. Unless a successful REST request or archive file covers it (the exchange's final
+# word), the minute becomes an outage: never counted complete, and the repair fetches it over REST.
 _RECORD_LATE_CHANGES = """
 INSERT INTO ohlcvs_outages (exchange, base_id, quote_id, start_time, end_time, reason)
 SELECT DISTINCT o.exchange, o.base_id, o.quote_id, o.time, o.time + interval '1 minute', %(reason)s
@@ -281,7 +281,7 @@ WHERE (o.open::text, o.high::text, o.low::text, o.close::text, o.volume::text) I
   AND NOT EXISTS (
       SELECT 1 FROM ohlcvs_coverage c
       WHERE c.exchange = o.exchange AND c.base_id = o.base_id AND c.quote_id = o.quote_id
-        AND c.source = 'rest' AND c.start_time <= o.time AND o.time < c.end_time)
+        AND c.source IN ('rest', 'archive') AND c.start_time <= o.time AND o.time < c.end_time)
 ON CONFLICT DO NOTHING
 """
 
