@@ -91,6 +91,10 @@ class SimHandle:
         """The next `count` closing Binance kline updates (`"x": true`) are lost on the way."""
         self.set_faults("binance", lose_ws_closes=count)
 
+    def served(self) -> dict[str, list[dict[str, Any]]]:
+        """Every Binance archive file request and klines request so far (`GET /control/served`)."""
+        return _http_json(f"{self.control}/control/served")
+
     def dropped(self, exchange: str, closes: bool = False) -> dict[str, set[int]]:
         """Per market, the minutes (ms) whose candle updates a fault withheld or mangled on some
         socket (`closes`: only those whose closing update it took, for an exchange that marks it)."""
