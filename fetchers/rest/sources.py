@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from common.candle import Market
-from common.ranges import Range
+from common.ranges import Range, merge
+from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask, task_for
 from fetchers.exchanges.binance_archive import DAY_MS, ArchivePeriod, day_period, month_of
 
@@ -27,6 +28,9 @@ SOURCE_CHOICES = (AUTO, REST, ARCHIVE)
 MONTHLY_AFTER_DAYS = 3
 """A month's file is planned once this many days of the next month are over (Binance publishes it
 early in the month, not at midnight); before that its days come from the daily files."""
+MIN_FILE_MINUTES = 60
+"""A piece of a day shorter than this comes over REST: one small request beats a whole day's file
+(the repair's gaps of a few minutes)."""
 ARCHIVE_EXCHANGES = ("binance",)
 
 
@@ -42,9 +46,11 @@ def archive_periods(
     start_ms: int, end_ms: int, now_ms: int
 ) -> tuple[list[tuple[ArchivePeriod, Range]], list[Range]]:
     """The archive files that hold [start_ms, end_ms), each with the part of the range it gives,
-    oldest first; and the ranges left for REST (minutes of the current day or later)."""
+    oldest first; and the ranges left for REST (minutes of the current day or later, and pieces
+    of a day shorter than MIN_FILE_MINUTES)."""
     today = now_ms - now_ms % DAY_MS
     files: list[tuple[ArchivePeriod, Range]] = []
+    rest: list[Range] = []
     cursor = start_ms
     archived_until = min(end_ms, today)
     while cursor < archived_until:
@@ -59,10 +65,14 @@ def archive_periods(
             cursor = whole_month.end_ms
             continue
         until = min(day.end_ms, archived_until)
-        files.append((day, (cursor, until)))
+        if until - cursor >= MIN_FILE_MINUTES * MINUTE_MS:
+            files.append((day, (cursor, until)))
+        else:
+            rest.append((cursor, until))
         cursor = until
-    rest = [(max(start_ms, today), end_ms)] if end_ms > max(start_ms, today) else []
-    return files, rest
+    if end_ms > max(start_ms, today):
+        rest.append((max(start_ms, today), end_ms))
+    return files, merge(rest)
 
 
 def plan_market(
@@ -76,16 +86,16 @@ def plan_market(
         return
     if not has_archive(adapter.name):
         raise ArchiveUnavailable(f"{adapter.name} has no public archive; use --source rest or auto")
-    files, rest = archive_periods(start_ms, end_ms, now_ms)
+    files, rest = archive_periods(start_ms, end_ms, now_ms)  # small: a month of a market is one entry
     if source == ARCHIVE and rest:
         raise ArchiveUnavailable(
             "--source archive: the archive has no files yet for the exchange's current day; end the "
             "range at its start (00:00 UTC) or use --source auto"
         )
-    for period, (lo, hi) in files:
-        yield task_for(market, lo, hi, archive=period.text)
+    tasks = [task_for(market, lo, hi, archive=period.text) for period, (lo, hi) in files]
     for lo, hi in rest:
-        yield from adapter.plan_fetch_tasks(market, lo, hi)
+        tasks.extend(adapter.plan_fetch_tasks(market, lo, hi))
+    yield from sorted(tasks, key=lambda t: t.start_ms)
 
 
 def rest_fallback(adapter: ExchangeAdapter, task: FetchTask) -> list[FetchTask]:

@@ -201,6 +201,12 @@ def test_a_partial_month_uses_daily_files_clipped_to_the_range():
     assert rest == []
 
 
+def test_a_few_minutes_of_a_closed_day_come_over_rest_not_as_a_whole_file():
+    files, rest = archive_periods(ms(2025, 1, 1, 23, 30), ms(2025, 1, 3, 0, 20), ms(2025, 3, 1))
+    assert [p.text for p, _ in files] == ["2025-01-02"]
+    assert rest == [(ms(2025, 1, 1, 23, 30), ms(2025, 1, 2)), (ms(2025, 1, 3), ms(2025, 1, 3, 0, 20))]
+
+
 def test_a_range_within_today_is_all_rest():
     assert archive_periods(ms(2025, 3, 10, 1), ms(2025, 3, 10, 2), ms(2025, 3, 10, 5)) == (
         [],
@@ -235,3 +241,14 @@ def test_a_file_that_failed_becomes_rest_requests_for_its_range():
     assert task.to_dict()["archive"] == "2025-01" and "archive" not in fallback[0].to_dict()
     assert type(task).from_dict(task.to_dict()) == task
     assert type(task).from_dict(fallback[0].to_dict()) == fallback[0]
+
+
+def test_a_market_s_tasks_are_oldest_first_whichever_source_gives_them():
+    tasks = list(
+        plan_market(BINANCE, BTC, ms(2025, 1, 1, 23, 30), ms(2025, 1, 3, 0, 20), ms(2025, 3, 1), AUTO)
+    )
+    assert [(t.archive, t.start_ms) for t in tasks] == [
+        ("", ms(2025, 1, 1, 23, 30)),
+        ("2025-01-02", ms(2025, 1, 2)),
+        ("", ms(2025, 1, 3)),
+    ]
