@@ -247,6 +247,59 @@ def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
         return _upsert_staged(conn, cur)
 
 
+_MINUTE_OF_DAY_TEXT = [f" {h:02d}:{m:02d}:00+00" for h in range(24) for m in range(60)]
+_DAY_MS = 86_400_000
+_OHLCVS_COPY_COLUMNS = "time, exchange, base_id, quote_id, open, high, low, close, volume"
+_ANY_ROW_IN_RANGE = """
+SELECT EXISTS (SELECT 1 FROM ohlcvs WHERE exchange = %s AND base_id = %s AND quote_id = %s
+               AND time >= timestamptz 'epoch' + %s * interval '1 millisecond'
+               AND time <= timestamptz 'epoch' + %s * interval '1 millisecond')
+"""
+
+
+def _day_text(day_ms: int) -> str:
+    return datetime.fromtimestamp(day_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def copy_new_candle_blocks(conn: PgConnection, blocks: list[CandleBlock]) -> int | None:
+    """COPY the blocks straight into `ohlcvs` when no market of theirs has a row in its block's
+    range (a first backfill of closed history: the archive's whole days and months) — no staging
+    table, no conflict to resolve, the same rows an upsert would leave. Returns the rows written,
+    or None (nothing written) when some range holds rows, a market comes twice, or another writer
+    got there first: the caller upserts instead. Runs in the caller's transaction."""
+    blocks = [b for b in blocks if b.lines]
+    markets = [(b.exchange, b.base_id, b.quote_id) for b in blocks]
+    if not blocks or len(set(markets)) != len(markets):
+        return None
+    days: dict[int, str] = {}
+    parts: list[str] = []
+    with conn.cursor() as cur:
+        for block, market in zip(blocks, markets, strict=True):
+            cur.execute(_ANY_ROW_IN_RANGE, (*market, block.times[0], block.times[-1]))
+            if cur.fetchone()[0]:
+                return None
+            prefix = "\t" + "\t".join(map(_copy_text, market))
+            rows = []
+            for time_ms, line in zip(block.times, block.lines, strict=True):
+                day = time_ms - time_ms % _DAY_MS
+                date = days.get(day) or days.setdefault(day, _day_text(day))
+                clock = _MINUTE_OF_DAY_TEXT[(time_ms - day) // 60_000]
+                rows.append(date + clock + prefix + line[line.index("\t") :])
+            parts.append("\n".join(rows) + "\n")
+        cur.execute("SAVEPOINT before_copy")
+        try:
+            cur.copy_expert(
+                f"COPY ohlcvs ({_OHLCVS_COPY_COLUMNS}) FROM STDIN",
+                io.StringIO("".join(parts)),
+                size=COPY_CHUNK_BYTES,
+            )
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation):
+            cur.execute("ROLLBACK TO SAVEPOINT before_copy")
+            return None
+        cur.execute("RELEASE SAVEPOINT before_copy")
+    return sum(len(b) for b in blocks)
+
+
 def upsert_candle_blocks(conn: PgConnection, blocks: Iterable[CandleBlock]) -> int:
     """`upsert_candles` for candles in bulk (the backfill's path): same table, rules and errors."""
     with conn.cursor() as cur:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import bisect
 import calendar
 import hashlib
+import operator
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
 
 from common.candle import CandleBlock
 from common.timeutil import datetime_to_ms
@@ -106,36 +108,56 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+COLUMNS = 12
+CLOSE_AFTER_OPEN = {False: 59_999, True: 59_999_999}
+"""A 1-minute kline closes at its open time + 1 minute - 1 unit (ms, or µs)."""
+
+
 def parse_klines_csv(
     text: str, exchange: str, base_id: str, quote_id: str, start_ms: int, end_ms: int
 ) -> CandleBlock:
     """The 1-minute klines of an archive CSV with open time in [start_ms, end_ms), as a block of
     the file's own decimal text (open times in ms or µs, see the module doc). A header row, if
-    any, is skipped. ValueError for anything that is not a well-formed file of whole minutes."""
-    rows = text.splitlines()
-    while rows and not rows[-1].strip():
-        rows.pop()
-    if rows and rows[0].startswith("open_time,"):
-        rows = rows[1:]
-    if not rows:
+    any, is skipped. ValueError for anything that is not a well-formed file of whole minutes.
+
+    A file is a month of rows, so no Python code runs per row: the whole text is cut into one
+    list of fields, and columns are taken by stride. That every row has its twelve columns is
+    proven by each row's close time being its open time + 1 minute - 1 (a row short of a column
+    shifts every later one); the block's bulk check refuses any value that is not decimal text."""
+    text = text.replace("\r\n", "\n").strip("\n")
+    if text.startswith("open_time,"):
+        text = text.partition("\n")[2]
+    if not text:
         return CandleBlock(exchange, base_id, quote_id, [], [])
+    rows = text.count("\n") + 1
+    fields = text.replace("\n", ",").split(",")
+    if len(fields) != rows * COLUMNS:
+        raise ValueError(f"malformed archive klines: {len(fields)} fields in {rows} rows")
     try:
-        split = [row.split(",", 6) for row in rows]
-        stamps = [int(fields[0]) for fields in split]
-        if stamps[0] >= MICROSECONDS_FROM:
-            if any(s % 1000 for s in stamps):
-                raise ValueError("an open time in µs is not on a whole millisecond")
-            times = [s // 1000 for s in stamps]
-        else:
-            times = stamps
-        lo = bisect.bisect_left(times, start_ms)
-        hi = bisect.bisect_left(times, end_ms)
-        lines = [f"{times[i]:d}\t" + "\t".join(split[i][1:6]) for i in range(lo, hi)]
-        block = CandleBlock(exchange, base_id, quote_id, times[lo:hi], lines)
-    except (TypeError, ValueError, IndexError) as error:
+        stamps = list(map(int, fields[0::COLUMNS]))
+        closes = list(map(int, fields[6::COLUMNS]))
+    except ValueError as error:
         raise ValueError(f"malformed archive klines: {error}") from None
-    if any(len(split[i]) < 7 for i in range(lo, hi)):
-        raise ValueError("malformed archive klines: a row has fewer than the kline columns")
-    if not all(map(int.__lt__, times, times[1:])):
+    micro = stamps[0] >= MICROSECONDS_FROM
+    if closes != list(map(operator.add, stamps, repeat(CLOSE_AFTER_OPEN[micro], rows))):
+        raise ValueError("malformed archive klines: a row's close time is not its open time + 1 minute")
+    texts = fields[0::COLUMNS]
+    if micro:
+        if not all(map(str.endswith, texts, repeat("000", rows))):
+            raise ValueError("malformed archive klines: an open time in µs is not on a whole millisecond")
+        texts = list(map(operator.itemgetter(slice(None, -3)), texts))
+        times = list(map(int, texts))
+    else:
+        times = stamps
+    t0 = times[0]
+    regular = times == list(range(t0, t0 + rows * 60_000, 60_000))
+    if not regular and not all(map(int.__lt__, times, times[1:])):
         raise ValueError("malformed archive klines: open times are not strictly ascending")
-    return block
+    lo = bisect.bisect_left(times, start_ms)
+    hi = bisect.bisect_left(times, end_ms)
+    columns = [texts[lo:hi], *(fields[c::COLUMNS][lo:hi] for c in range(1, 6))]
+    lines = list(map("\t".join, zip(*columns, strict=True)))
+    try:
+        return CandleBlock(exchange, base_id, quote_id, times[lo:hi], lines)
+    except ValueError as error:
+        raise ValueError(f"malformed archive klines: {error}") from None

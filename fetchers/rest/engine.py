@@ -8,10 +8,11 @@ in the CLI with `--local` — can drain the same job together; each request is c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_RATE_LIMIT_WAITS = 20
+ARCHIVE_WRITERS = 2
 ORPHAN_POLL_SECONDS = 1.0
 YIELD_POLL_SECONDS = 0.25
 
@@ -116,6 +118,7 @@ class BackfillEngine:
         self._sent_reported = 0
         self.refresh_seconds = 0.0
         self._clock: ExchangeClock | None = None
+        self._file_writers: Iterator[CandleWriter] | None = None
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
@@ -146,6 +149,13 @@ class BackfillEngine:
                 await store.complete_done(self.job_id, written)
 
             writer = CandleWriter(self.settings, committed, coverage_of=request_coverage)
+            # Archive files are written apart, each its own transaction, on ARCHIVE_WRITERS connections
+            # at once: a file is a whole day or month of one market, COPYed straight in where new.
+            file_writers = [
+                CandleWriter(self.settings, committed, 1, coverage_of=request_coverage, copy_when_new=True)
+                for _ in range(ARCHIVE_WRITERS if job.archive else 0)
+            ]
+            self._file_writers = itertools.cycle(file_writers) if file_writers else None
             timeout = aiohttp.ClientTimeout(total=self.options.timeout_seconds)
             connector = aiohttp.TCPConnector(limit=self.options.concurrency)
             archive = await ArchiveClient(self.settings, job.exchange).open() if job.archive else None
@@ -170,6 +180,8 @@ class BackfillEngine:
                             break
                 finally:
                     await writer.close()
+                    for file_writer in file_writers:
+                        await file_writer.close()
                     if archive is not None:
                         await archive.close()
             job = await store.info(self.job_id)
@@ -266,7 +278,7 @@ class BackfillEngine:
         outcome = await archive.fetch(claim.task)
         self.archive_files += 1
         if outcome.block is not None:
-            await writer.add(claim, outcome.block)
+            await next(self._file_writers).add(claim, outcome.block)
             return
         if source == ARCHIVE_ONLY:
             error = ExchangeError(
