@@ -109,8 +109,8 @@ def sha256_hex(data: bytes) -> str:
 
 
 COLUMNS = 12
-CLOSE_AFTER_OPEN = {False: 59_999, True: 59_999_999}
-"""A 1-minute kline closes at its open time + 1 minute - 1 unit (ms, or µs)."""
+STRIDE = COLUMNS + 1
+"""Fields per row once each newline became a field of its own (see `parse_klines_csv`)."""
 
 
 def parse_klines_csv(
@@ -121,32 +121,30 @@ def parse_klines_csv(
     any, is skipped. ValueError for anything that is not a well-formed file of whole minutes.
 
     A file is a month of rows, so no Python code runs per row: the whole text is cut into one
-    list of fields, and columns are taken by stride. That every row has its twelve columns is
-    proven by each row's close time being its open time + 1 minute - 1 (a row short of a column
-    shifts every later one); the block's bulk check refuses any value that is not decimal text."""
-    text = text.replace("\r\n", "\n").strip("\n")
+    list of fields with every newline a field of its own, and columns are taken by stride. That
+    every row has its twelve columns is proven by each newline sitting where twelve columns put
+    it; the block's bulk check refuses any value that is not decimal text."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    text = text.strip("\n")
     if text.startswith("open_time,"):
         text = text.partition("\n")[2]
     if not text:
         return CandleBlock(exchange, base_id, quote_id, [], [])
     rows = text.count("\n") + 1
-    fields = text.replace("\n", ",").split(",")
-    if len(fields) != rows * COLUMNS:
-        raise ValueError(f"malformed archive klines: {len(fields)} fields in {rows} rows")
+    fields = text.replace("\n", ",\n,").split(",")
+    if len(fields) != rows * STRIDE - 1 or fields[COLUMNS::STRIDE].count("\n") != rows - 1:
+        raise ValueError("malformed archive klines: a row has not the twelve kline columns")
+    texts = fields[0::STRIDE]
     try:
-        stamps = list(map(int, fields[0::COLUMNS]))
-        closes = list(map(int, fields[6::COLUMNS]))
+        stamps = list(map(int, texts))
     except ValueError as error:
         raise ValueError(f"malformed archive klines: {error}") from None
-    micro = stamps[0] >= MICROSECONDS_FROM
-    if closes != list(map(operator.add, stamps, repeat(CLOSE_AFTER_OPEN[micro], rows))):
-        raise ValueError("malformed archive klines: a row's close time is not its open time + 1 minute")
-    texts = fields[0::COLUMNS]
-    if micro:
+    if stamps[0] >= MICROSECONDS_FROM:
         if not all(map(str.endswith, texts, repeat("000", rows))):
             raise ValueError("malformed archive klines: an open time in µs is not on a whole millisecond")
         texts = list(map(operator.itemgetter(slice(None, -3)), texts))
-        times = list(map(int, texts))
+        times = list(map(operator.floordiv, stamps, repeat(1000, rows)))
     else:
         times = stamps
     t0 = times[0]
@@ -155,7 +153,7 @@ def parse_klines_csv(
         raise ValueError("malformed archive klines: open times are not strictly ascending")
     lo = bisect.bisect_left(times, start_ms)
     hi = bisect.bisect_left(times, end_ms)
-    columns = [texts[lo:hi], *(fields[c::COLUMNS][lo:hi] for c in range(1, 6))]
+    columns = [texts[lo:hi], *(fields[c::STRIDE][lo:hi] for c in range(1, 6))]
     lines = list(map("\t".join, zip(*columns, strict=True)))
     try:
         return CandleBlock(exchange, base_id, quote_id, times[lo:hi], lines)

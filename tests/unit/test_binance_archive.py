@@ -159,6 +159,7 @@ def test_csv_is_clipped_to_the_range_asked_and_a_header_is_skipped():
     "text",
     [
         ROW_MS + "\n" + ROW_MS[:40],  # cut short
+        ROW_MS.rsplit(",", 1)[0] + "\n" + ROW_MS_2 + ",0",  # a column short, then one too many
         ROW_MS.replace("96497.00000000", "NaN"),
         ROW_MS.replace("96497.00000000", ""),
         ROW_MS_2 + "\n" + ROW_MS,  # not ascending
