@@ -134,3 +134,47 @@ def test_a_backfill_with_every_archive_fault_equals_ground_truth_and_spares_rest
         cur.execute("SELECT source, count(*) FROM ohlcvs_coverage WHERE exchange = 'binance' GROUP BY source")
         sources = dict(cur.fetchall())
     assert set(sources) == {"archive", "rest"}, sources
+
+
+def test_source_archive_refuses_the_current_day_and_records_a_file_it_cannot_get(
+    platform_settings, simulator
+):
+    """`--source archive`: a range reaching into the exchange's current day is bad input (exit 2);
+    a missing file is a request failed for good (exit 1, `ohlcvs_errors`), never fetched over REST."""
+    env = {**os.environ, "BACKFILL_SOURCE": "rest"}
+    now = simulator.clock()["current_minute_ms"]
+    today = now - now % 86_400_000
+    args = ["fetch", "--exchange", "binance", "--symbols", "BTC/USDT", "--source", "archive", "--local"]
+
+    def run(start_ms: int, end_ms: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scripts.fetchers.rest",
+                *args,
+                "--start",
+                iso(start_ms),
+                "--end",
+                iso(end_ms),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    refused = run(today - 86_400_000, today + 60_000)
+    assert refused.returncode == 2 and "current day" in refused.stderr, refused.stderr
+
+    simulator.set_faults("binance", archive_missing_rate=1.0)
+    failed = run(today - 2 * 86_400_000, today - 86_400_000)
+    assert failed.returncode == 1, failed.stderr
+    assert "BTCUSDT" in failed.stderr and "failed for good" in failed.stderr
+    assert simulator.served()["klines"] == []
+    with connection(platform_settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT exception_class, resp_status_code FROM ohlcvs_errors")
+        assert cur.fetchall() == [("ArchiveFileError", 404)]
+        cur.execute("SELECT count(*) FROM ohlcvs")
+        assert cur.fetchone()[0] == 0
