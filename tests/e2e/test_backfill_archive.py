@@ -34,7 +34,7 @@ FAULTS = {
     "archive_missing_rate": 0.15,
     "archive_checksum_rate": 0.15,
     "archive_truncate_rate": 0.3,
-    "archive_slow_rate": 0.2,
+    "archive_slow_rate": 0.3,
 }
 
 
