@@ -53,8 +53,10 @@ return 1
 
 _REPLACE = """
 if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
-for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-redis.call('HINCRBY', KEYS[1], 'total', #ARGV - 1)
+if redis.call('HGET', KEYS[1], 'cancelled') ~= '1' then
+  for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  redis.call('HINCRBY', KEYS[1], 'total', #ARGV - 1)
+end
 redis.call('HINCRBY', KEYS[1], 'done', 1)
 redis.call('HINCRBY', KEYS[1], 'archive_fallbacks', 1)
 return 1
@@ -386,7 +388,8 @@ class JobStore:
     async def replace(self, job_id: str, claim: Claim, tasks: list[FetchTask]) -> bool:
         """Complete a claimed request by queueing `tasks` in its place, in one step (a crash leaves
         either the claim, to be re-queued, or the new requests: never both, never neither): how an
-        archive file that failed hands its range to REST. False if the claim was no longer ours."""
+        archive file that failed hands its range to REST. A cancelled job queues nothing more.
+        False if the claim was no longer ours."""
         meta, pending, inflight = self._keys(job_id)
         entries = [json.dumps(t.to_dict(), separators=(",", ":")) for t in tasks]
         done = await self._replace(keys=[meta, inflight, pending], args=[claim.token, *entries])
