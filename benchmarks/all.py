@@ -44,6 +44,7 @@ SCRIPTS = (
     Script("live", ("--quick",)),
     Script("web", ("--seconds", "2", "--ws-seconds", "2", "--subscribers", "200")),
     Script("backfill", ("--quick",)),
+    Script("archive", ("--quick",)),
     Script("soak", ("--quick",)),
     Script("metrics", ("--quick",)),
 )

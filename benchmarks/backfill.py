@@ -82,6 +82,7 @@ def platform_settings(pg: PostgresServer, rd: RedisServer, sim: SimHandle, dbnam
         redis_password=rd.password,
         _env_file=None,
         log_dir=ROOT / "logs",
+        backfill_source="rest",
     )
     values.update(sim.settings_overrides())
     values.update(extra)

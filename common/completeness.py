@@ -27,6 +27,7 @@ class MarketEvidence:
     bounds: Range | None = None
     """(first bar time, last bar time + 1 minute), None when the market has no rows."""
     rest: list[Range] = field(default_factory=list)
+    """Final coverage: REST requests and archive files (both the exchange's final word)."""
     ws: list[Range] = field(default_factory=list)
     outages: list[Range] = field(default_factory=list)
     failed: list[Range] = field(default_factory=list)

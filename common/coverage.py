@@ -23,7 +23,11 @@ from common.timeutil import datetime_to_ms
 
 REST = "rest"
 WS = "ws"
-SOURCES = (REST, WS)
+ARCHIVE = "archive"
+"""A file of the exchange's public data archive whose checksum matched: final, like REST."""
+SOURCES = (REST, WS, ARCHIVE)
+FINAL_SOURCES = (REST, ARCHIVE)
+"""Sources that are the exchange's final word: what they cover is complete whatever the live feed did."""
 
 PairKey = tuple[str, str]
 """(base_id, quote_id) of a market of one exchange."""
@@ -212,7 +216,7 @@ def load_evidence(
     return {
         key: MarketEvidence(
             bounds=bounds.get(key),
-            rest=coverage.get(key, {}).get(REST, []),
+            rest=[r for source in FINAL_SOURCES for r in coverage.get(key, {}).get(source, [])],
             ws=coverage.get(key, {}).get(WS, []),
             outages=outages.get(key, []),
             failed=failed.get(key, []),

@@ -8,7 +8,9 @@ exchange's final word) overwrites. Prices travel as the exchange's exact text (c
 
 from __future__ import annotations
 
+import bisect
 import io
+import operator
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -247,6 +249,77 @@ def upsert_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:
         return _upsert_staged(conn, cur)
 
 
+_MINUTE_OF_DAY_TEXT = [f" {h:02d}:{m:02d}:00+00" for h in range(24) for m in range(60)]
+"""The time of day of each minute as timestamptz text (after the date)."""
+_DAY_MS = 86_400_000
+_OHLCVS_COPY_COLUMNS = "time, exchange, base_id, quote_id, open, high, low, close, volume"
+_ANY_ROW_IN_RANGE = """
+SELECT EXISTS (SELECT 1 FROM ohlcvs WHERE exchange = %s AND base_id = %s AND quote_id = %s
+               AND time >= timestamptz 'epoch' + %s * interval '1 millisecond'
+               AND time <= timestamptz 'epoch' + %s * interval '1 millisecond')
+"""
+
+
+def _day_text(day_ms: int) -> str:
+    return datetime.fromtimestamp(day_ms / 1000, UTC).strftime("%Y-%m-%d")
+
+
+def _copy_rows(block: CandleBlock, market: str) -> str:
+    """COPY text of `ohlcvs` rows for a block: the time as timestamptz text, the market, the values.
+    Built by whole columns (C loops, no Python code per row): the time texts of each day once,
+    and the values as the tail of each block line (a time in ms has 13 digits from 2001 to 2286,
+    so the tail starts at a fixed place; other times take the slow way)."""
+    times, lines = block.times, block.lines
+    stamps: list[str] = []
+    if 10**12 <= times[0] and times[-1] < 10**13:
+        tails = list(map(operator.itemgetter(slice(14, None)), lines))
+    else:
+        tails = [line[line.index("\t") + 1 :] for line in lines]
+    day = times[0] - times[0] % _DAY_MS
+    index = 0
+    while index < len(times):
+        date = _day_text(day)
+        heads = [date + clock + market for clock in _MINUTE_OF_DAY_TEXT]
+        end = bisect.bisect_left(times, day + _DAY_MS, index)
+        if end - index == 1440:
+            stamps += heads
+        else:
+            stamps += [heads[(t - day) // 60_000] for t in times[index:end]]
+        index, day = end, day + _DAY_MS
+    return "\n".join(map(operator.add, stamps, tails)) + "\n"
+
+
+def copy_new_candle_blocks(conn: PgConnection, blocks: list[CandleBlock]) -> int | None:
+    """COPY the blocks straight into `ohlcvs` when no market of theirs has a row in its block's
+    range (a first backfill of closed history: the archive's whole days and months) — no staging
+    table, no conflict to resolve, the same rows an upsert would leave. Returns the rows written,
+    or None (nothing written) when some range holds rows, a market comes twice, or another writer
+    got there first: the caller upserts instead. Runs in the caller's transaction."""
+    blocks = [b for b in blocks if b.lines]
+    markets = [(b.exchange, b.base_id, b.quote_id) for b in blocks]
+    if not blocks or len(set(markets)) != len(markets):
+        return None
+    parts: list[str] = []
+    with conn.cursor() as cur:
+        for block, market in zip(blocks, markets, strict=True):
+            cur.execute(_ANY_ROW_IN_RANGE, (*market, block.times[0], block.times[-1]))
+            if cur.fetchone()[0]:
+                return None
+            parts.append(_copy_rows(block, "\t" + "\t".join(map(_copy_text, market)) + "\t"))
+        cur.execute("SAVEPOINT before_copy")
+        try:
+            cur.copy_expert(
+                f"COPY ohlcvs ({_OHLCVS_COPY_COLUMNS}) FROM STDIN",
+                io.StringIO("".join(parts)),
+                size=COPY_CHUNK_BYTES,
+            )
+        except (psycopg2.errors.UniqueViolation, psycopg2.errors.ForeignKeyViolation):
+            cur.execute("ROLLBACK TO SAVEPOINT before_copy")
+            return None
+        cur.execute("RELEASE SAVEPOINT before_copy")
+    return sum(len(b) for b in blocks)
+
+
 def upsert_candle_blocks(conn: PgConnection, blocks: Iterable[CandleBlock]) -> int:
     """`upsert_candles` for candles in bulk (the backfill's path): same table, rules and errors."""
     with conn.cursor() as cur:
@@ -268,8 +341,8 @@ LATE_CHANGE_REASON = "live bar changed after its minute was stored"
 
 # Minutes already stored that a live bar now gives other values (a late update of a closed bar,
 # e.g. Bitfinex re-sending the previous candle): a live bar never overwrites a row, so the stored
-# row may be stale. Unless a successful REST request covers it (the exchange's final word), the
-# minute becomes an outage: never counted complete, and the repair fetches it over REST.
+# row may be stale. Unless a successful REST request or archive file covers it (the exchange's final
+# word), the minute becomes an outage: never counted complete, and the repair fetches it over REST.
 _RECORD_LATE_CHANGES = """
 INSERT INTO ohlcvs_outages (exchange, base_id, quote_id, start_time, end_time, reason)
 SELECT DISTINCT o.exchange, o.base_id, o.quote_id, o.time, o.time + interval '1 minute', %(reason)s
@@ -281,7 +354,7 @@ WHERE (o.open::text, o.high::text, o.low::text, o.close::text, o.volume::text) I
   AND NOT EXISTS (
       SELECT 1 FROM ohlcvs_coverage c
       WHERE c.exchange = o.exchange AND c.base_id = o.base_id AND c.quote_id = o.quote_id
-        AND c.source = 'rest' AND c.start_time <= o.time AND o.time < c.end_time)
+        AND c.source IN ('rest', 'archive') AND c.start_time <= o.time AND o.time < c.end_time)
 ON CONFLICT DO NOTHING
 """
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     bitfinex_ws_url: str = "wss://api-pub.bitfinex.com/ws/2"
     binance_rest_url: str = "https://api.binance.com"
     binance_ws_url: str = "wss://stream.binance.com:9443"
+    binance_archive_url: str = "https://data.binance.vision"
+    """Binance's public data archive (kline files per month and day); the simulator serves it on its
+    Binance port."""
     bittrex_rest_url: str = "https://api.bittrex.com"
     bittrex_ws_url: str = "https://socket-v3.bittrex.com/signalr"
     simulator_host: str = ""
@@ -85,6 +88,17 @@ class Settings(BaseSettings):
     rest_timeout_seconds: float = Field(default=30.0, gt=0)
     rest_max_retries: int = Field(default=5, ge=0)
     rest_outage_seconds: float = Field(default=60.0, ge=0)
+
+    # History from Binance's public archive (files per month and day; no REST weight)
+    backfill_source: Literal["auto", "rest", "archive"] = "auto"
+    """Where `fetch` and the repair take history from: `auto` the archive's files for closed days
+    where the exchange has one (Binance) and REST for the rest; `rest` REST only; `archive` files
+    only (`fetch --source` overrides it)."""
+    archive_concurrency: int = Field(default=4, ge=1, le=64)
+    """Archive files downloaded at once per engine (their own limit: they use no REST weight)."""
+    archive_timeout_seconds: float = Field(default=120.0, gt=0)
+    archive_max_retries: int = Field(default=2, ge=0)
+    """Retries of a file that failed (unreachable, checksum, unreadable) before its range goes to REST."""
 
     # Self-healing history: the automatic repair of gaps (beat task and `rest repair`)
     repair_interval_seconds: float = Field(default=300.0, gt=0)
@@ -150,6 +164,12 @@ class Settings(BaseSettings):
         if self.simulator_host:
             return self._simulator_urls()[exchange]["ws"]
         return str(getattr(self, f"{exchange}_ws_url")).rstrip("/")
+
+    def archive_url(self, exchange: str) -> str:
+        """Base URL of the exchange's public data archive (the simulator: its exchange port)."""
+        if self.simulator_host:
+            return self._simulator_urls()[exchange]["rest"]
+        return str(getattr(self, f"{exchange}_archive_url")).rstrip("/")
 
     def _simulator_urls(self) -> dict:
         return simulator_urls(self.simulator_host, SIMULATOR_PORTS)

@@ -154,7 +154,7 @@ class BinanceServer:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith(("/ws", "/stream")):
+        if request.path.startswith(("/ws", "/stream", "/data/")):  # the archive: simulator/binance_archive.py
             return await handler(request)
         ip = client_ip(request)
         forced = await fault_gate(
@@ -293,6 +293,7 @@ class BinanceServer:
             return error(-1023, "Start time is greater than end time.")
         interval_ms = SERVED_INTERVALS_MINUTES[interval] * MINUTE_MS
         history = self.sim.history
+        self.sim.stats.served.klines.append({"symbol": symbol, "start": start, "end": end})
 
         def select() -> list[SimCandle]:
             if start is not None:

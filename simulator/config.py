@@ -20,11 +20,13 @@ PORT_NAMES: tuple[str, ...] = tuple(SIMULATOR_PORTS)
 
 def platform_env(urls: dict[str, Any]) -> dict[str, str]:
     """The platform's settings (`.env` names) that point it at a simulator with these URLs."""
-    return {
+    env = {
         f"{exchange.upper()}_{kind.upper()}_URL": urls[exchange][kind]
         for exchange in EXCHANGES
         for kind in ("rest", "ws")
     }
+    env["BINANCE_ARCHIVE_URL"] = urls["binance"]["rest"]  # the archive is served on the Binance port
+    return env
 
 
 DEFAULT_HISTORY_DAYS = 365.0
@@ -45,6 +47,8 @@ class SimConfig:
     ports: dict[str, int] = field(default_factory=dict)
     history_cache_days: int = 0
     """(market, day) blocks of final bars kept in memory; 0 = compute every request afresh."""
+    archive_cache_mb: int = 256
+    """Binance archive zips kept in memory once built (a month of one market is about 2 MB)."""
 
     # live feed pacing: updates per sim minute (including the minute's "open" tick); None = derived
     updates_per_minute: int | None = None

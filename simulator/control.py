@@ -18,6 +18,9 @@
   same shape, lists the minutes whose closing update was withheld (Binance `x`: the client that got
   the close got the whole bar). Frames lost with a socket `drop_ws` aborted are not listed (the
   client knows). See `Withheld` in simulator/faults.py.
+- `GET  /control/served` -> `{"archive": [{"path", "status", "fault"}, ...], "klines": [{"symbol",
+  "start", "end"}, ...]}`: every Binance archive file request and every Binance klines request since
+  the start (or `stats/reset`), in order (see `Served` in simulator/stats.py).
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class ControlServer:
         app.router.add_post("/control/faults", self.set_faults)
         app.router.add_post("/control/faults/reset", self.reset_faults)
         app.router.add_get("/control/dropped", self.dropped)
+        app.router.add_get("/control/served", self.served)
 
     async def action(self, name: str, args: dict[str, Any]) -> None:
         raise ValueError(f"the control port has no action {name!r}")
@@ -217,6 +221,10 @@ class ControlServer:
         for exchange in exchanges:
             self.sim.faults.reset(exchange)
         return _json(self.sim.faults.as_dict())
+
+    async def served(self, request: web.Request) -> web.Response:
+        served = self.sim.stats.served
+        return _json({"archive": served.archive, "klines": served.klines})
 
     async def dropped(self, request: web.Request) -> web.Response:
         exchange = request.query.get("exchange", "")

@@ -46,6 +46,12 @@ DESCRIPTIONS: dict[str, str] = {
     "lose_ws_frames": "action, N >= 1: the next N websocket candle-data frames of the exchange (any "
     "socket) are not sent; sequence numbers count them as sent",
     "lose_ws_closes": "action, Binance only, N >= 1: the next N closing kline updates (x: true) are not sent",
+    "archive_missing_rate": "0..1, Binance archive: share of files that do not exist (404; the same files "
+    "every time)",
+    "archive_checksum_rate": "0..1, Binance archive: share of files served with other data than their "
+    ".CHECKSUM names (the same files every time)",
+    "archive_truncate_rate": "0..1, Binance archive: share of zip downloads cut in half",
+    "archive_slow_rate": "0..1, Binance archive: share of zip downloads trickled out over http_hang_seconds",
 }
 """Every fault and action name with its meaning."""
 
@@ -57,6 +63,10 @@ SETTABLE = (
     "http_truncate_rate",
     "ws_stall",
     "ws_malformed_rate",
+    "archive_missing_rate",
+    "archive_checksum_rate",
+    "archive_truncate_rate",
+    "archive_slow_rate",
 )
 LOSSES = ("lose_ws_frames", "lose_ws_closes")
 ACTIONS = ("drop_ws", "ws_info", "server_shutdown", *LOSSES)
@@ -79,6 +89,10 @@ class ExchangeFaults:
     ws_malformed_rate: float = 0.0
     frames_to_lose: int = 0
     closes_to_lose: int = 0
+    archive_missing_rate: float = 0.0
+    archive_checksum_rate: float = 0.0
+    archive_truncate_rate: float = 0.0
+    archive_slow_rate: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(0), repr=False)
 
     def http_5xx(self) -> bool:
@@ -95,6 +109,12 @@ class ExchangeFaults:
 
     def storming(self) -> bool:
         return self.storm_until > time.time()
+
+    def archive_truncate(self) -> bool:
+        return self.archive_truncate_rate > 0 and self.rng.random() < self.archive_truncate_rate
+
+    def archive_slow(self) -> bool:
+        return self.archive_slow_rate > 0 and self.rng.random() < self.archive_slow_rate
 
     def malformed(self) -> bool:
         return self.ws_malformed_rate > 0 and self.rng.random() < self.ws_malformed_rate
@@ -124,6 +144,10 @@ class ExchangeFaults:
             "ws_malformed_rate": self.ws_malformed_rate,
             "lose_ws_frames_left": self.frames_to_lose,
             "lose_ws_closes_left": self.closes_to_lose,
+            "archive_missing_rate": self.archive_missing_rate,
+            "archive_checksum_rate": self.archive_checksum_rate,
+            "archive_truncate_rate": self.archive_truncate_rate,
+            "archive_slow_rate": self.archive_slow_rate,
         }
 
 

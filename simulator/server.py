@@ -32,6 +32,7 @@ from aiohttp import web
 
 from common.exchanges import EXCHANGES, simulator_urls
 from simulator.binance import BinanceServer
+from simulator.binance_archive import BinanceArchiveServer
 from simulator.bitfinex import BitfinexServer
 from simulator.bittrex_rest import BittrexRestServer
 from simulator.bittrex_signalr import BittrexSignalRServer
@@ -50,6 +51,7 @@ SHUTDOWN_SECONDS = 1.0
 SERVERS: tuple[Callable[[Any], ExchangeServer], ...] = (
     BitfinexServer,
     BinanceServer,
+    BinanceArchiveServer,
     BittrexRestServer,
     BittrexSignalRServer,
     ControlServer,

@@ -45,6 +45,7 @@ class ExchangeStats:
     ws_subscribe_errors: int = 0
     ws_dropped_by_fault: int = 0
     ws_closed_for_violation: int = 0
+    archive_requests: int = 0
 
     def as_dict(self, open_connections: int) -> dict[str, Any]:
         """The counters as JSON fields, `ws_connections_open` placed right after `ws_connections_opened`."""
@@ -85,10 +86,22 @@ class ConnectionRegistry:
         return Counter(ex for ex, _ in self._conns.values())
 
 
+@dataclass
+class Served:
+    """What was asked of the simulator, request by request, for tests that must show which source
+    gave which minutes: every Binance archive file request (`{"path", "status", "fault"}`, fault one
+    of the archive faults or null) and every Binance klines request (`{"symbol", "start", "end"}`,
+    the query's startTime and endTime, null when absent)."""
+
+    archive: list[dict[str, Any]] = field(default_factory=list)
+    klines: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Stats:
     def __init__(self) -> None:
         self.by_exchange: dict[str, ExchangeStats] = {name: ExchangeStats() for name in EXCHANGES}
         self.connections = ConnectionRegistry()
+        self.served = Served()
 
     def __getitem__(self, exchange: str) -> ExchangeStats:
         return self.by_exchange[exchange]
@@ -103,3 +116,4 @@ class Stats:
     def reset(self) -> None:
         for stats in self.by_exchange.values():
             stats.__dict__.update(ExchangeStats().__dict__)
+        self.served = Served()

@@ -31,6 +31,7 @@ SERVICE_ENV = (
     "REDIS_PORT",
     "REDIS_PASSWORD",
     "REDIS_DB",
+    "BACKFILL_SOURCE",
 )
 
 
@@ -92,7 +93,10 @@ def template_database(postgres_server: PostgresServer, timescaledb: bool) -> str
 
 
 def settings_for(pg: PostgresServer, rd: RedisServer | None, dbname: str, **extra) -> Settings:
+    """History over REST only (`BACKFILL_SOURCE=rest`) unless `extra` says otherwise: most backfill
+    tests are about REST; the archive's own tests ask for `auto` or `archive`."""
     values = dict(
+        backfill_source="rest",
         postgres_host="127.0.0.1",
         postgres_port=pg.port,
         postgres_user=pg.user,
@@ -118,6 +122,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "REDIS_PORT": str(settings.redis_port),
         "REDIS_PASSWORD": settings.redis_password.get_secret_value(),
         "REDIS_DB": str(settings.redis_db),
+        "BACKFILL_SOURCE": settings.backfill_source,
     }
 
 

@@ -55,6 +55,9 @@ class FetchTask:
     quote_id: str
     start_ms: int
     end_ms: int
+    archive: str = ""
+    """The public archive's file period (`2024-12`, `2025-01-07`) that gives this range, or empty for
+    a REST request (fetchers/rest/sources.py plans which)."""
 
     @property
     def key(self) -> str:
@@ -65,11 +68,16 @@ class FetchTask:
         return (self.end_ms - self.start_ms) // MINUTE_MS
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The task as JSON-ready values; a REST request's has no `archive` (the queue entry stays
+        as small as it was, and jobs queued before the archive existed read back the same)."""
+        data = asdict(self)
+        if not self.archive:
+            del data["archive"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FetchTask:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 class ErrorKind(enum.Enum):
@@ -339,8 +347,10 @@ def ws_batches(build: Any, items: Sequence[Any], size: int) -> list[str]:
     return [json.dumps(build(list(items[i : i + size]))) for i in range(0, len(items), size)]
 
 
-def task_for(market: Market, start_ms: int, end_ms: int) -> FetchTask:
-    return FetchTask(market.exchange, market.symbol, market.base_id, market.quote_id, start_ms, end_ms)
+def task_for(market: Market, start_ms: int, end_ms: int, archive: str = "") -> FetchTask:
+    return FetchTask(
+        market.exchange, market.symbol, market.base_id, market.quote_id, start_ms, end_ms, archive
+    )
 
 
 def chunk_range(start_ms: int, end_ms: int, step_ms: int) -> Iterator[tuple[int, int]]:

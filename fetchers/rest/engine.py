@@ -8,10 +8,11 @@ in the CLI with `--local` — can drain the same job together; each request is c
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,18 +21,21 @@ import uvloop
 
 from common.backoff import backoff_seconds
 from common.candle import CandleBlock
-from common.coverage import REST, CoverageRange
+from common.coverage import ARCHIVE, REST, CoverageRange
 from common.db import FetchErrorRecord, refresh_aggregates
 from common.redis_clients import async_client
 from common.settings import Settings
 from common.timeutil import ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.exchanges.base import ErrorKind, ExchangeError
+from fetchers.rest.archive import ArchiveClient
 from fetchers.rest.exchange_clock import ExchangeClock
 from fetchers.rest.job_store import HEARTBEAT_TTL_SECONDS, Claim, JobInfo, JobStore
 from fetchers.rest.metrics import EXCHANGE_USED_WEIGHT, count_request
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
 from fetchers.rest.service_retry import with_database_retry
+from fetchers.rest.sources import ARCHIVE as ARCHIVE_ONLY
+from fetchers.rest.sources import rest_fallback
 from fetchers.rest.writer import CandleWriter
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
 MAX_RATE_LIMIT_WAITS = 20
+ARCHIVE_WRITERS = 2
 ORPHAN_POLL_SECONDS = 1.0
 YIELD_POLL_SECONDS = 0.25
 
@@ -83,9 +88,12 @@ class FetchOutcome:
 
 
 def request_coverage(claim: Claim) -> CoverageRange:
-    """A request that succeeded covers the whole range it asked for (no candle = no trade)."""
+    """A request that succeeded covers the whole range it asked for (no candle = no trade); so does
+    an archive file whose checksum matched (source `archive`)."""
     t = claim.task
-    return CoverageRange(t.exchange, t.base_id, t.quote_id, t.start_ms, t.end_ms, REST)
+    return CoverageRange(
+        t.exchange, t.base_id, t.quote_id, t.start_ms, t.end_ms, ARCHIVE if t.archive else REST
+    )
 
 
 class BackfillEngine:
@@ -107,9 +115,11 @@ class BackfillEngine:
         self.options = options or EngineOptions.from_settings(settings)
         self.worker_id = worker_id or f"{uuid.uuid4().hex[:8]}"
         self.requests_sent = 0
+        self.archive_files = 0
         self._sent_reported = 0
         self.refresh_seconds = 0.0
         self._clock: ExchangeClock | None = None
+        self._file_writers: Iterator[CandleWriter] | None = None
 
     async def run(self) -> JobInfo:
         """Work until the job's queue is empty; refresh aggregates if this run finished the job."""
@@ -140,14 +150,25 @@ class BackfillEngine:
                 await store.complete_done(self.job_id, written)
 
             writer = CandleWriter(self.settings, committed, coverage_of=request_coverage)
+            # Archive files are written apart, each its own transaction, on ARCHIVE_WRITERS connections
+            # at once: a file is a whole day or month of one market, COPYed straight in where new.
+            file_writers = [
+                CandleWriter(self.settings, committed, 1, coverage_of=request_coverage, copy_when_new=True)
+                for _ in range(ARCHIVE_WRITERS if job.archive else 0)
+            ]
+            self._file_writers = itertools.cycle(file_writers) if file_writers else None
             timeout = aiohttp.ClientTimeout(total=self.options.timeout_seconds)
             connector = aiohttp.TCPConnector(limit=self.options.concurrency)
+            archive = await ArchiveClient(self.settings, job.exchange).open() if job.archive else None
+            loops_wanted = self.options.concurrency + (archive.concurrency if archive else 0)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
                 try:
                     while True:
                         loops = [
-                            asyncio.create_task(self._drain(store, adapter, limiter, http, writer))
-                            for _ in range(self.options.concurrency)
+                            asyncio.create_task(
+                                self._drain(store, adapter, limiter, http, writer, archive, job.source)
+                            )
+                            for _ in range(loops_wanted)
                         ]
                         try:
                             await asyncio.gather(*loops)
@@ -160,6 +181,10 @@ class BackfillEngine:
                             break
                 finally:
                     await writer.close()
+                    for file_writer in file_writers:
+                        await file_writer.close()
+                    if archive is not None:
+                        await archive.close()
             job = await store.info(self.job_id)
             if job.finished and not job.refreshed and await store.claim_refresh(self.job_id, self.worker_id):
                 await self._refresh(store, job)
@@ -226,39 +251,72 @@ class BackfillEngine:
                 return False
             await asyncio.sleep(min(busy, YIELD_POLL_SECONDS))
 
-    async def _drain(self, store, adapter, limiter, http, writer) -> None:
+    async def _drain(self, store, adapter, limiter, http, writer, archive=None, source=REST) -> None:
         while True:
             if self.yielded or await self._should_yield(limiter):
                 self.yielded = True
                 return
             # With no exchange clock to ask first, nothing is awaited between the claim and the send:
-            # the claim's own script asks the limiter too (one round trip for both).
-            gate = limiter if self._clock is None else None
+            # the claim's own script asks the limiter too (one round trip for both). Not in a job with
+            # archive files: a file must take no REST weight, and the limiter is asked when sending.
+            gate = limiter if self._clock is None and archive is None else None
             claim = await store.claim(self.job_id, self.worker_id, gate, adapter.candles_request_weight)
             if claim is None:
                 return
+            if claim.task.archive:
+                await self._archive_file(store, adapter, archive, writer, claim, source)
+                continue
             outcome = await self._fetch(adapter, limiter, http, claim)
             if outcome.error is None:
                 await writer.add(claim, outcome.candles)
                 continue
-            error = outcome.error
-            log.error(
-                "%s %s: giving up on %s: %s", adapter.name, claim.task.symbol, claim.task.key, error.message
+            await self._give_up(store, adapter, writer, claim, outcome)
+
+    async def _archive_file(self, store, adapter, archive, writer, claim: Claim, source: str) -> None:
+        """One archive file: its verified candles go to the writer like a request's; a file that
+        failed hands its range to REST (queued in its place), or with `--source archive` is
+        recorded as failed."""
+        outcome = await archive.fetch(claim.task)
+        self.archive_files += 1
+        if outcome.block is not None:
+            await next(self._file_writers).add(claim, outcome.block)
+            return
+        if source == ARCHIVE_ONLY:
+            error = ExchangeError(
+                ErrorKind.FATAL, None, None, f"archive: {outcome.reason}", 404 if outcome.missing else None
             )
-            await writer.record_error(
-                FetchErrorRecord(
-                    exchange=adapter.name,
-                    symbol=claim.task.symbol,
-                    start_date=ms_to_datetime(claim.task.start_ms),
-                    end_date=ms_to_datetime(claim.task.end_ms),
-                    time_frame="1m",
-                    ohlcv_section="hist",
-                    resp_status_code=error.status,
-                    exception_class=outcome.exception_class or f"{error.kind.name.title()}Error",
-                    exception_message=error.message,
-                )
+            await self._give_up(store, adapter, writer, claim, FetchOutcome(None, error, "ArchiveFileError"))
+            return
+        tasks = rest_fallback(adapter, claim.task)
+        log.warning(
+            "%s %s: %s; its range goes to REST (%d request(s))",
+            adapter.name,
+            claim.task.symbol,
+            outcome.reason,
+            len(tasks),
+        )
+        await store.replace(self.job_id, claim, tasks)
+
+    async def _give_up(self, store, adapter, writer, claim: Claim, outcome: FetchOutcome) -> None:
+        error = outcome.error
+        assert error is not None
+        log.error(
+            "%s %s: giving up on %s: %s", adapter.name, claim.task.symbol, claim.task.key, error.message
+        )
+        await writer.record_error(
+            FetchErrorRecord(
+                exchange=adapter.name,
+                symbol=claim.task.symbol,
+                start_date=ms_to_datetime(claim.task.start_ms),
+                end_date=ms_to_datetime(claim.task.end_ms),
+                time_frame="1m",
+                ohlcv_section="hist",
+                resp_status_code=error.status,
+                exception_class=outcome.exception_class or f"{error.kind.name.title()}Error",
+                exception_message=error.message,
             )
-            await store.complete(self.job_id, claim, 0, failed=True)
+        )
+        await store.complete(self.job_id, claim, 0, failed=True)
 
     async def _fetch(self, adapter, limiter, http, claim: Claim) -> FetchOutcome:
         """One request with retries: rate-limit signals pause the exchange (shared by every worker),

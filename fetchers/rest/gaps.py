@@ -13,6 +13,7 @@ from common.coverage import PairKey
 from common.ranges import Range, total
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask
+from fetchers.rest.sources import REST, plan_market
 
 
 def plan_gaps(
@@ -32,14 +33,20 @@ def plan_repair_tasks(
     markets: Mapping[PairKey, Market],
     gaps: Mapping[PairKey, list[Range]],
     max_requests: int,
+    now_ms: int | None = None,
+    source: str = REST,
 ) -> list[FetchTask]:
     """The requests that fill `gaps`, newest gaps first across markets (a recent hole matters most
-    to live users), at most `max_requests` (the next run plans the rest)."""
+    to live users), at most `max_requests` (the next run plans the rest). With `now_ms` and a
+    source other than `rest`, closed days come from archive files (fetchers/rest/sources.py; a
+    repair never stops at minutes no file holds: they go to REST)."""
+    if now_ms is None:
+        source = REST
 
     def requests(key: PairKey) -> Iterator[FetchTask]:
         market = markets[key]
         for start, end in reversed(gaps[key]):
-            tasks = list(adapter.plan_fetch_tasks(market, start, end))
+            tasks = list(plan_market(adapter, market, start, end, now_ms or 0, source))
             yield from reversed(tasks)
 
     streams = [requests(key) for key in gaps if key in markets]

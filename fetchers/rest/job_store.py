@@ -51,6 +51,17 @@ redis.call('HINCRBY', KEYS[1], 'candles', tonumber(ARGV[3]))
 return 1
 """
 
+_REPLACE = """
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'cancelled') ~= '1' then
+  for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+  redis.call('HINCRBY', KEYS[1], 'total', #ARGV - 1)
+end
+redis.call('HINCRBY', KEYS[1], 'done', 1)
+redis.call('HINCRBY', KEYS[1], 'archive_fallbacks', 1)
+return 1
+"""
+
 _COMPLETE_DONE = """
 local completed = 0
 local candles = 0
@@ -138,6 +149,12 @@ class JobInfo:
     workers_live: int = 0
     priority: str = "high"
     """`high` for user backfills; `low` for the automatic repair (uses only the budget left free)."""
+    source: str = "rest"
+    """Where the job was planned to take history from: `rest`, `auto` or `archive` (sources.py)."""
+    archive: int = 0
+    """Archive files planned (each counted as one request)."""
+    archive_fallbacks: int = 0
+    """Archive files that failed and whose ranges were queued as REST requests instead."""
 
     @property
     def finished(self) -> bool:
@@ -188,6 +205,7 @@ class JobStore:
         self._claim_and_gate = client.register_script(_CLAIM_AND_GATE)
         self._complete = client.register_script(_COMPLETE)
         self._complete_done = client.register_script(_COMPLETE_DONE)
+        self._replace = client.register_script(_REPLACE)
         self._requeue = client.register_script(_REQUEUE_ORPHANS)
         self._claim_refresh = client.register_script(_CLAIM_REFRESH)
 
@@ -216,15 +234,17 @@ class JobStore:
         tasks: Iterable[FetchTask],
         limit_per_minute: float = 0.0,
         priority: str = "high",
+        source: str = "rest",
     ) -> JobInfo:
         """Store a new job and its planned requests; returns its info (id is a short uuid)."""
         job_id = uuid.uuid4().hex[:12]
         meta, pending, _ = self._keys(job_id)
-        total = 0
+        total = archive = 0
         chunk: list[str] = []
         for task in tasks:
             chunk.append(json.dumps(task.to_dict(), separators=(",", ":")))
             total += 1
+            archive += bool(task.archive)
             if len(chunk) >= PUSH_CHUNK:
                 await self.client.rpush(pending, *chunk)
                 chunk.clear()
@@ -249,6 +269,8 @@ class JobStore:
                 "refreshed": 0,
                 "scope": self.scope,
                 "priority": priority,
+                "source": source,
+                "archive": archive,
             },
         )
         await self.client.zadd(backfill_key("jobs", exchange), {job_id: now})
@@ -285,6 +307,9 @@ class JobStore:
             workers_seen=len(workers),
             workers_live=live,
             priority=data.get("priority", "high"),
+            source=data.get("source", "rest"),
+            archive=int(data.get("archive", 0) or 0),
+            archive_fallbacks=int(data.get("archive_fallbacks", 0) or 0),
         )
 
     async def job_ids(self, exchange: str) -> list[str]:
@@ -358,6 +383,16 @@ class JobStore:
             keys=[meta, inflight, self._failed_key(job_id)],
             args=[claim.token, "failed" if failed else "done", candles],
         )
+        return bool(done)
+
+    async def replace(self, job_id: str, claim: Claim, tasks: list[FetchTask]) -> bool:
+        """Complete a claimed request by queueing `tasks` in its place, in one step (a crash leaves
+        either the claim, to be re-queued, or the new requests: never both, never neither): how an
+        archive file that failed hands its range to REST. A cancelled job queues nothing more.
+        False if the claim was no longer ours."""
+        meta, pending, inflight = self._keys(job_id)
+        entries = [json.dumps(t.to_dict(), separators=(",", ":")) for t in tasks]
+        done = await self._replace(keys=[meta, inflight, pending], args=[claim.token, *entries])
         return bool(done)
 
     async def complete_done(self, job_id: str, written: list[tuple[Claim, int]]) -> int:

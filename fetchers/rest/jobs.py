@@ -22,6 +22,7 @@ from fetchers.rest.exchange_clock import exchange_now_ms
 from fetchers.rest.job_store import JobInfo, JobStore, job_scope
 from fetchers.rest.markets import refresh_markets
 from fetchers.rest.rate_limiter import SharedRateLimiter
+from fetchers.rest.sources import REST, ArchiveUnavailable, plan_market
 
 
 class BackfillRequestError(ValueError):
@@ -29,10 +30,22 @@ class BackfillRequestError(ValueError):
 
 
 def plan_job(
-    adapter: ExchangeAdapter, markets: Sequence[Market], start_ms: int, end_ms: int
+    adapter: ExchangeAdapter,
+    markets: Sequence[Market],
+    start_ms: int,
+    end_ms: int,
+    now_ms: int | None = None,
+    source: str = REST,
 ) -> Iterator[FetchTask]:
-    """Every market's requests, interleaved oldest-first so all markets progress together."""
-    per_market = (adapter.plan_fetch_tasks(m, start_ms, end_ms) for m in markets)
+    """Every market's requests (and archive files, see fetchers/rest/sources.py: which closed days
+    come from files depends on the exchange's `now_ms`), interleaved oldest-first so all markets
+    progress together. Raises ArchiveUnavailable (from the first market) for `source` archive
+    over minutes no file holds."""
+    if source != REST and now_ms is None:
+        raise ValueError("planning archive files needs the exchange's present (now_ms)")
+    if markets and source != REST:
+        next(plan_market(adapter, markets[0], start_ms, end_ms, now_ms or 0, source), None)
+    per_market = (plan_market(adapter, m, start_ms, end_ms, now_ms or 0, source) for m in markets)
     return heapq.merge(*per_market, key=lambda t: (t.start_ms, t.symbol))
 
 
@@ -102,12 +115,14 @@ async def create_job(
     end: datetime,
     symbols: Sequence[str] | None = None,
     now: datetime | None = None,
+    source: str | None = None,
 ) -> JobInfo:
     """Validate against `now` (default: the exchange's own clock, see `exchange_now`), pick markets
     (refreshing the list from the exchange if none are known), plan and store the job. Raises
     BackfillRequestError for the user's mistakes, ExchangeClockUnavailable if the exchange cannot
-    tell its time."""
+    tell its time. `source` (default: the BACKFILL_SOURCE setting): see fetchers/rest/sources.py."""
     exchange = check_exchange(exchange)
+    source = source or settings.backfill_source
     now = now or await exchange_now(settings, exchange)
     start_ms, end_ms = validate_range(start, end, now)
     adapter = get_adapter(exchange)
@@ -118,13 +133,22 @@ async def create_job(
         with connection(settings) as conn:
             known = load_markets(conn, exchange)
     markets = choose_markets(known, symbols)
-    tasks = plan_job(adapter, markets, start_ms, end_ms)
+    try:
+        tasks = plan_job(adapter, markets, start_ms, end_ms, datetime_to_ms(now), source)
+    except ArchiveUnavailable as error:
+        raise BackfillRequestError(str(error)) from None
     limit = adapter.rate_limit(settings)
     per_minute = limit.capacity * 60 / limit.window_seconds / max(adapter.candles_request_weight, 1)
     client = async_client(settings)
     try:
         return await JobStore(client, job_scope(settings)).create(
-            exchange, start_ms, end_ms, [m.symbol for m in markets], tasks, limit_per_minute=per_minute
+            exchange,
+            start_ms,
+            end_ms,
+            [m.symbol for m in markets],
+            tasks,
+            limit_per_minute=per_minute,
+            source=source,
         )
     finally:
         await client.aclose()

@@ -37,6 +37,7 @@ from fetchers.rest.exchange_clock import ExchangeClockUnavailable, exchange_now_
 from fetchers.rest.gaps import missing_minutes, plan_gaps, plan_repair_tasks
 from fetchers.rest.job_store import JobInfo, JobState, JobStore, job_scope
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
+from fetchers.rest.sources import AUTO, REST
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,12 @@ async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redi
         return await known_exchange_now_ms(exchange, client)
 
 
+def repair_source(settings: Settings) -> str:
+    """`rest` when BACKFILL_SOURCE says so, else `auto`: a repair takes closed days from archive
+    files where it can, and never leaves a gap because no file holds it (the current day)."""
+    return REST if settings.backfill_source == REST else AUTO
+
+
 @dataclass(frozen=True, slots=True)
 class RepairPlan:
     exchange: str
@@ -105,7 +112,9 @@ def plan_repair(settings: Settings, exchange: str, now_ms: int, since_ms: int = 
         markets: dict[PairKey, Market] = {(m.base_id, m.quote_id): m for m in load_markets(conn, exchange)}
         evidence = load_evidence(conn, exchange, since_ms=since_ms)
     gaps = plan_gaps(evidence, since_ms, until_ms)
-    tasks = plan_repair_tasks(get_adapter(exchange), markets, gaps, settings.repair_max_requests)
+    tasks = plan_repair_tasks(
+        get_adapter(exchange), markets, gaps, settings.repair_max_requests, now_ms, repair_source(settings)
+    )
     return RepairPlan(exchange, since_ms, until_ms, gaps, tasks)
 
 
@@ -204,6 +213,7 @@ async def _submit(
         plan.tasks,
         limit_per_minute=per_minute,
         priority=LOW,
+        source=repair_source(settings),
     )
     ranges: dict[str, list[Range]] = {}
     for task in plan.tasks:

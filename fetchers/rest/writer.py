@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 
 from common.candle import CandleBlock
 from common.coverage import CoverageRange, record_coverage
-from common.db import FetchErrorRecord, connect, record_fetch_error, upsert_candle_blocks
+from common.db import (
+    FetchErrorRecord,
+    connect,
+    copy_new_candle_blocks,
+    record_fetch_error,
+    upsert_candle_blocks,
+)
 from common.ohlcvs_versions import markets_written, oldest_by_market
 from common.settings import Settings
 from fetchers.rest.service_retry import with_database_retry
@@ -50,8 +56,12 @@ class CandleWriter:
         batch_rows: int = BATCH_ROWS,
         batch_seconds: float = BATCH_SECONDS,
         coverage_of: CoverageOf | None = None,
+        copy_when_new: bool = False,
     ):
+        """`copy_when_new`: COPY straight into `ohlcvs` where the batch's ranges hold no rows yet
+        (`common.db.copy_new_candle_blocks`), else upsert: for writers of whole archive files."""
         self.settings = settings
+        self.copy_when_new = copy_when_new
         self.on_committed = on_committed
         self.coverage_of = coverage_of
         self.batch_rows = batch_rows
@@ -81,7 +91,8 @@ class CandleWriter:
         def attempt() -> None:
             conn = self._connection()
             with conn:  # commit, or roll back on error; the connection stays open
-                upsert_candle_blocks(conn, blocks)
+                if not self.copy_when_new or copy_new_candle_blocks(conn, blocks) is None:
+                    upsert_candle_blocks(conn, blocks)
                 record_coverage(conn, covered)
 
         with_database_retry(self.settings, attempt, self._drop_connection)

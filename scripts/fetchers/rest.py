@@ -250,9 +250,12 @@ def warn_outside_history(settings: Settings, job: JobInfo) -> None:
 
 def report(settings: Settings, job: JobInfo) -> int:
     """Print the job's outcome; returns the exit code (1 if any request failed for good)."""
+    files = ""
+    if job.archive:
+        files = f" ({job.archive:,} archive files, {job.archive_fallbacks:,} of them sent to REST)"
     click.echo(
         f"job {job.id}: {job.exchange} {span(job.start_ms, job.end_ms)} UTC, "
-        f"{len(job.symbols)} market(s): {job.done:,} requests done, {job.failed:,} failed, "
+        f"{len(job.symbols)} market(s): {job.done:,} requests done{files}, {job.failed:,} failed, "
         f"{job.candles:,} candles written{', aggregates refreshed' if job.refreshed else ''}"
     )
     if (
@@ -286,9 +289,19 @@ def cli() -> None:
 @click.option("--symbols", help="comma-separated BASE/QUOTE or exchange symbols (default: all trading)")
 @click.option("--wait", is_flag=True, help="show live progress until the job is done")
 @click.option("--local", is_flag=True, help="run the job in this process, no Celery worker needed")
-def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, local: bool) -> None:
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "rest", "archive"]),
+    help="auto: closed days from Binance's public archive files, the rest over REST; rest: REST only; "
+    "archive: files only (default: the BACKFILL_SOURCE setting, auto)",
+)
+def fetch(
+    exchange: str, start: str, end: str, symbols: str | None, wait: bool, local: bool, source: str | None
+) -> None:
     """Fetch candles for [start, end). Exit 1 if any request failed for good (the incomplete
-    markets and ranges are listed)."""
+    markets and ranges are listed). Binance history of closed days comes from its public archive
+    (a file per month or day, checksum verified, no REST weight) unless --source rest; a file that
+    is missing or fails its checksum is fetched over REST instead."""
     from fetchers.rest.jobs import BackfillRequestError, create_job, exchange_now, validate_range
 
     settings = load_settings_or_exit()
@@ -302,8 +315,11 @@ def fetch(exchange: str, start: str, end: str, symbols: str | None, wait: bool, 
     except BackfillRequestError as error:
         fail(str(error), EXIT_USAGE)
     workers = [] if local else require_workers(exchange)
-    job = run_async(create_job(settings, exchange, start_at, end_at, split_symbols(symbols), now))
-    click.echo(f"job {job.id}: {job.total:,} requests for {len(job.symbols)} market(s) planned", err=True)
+    job = run_async(create_job(settings, exchange, start_at, end_at, split_symbols(symbols), now, source))
+    files = f" ({job.archive:,} of them archive files)" if job.archive else ""
+    click.echo(
+        f"job {job.id}: {job.total:,} requests{files} for {len(job.symbols)} market(s) planned", err=True
+    )
     if local:
         sys.exit(report(settings, run_async(run_local(settings, job.id))))
     enqueue(exchange, job.id, len(workers))

@@ -81,3 +81,45 @@ def test_concurrent_writers_of_one_market_leave_one_merged_range(settings):
         assert rows(conn) == [("BTC", "rest", 0, 200), ("ETH", "ws", 0, 200)]
     finally:
         conn.close()
+
+
+def test_archive_coverage_is_stored_and_counts_as_final(db_conn):
+    """An archive file is the exchange's final word, as a REST request is: the completeness rules
+    read both as `rest` evidence."""
+    from common.coverage import ARCHIVE, load_evidence
+
+    record_coverage(db_conn, [rng(0, 10, ARCHIVE), rng(10, 20, REST), rng(30, 40, WS)])
+    db_conn.commit()
+    assert rows(db_conn) == [("BTC", "archive", 0, 10), ("BTC", "rest", 10, 20), ("BTC", "ws", 30, 40)]
+    evidence = load_evidence(db_conn, "bitfinex", "BTC", "USD")[("BTC", "USD")]
+    assert sorted(evidence.rest) == [(T0, T0 + 10 * M), (T0 + 10 * M, T0 + 20 * M)]
+
+
+def test_init_upgrades_a_database_made_before_the_archive_source(settings, timescaledb):
+    """A database created with the two-source CHECK of 006 accepts 'archive' after `init`, and a
+    second `init` changes nothing."""
+    from common.schema import apply_schema
+
+    conn = connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("ALTER TABLE ohlcvs_coverage DROP CONSTRAINT ohlcvs_coverage_source_check")
+            cur.execute(
+                "ALTER TABLE ohlcvs_coverage ADD CONSTRAINT ohlcvs_coverage_source_check"
+                " CHECK (source IN ('rest', 'ws'))"
+            )
+        with pytest.raises(Exception, match="ohlcvs_coverage_source_check"), conn:
+            record_coverage(conn, [rng(0, 10, "archive")])
+        assert apply_schema(settings, plain=not timescaledb) == timescaledb
+        assert apply_schema(settings, plain=not timescaledb) == timescaledb
+        with conn:
+            record_coverage(conn, [rng(0, 10, "archive")])
+        assert rows(conn) == [("BTC", "archive", 0, 10)]
+        with pytest.raises(Exception, match="ohlcvs_coverage_source_check"), conn:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "INSERT INTO ohlcvs_coverage (exchange, base_id, quote_id, source, start_time, end_time)"
+                    " VALUES ('binance', 'BTC', 'USDT', 'guess', now(), now() + interval '1 minute')"
+                )
+    finally:
+        conn.close()

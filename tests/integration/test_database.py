@@ -720,3 +720,34 @@ def test_candle_blocks_store_like_candles_and_a_later_overlapping_block_wins(db_
     assert stored == fetch_ohlcvs(db_conn)
     assert [row[1] for row in stored[:4]] == ["1.10", "1.10", "1.20", "1.20"]
     assert stored[-1][1:] == ("0.00000003", "0.00000003", "0.00000003", "0.00000003", "0")
+
+
+def test_new_candle_blocks_are_copied_straight_in_and_ranges_with_rows_are_left_to_the_upsert(db_conn):
+    """`copy_new_candle_blocks` (whole archive files) stores exactly what the upsert stores, across
+    midnight and in either market; it writes nothing when a range already holds a row."""
+    from common.db import copy_new_candle_blocks
+
+    eth = Market("bitfinex", "ETH", "USD", "tETHUSD")
+    upsert_markets(db_conn, [BTC_USD, eth])
+    day = 1440
+    btc = [candle(m, "1.10", "2", "0.5", "1.5", "10") for m in range(day - 2, day + 2)]
+    other = [candle(m, "3e-8", "3e-8", "3e-8", "3e-8", "0", market=eth) for m in range(2)]
+
+    def as_block(candles: list[Candle]) -> CandleBlock:
+        c = candles[0]
+        return CandleBlock.from_candles(c.exchange, c.base_id, c.quote_id, candles)
+
+    assert copy_new_candle_blocks(db_conn, [as_block(btc), as_block(other)]) == 6
+    db_conn.commit()
+    copied = fetch_ohlcvs(db_conn)
+    db_conn.cursor().execute("TRUNCATE ohlcvs")
+    upsert_candles(db_conn, btc + other)
+    db_conn.commit()
+    assert copied == fetch_ohlcvs(db_conn)
+    assert [row[0] for row in copied[:4]] == [T0 + timedelta(minutes=m) for m in range(day - 2, day + 2)]
+
+    again = [candle(m, "9", "9", "9", "9", "9") for m in range(day + 1, day + 5)]
+    assert copy_new_candle_blocks(db_conn, [as_block(again)]) is None
+    assert copy_new_candle_blocks(db_conn, [as_block(btc[:1]), as_block(btc[1:])]) is None
+    db_conn.commit()
+    assert fetch_ohlcvs(db_conn) == copied

@@ -98,6 +98,10 @@ class SimHandle:
         assert self.simulator is not None and self.simulator.loop is not None, "not an in-process simulator"
         self.simulator.loop.call_soon_threadsafe(time.sleep, seconds)
 
+    def served(self) -> dict[str, list[dict[str, Any]]]:
+        """Every Binance archive file request and klines request so far (`GET /control/served`)."""
+        return _http_json(f"{self.control}/control/served")
+
     def dropped(self, exchange: str, closes: bool = False) -> dict[str, set[int]]:
         """Per market, the minutes (ms) whose candle updates a fault withheld or mangled on some
         socket (`closes`: only those whose closing update it took, for an exchange that marks it)."""

@@ -153,3 +153,21 @@ def test_repair_requests_fill_every_gap_newest_first_and_stop_at_the_cap():
     covered = merge((t.start_ms, t.end_ms) for t in tasks if t.symbol == "BTCUSDT")
     assert covered == gaps[("BTC", "USDT")]
     assert len(plan_repair_tasks(adapter, markets, gaps, max_requests=2)) == 2
+
+
+def test_repair_takes_closed_days_from_archive_files_and_the_rest_over_rest():
+    """With the exchange's present, a day-long gap of a closed day is one archive file; a gap of
+    minutes and a gap in the current day are REST requests (T0 is 2021-06-01)."""
+    adapter = get_adapter("binance")
+    markets = {("BTC", "USDT"): Market("binance", "BTC", "USDT", "BTCUSDT")}
+    day = 1440
+    gaps = {("BTC", "USDT"): [span(0, day), span(day + 10, day + 20), span(3 * day, 3 * day + 30)]}
+    now = at(3 * day + 60)
+    tasks = plan_repair_tasks(adapter, markets, gaps, max_requests=100, now_ms=now, source="auto")
+    assert [(t.archive, t.start_ms, t.end_ms) for t in tasks] == [
+        ("", *span(3 * day, 3 * day + 30)),
+        ("", *span(day + 10, day + 20)),
+        ("2021-06-01", *span(0, day)),
+    ]
+    rest_only = plan_repair_tasks(adapter, markets, gaps, max_requests=100, now_ms=now, source="rest")
+    assert all(t.archive == "" for t in rest_only) and len(rest_only) == 4

@@ -49,9 +49,10 @@ async def coverage(
     end: Annotated[int | None, Query(ge=0, le=MAX_MS, description="ms, exclusive (default: now)")] = None,
 ) -> dict:
     """Ranges `[start, end)` in ms, merged and oldest first: `covered` (known complete: a REST fetch
-    succeeded, or the live feed delivered them without interruption; minutes without a bar inside
-    them had no trades), `missing` (everything else since the market's first bar, with recorded
-    outages and failed requests), and `repairing` (the part of `missing` a repair job is fetching).
+    succeeded, a Binance archive file whose checksum matched held them, or the live feed delivered
+    them without interruption; minutes without a bar inside them had no trades), `missing`
+    (everything else since the market's first bar, with recorded outages and failed requests), and
+    `repairing` (the part of `missing` a repair job is fetching).
     The newest REPAIR_SETTLE_MINUTES are left to the live feed and never reported missing."""
     if start is not None and end is not None and start >= end:
         raise BadRequest(f"start ({start}) must be before end ({end}): both ms, the range is [start, end)")
