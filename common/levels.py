@@ -8,6 +8,7 @@ definitions and the SQL here means an export and a page of the API can never dis
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -123,3 +124,29 @@ def bar_query_values(query: BarQuery) -> dict[str, object]:
         first = query.interval.bucket_start(start_ms) if start_ms is not None else EARLIEST_MS
         values.update(source_start=ms_to_datetime(max(first, EARLIEST_MS)), origin=BUCKET_ORIGIN)
     return values
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedQuery:
+    """A query with `$n` placeholders (asyncpg's) and the parameter name each number stands for."""
+
+    text: str
+    names: tuple[str, ...]
+
+    def arguments(self, values: dict[str, object]) -> list[object]:
+        return [values[name] for name in self.names]
+
+
+def numbered(named: str) -> NumberedQuery:
+    """`named` with its `%(name)s` parameters numbered `$1`... in order of first use, for asyncpg."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return NumberedQuery(_NAMED.sub(number, named), tuple(names))

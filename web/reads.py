@@ -9,7 +9,6 @@ rolled up in SQL from the level below (1h, 7D and 1D). Those definitions and the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -24,8 +23,8 @@ from common.levels import BUCKET_ORIGIN_MS as BUCKET_ORIGIN_MS
 from common.levels import INTERVALS as INTERVALS
 from common.levels import BarQuery as BarQuery
 from common.levels import Interval as Interval
+from common.levels import NumberedQuery, bar_rows_sql, numbered
 from common.levels import bar_query_values as bars_body_values
-from common.levels import bar_rows_sql
 from common.timeutil import ms_to_datetime
 
 _BAR_COLUMNS = "open::text, high::text, low::text, close::text, volume::text"
@@ -203,27 +202,15 @@ _BODY = (
     "SELECT count(*), coalesce(string_agg(format('{template}', {time}, open, high, low, close, volume), "
     "',' ORDER BY t), '') FROM ({rows}) AS s"
 )
-_NAMED = re.compile(r"%\((\w+)\)s")
-
-
-@dataclass(frozen=True, slots=True)
-class BodyQuery:
-    """A bars-body query with `$n` placeholders and the parameter name each number stands for."""
-
-    text: str
-    names: tuple[str, ...]
-
-    def arguments(self, values: dict[str, object]) -> list[object]:
-        return [values[name] for name in self.names]
 
 
 @cache
-def bars_body_query(interval_name: str, as_ms: bool) -> BodyQuery:
+def bars_body_query(interval_name: str, as_ms: bool) -> NumberedQuery:
     """SQL answering (number of bars, the bars as comma-separated JSON objects, ascending) for the
     newest `limit` bars of `interval_name` in [start, end]; the same bars as `read_bars`."""
     quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
     template = _BAR_OBJECT.format(time=quote)
-    return _numbered(
+    return numbered(
         _BODY.format(template=template, time=time_sql, rows=bar_rows_sql(INTERVALS[interval_name]))
     )
 
@@ -236,27 +223,15 @@ _CHUNK = (
 
 
 @cache
-def bars_chunk_query(interval_name: str, as_ms: bool) -> BodyQuery:
+def bars_chunk_query(interval_name: str, as_ms: bool) -> NumberedQuery:
     """SQL answering (bar open times in ms, each bar's JSON object), both ascending, for the same
     bars and the same text as `bars_body_query`: the web's history cache keeps them apart so it can
     slice any window out of a block."""
     quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
     template = _BAR_OBJECT.format(time=quote)
-    return _numbered(
+    return numbered(
         _CHUNK.format(template=template, time=time_sql, rows=bar_rows_sql(INTERVALS[interval_name]))
     )
-
-
-def _numbered(named: str) -> BodyQuery:
-    """`named` with its `%(name)s` parameters numbered `$1`... in order of first use, for asyncpg."""
-    names: list[str] = []
-
-    def number(match: re.Match) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
-
-    return BodyQuery(_NAMED.sub(number, named), tuple(names))
 
 
 MARKET_EXTENT_QUERY = (

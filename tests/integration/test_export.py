@@ -130,13 +130,13 @@ def test_range_is_half_open_and_rows_come_market_by_market_oldest_first(settings
 
 
 def test_batches_become_row_groups_and_change_nothing(settings, seeded, tmp_path, monkeypatch):
-    monkeypatch.setattr(export_module, "BATCH_ROWS", 1000)
+    monkeypatch.setattr(export_module, "BATCH_BYTES", 20_000)  # COPY's pieces get cut into lines
     result, output = run_export(
         tmp_path, "--exchange", "binance", "--symbols", "BTC/USDT,ETH/USDT",
         "--start", iso(BASE_MS), "--end", iso(BASE_MS + MINUTES * MIN),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert pq.ParquetFile(output).metadata.num_row_groups == 2 * 3  # 2,897 rows a market: 1,000 + 1,000 + 897
+    assert pq.ParquetFile(output).metadata.num_row_groups >= 2 * 3
     assert_exactly_equal(
         pq.read_table(output).to_pylist(), stored_rows(settings, [BTC, ETH], BASE_MS, BASE_MS + MINUTES * MIN)
     )
@@ -183,7 +183,7 @@ def test_csv_holds_every_value_as_its_stored_text(settings, seeded, tmp_path):
     with connection(settings) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT exchange, base_id, quote_id, "
-            "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+            "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00', "
             "open::text, high::text, low::text, close::text, volume::text FROM ohlcvs "
             "WHERE time >= %s AND time < %s ORDER BY base_id = 'ETH', time",
             (ms_to_datetime(start), ms_to_datetime(end)),
