@@ -84,13 +84,14 @@ class DecimalShape:
     integer_digits: int = 1
     scale: int = 0
 
-    def widen(self, texts) -> None:
+    def widen(self, texts) -> DecimalShape:
         """Widen to hold every value of `texts` (a pyarrow string array of PostgreSQL's NUMERIC
-        text: `-12.340`, `0.5`, `7`; never an exponent), counted in bulk by pyarrow."""
+        text: `-12.340`, `0.5`, `7`; never an exponent), counted in bulk by pyarrow; returns the
+        shape of `texts` alone."""
         import pyarrow.compute as pc
 
         if not len(texts):
-            return
+            return DecimalShape()
         length = pc.binary_length(texts)
         point = pc.find_substring(texts, ".")
         has_point = pc.greater_equal(point, 0)
@@ -98,8 +99,10 @@ class DecimalShape:
         before = pc.subtract(
             pc.if_else(has_point, point, length), pc.cast(pc.starts_with(texts, "-"), "int32")
         )
-        self.scale = max(self.scale, pc.max(scale).as_py())
-        self.integer_digits = max(self.integer_digits, pc.max(before).as_py())
+        own = DecimalShape(max(1, pc.max(before).as_py()), pc.max(scale).as_py())
+        self.scale = max(self.scale, own.scale)
+        self.integer_digits = max(self.integer_digits, own.integer_digits)
+        return own
 
     @property
     def precision(self) -> int:
@@ -253,15 +256,14 @@ def parquet_schema(plan: ExportPlan):
 
 
 class _Spool:
-    """Batches of bars as PostgreSQL's text, parsed and measured on a thread of their own while
-    COPY goes on, and kept in an Arrow file on disk until every value's shape is known.
+    """Batches of bars as PostgreSQL's text, parsed, measured and made decimal on a thread of their
+    own while COPY goes on, and kept in an Arrow file on disk until every value's shape is known.
 
     A Parquet file has one schema, so the decimal128 width must be known before its first row
     group; measuring the text on the way saves PostgreSQL a second pass over the range (which cost
-    it as much as the COPY). pyarrow parses and measures in C++ without holding the GIL, so this
-    runs beside psycopg2 reading the next rows."""
-
-    SCHEMA_NAMES = ("time", *VALUE_COLUMNS)
+    it as much as the COPY). Each batch is converted at its own scale (decimal128(38, its scale),
+    kept as the 16-byte values), so what is left once the widths are known is a cheap rescale.
+    pyarrow works in C++ without holding the GIL, so this runs beside asyncpg reading the rows."""
 
     def __init__(self, path: Path, plan: ExportPlan, progress: Progress):
         import pyarrow as pa
@@ -270,14 +272,14 @@ class _Spool:
         self.path = path
         self.plan = plan
         self.progress = progress
-        self.batch_markets: list[int] = []
-        self.schema = pa.schema([("time", pa.int64()), *((c, pa.string()) for c in VALUE_COLUMNS)])
-        self.read_options = pacsv.ReadOptions(column_names=list(self.SCHEMA_NAMES))
+        self.batches_read: list[tuple[int, tuple[int, ...]]] = []  # market index, each column's scale
+        self.read_options = pacsv.ReadOptions(column_names=["time", *VALUE_COLUMNS])
         self.convert_options = pacsv.ConvertOptions(
-            column_types=dict(zip(self.schema.names, self.schema.types, strict=True)),
+            column_types={"time": pa.int64(), **{c: pa.string() for c in VALUE_COLUMNS}},
             null_values=[],
             strings_can_be_null=False,
         )
+        self.schema = pa.schema([("time", pa.int64()), *((c, pa.binary(16)) for c in VALUE_COLUMNS)])
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.file = pa.OSFile(str(path), "wb")
@@ -290,24 +292,34 @@ class _Spool:
         self.progress.add(rows)
 
     def _work(self) -> None:
-        import pyarrow.csv as pacsv
-
         while (item := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # keep draining so COPY is never left blocked on a full queue
-            data, rows, market = item
             try:
-                table = pacsv.read_csv(
-                    io.BytesIO(data), read_options=self.read_options, convert_options=self.convert_options
-                )
-                for column in VALUE_COLUMNS:
-                    self.plan.shapes[column].widen(table.column(column))
-                for batch in table.to_batches():
-                    self.writer.write_batch(batch)
-                    self.batch_markets.append(market)
-                self.plan.rows += rows
+                self._spool(*item)
             except BaseException as error:  # noqa: BLE001 - raised again in the exporting thread
                 self.error = error
+
+    def _spool(self, data: bytes, rows: int, market: int) -> None:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        table = pacsv.read_csv(
+            io.BytesIO(data), read_options=self.read_options, convert_options=self.convert_options
+        )
+        self.plan.rows += rows
+        columns = [table.column("time").combine_chunks()]
+        scales = []
+        for name in VALUE_COLUMNS:
+            texts = table.column(name).combine_chunks()
+            shape = self.plan.shapes[name].widen(texts)
+            if shape.precision > MAX_PRECISION:
+                return  # check_decimal128 tells the user; nothing of this batch is needed
+            values = texts.cast(pa.decimal128(MAX_PRECISION, shape.scale))
+            columns.append(pa.Array.from_buffers(pa.binary(16), len(values), values.buffers(), values.offset))
+            scales.append(shape.scale)
+        self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+        self.batches_read.append((market, tuple(scales)))
 
     def close(self) -> None:
         """Wait for every batch; raise what the thread met."""
@@ -319,18 +331,26 @@ class _Spool:
             raise self.error
 
     def batches(self):
-        """(market index, record batch) in the order they were read, one batch in memory at a time."""
+        """(market index, time, the value columns as decimal128 at their batch's scale) in the
+        order they were read, one batch in memory at a time."""
         import pyarrow as pa
 
         with pa.OSFile(str(self.path), "rb") as source:
-            reader = pa.ipc.open_stream(source)
-            yield from zip(self.batch_markets, reader, strict=True)
+            for (market, scales), batch in zip(self.batches_read, pa.ipc.open_stream(source), strict=True):
+                values = []
+                for name, scale in zip(VALUE_COLUMNS, scales, strict=True):
+                    raw = batch.column(name)
+                    kind = pa.decimal128(MAX_PRECISION, scale)
+                    values.append(pa.Array.from_buffers(kind, len(raw), raw.buffers(), raw.offset))
+                yield market, batch.column("time"), values
 
 
 async def write_parquet(conn, plan: ExportPlan, path: Path, progress: Progress) -> int:
     """Every bar of the plan into a Parquet file at `path`, one row group per batch. PostgreSQL
-    streams each NUMERIC as its text; `_Spool` parses and measures it; then pyarrow casts each
-    batch's columns to decimal128 in bulk (a cast that would round or overflow is refused)."""
+    streams each NUMERIC as its text; `_Spool` parses, measures and converts it; then each batch's
+    columns are rescaled to the file's decimal128 types in bulk (pyarrow refuses a cast that would
+    round or overflow). zstd, and dictionaries only for the market columns: dictionary-encoding
+    prices tripled the time a row group took to write and made the file larger."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -348,17 +368,14 @@ async def write_parquet(conn, plan: ExportPlan, path: Path, progress: Progress) 
             spool.close()
         check_decimal128(plan)
         schema = parquet_schema(plan)
-        with pq.ParquetWriter(path, schema) as writer:
-            for index, batch in spool.batches():
+        with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=list(COLUMNS[:3])) as writer:
+            for index, times, values in spool.batches():
                 market = plan.markets[index]
-                columns = [pa.repeat(value, batch.num_rows) for value in market]
-                columns.append(batch.column("time").cast(pa.timestamp("ms", tz="UTC")))
-                try:
-                    columns += [batch.column(c).cast(schema.field(c).type) for c in VALUE_COLUMNS]
-                except pa.ArrowInvalid as error:
-                    raise ExportError(
-                        f"{market.exchange} {market.base_id}/{market.quote_id}: {error}"
-                    ) from None
+                columns = [pa.repeat(value, len(times)) for value in market]
+                columns.append(times.cast(pa.timestamp("ms", tz="UTC")))
+                columns += [
+                    array.cast(schema.field(c).type) for c, array in zip(VALUE_COLUMNS, values, strict=True)
+                ]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
     finally:
         spool.path.unlink(missing_ok=True)
