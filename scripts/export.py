@@ -57,9 +57,9 @@ VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 COLUMNS = ("exchange", "base_id", "quote_id", "time", *VALUE_COLUMNS)
 MAX_PRECISION = 38
 """Digits a Parquet decimal128 holds."""
-BATCH_BYTES = 8 << 20
-"""PostgreSQL's text gathered per Parquet row group / CSV write (about 100,000 minutes): a few MB
-in memory, whatever the range."""
+BATCH_BYTES = 4 << 20
+"""PostgreSQL's text gathered per Parquet row group / CSV write (about 55,000 minutes). A Parquet
+export holds a few batches at once (one arriving, one queued, one converted), whatever the range."""
 DAY_ALIASES = {"1d": "1D", "7d": "7D", "14d": "14D"}
 
 _PARQUET_SELECT = (
@@ -280,7 +280,7 @@ class _Spool:
             strings_can_be_null=False,
         )
         self.schema = pa.schema([("time", pa.int64()), *((c, pa.binary(16)) for c in VALUE_COLUMNS)])
-        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.file = pa.OSFile(str(path), "wb")
         self.writer = pa.ipc.new_stream(self.file, self.schema)
