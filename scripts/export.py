@@ -315,7 +315,14 @@ class _Spool:
             shape = self.plan.shapes[name].widen(texts)
             if shape.precision > MAX_PRECISION:
                 return  # check_decimal128 tells the user; nothing of this batch is needed
-            values = texts.cast(pa.decimal128(MAX_PRECISION, shape.scale))
+            try:
+                values = texts.cast(pa.decimal128(MAX_PRECISION, shape.scale))
+            except pa.ArrowInvalid as error:  # NaN or Infinity, which only a hand-made row can hold
+                key = self.plan.markets[market]
+                raise ExportError(
+                    f"{key.exchange} {key.base_id}/{key.quote_id}: {name} holds a value that is not a "
+                    f"decimal number ({error}); export it with --format csv"
+                ) from None
             columns.append(pa.Array.from_buffers(pa.binary(16), len(values), values.buffers(), values.offset))
             scales.append(shape.scale)
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))

@@ -287,3 +287,25 @@ def test_the_file_is_replaced_only_when_the_new_one_is_complete(settings, seeded
     assert result.exit_code == 1
     assert output.read_bytes() == b"previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+def test_a_nan_written_by_hand_stops_parquet_with_one_line(settings, seeded, tmp_path):
+    with connection(settings) as conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE ohlcvs SET low = 'NaN' WHERE base_id = 'BTC' AND time = %s", (ms_to_datetime(BASE_MS),)
+        )
+    args = [
+        "--exchange",
+        "binance",
+        "--symbols",
+        "BTC/USDT",
+        "--start",
+        iso(BASE_MS),
+        "--end",
+        iso(BASE_MS + MIN),
+    ]
+    result, output = run_export(tmp_path, *args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: binance BTC/USDT: low holds a value that is not a decimal number")
+    assert result.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
