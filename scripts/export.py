@@ -14,8 +14,9 @@ or the exchange's own symbol, as `fetch` does. Rows come market by market, oldes
 Prices and volumes stay exact: Parquet columns are decimal128 with the precision and scale the
 values of the range need, CSV holds each NUMERIC's own text (time as `2024-01-01 00:00:00+00`). A
 value that decimal128 cannot hold (more than 38 digits) stops a Parquet export with one line (CSV
-can hold it). Nothing is loaded whole: PostgreSQL streams the rows with COPY in one read-only
-snapshot; CSV passes them through in chunks; for Parquet they are measured as they come and kept
+can hold it). Nothing is loaded whole: PostgreSQL streams the rows with COPY, each market's range
+in `SLICES` consecutive pieces over as many connections that share one read-only snapshot; CSV
+passes them through in chunks; for Parquet they are measured as they come and kept
 in an Arrow file on disk beside the output, then written as row groups of about `BATCH_BYTES` of
 text once the decimal widths are known. The file appears under its name only when it is complete.
 Progress goes to stderr.
@@ -28,14 +29,18 @@ not after start, an output folder that does not exist), with one line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import queue
+import re
+import shutil
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +65,10 @@ MAX_PRECISION = 38
 BATCH_BYTES = 4 << 20
 """PostgreSQL's text gathered per Parquet row group / CSV write (about 55,000 minutes). A Parquet
 export holds a few batches at once (one arriving, one queued, one converted), whatever the range."""
+SLICES = 2
+"""Connections that read one market's range at once, each a consecutive piece of it, all in one
+snapshot: PostgreSQL renders a backend's rows on one core, and rendering NUMERIC text is most of an
+export's work."""
 DAY_ALIASES = {"1d": "1D", "7d": "7D", "14d": "14D"}
 
 _PARQUET_SELECT = (
@@ -123,8 +132,20 @@ class ExportPlan:
         default_factory=lambda: {c: DecimalShape() for c in VALUE_COLUMNS}
     )
 
-    def query(self, market: MarketKey) -> BarQuery:
-        return BarQuery(market, self.interval, self.start_ms, self.end_ms - 1, None)
+    def query(self, market: MarketKey, start_ms: int, end_ms: int) -> BarQuery:
+        """The bars of `market` opening in [start_ms, end_ms)."""
+        return BarQuery(market, self.interval, start_ms, end_ms - 1, None)
+
+    def slices(self, count: int) -> list[tuple[int, int]]:
+        """[start, end) cut at bar open times into at most `count` consecutive pieces of about equal
+        length; the bars of the pieces, one after the other, are the bars of the whole range."""
+        bounds = [self.start_ms]
+        for k in range(1, count):
+            cut = self.interval.bucket_start(self.start_ms + (self.end_ms - self.start_ms) * k // count)
+            if bounds[-1] < cut < self.end_ms:
+                bounds.append(cut)
+        bounds.append(self.end_ms)
+        return list(pairwise(bounds))
 
 
 def interval_or_exit(name: str) -> Interval:
@@ -230,10 +251,13 @@ class _LineBatches:
             self.flush_batch(lines, lines.count(b"\n"))
 
 
-async def _copy(conn, template: str, plan: ExportPlan, market: MarketKey, sink: _LineBatches) -> None:
-    """Every row of `template` (a SELECT over the level's rows) for one market, through `sink`."""
+async def _copy(
+    conn, template: str, plan: ExportPlan, market: MarketKey, piece: tuple[int, int], sink: _LineBatches
+) -> None:
+    """Every row of `template` (a SELECT over the level's rows) for one market and piece of the
+    range, through `sink`."""
     query = numbered(template.format(rows=bar_rows_sql(plan.interval, newest_first=False)))
-    arguments = query.arguments(bar_query_values(plan.query(market)))
+    arguments = query.arguments(bar_query_values(plan.query(market, *piece)))
     await conn.copy_from_query(query.text, *arguments, output=sink.write, format="csv")
     sink.flush()
 
@@ -272,7 +296,7 @@ class _Spool:
         self.path = path
         self.plan = plan
         self.progress = progress
-        self.batches_read: list[tuple[int, tuple[int, ...]]] = []  # market index, each column's scale
+        self.batches_read: list[tuple[tuple[int, int], tuple[int, ...]]] = []  # (market, piece), scales
         self.read_options = pacsv.ReadOptions(column_names=["time", *VALUE_COLUMNS])
         self.convert_options = pacsv.ConvertOptions(
             column_types={"time": pa.int64(), **{c: pa.string() for c in VALUE_COLUMNS}},
@@ -283,12 +307,13 @@ class _Spool:
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self.file = pa.OSFile(str(path), "wb")
-        self.writer = pa.ipc.new_stream(self.file, self.schema)
+        self.writer = pa.ipc.new_file(self.file, self.schema)
         self.thread = threading.Thread(target=self._work, name="export-spool", daemon=True)
         self.thread.start()
 
-    def add(self, data: bytes, rows: int, market: int) -> None:
-        self.queue.put((data, rows, market))
+    def add(self, data: bytes, rows: int, key: tuple[int, int]) -> None:
+        """A batch of lines of piece `key` = (market index, piece index) of the export."""
+        self.queue.put((data, rows, key))
         self.progress.add(rows)
 
     def _work(self) -> None:
@@ -300,7 +325,7 @@ class _Spool:
             except BaseException as error:  # noqa: BLE001 - raised again in the exporting thread
                 self.error = error
 
-    def _spool(self, data: bytes, rows: int, market: int) -> None:
+    def _spool(self, data: bytes, rows: int, key: tuple[int, int]) -> None:
         import pyarrow as pa
         import pyarrow.csv as pacsv
 
@@ -318,15 +343,15 @@ class _Spool:
             try:
                 values = texts.cast(pa.decimal128(MAX_PRECISION, shape.scale))
             except pa.ArrowInvalid as error:  # NaN or Infinity, which only a hand-made row can hold
-                key = self.plan.markets[market]
+                market = self.plan.markets[key[0]]
                 raise ExportError(
-                    f"{key.exchange} {key.base_id}/{key.quote_id}: {name} holds a value that is not a "
-                    f"decimal number ({error}); export it with --format csv"
+                    f"{market.exchange} {market.base_id}/{market.quote_id}: {name} holds a value that is "
+                    f"not a decimal number ({error}); export it with --format csv"
                 ) from None
             columns.append(pa.Array.from_buffers(pa.binary(16), len(values), values.buffers(), values.offset))
             scales.append(shape.scale)
         self.writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=self.schema))
-        self.batches_read.append((market, tuple(scales)))
+        self.batches_read.append((key, tuple(scales)))
 
     def close(self) -> None:
         """Wait for every batch; raise what the thread met."""
@@ -338,12 +363,17 @@ class _Spool:
             raise self.error
 
     def batches(self):
-        """(market index, time, the value columns as decimal128 at their batch's scale) in the
-        order they were read, one batch in memory at a time."""
+        """(market index, time, the value columns as decimal128 at their batch's scale) market by
+        market and piece by piece, one batch in memory at a time (the pieces' batches arrived
+        interleaved; the Arrow file reads any batch on its own)."""
         import pyarrow as pa
 
+        order = sorted(range(len(self.batches_read)), key=lambda i: (self.batches_read[i][0], i))
         with pa.OSFile(str(self.path), "rb") as source:
-            for (market, scales), batch in zip(self.batches_read, pa.ipc.open_stream(source), strict=True):
+            reader = pa.ipc.open_file(source)
+            for i in order:
+                (market, _), scales = self.batches_read[i]
+                batch = reader.get_batch(i)
                 values = []
                 for name, scale in zip(VALUE_COLUMNS, scales, strict=True):
                     raw = batch.column(name)
@@ -352,7 +382,7 @@ class _Spool:
                 yield market, batch.column("time"), values
 
 
-async def write_parquet(conn, plan: ExportPlan, path: Path, progress: Progress) -> int:
+async def write_parquet(conns: list, plan: ExportPlan, path: Path, progress: Progress) -> int:
     """Every bar of the plan into a Parquet file at `path`, one row group per batch. PostgreSQL
     streams each NUMERIC as its text; `_Spool` parses, measures and converts it; then each batch's
     columns are rescaled to the file's decimal128 types in bulk (pyarrow refuses a cast that would
@@ -366,11 +396,19 @@ async def write_parquet(conn, plan: ExportPlan, path: Path, progress: Progress) 
         try:
             for index, market in enumerate(plan.markets):
                 progress.market = index + 1
-
-                def flush(data: bytes, count: int, index: int = index) -> None:
-                    spool.add(data, count, index)
-
-                await _copy(conn, _PARQUET_SELECT, plan, market, _LineBatches(flush))
+                await asyncio.gather(
+                    *(
+                        _copy(
+                            conn,
+                            _PARQUET_SELECT,
+                            plan,
+                            market,
+                            piece,
+                            _LineBatches(_to_spool(spool, (index, k))),
+                        )
+                        for k, (conn, piece) in enumerate(zip(conns, plan.slices(len(conns)), strict=False))
+                    )
+                )
         finally:
             spool.close()
         check_decimal128(plan)
@@ -389,21 +427,56 @@ async def write_parquet(conn, plan: ExportPlan, path: Path, progress: Progress) 
     return plan.rows
 
 
-async def write_csv(conn, plan: ExportPlan, path: Path, progress: Progress) -> int:
+def _to_spool(spool: _Spool, key: tuple[int, int]) -> Callable[[bytes, int], None]:
+    def flush(data: bytes, count: int) -> None:
+        spool.add(data, count, key)
+
+    return flush
+
+
+async def write_csv(conns: list, plan: ExportPlan, path: Path, progress: Progress) -> int:
     """Every bar of the plan into a CSV file at `path`: a header, then PostgreSQL's own CSV rows
-    (each NUMERIC's exact text, time in UTC), passed through in batches."""
+    (each NUMERIC's exact text, time in UTC), passed through in batches. The first piece of each
+    market's range goes straight into the file, the others into files beside it that are appended
+    in order once the market is read."""
     with open(path, "wb") as handle:
         handle.write((",".join(COLUMNS) + "\n").encode())
-
-        def flush(data: bytes, count: int) -> None:
-            handle.write(data)
-            plan.rows += count
-            progress.add(count)
-
         for index, market in enumerate(plan.markets):
             progress.market = index + 1
-            await _copy(conn, _CSV_SELECT, plan, market, _LineBatches(flush))
+            pieces = list(zip(conns, plan.slices(len(conns)), strict=False))
+            later = [path.with_name(f"{path.name}.piece{k}") for k in range(1, len(pieces))]
+            try:
+                with contextlib.ExitStack() as files:
+                    targets = [handle, *(files.enter_context(open(name, "wb")) for name in later)]
+                    await asyncio.gather(
+                        *(
+                            _copy(
+                                conn,
+                                _CSV_SELECT,
+                                plan,
+                                market,
+                                piece,
+                                _LineBatches(_to_file(target, plan, progress)),
+                            )
+                            for (conn, piece), target in zip(pieces, targets, strict=True)
+                        )
+                    )
+                for name in later:
+                    with open(name, "rb") as source:
+                        shutil.copyfileobj(source, handle, 1 << 20)
+            finally:
+                for name in later:
+                    name.unlink(missing_ok=True)
     return plan.rows
+
+
+def _to_file(target, plan: ExportPlan, progress: Progress) -> Callable[[bytes, int], None]:
+    def flush(data: bytes, count: int) -> None:
+        target.write(data)
+        plan.rows += count
+        progress.add(count)
+
+    return flush
 
 
 WRITERS = {"parquet": write_parquet, "csv": write_csv}
@@ -430,26 +503,49 @@ def export(
 async def _export(settings: Settings, plan: ExportPlan, fmt: str, output: Path) -> ExportPlan:
     import asyncpg
 
-    conn = await asyncpg.connect(
-        host=settings.postgres_host,
-        port=settings.postgres_port,
-        user=settings.postgres_user,
-        password=settings.postgres_password.get_secret_value() or None,
-        database=settings.postgres_db,
-        timeout=10,
-        server_settings=_SESSION,
-    )
+    conns = []
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     try:
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            progress = Progress(len(plan.markets))
-            await WRITERS[fmt](conn, plan, partial, progress)
-            progress.finish()
+        for _ in range(SLICES):
+            conns.append(
+                await asyncpg.connect(
+                    host=settings.postgres_host,
+                    port=settings.postgres_port,
+                    user=settings.postgres_user,
+                    password=settings.postgres_password.get_secret_value() or None,
+                    database=settings.postgres_db,
+                    timeout=10,
+                    server_settings=_SESSION,
+                )
+            )
+        await _share_one_snapshot(conns)
+        progress = Progress(len(plan.markets))
+        await WRITERS[fmt](conns, plan, partial, progress)
+        progress.finish()
         os.replace(partial, output)
         return plan
     finally:
         partial.unlink(missing_ok=True)
-        await conn.close()
+        for conn in conns:
+            await conn.close()  # read-only transactions: closing ends them
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+
+async def _share_one_snapshot(conns: list) -> None:
+    """A read-only REPEATABLE READ transaction on each connection, all seeing the first one's
+    snapshot (`pg_export_snapshot`): every piece of every market is read as of one moment."""
+    first, *others = conns
+    await first.transaction(isolation="repeatable_read", readonly=True).start()
+    snapshot = await first.fetchval("SELECT pg_export_snapshot()")
+    if not _SNAPSHOT_ID.fullmatch(snapshot):
+        raise ExportError(
+            f"PostgreSQL named its snapshot {snapshot!r}, which SET TRANSACTION SNAPSHOT cannot take"
+        )
+    for other in others:
+        await other.transaction(isolation="repeatable_read", readonly=True).start()
+        await other.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
 
 
 @click.command()
