@@ -17,8 +17,8 @@ value that decimal128 cannot hold (more than 38 digits) stops a Parquet export w
 can hold it). Nothing is loaded whole: PostgreSQL streams the rows with COPY, each market's range
 in `SLICES` consecutive pieces over as many connections that share one read-only snapshot; CSV
 passes them through in chunks; for Parquet they are measured as they come and kept
-in an Arrow file on disk beside the output, then written as row groups of about `BATCH_BYTES` of
-text once the decimal widths are known. The file appears under its name only when it is complete.
+in an Arrow file on disk beside the output, then written as row groups of `ROW_GROUP_ROWS` once
+the decimal widths are known. The file appears under its name only when it is complete.
 Progress goes to stderr.
 
 Exit codes: 0 written; 1 a service failed or a value does not fit Parquet's decimal128; 2 bad input
@@ -62,9 +62,11 @@ VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 COLUMNS = ("exchange", "base_id", "quote_id", "time", *VALUE_COLUMNS)
 MAX_PRECISION = 38
 """Digits a Parquet decimal128 holds."""
-BATCH_BYTES = 4 << 20
-"""PostgreSQL's text gathered per Parquet row group / CSV write (about 55,000 minutes). A Parquet
-export holds a few batches at once (one arriving, one queued, one converted), whatever the range."""
+BATCH_BYTES = 2 << 20
+"""PostgreSQL's text handed on at once (about 27,000 minutes). A Parquet export holds a few batches
+per connection at once (arriving, queued, converted), whatever the range."""
+ROW_GROUP_ROWS = 131_072
+"""Rows a Parquet row group gathers from consecutive batches: what readers like, a few MB."""
 SLICES = 2
 """Connections that read one market's range at once, each a consecutive piece of it, all in one
 snapshot: PostgreSQL renders a backend's rows on one core, and rendering NUMERIC text is most of an
@@ -414,6 +416,7 @@ async def write_parquet(conns: list, plan: ExportPlan, path: Path, progress: Pro
         check_decimal128(plan)
         schema = parquet_schema(plan)
         with pq.ParquetWriter(path, schema, compression="zstd", use_dictionary=list(COLUMNS[:3])) as writer:
+            pending: list = []
             for index, times, values in spool.batches():
                 market = plan.markets[index]
                 columns = [pa.repeat(value, len(times)) for value in market]
@@ -421,10 +424,22 @@ async def write_parquet(conns: list, plan: ExportPlan, path: Path, progress: Pro
                 columns += [
                     array.cast(schema.field(c).type) for c, array in zip(VALUE_COLUMNS, values, strict=True)
                 ]
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+                pending.append(pa.Table.from_arrays(columns, schema=schema))
+                if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+                    _write_row_group(writer, pending)
+                    pending = []
+            if pending:
+                _write_row_group(writer, pending)
     finally:
         spool.path.unlink(missing_ok=True)
     return plan.rows
+
+
+def _write_row_group(writer, tables: list) -> None:
+    import pyarrow as pa
+
+    table = pa.concat_tables(tables)
+    writer.write_table(table, row_group_size=table.num_rows)
 
 
 def _to_spool(spool: _Spool, key: tuple[int, int]) -> Callable[[bytes, int], None]:
@@ -548,6 +563,18 @@ async def _share_one_snapshot(conns: list) -> None:
         await other.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
 
 
+def use_jemalloc() -> None:
+    """pyarrow's jemalloc pool for this process where the wheel has it: it hands the batches'
+    memory back as they pass, where the default pool (mimalloc) kept about 50 MB more at the end of a
+    year than at its start (benchmarks/export.py)."""
+    import pyarrow as pa
+
+    try:
+        pa.set_memory_pool(pa.jemalloc_memory_pool())
+    except NotImplementedError:
+        pass
+
+
 @click.command()
 @click.option("--exchange", required=True, help=f"one of {', '.join(EXCHANGES)}")
 @click.option("--symbols", required=True, help="comma-separated BASE/QUOTE or exchange symbols")
@@ -568,6 +595,8 @@ def main(exchange: str, symbols: str, interval: str, start: str, end: str, fmt: 
     settings = load_settings_or_exit()
     exchange = exchange_or_exit(exchange)
     chosen_interval = interval_or_exit(interval)
+    if fmt == "parquet":
+        use_jemalloc()
     if fmt not in FORMATS:
         fail(f"unknown format {fmt!r}; choose parquet or csv", EXIT_USAGE)
     start_at, end_at = parse_time(start, "--start"), parse_time(end, "--end")

@@ -131,12 +131,15 @@ def test_range_is_half_open_and_rows_come_market_by_market_oldest_first(settings
 
 def test_batches_become_row_groups_and_change_nothing(settings, seeded, tmp_path, monkeypatch):
     monkeypatch.setattr(export_module, "BATCH_BYTES", 20_000)  # COPY's pieces get cut into lines
+    monkeypatch.setattr(export_module, "ROW_GROUP_ROWS", 1000)
     result, output = run_export(
         tmp_path, "--exchange", "binance", "--symbols", "BTC/USDT,ETH/USDT",
         "--start", iso(BASE_MS), "--end", iso(BASE_MS + MINUTES * MIN),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert pq.ParquetFile(output).metadata.num_row_groups >= 2 * 3
+    metadata = pq.ParquetFile(output).metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert len(sizes) >= 3 and all(size >= 1000 for size in sizes[:-1]), sizes  # batches gathered
     assert_exactly_equal(
         pq.read_table(output).to_pylist(), stored_rows(settings, [BTC, ETH], BASE_MS, BASE_MS + MINUTES * MIN)
     )
