@@ -510,8 +510,9 @@ def export(
     file is written beside `output` and renamed to it once complete, so a failed export leaves no
     partial file behind.
 
-    The rows come over asyncpg: its COPY hands over what arrived in large pieces, where psycopg2's
-    calls Python once per row (which, not PostgreSQL, was what limited a Parquet export)."""
+    The rows come over asyncpg, `SLICES` connections at once: its COPY hands over what arrived in
+    large pieces, where psycopg2's calls Python once per row (which, not PostgreSQL, was what
+    limited a Parquet export), and each connection's backend renders its own rows' text."""
     return asyncio.run(_export(settings, ExportPlan(markets, interval, start_ms, end_ms), fmt, output))
 
 
@@ -542,7 +543,16 @@ async def _export(settings: Settings, plan: ExportPlan, fmt: str, output: Path) 
     finally:
         partial.unlink(missing_ok=True)
         for conn in conns:
-            await conn.close()  # read-only transactions: closing ends them
+            await _close(conn)
+
+
+async def _close(conn) -> None:
+    """Close a connection (its read-only transaction ends with it); one still busy with a COPY
+    that failed beside another is dropped instead of waited for."""
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except Exception:  # noqa: BLE001 - whatever the state, the connection goes
+        conn.terminate()
 
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]+")
