@@ -47,6 +47,7 @@ SCRIPTS = (
     Script("archive", ("--quick",)),
     Script("soak", ("--quick",)),
     Script("metrics", ("--quick",)),
+    Script("export", ("--quick",)),
 )
 
 

@@ -136,6 +136,19 @@ def encode_bars(bars: Sequence[Bar], as_ms: bool) -> bytes:
     return ("[" + body + "]").encode()
 
 
+CSV_HEADER = b"time,open,high,low,close,volume\n"
+
+
+def encode_csv_rows(bars: Sequence[Bar], as_ms: bool) -> bytes:
+    """CSV lines (no header: `CSV_HEADER`) of the same columns and text as `encode_bars`. Decimal
+    text and ISO times hold no comma, quote or line break, so nothing needs quoting."""
+    if as_ms:
+        return "".join([f"{t},{o},{h},{low},{c},{v}\n" for t, o, h, low, c, v in bars]).encode()
+    return "".join(
+        [f"{isoformat_z(ms_to_datetime(t))},{o},{h},{low},{c},{v}\n" for t, o, h, low, c, v in bars]
+    ).encode()
+
+
 def bar_dict(bar: Bar, as_ms: bool = True) -> dict:
     t, o, h, low, c, v = bar
     return {

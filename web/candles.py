@@ -61,15 +61,7 @@ async def ohlcvs_body(
     and no gap is to be filled - every page of history - PostgreSQL writes the body itself in one
     prepared query, or the `cache` of rendered closed history serves what it holds; otherwise the
     bars are read, merged and filled here (`read_ohlcvs`) and encoded."""
-    start_ms, end_ms, interval = query.start_ms, query.end_ms, query.interval
-    # A live minute counts by the open time of the bar holding it, as stored minutes do: the bar
-    # opening at `end` holds minutes after `end`.
-    live = [
-        b
-        for b in await recent_minutes(query.market)
-        if (start_ms is None or interval.bucket_start(b[0]) >= start_ms)
-        and (end_ms is None or interval.bucket_start(b[0]) <= end_ms)
-    ]
+    live = await _live_in_window(recent_minutes, query)
     if not live and not empty_ts:
         if cache is not None:
             return await cache.body(query, as_ms)
@@ -77,6 +69,31 @@ async def ohlcvs_body(
         return count, ("[" + text + "]").encode()
     bars = await read_ohlcvs(pool, live, query, empty_ts)
     return len(bars), encode_bars(bars, as_ms)
+
+
+async def ohlcvs_bars(
+    pool: ConnectionPool,
+    recent_minutes: Callable[[MarketKey], Awaitable[list[Bar]]],
+    query: BarQuery,
+    empty_ts: bool,
+) -> list[Bar]:
+    """The bars of `ohlcvs_body` as tuples, for answers other than JSON (CSV): the same bars, the
+    live minutes merged and gaps filled the same way."""
+    return await read_ohlcvs(pool, await _live_in_window(recent_minutes, query), query, empty_ts)
+
+
+async def _live_in_window(
+    recent_minutes: Callable[[MarketKey], Awaitable[list[Bar]]], query: BarQuery
+) -> list[Bar]:
+    """The live minutes that fall in a bar `query` asks for. A live minute counts by the open time
+    of the bar holding it, as stored minutes do: the bar opening at `end` holds minutes after `end`."""
+    start_ms, end_ms, interval = query.start_ms, query.end_ms, query.interval
+    return [
+        b
+        for b in await recent_minutes(query.market)
+        if (start_ms is None or interval.bucket_start(b[0]) >= start_ms)
+        and (end_ms is None or interval.bucket_start(b[0]) <= end_ms)
+    ]
 
 
 async def read_ohlcvs(pool: ConnectionPool, live: list[Bar], query: BarQuery, empty_ts: bool) -> list[Bar]:

@@ -3,85 +3,29 @@
 Bars leave as tuples `(time_ms, open, high, low, close, volume)` whose prices and volumes are the
 NUMERIC values' own text: nothing passes through a float. The 1-minute level reads `ohlcvs`, the
 others the `ohlcvs_summary_*` aggregates; 3h, 14D and 1M have no relation of their own and are
-rolled up in SQL from the level below (1h, 7D and 1D).
+rolled up in SQL from the level below (1h, 7D and 1D). Those definitions and the rows SQL are
+`common.levels`, shared with the export command.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 
 from psycopg2 import sql
 from psycopg2.extensions import connection as PgConnection
 
 from common.candle import Bar, MarketKey
-from common.db import BUCKET_ORIGIN
-from common.timeutil import datetime_to_ms, ms_to_datetime
 
-BUCKET_ORIGIN_MS = datetime_to_ms(BUCKET_ORIGIN)
-
-
-@dataclass(frozen=True, slots=True)
-class Interval:
-    """One bar width the API serves and where its bars come from."""
-
-    name: str
-    width_ms: int  # 0 for calendar months
-    relation: str
-    time_column: str
-    rollup_sql: str | None = None  # bucket expression over time_column when built from the level below
-
-    def bucket_start(self, time_ms: int) -> int:
-        """Open time of the bar that contains `time_ms` (same origin as the aggregates)."""
-        if self.width_ms == 0:
-            day = ms_to_datetime(time_ms)
-            return datetime_to_ms(datetime(day.year, day.month, 1, tzinfo=UTC))
-        return time_ms - (time_ms - BUCKET_ORIGIN_MS) % self.width_ms
-
-    def next_start(self, bucket_ms: int) -> int:
-        """Open time of the bar after the one opening at `bucket_ms`."""
-        if self.width_ms == 0:
-            day = ms_to_datetime(bucket_ms)
-            year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
-            return datetime_to_ms(datetime(year, month, 1, tzinfo=UTC))
-        return bucket_ms + self.width_ms
-
-
-_MIN = 60_000
-_H = 60 * _MIN
-_D = 24 * _H
-INTERVALS: dict[str, Interval] = {
-    i.name: i
-    for i in (
-        Interval("1m", _MIN, "ohlcvs", "time"),
-        Interval("5m", 5 * _MIN, "ohlcvs_summary_5min", "bucket"),
-        Interval("15m", 15 * _MIN, "ohlcvs_summary_15min", "bucket"),
-        Interval("30m", 30 * _MIN, "ohlcvs_summary_30min", "bucket"),
-        Interval("1h", _H, "ohlcvs_summary_1hour", "bucket"),
-        Interval("3h", 3 * _H, "ohlcvs_summary_1hour", "bucket", "date_bin('3 hours', bucket, %(origin)s)"),
-        Interval("6h", 6 * _H, "ohlcvs_summary_6hour", "bucket"),
-        Interval("12h", 12 * _H, "ohlcvs_summary_12hour", "bucket"),
-        Interval("1D", _D, "ohlcvs_summary_daily", "bucket"),
-        Interval("7D", 7 * _D, "ohlcvs_summary_7day", "bucket"),
-        Interval("14D", 14 * _D, "ohlcvs_summary_7day", "bucket", "date_bin('14 days', bucket, %(origin)s)"),
-        Interval("1M", 0, "ohlcvs_summary_daily", "bucket", "date_trunc('month', bucket, 'UTC')"),
-    )
-}
-
-
-@dataclass(frozen=True, slots=True)
-class BarQuery:
-    """One read of bars: the newest `limit` bars of `market` at `interval` whose open time is in
-    [start_ms, end_ms] (None: unbounded), answered oldest first. `dataclasses.replace` narrows it."""
-
-    market: MarketKey
-    interval: Interval
-    start_ms: int | None
-    end_ms: int | None
-    limit: int
-
+# The levels and their read SQL live in common.levels (the export reads them too); the web's
+# modules and tests keep naming them from here.
+from common.levels import BUCKET_ORIGIN_MS as BUCKET_ORIGIN_MS
+from common.levels import INTERVALS as INTERVALS
+from common.levels import BarQuery as BarQuery
+from common.levels import Interval as Interval
+from common.levels import NumberedQuery, bar_rows_sql, numbered
+from common.levels import bar_query_values as bars_body_values
+from common.timeutil import ms_to_datetime
 
 _BAR_COLUMNS = "open::text, high::text, low::text, close::text, volume::text"
 _MS = "(extract(epoch FROM {t}) * 1000)::bigint"
@@ -110,9 +54,6 @@ _FOLD_MINUTES = (
     "(array_agg(close ORDER BY time DESC))[1]::text, sum(volume)::text FROM ohlcvs "
     "WHERE exchange = %s AND base_id = %s AND quote_id = %s AND time >= %s AND time < %s"
 )
-
-_EARLIEST_MS = -62_135_596_800_000  # 0001-01-01
-_LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999
 
 
 def read_bars(conn: PgConnection, query: BarQuery) -> list[Bar]:
@@ -261,54 +202,17 @@ _BODY = (
     "SELECT count(*), coalesce(string_agg(format('{template}', {time}, open, high, low, close, volume), "
     "',' ORDER BY t), '') FROM ({rows}) AS s"
 )
-_DIRECT_ROWS = (
-    "SELECT {time} AS t, open, high, low, close, volume FROM {relation} "
-    "WHERE exchange = %(exchange)s AND base_id = %(base_id)s AND quote_id = %(quote_id)s "
-    "AND {time} >= %(start)s AND {time} <= %(end)s ORDER BY {time} DESC LIMIT %(limit)s"
-)
-_ROLLUP_ROWS = (
-    "SELECT b AS t, (array_agg(open ORDER BY bucket))[1] AS open, max(high) AS high, min(low) AS low, "
-    "(array_agg(close ORDER BY bucket DESC))[1] AS close, sum(volume) AS volume "
-    "FROM (SELECT {expr} AS b, bucket, open, high, low, close, volume FROM {relation} "
-    "WHERE exchange = %(exchange)s AND base_id = %(base_id)s AND quote_id = %(quote_id)s "
-    "AND bucket >= %(source_start)s AND bucket <= %(end)s) AS r "
-    "WHERE b >= %(start)s GROUP BY b ORDER BY b DESC LIMIT %(limit)s"
-)
-_NAMED = re.compile(r"%\((\w+)\)s")
-
-
-@dataclass(frozen=True, slots=True)
-class BodyQuery:
-    """A bars-body query with `$n` placeholders and the parameter name each number stands for."""
-
-    text: str
-    names: tuple[str, ...]
-
-    def arguments(self, values: dict[str, object]) -> list[object]:
-        return [values[name] for name in self.names]
 
 
 @cache
-def bars_body_query(interval_name: str, as_ms: bool) -> BodyQuery:
+def bars_body_query(interval_name: str, as_ms: bool) -> NumberedQuery:
     """SQL answering (number of bars, the bars as comma-separated JSON objects, ascending) for the
     newest `limit` bars of `interval_name` in [start, end]; the same bars as `read_bars`."""
     quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
     template = _BAR_OBJECT.format(time=quote)
-    return _numbered(_BODY.format(template=template, time=time_sql, rows=_rows_sql(INTERVALS[interval_name])))
-
-
-def bars_body_values(query: BarQuery) -> dict[str, object]:
-    """The named parameters of `query` for `read_bars`, `bars_body_query` and `bars_chunk_query`."""
-    start_ms, end_ms = query.start_ms, query.end_ms
-    exchange, base_id, quote_id = query.market
-    values: dict[str, object] = dict(exchange=exchange, base_id=base_id, quote_id=quote_id, limit=query.limit)
-    values["start"] = ms_to_datetime(_EARLIEST_MS if start_ms is None else start_ms)
-    values["end"] = ms_to_datetime(_LATEST_MS if end_ms is None else end_ms)
-    if query.interval.rollup_sql is not None:
-        # The source buckets of the first wanted bar start at its own (earlier or equal) open time.
-        first = query.interval.bucket_start(start_ms) if start_ms is not None else _EARLIEST_MS
-        values.update(source_start=ms_to_datetime(max(first, _EARLIEST_MS)), origin=BUCKET_ORIGIN)
-    return values
+    return numbered(
+        _BODY.format(template=template, time=time_sql, rows=bar_rows_sql(INTERVALS[interval_name]))
+    )
 
 
 _CHUNK = (
@@ -319,34 +223,15 @@ _CHUNK = (
 
 
 @cache
-def bars_chunk_query(interval_name: str, as_ms: bool) -> BodyQuery:
+def bars_chunk_query(interval_name: str, as_ms: bool) -> NumberedQuery:
     """SQL answering (bar open times in ms, each bar's JSON object), both ascending, for the same
     bars and the same text as `bars_body_query`: the web's history cache keeps them apart so it can
     slice any window out of a block."""
     quote, time_sql = _TIME_MS if as_ms else _TIME_ISO
     template = _BAR_OBJECT.format(time=quote)
-    return _numbered(
-        _CHUNK.format(template=template, time=time_sql, rows=_rows_sql(INTERVALS[interval_name]))
+    return numbered(
+        _CHUNK.format(template=template, time=time_sql, rows=bar_rows_sql(INTERVALS[interval_name]))
     )
-
-
-def _rows_sql(interval: Interval) -> str:
-    """The rows of one page of `interval` (newest first), from its table or rolled up from below."""
-    if interval.rollup_sql is None:
-        return _DIRECT_ROWS.format(time=f'"{interval.time_column}"', relation=f'"{interval.relation}"')
-    return _ROLLUP_ROWS.format(expr=interval.rollup_sql, relation=f'"{interval.relation}"')
-
-
-def _numbered(named: str) -> BodyQuery:
-    """`named` with its `%(name)s` parameters numbered `$1`... in order of first use, for asyncpg."""
-    names: list[str] = []
-
-    def number(match: re.Match) -> str:
-        if match[1] not in names:
-            names.append(match[1])
-        return f"${names.index(match[1]) + 1}"
-
-    return BodyQuery(_NAMED.sub(number, named), tuple(names))
 
 
 MARKET_EXTENT_QUERY = (

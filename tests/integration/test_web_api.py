@@ -470,4 +470,5 @@ def test_openapi_and_docs_are_served(api):
         "limit",
         "empty_ts",
         "results_mls",
+        "format",
     }

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import QueryParams
 
@@ -15,7 +15,10 @@ from common.exchanges import ExchangeName
 from web import reads
 from web.api.deps import AsyncPoolDep, HubDep, PoolDep, SettingsDep
 from web.api.errors import BadRequest, unknown_market
-from web.candles import ohlcvs_body
+from web.bars import CSV_HEADER, encode_csv_rows
+from web.candles import ohlcvs_bars, ohlcvs_body
+from web.database import ConnectionPool
+from web.live import LiveHub
 from web.reads import INTERVALS, BarQuery
 
 router = APIRouter(tags=["ohlcvs"])
@@ -24,6 +27,7 @@ Q = TypeVar("Q", bound=BaseModel)
 IntervalName = Literal["1m", "5m", "15m", "30m", "1h", "3h", "6h", "12h", "1D", "7D", "14D", "1M"]
 MAX_MS = 253_402_300_799_999
 DEFAULT_LIMIT = 500
+CSV_CHUNK_BARS = 1000
 
 
 class BarOut(BaseModel):
@@ -56,6 +60,10 @@ class OhlcvsQuery(BaseModel):
         False
     )
     results_mls: Annotated[bool, Field(description="time as ms (true) or ISO-8601 UTC text (false)")] = True
+    format: Annotated[
+        Literal["json", "csv"],
+        Field(description="json (an array of bar objects) or csv (a header, a line per bar)"),
+    ] = "json"
 
 
 def query_parameters(model: type[BaseModel]) -> list[dict]:
@@ -85,7 +93,13 @@ def parse_query(model: type[Q], params: QueryParams) -> Q:
 @router.get(
     "/ohlcvs",
     response_class=Response,
-    responses={200: {"model": list[BarOut], "description": "bars, oldest first"}},
+    responses={
+        200: {
+            "model": list[BarOut],
+            "description": "bars, oldest first (`format=csv`: text/csv with the same columns)",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        }
+    },
     summary="Candles of one market",
     openapi_extra={"parameters": query_parameters(OhlcvsQuery)},
 )
@@ -101,11 +115,14 @@ async def get_ohlcvs(
         raise BadRequest(f"limit: send a number from 1 to {settings.web_ohlcvs_max_limit} (got {limit})", 422)
     if start is not None and end is not None and start > end:
         raise BadRequest(f"start ({start}) is after end ({end}): send start <= end (both ms, inclusive)")
+    bar_query = BarQuery(market, INTERVALS[query.interval], start, end, limit)
+    if query.format == "csv":
+        return await csv_response(pool, hub, bar_query, query)
     count, body = await ohlcvs_body(
         fast,
         pool,
         hub.recent_minutes,
-        BarQuery(market, INTERVALS[query.interval], start, end, limit),
+        bar_query,
         query.empty_ts,
         query.results_mls,
         request.app.state.history_cache,
@@ -113,3 +130,26 @@ async def get_ohlcvs(
     if not count and not await pool.run(lambda conn: reads.market_exists(conn, market)):
         raise unknown_market(market)
     return Response(body, media_type="application/json")
+
+
+async def csv_response(
+    pool: ConnectionPool, hub: LiveHub, bar_query: BarQuery, query: OhlcvsQuery
+) -> StreamingResponse:
+    """The same bars as the JSON answer as CSV (`time,open,high,low,close,volume`, the stored
+    decimal text), streamed in chunks of `CSV_CHUNK_BARS` lines, with a file name to save it under."""
+    market = bar_query.market
+    bars = await ohlcvs_bars(pool, hub.recent_minutes, bar_query, query.empty_ts)
+    if not bars and not await pool.run(lambda conn: reads.market_exists(conn, market)):
+        raise unknown_market(market)
+
+    async def chunks():
+        yield CSV_HEADER
+        for index in range(0, len(bars), CSV_CHUNK_BARS):
+            yield encode_csv_rows(bars[index : index + CSV_CHUNK_BARS], query.results_mls)
+
+    filename = f"{market.exchange}_{market.base_id}_{market.quote_id}_{query.interval}.csv"
+    return StreamingResponse(
+        chunks(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

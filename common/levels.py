@@ -1,0 +1,152 @@
+"""The bar intervals the platform serves and the SQL that reads their bars, for every reader.
+
+The web API (`web.reads`) and the export command (`scripts.export`) read the same bars: the
+1-minute level from `ohlcvs`, the others from the `ohlcvs_summary_*` aggregates; 3h, 14D and 1M have
+no relation of their own and are rolled up in SQL from the level below (1h, 7D and 1D). Keeping the
+definitions and the SQL here means an export and a page of the API can never disagree on a bar.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from common.candle import MarketKey
+from common.db import BUCKET_ORIGIN
+from common.timeutil import datetime_to_ms, ms_to_datetime
+
+BUCKET_ORIGIN_MS = datetime_to_ms(BUCKET_ORIGIN)
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """One bar width the platform serves and where its bars come from."""
+
+    name: str
+    width_ms: int  # 0 for calendar months
+    relation: str
+    time_column: str
+    rollup_sql: str | None = None  # bucket expression over time_column when built from the level below
+
+    def bucket_start(self, time_ms: int) -> int:
+        """Open time of the bar that contains `time_ms` (same origin as the aggregates)."""
+        if self.width_ms == 0:
+            day = ms_to_datetime(time_ms)
+            return datetime_to_ms(datetime(day.year, day.month, 1, tzinfo=UTC))
+        return time_ms - (time_ms - BUCKET_ORIGIN_MS) % self.width_ms
+
+    def next_start(self, bucket_ms: int) -> int:
+        """Open time of the bar after the one opening at `bucket_ms`."""
+        if self.width_ms == 0:
+            day = ms_to_datetime(bucket_ms)
+            year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
+            return datetime_to_ms(datetime(year, month, 1, tzinfo=UTC))
+        return bucket_ms + self.width_ms
+
+
+_MIN = 60_000
+_H = 60 * _MIN
+_D = 24 * _H
+INTERVALS: dict[str, Interval] = {
+    i.name: i
+    for i in (
+        Interval("1m", _MIN, "ohlcvs", "time"),
+        Interval("5m", 5 * _MIN, "ohlcvs_summary_5min", "bucket"),
+        Interval("15m", 15 * _MIN, "ohlcvs_summary_15min", "bucket"),
+        Interval("30m", 30 * _MIN, "ohlcvs_summary_30min", "bucket"),
+        Interval("1h", _H, "ohlcvs_summary_1hour", "bucket"),
+        Interval("3h", 3 * _H, "ohlcvs_summary_1hour", "bucket", "date_bin('3 hours', bucket, %(origin)s)"),
+        Interval("6h", 6 * _H, "ohlcvs_summary_6hour", "bucket"),
+        Interval("12h", 12 * _H, "ohlcvs_summary_12hour", "bucket"),
+        Interval("1D", _D, "ohlcvs_summary_daily", "bucket"),
+        Interval("7D", 7 * _D, "ohlcvs_summary_7day", "bucket"),
+        Interval("14D", 14 * _D, "ohlcvs_summary_7day", "bucket", "date_bin('14 days', bucket, %(origin)s)"),
+        Interval("1M", 0, "ohlcvs_summary_daily", "bucket", "date_trunc('month', bucket, 'UTC')"),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BarQuery:
+    """One read of bars: the newest `limit` bars of `market` at `interval` whose open time is in
+    [start_ms, end_ms] (None: unbounded), answered oldest first; `limit` None reads them all.
+    `dataclasses.replace` narrows it."""
+
+    market: MarketKey
+    interval: Interval
+    start_ms: int | None
+    end_ms: int | None
+    limit: int | None
+
+
+_DIRECT_ROWS = (
+    "SELECT {time} AS t, open, high, low, close, volume FROM {relation} "
+    "WHERE exchange = %(exchange)s AND base_id = %(base_id)s AND quote_id = %(quote_id)s "
+    "AND {time} >= %(start)s AND {time} <= %(end)s ORDER BY {time} {order} LIMIT %(limit)s"
+)
+_ROLLUP_ROWS = (
+    "SELECT b AS t, (array_agg(open ORDER BY bucket))[1] AS open, max(high) AS high, min(low) AS low, "
+    "(array_agg(close ORDER BY bucket DESC))[1] AS close, sum(volume) AS volume "
+    "FROM (SELECT {expr} AS b, bucket, open, high, low, close, volume FROM {relation} "
+    "WHERE exchange = %(exchange)s AND base_id = %(base_id)s AND quote_id = %(quote_id)s "
+    "AND bucket >= %(source_start)s AND bucket <= %(end)s) AS r "
+    "WHERE b >= %(start)s GROUP BY b ORDER BY b {order} LIMIT %(limit)s"
+)
+
+
+def bar_rows_sql(interval: Interval, newest_first: bool = True) -> str:
+    """SQL (named `%(name)s` parameters, see `bar_query_values`) answering rows `(t, open, high, low,
+    close, volume)` of `interval`, NUMERIC as stored, from its table or rolled up from the level
+    below. A page wants the newest `limit` (newest first); an export walks forward through all of
+    them in index order (oldest first, `limit` None), which needs no sort."""
+    order = "DESC" if newest_first else "ASC"
+    if interval.rollup_sql is None:
+        return _DIRECT_ROWS.format(
+            time=f'"{interval.time_column}"', relation=f'"{interval.relation}"', order=order
+        )
+    return _ROLLUP_ROWS.format(expr=interval.rollup_sql, relation=f'"{interval.relation}"', order=order)
+
+
+EARLIEST_MS = -62_135_596_800_000  # 0001-01-01
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999
+
+
+def bar_query_values(query: BarQuery) -> dict[str, object]:
+    """The named parameters of `query` for `bar_rows_sql` and the queries built on it."""
+    start_ms, end_ms = query.start_ms, query.end_ms
+    exchange, base_id, quote_id = query.market
+    values: dict[str, object] = dict(exchange=exchange, base_id=base_id, quote_id=quote_id, limit=query.limit)
+    values["start"] = ms_to_datetime(EARLIEST_MS if start_ms is None else start_ms)
+    values["end"] = ms_to_datetime(LATEST_MS if end_ms is None else end_ms)
+    if query.interval.rollup_sql is not None:
+        # The source buckets of the first wanted bar start at its own (earlier or equal) open time.
+        first = query.interval.bucket_start(start_ms) if start_ms is not None else EARLIEST_MS
+        values.update(source_start=ms_to_datetime(max(first, EARLIEST_MS)), origin=BUCKET_ORIGIN)
+    return values
+
+
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True, slots=True)
+class NumberedQuery:
+    """A query with `$n` placeholders (asyncpg's) and the parameter name each number stands for."""
+
+    text: str
+    names: tuple[str, ...]
+
+    def arguments(self, values: dict[str, object]) -> list[object]:
+        return [values[name] for name in self.names]
+
+
+def numbered(named: str) -> NumberedQuery:
+    """`named` with its `%(name)s` parameters numbered `$1`... in order of first use, for asyncpg."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    return NumberedQuery(_NAMED.sub(number, named), tuple(names))
