@@ -36,6 +36,9 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
     "ohlcvs_summary_daily": timedelta(days=1),
     "ohlcvs_summary_7day": timedelta(days=7),
 }
+# With TimescaleDB these levels are views aggregating ohlcvs at read time, not continuous aggregates:
+# materialised, they would take more disk than the compressed minutes (docs/scaling.md).
+VIEW_LEVELS_TIMESCALEDB = frozenset({"ohlcvs_summary_5min", "ohlcvs_summary_15min", "ohlcvs_summary_30min"})
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
@@ -484,6 +487,8 @@ def refresh_aggregates(
             if has_timescaledb(conn):
                 at = now or datetime.now(UTC)
                 for level, width in AGGREGATE_LEVELS.items():
+                    if level in VIEW_LEVELS_TIMESCALEDB:
+                        continue
                     window = bucket_window(width, start, end, at)
                     if window is not None:
                         refresh_continuous_aggregate(cur, level, window)
