@@ -45,6 +45,7 @@ SCRIPTS = (
     Script("web", ("--seconds", "2", "--ws-seconds", "2", "--subscribers", "200")),
     Script("backfill", ("--quick",)),
     Script("soak", ("--quick",)),
+    Script("storage", ("--quick",)),
 )
 
 

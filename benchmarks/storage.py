@@ -257,14 +257,16 @@ def print_breakdown(settings: Settings, label: str) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT h.hypertable_name, coalesce(c.view_name, ''), d.table_bytes, d.index_bytes, "
-                "d.toast_bytes, d.total_bytes FROM timescaledb_information.hypertables h "
+                "SELECT coalesce(c.view_name, h.hypertable_name), d.table_bytes, d.index_bytes, "
+                "d.toast_bytes, d.total_bytes FROM (SELECT 'public' AS hypertable_schema, "
+                "'ohlcvs' AS hypertable_name UNION ALL SELECT materialization_hypertable_schema, "
+                "materialization_hypertable_name FROM timescaledb_information.continuous_aggregates) h "
                 "LEFT JOIN timescaledb_information.continuous_aggregates c "
                 "ON c.materialization_hypertable_name = h.hypertable_name "
                 "CROSS JOIN LATERAL hypertable_detailed_size(format('%I.%I', h.hypertable_schema, "
                 "h.hypertable_name)::regclass) d ORDER BY d.total_bytes DESC"
             )
-            print(f"{label}: hypertable, view, table, index, toast, total bytes")
+            print(f"{label}: relation, table, index, toast, total bytes")
             for row in cur.fetchall():
                 print("   ", *row)
     finally:

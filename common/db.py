@@ -36,9 +36,9 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
     "ohlcvs_summary_daily": timedelta(days=1),
     "ohlcvs_summary_7day": timedelta(days=7),
 }
-# With TimescaleDB these levels are views aggregating ohlcvs at read time, not continuous aggregates:
-# materialised, they would take more disk than the compressed minutes (docs/scaling.md).
-VIEW_LEVELS_TIMESCALEDB = frozenset({"ohlcvs_summary_5min", "ohlcvs_summary_15min", "ohlcvs_summary_30min"})
+# With TimescaleDB every level but the hourly one is a view (over ohlcvs below an hour, over the
+# hourly level above): materialised, they would take more disk than the compressed minutes.
+VIEW_LEVELS_TIMESCALEDB = frozenset(AGGREGATE_LEVELS) - {"ohlcvs_summary_1hour"}
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 

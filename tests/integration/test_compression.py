@@ -50,7 +50,7 @@ def compress_history(conn, timescaledb: bool) -> None:
                 "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_compression'"
             )
             jobs = [row[0] for row in cur.fetchall()]
-            assert len(jobs) == 6, "one policy for ohlcvs and one per materialised level"
+            assert len(jobs) == 2, "one policy for ohlcvs, one for the hourly level"
             for job in jobs:
                 cur.execute("CALL run_job(%s)", (job,))
             cur.execute(
@@ -202,8 +202,59 @@ def test_init_applies_the_compression_setting_idempotently(settings, db_conn, ti
         elif days == 0:
             assert found == {}
         else:
-            assert found["ohlcvs"] == f"{days} days"
-            assert found["ohlcvs_summary_1hour"] == f"{days} days"
-            assert found["ohlcvs_summary_7day"] == "37 days"  # beyond its refresh window
-            assert len(found) == 6
+            assert found == {"ohlcvs": f"{days} days", "ohlcvs_summary_1hour": f"{days} days"}
     assert policies() == default
+
+
+def test_init_turns_an_older_timescaledb_layout_into_the_stored_and_viewed_levels(
+    settings, db_conn, timescaledb
+):
+    """A database from before: 1-day chunks, no compression, every level a continuous aggregate.
+    `init` makes it today's layout without losing a row, and reads answer as before."""
+    if timescaledb:
+        db_conn.autocommit = True
+        with db_conn.cursor() as cur:
+            cur.execute("DROP VIEW geo_daily_return, weekly_return, top_20_quoted_vol, common_basequote_30")
+            for name in (
+                "ohlcvs_summary_5min",
+                "ohlcvs_summary_6hour",
+                "ohlcvs_summary_daily",
+                "ohlcvs_summary_7day",
+            ):
+                width = {"5min": "5 minutes", "6hour": "6 hours", "daily": "1 day", "7day": "7 days"}[
+                    name.rsplit("_", 1)[1]
+                ]
+                cur.execute(f"DROP VIEW {name}")
+                cur.execute(
+                    f"CREATE MATERIALIZED VIEW {name} WITH (timescaledb.continuous, "
+                    "timescaledb.materialized_only = false) AS "
+                    "SELECT time_bucket(%s::interval, time) AS bucket, exchange, base_id, quote_id, "
+                    "first(open, time) AS open, max(high) AS high, min(low) AS low, "
+                    "last(close, time) AS close, sum(volume) AS volume FROM ohlcvs "
+                    "GROUP BY bucket, exchange, base_id, quote_id WITH NO DATA",
+                    (width,),
+                )
+            cur.execute("SELECT remove_compression_policy('ohlcvs')")
+            cur.execute("ALTER TABLE ohlcvs SET (timescaledb.compress = false)")
+            cur.execute("SELECT set_chunk_time_interval('ohlcvs', INTERVAL '1 day')")
+        db_conn.autocommit = False
+    upsert_markets(db_conn, [BTC_USD, ETH_BTC])
+    upsert_candles(db_conn, minute_candles(BTC_USD, START, 3 * 1440, seed=3))
+    db_conn.commit()
+    refresh_aggregates(settings, None, None)
+    before_rows, before_api = stored_text(db_conn), api_bars(db_conn)
+
+    init_database(settings, plain=not timescaledb)
+    init_database(settings, plain=not timescaledb)
+    assert stored_text(db_conn) == before_rows
+    assert api_bars(db_conn) == before_api
+    compress_history(db_conn, timescaledb)
+    assert stored_text(db_conn) == before_rows
+    assert api_bars(db_conn) == before_api
+    assert_every_level_matches_ohlcvs(db_conn)
+    if timescaledb:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT view_name FROM timescaledb_information.continuous_aggregates")
+            assert cur.fetchall() == [("ohlcvs_summary_1hour",)]
+            cur.execute("SELECT count(*) FROM geo_daily_return")  # the analytics views are back
+        db_conn.rollback()
