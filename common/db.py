@@ -37,7 +37,7 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
     "ohlcvs_summary_7day": timedelta(days=7),
 }
 # With TimescaleDB every level but the hourly one is a view (over ohlcvs below an hour, over the
-# hourly level above): materialised, they would take more disk than the compressed minutes.
+# hourly level above): stored, they would hold 0.3 bars per minute stored below the hour alone.
 VIEW_LEVELS_TIMESCALEDB = frozenset(AGGREGATE_LEVELS) - {"ohlcvs_summary_1hour"}
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
