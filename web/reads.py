@@ -9,7 +9,7 @@ rolled up in SQL from the level below (1h, 7D and 1D).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
 
@@ -115,8 +115,42 @@ _EARLIEST_MS = -62_135_596_800_000  # 0001-01-01
 _LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999
 
 
+# With TimescaleDB these levels are views aggregating ohlcvs (docs/operations.md): the newest bars
+# with no start would aggregate a market's whole history first. The newest `limit` bars of width k
+# minutes lie at or after the bar holding the (limit * k)-th newest stored minute (a bar holds at
+# most k minutes), so that bar's open time is a start that changes no answer.
+_VIEW_INTERVALS = frozenset({"5m", "15m", "30m"})
+_MINUTE_FLOOR = (
+    "SELECT (extract(epoch FROM time) * 1000)::bigint FROM ohlcvs WHERE exchange = {} AND base_id = {} "
+    "AND quote_id = {} AND time <= {} ORDER BY time DESC OFFSET {} LIMIT 1"
+)
+MINUTE_FLOOR_QUERY = _MINUTE_FLOOR.format("$1", "$2", "$3", "$4", "$5")
+"""For asyncpg, with `minute_floor_arguments`."""
+
+
+def needs_minute_floor(query: BarQuery) -> bool:
+    return query.start_ms is None and query.interval.name in _VIEW_INTERVALS
+
+
+def minute_floor_arguments(query: BarQuery) -> tuple[object, ...]:
+    end = ms_to_datetime(_LATEST_MS if query.end_ms is None else query.end_ms)
+    return (*query.market, end, query.limit * (query.interval.width_ms // _MIN) - 1)
+
+
+def with_minute_floor(query: BarQuery, minute_ms: int | None) -> BarQuery:
+    """`query` starting at the bar that holds `minute_ms` (None: fewer minutes stored; unchanged)."""
+    if minute_ms is None:
+        return query
+    return replace(query, start_ms=query.interval.bucket_start(minute_ms))
+
+
 def read_bars(conn: PgConnection, query: BarQuery) -> list[Bar]:
     """The stored bars `query` asks for, ascending."""
+    if needs_minute_floor(query):
+        with conn.cursor() as cur:
+            cur.execute(_MINUTE_FLOOR.format(*["%s"] * 5), minute_floor_arguments(query))
+            row = cur.fetchone()
+        query = with_minute_floor(query, row[0] if row else None)
     interval = query.interval
     if interval.rollup_sql is None:
         statement = sql.SQL(_DIRECT).format(

@@ -258,3 +258,26 @@ def test_init_turns_an_older_timescaledb_layout_into_the_stored_and_viewed_level
             assert cur.fetchall() == [("ohlcvs_summary_1hour",)]
             cur.execute("SELECT count(*) FROM geo_daily_return")  # the analytics views are back
         db_conn.rollback()
+
+
+def test_newest_sub_hour_bars_without_a_start_equal_those_with_one(history, db_conn, timescaledb):
+    """Reads with no start begin at a bar found from the minutes (the sub-hour levels are views over
+    ohlcvs on TimescaleDB); with gaps of whole and partial bars the answer is the same as with a
+    start at the beginning of history."""
+    with db_conn.cursor() as cur:
+        cur.execute(
+            "DELETE FROM ohlcvs WHERE exchange = 'bitfinex' "
+            "AND (time >= %s OR extract(minute FROM time) < 20)",
+            (START + timedelta(minutes=MINUTES - 200),),
+        )
+    compress_history(db_conn, timescaledb)
+    key = MarketKey(BTC_USD.exchange, BTC_USD.base_id, BTC_USD.quote_id)
+    end = datetime_to_ms(START + timedelta(minutes=MINUTES - 90))
+    for name in ("5m", "15m", "30m"):
+        for limit, end_ms in ((1, None), (7, None), (40, None), (40, end)):
+            unbounded = read_bars(db_conn, BarQuery(key, INTERVALS[name], None, end_ms, limit))
+            from_start = read_bars(
+                db_conn, BarQuery(key, INTERVALS[name], datetime_to_ms(START), end_ms, limit)
+            )
+            assert unbounded == from_start and len(unbounded) == limit, (name, limit, end_ms)
+    db_conn.rollback()
