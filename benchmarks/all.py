@@ -48,6 +48,7 @@ SCRIPTS = (
     Script("soak", ("--quick",)),
     Script("metrics", ("--quick",)),
     Script("export", ("--quick",)),
+    Script("storage", ("--quick",)),
 )
 
 

@@ -38,6 +38,9 @@ AGGREGATE_LEVELS: dict[str, timedelta] = {
     "ohlcvs_summary_daily": timedelta(days=1),
     "ohlcvs_summary_7day": timedelta(days=7),
 }
+# With TimescaleDB every level but the hourly one is a view (over ohlcvs below an hour, over the
+# hourly level above): stored, they would hold 0.3 bars per minute stored below the hour alone.
+VIEW_LEVELS_TIMESCALEDB = frozenset(AGGREGATE_LEVELS) - {"ohlcvs_summary_1hour"}
 # time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
@@ -557,6 +560,8 @@ def refresh_aggregates(
             if has_timescaledb(conn):
                 at = now or datetime.now(UTC)
                 for level, width in AGGREGATE_LEVELS.items():
+                    if level in VIEW_LEVELS_TIMESCALEDB:
+                        continue
                     window = bucket_window(width, start, end, at)
                     if window is not None:
                         refresh_continuous_aggregate(cur, level, window)

@@ -143,6 +143,10 @@ def apply_schema(settings: Settings, plain: bool = False, directory: Path = INIT
             timescale = use_timescaledb(probe_timescaledb(conn), plain)
             if not timescale:
                 cur.execute("SELECT set_config('coin_for_rich.use_timescaledb', 'off', true)")
+            cur.execute(
+                "SELECT set_config('coin_for_rich.compress_after_days', %s, true)",
+                (str(settings.timescaledb_compress_after_days),),
+            )
             for path in init_sql_files(directory):
                 path_name = path.name
                 cur.execute(path.read_text())

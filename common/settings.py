@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     postgres_db: str = "coin_for_rich"
+    timescaledb_compress_after_days: int = Field(default=3, ge=0, le=36_500)
+    """TimescaleDB: compress (columnstore) ohlcvs chunks once they are this many days old; 0 = never.
+    Applied by `python -m scripts.database init` as TimescaleDB compression policies."""
 
     # Redis (broker, latest bars, shared rate budgets)
     redis_host: str = "127.0.0.1"

@@ -151,6 +151,9 @@ def changed_from(entries: list[bytes], seen: int | None) -> tuple[int | None, in
 async def body_from_database(fast: AsyncPool, query: BarQuery, as_ms: bool) -> tuple[int, str]:
     """(number of bars, comma-joined bar objects) of the bars `query` asks for, written by
     PostgreSQL in one prepared query (the uncached path)."""
+    if reads.needs_minute_floor(query):
+        row = await fast.fetchrow(reads.MINUTE_FLOOR_QUERY, *reads.minute_floor_arguments(query))
+        query = reads.with_minute_floor(query, row[0] if row else None)
     sql = reads.bars_body_query(query.interval.name, as_ms)
     count, text = await fast.fetchrow(sql.text, *sql.arguments(reads.bars_body_values(query)))
     return count, text

@@ -9,7 +9,7 @@ rolled up in SQL from the level below (1h, 7D and 1D). Those definitions and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from psycopg2 import sql
@@ -21,11 +21,11 @@ from common.candle import Bar, MarketKey
 # modules and tests keep naming them from here.
 from common.levels import BUCKET_ORIGIN_MS as BUCKET_ORIGIN_MS
 from common.levels import INTERVALS as INTERVALS
+from common.levels import LATEST_MS, NumberedQuery, bar_rows_sql, numbered
 from common.levels import BarQuery as BarQuery
 from common.levels import Interval as Interval
-from common.levels import NumberedQuery, bar_rows_sql, numbered
 from common.levels import bar_query_values as bars_body_values
-from common.timeutil import ms_to_datetime
+from common.timeutil import MINUTE_MS, ms_to_datetime
 
 _BAR_COLUMNS = "open::text, high::text, low::text, close::text, volume::text"
 _MS = "(extract(epoch FROM {t}) * 1000)::bigint"
@@ -56,8 +56,43 @@ _FOLD_MINUTES = (
 )
 
 
+# With TimescaleDB these levels are views aggregating ohlcvs (docs/operations.md): the newest bars
+# with no start would aggregate a market's whole history first. The newest `limit` bars of width k
+# minutes lie at or after the bar holding the (limit * k)-th newest stored minute (a bar holds at
+# most k minutes), so that bar's open time is a start that changes no answer.
+_VIEW_INTERVALS = frozenset({"5m", "15m", "30m"})
+_MINUTE_FLOOR = (
+    "SELECT (extract(epoch FROM time) * 1000)::bigint FROM ohlcvs WHERE exchange = {} AND base_id = {} "
+    "AND quote_id = {} AND time <= {} ORDER BY time DESC OFFSET {} LIMIT 1"
+)
+MINUTE_FLOOR_QUERY = _MINUTE_FLOOR.format("$1", "$2", "$3", "$4", "$5")
+"""For asyncpg, with `minute_floor_arguments`."""
+
+
+def needs_minute_floor(query: BarQuery) -> bool:
+    return query.start_ms is None and query.limit is not None and query.interval.name in _VIEW_INTERVALS
+
+
+def minute_floor_arguments(query: BarQuery) -> tuple[object, ...]:
+    assert query.limit is not None
+    end = ms_to_datetime(LATEST_MS if query.end_ms is None else query.end_ms)
+    return (*query.market, end, query.limit * (query.interval.width_ms // MINUTE_MS) - 1)
+
+
+def with_minute_floor(query: BarQuery, minute_ms: int | None) -> BarQuery:
+    """`query` starting at the bar that holds `minute_ms` (None: fewer minutes stored; unchanged)."""
+    if minute_ms is None:
+        return query
+    return replace(query, start_ms=query.interval.bucket_start(minute_ms))
+
+
 def read_bars(conn: PgConnection, query: BarQuery) -> list[Bar]:
     """The stored bars `query` asks for, ascending."""
+    if needs_minute_floor(query):
+        with conn.cursor() as cur:
+            cur.execute(_MINUTE_FLOOR.format(*["%s"] * 5), minute_floor_arguments(query))
+            row = cur.fetchone()
+        query = with_minute_floor(query, row[0] if row else None)
     interval = query.interval
     if interval.rollup_sql is None:
         statement = sql.SQL(_DIRECT).format(
