@@ -29,9 +29,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.backfill import fresh_database, platform_settings, settings_env
+from benchmarks.backfill import settings_env
 from benchmarks.measure import Result, machine, report
-from benchmarks.soak import HEARTBEAT_SECONDS, SIM_BEATS, Supervisor, log
+from benchmarks.soak import SIM_BEATS, Supervisor, live_platform_settings, log, start_platform
 from common.exchanges import EXCHANGES
 from common.redis_keys import ws_health_key
 from fetchers.rest.markets import refresh_markets
@@ -78,49 +78,27 @@ def connected(settings, since_ms: int) -> bool:
         client.close()
 
 
-def start_platform(supervisor: Supervisor, logdir: Path) -> None:
-    """The Procfile's processes less Flower, the web included."""
-    for exchange in EXCHANGES:
-        supervisor.add(f"fetch-{exchange}", "scripts.fetchers.ws", "fetch", "--exchange", exchange)
-    supervisor.add("updater", "scripts.fetchers.ws", "update")
-    celery = ("celery", "-A", "celery_app.celery_main")
-    queues = ",".join(f"{exchange}_rest" for exchange in EXCHANGES)
-    supervisor.add(
-        "worker", *celery, "worker", "-Q", queues, "--concurrency", str(len(EXCHANGES)), "--loglevel", "INFO"
-    )
-    supervisor.add("beat", *celery, "beat", "-s", str(logdir / "beat-schedule"), "--loglevel", "INFO")
-    supervisor.add("web", "web")
-
-
 def measure(args: argparse.Namespace, pg: PostgresServer, rd: RedisServer, logdir: Path) -> list[Result]:
     flags = ["--markets", args.markets, "--speed", str(SPEED), "--rate-window-seconds", "3"]
     flags += ["--max-updates-per-real-second", "1", *SIM_BEATS]
     with simulator_process(*flags, log_path=logdir / "simulator.err") as sim:
-        settings = fresh_database(
+        settings = live_platform_settings(
             pg,
+            rd,
+            sim,
+            logdir,
+            3.0,
             DATABASE,
-            lambda db: platform_settings(
-                pg, rd, sim, db,
-                log_dir=logdir,
-                web_port=free_port(),
-                rest_rate_window_seconds=3.0,
-                updater_flush_seconds=0.5,
-                ws_connect_window_seconds=3.0,
-                bitfinex_ws_heartbeat_seconds=HEARTBEAT_SECONDS,
-                binance_ws_heartbeat_seconds=HEARTBEAT_SECONDS,
-                bittrex_ws_heartbeat_seconds=HEARTBEAT_SECONDS,
-                ws_backoff_base_seconds=0.1,
-                ws_backoff_max_seconds=1.0,
-                repair_interval_seconds=args.repair_interval,
-            ),
-        )  # fmt: skip
+            web_port=free_port(),
+            repair_interval_seconds=args.repair_interval,
+        )
         for exchange in EXCHANGES:
             asyncio.run(refresh_markets(settings, exchange))
         supervisor = Supervisor({**settings_env(settings), "PYTHONUNBUFFERED": "1"}, logdir)
         base = f"http://127.0.0.1:{settings.web_port}"
         try:
             started_ms = int(time.time() * 1000)
-            start_platform(supervisor, logdir)
+            start_platform(supervisor, logdir, web=True)
             wait_for(lambda: connected(settings, started_ms), 300, "every connection up")
             log(f"every connection up; running {args.warm_seconds:g} s before scraping")
             time.sleep(args.warm_seconds)

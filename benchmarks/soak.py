@@ -650,16 +650,24 @@ def simulator_flags(options: Options) -> list[str]:
     ]  # fmt: skip
 
 
-def soak_settings(pg: PostgresServer, rd: RedisServer, sim: SimHandle, options: Options, logdir: Path):
-    """The platform pointed at the simulator and the throwaway servers, with the simulator's budgets
-    and beats and a repair that runs often with a short settle time."""
+def live_platform_settings(
+    pg: PostgresServer,
+    rd: RedisServer,
+    sim: SimHandle,
+    logdir: Path,
+    rate_window: float,
+    database: str = DATABASE,
+    **extra,
+) -> Settings:
+    """The whole platform pointed at the simulator and the throwaway servers, in a fresh database,
+    with the simulator's budget window and beats and fast reconnects; `extra` settings on top."""
     return fresh_database(
         pg,
-        DATABASE,
+        database,
         lambda db: platform_settings(
             pg, rd, sim, db,
             log_dir=logdir,
-            rest_rate_window_seconds=options.rate_window,
+            rest_rate_window_seconds=rate_window,
             updater_flush_seconds=0.5,
             ws_connect_window_seconds=3.0,
             bitfinex_ws_heartbeat_seconds=HEARTBEAT_SECONDS,
@@ -667,14 +675,26 @@ def soak_settings(pg: PostgresServer, rd: RedisServer, sim: SimHandle, options: 
             bittrex_ws_heartbeat_seconds=HEARTBEAT_SECONDS,
             ws_backoff_base_seconds=0.1,
             ws_backoff_max_seconds=1.0,
-            repair_interval_seconds=options.repair_interval,
-            repair_settle_minutes=options.settle_minutes,
+            **extra,
         ),
     )  # fmt: skip
 
 
-def start_platform(supervisor: Supervisor, logdir: Path) -> None:
-    """The Procfile's processes (less the web and Flower): fetchers, updater, worker, beat."""
+def soak_settings(pg: PostgresServer, rd: RedisServer, sim: SimHandle, options: Options, logdir: Path):
+    """The live platform with a repair that runs often with a short settle time."""
+    return live_platform_settings(
+        pg,
+        rd,
+        sim,
+        logdir,
+        options.rate_window,
+        repair_interval_seconds=options.repair_interval,
+        repair_settle_minutes=options.settle_minutes,
+    )
+
+
+def start_platform(supervisor: Supervisor, logdir: Path, web: bool = False) -> None:
+    """The Procfile's processes less Flower: fetchers, updater, worker, beat, and the web if asked."""
     for exchange in EXCHANGES:
         supervisor.add(f"fetch-{exchange}", "scripts.fetchers.ws", "fetch", "--exchange", exchange)
     supervisor.add("updater", "scripts.fetchers.ws", "update")
@@ -684,6 +704,8 @@ def start_platform(supervisor: Supervisor, logdir: Path) -> None:
         "worker", *celery, "worker", "-Q", queues, "--concurrency", str(len(EXCHANGES)), "--loglevel", "INFO"
     )
     supervisor.add("beat", *celery, "beat", "-s", str(logdir / "beat-schedule"), "--loglevel", "INFO")
+    if web:
+        supervisor.add("web", "web")
 
 
 @dataclass

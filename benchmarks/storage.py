@@ -47,6 +47,7 @@ from common.db import (
     upsert_candle_blocks,
     upsert_markets,
 )
+from common.levels import INTERVALS
 from common.schema import apply_schema
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ms_to_datetime
@@ -66,16 +67,12 @@ UPDATER_FLUSH_ROWS = 1_000
 list (1,262 trading markets) every minute."""
 TARGET_BYTES = 12.0
 TARGET_SHARE = 0.8
-SUMMARIES = (
-    "ohlcvs_summary_5min",
-    "ohlcvs_summary_15min",
-    "ohlcvs_summary_30min",
-    "ohlcvs_summary_1hour",
-    "ohlcvs_summary_6hour",
-    "ohlcvs_summary_12hour",
-    "ohlcvs_summary_daily",
-    "ohlcvs_summary_7day",
+SUMMARIES = tuple(
+    interval.relation
+    for interval in INTERVALS.values()
+    if interval.rollup_sql is None and interval.relation != "ohlcvs"
 )
+"""Every summary level's relation (table, aggregate or view), as the API reads them."""
 
 
 @dataclass
