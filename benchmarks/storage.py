@@ -47,7 +47,6 @@ from common.db import (
     upsert_candle_blocks,
     upsert_markets,
 )
-from common.levels import INTERVALS
 from common.schema import apply_schema
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ms_to_datetime
