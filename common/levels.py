@@ -28,6 +28,10 @@ class Interval:
     relation: str
     time_column: str
     rollup_sql: str | None = None  # bucket expression over time_column when built from the level below
+    settle_ms: int = 0
+    """How far before the newest stored minute a bar may still change without a version bump: a
+    TimescaleDB refresh rewrites buckets this far back (the hourly policy's `start_offset`, plus the
+    bar's own width for levels made from it); the web's history cache keeps no block younger."""
 
     def bucket_start(self, time_ms: int) -> int:
         """Open time of the bar that contains `time_ms` (same origin as the aggregates)."""
@@ -51,18 +55,27 @@ _D = 24 * _H
 INTERVALS: dict[str, Interval] = {
     i.name: i
     for i in (
-        Interval("1m", _MIN, "ohlcvs", "time"),
-        Interval("5m", 5 * _MIN, "ohlcvs_summary_5min", "bucket"),
-        Interval("15m", 15 * _MIN, "ohlcvs_summary_15min", "bucket"),
-        Interval("30m", 30 * _MIN, "ohlcvs_summary_30min", "bucket"),
-        Interval("1h", _H, "ohlcvs_summary_1hour", "bucket"),
-        Interval("3h", 3 * _H, "ohlcvs_summary_1hour", "bucket", "date_bin('3 hours', bucket, %(origin)s)"),
-        Interval("6h", 6 * _H, "ohlcvs_summary_6hour", "bucket"),
-        Interval("12h", 12 * _H, "ohlcvs_summary_12hour", "bucket"),
-        Interval("1D", _D, "ohlcvs_summary_daily", "bucket"),
-        Interval("7D", 7 * _D, "ohlcvs_summary_7day", "bucket"),
-        Interval("14D", 14 * _D, "ohlcvs_summary_7day", "bucket", "date_bin('14 days', bucket, %(origin)s)"),
-        Interval("1M", 0, "ohlcvs_summary_daily", "bucket", "date_trunc('month', bucket, 'UTC')"),
+        Interval("1m", _MIN, "ohlcvs", "time", settle_ms=2 * _MIN),
+        Interval("5m", 5 * _MIN, "ohlcvs_summary_5min", "bucket", settle_ms=_H),
+        Interval("15m", 15 * _MIN, "ohlcvs_summary_15min", "bucket", settle_ms=3 * _H),
+        Interval("30m", 30 * _MIN, "ohlcvs_summary_30min", "bucket", settle_ms=6 * _H),
+        Interval("1h", _H, "ohlcvs_summary_1hour", "bucket", settle_ms=12 * _H),
+        Interval(
+            "3h", 3 * _H, "ohlcvs_summary_1hour", "bucket", "date_bin('3 hours', bucket, %(origin)s)", 12 * _H
+        ),
+        Interval("6h", 6 * _H, "ohlcvs_summary_6hour", "bucket", settle_ms=3 * _D),
+        Interval("12h", 12 * _H, "ohlcvs_summary_12hour", "bucket", settle_ms=6 * _D),
+        Interval("1D", _D, "ohlcvs_summary_daily", "bucket", settle_ms=10 * _D),
+        Interval("7D", 7 * _D, "ohlcvs_summary_7day", "bucket", settle_ms=30 * _D),
+        Interval(
+            "14D",
+            14 * _D,
+            "ohlcvs_summary_7day",
+            "bucket",
+            "date_bin('14 days', bucket, %(origin)s)",
+            30 * _D,
+        ),
+        Interval("1M", 0, "ohlcvs_summary_daily", "bucket", "date_trunc('month', bucket, 'UTC')", 10 * _D),
     )
 }
 

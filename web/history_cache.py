@@ -42,26 +42,6 @@ from web.reads import BUCKET_ORIGIN_MS, BarQuery, Interval
 LATEST_MS = 253_402_300_799_999
 BLOCK_BARS = 1000
 BLOCK_SPAN_MS = 42 * 86_400_000
-_MIN = 60_000
-_H = 60 * _MIN
-_D = 24 * _H
-SETTLE_MS = {
-    "1m": 2 * _MIN,
-    "5m": _H,
-    "15m": 3 * _H,
-    "30m": 6 * _H,
-    "1h": 12 * _H,
-    "3h": 12 * _H,
-    "6h": 3 * _D,
-    "12h": 6 * _D,
-    "1D": 10 * _D,
-    "1M": 10 * _D,
-    "7D": 30 * _D,
-    "14D": 30 * _D,
-}
-"""How far a block must end before the newest stored minute to be kept: the TimescaleDB refresh
-policies' `start_offset` of the level the interval reads (scripts/database/init/002_timescaledb.sql),
-since a policy run rewrites those buckets without a version bump; two minutes for 1m."""
 
 
 HEADS = "return {redis.call('LINDEX', KEYS[1], 0), redis.call('LINDEX', KEYS[2], 0)}"
@@ -203,7 +183,7 @@ class HistoryCache:
         lo = EARLIEST_MS if start_ms is None else start_ms
         hi = LATEST_MS if end_ms is None else end_ms
         fresh_from = (
-            LATEST_MS + 1 if newest is None else block_bounds(interval, newest - SETTLE_MS[interval.name])[0]
+            LATEST_MS + 1 if newest is None else block_bounds(interval, newest - interval.settle_ms)[0]
         )
         if end_ms is not None and interval.rollup_sql is not None:
             fresh_from = min(fresh_from, interval.bucket_start(hi))

@@ -24,7 +24,8 @@ from web.reads import INTERVALS, BarQuery
 router = APIRouter(tags=["ohlcvs"])
 
 Q = TypeVar("Q", bound=BaseModel)
-IntervalName = Literal["1m", "5m", "15m", "30m", "1h", "3h", "6h", "12h", "1D", "7D", "14D", "1M"]
+IntervalName = Literal[tuple(INTERVALS)]  # type: ignore[valid-type]
+"""The API's interval names, made from the levels `common.levels` declares."""
 MAX_MS = 253_402_300_799_999
 DEFAULT_LIMIT = 500
 CSV_CHUNK_BARS = 1000
