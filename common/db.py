@@ -26,23 +26,8 @@ from psycopg2.extensions import connection as PgConnection
 from common import ohlcvs_versions
 from common.backoff import backoff_seconds
 from common.candle import Candle, CandleBlock, Market, only_number_chars
+from common.levels import AGGREGATE_LEVELS, BUCKET_ORIGIN, VIEW_LEVELS_TIMESCALEDB
 from common.settings import Settings, get_settings
-
-AGGREGATE_LEVELS: dict[str, timedelta] = {
-    "ohlcvs_summary_5min": timedelta(minutes=5),
-    "ohlcvs_summary_15min": timedelta(minutes=15),
-    "ohlcvs_summary_30min": timedelta(minutes=30),
-    "ohlcvs_summary_1hour": timedelta(hours=1),
-    "ohlcvs_summary_6hour": timedelta(hours=6),
-    "ohlcvs_summary_12hour": timedelta(hours=12),
-    "ohlcvs_summary_daily": timedelta(days=1),
-    "ohlcvs_summary_7day": timedelta(days=7),
-}
-# With TimescaleDB every level but the hourly one is a view (over ohlcvs below an hour, over the
-# hourly level above): stored, they would hold 0.3 bars per minute stored below the hour alone.
-VIEW_LEVELS_TIMESCALEDB = frozenset(AGGREGATE_LEVELS) - {"ohlcvs_summary_1hour"}
-# time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one.
-BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 COPY_CHUNK_BYTES = 1 << 20
 """How much COPY text psycopg2 reads per call (its default, 8 KiB, costs a call per 70 rows)."""

@@ -1,22 +1,102 @@
-"""The bar intervals the platform serves and the SQL that reads their bars, for every reader.
+"""The summary levels and bar intervals of the platform, declared once, and the SQL that reads bars.
 
-The web API (`web.reads`) and the export command (`scripts.export`) read the same bars: the
-1-minute level from `ohlcvs`, the others from the `ohlcvs_summary_*` aggregates; 3h, 14D and 1M have
-no relation of their own and are rolled up in SQL from the level below (1h, 7D and 1D). Keeping the
-definitions and the SQL here means an export and a page of the API can never disagree on a bar.
+`SUMMARY_LEVELS` is the one list of summary relations: `python -m scripts.database init` writes it
+into `ohlcv_aggregate_levels`, from which the init SQL builds the tables (plain PostgreSQL) or the
+continuous aggregate and views (TimescaleDB); the refresh code, the API's intervals
+(`INTERVALS`, `IntervalName`), the web's history cache and the benchmarks follow from it too.
+3h, 14D and 1M have no relation of their own and are rolled up in SQL from the level below (1h, 7D
+and 1D). The web API (`web.reads`) and the export command (`scripts.export`) read bars through the
+SQL here, so an export and a page of the API can never disagree on a bar.
+
+To add a level: one `SummaryLevel` line (and, if the API should serve a width that is not a level,
+one `ROLLUPS` line); `init` creates and fills it on either database path.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from common.candle import MarketKey
-from common.db import BUCKET_ORIGIN
 from common.timeutil import datetime_to_ms, ms_to_datetime
 
+BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+"""time_bucket's default origin (a Monday); the plain-PostgreSQL summaries use the same one."""
 BUCKET_ORIGIN_MS = datetime_to_ms(BUCKET_ORIGIN)
+
+_MIN = 60_000
+_H = 60 * _MIN
+_D = 24 * _H
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryLevel:
+    """One summary relation (`ohlcvs_summary_*`, columns bucket, exchange, base_id, quote_id, open,
+    high, low, close, volume) and how each database path makes it."""
+
+    relation: str
+    width: timedelta
+    api_name: str
+    """The interval name `GET /api/ohlcvs` serves it as."""
+    plain_source: str
+    """Plain PostgreSQL: a table rebuilt from this relation (the level below; buckets nest)."""
+    timescale_view_of: str | None
+    """TimescaleDB: a view aggregating this relation, or None for the one stored level (a
+    compressed continuous aggregate of ohlcvs, made in 002_timescaledb.sql)."""
+    settle_ms: int
+    """How far before the newest stored minute a bar may still change without a version bump: a
+    TimescaleDB refresh rewrites buckets this far back (the hourly policy's `start_offset`, or
+    more); the web's history cache keeps no block younger."""
+
+
+SUMMARY_LEVELS: tuple[SummaryLevel, ...] = (
+    SummaryLevel("ohlcvs_summary_5min", timedelta(minutes=5), "5m", "ohlcvs", "ohlcvs", _H),
+    SummaryLevel(
+        "ohlcvs_summary_15min", timedelta(minutes=15), "15m", "ohlcvs_summary_5min", "ohlcvs", 3 * _H
+    ),
+    SummaryLevel(
+        "ohlcvs_summary_30min", timedelta(minutes=30), "30m", "ohlcvs_summary_15min", "ohlcvs", 6 * _H
+    ),
+    SummaryLevel("ohlcvs_summary_1hour", timedelta(hours=1), "1h", "ohlcvs_summary_30min", None, 12 * _H),
+    SummaryLevel(
+        "ohlcvs_summary_6hour",
+        timedelta(hours=6),
+        "6h",
+        "ohlcvs_summary_1hour",
+        "ohlcvs_summary_1hour",
+        3 * _D,
+    ),
+    SummaryLevel(
+        "ohlcvs_summary_12hour",
+        timedelta(hours=12),
+        "12h",
+        "ohlcvs_summary_6hour",
+        "ohlcvs_summary_1hour",
+        6 * _D,
+    ),
+    SummaryLevel(
+        "ohlcvs_summary_daily",
+        timedelta(days=1),
+        "1D",
+        "ohlcvs_summary_12hour",
+        "ohlcvs_summary_1hour",
+        10 * _D,
+    ),
+    SummaryLevel(
+        "ohlcvs_summary_7day",
+        timedelta(days=7),
+        "7D",
+        "ohlcvs_summary_daily",
+        "ohlcvs_summary_1hour",
+        30 * _D,
+    ),
+)
+AGGREGATE_LEVELS: dict[str, timedelta] = {level.relation: level.width for level in SUMMARY_LEVELS}
+"""Relation -> bucket width, finest first."""
+VIEW_LEVELS_TIMESCALEDB = frozenset(level.relation for level in SUMMARY_LEVELS if level.timescale_view_of)
+"""The levels that are views on TimescaleDB (stored, those below the hour alone would hold 0.3 bars
+per minute stored)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +109,7 @@ class Interval:
     time_column: str
     rollup_sql: str | None = None  # bucket expression over time_column when built from the level below
     settle_ms: int = 0
-    """How far before the newest stored minute a bar may still change without a version bump: a
-    TimescaleDB refresh rewrites buckets this far back (the hourly policy's `start_offset`, plus the
-    bar's own width for levels made from it); the web's history cache keeps no block younger."""
+    """See `SummaryLevel.settle_ms`; two minutes for 1m."""
 
     def bucket_start(self, time_ms: int) -> int:
         """Open time of the bar that contains `time_ms` (same origin as the aggregates)."""
@@ -49,35 +127,39 @@ class Interval:
         return bucket_ms + self.width_ms
 
 
-_MIN = 60_000
-_H = 60 * _MIN
-_D = 24 * _H
-INTERVALS: dict[str, Interval] = {
-    i.name: i
-    for i in (
-        Interval("1m", _MIN, "ohlcvs", "time", settle_ms=2 * _MIN),
-        Interval("5m", 5 * _MIN, "ohlcvs_summary_5min", "bucket", settle_ms=_H),
-        Interval("15m", 15 * _MIN, "ohlcvs_summary_15min", "bucket", settle_ms=3 * _H),
-        Interval("30m", 30 * _MIN, "ohlcvs_summary_30min", "bucket", settle_ms=6 * _H),
-        Interval("1h", _H, "ohlcvs_summary_1hour", "bucket", settle_ms=12 * _H),
+ROLLUPS: tuple[tuple[str, int, str, str, int], ...] = (
+    ("3h", 3 * _H, "1h", "date_bin('3 hours', bucket, %(origin)s)", 12 * _H),
+    ("14D", 14 * _D, "7D", "date_bin('14 days', bucket, %(origin)s)", 30 * _D),
+    ("1M", 0, "1D", "date_trunc('month', bucket, 'UTC')", 10 * _D),
+)
+"""Intervals the API serves without a relation of their own: (name, width in ms or 0 for calendar
+months, the interval they are rolled up from, the bucket expression, settle time)."""
+
+
+def _intervals() -> dict[str, Interval]:
+    levels = [
         Interval(
-            "3h", 3 * _H, "ohlcvs_summary_1hour", "bucket", "date_bin('3 hours', bucket, %(origin)s)", 12 * _H
-        ),
-        Interval("6h", 6 * _H, "ohlcvs_summary_6hour", "bucket", settle_ms=3 * _D),
-        Interval("12h", 12 * _H, "ohlcvs_summary_12hour", "bucket", settle_ms=6 * _D),
-        Interval("1D", _D, "ohlcvs_summary_daily", "bucket", settle_ms=10 * _D),
-        Interval("7D", 7 * _D, "ohlcvs_summary_7day", "bucket", settle_ms=30 * _D),
-        Interval(
-            "14D",
-            14 * _D,
-            "ohlcvs_summary_7day",
+            level.api_name,
+            level.width // timedelta(milliseconds=1),
+            level.relation,
             "bucket",
-            "date_bin('14 days', bucket, %(origin)s)",
-            30 * _D,
-        ),
-        Interval("1M", 0, "ohlcvs_summary_daily", "bucket", "date_trunc('month', bucket, 'UTC')", 10 * _D),
-    )
-}
+            None,
+            level.settle_ms,
+        )
+        for level in SUMMARY_LEVELS
+    ]
+    by_name = {interval.name: interval for interval in levels}
+    rolled = [
+        Interval(name, width, by_name[source].relation, "bucket", expr, settle)
+        for name, width, source, expr, settle in ROLLUPS
+    ]
+    every = [Interval("1m", _MIN, "ohlcvs", "time", settle_ms=2 * _MIN), *levels, *rolled]
+    every.sort(key=lambda interval: interval.width_ms or 1 << 62)  # calendar months last
+    return {interval.name: interval for interval in every}
+
+
+INTERVALS: dict[str, Interval] = _intervals()
+"""Every interval the API serves, by name, finest first."""
 
 
 @dataclass(frozen=True, slots=True)

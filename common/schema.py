@@ -1,10 +1,11 @@
 """Apply the SQL in scripts/database/init/ — idempotently and all-or-nothing — and fill the summaries.
 
-The same files run unchanged in a TimescaleDB container's first start (psql) and here, because
-every TimescaleDB-specific statement is guarded by a check for the extension. Here, before any of
-them runs, the server is probed: TimescaleDB installed but not preloaded is refused with one line
-saying how to enable it (creating the extension there ends the session with a FATAL error), and a
-database initialised plain stays plain, so guessing would leave the wrong kind behind.
+The same files serve both database paths, because every TimescaleDB-specific statement is guarded
+by a check for the extension; they read the summary levels from `ohlcv_aggregate_levels`, which
+init writes from `common.levels` first. Before any of them runs, the server is probed: TimescaleDB
+installed but not preloaded is refused with one line saying how to enable it (creating the
+extension there ends the session with a FATAL error), and a database initialised plain stays plain,
+so guessing would leave the wrong kind behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from common.db import DatabaseError, connect, error_line, has_timescaledb, refresh_aggregates
+from common.levels import SUMMARY_LEVELS
 from common.settings import PROJECT_ROOT, Settings
 
 INIT_SQL_DIR = PROJECT_ROOT / "scripts" / "database" / "init"
@@ -130,6 +132,39 @@ def drop_database(settings: Settings) -> None:
         admin.close()
 
 
+_LEVELS_TABLE = """
+CREATE TABLE IF NOT EXISTS ohlcv_aggregate_levels (
+    name    text     PRIMARY KEY,
+    width   interval NOT NULL UNIQUE,
+    source  text     NOT NULL,
+    ordinal integer  NOT NULL UNIQUE
+);
+-- Start of the earliest materialised bucket that was still open at the last refresh (plain path):
+-- rows written into it later (live updates, anyone's INSERT) are picked up by the next refresh.
+ALTER TABLE ohlcv_aggregate_levels ADD COLUMN IF NOT EXISTS open_from timestamptz;
+ALTER TABLE ohlcv_aggregate_levels ADD COLUMN IF NOT EXISTS timescale_view_of text;
+UPDATE ohlcv_aggregate_levels SET ordinal = -ordinal;
+"""
+_UPSERT_LEVEL = """
+INSERT INTO ohlcv_aggregate_levels (name, width, source, ordinal, timescale_view_of)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (name) DO UPDATE SET width = EXCLUDED.width, source = EXCLUDED.source,
+    ordinal = EXCLUDED.ordinal, timescale_view_of = EXCLUDED.timescale_view_of
+"""
+
+
+def write_summary_levels(cur) -> None:
+    """Write `common.levels.SUMMARY_LEVELS` into `ohlcv_aggregate_levels`, which the init SQL reads
+    to build each level on either database path (the one declaration of the levels). Ordinals are
+    renumbered; a level no longer declared leaves the table (its relation is left to the user)."""
+    cur.execute(_LEVELS_TABLE)
+    for ordinal, level in enumerate(SUMMARY_LEVELS, start=1):
+        cur.execute(
+            _UPSERT_LEVEL, (level.relation, level.width, level.plain_source, ordinal, level.timescale_view_of)
+        )
+    cur.execute("DELETE FROM ohlcv_aggregate_levels WHERE ordinal < 0")
+
+
 def apply_schema(settings: Settings, plain: bool = False, directory: Path = INIT_SQL_DIR) -> bool:
     """Run every init file in one transaction; returns whether TimescaleDB is in use.
 
@@ -147,6 +182,8 @@ def apply_schema(settings: Settings, plain: bool = False, directory: Path = INIT
                 "SELECT set_config('coin_for_rich.compress_after_days', %s, true)",
                 (str(settings.timescaledb_compress_after_days),),
             )
+            path_name = "the summary levels"
+            write_summary_levels(cur)
             for path in init_sql_files(directory):
                 path_name = path.name
                 cur.execute(path.read_text())
@@ -178,15 +215,17 @@ def materialise_existing_rows(settings: Settings, timescale: bool) -> None:
     TimescaleDB's continuous aggregates are created WITH NO DATA: without this, old rows show only
     through real-time aggregation until a later refresh moves the watermark past them, and then not at
     all. Refreshing everything is cheap where nothing changed, so it always runs there. The plain
-    tables are filled when they are empty and `ohlcvs` is not.
+    tables are filled when one of them is empty (new, or a level just added) and `ohlcvs` is not.
     """
     if not timescale:
         conn = connect(settings)
         try:
             with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT EXISTS (SELECT 1 FROM ohlcvs) AND NOT EXISTS (SELECT 1 FROM ohlcvs_summary_5min)"
+                empty = sql.SQL(" OR ").join(
+                    sql.SQL("NOT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(level.relation))
+                    for level in SUMMARY_LEVELS
                 )
+                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ohlcvs) AND ({})").format(empty))
                 if not cur.fetchone()[0]:
                     return
         except psycopg2.Error as error:

@@ -21,7 +21,7 @@ from common.candle import Bar, MarketKey
 # modules and tests keep naming them from here.
 from common.levels import BUCKET_ORIGIN_MS as BUCKET_ORIGIN_MS
 from common.levels import INTERVALS as INTERVALS
-from common.levels import LATEST_MS, NumberedQuery, bar_rows_sql, numbered
+from common.levels import LATEST_MS, SUMMARY_LEVELS, NumberedQuery, bar_rows_sql, numbered
 from common.levels import BarQuery as BarQuery
 from common.levels import Interval as Interval
 from common.levels import bar_query_values as bars_body_values
@@ -60,7 +60,7 @@ _FOLD_MINUTES = (
 # with no start would aggregate a market's whole history first. The newest `limit` bars of width k
 # minutes lie at or after the bar holding the (limit * k)-th newest stored minute (a bar holds at
 # most k minutes), so that bar's open time is a start that changes no answer.
-_VIEW_INTERVALS = frozenset({"5m", "15m", "30m"})
+_VIEW_INTERVALS = frozenset(level.api_name for level in SUMMARY_LEVELS if level.timescale_view_of == "ohlcvs")
 _MINUTE_FLOOR = (
     "SELECT (extract(epoch FROM time) * 1000)::bigint FROM ohlcvs WHERE exchange = {} AND base_id = {} "
     "AND quote_id = {} AND time <= {} ORDER BY time DESC OFFSET {} LIMIT 1"

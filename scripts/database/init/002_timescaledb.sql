@@ -122,16 +122,11 @@ BEGIN
 
     -- 004_analytics_views.sql recreates these; they may depend on a level about to become a view.
     DROP VIEW IF EXISTS geo_daily_return, weekly_return, top_20_quoted_vol, common_basequote_30;
+    -- The levels (init writes them from common/levels.py): all but the stored one are views.
     FOR level IN
-        SELECT * FROM (VALUES
-            ('ohlcvs_summary_5min',  INTERVAL '5 minutes',  'time', 'ohlcvs'),
-            ('ohlcvs_summary_15min', INTERVAL '15 minutes', 'time', 'ohlcvs'),
-            ('ohlcvs_summary_30min', INTERVAL '30 minutes', 'time', 'ohlcvs'),
-            ('ohlcvs_summary_6hour', INTERVAL '6 hours',    'bucket', 'ohlcvs_summary_1hour'),
-            ('ohlcvs_summary_12hour', INTERVAL '12 hours',  'bucket', 'ohlcvs_summary_1hour'),
-            ('ohlcvs_summary_daily', INTERVAL '1 day',      'bucket', 'ohlcvs_summary_1hour'),
-            ('ohlcvs_summary_7day',  INTERVAL '7 days',     'bucket', 'ohlcvs_summary_1hour')
-        ) AS t(name, width, time_column, source)
+        SELECT name, width, CASE WHEN timescale_view_of = 'ohlcvs' THEN 'time' ELSE 'bucket' END AS time_column,
+               timescale_view_of AS source
+        FROM ohlcv_aggregate_levels WHERE timescale_view_of IS NOT NULL ORDER BY ordinal
     LOOP
         IF EXISTS (SELECT 1 FROM timescaledb_information.continuous_aggregates
                    WHERE view_schema = current_schema() AND view_name = level.name) THEN

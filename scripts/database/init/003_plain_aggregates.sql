@@ -4,15 +4,8 @@
 -- (backfills refresh their own range); populate_agg.sql refreshes all.
 -- Buckets use the origin TimescaleDB's time_bucket uses (Monday 2000-01-03), so both paths agree.
 
-CREATE TABLE IF NOT EXISTS ohlcv_aggregate_levels (
-    name    text     PRIMARY KEY,
-    width   interval NOT NULL UNIQUE,
-    source  text     NOT NULL,
-    ordinal integer  NOT NULL UNIQUE
-);
--- Start of the earliest materialised bucket that was still open at the last refresh: rows written
--- into it later (live updates, anyone's INSERT) are picked up by the next refresh, whatever its range.
-ALTER TABLE ohlcv_aggregate_levels ADD COLUMN IF NOT EXISTS open_from timestamptz;
+-- ohlcv_aggregate_levels lists the levels (name, width, source = the level below, ordinal): init
+-- writes it from common/levels.py before this file runs.
 
 DO $$
 DECLARE
@@ -21,17 +14,6 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') THEN
         RETURN;
     END IF;
-    INSERT INTO ohlcv_aggregate_levels (name, width, source, ordinal) VALUES
-        ('ohlcvs_summary_5min',   INTERVAL '5 minutes',  'ohlcvs',               1),
-        ('ohlcvs_summary_15min',  INTERVAL '15 minutes', 'ohlcvs_summary_5min',  2),
-        ('ohlcvs_summary_30min',  INTERVAL '30 minutes', 'ohlcvs_summary_15min', 3),
-        ('ohlcvs_summary_1hour',  INTERVAL '1 hour',     'ohlcvs_summary_30min', 4),
-        ('ohlcvs_summary_6hour',  INTERVAL '6 hours',    'ohlcvs_summary_1hour', 5),
-        ('ohlcvs_summary_12hour', INTERVAL '12 hours',   'ohlcvs_summary_6hour', 6),
-        ('ohlcvs_summary_daily',  INTERVAL '1 day',      'ohlcvs_summary_12hour', 7),
-        ('ohlcvs_summary_7day',   INTERVAL '7 days',     'ohlcvs_summary_daily', 8)
-    ON CONFLICT (name) DO NOTHING;
-
     FOR level IN SELECT name FROM ohlcv_aggregate_levels ORDER BY ordinal LOOP
         EXECUTE format(
             'CREATE TABLE IF NOT EXISTS %I ('

@@ -10,7 +10,7 @@ SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb') AS has_
 -- One CALL per level, each run by \gexec as its own top-level statement.
 SELECT format('CALL refresh_continuous_aggregate(%L, NULL, time_bucket(%L::interval, now() - INTERVAL ''1 minute''))',
               name, width)
-FROM (VALUES ('ohlcvs_summary_1hour', '1 hour')) AS levels(name, width)
+FROM ohlcv_aggregate_levels WHERE timescale_view_of IS NULL
 \gexec
 \else
 SELECT refresh_ohlcv_aggregates(NULL, NULL) AS summary_rows_written;
