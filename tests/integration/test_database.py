@@ -12,6 +12,7 @@ from decimal import Decimal
 import psycopg2
 import pytest
 
+import common.schema
 from common.candle import Candle, CandleBlock, Market
 from common.db import (
     AGGREGATE_LEVELS,
@@ -26,6 +27,7 @@ from common.db import (
     upsert_candles,
     upsert_markets,
 )
+from common.levels import SUMMARY_LEVELS, SummaryLevel
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
 from common.settings import PROJECT_ROOT
 from common.timeutil import datetime_to_ms, ms_to_datetime
@@ -458,6 +460,28 @@ def test_init_fills_every_level_from_rows_already_in_ohlcvs(fresh, timescaledb):
     upsert_candles(conn, minute_candles(BTC_USD, later, 1440, seed=9))
     conn.commit()
     refresh_aggregates(fresh, later, later + timedelta(days=1))
+    assert_every_level_matches_ohlcvs(conn)
+    conn.close()
+
+
+def test_a_level_added_to_the_registry_is_made_and_filled_by_init(fresh, timescaledb, monkeypatch):
+    """docs/architecture.md, "Adding a summary level": one `SummaryLevel` line, then init."""
+    init_database(fresh, plain=not timescaledb)
+    conn = connect(fresh)
+    start = datetime(2021, 2, 25, 18, 3, tzinfo=UTC)
+    upsert_markets(conn, [BTC_USD])
+    upsert_candles(conn, minute_candles(BTC_USD, start, 3 * 1440 + 7, seed=11))
+    conn.commit()
+    refresh_aggregates(fresh, None, None)
+    two = SummaryLevel("ohlcvs_summary_2min", timedelta(minutes=2), "2m", "ohlcvs", "ohlcvs", 2 * 60_000)
+    monkeypatch.setattr(common.schema, "SUMMARY_LEVELS", (two, *SUMMARY_LEVELS))
+    init_database(fresh, plain=not timescaledb)
+    conn.rollback()
+    expected, actual = expected_buckets(ohlcv_rows(conn), two.width), level_contents(conn, two.relation)
+    assert actual and actual == expected
+    with conn.cursor() as cur:
+        cur.execute("SELECT name FROM ohlcv_aggregate_levels ORDER BY ordinal")
+        assert [row[0] for row in cur.fetchall()] == [two.relation, *AGGREGATE_LEVELS]
     assert_every_level_matches_ohlcvs(conn)
     conn.close()
 
