@@ -25,6 +25,33 @@ BEGIN
 END
 $$;
 
+-- One level's buckets in [lo, hi) rebuilt from its source relation (ohlcvs or the level below);
+-- returns the rows written. lo and hi are bucket boundaries of the level.
+CREATE OR REPLACE FUNCTION rebuild_ohlcv_level(level_name text, source text, width interval,
+                                               lo timestamptz, hi timestamptz)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    origin      CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
+    source_time CONSTANT text := CASE WHEN source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
+    n           integer;
+BEGIN
+    EXECUTE format('DELETE FROM %I WHERE bucket >= $1 AND bucket < $2', level_name) USING lo, hi;
+    EXECUTE format(
+        'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
+        'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
+        '(min(ARRAY[extract(epoch FROM %3$I), open]))[2], max(high), min(low), '
+        '(max(ARRAY[extract(epoch FROM %3$I), close]))[2], sum(volume) '
+        'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
+        'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
+        'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
+        level_name, source, source_time)
+    USING lo, hi, width, origin;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
 -- Each level is built from the level below it (1m -> 5m -> 15m -> ... -> 7D): the buckets nest, so
 -- open = first open, high = max, low = min, close = last close, volume = sum hold at every level.
 -- First and last are the smallest and largest [epoch, value] numeric arrays (exact, no sort per
@@ -40,27 +67,12 @@ DECLARE
     level     record;
     lo        timestamptz;
     hi        timestamptz;
-    source_time text;
     rows_done integer := 0;
-    n         integer;
 BEGIN
     FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal >= first_ordinal ORDER BY ordinal LOOP
         lo := date_bin(level.width, range_start, origin);
         hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
-        source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
-        EXECUTE format('DELETE FROM %I WHERE bucket >= $1 AND bucket < $2', level.name) USING lo, hi;
-        EXECUTE format(
-            'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
-            'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
-            '(min(ARRAY[extract(epoch FROM %3$I), open]))[2], max(high), min(low), '
-            '(max(ARRAY[extract(epoch FROM %3$I), close]))[2], sum(volume) '
-            'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
-            'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
-            'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
-            level.name, level.source, source_time)
-        USING lo, hi, level.width, origin;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        rows_done := rows_done + n;
+        rows_done := rows_done + rebuild_ohlcv_level(level.name, level.source, level.width, lo, hi);
         range_start := lo;
         range_end := hi;
     END LOOP;
@@ -127,27 +139,12 @@ DECLARE
     origin      CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
     level       record;
     hi          timestamptz;
-    source_time text;
     rows_done   integer := 0;
-    n           integer;
 BEGIN
     FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL ORDER BY ordinal LOOP
         hi := date_bin(level.width, pending_end - INTERVAL '1 microsecond', origin) + level.width;
         CONTINUE WHEN hi <= level.open_from;
-        source_time := CASE WHEN level.source = 'ohlcvs' THEN 'time' ELSE 'bucket' END;
-        EXECUTE format('DELETE FROM %I WHERE bucket >= $1 AND bucket < $2', level.name) USING level.open_from, hi;
-        EXECUTE format(
-            'INSERT INTO %1$I (bucket, exchange, base_id, quote_id, open, high, low, close, volume) '
-            'SELECT date_bin($3, %3$I, $4) AS b, exchange, base_id, quote_id, '
-            '(min(ARRAY[extract(epoch FROM %3$I), open]))[2], max(high), min(low), '
-            '(max(ARRAY[extract(epoch FROM %3$I), close]))[2], sum(volume) '
-            'FROM %2$I WHERE %3$I >= $1 AND %3$I < $2 GROUP BY b, exchange, base_id, quote_id '
-            'ON CONFLICT (exchange, base_id, quote_id, bucket) DO UPDATE SET open = EXCLUDED.open, '
-            'high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close, volume = EXCLUDED.volume',
-            level.name, level.source, source_time)
-        USING level.open_from, hi, level.width, origin;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        rows_done := rows_done + n;
+        rows_done := rows_done + rebuild_ohlcv_level(level.name, level.source, level.width, level.open_from, hi);
     END LOOP;
     RETURN rows_done;
 END
