@@ -217,7 +217,8 @@ def test_a_repair_run_leaves_a_repair_being_drained_to_its_worker(platform_setti
     result, job, sent_by_first = asyncio.run(scenario())
     assert result["job"] == submission.job.id and result.get("busy") is True, result
     assert job.finished and job.failed == 0
-    assert sent_by_first == job.total, "the draining worker sent every request: the run joined none"
+    # the job counts every request any worker sent (retries too): all of them were the first's
+    assert sent_by_first == job.sent >= job.total, "the run joined none: the first worker sent them all"
 
 
 def test_repair_runs_that_start_together_plan_one_job_and_one_of_them_drains_it(platform_settings, simulator):
