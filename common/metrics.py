@@ -34,19 +34,13 @@ import redis.exceptions
 from prometheus_client import CollectorRegistry, Metric
 
 from common.redis_clients import sync_client
+from common.redis_keys import METRICS_PROCESSES, metrics_process_key
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-METRICS_PROCESSES = "cfr:metrics:processes"
-"""Sorted set: process label -> ms when its snapshot goes stale (internal)."""
 PROCESS_LABEL = "process"
 _SKIPPED_SUFFIX = "_created"
-
-
-def metrics_process_key(process: str) -> str:
-    """Hash of one process's last snapshot: `role`, `updated_ms`, `families` (internal)."""
-    return f"cfr:metrics:process:{process}"
 
 
 def process_label(role: str) -> str:
@@ -178,18 +172,6 @@ class SnapshotPublisher:
         assert self._client is not None
         self._client.close()
         self._thread = None
-
-
-def read_snapshots(client: redis.Redis, now_ms: int) -> list[Metric]:
-    """Every live process's last snapshot, merged (for tests and tools; the web reads them with its
-    asyncio client through `live_processes` and `decode_rows`)."""
-    client.zremrangebyscore(METRICS_PROCESSES, "-inf", now_ms)
-    processes = [p.decode() for p in client.zrange(METRICS_PROCESSES, 0, -1)]
-    with client.pipeline(transaction=False) as pipe:
-        for process in processes:
-            pipe.hget(metrics_process_key(process), "families")
-        rows = pipe.execute()
-    return decode_rows(processes, rows)
 
 
 def decode_rows(processes: list[str], rows: list[bytes | None]) -> list[Metric]:

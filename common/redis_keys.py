@@ -45,6 +45,15 @@ def rate_budget_key(exchange: str) -> str:
     return f"cfr:rate:{exchange}"
 
 
+METRICS_PROCESSES = "cfr:metrics:processes"
+"""Sorted set: process label -> ms when its metrics snapshot goes stale (internal)."""
+
+
+def metrics_process_key(process: str) -> str:
+    """Hash of one process's last metrics snapshot: `role`, `updated_ms`, `families` (internal)."""
+    return f"cfr:metrics:process:{process}"
+
+
 def backfill_key(*parts: str) -> str:
     """Durable backfill job state (internal): `cfr:backfill:<parts>`."""
     return "cfr:backfill:" + ":".join(parts)

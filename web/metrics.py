@@ -31,8 +31,8 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from common.exchanges import EXCHANGES
-from common.metrics import METRICS_PROCESSES, decode_rows, metrics_process_key
-from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
+from common.metrics import decode_rows
+from common.redis_keys import METRICS_PROCESSES, WS_UPDATER_HEALTH, metrics_process_key, ws_health_key
 from common.settings import Settings
 from fetchers.exchanges import get_adapter
 from fetchers.rest.job_store import JobState, JobStore, job_scope

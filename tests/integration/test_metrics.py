@@ -3,6 +3,7 @@ processes publish, and the gauges read at scrape time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -12,16 +13,9 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from common.metrics import (
-    METRICS_PROCESSES,
-    SnapshotPublisher,
-    metrics_process_key,
-    process_label,
-    publish_snapshot,
-    read_snapshots,
-)
-from common.redis_clients import async_client
-from common.redis_keys import WS_UPDATER_HEALTH, ws_health_key
+from common.metrics import SnapshotPublisher, process_label, publish_snapshot
+from common.redis_clients import async_client, sync_client
+from common.redis_keys import METRICS_PROCESSES, WS_UPDATER_HEALTH, metrics_process_key, ws_health_key
 from common.settings import PROJECT_ROOT
 from fetchers.rest.metrics import REGISTRY as REST_METRICS
 from fetchers.ws.metrics import StreamCollector, registry_of, updater_registry
@@ -30,6 +24,7 @@ from fetchers.ws.updater import Updater
 from tests.support.metrics import scrape
 from tests.support.services import wait_for
 from tests.support.web import BTC, ETH, http_get, running_web, seed_known_data
+from web.metrics import process_families
 
 pytestmark = pytest.mark.integration
 
@@ -39,16 +34,6 @@ def web(settings):
     seed_known_data(settings, [BTC, ETH], list(range(60)))
     with running_web(settings) as base:
         yield base
-
-
-def redis_client(settings):
-    import redis
-
-    return redis.Redis(
-        host=settings.redis_host,
-        port=settings.redis_port,
-        password=settings.redis_password.get_secret_value(),
-    )
 
 
 def test_requests_are_timed_by_route_template_not_raw_path(web):
@@ -92,12 +77,12 @@ def test_a_process_snapshot_shows_with_its_process_label_until_it_expires(web, s
         publisher.stop()
     assert scrape(web).total("cfr_test_events_total") == 8, "the final snapshot of a clean exit"
     wait_for(lambda: not scrape(web).has("cfr_test_events_total"), 10, "the snapshot expired")
-    assert redis_client(settings).zscore(METRICS_PROCESSES, publisher.process) is None
-    assert not redis_client(settings).exists(metrics_process_key(publisher.process))
+    assert sync_client(settings).zscore(METRICS_PROCESSES, publisher.process) is None
+    assert not sync_client(settings).exists(metrics_process_key(publisher.process))
 
 
 def test_scrape_time_gauges_come_from_health_jobs_and_coverage(web, settings):
-    client = redis_client(settings)
+    client = sync_client(settings)
     now_ms = int(time.time() * 1000)
     client.hset(ws_health_key("binance"), mapping={"last_message_ms": now_ms - 42_000})
     client.hset(WS_UPDATER_HEALTH, mapping={"last_flush_ms": now_ms - 7_000, "backlog": 3})
@@ -124,7 +109,7 @@ def test_scrape_time_gauges_come_from_health_jobs_and_coverage(web, settings):
 def test_every_metric_the_alerts_and_the_dashboard_use_is_exposed(web, settings):
     """The processes' real registries (a fetcher's engine, the updater, the REST metrics), published
     as those processes do, plus the web's: every name deploy/ queries is in the scrape."""
-    client = redis_client(settings)
+    client = sync_client(settings)
     engine = StreamEngine(settings, "binance", async_client(settings))
     registries = {
         "fetch-binance": registry_of(StreamCollector(engine)),
@@ -168,15 +153,19 @@ def test_a_failed_collection_does_not_stop_the_publisher(settings):
     registry.register(FirstCollectionFails())
     fast = settings.model_copy(update={"metrics_publish_seconds": 0.1})
     publisher = SnapshotPublisher(fast, "tester", registry).start()
-    client = redis_client(settings)
+
+    def published() -> list:
+        async def read() -> list:
+            client = async_client(settings)
+            try:
+                return await process_families(client)
+            finally:
+                await client.aclose()
+
+        return [f for f in asyncio.run(read()) if f.name == "cfr_test_collections"]
+
     try:
-        found = wait_for(
-            lambda: [
-                f for f in read_snapshots(client, int(time.time() * 1000)) if f.name == "cfr_test_collections"
-            ],
-            10,
-            "a snapshot after the failed one",
-        )
+        found = wait_for(published, 10, "a snapshot after the failed one")
     finally:
         publisher.stop()
     (family,) = found
