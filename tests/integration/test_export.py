@@ -71,6 +71,19 @@ def iso(ms: int) -> str:
     return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M")
 
 
+FIRST_BTC_MINUTE = (
+    "--exchange",
+    "binance",
+    "--symbols",
+    "BTC/USDT",
+    "--start",
+    iso(BASE_MS),
+    "--end",
+    iso(BASE_MS + MIN),
+)
+"""The arguments of an export of BTC/USDT's first seeded minute."""
+
+
 def stored_rows(settings, markets: list[Market], start_ms: int, end_ms: int) -> list[dict]:
     """`ohlcvs` as psycopg2 reads it: NUMERIC as Decimal, time as an aware datetime."""
     rows = []
@@ -202,16 +215,7 @@ def test_a_value_wider_than_decimal128_stops_parquet_with_one_line_but_csv_keeps
     with connection(settings) as conn:
         upsert_markets(conn, [BTC])
         upsert_candles(conn, [Candle("binance", "BTC", "USDT", BASE_MS, "1.5", "2", "1", "1.5", wide)])
-    args = [
-        "--exchange",
-        "binance",
-        "--symbols",
-        "BTC/USDT",
-        "--start",
-        iso(BASE_MS),
-        "--end",
-        iso(BASE_MS + MIN),
-    ]
+    args = list(FIRST_BTC_MINUTE)
     result, output = run_export(tmp_path, *args)
     assert result.exit_code == 1
     assert result.stderr.startswith(
@@ -276,16 +280,7 @@ def test_the_file_is_replaced_only_when_the_new_one_is_complete(settings, seeded
     bad = dict(zip(VALUES, ("1", "1", "1", "1", "9" * 39), strict=True))
     with connection(settings) as conn:
         upsert_candles(conn, [replace(varied_candle(BTC, 0), **bad)])
-    args = [
-        "--exchange",
-        "binance",
-        "--symbols",
-        "BTC/USDT",
-        "--start",
-        iso(BASE_MS),
-        "--end",
-        iso(BASE_MS + MIN),
-    ]
+    args = list(FIRST_BTC_MINUTE)
     result, _ = run_export(tmp_path, *args)
     assert result.exit_code == 1
     assert output.read_bytes() == b"previous export"
@@ -297,16 +292,7 @@ def test_a_nan_written_by_hand_stops_parquet_with_one_line(settings, seeded, tmp
         cur.execute(
             "UPDATE ohlcvs SET low = 'NaN' WHERE base_id = 'BTC' AND time = %s", (ms_to_datetime(BASE_MS),)
         )
-    args = [
-        "--exchange",
-        "binance",
-        "--symbols",
-        "BTC/USDT",
-        "--start",
-        iso(BASE_MS),
-        "--end",
-        iso(BASE_MS + MIN),
-    ]
+    args = list(FIRST_BTC_MINUTE)
     result, output = run_export(tmp_path, *args)
     assert result.exit_code == 1
     assert result.stderr.startswith("error: binance BTC/USDT: low holds a value that is not a decimal number")
