@@ -8,7 +8,8 @@ control port's ground truth always agree. Promises:
 - `CandleModel` is a pure function of (seed, exchange, symbol, minute): any minute can be computed in
   O(trades) without iterating from a start, in any process, and gives the same answer every time.
   Prices and volumes are exact `Decimal`s built from integers (ticks and lot units); no float is used
-  on a price or volume path.
+  on a price or volume path. Being pure, its results can be kept: the last `FINALS_KEPT` closed
+  bars computed (by the live feed, REST or the control port) are served again without recomputing.
 - Continuity: a candle's open is the previous candle's close; a minute without trades is flat at the
   previous close with zero volume and `trades == 0`.
 - `partial_candle(m, minute, upto)` is the in-progress bar as seen at sim time `upto`; it aggregates a
@@ -25,14 +26,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.timeutil import MINUTE_MS, floor_minute_ms
 
@@ -121,8 +124,9 @@ class SimCandle:
     last_trade_id: int = -1
 
 
-@dataclass(frozen=True, slots=True)
-class SimTrade:
+class SimTrade(NamedTuple):
+    """One trade of a minute: its time after the minute's start, price in ticks, size in lot units."""
+
     offset_ms: int
     price_ticks: int
     size_units: int
@@ -376,6 +380,10 @@ _SPREAD_PPM = 400
 _GUARANTEED_TRADE_EVERY = 64
 """Every market that trades at all trades in minutes divisible by this: bounds the scan for an open."""
 
+FINALS_KEPT = 65_536
+"""Closed bars the model keeps (about 1 KB each): a few minutes of every market of the full lists,
+or hours of a test's few markets. Oldest computed go first."""
+
 _MAX_TRADES_PER_MINUTE = 40
 _TRADES_PER_DIGEST = 4
 _TRADE_ID_STRIDE = 64
@@ -401,13 +409,18 @@ class CandleModel:
         self._params: dict[tuple[str, str], _Params] = {}
         self._trades_cache: dict[tuple[str, str, int], tuple[SimTrade, ...]] = {}
         self._prev_close_cache: dict[tuple[str, str, int], int] = {}
+        self._latent_cache: dict[tuple[bytes, int], int] = {}
+        self._finals: dict[tuple[str, str, int], tuple[SimCandle, int]] = {}
 
     # ---- public API
 
     def final_candle(self, market: SimMarket, minute_ms: int) -> SimCandle:
         minute_ms = floor_minute_ms(minute_ms)
+        kept = self._finals.get((market.exchange, market.symbol, minute_ms))
+        if kept is not None:
+            return kept[0]
         prev = self._prev_close_ticks(market, minute_ms)
-        return _aggregate(market, minute_ms, prev, self.trades(market, minute_ms))
+        return self._keep_final(market, minute_ms, prev, self.trades(market, minute_ms))
 
     def partial_candle(self, market: SimMarket, minute_ms: int, upto_ms: int) -> SimCandle:
         minute_ms = floor_minute_ms(minute_ms)
@@ -427,13 +440,35 @@ class CandleModel:
         end = floor_minute_ms(end_ms)
         if minute > end:
             return
-        prev = self._prev_close_ticks(market, minute)
+        finals = self._finals
+        prev: int | None = None
         while minute <= end:
-            trades = self.trades(market, minute)
-            yield _aggregate(market, minute, prev, trades)
-            if trades:
-                prev = trades[-1].price_ticks
+            kept = finals.get((market.exchange, market.symbol, minute))
+            if kept is not None:
+                candle, prev = kept
+                yield candle
+            else:
+                if prev is None:
+                    prev = self._prev_close_ticks(market, minute)
+                trades = self.trades(market, minute)
+                yield self._keep_final(market, minute, prev, trades)
+                if trades:
+                    prev = trades[-1].price_ticks
             minute += MINUTE_MS
+
+    def _keep_final(
+        self, market: SimMarket, minute_ms: int, prev: int, trades: tuple[SimTrade, ...]
+    ) -> SimCandle:
+        """The closed bar of `trades` opening at `prev`, kept among the last `FINALS_KEPT` computed:
+        the live feed's finals are what REST, repairs and the control port ask for next."""
+        candle = _aggregate(market, minute_ms, prev, trades)
+        finals = self._finals
+        if len(finals) >= FINALS_KEPT:
+            for key in list(itertools.islice(finals, FINALS_KEPT // 4)):
+                finals.pop(key, None)  # the history thread may be evicting too
+        close = trades[-1].price_ticks if trades else prev
+        finals[(market.exchange, market.symbol, minute_ms)] = (candle, close)
+        return candle
 
     def trades(self, market: SimMarket, minute_ms: int) -> tuple[SimTrade, ...]:
         """The minute's trades, sorted by offset (empty if nobody traded)."""
@@ -447,7 +482,7 @@ class CandleModel:
         count = self._trade_count(params, index)
         if count:
             l0, l1 = self._latent(params, index), self._latent(params, index + 1)
-            result = tuple(self._trade(params, index, i, count, l0, l1) for i in range(count))
+            result = _minute_trades(params, index, count, l0, l1)
         else:
             result = ()
         if len(self._trades_cache) >= 16_384:
@@ -491,13 +526,23 @@ class CandleModel:
     # ---- latent price and trades
 
     def _latent(self, params: _Params, index: int) -> int:
+        """The latent price (ticks) at the start of minute `index`; memoised, as a minute's end is
+        the next minute's start."""
+        cache_key = (params.key, index)
+        latent = self._latent_cache.get(cache_key)
+        if latent is not None:
+            return latent
         noise = 0
         for octave, (length, amplitude) in enumerate(_OCTAVES):
             block, frac = divmod(index, length)
             v0 = _octave_value(params.key, octave, block, amplitude)
             v1 = _octave_value(params.key, octave, block + 1, amplitude)
             noise += v0 + (v1 - v0) * frac // length
-        return max(1, params.base_ticks * (1_000_000 + noise) // 1_000_000)
+        latent = max(1, params.base_ticks * (1_000_000 + noise) // 1_000_000)
+        if len(self._latent_cache) >= 16_384:
+            self._latent_cache.clear()
+        self._latent_cache[cache_key] = latent
+        return latent
 
     def _traded(self, params: _Params, index: int) -> bool:
         if not params.trades_at_all:
@@ -513,22 +558,10 @@ class CandleModel:
             return 0
         return 1 + _digest(params.key + b"n" + index.to_bytes(8, "big", signed=True), 4) % params.max_trades
 
-    def _trade(self, params: _Params, index: int, i: int, count: int, l0: int, l1: int) -> SimTrade:
-        block = _trade_block(params.key, index, i // _TRADES_PER_DIGEST)
-        h = (block >> (128 * (i % _TRADES_PER_DIGEST))) & ((1 << 128) - 1)
-        offset = (i * MINUTE_MS + (h & 0xFFFF) * MINUTE_MS // 0x10000) // count
-        level = l0 + (l1 - l0) * offset // MINUTE_MS
-        spread = max(1, level * _SPREAD_PPM // 1_000_000)
-        jitter = ((h >> 16) & 0xFFFFFFFF) % (2 * spread + 1) - spread
-        size = max(1, params.typical_units * (1 + ((h >> 48) & 0xFFFF) % 1_000) // 250)
-        return SimTrade(offset, max(1, level + jitter), size, bool((h >> 64) & 1))
-
     def _last_price(self, params: _Params, index: int) -> int:
         count = self._trade_count(params, index)
-        last = self._trade(
-            params, index, count - 1, count, self._latent(params, index), self._latent(params, index + 1)
-        )
-        return last.price_ticks
+        l0, l1 = self._latent(params, index), self._latent(params, index + 1)
+        return _minute_trades(params, index, count, l0, l1, first=count - 1)[0].price_ticks
 
     def _prev_close_ticks(self, market: SimMarket, minute_ms: int) -> int:
         """The close before `minute_ms`: the last trade of the last minute that traded.
@@ -559,6 +592,29 @@ class CandleModel:
             self._prev_close_cache.clear()
         self._prev_close_cache[key] = close
         return close
+
+
+def _minute_trades(
+    params: _Params, index: int, count: int, l0: int, l1: int, first: int = 0
+) -> tuple[SimTrade, ...]:
+    """Trades `first` .. `count - 1` of minute `index` (`count` in all), from the minute's latent
+    prices `l0` (start) and `l1` (end). Each trade takes 128 bits of the minute's trade digests:
+    offset, jitter around the latent level, size and side."""
+    key, typical_units = params.key, params.typical_units
+    trades = []
+    fields: tuple[int, ...] = ()
+    for i in range(first, count):
+        slot = i % _TRADES_PER_DIGEST
+        if slot == 0 or not fields:
+            fields = _TRADE_FIELDS.unpack(_trade_digest(key, index, i // _TRADES_PER_DIGEST))
+        side, size_bits, jitter_bits, offset_bits = fields[4 * (3 - slot) : 4 * (4 - slot)]
+        offset = (i * MINUTE_MS + offset_bits * MINUTE_MS // 0x10000) // count
+        level = l0 + (l1 - l0) * offset // MINUTE_MS
+        spread = max(1, level * _SPREAD_PPM // 1_000_000)
+        jitter = jitter_bits % (2 * spread + 1) - spread
+        size = max(1, typical_units * (1 + size_bits % 1_000) // 250)
+        trades.append(SimTrade(offset, max(1, level + jitter), size, bool(side & 1)))
+    return tuple(trades)
 
 
 def _aggregate(market: SimMarket, minute_ms: int, open_ticks: int, trades: tuple[SimTrade, ...]) -> SimCandle:
@@ -606,10 +662,15 @@ def _octave_value(key: bytes, octave: int, block: int, amplitude: int) -> int:
     return h % (2 * amplitude + 1) - amplitude
 
 
-@lru_cache(maxsize=1 << 14)
-def _trade_block(key: bytes, index: int, block: int) -> int:
+_TRADE_FIELDS = struct.Struct(">" + "7xBHIH" * _TRADES_PER_DIGEST)
+"""A trade digest's 16-byte pieces as (side byte, size bits, jitter bits, offset bits), the last
+trade's piece first: bits 64, 48-63, 16-47 and 0-15 of each piece read as a big-endian number."""
+
+
+def _trade_digest(key: bytes, index: int, block: int) -> bytes:
+    """64 bytes for `_TRADES_PER_DIGEST` trades of minute `index`: 16 per trade, the last first."""
     data = key + b"t" + index.to_bytes(8, "big", signed=True) + block.to_bytes(2, "big")
-    return int.from_bytes(hashlib.blake2b(data, digest_size=64).digest(), "big")
+    return hashlib.blake2b(data, digest_size=64).digest()
 
 
 def _dec(units: int, decimals: int) -> Decimal:
