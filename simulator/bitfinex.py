@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from common.timeutil import floor_minute_ms
 from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket, usd_price
 from simulator.faults import MALFORMED_FRAME
 from simulator.http import (
@@ -346,8 +347,11 @@ class Channel:
     key: str
     market: SimMarket
     subscription: Subscription | None = None
+    opened_ms: int = 0
+    """Where the server's stream stood when the channel was subscribed (`LiveFeed.stamp_ms`, which
+    may trail the clock): the snapshot is the history as of then, never ahead of the stream."""
     since_ms: int = 0
-    """The minute in progress when the channel was subscribed: its client can claim none before."""
+    """The minute in progress at `opened_ms`: its client can claim none before."""
     last_sent: float = field(default_factory=time.monotonic)
     pending: list[CandleEvent] | None = field(default_factory=list)
 
@@ -498,7 +502,8 @@ class BitfinexConnection(WsConnection):
             self._error(request, 10305, "subscribe: limit")
             return
         chan_id = self.server.new_chan_id(set(self.channels))
-        channel = Channel(chan_id, key, market, since_ms=self.sim.clock.current_minute_ms())
+        opened_ms = self.sim.feed.stamp_ms(self.sim.clock.now_ms())
+        channel = Channel(chan_id, key, market, opened_ms=opened_ms, since_ms=floor_minute_ms(opened_ms))
         self.channels[chan_id] = channel
         self.by_key[key] = chan_id
         channel.subscription = self.sim.feed.subscribe(
@@ -511,10 +516,14 @@ class BitfinexConnection(WsConnection):
     async def _send_snapshot(self, channel: Channel) -> None:
         history = self.sim.history
         count = self.sim.config.bitfinex_snapshot_candles
-        end = self.sim.clock.now_ms()
-        candles = await self.sim.compute(
-            lambda: history.newest(channel.market, MINUTE_MS, end, count, traded_only=True)
-        )
+        end = channel.opened_ms
+        market = channel.market
+
+        def snapshot() -> list[SimCandle]:
+            partial = history.minute_candles(market, end, end, traded_only=True, now_ms=end)
+            return history.traded_before(market, end, max(0, count - len(partial))) + partial[:count]
+
+        candles = await self.sim.compute(snapshot)
         if self.channels.get(channel.chan_id) is not channel:
             return
         if not self.server.in_maintenance():

@@ -8,8 +8,8 @@ control port's ground truth always agree. Promises:
 - `CandleModel` is a pure function of (seed, exchange, symbol, minute): any minute can be computed in
   O(trades) without iterating from a start, in any process, and gives the same answer every time.
   Prices and volumes are exact `Decimal`s built from integers (ticks and lot units); no float is used
-  on a price or volume path. Being pure, its results can be kept: the last `FINALS_KEPT` closed
-  bars computed (by the live feed, REST or the control port) are served again without recomputing.
+  on a price or volume path. Being pure, its results can be kept: the last `FINALS_KEPT` bars the
+  live feed closed (`final_candle`) are served to REST and the control port without recomputing.
 - Continuity: a candle's open is the previous candle's close; a minute without trades is flat at the
   previous close with zero volume and `trades == 0`.
 - `partial_candle(m, minute, upto)` is the in-progress bar as seen at sim time `upto`; it aggregates a
@@ -381,8 +381,8 @@ _GUARANTEED_TRADE_EVERY = 64
 """Every market that trades at all trades in minutes divisible by this: bounds the scan for an open."""
 
 FINALS_KEPT = 65_536
-"""Closed bars the model keeps (about 1 KB each): a few minutes of every market of the full lists,
-or hours of a test's few markets. Oldest computed go first."""
+"""Closed bars `final_candle` keeps (about 1 KB each): the last 25 minutes of every market of the
+full lists, or hours of a test's few markets. Oldest computed go first."""
 
 _MAX_TRADES_PER_MINUTE = 40
 _TRADES_PER_DIGEST = 4
@@ -431,8 +431,11 @@ class CandleModel:
             trades = tuple(t for t in trades if t.offset_ms <= upto_offset)
         return _aggregate(market, minute_ms, prev, trades)
 
-    def candles(self, market: SimMarket, start_ms: int, end_ms: int) -> Iterator[SimCandle]:
-        """Final candles of every minute in [start_ms, end_ms] (both floored), oldest first.
+    def candles(
+        self, market: SimMarket, start_ms: int, end_ms: int, *, traded_only: bool = False
+    ) -> Iterator[SimCandle]:
+        """Final candles of every minute in [start_ms, end_ms] (both floored), oldest first; with
+        `traded_only` only those with trades (Bitfinex's), a quiet minute then costing one digest.
 
         Cheaper than calling `final_candle` per minute: continuity is carried along, not rescanned.
         """
@@ -446,12 +449,14 @@ class CandleModel:
             kept = finals.get((market.exchange, market.symbol, minute))
             if kept is not None:
                 candle, prev = kept
-                yield candle
+                if candle.trades or not traded_only:
+                    yield candle
             else:
-                if prev is None:
-                    prev = self._prev_close_ticks(market, minute)
                 trades = self.trades(market, minute)
-                yield self._keep_final(market, minute, prev, trades)
+                if trades or not traded_only:
+                    if prev is None:
+                        prev = self._prev_close_ticks(market, minute)
+                    yield _aggregate(market, minute, prev, trades)
                 if trades:
                     prev = trades[-1].price_ticks
             minute += MINUTE_MS
@@ -459,8 +464,9 @@ class CandleModel:
     def _keep_final(
         self, market: SimMarket, minute_ms: int, prev: int, trades: tuple[SimTrade, ...]
     ) -> SimCandle:
-        """The closed bar of `trades` opening at `prev`, kept among the last `FINALS_KEPT` computed:
-        the live feed's finals are what REST, repairs and the control port ask for next."""
+        """The closed bar of `trades` opening at `prev`, kept among the last `FINALS_KEPT` finals:
+        what the live feed just closed is what repairs and the control port ask for next, while
+        long REST ranges and snapshots would only push those out."""
         candle = _aggregate(market, minute_ms, prev, trades)
         finals = self._finals
         if len(finals) >= FINALS_KEPT:

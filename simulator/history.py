@@ -57,11 +57,16 @@ class History:
         self.cache_days = cache_days
         self._days: OrderedDict[tuple[str, str, int], list[SimCandle]] = OrderedDict()
         self._days_lock = threading.Lock()
+        self._traded: dict[tuple[str, str], tuple[int, int, list[SimCandle]]] = {}
+        """Per market, the last `traded_before` answer: (its `before_ms`, its `count`, its bars)."""
 
-    def _closed_minutes(self, market: SimMarket, lo: int, hi: int) -> list[SimCandle]:
-        """Final bars of [lo, hi] (all closed), from whole cached days when the cache is on."""
+    def _closed_minutes(
+        self, market: SimMarket, lo: int, hi: int, traded_only: bool = False
+    ) -> list[SimCandle]:
+        """Final bars of [lo, hi] (all closed), from whole cached days when the cache is on;
+        `traded_only` leaves out the quiet ones."""
         if self.cache_days <= 0:
-            return list(self.model.candles(market, lo, hi))
+            return list(self.model.candles(market, lo, hi, traded_only=traded_only))
         result: list[SimCandle] = []
         day = floor_to(lo, DAY_MS)
         while day <= hi:
@@ -69,9 +74,10 @@ class History:
             first = max(lo, day)
             last = min(hi, day + DAY_MS - MINUTE_MS)
             if block is None:
-                result.extend(self.model.candles(market, first, last))
+                result.extend(self.model.candles(market, first, last, traded_only=traded_only))
             else:
-                result.extend(block[(first - day) // MINUTE_MS : (last - day) // MINUTE_MS + 1])
+                part = block[(first - day) // MINUTE_MS : (last - day) // MINUTE_MS + 1]
+                result.extend(c for c in part if c.trades) if traded_only else result.extend(part)
             day += DAY_MS
         return result
 
@@ -99,19 +105,29 @@ class History:
         return self.now_minute() - MINUTE_MS
 
     def minute_candles(
-        self, market: SimMarket, lo_ms: int, hi_ms: int, *, include_current: bool = True
+        self,
+        market: SimMarket,
+        lo_ms: int,
+        hi_ms: int,
+        *,
+        include_current: bool = True,
+        traded_only: bool = False,
+        now_ms: int | None = None,
     ) -> list[SimCandle]:
-        """Minute bars with open time in [lo_ms, hi_ms], clipped to what exists now."""
-        now = self.clock.now_ms()
+        """Minute bars with open time in [lo_ms, hi_ms], clipped to what exists at `now_ms` (the
+        clock's now by default): the minute of `now_ms` is its in-progress bar as of then."""
+        now = self.clock.now_ms() if now_ms is None else now_ms
         current = floor_to(now, MINUTE_MS)
         lo = max(self.first_ms, _ceil_to(lo_ms, MINUTE_MS))
         hi = min(floor_to(hi_ms, MINUTE_MS), current if include_current else current - MINUTE_MS)
         if hi < lo:
             return []
         closed_hi = min(hi, current - MINUTE_MS)
-        result = self._closed_minutes(market, lo, closed_hi) if closed_hi >= lo else []
+        result = self._closed_minutes(market, lo, closed_hi, traded_only) if closed_hi >= lo else []
         if hi == current:
-            result.append(self.model.partial_candle(market, current, now))
+            partial = self.model.partial_candle(market, current, now)
+            if partial.trades or not traded_only:
+                result.append(partial)
         return result
 
     def interval_candles(
@@ -123,8 +139,10 @@ class History:
         *,
         traded_only: bool = False,
         include_current: bool = True,
+        now_ms: int | None = None,
     ) -> list[SimCandle]:
-        """Bars of `interval_ms` whose open time is in [lo_ms, hi_ms] (lo rounded up to a bucket).
+        """Bars of `interval_ms` whose open time is in [lo_ms, hi_ms] (lo rounded up to a bucket),
+        as they stand at `now_ms` (the clock's now by default).
 
         `traded_only` drops bars without any trade (Bitfinex); otherwise quiet bars are flat at the
         previous close with zero volume (Binance, Bittrex).
@@ -133,14 +151,15 @@ class History:
         hi = floor_to(hi_ms, interval_ms)
         if hi < lo:
             return []
-        minutes = self.minute_candles(
-            market, lo, hi + interval_ms - MINUTE_MS, include_current=include_current
-        )
         if interval_ms == MINUTE_MS:
-            bars = minutes
-        else:
-            buckets = groupby(minutes, key=lambda c: floor_to(c.time_ms, interval_ms))
-            bars = [aggregate(list(bucket), start) for start, bucket in buckets]
+            return self.minute_candles(
+                market, lo, hi, include_current=include_current, traded_only=traded_only, now_ms=now_ms
+            )
+        minutes = self.minute_candles(
+            market, lo, hi + interval_ms - MINUTE_MS, include_current=include_current, now_ms=now_ms
+        )
+        buckets = groupby(minutes, key=lambda c: floor_to(c.time_ms, interval_ms))
+        bars = [aggregate(list(bucket), start) for start, bucket in buckets]
         return [b for b in bars if b.trades] if traded_only else bars
 
     def newest(
@@ -152,9 +171,12 @@ class History:
         *,
         lo_ms: int | None = None,
         traded_only: bool = False,
+        now_ms: int | None = None,
     ) -> list[SimCandle]:
-        """The newest `limit` bars with open time in [lo_ms, end_ms], oldest first."""
-        hi = min(floor_to(end_ms, interval_ms), floor_to(self.clock.now_ms(), interval_ms))
+        """The newest `limit` bars with open time in [lo_ms, end_ms], oldest first, as they stand
+        at `now_ms` (the clock's now by default)."""
+        now = self.clock.now_ms() if now_ms is None else now_ms
+        hi = min(floor_to(end_ms, interval_ms), floor_to(now, interval_ms))
         floor = floor_to(self.first_ms, interval_ms)
         if lo_ms is not None:
             floor = max(floor, _ceil_to(lo_ms, interval_ms))
@@ -162,10 +184,31 @@ class History:
         chunk = max(limit, 1)
         while hi >= floor and len(result) < limit:
             start = max(floor, hi - (chunk - 1) * interval_ms)
-            result = self.interval_candles(market, interval_ms, start, hi, traded_only=traded_only) + result
+            result = (
+                self.interval_candles(market, interval_ms, start, hi, traded_only=traded_only, now_ms=now)
+                + result
+            )
             hi = start - interval_ms
             chunk *= 2
         return result[-limit:] if limit else []
+
+    def traded_before(self, market: SimMarket, before_ms: int, count: int) -> list[SimCandle]:
+        """The newest `count` closed minute bars with trades opening before minute `before_ms`,
+        oldest first: a Bitfinex snapshot less its in-progress bar. The last answer per market is
+        kept and extended by the minutes since, so the resubscriptions of a reconnect storm cost
+        a few minutes each instead of hundreds (an illiquid market trades in one minute of six)."""
+        before = floor_to(before_ms, MINUTE_MS)
+        key = (market.exchange, market.symbol)
+        kept = self._traded.get(key)
+        if kept is not None and kept[0] <= before and kept[1] >= count and before - kept[0] <= DAY_MS:
+            since, _, bars = kept
+            lo = max(since, self.first_ms)
+            bars = bars + list(self.model.candles(market, lo, before - MINUTE_MS, traded_only=True))
+        else:
+            bars = self.newest(market, MINUTE_MS, before - MINUTE_MS, count, traded_only=True, now_ms=before)
+        bars = bars[-count:] if count else []
+        self._traded[key] = (before, count, bars)
+        return bars
 
     def oldest(
         self,
