@@ -431,6 +431,36 @@ def test_bitfinex_minutes_a_frozen_feed_could_not_send_make_seq_all_jump_and_are
     assert len(dropped["BTCUSD"] & received) <= 1, "only the minute open when the feed froze had updates"
 
 
+def test_a_bitfinex_snapshot_never_runs_ahead_of_the_stream() -> None:
+    """With the feed behind the clock, a channel subscribed then gets the history as the stream
+    stands: no bar of a minute later than the stamps of the frames after it, or a client that lost
+    the snapshot would start its proof inside a minute whose data it never got."""
+    with running_simulator(speed=60.0, updates_per_minute=2) as sim:
+
+        async def scenario(session: aiohttp.ClientSession) -> list[Any]:
+            async with session.ws_connect(bfx_url(sim)) as ws:
+                await bfx_numbered_channel(ws, "BTCUSD")
+                await off_loop(sim.stop_feed)
+                await asyncio.sleep(3.5)  # three simulated minutes and more without the feed
+                await ws.send_json(subscribe_msg("ETHUSD"))
+                subscribed, _ = await recv_until(
+                    ws, lambda f: isinstance(f, dict) and f.get("event") == "subscribed"
+                )
+                frames = []
+                while len(frames) < 3:
+                    frame = await recv_json(ws, 3.0)
+                    if frame[0] == subscribed["chanId"]:
+                        frames.append(frame)
+                return frames
+
+        snapshot, *after = run(scenario)
+        clock_minute = sim.clock()["now_ms"] // MINUTE
+    newest_bar = max(bar[0] for bar in snapshot[1])
+    stamps = [frame[-1] for frame in after]
+    assert all(newest_bar <= stamp - stamp % MINUTE for stamp in stamps), (newest_bar, stamps)
+    assert newest_bar < (clock_minute - 2) * MINUTE, "the clock ran on: the snapshot stopped with the feed"
+
+
 # -------------------------------------------------------------------------------------- binance
 
 

@@ -98,6 +98,15 @@ class SimHandle:
         assert self.simulator is not None and self.simulator.loop is not None, "not an in-process simulator"
         self.simulator.loop.call_soon_threadsafe(time.sleep, seconds)
 
+    def stop_feed(self) -> None:
+        """Stop the in-process simulator's live feed while its sockets go on being served (beats,
+        subscriptions, snapshots): a feed left behind the clock. Until the simulator stops."""
+        sim = self.simulator
+        assert sim is not None and sim.loop is not None, "not an in-process simulator"
+        task = sim._feed_task
+        assert task is not None, "the feed is not running"
+        sim.loop.call_soon_threadsafe(task.cancel)
+
     def served(self) -> dict[str, list[dict[str, Any]]]:
         """Every Binance archive file request and klines request so far (`GET /control/served`)."""
         return _http_json(f"{self.control}/control/served")

@@ -50,8 +50,6 @@ def test_kept_traded_bars_extended_by_later_minutes_equal_a_fresh_scan():
         ]:
             fresh = History(clock, fresh_model, first)
             expected = [
-                c
-                for c in fresh.minute_candles(market, first, before - MINUTE_MS, now_ms=before)
-                if c.trades
+                c for c in fresh.minute_candles(market, first, before - MINUTE_MS, now_ms=before) if c.trades
             ][-count:]
             assert kept.traded_before(market, before, count) == expected, (market.symbol, before, count)
