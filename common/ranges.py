@@ -24,6 +24,20 @@ def merge(ranges: Iterable[Range]) -> list[Range]:
     return merged
 
 
+def coalesce(ranges: Iterable[Range], span: int) -> list[Range]:
+    """`ranges` merged, then neighbours joined over the gaps between them while the joined range
+    is at most `span` long (a range longer than `span` is left as it is): the fewest ranges that
+    hold every minute of `ranges` where one request can carry `span`, for a planner that pays per
+    request, not per row."""
+    joined: list[Range] = []
+    for start, end in merge(ranges):
+        if joined and end - joined[-1][0] <= span:
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined
+
+
 def subtract(ranges: Iterable[Range], removed: Iterable[Range]) -> list[Range]:
     """What of `ranges` is outside every range of `removed`."""
     result: list[Range] = []

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from common.candle import Market
 from common.completeness import MarketEvidence, missing_ranges
 from common.coverage import PairKey
-from common.ranges import Range, total
+from common.ranges import Range, coalesce, total
 from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import ExchangeAdapter, FetchTask
 from fetchers.rest.sources import REST, plan_market
@@ -37,15 +37,18 @@ def plan_repair_tasks(
     source: str = REST,
 ) -> list[FetchTask]:
     """The requests that fill `gaps`, newest gaps first across markets (a recent hole matters most
-    to live users), at most `max_requests` (the next run plans the rest). With `now_ms` and a
-    source other than `rest`, closed days come from archive files (fetchers/rest/sources.py; a
-    repair never stops at minutes no file holds: they go to REST)."""
+    to live users), at most `max_requests` (the next run plans the rest). A market's gaps that one
+    request can span together are fetched together (the minutes between them are written again,
+    with the exchange's own values): a reconnect storm leaves every market many short gaps, and
+    the budget is counted in requests. With `now_ms` and a source other than `rest`, closed days
+    come from archive files (fetchers/rest/sources.py; a repair never stops at minutes no file
+    holds: they go to REST)."""
     if now_ms is None:
         source = REST
 
     def requests(key: PairKey) -> Iterator[FetchTask]:
         market = markets[key]
-        for start, end in reversed(gaps[key]):
+        for start, end in reversed(coalesce(gaps[key], adapter.max_candles_per_request * MINUTE_MS)):
             tasks = list(plan_market(adapter, market, start, end, now_ms or 0, source))
             yield from reversed(tasks)
 

@@ -52,10 +52,10 @@ def test_gaps_outages_and_failed_requests_are_repaired_exactly(platform_settings
                 ms_to_datetime(start + 12 * HOUR + 30 * MINUTE_MS),
             ),
         )
-        cur.execute(  # a request before the first bar failed for good
+        cur.execute(  # a request before the first bar failed for good (more than a request before it)
             "INSERT INTO ohlcvs_errors (exchange, symbol, start_date, end_date, time_frame, ohlcv_section) "
             "VALUES (%s, 'BTCUSDT', %s, %s, '1m', 'hist')",
-            (exchange, ms_to_datetime(start - 2 * HOUR), ms_to_datetime(start - HOUR)),
+            (exchange, ms_to_datetime(start - 20 * HOUR), ms_to_datetime(start - 19 * HOUR)),
         )
 
     now_ms = simulator.clock()["current_minute_ms"]
@@ -63,7 +63,7 @@ def test_gaps_outages_and_failed_requests_are_repaired_exactly(platform_settings
     eth = market_of(platform_settings, exchange, "ETHBTC")
     assert plan.gaps == {
         btc: [
-            (start - 2 * HOUR, start - HOUR),
+            (start - 20 * HOUR, start - 19 * HOUR),
             (start + 6 * HOUR, start + 8 * HOUR),
             (start + 12 * HOUR, start + 12 * HOUR + 30 * MINUTE_MS),
         ],
@@ -83,15 +83,15 @@ def test_gaps_outages_and_failed_requests_are_repaired_exactly(platform_settings
             assert stored_candles(platform_settings, exchange, symbol, begin, end) == truth_candles(
                 simulator, exchange, symbol, begin, end
             )
-    # history now starts two hours earlier: the hour between is a gap too, for the next run
-    assert plan_repair(platform_settings, exchange, now_ms).gaps == {btc: [(start - HOUR, start)]}
+    # history now starts 20 hours earlier: the hours between are a gap too, for the next run
+    assert plan_repair(platform_settings, exchange, now_ms).gaps == {btc: [(start - 19 * HOUR, start)]}
     second = asyncio.run(submit_repair(platform_settings, exchange))
     assert second.new and asyncio.run(BackfillEngine(platform_settings, second.job.id).run()).failed == 0
     assert plan_repair(platform_settings, exchange, now_ms).gaps == {}
     with connection(platform_settings) as conn:
         coverage = read_coverage(conn, exchange)
     assert coverage[eth][REST] == [(start, start + 12 * HOUR)]
-    assert coverage[btc][REST] == [(start - 2 * HOUR, start + 12 * HOUR + 30 * MINUTE_MS)]
+    assert coverage[btc][REST] == [(start - 20 * HOUR, start + 12 * HOUR + 30 * MINUTE_MS)]
     assert asyncio.run(submit_repair(platform_settings, exchange)).job is None
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from common.candle import Market
 from common.completeness import MarketEvidence, before_first_bar_ranges, missing_ranges
-from common.ranges import clip, intersect, merge, subtract, total
+from common.ranges import clip, coalesce, intersect, merge, subtract, total
 from fetchers.exchanges import get_adapter
 from fetchers.rest.gaps import missing_minutes, plan_gaps, plan_repair_tasks
 from web.coverage_summary import summarise
@@ -171,3 +171,28 @@ def test_repair_takes_closed_days_from_archive_files_and_the_rest_over_rest():
     ]
     rest_only = plan_repair_tasks(adapter, markets, gaps, max_requests=100, now_ms=now, source="rest")
     assert all(t.archive == "" for t in rest_only) and len(rest_only) == 4
+
+
+def test_a_markets_short_gaps_within_one_requests_reach_are_fetched_together():
+    """A reconnect storm leaves every market a gap per reconnect; the repair pays per request, so
+    gaps one request can span go together, and a longer span stays apart."""
+    adapter = get_adapter("binance")  # at most 1000 minutes per request
+    markets = {("BTC", "USDT"): Market("binance", "BTC", "USDT", "BTCUSDT")}
+    storm = [span(100 + 50 * k, 102 + 50 * k) for k in range(19)]  # 19 gaps of 2 minutes over 902
+    gaps = {("BTC", "USDT"): [*storm, span(1200, 1201), span(2500, 3600)]}
+    tasks = plan_repair_tasks(adapter, markets, gaps, max_requests=100)
+    assert [(t.start_ms, t.end_ms) for t in tasks] == [
+        span(3500, 3600),
+        span(2500, 3500),
+        span(1200, 1201),  # 1,101 minutes from the storm's first: a request apart
+        span(100, 1002),
+    ]
+    filled = merge((t.start_ms, t.end_ms) for t in tasks)
+    assert subtract(gaps[("BTC", "USDT")], filled) == []
+
+
+def test_coalesce_joins_neighbours_only_while_the_joined_range_fits():
+    assert coalesce([(0, 2), (10, 12), (20, 30), (5, 6)], 12) == [(0, 12), (20, 30)]
+    assert coalesce([(0, 2), (10, 12)], 11) == [(0, 2), (10, 12)]
+    assert coalesce([(0, 50), (60, 61)], 10) == [(0, 50), (60, 61)]
+    assert coalesce([], 10) == []
