@@ -21,6 +21,7 @@ from common.settings import Settings, get_settings
 from web import metrics
 from web.api.errors import install_error_handlers
 from web.api.routes import analytics, coverage, health, ohlcvs, status, symbols, ws
+from web.counting import CountingProcess
 from web.database import AsyncPool, ConnectionPool
 from web.history_cache import HistoryCache
 from web.live import LiveHub
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = async_client(settings)
         hub = LiveHub(lambda: listener_client(settings), client, pool, settings.redis_key_delimiter)
         app.state.pool, app.state.fast_pool, app.state.redis, app.state.hub = pool, fast_pool, client, hub
+        app.state.counting = counting = CountingProcess()
         app.state.history_cache = (
             HistoryCache(
                 client,
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await app.state.metrics_state.close()
+            counting.close()
             await client.aclose()
             await fast_pool.close()
             pool.close()

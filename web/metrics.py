@@ -37,8 +37,9 @@ from common.settings import Settings
 from fetchers.exchanges import get_adapter
 from fetchers.rest.job_store import JobState, JobStore, job_scope
 from fetchers.rest.rate_limiter import LOW, SharedRateLimiter
-from web.api.deps import HubDep, PoolDep, RedisDep, SettingsDep
+from web.api.deps import CountingDep, HubDep, PoolDep, RedisDep, SettingsDep
 from web.api.routes.coverage import exchange_summaries
+from web.counting import CountingProcess
 from web.database import DatabaseUnavailable
 
 router = APIRouter(tags=["metrics"])
@@ -217,9 +218,11 @@ async def job_families(redis: aioredis.Redis, settings: Settings) -> list[Metric
     ]
 
 
-async def coverage_families(settings: Settings, pool, redis: aioredis.Redis) -> list[Metric]:
+async def coverage_families(
+    settings: Settings, pool, redis: aioredis.Redis, counting: CountingProcess
+) -> list[Metric]:
     """The status page's counts per exchange, and the progress of its repair job under way."""
-    rows = await exchange_summaries(settings, pool, redis)
+    rows = await exchange_summaries(settings, pool, redis, counting)
     fields = {
         "cfr_missing_minutes": (
             "missing_minutes",
@@ -281,10 +284,12 @@ class StateGauges:
         self.up = {"redis": 1, "database": 1}
         self.task: asyncio.Task[None] | None = None
 
-    async def current(self, settings: Settings, pool, redis: aioredis.Redis) -> list[Metric]:
+    async def current(
+        self, settings: Settings, pool, redis: aioredis.Redis, counting: CountingProcess
+    ) -> list[Metric]:
         stale = self.read_at is None or time.monotonic() - self.read_at > self.max_age
         if stale and self.task is None:
-            self.task = asyncio.create_task(self._read(settings, pool, redis), name="metrics-state")
+            self.task = asyncio.create_task(self._read(settings, pool, redis, counting), name="metrics-state")
         if self.read_at is None and self.task is not None:
             await asyncio.shield(self.task)
         age = 0.0 if self.read_at is None else time.monotonic() - self.read_at
@@ -293,12 +298,12 @@ class StateGauges:
             _gauge("cfr_scrape_state_age_seconds", "Age of the jobs and coverage figures.", [], [([], age)]),
         ]
 
-    async def _read(self, settings: Settings, pool, redis: aioredis.Redis) -> None:
+    async def _read(self, settings: Settings, pool, redis: aioredis.Redis, counting: CountingProcess) -> None:
         up = {"redis": 1, "database": 1}
         families: list[Metric] = []
         try:
             families = await job_families(redis, settings)
-            families += await coverage_families(settings, pool, redis)
+            families += await coverage_families(settings, pool, redis, counting)
         except DatabaseUnavailable:
             up["database"] = 0
         except (RedisError, OSError):
@@ -317,7 +322,12 @@ class StateGauges:
 
 @router.get("/metrics", summary="Prometheus metrics of every process", include_in_schema=False)
 async def metrics(
-    request: Request, settings: SettingsDep, pool: PoolDep, redis: RedisDep, hub: HubDep
+    request: Request,
+    settings: SettingsDep,
+    pool: PoolDep,
+    redis: RedisDep,
+    hub: HubDep,
+    counting: CountingDep,
 ) -> Response:
     """The Prometheus text format; `cfr_scrape_source_up{source}` says which parts could be read."""
     families = web_families(request.app.state.metrics_registry, hub.subscriber_count)
@@ -328,7 +338,7 @@ async def metrics(
     except (RedisError, OSError):
         up["redis"] = 0
     state: StateGauges = request.app.state.metrics_state
-    families += await state.current(settings, pool, redis)
+    families += await state.current(settings, pool, redis, counting)
     up = {"redis": min(up["redis"], state.up["redis"]), "database": state.up["database"]}
     families.append(
         _gauge(

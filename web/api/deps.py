@@ -12,6 +12,7 @@ from fastapi import Depends
 from starlette.requests import HTTPConnection
 
 from common.settings import Settings
+from web.counting import CountingProcess
 from web.database import AsyncPool, ConnectionPool
 from web.live import LiveHub
 
@@ -36,8 +37,13 @@ async def live_hub(connection: HTTPConnection) -> LiveHub:
     return connection.app.state.hub
 
 
+async def counting_process(connection: HTTPConnection) -> CountingProcess:
+    return connection.app.state.counting
+
+
 SettingsDep = Annotated[Settings, Depends(app_settings)]
 PoolDep = Annotated[ConnectionPool, Depends(database_pool)]
 AsyncPoolDep = Annotated[AsyncPool, Depends(async_pool)]
 RedisDep = Annotated[aioredis.Redis, Depends(app_redis)]
 HubDep = Annotated[LiveHub, Depends(live_hub)]
+CountingDep = Annotated[CountingProcess, Depends(counting_process)]

@@ -4,7 +4,6 @@ repaired (for the status page)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict
 from typing import Annotated
 
@@ -26,9 +25,10 @@ from fetchers.rest.repair import (
     repairing_ranges_by_market,
 )
 from web import reads
-from web.api.deps import PoolDep, RedisDep, SettingsDep
+from web.api.deps import CountingDep, PoolDep, RedisDep, SettingsDep
 from web.api.errors import BadRequest, unknown_market
 from web.api.routes.ohlcvs import MAX_MS, MarketId
+from web.counting import CountingProcess
 from web.coverage_summary import ExchangeCoverage, summarise
 from web.database import ConnectionPool
 
@@ -88,7 +88,7 @@ async def coverage(
 
 
 @router.get("/summary", summary="Minutes before first bars, missing and being repaired, per exchange")
-async def summary(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> list[dict]:
+async def summary(settings: SettingsDep, pool: PoolDep, redis: RedisDep, counting: CountingDep) -> list[dict]:
     """Per exchange, up to its present less REPAIR_SETTLE_MINUTES, minutes and markets in three
     distinct counts: `before_first_bar_minutes` (before a market's first bar, from the exchange's
     oldest bar `history_start` on, that nothing vouches for: not backfilled, or not traded yet; the
@@ -101,16 +101,16 @@ async def summary(settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> list
             "repair_job": job.id if job is not None else None,
             "repair_left": job.left if job else 0,
         }
-        for counts, job in await exchange_summaries(settings, pool, redis)
+        for counts, job in await exchange_summaries(settings, pool, redis, counting)
     ]
 
 
 async def exchange_summaries(
-    settings: Settings, pool: ConnectionPool, redis: aioredis.Redis
+    settings: Settings, pool: ConnectionPool, redis: aioredis.Redis, counting: CountingProcess
 ) -> list[tuple[ExchangeCoverage, JobInfo | None]]:
     """Per exchange, its coverage counts and its unfinished repair job (the status page's and
-    `GET /metrics`' one reading). The counting runs on a thread: with every market it is hundreds
-    of milliseconds of Python, which would hold up every other request on the event loop."""
+    `GET /metrics`' one reading). The counting runs in the web's counting process: with every
+    market it is hundreds of milliseconds of Python, which would hold up every other request."""
     result = []
     for exchange in EXCHANGES:
         evidence = await pool.run(lambda conn, ex=exchange: load_evidence(conn, ex))
@@ -118,6 +118,6 @@ async def exchange_summaries(
         end = floor_minute_ms(now) - settings.repair_settle_minutes * MINUTE_MS
         repairing = await repairing_ranges_by_market(redis, settings, exchange)
         job = await current_repair(redis, settings, exchange)
-        counts = await asyncio.to_thread(summarise, exchange, evidence, end, repairing)
+        counts = await counting.run(summarise, exchange, evidence, end, repairing)
         result.append((counts, job))
     return result
