@@ -4,6 +4,11 @@ PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
+TEST_WORKERS ?= 2
+# Test files run on TEST_WORKERS processes (a file's tests stay together on one): most of the
+# suite waits on simulated clocks and child processes, so two share two cores. TEST_WORKERS=0 runs
+# them in this one process.
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-test.txt | cksum | cut -d' ' -f1)
 
 .PHONY: help deps system-deps python-deps node-deps web test test-unit lint format init-db up demo status down \
@@ -45,7 +50,7 @@ $(STAMP): requirements.txt requirements-test.txt
 	@touch $@
 
 test: deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_PARALLEL)
 
 lint: python-deps
 	$(PY) -m ruff check .
