@@ -341,10 +341,10 @@ def test_returns_tables_with_cutoffs_and_limits(api, recent):
 
 
 def test_top_quoted_volume(api, recent):
-    since = datetime.now(UTC) - timedelta(hours=24)
+    since = datetime.now(UTC) - timedelta(hours=24)  # the view keeps hourly buckets opening since then
     expected = {}
-    for c in recent:
-        if c.time >= since.replace(minute=0, second=0, microsecond=0):
+    for c in recent:  # each at 00:00 UTC: its own hour's bucket
+        if c.time >= since:
             expected[c.exchange] = expected.get(c.exchange, Decimal(0)) + c.volume * c.close
     status, body = http_get(f"{api}/analytics/top20qvlm")
     assert status == 200
