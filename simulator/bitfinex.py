@@ -350,10 +350,13 @@ class Channel:
     opened_ms: int = 0
     """Where the server's stream stood when the channel was subscribed (`LiveFeed.stamp_ms`, which
     may trail the clock): the snapshot is the history as of then, never ahead of the stream."""
-    since_ms: int = 0
-    """The minute in progress at `opened_ms`: its client can claim none before."""
     last_sent: float = field(default_factory=time.monotonic)
     pending: list[CandleEvent] | None = field(default_factory=list)
+
+    @property
+    def since_ms(self) -> int:
+        """The minute in progress at `opened_ms`: its client can claim none before."""
+        return floor_minute_ms(self.opened_ms)
 
 
 class BitfinexConnection(WsConnection):
@@ -503,7 +506,7 @@ class BitfinexConnection(WsConnection):
             return
         chan_id = self.server.new_chan_id(set(self.channels))
         opened_ms = self.sim.feed.stamp_ms(self.sim.clock.now_ms())
-        channel = Channel(chan_id, key, market, opened_ms=opened_ms, since_ms=floor_minute_ms(opened_ms))
+        channel = Channel(chan_id, key, market, opened_ms=opened_ms)
         self.channels[chan_id] = channel
         self.by_key[key] = chan_id
         channel.subscription = self.sim.feed.subscribe(

@@ -613,7 +613,8 @@ def _minute_trades(
         slot = i % _TRADES_PER_DIGEST
         if slot == 0 or not fields:
             fields = _TRADE_FIELDS.unpack(_trade_digest(key, index, i // _TRADES_PER_DIGEST))
-        side, size_bits, jitter_bits, offset_bits = fields[4 * (3 - slot) : 4 * (4 - slot)]
+        piece = _TRADES_PER_DIGEST - 1 - slot  # the digest holds the last trade's piece first
+        side, size_bits, jitter_bits, offset_bits = fields[4 * piece : 4 * piece + 4]
         offset = (i * MINUTE_MS + offset_bits * MINUTE_MS // 0x10000) // count
         level = l0 + (l1 - l0) * offset // MINUTE_MS
         spread = max(1, level * _SPREAD_PPM // 1_000_000)

@@ -30,16 +30,14 @@ class CountingProcess:
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(*args)` in the child; what it raises is raised here. A child that died is
         replaced and the call made once more."""
-        for attempt in (1, 2):
-            executor = self._start()
-            try:
-                return await asyncio.get_running_loop().run_in_executor(executor, work, *args)
-            except BrokenProcessPool:
-                self._executor = None
-                executor.shutdown(wait=False, cancel_futures=True)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._submit(work, *args)
+        except BrokenProcessPool:
+            self.close()
+            return await self._submit(work, *args)
+
+    async def _submit(self, work: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._start(), work, *args)
 
     def _start(self) -> ProcessPoolExecutor:
         if self._executor is None:
