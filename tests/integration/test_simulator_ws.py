@@ -441,7 +441,9 @@ def test_a_bitfinex_snapshot_never_runs_ahead_of_the_stream() -> None:
             async with session.ws_connect(bfx_url(sim)) as ws:
                 await bfx_numbered_channel(ws, "BTCUSD")
                 await off_loop(sim.stop_feed)
-                await asyncio.sleep(3.5)  # three simulated minutes and more without the feed
+                stopped = (await off_loop(sim.clock))["current_minute_ms"]
+                while (await off_loop(sim.clock))["current_minute_ms"] < stopped + 3 * MINUTE:
+                    await asyncio.sleep(0.1)  # three simulated minutes pass without the feed
                 await ws.send_json(subscribe_msg("ETHUSD"))
                 subscribed, _ = await recv_until(
                     ws, lambda f: isinstance(f, dict) and f.get("event") == "subscribed"
