@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import io
+import logging
 import operator
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +29,8 @@ from common.backoff import backoff_seconds
 from common.candle import Candle, CandleBlock, Market, only_number_chars
 from common.levels import AGGREGATE_LEVELS, BUCKET_ORIGIN, VIEW_LEVELS_TIMESCALEDB
 from common.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 COPY_CHUNK_BYTES = 1 << 20
 """How much COPY text psycopg2 reads per call (its default, 8 KiB, costs a call per 70 rows)."""
@@ -344,19 +347,36 @@ WHERE (o.open::text, o.high::text, o.low::text, o.close::text, o.volume::text) I
       WHERE c.exchange = o.exchange AND c.base_id = o.base_id AND c.quote_id = o.quote_id
         AND c.source IN ('rest', 'archive') AND c.start_time <= o.time AND o.time < c.end_time)
 ON CONFLICT DO NOTHING
+RETURNING exchange, start_time
 """
 
 
 def _insert_live_staged(cur, staged: int) -> int:
     """Write the `staged` live bars in `ohlcvs_incoming`: new minutes inserted, stored ones left as
-    they are, and a stored minute the bar now gives other values recorded as an outage (above).
-    Returns rows inserted."""
+    they are, and a stored minute the bar now gives other values recorded as an outage (above) and
+    logged. Returns rows inserted."""
     cur.execute(_INSERT_MISSING_FROM_INCOMING)
     written = cur.rowcount
     if written < staged:  # minutes already stored (or of markets not in symbol_exchange)
         cur.execute(_RECORD_LATE_CHANGES, {"reason": LATE_CHANGE_REASON})
+        _log_late_changes(cur.fetchall())
     cur.execute("TRUNCATE ohlcvs_incoming")
     return written
+
+
+def _log_late_changes(rows: list[tuple[str, datetime]]) -> None:
+    """One warning per exchange: how many stored minutes a live bar changed, and when they lie."""
+    by_exchange: dict[str, list[datetime]] = {}
+    for exchange, minute in rows:
+        by_exchange.setdefault(exchange, []).append(minute)
+    for exchange, minutes in sorted(by_exchange.items()):
+        log.warning(
+            "%s: %d stored minutes (%s .. %s) changed by a later live bar: outages for the repair",
+            exchange,
+            len(minutes),
+            min(minutes).isoformat(),
+            max(minutes).isoformat(),
+        )
 
 
 def insert_missing_candles(conn: PgConnection, candles: Iterable[Candle]) -> int:

@@ -132,7 +132,7 @@ def test_rest_overwrites_compressed_minutes_exactly(settings, history, db_conn, 
     assert_every_level_matches_ohlcvs(db_conn)
 
 
-def test_live_bars_fill_but_never_overwrite_compressed_minutes(history, db_conn, timescaledb):
+def test_live_bars_fill_but_never_overwrite_compressed_minutes(history, db_conn, timescaledb, caplog):
     with db_conn.cursor() as cur:
         cur.execute("DELETE FROM ohlcvs WHERE time = %s", (START + timedelta(minutes=60),))
     compress_history(db_conn, timescaledb)
@@ -147,6 +147,11 @@ def test_live_bars_fill_but_never_overwrite_compressed_minutes(history, db_conn,
     with db_conn.cursor() as cur:
         cur.execute("SELECT start_time, reason FROM ohlcvs_outages")
         assert cur.fetchall() == [(START + timedelta(minutes=30), LATE_CHANGE_REASON)]
+    late = (START + timedelta(minutes=30)).isoformat()
+    assert [r.getMessage() for r in caplog.records if r.name == "common.db"] == [
+        f"{stale.exchange}: 1 stored minutes ({late} .. {late}) changed by a later live bar: "
+        "outages for the repair"
+    ]
 
 
 def test_psql_updates_and_deletes_work_on_compressed_minutes(settings, history, db_conn, timescaledb):
