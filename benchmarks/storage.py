@@ -1,7 +1,7 @@
 """Storage benchmark: bytes per candle on disk, reads and write throughput, plain PostgreSQL and
 TimescaleDB, before and after compression.
 
-    python -m benchmarks.storage              # 20 Binance markets x 30 days + 1 market x 365 days
+    python -m benchmarks.storage              # 60 Binance markets x 30 days + 1 market x 365 days
     python -m benchmarks.storage --quick      # 4 markets x 10 days + 1 market x 60 days
 
 Both paths run from one invocation on this machine, one after the other, each on its own throwaway
@@ -31,6 +31,7 @@ import hashlib
 import io
 import os
 import pickle
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -85,8 +86,29 @@ class Dataset:
 
 
 def binance_markets(count: int) -> list[Market]:
-    chosen = [m for m in MarketCatalog.load("binance", limit=count * 2) if m.is_trading][:count]
-    return [Market("binance", m.base, m.quote, m.symbol) for m in chosen]
+    """`count` trading Binance markets spread evenly over the whole list ranked by how often they
+    trade (the simulator's `trade_probability`), in the fixture's order. A quiet minute compresses
+    to a fraction of a traded one, so the sample must mix liquid and illiquid markets as the full
+    list does for its bytes per candle to stand for the list's (the first markets of the fixture,
+    majors among them, trade more often than the list as a whole)."""
+    trading = [m for m in MarketCatalog.load("binance") if m.is_trading]
+    ranked = sorted(trading, key=lambda m: (m.trade_probability, m.symbol))
+    step = len(ranked) / min(count, len(ranked))
+    chosen = {ranked[int((i + 0.5) * step)].symbol for i in range(min(count, len(ranked)))}
+    return [Market("binance", m.base, m.quote, m.symbol) for m in trading if m.symbol in chosen]
+
+
+def main_market() -> Market:
+    """The market users read most (BTC/USDT): the year of hourly bars is read from it."""
+    m = next(m for m in MarketCatalog.load("binance") if m.symbol == "BTCUSDT")
+    return Market("binance", m.base, m.quote, m.symbol)
+
+
+def traded_share(markets: list[Market]) -> float:
+    """The share of minutes the simulator trades in, on average over `markets` (its model's own
+    probability, so no candle needs computing)."""
+    probability = {m.symbol: m.trade_probability for m in MarketCatalog.load("binance")}
+    return sum(probability[m.symbol] for m in markets) / len(markets)
 
 
 def market_minutes(symbol: str, start_ms: int, end_ms: int) -> list[tuple[int, str]]:
@@ -122,10 +144,10 @@ def cached_minutes(markets: list[Market], start_ms: int, end_ms: int) -> list[li
     return result
 
 
-def generate(count: int, days: int, live_days: int = 1) -> Dataset:
-    """The simulator's Binance minutes for `count` markets over `days` days from START; the last
+def generate(markets: list[Market], days: int, live_days: int = 1) -> Dataset:
+    """The simulator's Binance minutes of `markets` over `days` days from START; the last
     `live_days` go to the updater's write."""
-    markets = binance_markets(count)
+    count = len(markets)
     start_ms = datetime_to_ms(START)
     backfill_end = start_ms + (days - live_days) * DAY_MS
     end_ms = start_ms + days * DAY_MS
@@ -428,17 +450,19 @@ def main() -> None:
         prog="python -m benchmarks.storage", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
-    parser.add_argument("--markets", type=int, help="Binance markets in the month (default 20; quick 4)")
+    parser.add_argument("--markets", type=int, help="Binance markets in the month (default 60; quick 4)")
     parser.add_argument("--days", type=int, help="days in the month (default 30; quick 10)")
     parser.add_argument("--year-days", type=int, help="days of the read market (default 365; quick 60)")
     args = parser.parse_args()
-    markets = args.markets or (4 if args.quick else 20)
+    markets = args.markets or (4 if args.quick else 60)
     days = args.days or (10 if args.quick else 30)
     year_days = args.year_days or (60 if args.quick else 365)
 
     began = time.perf_counter()
-    month = generate(markets, days)
-    year = generate(1, year_days)
+    sample = binance_markets(markets)
+    full_list = binance_markets(sys.maxsize)
+    month = generate(sample, days)
+    year = generate([main_market()], year_days)
     print(
         f"generated {month.candles:,} + {year.candles:,} candles in {time.perf_counter() - began:.0f} s",
         flush=True,
@@ -446,7 +470,10 @@ def main() -> None:
     plain = run_path(False, month, year)
     ts = run_path(True, month, year)
 
-    what = f"{markets} Binance markets x {days} days ({month.candles:,} candles)"
+    what = (
+        f"{len(sample)} Binance markets x {days} days ({month.candles:,} candles); minutes traded: "
+        f"{traded_share(sample):.1%} (all {len(full_list):,} trading markets: {traded_share(full_list):.1%})"
+    )
     exact = plain.digest_before == ts.digest_before == ts.digest_after
     backfill_share = ts.backfill_per_s / plain.backfill_per_s
     live_share = ts.live_per_s / plain.live_per_s
