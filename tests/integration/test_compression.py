@@ -17,6 +17,7 @@ import pytest
 from common.candle import MarketKey
 from common.db import (
     LATE_CHANGE_REASON,
+    connect,
     insert_missing_candles,
     refresh_aggregates,
     upsert_candles,
@@ -176,6 +177,58 @@ def test_psql_updates_and_deletes_work_on_compressed_minutes(settings, history, 
     db_conn.rollback()
     refresh_aggregates(settings, START, START + timedelta(days=3))
     assert_every_level_matches_ohlcvs(db_conn)
+
+
+def test_a_compressed_batch_holds_a_markets_whole_chunk(settings, history, db_conn, timescaledb):
+    """`init` sets the database's batch size to a market's 7-day chunk (10,080 minutes: 9.8 against
+    11.1 B a candle with TimescaleDB's 1,000) and lifts the per-transaction decompression cap that
+    such batches would hit; a session begun afterwards, as a policy's background job is, compresses
+    each market's part of each chunk into one batch, and the values read back the same."""
+    before = stored_text(db_conn)
+    conn = connect(settings)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                "WHERE d.datname = current_database() AND array_to_string(s.setconfig, ',') LIKE %s",
+                ("%timescaledb.%",),
+            )
+            assert cur.fetchone() == ((1,) if timescaledb else (0,))
+            if timescaledb:
+                cur.execute("SHOW timescaledb.compression_batch_size_limit")
+                assert cur.fetchone() == ("10080",)
+                cur.execute("SHOW timescaledb.max_tuples_decompressed_per_dml_transaction")
+                assert cur.fetchone() == ("0",)
+        conn.rollback()
+        compress_history(conn, timescaledb)
+        if timescaledb:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT format('%I.%I', c.schema_name, c.table_name), i.range_start, i.range_end "
+                    "FROM timescaledb_information.chunks i "
+                    "JOIN _timescaledb_catalog.chunk u ON u.schema_name = i.chunk_schema "
+                    "AND u.table_name = i.chunk_name "
+                    "JOIN _timescaledb_catalog.chunk c ON c.id = u.compressed_chunk_id "
+                    "WHERE i.hypertable_name = 'ohlcvs'"
+                )
+                chunks = cur.fetchall()
+                assert len(chunks) >= 3
+                for compressed, start, end in chunks:
+                    cur.execute(
+                        f"SELECT base_id, quote_id, count(*), sum(_ts_meta_count) FROM {compressed} "
+                        "GROUP BY 1, 2 ORDER BY 1, 2"
+                    )
+                    batches = cur.fetchall()
+                    cur.execute(
+                        "SELECT base_id, quote_id, 1, count(*) FROM ohlcvs WHERE time >= %s AND time < %s "
+                        "GROUP BY 1, 2 ORDER BY 1, 2",
+                        (start, end),
+                    )
+                    assert batches == cur.fetchall(), (start, end)
+            conn.rollback()
+    finally:
+        conn.close()
+    assert stored_text(db_conn) == before
 
 
 def test_init_applies_the_compression_setting_idempotently(settings, db_conn, timescaledb):

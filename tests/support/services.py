@@ -161,7 +161,9 @@ class PostgresServer:
             admin.close()
 
     def clone_database(self, name: str, template: str, attempts: int = 100) -> None:
-        """CREATE DATABASE name TEMPLATE template, ending sessions still attached to the template."""
+        """CREATE DATABASE name TEMPLATE template, ending sessions still attached to the template,
+        with the template's own settings (`ALTER DATABASE … SET`, which `init` uses and a clone
+        does not inherit)."""
         admin = self.connect("postgres")
         admin.autocommit = True
         statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
@@ -172,12 +174,25 @@ class PostgresServer:
                 for attempt in range(attempts):
                     try:
                         cur.execute(statement)
-                        return
+                        break
                     except psycopg2.errors.ObjectInUse:
                         if attempt == attempts - 1:
                             raise
                         self._end_sessions(cur, template)
                         time.sleep(0.05)
+                cur.execute(
+                    "SELECT unnest(s.setconfig) FROM pg_db_role_setting s "
+                    "JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = %s AND s.setrole = 0",
+                    (template,),
+                )
+                for (entry,) in cur.fetchall():
+                    parameter, value = entry.split("=", 1)
+                    cur.execute(
+                        sql.SQL("ALTER DATABASE {} SET {} = %s").format(
+                            sql.Identifier(name), sql.SQL(".").join(map(sql.Identifier, parameter.split(".")))
+                        ),
+                        (value,),
+                    )
         finally:
             admin.close()
 
