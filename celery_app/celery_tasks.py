@@ -68,6 +68,28 @@ def refresh_markets(exchange: str) -> dict:
 
 log = logging.getLogger(__name__)
 
+REPAIR_TASK = "celery_app.celery_tasks.repair_gaps"
+QUEUE_PEEK = 100
+"""Messages of a queue looked at when deciding whether work other than a repair waits."""
+
+
+def other_work_waiting(messages: list[bytes]) -> bool:
+    """Whether any of a queue's waiting messages (Celery's messages as the Redis broker keeps
+    them: JSON with the task's name in `headers.task`) is something other than a repair run.
+
+    The beat queues a repair run for each exchange every `REPAIR_INTERVAL_SECONDS`; a repair that
+    handed its worker to that message would hand it to a run that finds the job still being
+    drained and leaves, so the job would wait for the next beat. A message that cannot be read
+    counts as other work: the repair gives way."""
+    for raw in messages:
+        try:
+            task = json.loads(raw)["headers"]["task"]
+        except (ValueError, KeyError, TypeError):
+            return True
+        if task != REPAIR_TASK:
+            return True
+    return False
+
 
 async def _repair(exchange: str) -> dict:
     settings = get_settings()
@@ -92,7 +114,7 @@ async def _repair(exchange: str) -> dict:
     queue = REST_QUEUES[exchange]
 
     async def user_jobs_waiting() -> bool:
-        return await broker.llen(queue) > 0
+        return other_work_waiting(await broker.lrange(queue, 0, QUEUE_PEEK - 1))
 
     try:
         engine = BackfillEngine(
@@ -108,13 +130,13 @@ async def _repair(exchange: str) -> dict:
     return result
 
 
-@app.task(name="celery_app.celery_tasks.repair_gaps")
+@app.task(name=REPAIR_TASK)
 def repair_gaps(exchange: str) -> dict:
     """Plan the exchange's missing minutes and drain its repair job at low priority (or carry on
     with the unfinished one; a run that finds it being drained leaves it to that worker, so a long
     repair never takes more than one worker process). The worker is handed back as soon as a
-    message waits in the queue: user backfills never wait behind a repair, and the repair goes on
-    at the next run."""
+    message other than a repair run waits in the queue: user backfills never wait behind a repair,
+    and the repair goes on at the next run."""
     setup_logging("celery_worker")
     return asyncio.run(_repair(exchange))
 
