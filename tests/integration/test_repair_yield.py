@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 import redis
+from celery import Celery
 
-from celery_app.celery_config import REST_QUEUES
-from celery_app.celery_main import create_app
-from celery_app.celery_tasks import QUEUE_PEEK, REPAIR_TASK, other_work_waiting
+from celery_app.queue_messages import QUEUE_PEEK, REPAIR_TASK, other_work_waiting
 
 pytestmark = pytest.mark.integration
 
@@ -20,11 +19,16 @@ def waiting(client: redis.Redis, queue: str) -> list[bytes]:
 
 
 def test_a_repair_gives_way_to_a_backfill_but_not_to_the_next_repair_run(settings):
+    from celery_app.celery_config import REST_QUEUES
+
     client = redis.Redis.from_url(settings.redis_url)
     queue = REST_QUEUES["binance"]
     client.delete(queue)
     assert not other_work_waiting(waiting(client, queue))
-    app = create_app()  # the platform's app, on this test's Redis (the settings fixture's env)
+    # the platform's Celery configuration on this test's Redis (`celery_main.app`, made once per
+    # process, would stay bound to it for the tests after this one)
+    app = Celery("coin_for_rich", broker=settings.redis_url)
+    app.config_from_object("celery_app.celery_config")
     app.send_task(REPAIR_TASK, args=("binance",), queue=queue)
     app.send_task(REPAIR_TASK, args=("binance",), queue=queue)
     assert len(waiting(client, queue)) == 2
