@@ -31,7 +31,6 @@ import hashlib
 import io
 import os
 import pickle
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from common.db import (
 from common.schema import apply_schema
 from common.settings import Settings
 from common.timeutil import datetime_to_ms, ms_to_datetime
-from simulator.core import CandleModel, MarketCatalog
+from simulator.core import CandleModel, MarketCatalog, SimMarket
 from simulator.wire import fixed8
 from tests.support.services import PostgresServer
 from web.reads import INTERVALS, BarQuery, read_bars
@@ -85,30 +84,33 @@ class Dataset:
     end: datetime
 
 
-def binance_markets(count: int) -> list[Market]:
+def trading_markets() -> list[SimMarket]:
+    """Every trading Binance market of the simulator's list, in the fixture's order."""
+    return [m for m in MarketCatalog.load("binance") if m.is_trading]
+
+
+def binance_markets(count: int) -> list[SimMarket]:
     """`count` trading Binance markets spread evenly over the whole list ranked by how often they
     trade (the simulator's `trade_probability`), in the fixture's order. A quiet minute compresses
     to a fraction of a traded one, so the sample must mix liquid and illiquid markets as the full
     list does for its bytes per candle to stand for the list's (the first markets of the fixture,
     majors among them, trade more often than the list as a whole)."""
-    trading = [m for m in MarketCatalog.load("binance") if m.is_trading]
+    trading = trading_markets()
     ranked = sorted(trading, key=lambda m: (m.trade_probability, m.symbol))
     step = len(ranked) / min(count, len(ranked))
     chosen = {ranked[int((i + 0.5) * step)].symbol for i in range(min(count, len(ranked)))}
-    return [Market("binance", m.base, m.quote, m.symbol) for m in trading if m.symbol in chosen]
+    return [m for m in trading if m.symbol in chosen]
 
 
-def main_market() -> Market:
+def main_market() -> SimMarket:
     """The market users read most (BTC/USDT): the year of hourly bars is read from it."""
-    m = next(m for m in MarketCatalog.load("binance") if m.symbol == "BTCUSDT")
-    return Market("binance", m.base, m.quote, m.symbol)
+    return next(m for m in MarketCatalog.load("binance") if m.symbol == "BTCUSDT")
 
 
-def traded_share(markets: list[Market]) -> float:
+def traded_share(markets: list[SimMarket]) -> float:
     """The share of minutes the simulator trades in, on average over `markets` (its model's own
     probability, so no candle needs computing)."""
-    probability = {m.symbol: m.trade_probability for m in MarketCatalog.load("binance")}
-    return sum(probability[m.symbol] for m in markets) / len(markets)
+    return sum(m.trade_probability for m in markets) / len(markets)
 
 
 def market_minutes(symbol: str, start_ms: int, end_ms: int) -> list[tuple[int, str]]:
@@ -144,9 +146,10 @@ def cached_minutes(markets: list[Market], start_ms: int, end_ms: int) -> list[li
     return result
 
 
-def generate(markets: list[Market], days: int, live_days: int = 1) -> Dataset:
-    """The simulator's Binance minutes of `markets` over `days` days from START; the last
+def generate(listed: list[SimMarket], days: int, live_days: int = 1) -> Dataset:
+    """The simulator's Binance minutes of `listed` over `days` days from START; the last
     `live_days` go to the updater's write."""
+    markets = [Market("binance", m.base, m.quote, m.symbol) for m in listed]
     count = len(markets)
     start_ms = datetime_to_ms(START)
     backfill_end = start_ms + (days - live_days) * DAY_MS
@@ -460,7 +463,7 @@ def main() -> None:
 
     began = time.perf_counter()
     sample = binance_markets(markets)
-    full_list = binance_markets(sys.maxsize)
+    full_list = trading_markets()
     month = generate(sample, days)
     year = generate([main_market()], year_days)
     print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from kombu import Queue
 
+from celery_app.queue_messages import REPAIR_TASK
 from common.exchanges import EXCHANGES
 from common.settings import get_settings
 
@@ -42,7 +43,7 @@ beat_schedule = {
 beat_schedule.update(
     {
         f"repair-gaps-{exchange}": {
-            "task": "celery_app.celery_tasks.repair_gaps",
+            "task": REPAIR_TASK,
             "schedule": get_settings().repair_interval_seconds,
             "args": (exchange,),
             "options": {"queue": queue, "expires": get_settings().repair_interval_seconds},

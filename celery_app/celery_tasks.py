@@ -92,12 +92,12 @@ async def _repair(exchange: str) -> dict:
     broker = async_client(settings)
     queue = REST_QUEUES[exchange]
 
-    async def user_jobs_waiting() -> bool:
+    async def other_work_queued() -> bool:
         return other_work_waiting(await broker.lrange(queue, 0, QUEUE_PEEK - 1))
 
     try:
         engine = BackfillEngine(
-            settings, submission.job.id, worker_id=worker_id, yield_when=user_jobs_waiting
+            settings, submission.job.id, worker_id=worker_id, yield_when=other_work_queued
         )
         job = await engine.run()
     finally:
