@@ -9,7 +9,9 @@ date parts its interval needs (else 400 INVALID_DATE) and refuses the current or
 (400 STARTDATE_OUT_OF_RANGE); unknown markets answer 404 MARKET_DOES_NOT_EXIST; more than
 `bittrex_requests_per_window` requests in a window answer 429 TOO_MANY_REQUESTS until it resets.
 `recent` includes the in-progress candle (`bittrex_recent_includes_current`). MIDPOINT candles carry
-the same prices with zero volumes and exist from 2020-12-02.
+the same prices with zero volumes and exist from 2020-12-02. Closed minute bars are encoded once
+and kept per market and day (`simulator/encoded_days.py`): a repair asks for the same days again
+and again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from common.timeutil import datetime_to_ms
-from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket
+from simulator.core import MINUTE_MS, MarketCatalog, SimMarket
+from simulator.encoded_days import EncodedDays
 from simulator.http import client_ip, count_reply, damaged_reply, fault_gate, json_response
 from simulator.limits import CountLimiter
 from simulator.wire import bittrex_candle, dumps
@@ -37,6 +40,8 @@ RECENT_SPAN_MS = {"MINUTE_1": DAY_MS, "MINUTE_5": DAY_MS, "HOUR_1": 31 * DAY_MS,
 CANDLE_TYPES = ("TRADE", "MIDPOINT")
 MIDPOINT_FROM_MS = 1_606_867_200_000
 """2020-12-02T00:00:00Z: Bittrex has midpoint candles from this day on."""
+DAYS_KEPT_PER_MARKET = 2
+"""Encoded minute days kept per market: `recent` spans two UTC days."""
 
 
 FIAT = frozenset({"USD", "EUR"})
@@ -86,6 +91,12 @@ class BittrexRestServer:
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         used = sorted({c for m in sim.markets[EXCHANGE] for c in (m.base, m.quote)})
         self.currency_objects: dict[str, dict[str, Any]] = {c: currency_object(c) for c in used}
+        days_kept = DAYS_KEPT_PER_MARKET * len(self.markets)
+        self.minute_days = {
+            midpoint: EncodedDays(sim.history, lambda c, m=midpoint: dumps(bittrex_candle(c, m)), days_kept)
+            for midpoint in (False, True)
+        }
+        """Per candle type (midpoint or not), the closed minute bars as served, kept per day."""
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(self._middleware)
@@ -181,12 +192,24 @@ class BittrexRestServer:
             lo = max(lo, MIDPOINT_FROM_MS)
         history = self.sim.history
 
-        def select() -> list[SimCandle]:
-            return history.interval_candles(market, interval_ms, lo, hi, include_current=include_current)
+        def select() -> str:
+            if interval_ms == MINUTE_MS:
+                return self._minute_body(market, lo, hi, include_current, midpoint)
+            candles = history.interval_candles(market, interval_ms, lo, hi, include_current=include_current)
+            return dumps([bittrex_candle(c, midpoint) for c in candles])
 
-        candles = await self.sim.compute(select)
-        body = dumps([bittrex_candle(c, midpoint) for c in candles])
-        return json_response(body, headers=headers)
+        return json_response(await self.sim.compute(select), headers=headers)
+
+    def _minute_body(self, market: SimMarket, lo: int, hi: int, include_current: bool, midpoint: bool) -> str:
+        """The minute bars of [lo, hi] as a JSON list: closed ones from the kept days, then the
+        in-progress one as of now if asked for and in range."""
+        now = self.sim.clock.now_ms()
+        current = now - now % MINUTE_MS
+        parts = [self.minute_days[midpoint].closed_text(market, lo, min(hi, current - MINUTE_MS))]
+        if include_current and lo <= current <= hi:
+            partial = self.sim.history.minute_candles(market, current, current, now_ms=now)
+            parts += [dumps(bittrex_candle(c, midpoint)) for c in partial]
+        return "[" + ",".join(p for p in parts if p) + "]"
 
     @staticmethod
     def _period(interval: str, parts: list[str]) -> tuple[int, int] | web.Response:
