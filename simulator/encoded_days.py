@@ -4,8 +4,9 @@ Bittrex serves minute bars a day at a time (`historical/Y/M/D`, and `recent`: th
 so a client mending one minute asks for 1,440 of them, and a repair asks for the same market's day
 again after every outage that touches it. Working each out anew costs the candle model and the
 encoder about 90 ms a request, on the process that also feeds every websocket. Closed bars are
-final (the model is deterministic), so each is worked out and encoded once: a day's text grows as
-its minutes close, and a request takes a slice of it.
+final (the model is deterministic), so each is worked out and encoded once: a day's text starts
+with the first minutes asked for, grows on either side as later requests need (forwards as minutes
+close), and a request takes a slice of it.
 
 Promises: `closed_text` equals the encoded bars `History.minute_candles` gives for the same closed
 minutes, joined by ","; at most `days_kept` (market, day) texts are kept, the least recently used
@@ -26,8 +27,8 @@ from simulator.history import DAY_MS, History, floor_to
 
 @dataclass
 class _DayText:
-    """Minutes from `start_ms` on, each encoded and followed by ","; `offsets[i]` is where minute i
-    begins in `text` and the last offset is `len(text)`."""
+    """Consecutive minutes from `start_ms` on, each encoded and followed by ","; `offsets[i]` is
+    where minute i begins in `text` and the last offset is `len(text)`."""
 
     start_ms: int
     text: str = ""
@@ -35,20 +36,33 @@ class _DayText:
 
     @property
     def end_ms(self) -> int:
-        """The open time of the first minute not held yet."""
+        """The open time of the first minute after those held."""
         return self.start_ms + (len(self.offsets) - 1) * MINUTE_MS
 
     def extend(self, encoded: list[str]) -> None:
-        position = self.offsets[-1]
-        for piece in encoded:
-            position += len(piece) + 1
-            self.offsets.append(position)
+        """Append the minutes from `end_ms` on."""
+        self.offsets.extend(_offsets(encoded, self.offsets[-1])[1:])
         self.text += "".join(piece + "," for piece in encoded)
+
+    def prepend(self, encoded: list[str]) -> None:
+        """Put the minutes just before `start_ms` in front."""
+        head = "".join(piece + "," for piece in encoded)
+        offsets = _offsets(encoded, 0)
+        offsets.extend(offset + len(head) for offset in self.offsets[1:])
+        self.text, self.offsets = head + self.text, offsets
+        self.start_ms -= len(encoded) * MINUTE_MS
 
     def slice(self, lo_ms: int, hi_ms: int) -> str:
         first = (lo_ms - self.start_ms) // MINUTE_MS
         last = (hi_ms - self.start_ms) // MINUTE_MS
         return self.text[self.offsets[first] : self.offsets[last + 1] - 1]
+
+
+def _offsets(encoded: list[str], start: int) -> array:
+    offsets = array("Q", [start])
+    for piece in encoded:
+        offsets.append(offsets[-1] + len(piece) + 1)
+    return offsets
 
 
 class EncodedDays:
@@ -57,7 +71,10 @@ class EncodedDays:
         self.encode = encode
         self.days_kept = days_kept
         self._days: OrderedDict[tuple[str, int], _DayText] = OrderedDict()
+        self._market_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        """Guards the two dicts; a market's own lock guards its texts while they grow, so requests
+        for other markets go on meanwhile."""
 
     def closed_text(self, market: SimMarket, lo_ms: int, hi_ms: int) -> str:
         """The closed minute bars with open time in [lo_ms, hi_ms] (clipped to the history and the
@@ -66,30 +83,35 @@ class EncodedDays:
         hi = min(floor_to(hi_ms, MINUTE_MS), self.history.last_closed_minute())
         pieces = []
         with self._lock:
+            market_lock = self._market_locks.setdefault(market.symbol, threading.Lock())
+        with market_lock:
             day = floor_to(lo, DAY_MS)
             while day <= hi:
                 first, last = max(lo, day), min(hi, day + DAY_MS - MINUTE_MS)
                 if first <= last:
-                    pieces.append(self._day_text(market, day, last).slice(first, last))
+                    pieces.append(self._day_text(market, day, first, last).slice(first, last))
                 day += DAY_MS
         return ",".join(pieces)
 
-    def _day_text(self, market: SimMarket, day: int, upto_ms: int) -> _DayText:
-        """The day's text, holding at least the minutes up to `upto_ms` (a closed minute)."""
+    def _day_text(self, market: SimMarket, day: int, first: int, last: int) -> _DayText:
+        """The day's text, holding at least the closed minutes `first` .. `last`."""
         key = (market.symbol, day)
-        kept = self._days.get(key)
-        if kept is None:
-            kept = _DayText(max(day, self.history.first_ms))
-            self._days[key] = kept
-            while len(self._days) > self.days_kept:
-                self._days.popitem(last=False)
-        else:
-            self._days.move_to_end(key)
-        if kept.end_ms <= upto_ms:
-            bars = self.history.minute_candles(market, kept.end_ms, upto_ms, include_current=False)
-            if len(bars) != (upto_ms - kept.end_ms) // MINUTE_MS + 1:
-                raise RuntimeError(
-                    f"{market.symbol}: the history skipped minutes of {kept.end_ms}..{upto_ms}"
-                )
-            kept.extend([self.encode(bar) for bar in bars])
+        with self._lock:
+            kept = self._days.get(key)
+            if kept is None:
+                kept = self._days[key] = _DayText(first)
+                while len(self._days) > self.days_kept:
+                    self._days.popitem(last=False)
+            else:
+                self._days.move_to_end(key)
+        if first < kept.start_ms:
+            kept.prepend(self._encoded(market, first, kept.start_ms - MINUTE_MS))
+        if kept.end_ms <= last:
+            kept.extend(self._encoded(market, kept.end_ms, last))
         return kept
+
+    def _encoded(self, market: SimMarket, first: int, last: int) -> list[str]:
+        bars = self.history.minute_candles(market, first, last, include_current=False)
+        if len(bars) != (last - first) // MINUTE_MS + 1:
+            raise RuntimeError(f"{market.symbol}: minutes missing in {first}..{last}")
+        return [self.encode(bar) for bar in bars]

@@ -62,17 +62,19 @@ def test_kept_days_equal_fresh_encoding_as_the_clock_moves(first_ms):
         assert len(kept._days) <= 7, "the kept days stay within their bound"
 
 
-def test_a_kept_day_grows_by_the_minutes_closed_since():
-    """Asked again a minute later, only the new minute is worked out (the model is not asked for
-    the rest of the day again)."""
+def test_a_kept_day_grows_by_the_minutes_asked_for_since():
+    """Each minute is worked out once: asked again a minute later, only the new minute is; asked
+    for earlier minutes of the day, only those."""
     clock = SetClock(DAY + 600 * MINUTE_MS)
     history = History(clock, CandleModel(4), DAY - DAY_MS)
     encoded: list[int] = []
     kept = EncodedDays(history, lambda bar: encoded.append(bar.time_ms) or dumps(bittrex_candle(bar)), 4)
     market = MarketCatalog.load("bittrex", 1, seed=4)[0]
-    kept.closed_text(market, DAY, DAY + DAY_MS)
-    assert len(encoded) == 600
+    kept.closed_text(market, DAY + 300 * MINUTE_MS, DAY + DAY_MS)
+    assert encoded == [DAY + k * MINUTE_MS for k in range(300, 600)]
     clock.at_ms += MINUTE_MS
+    kept.closed_text(market, DAY + 300 * MINUTE_MS, DAY + DAY_MS)
+    assert encoded[300:] == [DAY + 600 * MINUTE_MS]
     text = kept.closed_text(market, DAY, DAY + DAY_MS)
-    assert encoded[600:] == [DAY + 600 * MINUTE_MS]
+    assert sorted(encoded[301:]) == [DAY + k * MINUTE_MS for k in range(300)]
     assert text == fresh_text(history, market, DAY, DAY + DAY_MS)
