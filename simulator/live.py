@@ -149,7 +149,8 @@ class LiveFeed:
         """The time a server may stamp on a frame sent now: at most the end of the oldest minute
         whose final the feed has not delivered yet. An exchange's clock never runs ahead of its own
         data stream; a timer that fires before a late feed tick must not either, or a client would
-        take the stamp as proof that the minute's last update already came."""
+        take the stamp as proof that the minute's last update already came. A late tick sending
+        the finals of several minutes sends each inside its own minute, never stamped before it."""
         if self._open_minute is None:
             return now_ms
         return min(now_ms, self._open_minute + MINUTE_MS - 1)
@@ -192,10 +193,10 @@ class LiveFeed:
                     opened,
                     first - MINUTE_MS,
                 )
-            for closed in range(opened, first, MINUTE_MS):
-                self._emit(closed, "missed", closed + MINUTE_MS, closed + MINUTE_MS)
-            for closed in range(first, minute, MINUTE_MS):
-                self._emit(closed, "final", closed + MINUTE_MS, closed + MINUTE_MS)
+            for closed in range(opened, minute, MINUTE_MS):
+                self._open_minute = closed  # frames sent with its final are stamped inside it
+                kind: EventKind = "missed" if closed < first else "final"
+                self._emit(closed, kind, closed + MINUTE_MS, closed + MINUTE_MS)
         self._open_minute = minute
         self._emit(minute, "open", minute, now)
 

@@ -309,7 +309,8 @@ class BitfinexEvidence(WsEvidence):
     frame the server sent for that channel arrived, so every minute between its first frame and
     the server time of its newest one is complete, trades or none. A number jump ends every run of
     the socket; a silent channel ends its own. Runs start at the minute after a channel's first
-    frame (its snapshot, or the first after a break). Without the numbers nothing is proven."""
+    frame (its snapshot, or the first after a break), and after the newest bar that frame carries.
+    Without the numbers nothing is proven."""
 
     def __init__(self, symbols: Sequence[str], limits: WsLimits) -> None:
         super().__init__(symbols, limits)
@@ -345,4 +346,7 @@ class BitfinexEvidence(WsEvidence):
             return
         if heard is not None:
             self.end_run(symbol, self.why(f"channel silent for {received - heard:.1f}s"))
-        self.start_run(symbol, ceil_minute_ms(server_ms))
+        start = ceil_minute_ms(server_ms)
+        if type(event) is WsCandle:  # a frame stamped before its own bar still vouches for no part of it
+            start = max(start, event.time + MINUTE_MS)
+        self.start_run(symbol, start)

@@ -106,3 +106,21 @@ def test_frames_are_never_stamped_past_a_minute_whose_final_is_still_to_come() -
     assert feed.stamp_ms(late) == START + MINUTE_MS - 1, "the final of START is not delivered yet"
     feed.step(late)
     assert feed.stamp_ms(late) == late
+
+
+@pytest.mark.parametrize("minutes_late", [2, 3, 8])
+def test_a_late_tick_stamps_each_final_within_its_own_minute(minutes_late: int) -> None:
+    """Catching up several minutes at once, a frame sent with the final (or the lost final) of
+    minute M is stamped inside M: never before the data it carries (a client takes a stamp as
+    the server's time, and would vouch for M from a later frame stamped before M), and never
+    past M's end while M's final is still being sent."""
+    feed = _feed(updates=1)
+    late = START + minutes_late * MINUTE_MS + 2_000
+    stamped: list[tuple[str, int, int]] = []
+    feed.subscribe("binance", "BTCUSDT", lambda e: stamped.append((e.kind, e.minute_ms, feed.stamp_ms(late))))
+    feed.step(START)
+    feed.step(late)
+    closed = [(kind, minute, stamp) for kind, minute, stamp in stamped if kind in ("final", "missed")]
+    assert [minute for _, minute, _ in closed] == [START + k * MINUTE_MS for k in range(minutes_late)]
+    for kind, minute, stamp in closed:
+        assert minute <= stamp <= minute + MINUTE_MS - 1, (kind, minute, stamp)

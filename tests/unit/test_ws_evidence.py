@@ -290,6 +290,26 @@ def test_bitfinex_a_number_jump_ends_every_run_of_the_socket():
     assert outages == {("tBTCUSD", 3, 5), ("tETHUSD", 3, 5)}
 
 
+def test_bitfinex_a_run_never_starts_at_a_minute_whose_bar_its_first_frame_carries():
+    """A server catching up sends the finals of several minutes at once; should it stamp them with
+    an earlier time than their bars, the first frame after a jump still vouches for none of its own
+    bar: an earlier update of that minute may be the frame that was lost."""
+    socket = bitfinex({1: "tBTCUSD", 2: "tETHUSD"})
+    for m in range(0, 3):
+        socket.candle(1, m, m + 0.5)
+        socket.candle(2, m, m + 0.5)
+    socket.candle(1, 3, 3.9)
+    socket.lose()  # ETH's bar of minute 4, sent with a stamp of minute 3
+    socket.candle(1, 4, 3.99)
+    socket.candle(2, 5, 3.99)  # ETH's bar of minute 5, stamped inside minute 3
+    for m in range(6, 9):
+        socket.candle(1, m, m + 0.5)
+        socket.candle(2, m, m + 0.5)
+    proven, outages = socket.feed.take()
+    assert ("tETHUSD", 2, 6) in outages, "ETH's minutes 4 and 5 are not vouched for"
+    assert proven == {("tBTCUSD", 1, 3), ("tETHUSD", 1, 2), ("tBTCUSD", 5, 8), ("tETHUSD", 6, 8)}
+
+
 def test_bitfinex_a_channel_silent_past_its_heartbeat_ends_its_own_run():
     socket = bitfinex({1: "tBTCUSD", 2: "tETHUSD"})
     for m in range(0, 3):
