@@ -28,10 +28,12 @@ The simulator's clock runs 60x, so its REST windows shrink too (`--rate-window-s
 exchanges' published budgets per 3 real seconds, as in the tests' fast preset) and its beats come
 every second (the fetchers allow 4 s, so their silence limit is 8 s). It pushes at most one update
 per market per real second (`--updates-per-second`, as the full-list live test does) so that two
-shared cores keep up. Whether they did is reported: reconnects for silence beyond those the long
-stalls explain, and the simulator's own warnings that its feed fell behind (minutes then got no
-final update; those count as lost frames, so the fetchers' evidence must not vouch for them). Exit
-code 1 if a target is missed.
+shared cores keep up, and works out candles for REST in a process of its own
+(`--compute-processes 1`), so that a repair's requests do not take the feed's core. Whether they
+kept up is reported: reconnects for silence beyond those the long stalls explain, and the
+simulator's own warnings that its feed fell behind (minutes then got no final update; those count
+as lost frames, so the fetchers' evidence must not vouch for them). Exit code 1 if a target is
+missed.
 Figures go through `benchmarks.measure.report` (and so into `make bench`).
 """
 
@@ -646,7 +648,8 @@ def simulator_flags(options: Options) -> list[str]:
     return [
         "--markets", options.markets, "--speed", str(options.speed), "--rate-window-seconds", window,
         "--bitfinex-block-seconds", window, "--binance-ban-seconds", window,
-        "--max-updates-per-real-second", str(options.updates_per_second), *SIM_BEATS,
+        "--max-updates-per-real-second", str(options.updates_per_second), "--compute-processes", "1",
+        *SIM_BEATS,
     ]  # fmt: skip
 
 

@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket
+from simulator.compute import CandleWork
+from simulator.core import MINUTE_MS, MarketCatalog, SimMarket
 from simulator.faults import MALFORMED_FRAME
 from simulator.http import (
     WsConnection,
@@ -292,18 +293,10 @@ class BinanceServer:
         if start is not None and end is not None and start > end:
             return error(-1023, "Start time is greater than end time.")
         interval_ms = SERVED_INTERVALS_MINUTES[interval] * MINUTE_MS
-        history = self.sim.history
         self.sim.stats.served.klines.append({"symbol": symbol, "start": start, "end": end})
-
-        def select() -> list[SimCandle]:
-            if start is not None:
-                return history.oldest(market, interval_ms, start, limit, hi_ms=end)
-            return history.newest(
-                market, interval_ms, end if end is not None else history.clock.now_ms(), limit
-            )
-
-        candles = await self.sim.compute(select)
-        return json_response(dumps([binance_kline_row(c, interval_ms) for c in candles]))
+        return json_response(
+            await self.sim.compute(klines_body, market.symbol, interval_ms, start, end, limit)
+        )
 
     # ------------------------------------------------------------------------- websocket
 
@@ -543,3 +536,16 @@ class BinanceConnection(WsConnection):
             self.sim.faults.withheld.add(EXCHANGE, event.market.symbol, event.minute_ms, event.final)
             text = MALFORMED_FRAME
         self.writer.send(text)
+
+
+def klines_body(
+    work: CandleWork, symbol: str, interval_ms: int, start: int | None, end: int | None, limit: int
+) -> str:
+    """The klines asked for as Binance's JSON list (a compute job): the oldest `limit` from
+    `start`, else the newest up to `end` (now by default)."""
+    market, history = work.market(EXCHANGE, symbol), work.history
+    if start is not None:
+        bars = history.oldest(market, interval_ms, start, limit, hi_ms=end)
+    else:
+        bars = history.newest(market, interval_ms, end if end is not None else history.clock.now_ms(), limit)
+    return dumps([binance_kline_row(bar, interval_ms) for bar in bars])

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from simulator.compute import CandleWork
 from simulator.core import MINUTE_MS, SimMarket
 from simulator.wire import binance_kline_row
 
@@ -87,15 +88,6 @@ class ArchiveFiles:
         self._size = 0
         self._building: dict[str, asyncio.Future] = {}
 
-    def _build(self, market: SimMarket, name: str, start_ms: int, end_ms: int, altered: bool) -> bytes:
-        history = self.sim.history
-        lo = max(start_ms, history.first_ms)
-        candles = history.interval_candles(market, MINUTE_MS, lo, end_ms - MINUTE_MS, include_current=False)
-        rows = [binance_kline_row(c, MINUTE_MS) for c in candles]
-        if altered and rows:
-            rows[0][4] = rows[0][4][:-1] + ("1" if rows[0][4][-1] != "1" else "2")
-        return zip_of(name, "".join(csv_line(row) + "\n" for row in rows))
-
     async def get(
         self, market: SimMarket, name: str, start_ms: int, end_ms: int, altered: bool = False
     ) -> tuple[bytes, str]:
@@ -111,7 +103,7 @@ class ArchiveFiles:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self._building[key] = future
         try:
-            data = await self.sim.compute(lambda: self._build(market, name, start_ms, end_ms, altered))
+            data = await self.sim.compute(archive_file, market.symbol, name, start_ms, end_ms, altered)
             found = (data, hashlib.sha256(data).hexdigest())
             future.set_result(found)
         except BaseException as error:
@@ -207,3 +199,19 @@ class BinanceArchiveServer:
         except ConnectionError:  # the client gave up waiting: what a slow file is for
             pass
         return response
+
+
+def archive_file(
+    work: CandleWork, symbol: str, name: str, start_ms: int, end_ms: int, altered: bool
+) -> bytes:
+    """The zip of the minute klines of [start_ms, end_ms) (a compute job); `altered`: with one
+    value changed, as a file that does not match its CHECKSUM."""
+    history = work.history
+    lo = max(start_ms, history.first_ms)
+    bars = history.interval_candles(
+        work.market("binance", symbol), MINUTE_MS, lo, end_ms - MINUTE_MS, include_current=False
+    )
+    rows = [binance_kline_row(bar, MINUTE_MS) for bar in bars]
+    if altered and rows:
+        rows[0][4] = rows[0][4][:-1] + ("1" if rows[0][4][-1] != "1" else "2")
+    return zip_of(name, "".join(csv_line(row) + "\n" for row in rows))

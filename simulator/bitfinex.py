@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from common.timeutil import floor_minute_ms
+from simulator.compute import CandleWork
 from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket, usd_price
 from simulator.faults import MALFORMED_FRAME
 from simulator.http import (
@@ -263,23 +264,9 @@ class BitfinexServer:
         interval = SERVED_REST_TIMEFRAMES_MINUTES[timeframe] * MINUTE_MS
         start, end = params["start"], params["end"]
         ascending = params["sort"] == 1
-        history = self.sim.history
         end_ms = end if end is not None else self.sim.clock.now_ms()
-
-        def select() -> list[SimCandle]:
-            if section == "last":
-                return history.newest(market, interval, end_ms, 1, lo_ms=start, traded_only=True)
-            if ascending:
-                lo = start if start is not None else history.first_ms
-                return history.oldest(market, interval, lo, limit, hi_ms=end_ms, traded_only=True)
-            return list(
-                reversed(history.newest(market, interval, end_ms, limit, lo_ms=start, traded_only=True))
-            )
-
-        candles = await self.sim.compute(select)
-        if section == "last":
-            return json_response(bitfinex_candle(candles[0]) if candles else "[]")
-        return json_response(bitfinex_candles(candles))
+        args = (market.symbol, section, interval, start, end_ms, limit, ascending)
+        return json_response(await self.sim.compute(candles_body, *args))
 
     # ------------------------------------------------------------------------------ websocket
 
@@ -517,16 +504,8 @@ class BitfinexConnection(WsConnection):
         await self._send_snapshot(channel)
 
     async def _send_snapshot(self, channel: Channel) -> None:
-        history = self.sim.history
         count = self.sim.config.bitfinex_snapshot_candles
-        end = channel.opened_ms
-        market = channel.market
-
-        def snapshot() -> list[SimCandle]:
-            partial = history.minute_candles(market, end, end, traded_only=True, now_ms=end)
-            return history.traded_before(market, end, max(0, count - len(partial))) + partial[:count]
-
-        candles = await self.sim.compute(snapshot)
+        candles = await self.sim.compute(snapshot_candles, channel.market.symbol, channel.opened_ms, count)
         if self.channels.get(channel.chan_id) is not channel:
             return
         if not self.server.in_maintenance():
@@ -557,3 +536,34 @@ class BitfinexConnection(WsConnection):
         if self.server.in_maintenance():
             return
         self.send_channel(channel, bitfinex_candle(event.candle), (event.candle,), lost=event.missed)
+
+
+def candles_body(
+    work: CandleWork,
+    symbol: str,
+    section: str,
+    interval: int,
+    start: int | None,
+    end_ms: int,
+    limit: int,
+    ascending: bool,
+) -> str:
+    """`/v2/candles/…/hist` or `…/last` as Bitfinex's JSON (a compute job): traded bars only."""
+    market, history = work.market(EXCHANGE, symbol), work.history
+    if section == "last":
+        bars = history.newest(market, interval, end_ms, 1, lo_ms=start, traded_only=True)
+        return bitfinex_candle(bars[0]) if bars else "[]"
+    if ascending:
+        lo = start if start is not None else history.first_ms
+        bars = history.oldest(market, interval, lo, limit, hi_ms=end_ms, traded_only=True)
+    else:
+        bars = list(reversed(history.newest(market, interval, end_ms, limit, lo_ms=start, traded_only=True)))
+    return bitfinex_candles(bars)
+
+
+def snapshot_candles(work: CandleWork, symbol: str, end: int, count: int) -> list[SimCandle]:
+    """A channel's snapshot as of `end` (a compute job): the newest `count` traded bars, the one
+    in progress then included."""
+    market, history = work.market(EXCHANGE, symbol), work.history
+    partial = history.minute_candles(market, end, end, traded_only=True, now_ms=end)
+    return history.traded_before(market, end, max(0, count - len(partial))) + partial[:count]

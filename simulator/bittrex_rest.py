@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import calendar
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from common.timeutil import datetime_to_ms
-from simulator.core import MINUTE_MS, MarketCatalog, SimMarket
+from simulator.compute import CandleWork
+from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket
 from simulator.encoded_days import EncodedDays
 from simulator.http import client_ip, count_reply, damaged_reply, fault_gate, json_response
 from simulator.limits import CountLimiter
@@ -91,12 +93,6 @@ class BittrexRestServer:
         self.markets: dict[str, SimMarket] = {m.symbol: m for m in sim.markets[EXCHANGE]}
         used = sorted({c for m in sim.markets[EXCHANGE] for c in (m.base, m.quote)})
         self.currency_objects: dict[str, dict[str, Any]] = {c: currency_object(c) for c in used}
-        days_kept = DAYS_KEPT_PER_MARKET * len(self.markets)
-        self.minute_days = {
-            midpoint: EncodedDays(sim.history, lambda c, m=midpoint: dumps(bittrex_candle(c, m)), days_kept)
-            for midpoint in (False, True)
-        }
-        """Per candle type (midpoint or not), the closed minute bars as served, kept per day."""
 
     def add_routes(self, app: web.Application) -> None:
         app.middlewares.append(self._middleware)
@@ -190,26 +186,10 @@ class BittrexRestServer:
         midpoint = candle_type == "MIDPOINT"
         if midpoint:
             lo = max(lo, MIDPOINT_FROM_MS)
-        history = self.sim.history
-
-        def select() -> str:
-            if interval_ms == MINUTE_MS:
-                return self._minute_body(market, lo, hi, include_current, midpoint)
-            candles = history.interval_candles(market, interval_ms, lo, hi, include_current=include_current)
-            return dumps([bittrex_candle(c, midpoint) for c in candles])
-
-        return json_response(await self.sim.compute(select), headers=headers)
-
-    def _minute_body(self, market: SimMarket, lo: int, hi: int, include_current: bool, midpoint: bool) -> str:
-        """The minute bars of [lo, hi] as a JSON list: closed ones from the kept days, then the
-        in-progress one as of now if asked for and in range."""
-        now = self.sim.clock.now_ms()
-        current = now - now % MINUTE_MS
-        parts = [self.minute_days[midpoint].closed_text(market, lo, min(hi, current - MINUTE_MS))]
-        if include_current and lo <= current <= hi:
-            partial = self.sim.history.minute_candles(market, current, current, now_ms=now)
-            parts += [dumps(bittrex_candle(c, midpoint)) for c in partial]
-        return "[" + ",".join(p for p in parts if p) + "]"
+        body = await self.sim.compute(
+            candles_body, market.symbol, interval_ms, lo, hi, include_current, midpoint
+        )
+        return json_response(body, headers=headers)
 
     @staticmethod
     def _period(interval: str, parts: list[str]) -> tuple[int, int] | web.Response:
@@ -229,3 +209,34 @@ class BittrexRestServer:
             days = 366 if calendar.isleap(start.year) else 365
         start_ms = datetime_to_ms(start)
         return start_ms, start_ms + days * DAY_MS
+
+
+def candles_body(
+    work: CandleWork, symbol: str, interval_ms: int, lo: int, hi: int, include_current: bool, midpoint: bool
+) -> str:
+    """The bars of [lo, hi] as Bittrex's JSON list (a compute job)."""
+    market = work.market(EXCHANGE, symbol)
+    if interval_ms != MINUTE_MS:
+        bars = work.history.interval_candles(market, interval_ms, lo, hi, include_current=include_current)
+        return dumps([bittrex_candle(bar, midpoint) for bar in bars])
+    now = work.history.clock.now_ms()
+    current = now - now % MINUTE_MS
+    parts = [minute_days(work, midpoint).closed_text(market, lo, min(hi, current - MINUTE_MS))]
+    if include_current and lo <= current <= hi:
+        in_progress = work.history.minute_candles(market, current, current, now_ms=now)
+        parts += [dumps(bittrex_candle(bar, midpoint)) for bar in in_progress]
+    return "[" + ",".join(part for part in parts if part) + "]"
+
+
+def minute_days(work: CandleWork, midpoint: bool) -> EncodedDays:
+    """The closed minute bars as served, kept per market and day, for one candle type."""
+    key = (EXCHANGE, "minute days", midpoint)
+    kept = work.kept.get(key)
+    if kept is None:
+        days_kept = DAYS_KEPT_PER_MARKET * len(work.markets[EXCHANGE])
+        kept = work.kept[key] = EncodedDays(work.history, partial(_encode, midpoint=midpoint), days_kept)
+    return kept
+
+
+def _encode(bar: SimCandle, midpoint: bool) -> str:
+    return dumps(bittrex_candle(bar, midpoint))

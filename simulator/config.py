@@ -49,6 +49,9 @@ class SimConfig:
     """(market, day) blocks of final bars kept in memory; 0 = compute every request afresh."""
     archive_cache_mb: int = 256
     """Binance archive zips kept in memory once built (a month of one market is about 2 MB)."""
+    compute_processes: int = 0
+    """Processes of their own for candle work (REST, snapshots, truth); 0 = threads of this one
+    (simulator/compute.py says when processes pay: the full lists at high speed)."""
 
     # live feed pacing: updates per sim minute (including the minute's "open" tick); None = derived
     updates_per_minute: int | None = None
@@ -95,6 +98,8 @@ class SimConfig:
             raise ValueError("speed must be > 0")
         if self.markets is not None and self.markets < 1:
             raise ValueError("markets must be >= 1")
+        if self.compute_processes < 0:
+            raise ValueError("compute_processes must be >= 0")
         if self.rate_window_seconds <= 0:
             raise ValueError("rate_window_seconds must be > 0")
         if self.updates_per_minute is not None and not 1 <= self.updates_per_minute <= 60:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from common.exchanges import EXCHANGES
 from common.timeutil import datetime_to_ms, parse_utc
+from simulator.compute import CandleWork
 from simulator.core import MINUTE_MS, SimMarket
 from simulator.faults import FaultError, requested_actions
 from simulator.http import json_response
@@ -143,25 +144,7 @@ class ControlServer:
         end = min(end, history.last_closed_minute())
         if (end - start) // MINUTE_MS > MAX_TRUTH_MINUTES:
             return _bad(f"at most {MAX_TRUTH_MINUTES} minutes per request")
-        traded_only = exchange == "bitfinex"
-        candles = await self.sim.compute(
-            lambda: history.interval_candles(
-                market, MINUTE_MS, start, end, traded_only=traded_only, include_current=False
-            )
-        )
-        rows = [
-            {
-                "time": c.time_ms,
-                "open": format(c.open, "f"),
-                "high": format(c.high, "f"),
-                "low": format(c.low, "f"),
-                "close": format(c.close, "f"),
-                "volume": format(c.volume, "f"),
-                "quote_volume": format(c.quote_volume, "f"),
-                "trades": c.trades,
-            }
-            for c in candles
-        ]
+        rows = await self.sim.compute(truth_rows, exchange, market.symbol, start, end)
         return _json({"exchange": exchange, "symbol": market.symbol, "candles": rows})
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -234,3 +217,29 @@ class ControlServer:
         return _json(
             {"exchange": exchange, "dropped": withheld.of(exchange), "closes": withheld.closes_of(exchange)}
         )
+
+
+def truth_rows(work: CandleWork, exchange: str, symbol: str, start: int, end: int) -> list[dict[str, Any]]:
+    """The final minute bars of [start, end] as the control port serves them (a compute job);
+    Bitfinex's only where somebody traded, as its REST has them."""
+    bars = work.history.interval_candles(
+        work.market(exchange, symbol),
+        MINUTE_MS,
+        start,
+        end,
+        traded_only=exchange == "bitfinex",
+        include_current=False,
+    )
+    return [
+        {
+            "time": c.time_ms,
+            "open": format(c.open, "f"),
+            "high": format(c.high, "f"),
+            "low": format(c.low, "f"),
+            "close": format(c.close, "f"),
+            "volume": format(c.volume, "f"),
+            "quote_volume": format(c.quote_volume, "f"),
+            "trades": c.trades,
+        }
+        for c in bars
+    ]

@@ -25,7 +25,6 @@ import email.utils
 import errno
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -36,6 +35,7 @@ from simulator.binance_archive import BinanceArchiveServer
 from simulator.bitfinex import BitfinexServer
 from simulator.bittrex_rest import BittrexRestServer
 from simulator.bittrex_signalr import BittrexSignalRServer
+from simulator.compute import CandleWork, Compute, Job, markets_by_symbol
 from simulator.config import PORT_NAMES, SimConfig, platform_env
 from simulator.control import ControlServer
 from simulator.core import CandleModel, MarketCatalog, SimClock, SimMarket
@@ -85,6 +85,7 @@ class Simulator:
             [m for ms in self.markets.values() for m in ms],
             config.effective_updates_per_minute,
         )
+        self.computer = Compute(config, CandleWork(self.history, markets_by_symbol(self.markets)))
         self.faults = Faults(config.seed)
         for exchange, settings in config.faults.items():
             self.faults.apply(exchange, settings)
@@ -97,7 +98,6 @@ class Simulator:
         self._feed_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         """The event loop the servers and the feed run on, once started."""
-        self._executor: ThreadPoolExecutor | None = None
 
     def _lose_from_start(self) -> None:
         """The `lose_ws_*` actions of `config.faults` (`--fault binance:lose_ws_closes=1`) take the
@@ -112,11 +112,9 @@ class Simulator:
 
     # ------------------------------------------------------------------------ shared helpers
 
-    async def compute(self, fn: Callable[[], T]) -> T:
-        """Run CPU-heavy candle work on a worker thread so websockets keep flowing meanwhile."""
-        if self._executor is None:
-            return fn()
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def compute(self, job: Job[..., T], *args: Any) -> T:
+        """`job(work, *args)` off the event loop (simulator/compute.py), so websockets keep flowing."""
+        return await self.computer.run(job, *args)
 
     def _server_for(self, exchange: str, action: str) -> ExchangeServer | None:
         return next((s for s in self.servers if s.port == exchange and action in s.actions), None)
@@ -139,7 +137,7 @@ class Simulator:
 
     async def start(self) -> None:
         """Bind every port (raising `PortInUseError` naming the port if one is taken) and go live."""
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sim-compute")
+        self.computer.start()
         apps = {name: web.Application() for name in PORT_NAMES}
         for app in apps.values():
             app.on_response_prepare.append(self._stamp_simulated_date)
@@ -177,9 +175,7 @@ class Simulator:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        self.computer.stop()
 
     async def stop(self) -> None:
         if self._feed_task is not None:

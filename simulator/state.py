@@ -10,11 +10,11 @@ in `actions` to `action` (simulator/faults.py names and explains them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
+from simulator.compute import Job
 from simulator.config import SimConfig
 from simulator.core import SimClock, SimMarket
 from simulator.faults import Faults
@@ -36,8 +36,9 @@ class SimState(Protocol):
     stats: Stats
     """Counters, and `stats.connections`: the open websocket connections fault actions reach."""
 
-    async def compute(self, fn: Callable[[], T]) -> T:
-        """Run CPU-heavy candle work off the event loop so websockets keep flowing meanwhile."""
+    async def compute(self, job: Job[..., T], *args: Any) -> T:
+        """`job(work, *args)` off the event loop so websockets keep flowing meanwhile: on a thread,
+        or in a process of its own (simulator/compute.py), so `job` is a module-level function."""
         ...
 
 

@@ -1,0 +1,107 @@
+"""Where the simulator's candle work runs: on threads of its own process, or in processes of its own.
+
+Working out candles (the model, then the exchange's wire format) is what REST requests, snapshots,
+archive files and the control port's truth cost. On threads it shares the interpreter lock with
+the live feed and every socket: with the full market lists at 60x the feed alone keeps most of a
+core busy, a repair's requests then wait seconds for the loop, and frames go out late. With
+`compute_processes` >= 1 the work runs in that many processes, each holding its own `CandleWork`
+built from the same config and clock; the model is deterministic, so the answers are the same.
+
+A job is a module-level function `job(work, *args)`: its arguments and result cross a process
+boundary, so they must pickle (symbols, times, strings, `SimCandle`s), and whatever it keeps from
+one call to the next lives in `work.kept` of the process it ran in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from common.exchanges import EXCHANGES
+from simulator.config import SimConfig
+from simulator.core import CandleModel, MarketCatalog, SimClock, SimMarket
+from simulator.history import History
+
+T = TypeVar("T")
+P = ParamSpec("P")
+COMPUTE_THREADS = 2
+
+
+@dataclass
+class CandleWork:
+    """What a job may use: the history, the listed markets, and caches of its own."""
+
+    history: History
+    markets: dict[str, dict[str, SimMarket]]
+    """Per exchange, the listed markets by their own symbol (`SimMarket.symbol`)."""
+    kept: dict[Any, Any] = field(default_factory=dict)
+    """Caches jobs keep between calls in this process, each under a key of its own."""
+
+    def market(self, exchange: str, symbol: str) -> SimMarket:
+        return self.markets[exchange][symbol]
+
+
+def markets_by_symbol(markets: dict[str, list[SimMarket]]) -> dict[str, dict[str, SimMarket]]:
+    return {exchange: {m.symbol: m for m in listed} for exchange, listed in markets.items()}
+
+
+Job = Callable[Concatenate[CandleWork, P], T]
+
+
+class Compute:
+    """Runs jobs off the event loop: on `COMPUTE_THREADS` threads with the simulator's own
+    `CandleWork`, or in `config.compute_processes` processes (started with `start`)."""
+
+    def __init__(self, config: SimConfig, work: CandleWork) -> None:
+        self.config = config
+        self.work = work
+        self._executor: Executor | None = None
+
+    def start(self) -> None:
+        if self.config.compute_processes <= 0:
+            self._executor = ThreadPoolExecutor(max_workers=COMPUTE_THREADS, thread_name_prefix="sim-compute")
+            return
+        clock = self.work.history.clock
+        self._executor = ProcessPoolExecutor(
+            max_workers=self.config.compute_processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(self.config, clock.speed, clock.start_ms, clock.real_start, self.work.history.first_ms),
+        )
+
+    def stop(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def run(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`job(work, *args)` off the loop (inline before `start`)."""
+        if self._executor is None:
+            return job(self.work, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        if isinstance(self._executor, ThreadPoolExecutor):
+            return await loop.run_in_executor(self._executor, lambda: job(self.work, *args, **kwargs))
+        return await loop.run_in_executor(self._executor, _run_in_worker, job, args, kwargs)
+
+
+_WORK: CandleWork | None = None
+"""In a compute process: its own `CandleWork`."""
+
+
+def _start_worker(config: SimConfig, speed: float, start_ms: int, real_start: float, first_ms: int) -> None:
+    """Build the process's `CandleWork`: a clock on the same anchor (the monotonic clock is the
+    machine's), the same model and markets, a history from the same first minute."""
+    global _WORK
+    clock = SimClock(speed, start_ms, real_start=real_start)
+    markets = {exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES}
+    history = History(clock, CandleModel(config.seed), first_ms, config.history_cache_days)
+    _WORK = CandleWork(history, markets_by_symbol(markets))
+
+
+def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+    assert _WORK is not None, "a compute process runs jobs only after its initializer"
+    return job(_WORK, *args, **kwargs)
