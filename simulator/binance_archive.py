@@ -47,6 +47,8 @@ MICROSECONDS_FROM_MS = 1_735_689_600_000
 NAME_RE = re.compile(r"^([A-Z0-9]{1,20})-1m-(\d{4}-\d{2}(?:-\d{2})?)\.zip(\.CHECKSUM)?$")
 SLOW_CHUNKS = 20
 DAY_MS = 86_400_000
+ZIP_MEMBER_TIME = (2020, 1, 1, 0, 0, 0)
+"""The time every served zip gives its member (a fixed one keeps the bytes reproducible)."""
 
 
 def csv_line(row: list[Any]) -> str:
@@ -57,9 +59,13 @@ def csv_line(row: list[Any]) -> str:
 
 
 def zip_of(name: str, text: str) -> bytes:
+    """The zip of one CSV member; the same bytes whenever and wherever it is built (the member's
+    time is fixed), so a file and its CHECKSUM never depend on the moment it was asked for."""
+    member = zipfile.ZipInfo(name[: -len(".zip")] + ".csv", date_time=ZIP_MEMBER_TIME)
+    member.compress_type = zipfile.ZIP_DEFLATED
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        archive.writestr(name[: -len(".zip")] + ".csv", text)
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(member, text, compresslevel=1)
     return buffer.getvalue()
 
 

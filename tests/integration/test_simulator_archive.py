@@ -130,3 +130,16 @@ def test_faults_missing_checksum_truncate_slow_and_the_served_log(sim):
     ]
     assert served["klines"] == []
     assert sim.stats()["binance"]["rest_requests"] == 0
+
+
+def test_a_file_is_the_same_bytes_whenever_it_is_built(monkeypatch):
+    """Two simulators (or one after its cache let the file go) serve a period with the same
+    digest: the zip carries no time of its making."""
+    from simulator.binance_archive import zip_of
+
+    built = []
+    for wall_clock in (1_700_000_000.0, 1_800_000_000.0):
+        monkeypatch.setattr(time, "time", lambda wall_clock=wall_clock: wall_clock)
+        built.append(zip_of("BTCUSDT-1m-2025-01-06.zip", "1,2,3\n"))
+    assert built[0] == built[1]
+    assert csv_rows(built[0]) == [["1", "2", "3"]]
