@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, web
 
 from common.timeutil import floor_minute_ms
 from simulator.compute import CandleWork
-from simulator.core import MINUTE_MS, MarketCatalog, SimCandle, SimMarket, usd_price
+from simulator.core import MINUTE_MS, MarketCatalog, SimMarket, usd_price
 from simulator.faults import MALFORMED_FRAME
 from simulator.http import (
     WsConnection,
@@ -388,20 +388,20 @@ class BitfinexConnection(WsConnection):
         self.writer.send(dumps(event))
 
     def send_channel(
-        self, channel: Channel, payload: str, candles: Sequence[SimCandle] | None = None, lost: bool = False
+        self, channel: Channel, payload: str, bar_times: Sequence[int] | None = None, lost: bool = False
     ) -> None:
-        """Send one array frame: candle data (`candles`, what `payload` carries) or, with None, a
-        heartbeat. A frame a fault withholds (`ws_stall`, `lose_ws_frames`), the feed could not
+        """Send one array frame: candle data (`payload`, carrying the bars of `bar_times`) or, with
+        None, a heartbeat. A frame a fault withholds (`ws_stall`, `lose_ws_frames`), the feed could not
         send in time (`lost`) or mangles still takes its SEQ_ALL number, as on a lossy path, so the
         client sees the gap; and it counts as sent for the channel's heartbeat timer, so a stall
         withholds one heartbeat per period, not one per timer tick."""
         faults = self.sim.faults[EXCHANGE]
         self.seq += 1
         channel.last_sent = time.monotonic()
-        if lost or faults.ws_stall or (candles is not None and faults.lose_frame()):
+        if lost or faults.ws_stall or (bar_times is not None and faults.lose_frame()):
             self.sim.stats[EXCHANGE].ws_frames_withheld += 1
-            if candles:
-                self._record_withheld(channel, candles)
+            if bar_times:
+                self._record_withheld(channel, bar_times)
             return
         text = f"[{channel.chan_id},{payload}"
         if self.flags & FLAG_SEQ_ALL:
@@ -409,20 +409,20 @@ class BitfinexConnection(WsConnection):
         if self.flags & FLAG_TIMESTAMP:
             text += f",{self.sim.feed.stamp_ms(self.sim.clock.now_ms())}"
         text += "]"
-        if candles is not None and faults.malformed():
-            self._record_withheld(channel, candles)
+        if bar_times is not None and faults.malformed():
+            self._record_withheld(channel, bar_times)
             text = MALFORMED_FRAME
         self.writer.send(text)
 
-    def _record_withheld(self, channel: Channel, candles: Sequence[SimCandle]) -> None:
+    def _record_withheld(self, channel: Channel, bar_times: Sequence[int]) -> None:
         """Record the minutes a fault kept from this channel. A snapshot's history before the
         subscription is left out: sockets before this one were sent it, and this channel's client
         can claim no minute before its first frame, so withholding it hides nothing it could vouch
         for."""
         withheld = self.sim.faults.withheld
-        for candle in candles:
-            if candle.time_ms >= channel.since_ms:
-                withheld.add(EXCHANGE, channel.market.symbol, candle.time_ms)
+        for time_ms in bar_times:
+            if time_ms >= channel.since_ms:
+                withheld.add(EXCHANGE, channel.market.symbol, time_ms)
 
     async def _heartbeats(self) -> None:
         period = self.sim.config.bitfinex_heartbeat_seconds
@@ -505,11 +505,13 @@ class BitfinexConnection(WsConnection):
 
     async def _send_snapshot(self, channel: Channel) -> None:
         count = self.sim.config.bitfinex_snapshot_candles
-        candles = await self.sim.compute(snapshot_candles, channel.market.symbol, channel.opened_ms, count)
+        payload, bar_times = await self.sim.compute(
+            snapshot, channel.market.symbol, channel.opened_ms, count, local=True
+        )
         if self.channels.get(channel.chan_id) is not channel:
             return
         if not self.server.in_maintenance():
-            self.send_channel(channel, bitfinex_candles(list(reversed(candles))), candles)
+            self.send_channel(channel, payload, bar_times)
         pending, channel.pending = channel.pending or [], None
         for event in pending:
             self._on_event(channel, event)
@@ -535,7 +537,7 @@ class BitfinexConnection(WsConnection):
             return
         if self.server.in_maintenance():
             return
-        self.send_channel(channel, bitfinex_candle(event.candle), (event.candle,), lost=event.missed)
+        self.send_channel(channel, bitfinex_candle(event.candle), (event.candle.time_ms,), lost=event.missed)
 
 
 def candles_body(
@@ -561,9 +563,12 @@ def candles_body(
     return bitfinex_candles(bars)
 
 
-def snapshot_candles(work: CandleWork, symbol: str, end: int, count: int) -> list[SimCandle]:
+def snapshot(work: CandleWork, symbol: str, end: int, count: int) -> tuple[str, list[int]]:
     """A channel's snapshot as of `end` (a compute job): the newest `count` traded bars, the one
-    in progress then included."""
+    in progress then included, as the frame's payload (newest first) and the bars' open times.
+    Text and numbers, not bars, cross back: unpickling bars cost the feed's process more than
+    working them out."""
     market, history = work.market(EXCHANGE, symbol), work.history
     partial = history.minute_candles(market, end, end, traded_only=True, now_ms=end)
-    return history.traded_before(market, end, max(0, count - len(partial))) + partial[:count]
+    bars = history.traded_before(market, end, max(0, count - len(partial))) + partial[:count]
+    return bitfinex_candles(list(reversed(bars))), [bar.time_ms for bar in bars]

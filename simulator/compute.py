@@ -50,23 +50,25 @@ def markets_by_symbol(markets: dict[str, list[SimMarket]]) -> dict[str, dict[str
 
 
 Job = Callable[Concatenate[CandleWork, P], T]
+"""A compute job: a module-level function of a `CandleWork` and picklable arguments."""
 
 
 class Compute:
     """Runs jobs off the event loop: on `COMPUTE_THREADS` threads with the simulator's own
-    `CandleWork`, or in `config.compute_processes` processes (started with `start`)."""
+    `CandleWork`, or, but for `local` ones, in `config.compute_processes` processes."""
 
     def __init__(self, config: SimConfig, work: CandleWork) -> None:
         self.config = config
         self.work = work
-        self._executor: Executor | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._processes: Executor | None = None
 
     def start(self) -> None:
+        self._threads = ThreadPoolExecutor(max_workers=COMPUTE_THREADS, thread_name_prefix="sim-compute")
         if self.config.compute_processes <= 0:
-            self._executor = ThreadPoolExecutor(max_workers=COMPUTE_THREADS, thread_name_prefix="sim-compute")
             return
         clock = self.work.history.clock
-        self._executor = ProcessPoolExecutor(
+        self._processes = ProcessPoolExecutor(
             max_workers=self.config.compute_processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
@@ -74,18 +76,21 @@ class Compute:
         )
 
     def stop(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        for executor in (self._threads, self._processes):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
+        self._threads = self._processes = None
 
-    async def run(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """`job(work, *args)` off the loop (inline before `start`)."""
-        if self._executor is None:
-            return job(self.work, *args, **kwargs)
+    async def run(self, job: Job[P, T], *args: Any, local: bool = False) -> T:
+        """`job(work, *args)` off the loop (inline before `start`). `local`: on this process's
+        threads even when processes are configured, for work a socket waits on (a snapshot): it
+        must not queue behind a repair's requests, or its channel falls silent meanwhile."""
         loop = asyncio.get_running_loop()
-        if isinstance(self._executor, ThreadPoolExecutor):
-            return await loop.run_in_executor(self._executor, lambda: job(self.work, *args, **kwargs))
-        return await loop.run_in_executor(self._executor, _run_in_worker, job, args, kwargs)
+        if self._processes is not None and not local:
+            return await loop.run_in_executor(self._processes, _run_in_worker, job, args)
+        if self._threads is None:
+            return job(self.work, *args)
+        return await loop.run_in_executor(self._threads, lambda: job(self.work, *args))
 
 
 _WORK: CandleWork | None = None
@@ -102,6 +107,6 @@ def _start_worker(config: SimConfig, speed: float, start_ms: int, real_start: fl
     _WORK = CandleWork(history, markets_by_symbol(markets))
 
 
-def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...]) -> T:
     assert _WORK is not None, "a compute process runs jobs only after its initializer"
-    return job(_WORK, *args, **kwargs)
+    return job(_WORK, *args)

@@ -16,7 +16,7 @@ from common.timeutil import ms_to_datetime
 from simulator.binance import klines_body
 from simulator.binance_archive import archive_file
 from simulator.bitfinex import candles_body as bitfinex_body
-from simulator.bitfinex import snapshot_candles
+from simulator.bitfinex import snapshot
 from simulator.bittrex_rest import candles_body as bittrex_body
 from simulator.control import truth_rows
 from simulator.core import MINUTE_MS
@@ -63,7 +63,7 @@ def jobs(sim: SimulatorThread) -> list[tuple]:
         (klines_body, markets["binance"], 60 * MINUTE_MS, None, yesterday, 50),
         (bitfinex_body, markets["bitfinex"], "hist", MINUTE_MS, yesterday, yesterday + DAY_MS, 10_000, True),
         (bitfinex_body, markets["bitfinex"], "last", MINUTE_MS, None, yesterday + 30 * MINUTE_MS, 1, True),
-        (snapshot_candles, markets["bitfinex"], yesterday + 600 * MINUTE_MS + 1234, 240),
+        (snapshot, markets["bitfinex"], yesterday + 600 * MINUTE_MS + 1234, 240),
         (
             bittrex_body,
             markets["bittrex"],

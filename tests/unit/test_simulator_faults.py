@@ -87,7 +87,7 @@ def test_bitfinex_seq_all_counts_frames_a_fault_withholds_and_records_their_minu
     candles = [sim.model.final_candle(channel.market, START + i * MINUTE_MS) for i in range(5)]
 
     def data(i: int) -> None:
-        conn.send_channel(channel, f"[{i}]", (candles[i],))
+        conn.send_channel(channel, f"[{i}]", (candles[i].time_ms,))
 
     data(0)  # 1
     sim.faults.apply("bitfinex", {"ws_stall": True})
