@@ -506,7 +506,7 @@ class BitfinexConnection(WsConnection):
     async def _send_snapshot(self, channel: Channel) -> None:
         count = self.sim.config.bitfinex_snapshot_candles
         payload, bar_times = await self.sim.compute(
-            snapshot, channel.market.symbol, channel.opened_ms, count, local=True
+            snapshot, channel.market.symbol, channel.opened_ms, count, prompt=True
         )
         if self.channels.get(channel.chan_id) is not channel:
             return

@@ -4,8 +4,9 @@ Working out candles (the model, then the exchange's wire format) is what REST re
 archive files and the control port's truth cost. On threads it shares the interpreter lock with
 the live feed and every socket: with the full market lists at 60x the feed alone keeps most of a
 core busy, a repair's requests then wait seconds for the loop, and frames go out late. With
-`compute_processes` >= 1 the work runs in that many processes, each holding its own `CandleWork`
-built from the same config and clock; the model is deterministic, so the answers are the same.
+`compute_processes` >= 1 the work runs in that many processes, and work a socket waits on (a
+snapshot) in one more of its own, each holding its own `CandleWork` built from the same config and
+clock; the model is deterministic, so the answers are the same.
 
 A job is a module-level function `job(work, *args)`: its arguments and result cross a process
 boundary, so they must pickle (symbols, times, strings, `SimCandle`s), and whatever it keeps from
@@ -55,42 +56,53 @@ Job = Callable[Concatenate[CandleWork, P], T]
 
 class Compute:
     """Runs jobs off the event loop: on `COMPUTE_THREADS` threads with the simulator's own
-    `CandleWork`, or, but for `local` ones, in `config.compute_processes` processes."""
+    `CandleWork`, or in `config.compute_processes` processes plus one for `prompt` jobs.
+
+    With processes, nothing CPU-bound stays in the simulator's own process: a busy thread there
+    takes the interpreter lock each time the loop gives it up for a socket write, and a loop
+    writing thousands of frames a second then falls seconds behind."""
 
     def __init__(self, config: SimConfig, work: CandleWork) -> None:
         self.config = config
         self.work = work
-        self._threads: ThreadPoolExecutor | None = None
-        self._processes: Executor | None = None
+        self._bulk: Executor | None = None
+        """Threads, or `compute_processes` processes."""
+        self._prompt: Executor | None = None
+        """With processes: one more, for prompt jobs."""
 
     def start(self) -> None:
-        self._threads = ThreadPoolExecutor(max_workers=COMPUTE_THREADS, thread_name_prefix="sim-compute")
         if self.config.compute_processes <= 0:
+            self._bulk = ThreadPoolExecutor(max_workers=COMPUTE_THREADS, thread_name_prefix="sim-compute")
             return
+        self._bulk = self._processes(self.config.compute_processes)
+        self._prompt = self._processes(1)
+
+    def _processes(self, count: int) -> Executor:
         clock = self.work.history.clock
-        self._processes = ProcessPoolExecutor(
-            max_workers=self.config.compute_processes,
+        return ProcessPoolExecutor(
+            max_workers=count,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             initargs=(self.config, clock.speed, clock.start_ms, clock.real_start, self.work.history.first_ms),
         )
 
     def stop(self) -> None:
-        for executor in (self._threads, self._processes):
+        for executor in (self._bulk, self._prompt):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
-        self._threads = self._processes = None
+        self._bulk = self._prompt = None
 
-    async def run(self, job: Job[P, T], *args: Any, local: bool = False) -> T:
-        """`job(work, *args)` off the loop (inline before `start`). `local`: on this process's
-        threads even when processes are configured, for work a socket waits on (a snapshot): it
-        must not queue behind a repair's requests, or its channel falls silent meanwhile."""
+    async def run(self, job: Job[P, T], *args: Any, prompt: bool = False) -> T:
+        """`job(work, *args)` off the loop (inline before `start`). `prompt`: work a socket waits
+        on (a snapshot), which with processes has one of its own: queued behind a repair's
+        requests, its channel would fall silent meanwhile."""
         loop = asyncio.get_running_loop()
-        if self._processes is not None and not local:
-            return await loop.run_in_executor(self._processes, _run_in_worker, job, args)
-        if self._threads is None:
+        executor = self._prompt if prompt and self._prompt is not None else self._bulk
+        if executor is None:
             return job(self.work, *args)
-        return await loop.run_in_executor(self._threads, lambda: job(self.work, *args))
+        if isinstance(executor, ProcessPoolExecutor):
+            return await loop.run_in_executor(executor, _run_in_worker, job, args)
+        return await loop.run_in_executor(executor, lambda: job(self.work, *args))
 
 
 _WORK: CandleWork | None = None

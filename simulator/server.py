@@ -112,9 +112,9 @@ class Simulator:
 
     # ------------------------------------------------------------------------ shared helpers
 
-    async def compute(self, job: Job[..., T], *args: Any, local: bool = False) -> T:
+    async def compute(self, job: Job[..., T], *args: Any, prompt: bool = False) -> T:
         """`job(work, *args)` off the event loop (simulator/compute.py), so websockets keep flowing."""
-        return await self.computer.run(job, *args, local=local)
+        return await self.computer.run(job, *args, prompt=prompt)
 
     def _server_for(self, exchange: str, action: str) -> ExchangeServer | None:
         return next((s for s in self.servers if s.port == exchange and action in s.actions), None)

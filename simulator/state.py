@@ -36,10 +36,10 @@ class SimState(Protocol):
     stats: Stats
     """Counters, and `stats.connections`: the open websocket connections fault actions reach."""
 
-    async def compute(self, job: Job[..., T], *args: Any, local: bool = False) -> T:
+    async def compute(self, job: Job[..., T], *args: Any, prompt: bool = False) -> T:
         """`job(work, *args)` off the event loop so websockets keep flowing meanwhile: on a thread,
         or in a process of its own (simulator/compute.py), so `job` is a module-level function;
-        `local` keeps work a socket waits on in this process."""
+        `prompt` marks work a socket waits on, which never queues behind the rest."""
         ...
 
 

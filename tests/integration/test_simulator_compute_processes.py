@@ -44,8 +44,8 @@ def pair() -> Iterator[tuple[SimulatorThread, SimulatorThread]]:
         threads.stop()
 
 
-def run_job(sim: SimulatorThread, job, *args):
-    return sim.call(lambda: sim.simulator.compute(job, *args), timeout=60)
+def run_job(sim: SimulatorThread, job, *args, prompt: bool = False):
+    return sim.call(lambda: sim.simulator.compute(job, *args, prompt=prompt), timeout=60)
 
 
 def jobs(sim: SimulatorThread) -> list[tuple]:
@@ -84,7 +84,9 @@ def jobs(sim: SimulatorThread) -> list[tuple]:
 def test_every_job_answers_the_same_in_a_process_of_its_own(pair):
     threads, processes = pair
     for job, *args in jobs(threads):
-        assert run_job(processes, job, *args) == run_job(threads, job, *args), job.__name__
+        expected = run_job(threads, job, *args)
+        assert run_job(processes, job, *args) == expected, job.__name__
+        assert run_job(processes, job, *args, prompt=True) == expected, f"{job.__name__}, prompt"
     assert threads.simulator.computer.work.kept, "on threads, the Bittrex days are kept in this process"
     assert not processes.simulator.computer.work.kept, "in processes, nothing is worked out here"
 
