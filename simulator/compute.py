@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +33,8 @@ from simulator.history import History
 T = TypeVar("T")
 P = ParamSpec("P")
 COMPUTE_THREADS = 2
+PARENT_CHECK_SECONDS = 1.0
+"""How often a compute process looks whether the simulator is still there."""
 
 
 @dataclass
@@ -111,8 +116,12 @@ _WORK: CandleWork | None = None
 
 def _start_worker(config: SimConfig, speed: float, start_ms: int, real_start: float, first_ms: int) -> None:
     """Build the process's `CandleWork`: a clock on the same anchor (the monotonic clock is the
-    machine's), the same model and markets, a history from the same first minute."""
+    machine's), the same model and markets, a history from the same first minute. The process
+    ends with the simulator, however that ends (a `kill -9` included)."""
     global _WORK
+    threading.Thread(
+        target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True
+    ).start()
     clock = SimClock(speed, start_ms, real_start=real_start)
     markets = {exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES}
     history = History(clock, CandleModel(config.seed), first_ms, config.history_cache_days)
@@ -122,3 +131,9 @@ def _start_worker(config: SimConfig, speed: float, start_ms: int, real_start: fl
 def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...]) -> T:
     assert _WORK is not None, "a compute process runs jobs only after its initializer"
     return job(_WORK, *args)
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)

@@ -7,8 +7,14 @@ the process one really works elsewhere (its own `CandleWork` keeps nothing).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +114,38 @@ def test_rest_over_sockets_answers_the_same(pair):
                 assert reply.status == 200
                 answers.append(reply.read())
         assert answers[0] == answers[1] and len(answers[0]) > 1000, exchange
+
+
+def test_compute_processes_end_with_a_killed_simulator():
+    """`kill -9` of `python -m simulator --compute-processes 1` leaves no process behind."""
+    simulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--json",
+            "--ports",
+            "0,0,0,0",
+            "--markets",
+            "3",
+            "--compute-processes",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        urls = json.loads(simulator.stdout.readline())["urls"]
+        with urllib.request.urlopen(
+            f"{urls['binance']['rest']}/api/v3/klines?symbol=BTCUSDT&interval=1m", timeout=30
+        ):
+            pass  # the compute process now runs
+        children = [Path(f"/proc/{pid}") for pid in os.popen(f"pgrep -P {simulator.pid}").read().split()]
+        assert children, "the compute processes are the simulator's children"
+    finally:
+        simulator.kill()
+        simulator.wait()
+    deadline = time.monotonic() + 15
+    while any(child.exists() for child in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [child for child in children if child.exists()]
