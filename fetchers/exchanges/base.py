@@ -101,6 +101,10 @@ class ExchangeError:
 SAFETY_FRACTION = 0.98
 """Share of an exchange's limit we plan to use: the rest absorbs network jitter between our send
 and the exchange's count."""
+JITTER_SECONDS = 0.25
+"""How late a request may reach the exchange's count after its slot (a busy event loop, the
+network) and still land in its own window. A share alone leaves a short window (3 s in the fast
+test preset) only 60 ms of it: a request sent that late then counts in the next window, one too many."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +121,13 @@ class RateLimit:
         return max(self.capacity * SAFETY_FRACTION - (self.max_weight - 1), 1.0)
 
     def interval_us(self) -> float:
-        """Spacing of one weight unit, in microseconds."""
-        return self.window_seconds * 1_000_000 / self.effective_capacity()
+        """Spacing of one weight unit, in microseconds: a window's capacity spans at least the
+        window and `JITTER_SECONDS` more."""
+        by_share = self.window_seconds * 1_000_000 / self.effective_capacity()
+        by_jitter = (
+            (self.window_seconds + JITTER_SECONDS) * 1_000_000 / max(self.capacity - (self.max_weight - 1), 1)
+        )
+        return max(by_share, by_jitter)
 
     def refused_interval_us(self, used: int) -> float:
         """Spacing for when the exchange refused us at `used` weight (its own count): its real limit
