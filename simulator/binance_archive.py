@@ -215,7 +215,7 @@ def archive_file(
     history = work.history
     lo = max(start_ms, history.first_ms)
     bars = history.interval_candles(
-        work.market("binance", symbol), MINUTE_MS, lo, end_ms - MINUTE_MS, include_current=False
+        work.market(EXCHANGE, symbol), MINUTE_MS, lo, end_ms - MINUTE_MS, include_current=False
     )
     rows = [binance_kline_row(bar, MINUTE_MS) for bar in bars]
     if altered and rows:

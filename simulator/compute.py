@@ -47,12 +47,21 @@ class CandleWork:
     kept: dict[Any, Any] = field(default_factory=dict)
     """Caches jobs keep between calls in this process, each under a key of its own."""
 
+    @classmethod
+    def build(cls, config: SimConfig, clock: SimClock, first_ms: int) -> CandleWork:
+        """What the config simulates, on `clock`, with history from `first_ms`: the simulator's
+        own, and each compute process's (from the simulator's clock, so both run in step: the
+        monotonic clock it counts from is the machine's)."""
+        markets = {
+            exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES
+        }
+        return cls(
+            History(clock, CandleModel(config.seed), first_ms, config.history_cache_days),
+            {exchange: {m.symbol: m for m in listed} for exchange, listed in markets.items()},
+        )
+
     def market(self, exchange: str, symbol: str) -> SimMarket:
         return self.markets[exchange][symbol]
-
-
-def markets_by_symbol(markets: dict[str, list[SimMarket]]) -> dict[str, dict[str, SimMarket]]:
-    return {exchange: {m.symbol: m for m in listed} for exchange, listed in markets.items()}
 
 
 Job = Callable[Concatenate[CandleWork, P], T]
@@ -88,7 +97,7 @@ class Compute:
             max_workers=count,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self.config, clock.speed, clock.start_ms, clock.real_start, self.work.history.first_ms),
+            initargs=(self.config, clock, self.work.history.first_ms),
         )
 
     def stop(self) -> None:
@@ -114,18 +123,14 @@ _WORK: CandleWork | None = None
 """In a compute process: its own `CandleWork`."""
 
 
-def _start_worker(config: SimConfig, speed: float, start_ms: int, real_start: float, first_ms: int) -> None:
-    """Build the process's `CandleWork`: a clock on the same anchor (the monotonic clock is the
-    machine's), the same model and markets, a history from the same first minute. The process
-    ends with the simulator, however that ends (a `kill -9` included)."""
+def _start_worker(config: SimConfig, clock: SimClock, first_ms: int) -> None:
+    """Build the process's `CandleWork` as the simulator built its own. The process ends with the
+    simulator, however that ends (a `kill -9` included)."""
     global _WORK
     threading.Thread(
         target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True
     ).start()
-    clock = SimClock(speed, start_ms, real_start=real_start)
-    markets = {exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES}
-    history = History(clock, CandleModel(config.seed), first_ms, config.history_cache_days)
-    _WORK = CandleWork(history, markets_by_symbol(markets))
+    _WORK = CandleWork.build(config, clock, first_ms)
 
 
 def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...]) -> T:

@@ -57,21 +57,17 @@ QUOTE_VOLUME_DECIMALS = 8
 class SimClock:
     """Simulated epoch-ms time running `speed` times faster than the real monotonic clock."""
 
-    def __init__(
-        self, speed: float = 60.0, start_ms: int | None = None, real_start: float | None = None
-    ) -> None:
-        """`real_start`: the `time.monotonic()` at which the clock shows `start_ms` (now by default;
-        another process of this machine passes the first clock's to run in step with it)."""
+    def __init__(self, speed: float = 60.0, start_ms: int | None = None) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         if start_ms is None:
             start_ms = floor_minute_ms(int(time.time() * 1000))
         self.speed = float(speed)
         self.start_ms = int(start_ms)
-        self.real_start = time.monotonic() if real_start is None else real_start
+        self._real_start = time.monotonic()
 
     def now_ms(self) -> int:
-        return self.start_ms + int((time.monotonic() - self.real_start) * self.speed * 1000)
+        return self.start_ms + int((time.monotonic() - self._real_start) * self.speed * 1000)
 
     def current_minute_ms(self) -> int:
         return floor_minute_ms(self.now_ms())

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
-from simulator.history import DAY_MS, History, floor_to
+from simulator.history import DAY_MS, History, ceil_to, floor_to
 
 
 @dataclass
@@ -79,7 +79,7 @@ class EncodedDays:
     def closed_text(self, market: SimMarket, lo_ms: int, hi_ms: int) -> str:
         """The closed minute bars with open time in [lo_ms, hi_ms] (clipped to the history and the
         last closed minute), encoded and joined by ","; "" if there are none."""
-        lo = max(-(-lo_ms // MINUTE_MS) * MINUTE_MS, self.history.first_ms)
+        lo = max(ceil_to(lo_ms, MINUTE_MS), self.history.first_ms)
         hi = min(floor_to(hi_ms, MINUTE_MS), self.history.last_closed_minute())
         pieces = []
         with self._lock:

@@ -22,6 +22,10 @@ def floor_to(ms: int, interval_ms: int) -> int:
     return ms - ms % interval_ms
 
 
+def ceil_to(ms: int, interval_ms: int) -> int:
+    return -((-ms) // interval_ms) * interval_ms
+
+
 def aggregate(minutes: list[SimCandle], bucket_ms: int) -> SimCandle:
     """One bar from consecutive minute bars (all of them, quiet ones included)."""
     first, last = minutes[0], minutes[-1]
@@ -118,7 +122,7 @@ class History:
         clock's now by default): the minute of `now_ms` is its in-progress bar as of then."""
         now = self.clock.now_ms() if now_ms is None else now_ms
         current = floor_to(now, MINUTE_MS)
-        lo = max(self.first_ms, _ceil_to(lo_ms, MINUTE_MS))
+        lo = max(self.first_ms, ceil_to(lo_ms, MINUTE_MS))
         hi = min(floor_to(hi_ms, MINUTE_MS), current if include_current else current - MINUTE_MS)
         if hi < lo:
             return []
@@ -147,7 +151,7 @@ class History:
         `traded_only` drops bars without any trade (Bitfinex); otherwise quiet bars are flat at the
         previous close with zero volume (Binance, Bittrex).
         """
-        lo = _ceil_to(lo_ms, interval_ms)
+        lo = ceil_to(lo_ms, interval_ms)
         hi = floor_to(hi_ms, interval_ms)
         if hi < lo:
             return []
@@ -179,7 +183,7 @@ class History:
         hi = min(floor_to(end_ms, interval_ms), floor_to(now, interval_ms))
         floor = floor_to(self.first_ms, interval_ms)
         if lo_ms is not None:
-            floor = max(floor, _ceil_to(lo_ms, interval_ms))
+            floor = max(floor, ceil_to(lo_ms, interval_ms))
         result: list[SimCandle] = []
         chunk = max(limit, 1)
         while hi >= floor and len(result) < limit:
@@ -221,7 +225,7 @@ class History:
         traded_only: bool = False,
     ) -> list[SimCandle]:
         """The oldest `limit` bars with open time in [start_ms, hi_ms], oldest first."""
-        lo = max(_ceil_to(start_ms, interval_ms), floor_to(self.first_ms, interval_ms))
+        lo = max(ceil_to(start_ms, interval_ms), floor_to(self.first_ms, interval_ms))
         ceiling = floor_to(self.clock.now_ms(), interval_ms)
         if hi_ms is not None:
             ceiling = min(ceiling, floor_to(hi_ms, interval_ms))
@@ -233,7 +237,3 @@ class History:
             lo = end + interval_ms
             chunk *= 2
         return result[:limit]
-
-
-def _ceil_to(ms: int, interval_ms: int) -> int:
-    return -((-ms) // interval_ms) * interval_ms

@@ -35,10 +35,10 @@ from simulator.binance_archive import BinanceArchiveServer
 from simulator.bitfinex import BitfinexServer
 from simulator.bittrex_rest import BittrexRestServer
 from simulator.bittrex_signalr import BittrexSignalRServer
-from simulator.compute import CandleWork, Compute, Job, markets_by_symbol
+from simulator.compute import CandleWork, Compute, Job
 from simulator.config import PORT_NAMES, SimConfig, platform_env
 from simulator.control import ControlServer
-from simulator.core import CandleModel, MarketCatalog, SimClock, SimMarket
+from simulator.core import CandleModel, SimClock, SimMarket
 from simulator.faults import LOSSES, Faults, requested_actions
 from simulator.history import DAY_MS, History, floor_to
 from simulator.live import LiveFeed
@@ -71,21 +71,22 @@ class Simulator:
             config = config.replace(**overrides)
         self.config = config
         self.clock = SimClock(config.speed, config.start_ms)
-        self.model = CandleModel(config.seed)
-        self.markets: dict[str, list[SimMarket]] = {
-            exchange: MarketCatalog.load(exchange, config.markets, config.seed) for exchange in EXCHANGES
-        }
         first_ms = config.first_ms
         if first_ms is None:
             first_ms = floor_to(self.clock.start_ms - int(config.history_days * DAY_MS), DAY_MS)
-        self.history = History(self.clock, self.model, first_ms, config.history_cache_days)
+        work = CandleWork.build(config, self.clock, first_ms)
+        self.history: History = work.history
+        self.model: CandleModel = work.history.model
+        self.markets: dict[str, list[SimMarket]] = {
+            exchange: list(listed.values()) for exchange, listed in work.markets.items()
+        }
         self.feed = LiveFeed(
             self.clock,
             self.model,
             [m for ms in self.markets.values() for m in ms],
             config.effective_updates_per_minute,
         )
-        self.computer = Compute(config, CandleWork(self.history, markets_by_symbol(self.markets)))
+        self.computer = Compute(config, work)
         self.faults = Faults(config.seed)
         for exchange, settings in config.faults.items():
             self.faults.apply(exchange, settings)

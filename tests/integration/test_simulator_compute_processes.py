@@ -8,7 +8,6 @@ the process one really works elsewhere (its own `CandleWork` keeps nothing).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -140,7 +139,8 @@ def test_compute_processes_end_with_a_killed_simulator():
             f"{urls['binance']['rest']}/api/v3/klines?symbol=BTCUSDT&interval=1m", timeout=30
         ):
             pass  # the compute process now runs
-        children = [Path(f"/proc/{pid}") for pid in os.popen(f"pgrep -P {simulator.pid}").read().split()]
+        found = subprocess.run(["pgrep", "-P", str(simulator.pid)], capture_output=True, text=True)
+        children = [Path(f"/proc/{pid}") for pid in found.stdout.split()]
         assert children, "the compute processes are the simulator's children"
     finally:
         simulator.kill()
