@@ -15,7 +15,16 @@ from common.candle import Market
 from common.exchanges import EXCHANGES
 from common.settings import Settings
 from fetchers.exchanges import ADAPTERS, get_adapter
-from fetchers.exchanges.base import ErrorKind, ExchangeAdapter, FetchTask, UnknownSymbolError, resolve_symbol
+from fetchers.exchanges.base import (
+    JITTER_SECONDS,
+    SAFETY_FRACTION,
+    ErrorKind,
+    ExchangeAdapter,
+    FetchTask,
+    RateLimit,
+    UnknownSymbolError,
+    resolve_symbol,
+)
 from fetchers.exchanges.bitfinex import split_pair
 
 pytestmark = pytest.mark.unit
@@ -467,3 +476,27 @@ def test_rate_limits_come_from_settings():
     assert (limit.capacity, limit.window_seconds) == (1200, 5)
     assert get_adapter("bitfinex").rate_limit(Settings(_env_file=None)).capacity == 30
     assert get_adapter("bittrex").rate_limit(Settings(_env_file=None)).capacity == 60
+
+
+@pytest.mark.parametrize(
+    "limit",
+    [RateLimit(10, 3.0), RateLimit(10, 1.0), RateLimit(300, 3.0, max_weight=5), RateLimit(60, 60.0)],
+    ids=["fast preset", "one second", "weighted", "real minute"],
+)
+def test_a_request_reaching_the_exchange_late_still_counts_in_its_own_window(limit):
+    """Requests sent at their slots, one of them `JITTER_SECONDS` late: no window of the
+    exchange's counts more than its capacity, whichever request is the late one."""
+    window_us = limit.window_seconds * 1_000_000
+    slots = [k * limit.interval_us() for k in range(3 * limit.capacity)]
+    for late in range(limit.capacity):
+        arrivals = sorted(t + (JITTER_SECONDS * 1_000_000 if k == late else 0) for k, t in enumerate(slots))
+        first = 0
+        for last, t in enumerate(arrivals):
+            while arrivals[first] <= t - window_us:
+                first += 1
+            assert last - first + 1 <= limit.capacity - (limit.max_weight - 1), (late, t)
+
+
+def test_a_real_minute_window_is_paced_by_its_share_alone():
+    limit = RateLimit(60, 60.0)
+    assert limit.interval_us() == 60_000_000 / (60 * SAFETY_FRACTION)
