@@ -422,6 +422,12 @@ class CandleModel:
         prev = self._prev_close_ticks(market, minute_ms)
         return self._keep_final(market, minute_ms, prev, self.trades(market, minute_ms))
 
+    def opening_candle(self, market: SimMarket, minute_ms: int) -> SimCandle:
+        """The bar as the minute starts, before any trade: flat at the previous close, volume 0.
+        Not `partial_candle` at the minute's first millisecond, which holds a trade made then."""
+        minute_ms = floor_minute_ms(minute_ms)
+        return _aggregate(market, minute_ms, self._prev_close_ticks(market, minute_ms), ())
+
     def partial_candle(self, market: SimMarket, minute_ms: int, upto_ms: int) -> SimCandle:
         minute_ms = floor_minute_ms(minute_ms)
         prev = self._prev_close_ticks(market, minute_ms)

@@ -14,8 +14,9 @@ How to use it (this is the hook the exchange websocket servers import)::
 block or await: append to a per-connection buffer and wake a writer task. It receives, per subscribed
 market and simulated minute M:
 
-- `kind == "open"` at M + 0: the bar as it starts (no trades yet: flat at the previous close, volume 0;
-  exactly Bittrex's start-of-interval placeholder);
+- `kind == "open"` at M + 0: the bar as it starts (`CandleModel.opening_candle`: no trades yet, not
+  even one made at M + 0; flat at the previous close, volume 0; exactly Bittrex's start-of-interval
+  placeholder);
 - `kind == "update"` at `updates_per_minute - 1` evenly spaced sim times inside M: the in-progress bar
   (`model.partial_candle` at that time); `event.changed` tells whether it differs from the previous
   event of this market, so a server that "pushes only on change" can skip it;
@@ -207,6 +208,8 @@ class LiveFeed:
             market = subs[0].market
             if kind in ("final", "missed"):
                 candle = self.model.final_candle(market, minute)
+            elif kind == "open":
+                candle = self.model.opening_candle(market, minute)
             else:
                 candle = self.model.partial_candle(market, minute, upto)
             changed = self._last.get(ident) != candle

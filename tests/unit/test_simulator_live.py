@@ -124,3 +124,27 @@ def test_a_late_tick_stamps_each_final_within_its_own_minute(minutes_late: int) 
     assert [minute for _, minute, _ in closed] == [START + k * MINUTE_MS for k in range(minutes_late)]
     for kind, minute, stamp in closed:
         assert minute <= stamp <= minute + MINUTE_MS - 1, (kind, minute, stamp)
+
+
+def test_a_trade_at_the_first_millisecond_waits_for_the_minutes_first_update() -> None:
+    """The "open" is the bar before any trade, even when one is made at M + 0: a server sending
+    only changed bars with one update a minute (a fast simulator) would otherwise send a
+    minute's first trade as a bar of its own and then its final, two frames for one minute."""
+    feed = _feed(updates=2)
+    market = feed.market("binance", "BTCUSDT")
+    assert market is not None
+    minute = next(
+        START + k * MINUTE_MS
+        for k in range(200_000)
+        if (trades := feed.model.trades(market, START + k * MINUTE_MS)) and trades[0].offset_ms == 0
+    )
+    got: list[CandleEvent] = []
+    feed.subscribe("binance", "BTCUSDT", got.append)
+    for tick in feed.tick_times(minute) + [minute + MINUTE_MS]:
+        feed.step(tick)
+    opened, update, final = got[:3]
+    assert (opened.kind, update.kind, final.kind) == ("open", "update", "final")
+    assert opened.candle.trades == 0 and opened.candle.volume == 0
+    assert opened.candle.open == opened.candle.close == final.candle.open
+    assert update.candle.trades >= 1, "the trade made at M + 0 comes with the first update"
+    assert final.candle == feed.model.final_candle(market, minute)
