@@ -38,8 +38,22 @@ def parse_utc(text: str) -> datetime:
         raise ValueError(f"not an ISO-8601 date/time: {text!r} (example: 2021-01-01T00:00:00)") from None
 
 
+def floor_to(ms: int, interval_ms: int) -> int:
+    """The start of the interval holding `ms` (intervals counted from the epoch)."""
+    return ms - ms % interval_ms
+
+
+def ceil_to(ms: int, interval_ms: int) -> int:
+    """The first interval start at or after `ms`."""
+    return -((-ms) // interval_ms) * interval_ms
+
+
 def floor_minute_ms(ms: int) -> int:
-    return ms - ms % MINUTE_MS
+    return floor_to(ms, MINUTE_MS)
+
+
+def ceil_minute_ms(ms: int) -> int:
+    return ceil_to(ms, MINUTE_MS)
 
 
 def isoformat_z(value: datetime) -> str:

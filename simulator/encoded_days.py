@@ -21,8 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from common.timeutil import ceil_to, floor_to
 from simulator.core import MINUTE_MS, SimCandle, SimMarket
-from simulator.history import DAY_MS, History, ceil_to, floor_to
+from simulator.history import DAY_MS, History
 
 
 @dataclass

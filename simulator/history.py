@@ -13,17 +13,10 @@ import threading
 from collections import OrderedDict
 from itertools import groupby
 
+from common.timeutil import ceil_to, floor_to
 from simulator.core import MINUTE_MS, CandleModel, SimCandle, SimClock, SimMarket
 
 DAY_MS = 86_400_000
-
-
-def floor_to(ms: int, interval_ms: int) -> int:
-    return ms - ms % interval_ms
-
-
-def ceil_to(ms: int, interval_ms: int) -> int:
-    return -((-ms) // interval_ms) * interval_ms
 
 
 def aggregate(minutes: list[SimCandle], bucket_ms: int) -> SimCandle:

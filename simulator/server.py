@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from common.exchanges import EXCHANGES, simulator_urls
+from common.timeutil import floor_to
 from simulator.binance import BinanceServer
 from simulator.binance_archive import BinanceArchiveServer
 from simulator.bitfinex import BitfinexServer
@@ -40,7 +41,7 @@ from simulator.config import PORT_NAMES, SimConfig, platform_env
 from simulator.control import ControlServer
 from simulator.core import CandleModel, SimClock, SimMarket
 from simulator.faults import LOSSES, Faults, requested_actions
-from simulator.history import DAY_MS, History, floor_to
+from simulator.history import DAY_MS, History
 from simulator.live import LiveFeed
 from simulator.state import ExchangeServer
 from simulator.stats import Stats

@@ -22,7 +22,7 @@ import orjson
 
 from common.candle import Candle, CandleBlock, Market, check_ohlcv, only_number_chars
 from common.settings import Settings
-from common.timeutil import MINUTE_MS
+from common.timeutil import MINUTE_MS, ceil_minute_ms
 from fetchers.exchanges.base import (
     ErrorKind,
     ExchangeAdapter,
@@ -44,7 +44,7 @@ from fetchers.exchanges.base import (
     ws_batches,
     ws_json,
 )
-from fetchers.exchanges.evidence import WsEvidence, ceil_minute_ms
+from fetchers.exchanges.evidence import WsEvidence
 
 EXCHANGE_INFO_WEIGHT = 20
 TIME_WEIGHT = 1

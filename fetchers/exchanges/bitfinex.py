@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from common.candle import Candle, CandleBlock, Market, check_ohlcv, only_number_chars
-from common.timeutil import MINUTE_MS
+from common.timeutil import MINUTE_MS, ceil_minute_ms
 from fetchers.exchanges.base import (
     ErrorKind,
     ExchangeAdapter,
@@ -44,7 +44,7 @@ from fetchers.exchanges.base import (
     retry_after_seconds,
     ws_json,
 )
-from fetchers.exchanges.evidence import WsEvidence, ceil_minute_ms
+from fetchers.exchanges.evidence import WsEvidence
 
 PAIRS_CONF = "pub:list:pair:exchange"
 RATE_LIMIT_CODE = 11010

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from common.timeutil import MINUTE_MS
 from fetchers.exchanges.base import WsEvent, WsLimits
 
 
@@ -48,10 +47,6 @@ class MarketProof:
     open_from_ms: int | None = None
     """First minute not proven since the last run ended (None: no outage is open)."""
     reason: str = ""
-
-
-def ceil_minute_ms(ms: int) -> int:
-    return -(-ms // MINUTE_MS) * MINUTE_MS
 
 
 class WsEvidence:
