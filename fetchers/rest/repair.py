@@ -56,12 +56,27 @@ def submit_lock_key(exchange: str, scope: str) -> str:
     return backfill_key("repair-submit", exchange, scope)
 
 
-async def known_exchange_now_ms(exchange: str, client: aioredis.Redis) -> int:
-    """The exchange's present as the platform knows it without asking: the newest bar time its live
-    feed has seen (ahead of this machine when the exchange runs fast, e.g. an accelerated simulator)
-    or this machine's clock, whichever is later. For the web; the repair asks the exchange."""
+async def feed_now_ms(exchange: str, client: aioredis.Redis) -> int | None:
+    """The end of the minute of the newest bar the live feed has seen (None before its first): the
+    exchange's present by the exchange's own clock, as late as the feed is."""
     seen = await client.hget(ws_health_key(exchange), "exchange_time_ms")
-    return max(int(time.time() * 1000), int(seen) + MINUTE_MS if seen else 0)
+    return int(seen) + MINUTE_MS if seen else None
+
+
+async def known_exchange_now_ms(exchange: str, client: aioredis.Redis) -> int:
+    """The exchange's present as the platform knows it without asking: the live feed's clock
+    (ahead of this machine when the exchange runs fast, e.g. an accelerated simulator) or this
+    machine's clock, whichever is later. For the web, which shows a dead feed's minutes as missing;
+    the repair asks the exchange."""
+    return max(int(time.time() * 1000), await feed_now_ms(exchange, client) or 0)
+
+
+async def repair_fallback_now_ms(exchange: str, client: aioredis.Redis) -> int:
+    """What the repair plans up to when it cannot ask the exchange: the live feed's clock, and this
+    machine's only before the feed saw a bar. Never this machine's clock when it is ahead of the
+    exchange's (a wrong system clock): the repair would plan minutes the exchange has not had."""
+    seen = await feed_now_ms(exchange, client)
+    return seen if seen is not None else int(time.time() * 1000)
 
 
 async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redis) -> int:
@@ -77,12 +92,12 @@ async def repair_now_ms(settings: Settings, exchange: str, client: aioredis.Redi
         yield_seconds=settings.repair_yield_seconds,
     )
     if await limiter.busy_seconds() > 0:
-        return await known_exchange_now_ms(exchange, client)
+        return await repair_fallback_now_ms(exchange, client)
     try:
         return await exchange_now_ms(settings, exchange, limiter)
     except ExchangeClockUnavailable as error:
         log.warning("%s: %s; planning the repair with the live feed's clock", exchange, error)
-        return await known_exchange_now_ms(exchange, client)
+        return await repair_fallback_now_ms(exchange, client)
 
 
 def repair_source(settings: Settings) -> str:

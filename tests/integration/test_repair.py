@@ -5,13 +5,14 @@ their rate budget."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from common.candle import Market
 from common.coverage import REST, read_coverage
 from common.db import connection, upsert_markets
-from common.timeutil import MINUTE_MS, ms_to_datetime
+from common.timeutil import MINUTE_MS, floor_minute_ms, ms_to_datetime
 from fetchers.exchanges import get_adapter
 from fetchers.rest.engine import BackfillEngine, EngineOptions
 from fetchers.rest.job_store import JobStore, job_scope
@@ -253,7 +254,9 @@ def test_the_repair_plans_with_the_live_feeds_clock_while_backfills_use_the_budg
     platform_settings, simulator
 ):
     """Asking the exchange's clock at low priority would wait behind user backfills with the
-    repair's worker held; while they use the budget the repair takes the live feed's clock."""
+    repair's worker held; while they use the budget the repair takes the live feed's clock, even
+    with this machine's clock a week ahead of it (a wrong system clock): planning by this machine's
+    would plan minutes the exchange has not had yet."""
     import redis.asyncio as aioredis
 
     from common.redis_keys import ws_health_key
@@ -261,7 +264,7 @@ def test_the_repair_plans_with_the_live_feeds_clock_while_backfills_use_the_budg
     from fetchers.rest.repair import repair_now_ms
 
     exchange = "binance"
-    feed_seen = simulator.clock()["current_minute_ms"] + 7 * 1440 * MINUTE_MS  # unmistakable
+    feed_seen = floor_minute_ms(int(time.time() * 1000)) - 7 * 1440 * MINUTE_MS
 
     async def scenario() -> tuple[int, int, tuple[int, int, int], int]:
         client = aioredis.from_url(platform_settings.redis_url)
