@@ -16,15 +16,12 @@ one call to the next lives in `work.kept` of the process it ran in.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from common.child_processes import spawn_pool
 from common.exchanges import EXCHANGES
 from simulator.config import SimConfig
 from simulator.core import CandleModel, MarketCatalog, SimClock, SimMarket
@@ -33,8 +30,6 @@ from simulator.history import History
 T = TypeVar("T")
 P = ParamSpec("P")
 COMPUTE_THREADS = 2
-PARENT_CHECK_SECONDS = 1.0
-"""How often a compute process looks whether the simulator is still there."""
 
 
 @dataclass
@@ -92,13 +87,8 @@ class Compute:
         self._prompt = self._processes(1)
 
     def _processes(self, count: int) -> Executor:
-        clock = self.work.history.clock
-        return ProcessPoolExecutor(
-            max_workers=count,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            initargs=(self.config, clock, self.work.history.first_ms),
-        )
+        initargs = (self.config, self.work.history.clock, self.work.history.first_ms)
+        return spawn_pool(count, _start_worker, initargs)
 
     def stop(self) -> None:
         for executor in (self._bulk, self._prompt):
@@ -125,20 +115,11 @@ _WORK: CandleWork | None = None
 
 def _start_worker(config: SimConfig, clock: SimClock, first_ms: int) -> None:
     """Build the process's `CandleWork` as the simulator built its own. The process ends with the
-    simulator, however that ends (a `kill -9` included)."""
+    simulator, however that ends (a `kill -9` included: `common.child_processes`)."""
     global _WORK
-    threading.Thread(
-        target=_exit_with_parent, args=(os.getppid(),), name="exit-with-parent", daemon=True
-    ).start()
     _WORK = CandleWork.build(config, clock, first_ms)
 
 
 def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...]) -> T:
     assert _WORK is not None, "a compute process runs jobs only after its initializer"
     return job(_WORK, *args)
-
-
-def _exit_with_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_SECONDS)
-    os._exit(0)

@@ -11,18 +11,20 @@ stopped with the app, does them instead; a child that died is replaced on the ne
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
+
+from common.child_processes import spawn_pool
 
 T = TypeVar("T")
 
 
 class CountingProcess:
     """Runs picklable pure functions in one child process (spawned: no copy of the web's threads,
-    sockets or pools), one call at a time in call order."""
+    sockets or pools), one call at a time in call order. The child ends with the web, `kill -9`
+    included."""
 
     def __init__(self) -> None:
         self._executor: ProcessPoolExecutor | None = None
@@ -41,9 +43,7 @@ class CountingProcess:
 
     def _start(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
-            )
+            self._executor = spawn_pool(1)
         return self._executor
 
     def close(self) -> None:

@@ -1,10 +1,15 @@
-"""The web's counting process runs work outside the web's interpreter and outlives a dead child."""
+"""The web's counting process runs work outside the web's interpreter, outlives a dead child and
+ends with a dead web."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +44,31 @@ def test_what_the_work_raises_is_raised_to_the_caller():
 
     with pytest.raises(ValueError, match="not a number"):
         asyncio.run(scenario())
+
+
+PARENT = """
+import asyncio, os, sys, time
+from web.counting import CountingProcess
+
+counting = CountingProcess()
+print(asyncio.run(counting.run(os.getpid)), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_child_ends_with_a_killed_web():
+    """`kill -9` of the web leaves no counting process behind: the child holds both ends of its
+    work queue's pipe, so without looking for its parent it would wait for work forever."""
+    root = Path(__file__).resolve().parents[2]
+    web = subprocess.Popen([sys.executable, "-c", PARENT], cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        child = Path(f"/proc/{int(web.stdout.readline())}")
+        assert child.exists()
+    finally:
+        web.kill()
+        web.wait()
+        web.stdout.close()
+    deadline = time.monotonic() + 15
+    while child.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not child.exists(), "the counting child outlived the web"
