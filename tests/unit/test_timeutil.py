@@ -29,7 +29,7 @@ def test_floor_and_ceil_are_the_interval_starts_around_a_time(interval: int) -> 
     for ms in edges + [rng.randrange(-(10**13), 10**13) for _ in range(500)]:
         low, high = floor_to(ms, interval), ceil_to(ms, interval)
         assert low % interval == 0 and high % interval == 0
-        assert low <= ms <= high and high - low in ((0,) if ms % interval == 0 else (interval,))
+        assert low <= ms <= high and high - low == (0 if ms % interval == 0 else interval)
 
 
 def test_minute_helpers_and_exact_conversions() -> None:
@@ -39,3 +39,6 @@ def test_minute_helpers_and_exact_conversions() -> None:
     assert floor_minute_ms(ms) == datetime_to_ms(at.replace(second=0, microsecond=0))
     assert ceil_minute_ms(ms) == floor_minute_ms(ms) + MINUTE_MS
     assert ceil_minute_ms(floor_minute_ms(ms)) == floor_minute_ms(ms), "a minute start is its own ceiling"
+    rng = random.Random(7)
+    for t in [0, -1, MINUTE_MS - 1, *(rng.randrange(-(10**13), 10**13) for _ in range(500))]:
+        assert (floor_minute_ms(t), ceil_minute_ms(t)) == (floor_to(t, MINUTE_MS), ceil_to(t, MINUTE_MS)), t
