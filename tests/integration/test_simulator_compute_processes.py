@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from simulator.control import truth_rows
 from simulator.core import MINUTE_MS
 from simulator.history import DAY_MS
 from simulator.server import SimulatorThread
+from tests.support.services import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -145,7 +145,6 @@ def test_compute_processes_end_with_a_killed_simulator():
     finally:
         simulator.kill()
         simulator.wait()
-    deadline = time.monotonic() + 15
-    while any(child.exists() for child in children) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [child for child in children if child.exists()]
+    wait_for(
+        lambda: not any(child.exists() for child in children), 15, "the compute processes to end with it"
+    )

@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.services import wait_for
 from web.counting import CountingProcess
 
 
@@ -68,7 +68,4 @@ def test_the_child_ends_with_a_killed_web():
         web.kill()
         web.wait()
         web.stdout.close()
-    deadline = time.monotonic() + 15
-    while child.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not child.exists(), "the counting child outlived the web"
+    wait_for(lambda: not child.exists(), 15, "the counting child to end with the web")
