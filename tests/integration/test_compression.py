@@ -52,6 +52,12 @@ def compress_history(conn, timescaledb: bool) -> None:
             )
             jobs = [row[0] for row in cur.fetchall()]
             assert len(jobs) == 2, "one policy for ohlcvs, one for the hourly level"
+            cur.execute(
+                "SELECT job_id FROM timescaledb_information.job_stats "
+                "WHERE job_id = ANY(%s) AND last_run_started_at IS NOT NULL",
+                (jobs,),
+            )
+            assert cur.fetchall() == [], "no scheduler may run a policy beside this test's run"
             for job in jobs:
                 cur.execute("CALL run_job(%s)", (job,))
             cur.execute(

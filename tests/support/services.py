@@ -35,6 +35,10 @@ from scripts.local.servers import (
 )
 
 TIMESCALEDB_ENV = "CFR_TEST_TIMESCALEDB"
+NO_TIMESCALEDB_JOB_SCHEDULER = "-c timescaledb.max_background_workers=0"
+"""Tests and benchmarks run TimescaleDB's policies themselves (`CALL run_job`). A scheduler would
+also start each new policy at once, and its run then races the test's for the same chunks
+("chunk is already compressed" fails whichever run comes second)."""
 T = TypeVar("T")
 
 
@@ -109,7 +113,7 @@ class PostgresServer:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         if self.timescaledb:
-            options += " " + TIMESCALEDB_OPTIONS
+            options += f" {TIMESCALEDB_OPTIONS} {NO_TIMESCALEDB_JOB_SCHEDULER}"
         else:  # plain even where TimescaleDB is installed (init would refuse it unpreloaded)
             options += " -c coin_for_rich.use_timescaledb=off"
         subprocess.run(
@@ -144,9 +148,9 @@ class PostgresServer:
         )
 
     def freeze_template(self, name: str) -> None:
-        """Make `name` a template nobody connects to: TimescaleDB's job scheduler for a database keeps
-        a connection to it (so cloning fails with ObjectInUse), and it skips databases that do not
-        allow connections."""
+        """Make `name` a template nobody connects to: cloning fails with ObjectInUse while anyone
+        is connected, and TimescaleDB's job scheduler, where one runs, keeps a connection to every
+        database that allows connections."""
         admin = self.connect("postgres")
         admin.autocommit = True
         try:
