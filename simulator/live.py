@@ -183,7 +183,7 @@ class LiveFeed:
         opened = self._open_minute
         if opened == minute:
             if now > minute:
-                self._emit(minute, "update", now, now)
+                self._emit(minute, "update", now)
             return
         if opened is not None:  # every minute from the one open so far up to this one has closed
             first = max(opened, minute - MAX_FINALS_CAUGHT_UP * MINUTE_MS)
@@ -197,11 +197,13 @@ class LiveFeed:
             for closed in range(opened, minute, MINUTE_MS):
                 self._open_minute = closed  # frames sent with its final are stamped inside it
                 kind: EventKind = "missed" if closed < first else "final"
-                self._emit(closed, kind, closed + MINUTE_MS, closed + MINUTE_MS)
+                self._emit(closed, kind, closed + MINUTE_MS)
         self._open_minute = minute
-        self._emit(minute, "open", minute, now)
+        self._emit(minute, "open", now)
 
-    def _emit(self, minute: int, kind: EventKind, upto: int, sim_ms: int) -> None:
+    def _emit(self, minute: int, kind: EventKind, sim_ms: int) -> None:
+        """Send every subscribed market its bar of `minute`: an "update" holds the trades up to
+        `sim_ms`."""
         if not self._subs:
             return
         for ident, subs in list(self._subs.items()):
@@ -211,7 +213,7 @@ class LiveFeed:
             elif kind == "open":
                 candle = self.model.opening_candle(market, minute)
             else:
-                candle = self.model.partial_candle(market, minute, upto)
+                candle = self.model.partial_candle(market, minute, sim_ms)
             changed = self._last.get(ident) != candle
             self._last[ident] = candle
             event = CandleEvent(market, minute, candle, kind, sim_ms, changed)
