@@ -505,8 +505,8 @@ class BitfinexConnection(WsConnection):
 
     async def _send_snapshot(self, channel: Channel) -> None:
         count = self.sim.config.bitfinex_snapshot_candles
-        payload, bar_times = await self.sim.compute(
-            snapshot, channel.market.symbol, channel.opened_ms, count, prompt=True
+        payload, bar_times = await self.sim.compute_prompt(
+            snapshot, channel.market.symbol, channel.opened_ms, count
         )
         if self.channels.get(channel.chan_id) is not channel:
             return

@@ -65,7 +65,7 @@ Job = Callable[Concatenate[CandleWork, P], T]
 
 class Compute:
     """Runs jobs off the event loop: on `COMPUTE_THREADS` threads with the simulator's own
-    `CandleWork`, or in `config.compute_processes` processes plus one for `prompt` jobs.
+    `CandleWork`, or in `config.compute_processes` processes plus one for `run_prompt` jobs.
 
     With processes, nothing CPU-bound stays in the simulator's own process: a busy thread there
     takes the interpreter lock each time the loop gives it up for a socket write, and a loop
@@ -77,7 +77,7 @@ class Compute:
         self._bulk: Executor | None = None
         """Threads, or `compute_processes` processes."""
         self._prompt: Executor | None = None
-        """With processes: one more, for prompt jobs."""
+        """With processes: one more, for `run_prompt` jobs."""
 
     def start(self) -> None:
         if self.config.compute_processes <= 0:
@@ -96,17 +96,25 @@ class Compute:
                 executor.shutdown(wait=False, cancel_futures=True)
         self._bulk = self._prompt = None
 
-    async def run(self, job: Job[P, T], *args: Any, prompt: bool = False) -> T:
-        """`job(work, *args)` off the loop (inline before `start`). `prompt`: work a socket waits
-        on (a snapshot), which with processes has one of its own: queued behind a repair's
-        requests, its channel would fall silent meanwhile."""
-        loop = asyncio.get_running_loop()
-        executor = self._prompt if prompt and self._prompt is not None else self._bulk
+    async def run(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`job(work, *args, **kwargs)` off the loop (inline before `start`)."""
+        return await self._submit(self._bulk, job, args, kwargs)
+
+    async def run_prompt(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`run` for work a socket waits on (a snapshot), which with processes has one of its
+        own: queued behind a repair's requests, its channel would fall silent meanwhile."""
+        executor = self._prompt if self._prompt is not None else self._bulk
+        return await self._submit(executor, job, args, kwargs)
+
+    async def _submit(
+        self, executor: Executor | None, job: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
         if executor is None:
-            return job(self.work, *args)
+            return job(self.work, *args, **kwargs)
+        loop = asyncio.get_running_loop()
         if isinstance(executor, ProcessPoolExecutor):
-            return await loop.run_in_executor(executor, _run_in_worker, job, args)
-        return await loop.run_in_executor(executor, lambda: job(self.work, *args))
+            return await loop.run_in_executor(executor, _run_in_worker, job, args, kwargs)
+        return await loop.run_in_executor(executor, lambda: job(self.work, *args, **kwargs))
 
 
 _WORK: CandleWork | None = None
@@ -120,6 +128,6 @@ def _start_worker(config: SimConfig, clock: SimClock, first_ms: int) -> None:
     _WORK = CandleWork.build(config, clock, first_ms)
 
 
-def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...]) -> T:
+def _run_in_worker(job: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
     assert _WORK is not None, "a compute process runs jobs only after its initializer"
-    return job(_WORK, *args)
+    return job(_WORK, *args, **kwargs)

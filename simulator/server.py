@@ -25,7 +25,7 @@ import email.utils
 import errno
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from aiohttp import web
 
@@ -47,6 +47,7 @@ from simulator.state import ExchangeServer
 from simulator.stats import Stats
 
 T = TypeVar("T")
+P = ParamSpec("P")
 SHUTDOWN_SECONDS = 1.0
 
 SERVERS: tuple[Callable[[Any], ExchangeServer], ...] = (
@@ -114,9 +115,14 @@ class Simulator:
 
     # ------------------------------------------------------------------------ shared helpers
 
-    async def compute(self, job: Job[..., T], *args: Any, prompt: bool = False) -> T:
-        """`job(work, *args)` off the event loop (simulator/compute.py), so websockets keep flowing."""
-        return await self.computer.run(job, *args, prompt=prompt)
+    async def compute(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`job(work, *args, **kwargs)` off the event loop (simulator/compute.py), so websockets
+        keep flowing."""
+        return await self.computer.run(job, *args, **kwargs)
+
+    async def compute_prompt(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`compute` for work a socket waits on: it never queues behind the rest."""
+        return await self.computer.run_prompt(job, *args, **kwargs)
 
     def _server_for(self, exchange: str, action: str) -> ExchangeServer | None:
         return next((s for s in self.servers if s.port == exchange and action in s.actions), None)

@@ -10,7 +10,7 @@ in `actions` to `action` (simulator/faults.py names and explains them).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -23,6 +23,7 @@ from simulator.live import LiveFeed
 from simulator.stats import Stats
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class SimState(Protocol):
@@ -36,10 +37,14 @@ class SimState(Protocol):
     stats: Stats
     """Counters, and `stats.connections`: the open websocket connections fault actions reach."""
 
-    async def compute(self, job: Job[..., T], *args: Any, prompt: bool = False) -> T:
-        """`job(work, *args)` off the event loop so websockets keep flowing meanwhile: on a thread,
-        or in a process of its own (simulator/compute.py), so `job` is a module-level function;
-        `prompt` marks work a socket waits on, which never queues behind the rest."""
+    async def compute(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`job(work, *args, **kwargs)` off the event loop so websockets keep flowing meanwhile: on
+        a thread, or in a process of its own (simulator/compute.py), so `job` is a module-level
+        function."""
+        ...
+
+    async def compute_prompt(self, job: Job[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`compute` for work a socket waits on (a snapshot), which never queues behind the rest."""
         ...
 
 

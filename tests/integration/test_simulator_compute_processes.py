@@ -50,7 +50,8 @@ def pair() -> Iterator[tuple[SimulatorThread, SimulatorThread]]:
 
 
 def run_job(sim: SimulatorThread, job, *args, prompt: bool = False):
-    return sim.call(lambda: sim.simulator.compute(job, *args, prompt=prompt), timeout=60)
+    run = sim.simulator.compute_prompt if prompt else sim.simulator.compute
+    return sim.call(lambda: run(job, *args), timeout=60)
 
 
 def jobs(sim: SimulatorThread) -> list[tuple]:
