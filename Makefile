@@ -1,7 +1,7 @@
 # coin-for-rich — developer commands. `make test` is the one command CI runs.
 
 PYTHON ?= $(shell for p in python3.12 python3.11 python3; do \
-	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TEST_WORKERS ?= 2
