@@ -126,7 +126,7 @@ def require_workers(exchange: str) -> list[str]:
 async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | None = None) -> JobInfo:
     """Show progress until the job is finished and its aggregates are refreshed. On a terminal one
     line redrawn in place (log lines go above it); otherwise a line every few seconds, and the
-    finished line once."""
+    last line once the job has finished (a log's reader sees how it ended)."""
     from common.redis_clients import async_client
     from fetchers.rest.job_store import JobStore
     from fetchers.rest.progress import ProgressMeter, ProgressStream
@@ -136,7 +136,7 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
     meter = ProgressMeter(settings.rest_rate_window_seconds)
     stream = ProgressStream(sys.stderr)
     last_print = -1e9
-    finished_shown = False
+    shown_end: tuple[bool, bool] | None = None  # (finished, refreshed) of the last line written
     try:
         with stream.capturing_logs():
             while True:
@@ -146,11 +146,11 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
                 if stream.tty:
                     stream.show(line)
                 elif (loop_time - last_print >= 5 and not job.finished) or (
-                    job.finished and not finished_shown
+                    job.finished and shown_end != (job.finished, job.refreshed)
                 ):
                     stream.write(line + "\n")
                     last_print = loop_time
-                    finished_shown = job.finished
+                    shown_end = (job.finished, job.refreshed) if job.finished else None
                 if engine_task is not None:
                     await asyncio.wait({engine_task}, timeout=POLL_SECONDS)
                     if engine_task.done():
@@ -164,6 +164,8 @@ async def watch(settings: Settings, job_id: str, engine_task: asyncio.Task | Non
             if stream.tty:
                 stream.show(meter.line(job))
                 stream.done()
+            elif shown_end != (job.finished, job.refreshed):
+                stream.write(meter.line(job) + "\n")
         return job
     finally:
         await client.aclose()

@@ -263,6 +263,8 @@ def test_seed_command_with_dot_env_fills_ohlcvs_exactly(platform_settings, simul
 
     assert result.returncode == 0, result.stderr
     assert "candles written, aggregates refreshed" in result.stdout
+    last_progress = [line for line in result.stderr.splitlines() if " requests | " in line][-1]
+    assert " 100% " in last_progress and last_progress.endswith("| done"), result.stderr
     assert_matches_truth(platform_settings, simulator, "bitfinex", ["tBTCUSD", "tETHBTC"], start_ms, end_ms)
     assert list((tmp_path / "logs").glob("*.log")), "the run leaves a log file"
 
