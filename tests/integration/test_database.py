@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -27,10 +28,10 @@ from common.db import (
     upsert_candles,
     upsert_markets,
 )
-from common.levels import SUMMARY_LEVELS, SummaryLevel
+from common.levels import BUCKET_ORIGIN_MS, SUMMARY_LEVELS, SummaryLevel
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
 from common.settings import PROJECT_ROOT
-from common.timeutil import datetime_to_ms, ms_to_datetime
+from common.timeutil import MINUTE_MS, datetime_to_ms, floor_to, ms_to_datetime
 from scripts.local.servers import postgres_bindir
 from tests.conftest import service_env
 
@@ -439,6 +440,31 @@ def test_rows_written_into_open_buckets_show_after_the_next_refresh(settings, db
             "SELECT high FROM ohlcvs_summary_daily WHERE exchange = 'bitfinex' AND bucket = '2021-03-24+00'"
         )
         assert cur.fetchone()[0] == Decimal("99999")
+
+
+def test_a_late_minute_in_each_levels_newest_closed_bucket_shows_after_its_refresh(settings, db_conn):
+    """A repair rewrites the last minute of each level's newest closed bucket, right below the buckets
+    still open; the refresh of its range rebuilds those buckets, which no open-bucket pass covers."""
+    now = datetime(2021, 3, 24, 10, 30, 40, tzinfo=UTC)  # a Wednesday
+    start = (now - timedelta(days=9)).replace(second=0)
+    candles = minute_candles(BTC_USD, start, int((now - start).total_seconds() // 60), seed=8)
+    upsert_markets(db_conn, [BTC_USD])
+    upsert_candles(db_conn, candles)
+    db_conn.commit()
+    refresh_aggregates(settings, start, now.replace(second=0), now=now)
+
+    settled = datetime_to_ms(now - timedelta(minutes=1))  # a bucket is closed a minute after its end
+    late = []
+    for width in AGGREGATE_LEVELS.values():
+        width_ms = int(width.total_seconds() * 1000)
+        first_open = BUCKET_ORIGIN_MS + floor_to(settled - width_ms - BUCKET_ORIGIN_MS, width_ms) + width_ms
+        index = (first_open - MINUTE_MS - datetime_to_ms(start)) // MINUTE_MS
+        late.append(replace(candles[index], high=str(Decimal(candles[index].high) + 1000), volume="1234.5"))
+    upsert_candles(db_conn, late)
+    db_conn.commit()
+    first, last = min(c.time for c in late), max(c.time for c in late)
+    refresh_aggregates(settings, ms_to_datetime(first), ms_to_datetime(last + MINUTE_MS), now=now)
+    assert_every_level_matches_ohlcvs(db_conn)
 
 
 def test_init_fills_every_level_from_rows_already_in_ohlcvs(fresh, timescaledb):

@@ -52,14 +52,26 @@ BEGIN
 END
 $$;
 
+-- The end of the buckets of this width that refresh_ohlcv_open_buckets(pending_end) rebuilds.
+CREATE OR REPLACE FUNCTION ohlcv_open_pass_end(width interval, pending_end timestamptz)
+RETURNS timestamptz
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT date_bin(width, pending_end - INTERVAL '1 microsecond', TIMESTAMPTZ '2000-01-03 00:00:00+00') + width
+$$;
+
 -- Each level is built from the level below it (1m -> 5m -> 15m -> ... -> 7D): the buckets nest, so
 -- open = first open, high = max, low = min, close = last close, volume = sum hold at every level.
 -- First and last are the smallest and largest [epoch, value] numeric arrays (exact, no sort per
 -- bucket): about half the cost of array_agg(... ORDER BY ...) on PostgreSQL 15.
--- From level first_ordinal up (1 = every level).
+-- From level first_ordinal up (1 = every level). With open_pass_end (the pending_end of the
+-- refresh_ohlcv_open_buckets call that follows in the same refresh), a level's buckets from its
+-- open_from on are left to that call, which rebuilds them after the level below is complete:
+-- rebuilt here too, they would be built twice per refresh, the first time from a stale level below.
 DROP FUNCTION IF EXISTS refresh_ohlcv_aggregate_range(timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS refresh_ohlcv_aggregate_range(timestamptz, timestamptz, integer);
 CREATE OR REPLACE FUNCTION refresh_ohlcv_aggregate_range(range_start timestamptz, range_end timestamptz,
-                                                         first_ordinal integer DEFAULT 1)
+                                                         first_ordinal integer DEFAULT 1,
+                                                         open_pass_end timestamptz DEFAULT NULL)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -67,12 +79,21 @@ DECLARE
     level     record;
     lo        timestamptz;
     hi        timestamptz;
+    open_hi   timestamptz;
+    build_hi  timestamptz;
     rows_done integer := 0;
 BEGIN
     FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal >= first_ordinal ORDER BY ordinal LOOP
         lo := date_bin(level.width, range_start, origin);
         hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
-        rows_done := rows_done + rebuild_ohlcv_level(level.name, level.source, level.width, lo, hi);
+        open_hi := ohlcv_open_pass_end(level.width, open_pass_end);  -- NULL without open_pass_end
+        build_hi := hi;
+        IF level.open_from < open_hi AND hi <= open_hi THEN  -- the open pass covers [open_from, hi)
+            build_hi := least(hi, greatest(lo, level.open_from));
+        END IF;
+        IF build_hi > lo THEN
+            rows_done := rows_done + rebuild_ohlcv_level(level.name, level.source, level.width, lo, build_hi);
+        END IF;
         range_start := lo;
         range_end := hi;
     END LOOP;
@@ -136,13 +157,12 @@ CREATE OR REPLACE FUNCTION refresh_ohlcv_open_buckets(pending_end timestamptz)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    origin      CONSTANT timestamptz := TIMESTAMPTZ '2000-01-03 00:00:00+00';
     level       record;
     hi          timestamptz;
     rows_done   integer := 0;
 BEGIN
     FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL ORDER BY ordinal LOOP
-        hi := date_bin(level.width, pending_end - INTERVAL '1 microsecond', origin) + level.width;
+        hi := ohlcv_open_pass_end(level.width, pending_end);
         CONTINUE WHEN hi <= level.open_from;
         rows_done := rows_done + rebuild_ohlcv_level(level.name, level.source, level.width, level.open_from, hi);
     END LOOP;
@@ -179,14 +199,16 @@ BEGIN
     IF range_end IS NULL THEN
         SELECT max(time) + INTERVAL '1 minute' INTO range_end FROM ohlcvs;
     END IF;
-    IF range_start IS NOT NULL AND range_end IS NOT NULL AND range_end > range_start THEN
-        rows_done := rows_done + refresh_ohlcv_aggregate_range(range_start, range_end);
-    END IF;
-    IF upper_start IS NOT NULL AND upper_end IS NOT NULL AND upper_end > upper_start THEN
-        rows_done := rows_done + refresh_ohlcv_aggregate_range(upper_start, upper_end, 2);
-    END IF;
     IF EXISTS (SELECT 1 FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL) THEN
         SELECT greatest(as_of, max(time) + INTERVAL '1 minute') INTO pending_end FROM ohlcvs;
+    END IF;
+    IF range_start IS NOT NULL AND range_end IS NOT NULL AND range_end > range_start THEN
+        rows_done := rows_done + refresh_ohlcv_aggregate_range(range_start, range_end, 1, pending_end);
+    END IF;
+    IF upper_start IS NOT NULL AND upper_end IS NOT NULL AND upper_end > upper_start THEN
+        rows_done := rows_done + refresh_ohlcv_aggregate_range(upper_start, upper_end, 2, pending_end);
+    END IF;
+    IF pending_end IS NOT NULL THEN
         rows_done := rows_done + refresh_ohlcv_open_buckets(pending_end);
     END IF;
     FOR level IN SELECT name, width FROM ohlcv_aggregate_levels LOOP
