@@ -42,6 +42,7 @@ class Script:
 SCRIPTS = (
     Script("simulator_load", ("--quick",)),
     Script("live", ("--quick",)),
+    Script("refresh", ("--quick",)),
     Script("web", ("--seconds", "2", "--ws-seconds", "2", "--subscribers", "200")),
     Script("backfill", ("--quick",)),
     Script("archive", ("--quick",)),
