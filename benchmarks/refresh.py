@@ -4,11 +4,12 @@
     python -m benchmarks.refresh --quick    # 200 markets, 1 hour, 10 minutes
 
 On plain PostgreSQL the platform keeps the summary levels itself: when the exchange's clock closes
-a 5-minute bucket, the flush after it rebuilds the closed buckets and every level's open buckets for
+a 5-minute bucket, that flush rebuilds the closed buckets and every level's open buckets for
 every market. This script runs the real `Updater` as the live pipeline does at 1x, one flush per
 minute: a throwaway PostgreSQL (durable defaults) and Redis, hours of minutes already stored and
-refreshed, then each minute one closed bar per market written into the `ws_sub_` hashes by the
-fetchers' `RedisSink` and the exchange's clock moved on, and one `Updater.flush()`.
+refreshed, then each minute one closing bar per market written into the `ws_sub_` hashes by the
+fetchers' `RedisSink` and the exchange's clock moved on, and one `Updater.flush()` (not measured:
+the first, whose refresh reaches further back).
 
 It prints the flush time (median, p90) of flushes with a refresh and without, PostgreSQL's CPU of a
 refreshing flush, and the share of real time the flushes take at 1x.
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import redis
@@ -36,7 +38,7 @@ from common.schema import apply_schema
 from common.settings import Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.ws.sink import MarketKeys, RedisSink
-from fetchers.ws.updater import CLOSE_AFTER_INTERVALS, Updater
+from fetchers.ws.updater import Updater
 from simulator.core import MarketCatalog
 from tests.support.services import PostgresServer, RedisServer
 
@@ -67,16 +69,16 @@ def store_history(settings: Settings, keys: list[MarketKeys], minutes: int) -> N
 
 
 def write_minute(settings: Settings, keys: list[MarketKeys], minute: int) -> None:
-    """Every market's closed bar of `minute` into Redis as the fetchers write it, and the exchange's
-    clock where that bar counts as closed."""
+    """Every market's closing bar of `minute` (Binance's `x: true`) into Redis as the fetchers write
+    it, and the exchange's clock at the next minute's start, as the next bars would move it."""
 
     async def write() -> None:
         client = async_client(settings, pack_with_hiredis=True)
         sink = RedisSink(client, "binance", "bench", lambda attempt: 0.01)
         for key in keys:
-            sink.add(key, bench_bar(key, minute), 0.0)
+            sink.add(key, replace(bench_bar(key, minute), closed=True), 0.0)
         await sink.flush()
-        clock = T0 + (minute + CLOSE_AFTER_INTERVALS) * MINUTE_MS
+        clock = T0 + (minute + 1) * MINUTE_MS
         await client.hset(ws_health_key("binance"), "exchange_time_ms", clock)
         await client.aclose()
 
@@ -104,10 +106,12 @@ def run(markets: int, hours: int, minutes: int) -> list[Result]:
         loading = time.perf_counter() - started
 
         updater = Updater(settings, redis.Redis.from_url(settings.redis_url))
+        write_minute(settings, keys, loaded)
+        updater.flush()  # not measured: a new updater's first refresh reaches back further
         refreshing, plain_flushes, refreshing_cpu = [], [], []
-        for minute in range(loaded, loaded + minutes):
+        for minute in range(loaded + 1, loaded + 1 + minutes):
             write_minute(settings, keys, minute)
-            closes_a_bucket = (T0 + (minute + CLOSE_AFTER_INTERVALS) * MINUTE_MS) % FIRST_LEVEL_MS == 0
+            closes_a_bucket = (T0 + (minute + 1) * MINUTE_MS) % FIRST_LEVEL_MS == 0
             cpu_before = postgres_cpu_seconds(pg.port)
             started = time.perf_counter()
             result = updater.flush()
