@@ -52,11 +52,12 @@ BEGIN
 END
 $$;
 
--- The end of the buckets of this width that refresh_ohlcv_open_buckets(pending_end) rebuilds.
-CREATE OR REPLACE FUNCTION ohlcv_open_pass_end(width interval, pending_end timestamptz)
+-- The end of the bucket of this width that holds the instant just before t: t rounded up to a
+-- bucket boundary, where a rebuild of [.., t) stops.
+CREATE OR REPLACE FUNCTION ohlcv_bucket_end(width interval, t timestamptz)
 RETURNS timestamptz
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT date_bin(width, pending_end - INTERVAL '1 microsecond', TIMESTAMPTZ '2000-01-03 00:00:00+00') + width
+    SELECT date_bin(width, t - INTERVAL '1 microsecond', TIMESTAMPTZ '2000-01-03 00:00:00+00') + width
 $$;
 
 -- Each level is built from the level below it (1m -> 5m -> 15m -> ... -> 7D): the buckets nest, so
@@ -85,8 +86,8 @@ DECLARE
 BEGIN
     FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE ordinal >= first_ordinal ORDER BY ordinal LOOP
         lo := date_bin(level.width, range_start, origin);
-        hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
-        open_hi := ohlcv_open_pass_end(level.width, open_pass_end);  -- NULL without open_pass_end
+        hi := ohlcv_bucket_end(level.width, range_end);
+        open_hi := ohlcv_bucket_end(level.width, open_pass_end);  -- NULL without open_pass_end
         build_hi := hi;
         IF level.open_from < open_hi AND hi <= open_hi THEN  -- the open pass covers [open_from, hi)
             build_hi := least(hi, greatest(lo, level.open_from));
@@ -125,7 +126,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(hashtext('refresh_ohlcv_aggregates'));
     SELECT * INTO STRICT level FROM ohlcv_aggregate_levels WHERE ordinal = 1;
     lo := date_bin(level.width, range_start, origin);
-    hi := date_bin(level.width, range_end - INTERVAL '1 microsecond', origin) + level.width;
+    hi := ohlcv_bucket_end(level.width, range_end);
     EXECUTE format(
         'DELETE FROM %I WHERE bucket >= $1 AND bucket < $2 AND (exchange, base_id, quote_id) IN '
         '(SELECT * FROM unnest($3::text[], $4::text[], $5::text[]))', level.name)
@@ -162,7 +163,7 @@ DECLARE
     rows_done   integer := 0;
 BEGIN
     FOR level IN SELECT * FROM ohlcv_aggregate_levels WHERE open_from IS NOT NULL ORDER BY ordinal LOOP
-        hi := ohlcv_open_pass_end(level.width, pending_end);
+        hi := ohlcv_bucket_end(level.width, pending_end);
         CONTINUE WHEN hi <= level.open_from;
         rows_done := rows_done + rebuild_ohlcv_level(level.name, level.source, level.width, level.open_from, hi);
     END LOOP;
