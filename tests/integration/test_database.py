@@ -20,6 +20,7 @@ from common.db import (
     DatabaseError,
     FetchErrorRecord,
     UnknownMarketError,
+    closed_until,
     connect,
     load_markets,
     record_fetch_error,
@@ -28,10 +29,10 @@ from common.db import (
     upsert_candles,
     upsert_markets,
 )
-from common.levels import BUCKET_ORIGIN_MS, SUMMARY_LEVELS, SummaryLevel
+from common.levels import SUMMARY_LEVELS, SummaryLevel
 from common.schema import INIT_SQL_DIR, apply_schema, ensure_database, init_database, probe_timescaledb
 from common.settings import PROJECT_ROOT
-from common.timeutil import MINUTE_MS, datetime_to_ms, floor_to, ms_to_datetime
+from common.timeutil import MINUTE_MS, datetime_to_ms, ms_to_datetime
 from scripts.local.servers import postgres_bindir
 from tests.conftest import service_env
 
@@ -453,12 +454,9 @@ def test_a_late_minute_in_each_levels_newest_closed_bucket_shows_after_its_refre
     db_conn.commit()
     refresh_aggregates(settings, start, now.replace(second=0), now=now)
 
-    settled = datetime_to_ms(now - timedelta(minutes=1))  # a bucket is closed a minute after its end
     late = []
     for width in AGGREGATE_LEVELS.values():
-        width_ms = int(width.total_seconds() * 1000)
-        first_open = BUCKET_ORIGIN_MS + floor_to(settled - width_ms - BUCKET_ORIGIN_MS, width_ms) + width_ms
-        index = (first_open - MINUTE_MS - datetime_to_ms(start)) // MINUTE_MS
+        index = (closed_until(width, now) - timedelta(minutes=1) - start) // timedelta(minutes=1)
         late.append(replace(candles[index], high=str(Decimal(candles[index].high) + 1000), volume="1234.5"))
     upsert_candles(db_conn, late)
     db_conn.commit()
