@@ -31,18 +31,15 @@ from benchmarks.measure import Result, machine, postgres_cpu_seconds, report
 from common.candle import Candle, Market
 from common.db import connect, refresh_aggregates, upsert_candles, upsert_markets
 from common.exchanges import EXCHANGES
-from common.levels import SUMMARY_LEVELS
 from common.redis_clients import async_client
 from common.redis_keys import ws_health_key
-from common.schema import apply_schema
+from common.schema import apply_schema, ensure_database
 from common.settings import Settings
 from common.timeutil import MINUTE_MS, ms_to_datetime
 from fetchers.ws.sink import MarketKeys, RedisSink
-from fetchers.ws.updater import Updater
+from fetchers.ws.updater import SMALLEST_BUCKET_MS, Updater
 from simulator.core import MarketCatalog
 from tests.support.services import PostgresServer, RedisServer
-
-FIRST_LEVEL_MS = int(SUMMARY_LEVELS[0].width.total_seconds() * 1000)
 
 
 def simulator_trading_markets() -> int:
@@ -94,10 +91,7 @@ def run(markets: int, hours: int, minutes: int) -> list[Result]:
             postgres_password="", redis_host="127.0.0.1", redis_port=rd.port,
             redis_password=rd.password, _env_file=None,
         )  # fmt: skip
-        admin = pg.connect("postgres")
-        admin.autocommit = True
-        admin.cursor().execute("CREATE DATABASE bench")
-        admin.close()
+        ensure_database(settings)
         apply_schema(settings, plain=True)
         keys = [MarketKeys.build("binance", s[:-4], "USDT", s, ";;") for s in symbols(markets)]
         loaded = hours * 60
@@ -111,7 +105,7 @@ def run(markets: int, hours: int, minutes: int) -> list[Result]:
         refreshing, plain_flushes, refreshing_cpu = [], [], []
         for minute in range(loaded + 1, loaded + 1 + minutes):
             write_minute(settings, keys, minute)
-            closes_a_bucket = (T0 + (minute + 1) * MINUTE_MS) % FIRST_LEVEL_MS == 0
+            closes_a_bucket = (T0 + (minute + 1) * MINUTE_MS) % SMALLEST_BUCKET_MS == 0
             cpu_before = postgres_cpu_seconds(pg.port)
             started = time.perf_counter()
             result = updater.flush()
